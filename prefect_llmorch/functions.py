@@ -1,0 +1,370 @@
+"""User functions: `@inout` / `@compute`, and the `Toolbox` a plan may call.
+
+The decorators attach a `FunctionSpec` to the function and return the function itself,
+so a compute function stays a plain module-level function that pickles by reference into
+a worker process.
+
+    >>> @compute(cost=2.0)
+    ... def add(a: int, b: int = 1) -> int:
+    ...     "Add two numbers."
+    ...     return a + b
+    >>> tb = Toolbox(add)
+    >>> tb["add"].kind, tb["add"].cost
+    ('compute', 2.0)
+    >>> tb["add"].validate((2,), {"b": "3"})
+    {'a': 2, 'b': 3}
+
+No Prefect here (worker processes import this module).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, TypeVar, overload
+
+from pydantic import TypeAdapter, ValidationError
+
+Kind = Literal["inout", "compute"]
+KINDS: tuple[Kind, ...] = ("inout", "compute")
+
+#: Name of the parameter through which a function receives its loaded credentials.
+CREDENTIALS_PARAM = "credentials"
+#: The built-in inout function that asks the LLM.
+SELF = "self"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ArgumentsInvalid(TypeError):
+    """Arguments do not fit a function's signature. `problems` lists (param, message)."""
+
+    def __init__(self, function: str, problems: list[tuple[str | None, str]]) -> None:
+        self.function = function
+        self.problems = problems
+        text = "; ".join(f"`{p}`: {m}" if p else m for p, m in problems)
+        super().__init__(f"{function}(): {text}")
+
+
+@dataclass(frozen=True, eq=False)
+class FunctionSpec:
+    """What the orchestrator knows of one function.
+
+    Attributes:
+        name: the name plans call it by.
+        kind: `inout` (I/O-bound, takes no processor) or `compute` (holds a CPU).
+        fn: the Python function (None for the built-in `self`, bound at run time).
+        description: shown to the LLM; defaults to the docstring.
+        cost: estimated seconds, used by the critical-path policy (default 1).
+        timeout: seconds after which the call fails (compute: its worker is killed).
+        retries: Prefect retries for transient errors before trace-back recovery.
+        retry_delay: seconds between those retries.
+        credentials: name of a `ToolCredentials` block whose secrets are passed in the
+            function's `credentials` parameter at call time.
+    """
+
+    name: str
+    kind: Kind
+    fn: Callable[..., Any] | None
+    description: str = ""
+    cost: float = 1.0
+    timeout: float | None = None
+    retries: int = 0
+    retry_delay: float = 0.0
+    credentials: str | None = None
+    _signature: inspect.Signature | None = field(default=None, repr=False)
+
+    @cached_property
+    def signature(self) -> inspect.Signature:
+        """The signature a plan sees (without the `credentials` parameter)."""
+        sig = self._signature or inspect.signature(self.fn)  # type: ignore[arg-type]
+        params = [p for n, p in sig.parameters.items() if n != CREDENTIALS_PARAM]
+        return sig.replace(parameters=params)
+
+    @cached_property
+    def _adapters(self) -> dict[str, TypeAdapter[Any]]:
+        out: dict[str, TypeAdapter[Any]] = {}
+        for name, p in self.signature.parameters.items():
+            ann = p.annotation
+            if ann is inspect.Parameter.empty:
+                continue
+            if isinstance(ann, str):  # postponed annotations: resolve in fn's module
+                try:
+                    ann = eval_annotation(ann, self.fn)
+                except Exception:
+                    continue
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                ann = list[ann]  # type: ignore[valid-type]
+            elif p.kind is inspect.Parameter.VAR_KEYWORD:
+                ann = dict[str, ann]  # type: ignore[valid-type]
+            out[name] = TypeAdapter(ann)
+        return out
+
+    def render(self) -> str:
+        """One line for a prompt or a listing: `search(query: str) -> str  [inout]`."""
+        sig = str(self.signature).replace("'", "")
+        return f"{self.name}{sig}  [{self.kind}]"
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> inspect.BoundArguments:
+        """Check arity and keyword names; raises `ArgumentsInvalid`."""
+        try:
+            return self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentsInvalid(self.name, [(None, str(exc))]) from None
+
+    def check(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], unknown: object = None
+    ) -> None:
+        """Plan-time check: arity, keywords, and the types of arguments already known.
+
+        Arguments equal to the sentinel `unknown` (values that come from other calls)
+        are skipped; they are checked again by `validate` once resolved.
+        """
+        bound = self.bind(args, kwargs)
+        problems = []
+        for name, value in bound.arguments.items():
+            if unknown is not None and _contains(value, unknown):
+                continue
+            problem = self._validate_one(name, value)[1]
+            if problem:
+                problems.append((name, problem))
+        if problems:
+            raise ArgumentsInvalid(self.name, problems)
+
+    def validate(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run-time check of resolved arguments; returns them as keyword mapping
+        (var-positional under its own name), coerced to the annotated types."""
+        bound = self.bind(args, kwargs)
+        bound.apply_defaults()
+        out: dict[str, Any] = {}
+        problems = []
+        for name, value in bound.arguments.items():
+            coerced, problem = self._validate_one(name, value)
+            if problem:
+                problems.append((name, problem))
+            out[name] = coerced
+        if problems:
+            raise ArgumentsInvalid(self.name, problems)
+        return out
+
+    def call_args(self, validated: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Turn `validate`'s mapping back into (args, kwargs) for calling `fn`."""
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for name, p in self.signature.parameters.items():
+            if name not in validated:
+                continue
+            value = validated[name]
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                args.extend(value)
+            elif p.kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(value)
+            elif p.kind is inspect.Parameter.POSITIONAL_ONLY:
+                args.append(value)
+            else:
+                kwargs[name] = value
+        return tuple(args), kwargs
+
+    def _validate_one(self, name: str, value: Any) -> tuple[Any, str | None]:
+        adapter = self._adapters.get(name)
+        if adapter is None:
+            return value, None
+        try:
+            return adapter.validate_python(value), None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            return value, f"{err['msg']} (got {value!r})"
+
+
+def eval_annotation(text: str, fn: Callable[..., Any] | None) -> Any:
+    """Resolve a postponed (string) annotation the way `typing.get_type_hints` does."""
+    import typing
+
+    def _probe(x):  # type: ignore[no-untyped-def]
+        return x
+
+    _probe.__annotations__ = {"x": text}
+    globalns = getattr(fn, "__globals__", {}) if fn else {}
+    return typing.get_type_hints(_probe, globalns=globalns)["x"]
+
+
+def _contains(value: Any, sentinel: object) -> bool:
+    if value is sentinel:
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_contains(v, sentinel) for v in value)
+    if isinstance(value, dict):
+        return any(_contains(v, sentinel) for v in value.values())
+    return False
+
+
+def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
+    @overload
+    def deco(fn: F, /) -> F: ...
+
+    @overload
+    def deco(
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        cost: float = 1.0,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        credentials: str | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def deco(
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        cost: float = 1.0,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        credentials: str | None = None,
+    ) -> F | Callable[[F], F]:
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+
+        def wrap(f: F) -> F:
+            if not callable(f):
+                raise TypeError(f"@{kind} expects a function, got {f!r}")
+            if inspect.iscoroutinefunction(f):
+                raise TypeError(f"@{kind} expects a plain function; {f.__name__} is async")
+            if credentials and CREDENTIALS_PARAM not in inspect.signature(f).parameters:
+                raise TypeError(
+                    f"{f.__name__} declares credentials={credentials!r} but has no "
+                    f"`{CREDENTIALS_PARAM}` parameter to receive them"
+                )
+            spec = FunctionSpec(
+                name=name or f.__name__,
+                kind=kind,
+                fn=f,
+                description=(description or inspect.getdoc(f) or "").strip(),
+                cost=float(cost),
+                timeout=timeout,
+                retries=retries,
+                retry_delay=retry_delay,
+                credentials=credentials,
+            )
+            f.__llmorch__ = spec  # type: ignore[attr-defined]
+            return f
+
+        return wrap(fn) if fn is not None else wrap
+
+    deco.__name__ = kind
+    deco.__doc__ = (
+        f"Mark a function as `{kind}`. Use bare (`@{kind}`) or with options "
+        "(`name`, `description`, `cost`, `timeout`, `retries`, `retry_delay`, `credentials`)."
+    )
+    return deco
+
+
+inout = _decorator("inout")
+compute = _decorator("compute")
+
+
+def _self_placeholder(prompt: str) -> str:  # pragma: no cover - never called
+    raise RuntimeError("`self` is bound to the LLM at run time")
+
+
+#: The built-in `self`: ask the LLM. Its body is supplied by the orchestrator.
+SELF_SPEC = FunctionSpec(
+    name=SELF,
+    kind="inout",
+    fn=None,
+    description=(
+        "Ask the language model a question and return its answer as text. "
+        "Use {id} inside the prompt to include earlier results."
+    ),
+    cost=1.0,
+    _signature=inspect.signature(_self_placeholder),
+)
+
+
+def spec_of(fn: Callable[..., Any] | FunctionSpec) -> FunctionSpec:
+    """The `FunctionSpec` of a decorated function (or the spec itself)."""
+    if isinstance(fn, FunctionSpec):
+        return fn
+    spec = getattr(fn, "__llmorch__", None)
+    if not isinstance(spec, FunctionSpec):
+        name = getattr(fn, "__name__", repr(fn))
+        raise TypeError(f"{name} is not marked @inout or @compute")
+    return spec
+
+
+class Toolbox(Mapping[str, FunctionSpec]):
+    """The functions a plan may call, by name. `self` is always there (built in).
+
+    Args:
+        *functions: functions decorated with `@inout` or `@compute` (or their specs).
+        include_self: offer the built-in `self` (ask the LLM). Default True.
+    """
+
+    def __init__(self, *functions: Callable[..., Any] | FunctionSpec, include_self: bool = True) -> None:
+        self._specs: dict[str, FunctionSpec] = {}
+        for fn in functions:
+            spec = spec_of(fn)
+            if spec.name in self._specs or (include_self and spec.name == SELF):
+                raise ValueError(f"two functions are named {spec.name!r}")
+            self._specs[spec.name] = spec
+        if include_self:
+            self._specs[SELF] = SELF_SPEC
+
+    def __getitem__(self, name: str) -> FunctionSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __repr__(self) -> str:
+        return f"Toolbox({', '.join(self._specs)})"
+
+    def of_kind(self, kind: Kind) -> list[FunctionSpec]:
+        return [s for s in self._specs.values() if s.kind == kind]
+
+    def describe(self) -> str:
+        """The functions for a prompt: signature, kind, and description of each."""
+        lines = []
+        for i, spec in enumerate(self._specs.values(), 1):
+            lines.append(f"{i}. {spec.render()}")
+            for doc_line in spec.description.splitlines():
+                lines.append(f"   {doc_line}" if doc_line.strip() else "")
+        return "\n".join(lines)
+
+    @classmethod
+    def from_functions(cls, functions: Iterable[Callable[..., Any]]) -> "Toolbox":
+        return cls(*functions)
+
+
+def load_toolbox(path: str) -> Toolbox:
+    """Import `module:attr` naming a `Toolbox`; raises ValueError with a clear message."""
+    import importlib
+
+    if ":" not in path:
+        raise ValueError(f"toolbox must be given as module:attr, got {path!r}")
+    module_name, attr = path.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import toolbox module {module_name!r}: {exc}") from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if callable(obj) and not isinstance(obj, Toolbox):
+        obj = obj()
+    if not isinstance(obj, Toolbox):
+        raise ValueError(f"{path} is a {type(obj).__name__}, not a Toolbox")
+    return obj

@@ -1,0 +1,19 @@
+"""The plan language: model, parser (both dialects), evaluation of arguments."""
+
+from .errors import (
+    ArgumentError,
+    DuplicateIdError,
+    EmptyPlanError,
+    PlanError,
+    PlanErrors,
+    PlanReferenceError,
+    PlanSyntaxError,
+    UnknownFunctionError,
+)
+from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Template
+
+__all__ = [
+    "Arg", "BinOp", "Call", "DictExpr", "Dialect", "Expr", "ListExpr", "Literal", "Plan", "Ref",
+    "Template", "PlanError", "PlanErrors", "PlanSyntaxError", "EmptyPlanError",
+    "UnknownFunctionError", "ArgumentError", "PlanReferenceError", "DuplicateIdError",
+]

@@ -1,0 +1,118 @@
+"""Plan errors: classes with named fields, one subclass per kind.
+
+`str(err)` is for people ("line 3, column 32: undefined reference `sl`; defined so far:
+s1, s2"); the fields are for tests and for the LLM repair prompt.
+"""
+
+from __future__ import annotations
+
+
+class PlanError(ValueError):
+    """A plan that cannot run, found before anything runs.
+
+    Attributes:
+        message: what is wrong, without the position.
+        line: 1-based line of the offending text (0 when it has no position).
+        column: 1-based column.
+        context: the offending line with a caret under the column.
+        expected: what would have been valid here, if known.
+        errors: every error found in the plan (this one first); a plan's errors are
+            collected, not just the first.
+    """
+
+    kind = "plan"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int = 0,
+        column: int = 0,
+        context: str = "",
+        expected: list[str] | None = None,
+    ) -> None:
+        self.message = message
+        self.line = line
+        self.column = column
+        self.context = context
+        self.expected = list(expected or [])
+        self.errors: list[PlanError] = [self]
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = f"line {self.line}, column {self.column}: " if self.line else ""
+        return f"{where}{self.message}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "line": self.line,
+            "column": self.column,
+            "kind": self.kind,
+            "message": self.message,
+            "expected": self.expected,
+        }
+
+    def report(self) -> str:
+        """Every error with its context, for people and for the LLM repair prompt."""
+        parts = []
+        for err in self.errors:
+            parts.append(str(err) + (f"\n{err.context}" if err.context else ""))
+        return "\n".join(parts)
+
+
+class PlanErrors(PlanError):
+    """Several errors in one plan; behaves as the first, lists all in `errors`."""
+
+    def __init__(self, errors: list[PlanError]) -> None:
+        if not errors:
+            raise ValueError("PlanErrors needs at least one error")
+        first = errors[0]
+        super().__init__(
+            first.message,
+            line=first.line,
+            column=first.column,
+            context=first.context,
+            expected=first.expected,
+        )
+        self.kind = first.kind
+        self.errors = list(errors)
+
+    def __str__(self) -> str:
+        errors = getattr(self, "errors", None)
+        if not errors or len(errors) == 1:
+            return super().__str__()
+        return f"{len(errors)} errors in plan:\n" + "\n".join(
+            f"  {PlanError.__str__(e)}" for e in errors
+        )
+
+
+class PlanSyntaxError(PlanError):
+    kind = "syntax"
+
+
+class EmptyPlanError(PlanError):
+    kind = "empty"
+
+
+class UnknownFunctionError(PlanError):
+    kind = "unknown_function"
+
+
+class ArgumentError(PlanError):
+    """Wrong arity, keyword names or argument types for the function's signature."""
+
+    kind = "arguments"
+
+
+class ReferenceError_(PlanError):
+    """Undefined or forward reference."""
+
+    kind = "reference"
+
+
+class DuplicateIdError(PlanError):
+    kind = "duplicate_id"
+
+
+# A readable public alias; `ReferenceError` is a builtin we must not shadow.
+PlanReferenceError = ReferenceError_

@@ -1,0 +1,151 @@
+"""The plan model: what a parsed plan *is*, independent of its surface dialect.
+
+A `Plan` is an ordered tuple of `Call`s. Each call's arguments are expression trees
+(`Ref`, `Literal`, `ListExpr`, `DictExpr`, `Template`, `BinOp`). References to earlier
+calls are the def-use edges of the Function-call Relation Graph.
+
+Positions (`line`, `column`) are kept for error messages but excluded from equality, so
+`parse(plan.to_text()) == plan` compares meaning, not layout.
+
+No Prefect, no I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal as TypingLiteral, Union
+
+Dialect = TypingLiteral["paper", "llmcompiler"]
+
+Scalar = Union[str, int, float, bool, None]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to the result of an earlier call (`s1`, `$1`, `${1}`, `{s1}`)."""
+
+    id: str
+    line: int = field(default=0, compare=False, repr=False)
+    column: int = field(default=0, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Literal:
+    """A constant: string, number, boolean or null."""
+
+    value: Scalar
+
+
+@dataclass(frozen=True)
+class ListExpr:
+    items: tuple["Expr", ...]
+
+
+@dataclass(frozen=True)
+class DictExpr:
+    """A dict literal; keys are constant strings or numbers."""
+
+    items: tuple[tuple[Scalar, "Expr"], ...]
+
+
+@dataclass(frozen=True)
+class Template:
+    """A string with references inside it: `"Summarize {s3}"` or `'$1 / $2'`.
+
+    `parts` alternates text (`str`) and `Ref`s. A string that is exactly one reference
+    is parsed as that `Ref` itself (so it keeps its type), never as a one-part Template.
+    """
+
+    parts: tuple[Union[str, Ref], ...]
+
+
+@dataclass(frozen=True)
+class BinOp:
+    """`left op right` for op in + - * /; evaluated by walking the tree, never `eval`."""
+
+    op: str
+    left: "Expr"
+    right: "Expr"
+
+
+Expr = Union[Ref, Literal, ListExpr, DictExpr, Template, BinOp]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument: positional when `name` is None."""
+
+    name: str | None
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Call:
+    """One function call of a plan: `s3: python("cmp.py", args=[s1, s2])`."""
+
+    id: str
+    function: str
+    args: tuple[Arg, ...] = ()
+    line: int = field(default=0, compare=False, repr=False)
+    column: int = field(default=0, compare=False, repr=False)
+
+    @property
+    def deps(self) -> frozenset[str]:
+        """Ids of the calls whose results this call uses (R1 def-use edges)."""
+        out: set[str] = set()
+        for arg in self.args:
+            out.update(r.id for r in refs(arg.value))
+        return frozenset(out)
+
+    @property
+    def positional(self) -> tuple[Expr, ...]:
+        return tuple(a.value for a in self.args if a.name is None)
+
+    @property
+    def keywords(self) -> dict[str, Expr]:
+        return {a.name: a.value for a in self.args if a.name is not None}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A function-call sequence. `dialect` records how it was written."""
+
+    calls: tuple[Call, ...]
+    dialect: Dialect = field(default="paper", compare=False)
+
+    def __iter__(self):
+        return iter(self.calls)
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def __getitem__(self, call_id: str) -> Call:
+        for call in self.calls:
+            if call.id == call_id:
+                return call
+        raise KeyError(call_id)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(c.id for c in self.calls)
+
+    def to_text(self, dialect: Dialect | None = None) -> str:
+        """Render the plan; `parse(plan.to_text(d))` gives back an equal plan."""
+        from .render import render  # local import: render depends on this module
+
+        return render(self, dialect or self.dialect)
+
+
+def refs(expr: Expr) -> list[Ref]:
+    """Every `Ref` inside an expression, in order of appearance."""
+    if isinstance(expr, Ref):
+        return [expr]
+    if isinstance(expr, ListExpr):
+        return [r for item in expr.items for r in refs(item)]
+    if isinstance(expr, DictExpr):
+        return [r for _, v in expr.items for r in refs(v)]
+    if isinstance(expr, Template):
+        return [p for p in expr.parts if isinstance(p, Ref)]
+    if isinstance(expr, BinOp):
+        return refs(expr.left) + refs(expr.right)
+    return []
