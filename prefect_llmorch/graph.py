@@ -1,0 +1,467 @@
+"""The Function-call Relation Graph (FRG) of a plan.
+
+The FRG holds what the coordinator needs to know about a plan and nothing else:
+
+- **data relations (R1)**: def-use edges; `s3` uses the result of `s1` => `s1 -> s3`.
+- **rank** (the paper's Algorithm 1): a call with no deps has rank 1, otherwise
+  1 + the largest rank of its deps.
+- **control relations (R2)**: two `compute` calls of the same rank are mutually exclusive
+  (they never share a processor at the same time).
+- **costs** (estimated seconds, default 1) give the work `W`, the critical path `L`, each
+  call's bottom level (longest remaining path, used by the critical-path policy) and the
+  lower bound `max(L, W_compute / P)` on any makespan with `P` processors.
+
+    >>> from prefect_llmorch.plan.model import Arg, Call, Plan, Ref, Literal
+    >>> plan = Plan((
+    ...     Call("s1", "search", (Arg(None, Literal("Apple stock")),)),
+    ...     Call("s2", "search", (Arg(None, Literal("Microsoft stock")),)),
+    ...     Call("s3", "python", (Arg(None, Ref("s1")), Arg(None, Ref("s2")))),
+    ...     Call("s4", "chatbot", (Arg(None, Ref("s3")),)),
+    ... ))
+    >>> frg = FRG.build(plan, kinds={"s3": "compute"})
+    >>> [frg.rank[i] for i in frg.ids]
+    [1, 1, 2, 3]
+    >>> frg.critical_path, frg.lower_bound(2)
+    (3.0, 3.0)
+
+No Prefect, no LLM, no I/O here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .functions import Toolbox
+    from .plan.model import Plan
+
+__all__ = ["FRG", "CycleError", "Kind"]
+
+Kind = Literal["inout", "compute"]
+_KINDS = ("inout", "compute")
+
+
+class CycleError(ValueError):
+    """The edges given to `FRG.from_edges` form a cycle.
+
+    Attributes:
+        nodes: the ids that could not be ordered (every cycle lies among them), in input order.
+    """
+
+    def __init__(self, nodes: list[str]) -> None:
+        self.nodes = nodes
+        shown = ", ".join(nodes[:10]) + (", ..." if len(nodes) > 10 else "")
+        super().__init__(f"calls are in a cycle (among {len(nodes)} calls: {shown})")
+
+
+@dataclass(frozen=True, eq=False)
+class FRG:
+    """The Function-call Relation Graph. Build it with `FRG.build` or `FRG.from_edges`.
+
+    All mappings are keyed by call id and must be treated as read-only.
+
+    Attributes:
+        ids: call ids in plan order.
+        deps: the calls each call uses (its def-use predecessors).
+        succs: the calls that use each call.
+        kind: `"inout"` (takes no processor) or `"compute"` (holds one processor).
+        cost: estimated cost (seconds) of each call.
+        function: the function each call calls (for display).
+        rank: Algorithm 1 rank (1 for calls without deps).
+        bottom_level: longest path from a call to a sink, the call's own cost included.
+        work: total cost of all calls.
+        compute_work: total cost of the compute calls.
+        critical_path: largest summed cost along any path (0 for an empty graph).
+    """
+
+    ids: tuple[str, ...]
+    deps: Mapping[str, frozenset[str]]
+    succs: Mapping[str, frozenset[str]]
+    kind: Mapping[str, Kind]
+    cost: Mapping[str, float]
+    function: Mapping[str, str]
+    rank: Mapping[str, int]
+    bottom_level: Mapping[str, float]
+    work: float
+    compute_work: float
+    critical_path: float
+    _order: tuple[str, ...] = field(repr=False)
+    _index: Mapping[str, int] = field(repr=False)
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def build(
+        cls,
+        plan: "Plan",
+        toolbox: "Toolbox | Mapping[str, Any] | None" = None,
+        costs: Mapping[str, float] | None = None,
+        kinds: Mapping[str, str] | None = None,
+    ) -> "FRG":
+        """Build the FRG of a parsed plan.
+
+        Args:
+            plan: the plan; its references must point to calls of the plan.
+            toolbox: gives each call's kind and default cost (`toolbox[call.function]`).
+                Without a toolbox every call is `inout` with cost 1, unless `kinds`/`costs` say otherwise.
+            costs: cost per call id (overrides the toolbox's declared cost).
+            kinds: kind per call id (overrides the toolbox's kind).
+
+        Raises:
+            ValueError: a call names a function the toolbox does not have, a reference or a
+                `costs`/`kinds` key names no call, a kind is not inout/compute, or a cost is
+                negative or not finite.
+
+        >>> from prefect_llmorch.plan.model import Arg, Call, Plan, Ref
+        >>> p = Plan((Call("s1", "a"), Call("s2", "b", (Arg(None, Ref("s1")),))))
+        >>> frg = FRG.build(p, costs={"s1": 2})
+        >>> frg.kind["s1"], frg.cost["s1"], frg.cost["s2"], frg.deps["s2"]
+        ('inout', 2.0, 1.0, frozenset({'s1'}))
+        """
+        ids = [c.id for c in plan.calls]
+        known = set(ids)
+        for name, table in (("costs", costs), ("kinds", kinds)):
+            extra = sorted(set(table or ()) - known)
+            if extra:
+                raise ValueError(f"{name} names calls that are not in the plan: {', '.join(extra)}")
+        kind: dict[str, str] = {}
+        cost: dict[str, float] = {}
+        for call in plan.calls:
+            k, c = "inout", 1.0
+            if toolbox is not None:
+                if call.function not in toolbox:
+                    raise ValueError(
+                        f"call {call.id} uses unknown function {call.function!r}; "
+                        f"known: {', '.join(sorted(toolbox))}"
+                    )
+                spec = toolbox[call.function]
+                k, c = spec.kind, spec.cost
+            if kinds and call.id in kinds:
+                k = kinds[call.id]
+            if costs and call.id in costs:
+                c = costs[call.id]
+            kind[call.id] = k  # type: ignore[assignment]
+            cost[call.id] = c
+        return cls.from_edges(
+            ids,
+            {c.id: c.deps for c in plan.calls},
+            kind,
+            cost,
+            functions={c.id: c.function for c in plan.calls},
+        )
+
+    @classmethod
+    def from_edges(
+        cls,
+        ids: Iterable[str],
+        deps: Mapping[str, Iterable[str]],
+        kinds: Mapping[str, str] | None = None,
+        costs: Mapping[str, float] | None = None,
+        functions: Mapping[str, str] | None = None,
+    ) -> "FRG":
+        """Build an FRG from ids and dependency lists (used for STG task graphs).
+
+        Args:
+            ids: call ids; their order is the "plan order" used for display and tie-breaks.
+            deps: the deps of each id (missing ids have none).
+            kinds: kind per id; default `"compute"` (an abstract task graph holds CPUs).
+            costs: cost per id; default 1.
+            functions: function name per id, for display; default `"task"`.
+
+        Raises:
+            ValueError: duplicate id, unknown dep, bad kind or cost.
+            CycleError: the edges form a cycle.
+
+        >>> frg = FRG.from_edges(["a", "b", "c"], {"c": ["a", "b"]}, costs={"a": 3})
+        >>> frg.rank["c"], frg.bottom_level["a"], frg.critical_path, frg.mutex
+        (2, 4.0, 4.0, [('a', 'b')])
+        """
+        ids_t = tuple(ids)
+        index = {cid: i for i, cid in enumerate(ids_t)}
+        if len(index) != len(ids_t):
+            seen: set[str] = set()
+            dup = next(i for i in ids_t if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            raise ValueError(f"duplicate call id {dup!r}")
+        extra = sorted(set(deps) - index.keys())
+        if extra:
+            raise ValueError(f"deps names calls that are not in the graph: {', '.join(extra)}")
+        dep_map: dict[str, frozenset[str]] = {}
+        succ_sets: dict[str, set[str]] = {cid: set() for cid in ids_t}
+        for cid in ids_t:
+            ds = frozenset(deps.get(cid, ()))
+            for d in ds:
+                if d not in index:
+                    raise ValueError(f"call {cid} uses {d!r}, which is not a call of the graph")
+                if d == cid:
+                    raise CycleError([cid])
+                succ_sets[d].add(cid)
+            dep_map[cid] = ds
+        kind: dict[str, Kind] = {}
+        cost: dict[str, float] = {}
+        for cid in ids_t:
+            k = (kinds or {}).get(cid, "compute")
+            if k not in _KINDS:
+                raise ValueError(f"call {cid}: kind must be 'inout' or 'compute', got {k!r}")
+            c = float((costs or {}).get(cid, 1.0))
+            if not (c >= 0 and math.isfinite(c)):
+                raise ValueError(f"call {cid}: cost must be finite and >= 0, got {c!r}")
+            kind[cid] = k  # type: ignore[assignment]
+            cost[cid] = c
+        order = _topological_order(ids_t, index, dep_map, succ_sets)
+
+        rank: dict[str, int] = {}
+        for cid in order:  # Algorithm 1, one pass in topological order
+            rank[cid] = 1 + max((rank[d] for d in dep_map[cid]), default=0)
+        bottom: dict[str, float] = {}
+        for cid in reversed(order):
+            bottom[cid] = cost[cid] + max((bottom[s] for s in succ_sets[cid]), default=0.0)
+        fn = functions or {}
+        return cls(
+            ids=ids_t,
+            deps=dep_map,
+            succs={cid: frozenset(s) for cid, s in succ_sets.items()},
+            kind=kind,
+            cost=cost,
+            function={cid: fn.get(cid, "task") for cid in ids_t},
+            rank=rank,
+            bottom_level=bottom,
+            work=float(sum(cost.values())),
+            compute_work=float(sum(c for cid, c in cost.items() if kind[cid] == "compute")),
+            critical_path=max(bottom.values(), default=0.0),
+            _order=order,
+            _index=index,
+        )
+
+    # ------------------------------------------------------------------ queries
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._index
+
+    def __repr__(self) -> str:
+        return (
+            f"FRG({len(self.ids)} calls, {self.n_edges} edges, work={self.work:g}, "
+            f"critical_path={self.critical_path:g})"
+        )
+
+    def index(self, call_id: str) -> int:
+        """Position of a call in plan order."""
+        return self._index[call_id]
+
+    @cached_property
+    def n_edges(self) -> int:
+        """Number of def-use edges."""
+        return sum(len(d) for d in self.deps.values())
+
+    @cached_property
+    def sinks(self) -> tuple[str, ...]:
+        """Calls nobody uses, in plan order (their results are the plan's results)."""
+        return tuple(cid for cid in self.ids if not self.succs[cid])
+
+    @cached_property
+    def mutex(self) -> list[tuple[str, str]]:
+        """Mutually exclusive pairs (R2): every two compute calls of equal rank.
+
+        Pairs and the list are ordered by plan order (which for ids `s1, s2, ...` written in
+        order is the natural order). The list is quadratic in the width of a rank.
+        """
+        by_rank: dict[int, list[str]] = {}
+        for cid in self.ids:
+            if self.kind[cid] == "compute":
+                by_rank.setdefault(self.rank[cid], []).append(cid)
+        pairs = [
+            (group[i], group[j])
+            for group in by_rank.values()
+            for i in range(len(group))
+            for j in range(i + 1, len(group))
+        ]
+        pairs.sort(key=lambda p: (self._index[p[0]], self._index[p[1]]))
+        return pairs
+
+    @cached_property
+    def n_descendants(self) -> Mapping[str, int]:
+        """Number of calls that (transitively) use each call."""
+        bits: dict[str, int] = {}
+        for cid in reversed(self._order):
+            b = 0
+            for s in self.succs[cid]:
+                b |= bits[s] | (1 << self._index[s])
+            bits[cid] = b
+        return {cid: b.bit_count() for cid, b in bits.items()}
+
+    def lower_bound(self, processors: int) -> float:
+        """A lower bound on the makespan of any schedule on `processors` processors.
+
+        `max(L, W_compute / P)`: no schedule beats its critical path, and the compute calls
+        need `W_compute` processor-seconds. Inout calls take no processor, so they only count
+        through `L`. For an all-compute graph this is the classic `max(L, W / P)`.
+
+        >>> FRG.from_edges(["a", "b", "c"], {}).lower_bound(2)
+        1.5
+        """
+        if processors < 1:
+            raise ValueError(f"processors must be >= 1, got {processors}")
+        return max(self.critical_path, self.compute_work / processors)
+
+    def topological_order(self) -> tuple[str, ...]:
+        """Every call after all its deps: plan order when that is one, else the
+        topological order that keeps plan order wherever it can."""
+        return self._order
+
+    def ancestors(self, call_id: str) -> frozenset[str]:
+        """Every call that `call_id` (transitively) uses."""
+        return self._reach(call_id, self.deps)
+
+    def descendants(self, call_id: str) -> frozenset[str]:
+        """Every call that (transitively) uses `call_id`."""
+        return self._reach(call_id, self.succs)
+
+    def _reach(self, call_id: str, edges: Mapping[str, frozenset[str]]) -> frozenset[str]:
+        if call_id not in self._index:
+            raise KeyError(call_id)
+        seen: set[str] = set()
+        todo = list(edges[call_id])
+        while todo:
+            cid = todo.pop()
+            if cid not in seen:
+                seen.add(cid)
+                todo.extend(edges[cid] - seen)
+        return frozenset(seen)
+
+    def ordered(self, call_ids: Iterable[str]) -> list[str]:
+        """The given ids in plan order."""
+        return sorted(call_ids, key=self._index.__getitem__)
+
+    # ------------------------------------------------------------------ rendering
+
+    def to_json(self) -> dict[str, Any]:
+        """The `llmorch graph --json` object (deps and mutex in plan order).
+
+        >>> FRG.from_edges(["a", "b"], {"b": ["a"]}).to_json()["calls"][1]
+        {'id': 'b', 'function': 'task', 'kind': 'compute', 'rank': 2, 'deps': ['a']}
+        """
+        return {
+            "calls": [
+                {
+                    "id": cid,
+                    "function": self.function[cid],
+                    "kind": self.kind[cid],
+                    "rank": self.rank[cid],
+                    "deps": self.ordered(self.deps[cid]),
+                }
+                for cid in self.ids
+            ],
+            "mutex": [list(p) for p in self.mutex],
+            "work": self.work,
+            "critical_path": self.critical_path,
+        }
+
+    def to_mermaid(self, mutex: bool = True) -> str:
+        """A mermaid `flowchart TD`: def-use edges `-->`, mutex pairs as dashed `-.-` links.
+
+        >>> print(FRG.from_edges(["s1", "s2"], {"s2": ["s1"]}).to_mermaid())  # doctest: +ELLIPSIS
+        flowchart TD
+            s1["s1 · task<br/>rank 1"]:::compute
+            s2["s2 · task<br/>rank 2"]:::compute
+            s1 --> s2
+            classDef inout ...
+        """
+        key = self._node_keys
+        lines = ["flowchart TD"]
+        for cid in self.ids:
+            label = _mermaid_text(f"{cid} · {self.function[cid]}") + f"<br/>rank {self.rank[cid]}"
+            lines.append(f'    {key[cid]}["{label}"]:::{self.kind[cid]}')
+        for cid in self.ids:
+            for d in self.ordered(self.deps[cid]):
+                lines.append(f"    {key[d]} --> {key[cid]}")
+        if mutex:
+            for a, b in self.mutex:
+                lines.append(f"    {key[a]} -.- {key[b]}")
+        lines.append("    classDef inout fill:#e7f0fd,stroke:#1f6feb,color:#0b1f44")
+        lines.append("    classDef compute fill:#fdebd9,stroke:#d9480f,color:#3d1400")
+        return "\n".join(lines)
+
+    def to_dot(self, mutex: bool = True) -> str:
+        """Graphviz DOT: inout calls as blue ellipses, compute calls as orange boxes,
+        mutex pairs as dashed undirected edges that do not affect the layout.
+
+        >>> print(FRG.from_edges(["a", "b"], {"b": ["a"]}).to_dot())  # doctest: +ELLIPSIS
+        digraph FRG {
+        ...
+            "a" -> "b";
+        }
+        """
+        lines = [
+            "digraph FRG {",
+            "    rankdir=TB;",
+            '    node [style="filled,rounded", fontname="Helvetica"];',
+        ]
+        for cid in self.ids:
+            shape, color = ("box", "#fdebd9") if self.kind[cid] == "compute" else ("ellipse", "#e7f0fd")
+            label = _dot_text(f"{cid} · {self.function[cid]}") + f"\\nrank {self.rank[cid]}"
+            lines.append(f'    "{_dot_text(cid)}" [label="{label}", shape={shape}, fillcolor="{color}"];')
+        for cid in self.ids:
+            for d in self.ordered(self.deps[cid]):
+                lines.append(f'    "{_dot_text(d)}" -> "{_dot_text(cid)}";')
+        if mutex:
+            for a, b in self.mutex:
+                lines.append(
+                    f'    "{_dot_text(a)}" -> "{_dot_text(b)}" '
+                    "[dir=none, style=dashed, color=gray, constraint=false];"
+                )
+        lines.append("}")
+        return "\n".join(lines)
+
+    @cached_property
+    def _node_keys(self) -> dict[str, str]:
+        # Mermaid node ids must be plain words and not keywords (`end` breaks a flowchart).
+        out = {}
+        for i, cid in enumerate(self.ids):
+            ok = _MERMAID_ID.fullmatch(cid) and cid.lower() not in _MERMAID_RESERVED
+            out[cid] = cid if ok else f"n{i}"
+        return out
+
+
+_MERMAID_ID = re.compile(r"[A-Za-z][A-Za-z0-9_]*|[0-9]+")
+_MERMAID_RESERVED = {"end", "graph", "subgraph", "flowchart", "style", "class", "classdef", "click", "linkstyle", "direction"}
+
+
+def _mermaid_text(text: str) -> str:
+    return text.replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+
+
+def _dot_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _topological_order(
+    ids: tuple[str, ...],
+    index: Mapping[str, int],
+    deps: Mapping[str, frozenset[str]],
+    succs: Mapping[str, set[str]],
+) -> tuple[str, ...]:
+    # Plans only reference earlier calls, so plan order is almost always topological already.
+    if all(index[d] < i for i, cid in enumerate(ids) for d in deps[cid]):
+        return ids
+    missing = {cid: len(deps[cid]) for cid in ids}
+    heap = [index[cid] for cid in ids if not missing[cid]]
+    heapq.heapify(heap)
+    out: list[str] = []
+    while heap:
+        cid = ids[heapq.heappop(heap)]
+        out.append(cid)
+        for s in succs[cid]:
+            missing[s] -= 1
+            if not missing[s]:
+                heapq.heappush(heap, index[s])
+    if len(out) != len(ids):
+        raise CycleError([cid for cid in ids if missing[cid]])
+    return tuple(out)
+

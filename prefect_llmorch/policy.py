@@ -1,0 +1,319 @@
+"""Coordination policy: which ready calls start now. Pure; used by the runner and the simulator.
+
+Inout calls take no processor and always start as soon as they are ready. Compute calls hold
+one of `P` processors each; when more are ready than processors are free, a *policy* picks:
+
+- `"critical-path"` (default): longest remaining path first (the call's `bottom_level`,
+  own cost included; HLFET list scheduling), ties broken by more descendants, then more direct
+  successors, then plan order.
+- `"paper"`: the paper's Algorithm 3: rank sets first-in first-out (lowest rank first, then
+  the order in which calls became ready, then plan order).
+
+`Coordinator` drives a whole plan like `graphlib.TopologicalSorter`:
+
+    >>> from prefect_llmorch.graph import FRG
+    >>> frg = FRG.from_edges(["a", "b", "c"], {"c": ["a", "b"]}, costs={"b": 2})
+    >>> co = Coordinator(frg, processors=1)
+    >>> co.get_ready()          # b is on the longer path
+    ('b',)
+    >>> co.done("b"); co.get_ready()
+    ('a',)
+    >>> co.done("a"); co.get_ready()
+    ('c',)
+    >>> co.done("c"); co.is_active()
+    False
+
+No Prefect, no clock, no I/O here.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Any, Callable, Iterable, Mapping
+
+from .graph import FRG
+
+__all__ = ["POLICIES", "DEFAULT_POLICY", "Coordinator", "priority", "select"]
+
+POLICIES: tuple[str, ...] = ("critical-path", "paper")
+DEFAULT_POLICY = "critical-path"
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; valid: {', '.join(POLICIES)}")
+
+
+def priority(policy: str, frg: FRG) -> Callable[[str, int], tuple[Any, ...]]:
+    """The sort key of a policy: `key(call_id, arrival)`; smaller keys start first.
+
+    `arrival` is the sequence number of the moment the call became ready. Keys never change
+    while a call waits, so a heap ordered by them stays valid.
+
+    >>> frg = FRG.from_edges(["a", "b", "c"], {"c": ["b"]})
+    >>> key = priority("critical-path", frg)
+    >>> sorted(["a", "b"], key=lambda c: key(c, 0))
+    ['b', 'a']
+    """
+    _check_policy(policy)
+    index = frg.index
+    if policy == "paper":
+        rank = frg.rank
+        return lambda cid, arrival: (rank[cid], arrival, index(cid))
+    bottom, desc, succs = frg.bottom_level, frg.n_descendants, frg.succs
+    return lambda cid, arrival: (-bottom[cid], -desc[cid], -len(succs[cid]), index(cid))
+
+
+def select(
+    policy: str,
+    frg: FRG,
+    ready_compute: Iterable[str],
+    free_processors: int,
+    arrival: Mapping[str, int],
+) -> list[str]:
+    """Pick the ready compute calls that start now: at most `free_processors`, best first.
+
+    Args:
+        policy: one of `POLICIES`.
+        frg: the graph (ranks, bottom levels, plan order).
+        ready_compute: compute calls whose deps are all done and that are not running.
+        free_processors: how many processors are idle.
+        arrival: for each ready call, the sequence number of when it became ready (the
+            `paper` policy's first-in first-out order within a rank); missing means 0.
+
+    >>> frg = FRG.from_edges(["a", "b", "c", "d"], {"d": ["c"]})
+    >>> select("critical-path", frg, ["a", "b", "c"], 2, {})
+    ['c', 'a']
+    >>> select("paper", frg, ["a", "b", "c"], 2, {"a": 2, "b": 1, "c": 3})
+    ['b', 'a']
+    """
+    key = priority(policy, frg)
+    if free_processors <= 0:
+        return []
+    return sorted(ready_compute, key=lambda c: key(c, arrival.get(c, 0)))[:free_processors]
+
+
+class Coordinator:
+    """Drives a plan on `processors` processors, like `graphlib.TopologicalSorter`.
+
+    A call is *ready* once all of its own deps are done. `get_ready()` passes out every ready
+    inout call (they take no processor) and then as many ready compute calls as there are free
+    processors, chosen by the policy; everything passed out is *running* until `done()`.
+    At most `processors` compute calls are ever running.
+
+    Loop::
+
+        co = Coordinator(frg, processors=4)
+        while co.is_active():
+            for call_id in co.get_ready():
+                start(call_id)
+            co.done(*wait_for_some_to_finish())
+
+    Recovery: `failed(*ids)` hands back running calls that did not finish (frees their
+    processors; their successors stay blocked), `reset(*ids)` makes calls and all their
+    descendants pending again (removed from the done set) so they run again once their deps
+    are done. `Coordinator(frg, P, done=ids)` starts with some calls already done, e.g. on a
+    rebuilt FRG after a repair changed a call's deps.
+
+    Args:
+        frg: the graph.
+        processors: number of processors P (>= 1).
+        policy: one of `POLICIES`.
+        done: calls that are already done.
+
+    Raises:
+        ValueError: bad processors or policy, or `done` names unknown calls.
+    """
+
+    def __init__(
+        self, frg: FRG, processors: int, policy: str = DEFAULT_POLICY, done: Iterable[str] = ()
+    ) -> None:
+        if not isinstance(processors, int) or processors < 1:
+            raise ValueError(f"processors must be an integer >= 1, got {processors!r}")
+        _check_policy(policy)
+        self.frg = frg
+        self.processors = processors
+        self.policy = policy
+        self._key = priority(policy, frg)
+        self._done: set[str] = set()
+        self._running: set[str] = set()
+        self._running_compute: set[str] = set()
+        self._failed: set[str] = set()
+        self._ready: set[str] = set()
+        self._ready_inout: deque[str] = deque()
+        self._ready_compute: list[tuple[Any, ...]] = []  # heap of (key, id)
+        self._arrivals = 0
+        # number of deps of each call not yet done
+        self._missing: dict[str, int] = {cid: len(frg.deps[cid]) for cid in frg.ids}
+        for cid in done:
+            if cid not in frg:
+                raise ValueError(f"done names {cid!r}, which is not a call of the graph")
+            self._done.add(cid)
+        for cid in self._done:
+            for s in frg.succs[cid]:
+                self._missing[s] -= 1
+        for cid in frg.ids:
+            self._maybe_ready(cid)
+
+    def __repr__(self) -> str:
+        return (
+            f"Coordinator({len(self.frg)} calls, processors={self.processors}, policy={self.policy!r}, "
+            f"done={len(self._done)}, running={len(self._running)}, ready={len(self._ready)})"
+        )
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def running(self) -> frozenset[str]:
+        """Calls passed out by `get_ready()` and not yet done (or failed)."""
+        return frozenset(self._running)
+
+    @property
+    def running_compute(self) -> frozenset[str]:
+        """The compute calls holding a processor."""
+        return frozenset(self._running_compute)
+
+    @property
+    def free_processors(self) -> int:
+        """Processors not held by a running compute call."""
+        return self.processors - len(self._running_compute)
+
+    @property
+    def finished(self) -> frozenset[str]:
+        """The done set."""
+        return frozenset(self._done)
+
+    @property
+    def failed_calls(self) -> frozenset[str]:
+        """Calls handed back with `failed()` and not reset since."""
+        return frozenset(self._failed)
+
+    @property
+    def ready(self) -> frozenset[str]:
+        """Calls whose deps are all done, waiting to be passed out."""
+        return frozenset(self._ready)
+
+    def is_active(self) -> bool:
+        """True while some call is running or ready. False when all are done, or when the
+        rest are blocked behind failed calls (check `failed_calls`)."""
+        return bool(self._running or self._ready)
+
+    def is_finished(self) -> bool:
+        """True when every call is done."""
+        return len(self._done) == len(self.frg)
+
+    # ------------------------------------------------------------------ protocol
+
+    def get_ready(self) -> tuple[str, ...]:
+        """Calls to start now, marked running: every ready inout call (in the order they became
+        ready), then the compute calls the policy picks for the free processors. May be empty."""
+        out: list[str] = []
+        while self._ready_inout:
+            cid = self._ready_inout.popleft()
+            self._ready.discard(cid)
+            self._running.add(cid)
+            out.append(cid)
+        while self._ready_compute and len(self._running_compute) < self.processors:
+            _, cid = heapq.heappop(self._ready_compute)
+            self._ready.discard(cid)
+            self._running.add(cid)
+            self._running_compute.add(cid)
+            out.append(cid)
+        return tuple(out)
+
+    def done(self, *ids: str) -> None:
+        """Mark running calls done: frees their processors and makes successors ready.
+
+        Raises:
+            ValueError: an id was not passed out by `get_ready()` (or is already done); nothing
+                is changed then.
+        """
+        self._check_running(ids, "done")
+        for cid in ids:
+            self._running.discard(cid)
+            self._running_compute.discard(cid)
+            self._done.add(cid)
+            for s in self.frg.succs[cid]:
+                self._missing[s] -= 1
+                self._maybe_ready(s)
+
+    def failed(self, *ids: str) -> None:
+        """Hand back running calls that will not finish (failed, cancelled, or dropped before
+        they started). Frees their processors; they are not done, so their successors stay
+        blocked until `reset()` makes them run again.
+
+        Raises:
+            ValueError: an id was not passed out by `get_ready()`; nothing is changed then.
+        """
+        self._check_running(ids, "failed")
+        for cid in ids:
+            self._running.discard(cid)
+            self._running_compute.discard(cid)
+            self._failed.add(cid)
+
+    def reset(self, *ids: str) -> frozenset[str]:
+        """Make calls and all their descendants pending again (trace-back recovery).
+
+        They leave the done set (and the failed set and the ready queues); those whose deps
+        are all done become ready again. Returns every call that was reset.
+
+        Raises:
+            ValueError: an id is unknown, or a call to reset is still running (call `done()` or
+                `failed()` for it first); nothing is changed then.
+        """
+        for cid in ids:
+            if cid not in self.frg:
+                raise ValueError(f"call {cid!r} is not a call of the graph")
+        closure: set[str] = set(ids)
+        for cid in ids:
+            closure |= self.frg.descendants(cid)
+        busy = self.frg.ordered(closure & self._running)
+        if busy:
+            raise ValueError(
+                f"cannot reset running call(s) {', '.join(busy)}: call done() or failed() for them first"
+            )
+        for cid in closure:
+            if cid in self._done:
+                self._done.discard(cid)
+                for s in self.frg.succs[cid]:
+                    self._missing[s] += 1
+            self._failed.discard(cid)
+        if self._ready & closure:
+            self._ready -= closure
+            self._ready_inout = deque(c for c in self._ready_inout if c not in closure)
+            self._ready_compute = [e for e in self._ready_compute if e[1] not in closure]
+            heapq.heapify(self._ready_compute)
+        for cid in self.frg.ordered(closure):
+            self._maybe_ready(cid)
+        return frozenset(closure)
+
+    forget = reset
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_running(self, ids: Iterable[str], verb: str) -> None:
+        for cid in ids:
+            if cid not in self._running:
+                if cid not in self.frg:
+                    raise ValueError(f"{verb}(): {cid!r} is not a call of the graph")
+                if cid in self._done:
+                    raise ValueError(f"{verb}(): call {cid!r} is already done")
+                raise ValueError(f"{verb}(): call {cid!r} was not passed out by get_ready()")
+        if len(set(ids)) != len(tuple(ids)):
+            raise ValueError(f"{verb}(): the same call is given twice")
+
+    def _maybe_ready(self, cid: str) -> None:
+        if (
+            self._missing[cid] == 0
+            and cid not in self._done
+            and cid not in self._running
+            and cid not in self._ready
+            and cid not in self._failed
+        ):
+            self._ready.add(cid)
+            self._arrivals += 1
+            if self.frg.kind[cid] == "inout":
+                self._ready_inout.append(cid)
+            else:
+                heapq.heappush(self._ready_compute, (self._key(cid, self._arrivals), cid))

@@ -1,0 +1,349 @@
+"""Discrete-event simulation of a plan with given costs on P processors.
+
+`simulate` drives the same `Coordinator` the runner uses: inout calls run for their cost
+without a processor, compute calls run one per processor. `simulate_baseline` gives the
+schedules we compare against (`sequential`, `eager`, `rank-barrier`). `read_stg` loads a
+Standard Task Graph file as an all-compute FRG.
+
+    >>> from prefect_llmorch.graph import FRG
+    >>> frg = FRG.from_edges(["a", "b", "c"], {"c": ["a", "b"]}, costs={"a": 2, "b": 1, "c": 1})
+    >>> s = simulate(frg, processors=1)
+    >>> [(e.id, e.start, e.end) for e in s.entries]
+    [('a', 0.0, 2.0), ('b', 2.0, 3.0), ('c', 3.0, 4.0)]
+    >>> s.makespan, simulate(frg, 2).makespan, simulate_baseline(frg, 2, "sequential").makespan
+    (4.0, 3.0, 4.0)
+
+Pure: no clock, no randomness; the only I/O is `read_stg(path)`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from dataclasses import dataclass
+from .graph import FRG
+from .policy import DEFAULT_POLICY, POLICIES, Coordinator
+
+__all__ = [
+    "BASELINES",
+    "Entry",
+    "Schedule",
+    "read_stg",
+    "simulate",
+    "simulate_baseline",
+    "simulate_file",
+]
+
+BASELINES: tuple[str, ...] = ("sequential", "eager", "rank-barrier")
+
+# Relative tolerance when comparing simulated times (float sums of costs).
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One call in a schedule.
+
+    Attributes:
+        id: the call.
+        start: start time.
+        end: end time.
+        processor: the processor index (0..P-1) a compute call held; None for inout calls and
+            for compute calls of the time-sliced `eager` baseline.
+        kind: the call's kind.
+    """
+
+    id: str
+    start: float
+    end: float
+    processor: int | None
+    kind: str = "compute"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A simulated run: entries in start order.
+
+    Attributes:
+        entries: one per call, sorted by (start, plan order).
+        processors: P.
+        name: the policy or baseline that produced it.
+    """
+
+    entries: tuple[Entry, ...]
+    processors: int
+    name: str = DEFAULT_POLICY
+
+    @property
+    def makespan(self) -> float:
+        """Time from the first start (0) to the last end."""
+        return max((e.end for e in self.entries), default=0.0)
+
+    def __getitem__(self, call_id: str) -> Entry:
+        for e in self.entries:
+            if e.id == call_id:
+                return e
+        raise KeyError(call_id)
+
+    def max_concurrent_compute(self) -> int:
+        """The largest number of compute calls running at the same instant (a call ending at
+        t does not overlap one starting at t; zero-length calls count for nothing).
+
+        >>> Schedule((Entry("a", 0, 2, 0), Entry("b", 1, 3, 1), Entry("c", 2, 4, 0)), 2).max_concurrent_compute()
+        2
+        """
+        events: list[tuple[float, int]] = []
+        for e in self.entries:
+            if e.kind == "compute" and e.end > e.start:
+                events.append((e.start, 1))
+                events.append((e.end, -1))
+        events.sort()  # at equal times -1 sorts before +1
+        best = cur = 0
+        for _, step in events:
+            cur += step
+            best = max(best, cur)
+        return best
+
+    def problems(self, frg: FRG) -> list[str]:
+        """Everything wrong with this schedule for `frg` (empty when it is valid): missing or
+        extra calls, a call starting before one of its deps ended, a wrong duration, more than
+        P compute calls at once, two calls on one processor at once."""
+        out: list[str] = []
+        by_id = {e.id: e for e in self.entries}
+        if set(by_id) != set(frg.ids) or len(by_id) != len(self.entries):
+            out.append("schedule does not have exactly one entry per call")
+            return out
+        for cid in frg.ids:
+            e = by_id[cid]
+            tol = _EPS * max(1.0, e.end)
+            for d in frg.deps[cid]:
+                if e.start < by_id[d].end - tol:
+                    out.append(f"{cid} starts at {e.start} before its dep {d} ends at {by_id[d].end}")
+            if e.processor is not None and abs((e.end - e.start) - frg.cost[cid]) > tol:
+                out.append(f"{cid} runs {e.end - e.start}, its cost is {frg.cost[cid]}")
+        if self.name != "eager" and self.max_concurrent_compute() > self.processors:
+            out.append(f"{self.max_concurrent_compute()} compute calls at once on {self.processors} processors")
+        per_proc: dict[int, list[Entry]] = {}
+        for e in self.entries:
+            if e.processor is not None:
+                per_proc.setdefault(e.processor, []).append(e)
+        for p, es in per_proc.items():
+            es.sort(key=lambda e: (e.start, e.end))
+            for a, b in zip(es, es[1:]):
+                if b.start < a.end - _EPS * max(1.0, a.end):
+                    out.append(f"{a.id} and {b.id} overlap on processor {p}")
+        return out
+
+
+def _check_processors(processors: int) -> None:
+    if not isinstance(processors, int) or processors < 1:
+        raise ValueError(f"processors must be an integer >= 1, got {processors!r}")
+
+
+def _finish(frg: FRG, entries: list[Entry], processors: int, name: str) -> Schedule:
+    entries.sort(key=lambda e: (e.start, frg.index(e.id)))
+    return Schedule(tuple(entries), processors, name)
+
+
+def simulate(frg: FRG, processors: int, policy: str = DEFAULT_POLICY) -> Schedule:
+    """Simulate the coordinator on `processors` processors with the calls' costs.
+
+    Completions at the same instant are handed to the coordinator together, then it is asked
+    what to start. Compute calls take the lowest-numbered free processor.
+
+    Raises:
+        ValueError: bad processors or policy.
+    """
+    _check_processors(processors)
+    co = Coordinator(frg, processors, policy)
+    free = list(range(processors))  # heap of free processor indices
+    held: dict[str, int] = {}
+    starts: dict[str, float] = {}
+    events: list[tuple[float, int, str]] = []
+    entries: list[Entry] = []
+    t, seq = 0.0, 0
+    while True:
+        for cid in co.get_ready():
+            starts[cid] = t
+            if frg.kind[cid] == "compute":
+                held[cid] = heapq.heappop(free)
+            heapq.heappush(events, (t + frg.cost[cid], seq, cid))
+            seq += 1
+        if not events:
+            break
+        t = events[0][0]
+        finished = []
+        while events and events[0][0] == t:
+            finished.append(heapq.heappop(events)[2])
+        for cid in finished:
+            proc = held.pop(cid, None)
+            if proc is not None:
+                heapq.heappush(free, proc)
+            entries.append(Entry(cid, starts[cid], t, proc, frg.kind[cid]))
+        co.done(*finished)
+    return _finish(frg, entries, processors, policy)
+
+
+def simulate_baseline(frg: FRG, processors: int, name: str) -> Schedule:
+    """Simulate a baseline we compare against.
+
+    - `sequential`: one call at a time in plan order (ReAct-style); makespan = total work.
+    - `eager`: every call starts as soon as its deps are done, with no bound (LLMCompiler-style).
+      Inout calls run for their cost; the n compute calls running at once share the P cores by
+      time-slicing, each progressing at rate min(1, P/n). Entries have processor None.
+    - `rank-barrier`: rank k+1 starts when all of rank k is done; within a rank, inout calls
+      start at once and compute calls are list-scheduled on P processors in plan order.
+
+    Raises:
+        ValueError: bad processors, or an unknown baseline name.
+    """
+    _check_processors(processors)
+    if name == "sequential":
+        return _sequential(frg, processors)
+    if name == "eager":
+        return _eager(frg, processors)
+    if name == "rank-barrier":
+        return _rank_barrier(frg, processors)
+    raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+
+
+def _sequential(frg: FRG, processors: int) -> Schedule:
+    t = 0.0
+    entries = []
+    for cid in frg.topological_order():
+        compute = frg.kind[cid] == "compute"
+        entries.append(Entry(cid, t, t + frg.cost[cid], 0 if compute else None, frg.kind[cid]))
+        t += frg.cost[cid]
+    return _finish(frg, entries, processors, "sequential")
+
+
+def _eager(frg: FRG, processors: int) -> Schedule:
+    # Processor sharing with one rate for all running compute calls: track the service S(t)
+    # each of them has received; a call started at service S0 ends when S reaches S0 + cost.
+    missing = {cid: len(frg.deps[cid]) for cid in frg.ids}
+    starts: dict[str, float] = {}
+    inout_events: list[tuple[float, int, str]] = []  # (end time, seq, id)
+    compute_events: list[tuple[float, int, str]] = []  # (service level at end, seq, id)
+    entries: list[Entry] = []
+    t, service, seq = 0.0, 0.0, 0
+    ready = [cid for cid in frg.ids if not missing[cid]]
+    while True:
+        for cid in ready:
+            starts[cid] = t
+            if frg.kind[cid] == "compute":
+                heapq.heappush(compute_events, (service + frg.cost[cid], seq, cid))
+            else:
+                heapq.heappush(inout_events, (t + frg.cost[cid], seq, cid))
+            seq += 1
+        ready = []
+        if not inout_events and not compute_events:
+            break
+        rate = min(1.0, processors / len(compute_events)) if compute_events else 1.0
+        t_compute = t + (compute_events[0][0] - service) / rate if compute_events else float("inf")
+        t_inout = inout_events[0][0] if inout_events else float("inf")
+        t_next = min(t_compute, t_inout)
+        service += (t_next - t) * rate
+        t = t_next
+        finished = []
+        while inout_events and inout_events[0][0] <= t:
+            finished.append(heapq.heappop(inout_events)[2])
+        tol = _EPS * max(1.0, service)
+        while compute_events and compute_events[0][0] <= service + tol:
+            finished.append(heapq.heappop(compute_events)[2])
+        for cid in finished:
+            entries.append(Entry(cid, starts[cid], t, None, frg.kind[cid]))
+            for s in frg.succs[cid]:
+                missing[s] -= 1
+                if not missing[s]:
+                    ready.append(s)
+        ready.sort(key=frg.index)
+    return _finish(frg, entries, processors, "eager")
+
+
+def _rank_barrier(frg: FRG, processors: int) -> Schedule:
+    by_rank: dict[int, list[str]] = {}
+    for cid in frg.ids:
+        by_rank.setdefault(frg.rank[cid], []).append(cid)
+    entries: list[Entry] = []
+    t = 0.0
+    for r in sorted(by_rank):
+        end = t
+        free = [(t, p) for p in range(processors)]  # (time the processor is free, index)
+        for cid in by_rank[r]:
+            cost = frg.cost[cid]
+            if frg.kind[cid] == "inout":
+                entries.append(Entry(cid, t, t + cost, None, "inout"))
+                end = max(end, t + cost)
+            else:
+                at, p = heapq.heappop(free)
+                entries.append(Entry(cid, at, at + cost, p, "compute"))
+                heapq.heappush(free, (at + cost, p))
+                end = max(end, at + cost)
+        t = end
+    return _finish(frg, entries, processors, "rank-barrier")
+
+
+def read_stg(path: str | os.PathLike[str]) -> FRG:
+    """Read a Standard Task Graph (STG) file as an all-compute FRG.
+
+    The dummy entry node 0 and exit node n+1 (cost 0) are dropped with their edges; real
+    tasks keep their ids as strings (`"1"` .. `"n"`) and their costs.
+
+    Raises:
+        ValueError: the file is not an STG file (with the line at fault).
+    """
+    with open(path, encoding="ascii") as fh:
+        lines = fh.read().splitlines()
+    rows: list[list[int]] = []
+    for lineno, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("#"):
+            break
+        try:
+            rows.append([int(x) for x in text.split()])
+        except ValueError:
+            raise ValueError(f"{path}: line {lineno}: expected integers, got {text[:60]!r}") from None
+    if not rows or len(rows[0]) != 1:
+        raise ValueError(f"{path}: line 1: expected the number of tasks")
+    n = rows[0][0]
+    nodes = rows[1:]
+    if len(nodes) != n + 2:
+        raise ValueError(f"{path}: expected {n + 2} node rows (n + 2 dummies), found {len(nodes)}")
+    ids: list[str] = []
+    deps: dict[str, list[str]] = {}
+    costs: dict[str, float] = {}
+    for k, row in enumerate(nodes):
+        if len(row) < 3 or row[0] != k or len(row) != 3 + row[2]:
+            raise ValueError(f"{path}: node row {k} is malformed: {row[:6]}")
+        if k == 0 or k == n + 1:
+            continue
+        cid = str(k)
+        ids.append(cid)
+        costs[cid] = float(row[1])
+        deps[cid] = [str(p) for p in row[3:] if p != 0]
+    return FRG.from_edges(ids, deps, costs=costs)
+
+
+def simulate_file(
+    source: str | os.PathLike[str] | FRG, processors: int, policy: str = DEFAULT_POLICY
+) -> dict[str, float]:
+    """Simulate an STG file (or an FRG) with a policy or baseline; the numbers the CLI prints.
+
+    Returns:
+        `{"makespan", "lower_bound", "work", "critical_path"}`.
+    """
+    frg = source if isinstance(source, FRG) else read_stg(source)
+    if policy in POLICIES:
+        schedule = simulate(frg, processors, policy)
+    elif policy in BASELINES:
+        schedule = simulate_baseline(frg, processors, policy)
+    else:
+        raise ValueError(f"unknown policy {policy!r}; valid: {', '.join(POLICIES + BASELINES)}")
+    return {
+        "makespan": schedule.makespan,
+        "lower_bound": frg.lower_bound(processors),
+        "work": frg.work,
+        "critical_path": frg.critical_path,
+    }
