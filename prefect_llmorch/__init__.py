@@ -1,0 +1,61 @@
+"""prefect-llmorch: parallel LLM function calling on Prefect 3 (LLMOrch).
+
+The public API. Names are imported lazily (a module `__getattr__`, as `concurrent.futures`
+does) so that worker processes importing a toolbox (`from prefect_llmorch import compute`)
+do not import Prefect.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "inout": "functions",
+    "compute": "functions",
+    "Toolbox": "functions",
+    "FunctionSpec": "functions",
+    "load_toolbox": "functions",
+    "Plan": "plan.model",
+    "Call": "plan.model",
+    "PlanError": "plan.errors",
+    "parse": "plan.parser",
+    "FRG": "graph",
+    "simulate": "simulate",
+    "LLMOrchTaskRunner": "runner",
+    "orchestrate": "orchestrate",
+    "run_plan": "orchestrate",
+    "RunReport": "orchestrate",
+    "PlanRunFailed": "orchestrate",
+    "LLMEndpoint": "blocks",
+    "ToolCredentials": "blocks",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prefect_llmorch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .blocks import LLMEndpoint, ToolCredentials
+    from .functions import FunctionSpec, Toolbox, compute, inout, load_toolbox
+    from .graph import FRG
+    from .orchestrate import PlanRunFailed, RunReport, orchestrate, run_plan
+    from .plan.errors import PlanError
+    from .plan.model import Call, Plan
+    from .plan.parser import parse
+    from .runner import LLMOrchTaskRunner
+    from .simulate import simulate

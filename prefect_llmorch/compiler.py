@@ -1,0 +1,236 @@
+"""Compile an FRG into Prefect task runs: one task run per call.
+
+Each call becomes a Prefect task named `s3 · python`, tagged `inout`/`compute` and
+`rank:N`, whose parameters are the call's text and the futures of the calls it uses, so
+Prefect resolves upstream results and draws the FRG edges in the UI graph. The body
+resolves the call's arguments from those results (walking the plan tree, never `eval`),
+checks them against the function's signature, and runs the function: compute calls in a
+worker process of the `LLMOrchTaskRunner`, inout calls in the task's thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from prefect import Task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+
+from .functions import CREDENTIALS_PARAM, SELF, FunctionSpec, Toolbox
+from .graph import FRG
+from .plan.evaluate import resolve
+from .plan.model import Call, Plan
+from .runner import CALL_ATTR, current_runner
+from .workers import CallTimeout
+
+
+@dataclass
+class CallRecord:
+    """What happened to one call (one row of the schedule table)."""
+
+    id: str
+    function: str
+    kind: str
+    rank: int
+    state: str = "Pending"
+    start: float | None = None  # seconds from the flow start, around the function body
+    end: float | None = None
+    pid: int | None = None
+    processor: int | None = None  # worker index for compute calls; None for inout
+    error: str | None = None
+    attempt: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Recorder:
+    """Thread-safe record of every call's timing and state, relative to `t0`."""
+
+    t0: float = field(default_factory=time.time)
+    records: dict[str, CallRecord] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    history: list[CallRecord] = field(default_factory=list)  # records replaced by a repair
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    listeners: list[Callable[[CallRecord], None]] = field(default_factory=list, repr=False)
+
+    def add(self, record: CallRecord) -> None:
+        with self._lock:
+            old = self.records.get(record.id)
+            if old is not None and old.state != "Pending":
+                self.history.append(old)
+            self.records[record.id] = record
+
+    def update(self, call_id: str, **changes: Any) -> None:
+        with self._lock:
+            rec = self.records[call_id]
+            for k, v in changes.items():
+                setattr(rec, k, v)
+        if "state" in changes:
+            for listener in list(self.listeners):
+                listener(rec)
+
+    def rel(self, t: float) -> float:
+        return round(t - self.t0, 6)
+
+
+def task_name(call: Call, attempt: int = 0) -> str:
+    """`s3 · python`, or `s3 · python (repair 1)` for a call repaired by recovery."""
+    base = f"{call.id} · {call.function}"
+    return f"{base} (repair {attempt})" if attempt else base
+
+
+def _run_with_timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, label: str) -> Any:
+    """Run an inout function in this thread, or in a helper thread when it has a timeout.
+
+    A thread cannot be killed: past the timeout the call fails and its thread is left to
+    finish on its own (documented limitation for inout functions).
+    """
+    if timeout is None:
+        return fn(*args, **kwargs)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True, name=f"llmorch-{label}")
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise CallTimeout(f"{label} ran past its timeout of {timeout:g} s", call=label)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@dataclass
+class Compiler:
+    """Turns calls of an FRG into Prefect tasks and submits them.
+
+    Args:
+        frg: the Function-call Relation Graph of the plan.
+        toolbox: the functions the plan calls.
+        recorder: where call timings, states and results go.
+        self_fn: the body of the built-in `self` (ask the LLM), if the plan uses it.
+        secrets: loaded credentials by block name, passed to functions that declare them
+            (never through task parameters).
+        on_failure: extra Prefect `on_failure` hooks for every task (recovery uses them).
+    """
+
+    frg: FRG
+    toolbox: Toolbox
+    recorder: Recorder
+    self_fn: Callable[[str], Any] | None = None
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    on_failure: list[Callable[..., Any]] = field(default_factory=list)
+
+    def task_for(self, call: Call, attempt: int = 0) -> Task[..., Any]:
+        spec = self.toolbox[call.function]
+        kind = spec.kind
+        rank = self.frg.rank[call.id]
+        recorder = self.recorder
+
+        def body(call_text: str, inputs: dict[str, Any]) -> Any:
+            return self._execute(call, spec, inputs)
+
+        body.__name__ = f"llmorch_{spec.name}"
+        body.__qualname__ = body.__name__
+        task = Task(
+            fn=body,
+            name=task_name(call, attempt),
+            task_run_name=task_name(call, attempt),
+            tags={kind, f"rank:{rank}"},
+            retries=spec.retries,
+            retry_delay_seconds=spec.retry_delay,
+            cache_policy=NO_CACHE,
+            persist_result=False,
+            log_prints=False,
+            on_failure=list(self.on_failure),
+        )
+        setattr(task, CALL_ATTR, call.id)
+        recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
+        return task
+
+    def _execute(self, call: Call, spec: FunctionSpec, inputs: Mapping[str, Any]) -> Any:
+        recorder = self.recorder
+        label = task_name(call)
+        recorder.update(call.id, state="Running")
+        start = end = None
+        pid = processor = None
+        try:
+            args, kwargs = resolve(call, inputs)
+            validated = spec.validate(args, kwargs)
+            call_args, call_kwargs = spec.call_args(validated)
+            if spec.credentials:
+                if spec.credentials not in self.secrets:
+                    raise LookupError(f"{label}: credentials block {spec.credentials!r} was not loaded")
+                call_kwargs[CREDENTIALS_PARAM] = dict(self.secrets[spec.credentials])
+            fn = spec.fn
+            if spec.name == SELF and fn is None:
+                if self.self_fn is None:
+                    raise RuntimeError(f"{label}: `self` needs an LLM endpoint (set OPENAI_BASE_URL or pass an LLMEndpoint block)")
+                fn = self.self_fn
+            runner = current_runner()
+            if spec.kind == "compute" and runner is not None and runner.pool is not None:
+                try:
+                    outcome = runner.pool.run(label, fn, call_args, call_kwargs, timeout=spec.timeout)  # type: ignore[arg-type]
+                except BaseException as exc:
+                    timing = getattr(exc, "llmorch_timing", None)
+                    if timing:
+                        start, end, pid = timing
+                    processor = getattr(exc, "llmorch_worker", None)
+                    raise
+                start, end, pid, processor = outcome.start, outcome.end, outcome.pid, outcome.worker
+                value = outcome.value
+            else:
+                import os
+
+                pid = os.getpid()
+                start = time.time()
+                try:
+                    value = _run_with_timeout(fn, call_args, call_kwargs, spec.timeout, label)  # type: ignore[arg-type]
+                finally:
+                    end = time.time()
+        except BaseException as exc:
+            recorder.update(
+                call.id,
+                state="Failed",
+                error=f"{type(exc).__name__}: {exc}",
+                start=recorder.rel(start) if start else None,
+                end=recorder.rel(end) if end else None,
+                pid=pid,
+                processor=processor,
+            )
+            raise
+        recorder.results[call.id] = value
+        recorder.update(
+            call.id, state="Completed", start=recorder.rel(start), end=recorder.rel(end), pid=pid, processor=processor
+        )
+        return value
+
+    def submit(self, calls: Iterable[Call], futures: dict[str, PrefectFuture[Any]], attempt: int = 0) -> dict[str, PrefectFuture[Any]]:
+        """Submit calls (in plan order) whose inputs are in `futures` or among `calls`.
+
+        Results of calls outside `calls` are reused through their existing futures.
+        Returns the new futures by call id (and adds them to `futures`).
+        """
+        new: dict[str, PrefectFuture[Any]] = {}
+        for call in calls:
+            task = self.task_for(call, attempt)
+            inputs = {dep: futures[dep] for dep in sorted(call.deps)}
+            fut = task.submit(call_text=_call_text(call), inputs=inputs)
+            futures[call.id] = fut
+            new[call.id] = fut
+        return new
+
+
+def _call_text(call: Call) -> str:
+    """The call as written, for the UI's parameter view (the plan's own text)."""
+    return Plan((call,), dialect="paper").to_text().strip()

@@ -1,0 +1,266 @@
+"""The `orchestrate` flow: plan -> FRG -> compiled task runs -> results and artifacts.
+
+    >>> from prefect_llmorch import run_plan                        # doctest: +SKIP
+    >>> report = run_plan("s1: burn(1.0)\\ns2: burn(1.0)", "flows.examples.toolbox:toolbox", processors=2)
+
+The flow's final state tells the truth: `Failed` (with a message naming each failed call
+and why) when any call failed, `Completed` otherwise. Results of the calls that completed
+are kept in the report either way (`PlanRunFailed.report`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture, wait
+
+from .compiler import Compiler, Recorder
+from .functions import Toolbox, load_toolbox
+from .graph import FRG
+from .plan.model import Plan
+from .plan.parser import parse
+from .runner import LLMOrchTaskRunner, default_processors
+
+
+@dataclass
+class RunReport:
+    """What a run did: the `llmorch run --json` object."""
+
+    state: str
+    makespan: float
+    lower_bound: float
+    processors: int
+    calls: list[dict[str, Any]]
+    result: Any
+    results: dict[str, Any] = field(default_factory=dict)
+    sequential: float = 0.0  # sum of the call times
+    failed: list[str] = field(default_factory=list)
+    message: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.sequential / self.makespan if self.makespan > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "state": self.state,
+            "makespan": self.makespan,
+            "lower_bound": self.lower_bound,
+            "processors": self.processors,
+            "calls": [
+                {k: c[k] for k in ("id", "function", "kind", "rank", "state", "start", "end", "pid")}
+                for c in self.calls
+            ],
+            "result": _jsonable(self.result),
+        }
+        if self.message:
+            out["message"] = self.message
+        out.update(self.extra)
+        return out
+
+
+class PlanRunFailed(RuntimeError):
+    """Some calls of the plan failed; `report` keeps everything that completed."""
+
+    def __init__(self, message: str, report: RunReport) -> None:
+        self.report = report
+        super().__init__(message)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (PlanRunFailed, (str(self), self.report))
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        if isinstance(value, dict):
+            return {str(k): _jsonable(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_jsonable(v) for v in value]
+        return repr(value)
+
+
+def resolve_toolbox(toolbox: Toolbox | str) -> Toolbox:
+    return toolbox if isinstance(toolbox, Toolbox) else load_toolbox(toolbox)
+
+
+def measured_lower_bound(frg: FRG, recorder: Recorder, processors: int) -> float:
+    """max(critical path, compute work / P), with each call's *measured* duration."""
+    costs = {}
+    for cid in frg.ids:
+        rec = recorder.records.get(cid)
+        if rec and rec.start is not None and rec.end is not None:
+            costs[cid] = max(rec.end - rec.start, 0.0)
+        else:
+            costs[cid] = 0.0
+    measured = FRG.from_edges(frg.ids, frg.deps, frg.kind, costs)
+    return round(measured.lower_bound(processors), 6)
+
+
+def build_report(frg: FRG, recorder: Recorder, processors: int, futures: Mapping[str, PrefectFuture[Any]]) -> RunReport:
+    calls = []
+    for cid in frg.ids:
+        rec = recorder.records[cid]
+        fut = futures.get(cid)
+        state = rec.state
+        if fut is not None and fut.state.is_final() and not fut.state.is_completed() and state != "Failed":
+            state = fut.state.name or fut.state.type.value.title()  # e.g. NotReady: upstream failed
+            rec.state = state
+        calls.append(rec.to_dict())
+    ended = [c for c in calls if c["start"] is not None and c["end"] is not None]
+    makespan = round(max((c["end"] for c in ended), default=0.0) - min((c["start"] for c in ended), default=0.0), 6)
+    sequential = round(sum(c["end"] - c["start"] for c in ended), 6)
+    failed = [c["id"] for c in calls if c["state"] != "Completed"]
+    sinks = [s for s in frg.sinks if s in recorder.results]
+    if len(frg.sinks) == 1:
+        result = recorder.results.get(frg.sinks[0])
+    else:
+        result = {s: recorder.results[s] for s in sinks}
+    return RunReport(
+        state="Failed" if failed else "Completed",
+        makespan=makespan,
+        lower_bound=measured_lower_bound(frg, recorder, processors),
+        processors=processors,
+        calls=calls,
+        result=result,
+        results=dict(recorder.results),
+        sequential=sequential,
+        failed=failed,
+    )
+
+
+def failure_message(report: RunReport) -> str:
+    lines = []
+    for c in report.calls:
+        if c["state"] == "Failed":
+            lines.append(f"{c['id']} · {c['function']} failed: {c['error']}")
+        elif c["state"] != "Completed":
+            lines.append(f"{c['id']} · {c['function']} did not run ({c['state']}: an input failed)")
+    done = sum(1 for c in report.calls if c["state"] == "Completed")
+    return f"{len(report.failed)} of {len(report.calls)} calls did not complete ({done} completed, results kept):\n" + "\n".join(lines)
+
+
+def publish_artifacts(frg: FRG, report: RunReport, extra_markdown: str = "") -> None:
+    """The FRG as mermaid and the schedule as a table, shown on the flow run's page."""
+    create_markdown_artifact(
+        key="llmorch-frg",
+        markdown="## Function-call Relation Graph\n\n```mermaid\n" + frg.to_mermaid() + "\n```\n" + extra_markdown,
+        description="The plan's FRG: def-use edges, ranks, mutual exclusion of compute calls",
+    )
+    rows = [
+        {
+            "call": c["id"], "function": c["function"], "kind": c["kind"], "rank": c["rank"],
+            "processor": "" if c["processor"] is None else c["processor"], "pid": c["pid"],
+            "start": c["start"], "end": c["end"], "state": c["state"],
+        }
+        for c in report.calls
+    ]
+    create_table_artifact(
+        key="llmorch-schedule",
+        table=rows,
+        description=(
+            f"makespan {report.makespan:.3f} s, lower bound {report.lower_bound:.3f} s, "
+            f"P = {report.processors}, speedup vs sum of call times {report.speedup:.2f}x"
+        ),
+    )
+
+
+def current_llmorch_runner() -> LLMOrchTaskRunner | None:
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx else None
+    return runner if isinstance(runner, LLMOrchTaskRunner) else None
+
+
+def execute(
+    plan: Plan,
+    toolbox: Toolbox,
+    *,
+    processors: int,
+    self_fn: Callable[[str], Any] | None = None,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+    recorder: Recorder | None = None,
+) -> tuple[FRG, Recorder, RunReport]:
+    """Run a checked plan inside the current flow run; returns the FRG, records and report."""
+    frg = FRG.build(plan, toolbox)
+    runner = current_llmorch_runner()
+    if runner is not None:
+        runner.use_graph(frg)
+    recorder = recorder or Recorder()
+    compiler = Compiler(frg=frg, toolbox=toolbox, recorder=recorder, self_fn=self_fn, secrets=secrets or {})
+    futures: dict[str, PrefectFuture[Any]] = {}
+    compiler.submit(plan.calls, futures)
+    if runner is not None:
+        runner.no_more_submissions()
+    wait(list(futures.values()))
+    report = build_report(frg, recorder, processors, futures)
+    return frg, recorder, report
+
+
+@flow(name="llmorch-run", log_prints=False)
+def orchestrate(plan: str, toolbox: str, processors: int | None = None, policy: str = "critical-path") -> RunReport:
+    """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
+
+    Use `run_plan` from Python: it sets the task runner for `processors` and `policy`.
+
+    Args:
+        plan: the plan text (either dialect).
+        toolbox: `module:attr` naming a `Toolbox`.
+        processors: P; defaults to the machine's core count.
+        policy: `critical-path` (default) or `paper`.
+    """
+    logger = get_run_logger()
+    tb = resolve_toolbox(toolbox)
+    parsed = parse(plan, tb)
+    P = processors or default_processors()
+    runner = current_llmorch_runner()
+    if runner is not None and runner.processors != P:
+        logger.warning("task runner has %s processors, flow asked for %s: using the runner's", runner.processors, P)
+        P = runner.processors
+    logger.info("plan of %s calls on %s processors (policy %s)", len(parsed), P, policy)
+    frg, _, report = execute(parsed, tb, processors=P)
+    publish_artifacts(frg, report)
+    if report.failed:
+        report.message = failure_message(report)
+        raise PlanRunFailed(report.message, report)
+    return report
+
+
+def run_plan(
+    plan: str | Plan,
+    toolbox: Toolbox | str,
+    *,
+    processors: int | None = None,
+    policy: str = "critical-path",
+    concurrency_limit: str | None = "llmorch-processors",
+) -> RunReport:
+    """Run a plan as an `llmorch-run` flow; returns the report, raises `PlanRunFailed`.
+
+    Args:
+        plan: plan text (or a parsed `Plan`).
+        toolbox: a `Toolbox` or `module:attr` naming one (a path is what the UI shows).
+        processors: P; defaults to the machine's core count.
+        policy: `critical-path` or `paper`.
+        concurrency_limit: the global concurrency limit guarding the machine (None: off).
+    """
+    text = plan.to_text() if isinstance(plan, Plan) else plan
+    P = processors or default_processors()
+    preload = [toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else []
+    runner = LLMOrchTaskRunner(processors=P, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
+    parameters: dict[str, Any] = {"plan": text, "toolbox": toolbox, "processors": P, "policy": policy}
+    state = orchestrate.with_options(task_runner=runner, validate_parameters=isinstance(toolbox, str))(
+        **parameters, return_state=True
+    )
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        raise value
+    return value

@@ -1,0 +1,488 @@
+"""`LLMOrchTaskRunner`: Prefect task runs on P processors, the LLMOrch way.
+
+Before, every task on threads, compute calls fighting over the GIL and the cores:
+
+    @flow(task_runner=ThreadPoolTaskRunner())
+    def f(): ...
+
+After, tasks tagged `compute` run in P pre-warmed worker processes, never more than P at
+once; tasks tagged `inout` (or untagged) start at once on threads, without a processor:
+
+    from prefect_llmorch import LLMOrchTaskRunner
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=2))
+    def f(): ...
+
+How it works. `submit` does not start a task run: it records the submission and starts
+it when every future it depends on (in `wait_for` or in its parameters) is done. Ready
+inout task runs start at once; ready compute task runs start one per free processor,
+chosen by the coordination policy (`policy.select`). Each task run's Prefect engine runs in
+a thread of the flow process, so states, hooks and the UI graph stay native; the body of a
+compiled compute call (see `compiler.py`) borrows a worker process from `runner.pool`.
+
+Machine-wide guard: a Prefect global concurrency limit (`llmorch-processors`, created with
+limit P if absent) is held one slot per processor that this flow run uses. Slots are taken
+ahead of need, when the runner starts (while the planner is still writing), and given back
+when no compute call is left, so two flow runs on one machine never run more than P
+compute calls together, and no call pays the limit's round trip on its critical path.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import itertools
+import logging
+import threading
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+import psutil
+from prefect.futures import PrefectConcurrentFuture, PrefectFuture
+from prefect.task_runners import TaskRunner
+
+from .policy import select
+from .workers import WorkerPool
+
+if TYPE_CHECKING:
+    from prefect.tasks import Task
+
+    from .graph import FRG
+
+logger = logging.getLogger("prefect_llmorch.runner")
+
+#: Attribute a compiled task carries to name its call in the FRG.
+CALL_ATTR = "llmorch_call_id"
+
+
+def default_processors() -> int:
+    """The machine's core count (physical cores are not what the OS schedules on)."""
+    return psutil.cpu_count(logical=True) or 1
+
+
+@dataclass(eq=False)
+class _Submission:
+    seq: int
+    task: "Task[Any, Any]"
+    kind: str
+    call_id: str | None
+    task_run_id: uuid.UUID
+    parameters: dict[str, Any]
+    wait_for: list[PrefectFuture[Any]]
+    dependencies: dict[str, Any] | None
+    context: contextvars.Context
+    future: concurrent.futures.Future[Any]
+    waiting: int = 0
+    state: str = "pending"  # pending -> ready -> running -> done
+    upstream: list[PrefectFuture[Any]] = field(default_factory=list)
+
+
+class _SlotHolder:
+    """Holds one slot of a Prefect global concurrency limit in a thread of its own.
+
+    `prefect.concurrency.sync.concurrency` is a context manager that renews its lease
+    while held; a thread keeps it entered until `release()` is called.
+    """
+
+    def __init__(self, runner: "LLMOrchTaskRunner", context: contextvars.Context) -> None:
+        self._runner = runner
+        self._release = threading.Event()
+        self.acquired = False
+        self.thread = threading.Thread(target=context.run, args=(self._hold,), daemon=True, name="llmorch-slot")
+        self.thread.start()
+
+    def _hold(self) -> None:
+        from prefect.concurrency.sync import concurrency
+
+        try:
+            with concurrency(self._runner.concurrency_limit, occupy=1, strict=True):
+                self.acquired = True
+                self._runner._slot_acquired(self)
+                self._release.wait()
+        except BaseException as exc:  # limit deleted, API down: the runner falls back to its own bound
+            self._runner._slot_failed(self, exc)
+        finally:
+            if self.acquired:
+                self._runner._slot_released(self)
+
+    def release(self) -> None:
+        self._release.set()
+
+
+class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
+    """Run `compute` task runs on P worker processes and `inout` ones on threads.
+
+    Args:
+        processors: P, the number of worker processes and the most compute calls that
+            run at once. Defaults to the machine's core count.
+        policy: which ready compute call starts first: `critical-path` (default:
+            longest remaining path first) or `paper` (rank sets first-in first-out).
+        concurrency_limit: name of the Prefect global concurrency limit that guards the
+            machine across flow runs (created with limit P if absent); None disables it.
+        pin: pin worker i to core i (psutil).
+        preload: modules the workers import at start (e.g. your toolbox module).
+
+    Note:
+        The runner guarantees at most P compute task runs *in its flow run* by itself;
+        the global limit adds the guarantee across flow runs. When the limit cannot be
+        used (API unreachable), the runner logs why and keeps its own bound.
+
+    Examples:
+        >>> from prefect import flow, task
+        >>> @task(tags={"compute"})
+        ... def square(x: int) -> int:
+        ...     return x * x
+        >>> @flow(task_runner=LLMOrchTaskRunner(processors=2, concurrency_limit=None))
+        ... def squares() -> list[int]:
+        ...     return [f.result() for f in [square.submit(i) for i in range(4)]]
+    """
+
+    def __init__(
+        self,
+        processors: int | None = None,
+        policy: str = "critical-path",
+        concurrency_limit: str | None = "llmorch-processors",
+        pin: bool = False,
+        preload: Iterable[str] = (),
+    ) -> None:
+        super().__init__()
+        from .policy import POLICIES
+
+        if processors is not None and processors < 1:
+            raise ValueError(f"processors must be at least 1, got {processors}")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        self.processors = processors or default_processors()
+        self.policy = policy
+        self.concurrency_limit = concurrency_limit
+        self.pin = pin
+        self.preload = tuple(preload)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self.pool: WorkerPool | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._stack: ExitStack | None = None
+        self._lock = threading.RLock()
+        self._seq = itertools.count()
+        self._subs: list[_Submission] = []
+        self._running_compute = 0
+        self._frg: "FRG | None" = None
+        self._expecting_more = True
+        self._holders: list[_SlotHolder] = []
+        self._slots = 0
+        self._limit_broken: str | None = None
+        self.max_running_compute = 0  # observed, for tests and reports
+
+    # -- settings ---------------------------------------------------------------------
+    def _settings(self) -> tuple[Any, ...]:
+        return (self.processors, self.policy, self.concurrency_limit, self.pin, self.preload)
+
+    def duplicate(self) -> "LLMOrchTaskRunner":
+        return type(self)(
+            processors=self.processors,
+            policy=self.policy,
+            concurrency_limit=self.concurrency_limit,
+            pin=self.pin,
+            preload=self.preload,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LLMOrchTaskRunner) and self._settings() == other._settings()
+
+    def __hash__(self) -> int:
+        return hash(self._settings())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Runners are cloudpickled when a flow run is sent to a subprocess: keep settings only.
+        return {"processors": self.processors, "policy": self.policy, "concurrency_limit": self.concurrency_limit, "pin": self.pin, "preload": self.preload}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    # -- life cycle -------------------------------------------------------------------
+    def __enter__(self) -> "LLMOrchTaskRunner":
+        super().__enter__()
+        stack = ExitStack()
+        try:
+            self.pool = stack.enter_context(WorkerPool(self.processors, pin=self.pin, preload=self.preload))
+            self._executor = stack.enter_context(
+                concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
+            )
+            stack.callback(self._release_all_slots)
+            if self.concurrency_limit:
+                # Create the limit and take slots in the background: off the critical path.
+                ctx = contextvars.copy_context()
+                threading.Thread(target=ctx.run, args=(self._prepare_limit, ctx), daemon=True).start()
+            else:
+                self._slots = self.processors
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        with self._lock:
+            for sub in self._subs:
+                if sub.state in ("pending", "ready") and not sub.future.done():
+                    sub.future.cancel()
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+        self.pool = None
+        self._executor = None
+        super().__exit__(*exc_info)
+
+    # -- what the compiler tells us ---------------------------------------------------
+    def use_graph(self, frg: "FRG") -> None:
+        """Give the policy the FRG of the plan (for critical-path priorities)."""
+        with self._lock:
+            self._frg = frg
+
+    def no_more_submissions(self) -> None:
+        """Every call of the plan is submitted: slots not needed any more can go back."""
+        with self._lock:
+            self._expecting_more = False
+        self._adjust_slots()
+
+    def expect_more(self) -> None:
+        """More submissions will come (e.g. a recovery round)."""
+        with self._lock:
+            self._expecting_more = True
+        self._adjust_slots()
+
+    # -- submit -----------------------------------------------------------------------
+    def submit(  # type: ignore[override]
+        self,
+        task: "Task[Any, Any]",
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+        dependencies: dict[str, Any] | None = None,
+    ) -> PrefectConcurrentFuture[Any]:
+        if not self._started or self._executor is None:
+            raise RuntimeError("LLMOrchTaskRunner is not started")
+        from prefect.context import TagsContext
+        from prefect._internal.uuid7 import uuid7
+
+        tags = set(task.tags) | set(TagsContext.get().current_tags)
+        kind = "compute" if "compute" in tags else "inout"
+        wait_list = list(wait_for or [])
+        upstream = wait_list + _futures_in(parameters)
+        sub = _Submission(
+            seq=next(self._seq),
+            task=task,
+            kind=kind,
+            call_id=getattr(task, CALL_ATTR, None),
+            task_run_id=uuid7(),
+            parameters=parameters,
+            wait_for=wait_list,
+            dependencies=dependencies,
+            context=contextvars.copy_context(),
+            future=concurrent.futures.Future(),
+            upstream=upstream,
+        )
+        with self._lock:
+            self._subs.append(sub)
+            sub.waiting = len(upstream)
+            if not upstream:
+                sub.state = "ready"
+        for up in upstream:
+            up.add_done_callback(lambda _f, s=sub: self._upstream_done(s))
+        self._dispatch()
+        return PrefectConcurrentFuture(task_run_id=sub.task_run_id, wrapped_future=sub.future)
+
+    def _upstream_done(self, sub: _Submission) -> None:
+        with self._lock:
+            sub.waiting -= 1
+            if sub.waiting == 0 and sub.state == "pending":
+                sub.state = "ready"
+        self._dispatch()
+
+    # -- dispatch ---------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Start what may start now: every ready inout run, then compute runs on free processors."""
+        with self._lock:
+            if self._executor is None:
+                return
+            ready = [s for s in self._subs if s.state == "ready"]
+            start = [s for s in ready if s.kind == "inout"]
+            compute = [s for s in ready if s.kind == "compute"]
+            free = min(self.processors, self._slots) - self._running_compute
+            if compute and free > 0:
+                start.extend(self._choose(compute, free))
+            for s in start:
+                s.state = "running"
+                if s.kind == "compute":
+                    self._running_compute += 1
+                    self.max_running_compute = max(self.max_running_compute, self._running_compute)
+            executor = self._executor
+        for s in start:
+            executor.submit(s.context.run, self._run, s)
+        if start:
+            self._adjust_slots()
+
+    def _choose(self, compute: list[_Submission], free: int) -> list[_Submission]:
+        frg = self._frg
+        if frg is not None and all(s.call_id in frg.rank for s in compute):
+            by_id = {s.call_id: s for s in compute}
+            arrival = {s.call_id: s.seq for s in compute}
+            chosen = select(self.policy, frg, list(by_id), free, arrival)
+            return [by_id[c] for c in chosen]
+        return sorted(compute, key=lambda s: s.seq)[:free]  # no graph: first come, first served
+
+    def _run(self, sub: _Submission) -> None:
+        from prefect.task_engine import run_task_async, run_task_sync
+
+        kwargs: dict[str, Any] = dict(
+            task=sub.task,
+            task_run_id=sub.task_run_id,
+            parameters=sub.parameters,
+            wait_for=sub.wait_for or None,
+            return_type="state",
+            dependencies=sub.dependencies,
+        )
+        token = _CURRENT.set(self)
+        try:
+            if sub.task.isasync:
+                import asyncio
+
+                state = asyncio.run(run_task_async(**kwargs))
+            else:
+                state = run_task_sync(**kwargs)
+        except BaseException as exc:  # the engine itself failed: never leave a future pending
+            sub.future.set_exception(exc)
+            state = None
+        finally:
+            _CURRENT.reset(token)
+            with self._lock:
+                sub.state = "done"
+                if sub.kind == "compute":
+                    self._running_compute -= 1
+        if state is not None:
+            sub.future.set_result(state)
+        self._dispatch()
+        self._adjust_slots()
+
+    # -- the global concurrency limit -----------------------------------------------
+    def _prepare_limit(self, context: contextvars.Context) -> None:
+        try:
+            from prefect.client.orchestration import get_client
+            from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+            from prefect.exceptions import ObjectNotFound
+
+            with get_client(sync_client=True) as client:
+                try:
+                    limit = client.read_global_concurrency_limit_by_name(self.concurrency_limit)  # type: ignore[arg-type]
+                    if limit.limit != self.processors:
+                        logger.info(
+                            "global concurrency limit %r has limit %s (this runner uses P=%s)",
+                            self.concurrency_limit, limit.limit, self.processors,
+                        )
+                except ObjectNotFound:
+                    try:
+                        client.create_global_concurrency_limit(
+                            GlobalConcurrencyLimitCreate(name=self.concurrency_limit, limit=self.processors)  # type: ignore[arg-type]
+                        )
+                    except Exception:  # created meanwhile by another flow run
+                        client.read_global_concurrency_limit_by_name(self.concurrency_limit)  # type: ignore[arg-type]
+        except BaseException as exc:
+            self._limit_unusable(exc)
+            return
+        self._adjust_slots()
+
+    def _limit_unusable(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._limit_broken is None:
+                self._limit_broken = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "global concurrency limit %r cannot be used (%s); this flow run keeps its own bound of %s compute calls",
+                    self.concurrency_limit, self._limit_broken, self.processors,
+                )
+            self._slots = self.processors
+        self._dispatch()
+
+    def _slot_target(self) -> int:
+        if self._expecting_more:
+            return self.processors
+        unfinished = sum(1 for s in self._subs if s.kind == "compute" and s.state != "done")
+        return min(self.processors, unfinished)
+
+    def _adjust_slots(self) -> None:
+        if not self.concurrency_limit or self._executor is None:
+            return
+        with self._lock:
+            if self._limit_broken is not None:
+                return
+            target = self._slot_target()
+            have = len(self._holders)
+            if have < target:
+                ctx = contextvars.copy_context()
+                for _ in range(target - have):
+                    self._holders.append(_SlotHolder(self, ctx))
+            elif have > target:
+                # Give back slots not in use: acquired ones beyond the running calls first.
+                spare = have - target
+                for h in sorted(self._holders, key=lambda h: h.acquired):
+                    if spare == 0:
+                        break
+                    if h.acquired and self._slots - 1 < self._running_compute:
+                        continue
+                    self._holders.remove(h)
+                    if h.acquired:
+                        self._slots -= 1
+                    h.release()
+                    spare -= 1
+
+    def _slot_acquired(self, holder: _SlotHolder) -> None:
+        with self._lock:
+            if holder in self._holders:
+                self._slots += 1
+            else:  # no longer wanted
+                holder.release()
+        self._dispatch()
+
+    def _slot_released(self, holder: _SlotHolder) -> None:
+        pass
+
+    def _slot_failed(self, holder: _SlotHolder, exc: BaseException) -> None:
+        with self._lock:
+            if holder in self._holders:
+                self._holders.remove(holder)
+        self._limit_unusable(exc)
+
+    def _release_all_slots(self) -> None:
+        with self._lock:
+            holders, self._holders = self._holders, []
+            self._slots = 0
+        for h in holders:
+            h.release()
+        for h in holders:
+            h.thread.join(timeout=10)
+
+    @property
+    def slots_held(self) -> int:
+        return self._slots
+
+
+_CURRENT: contextvars.ContextVar[LLMOrchTaskRunner | None] = contextvars.ContextVar("llmorch_runner", default=None)
+
+
+def current_runner() -> LLMOrchTaskRunner | None:
+    """The LLMOrchTaskRunner running the current task run, if any."""
+    return _CURRENT.get()
+
+
+def _futures_in(value: Any, depth: int = 0) -> list[PrefectFuture[Any]]:
+    """Futures inside parameters (dicts, lists, tuples, sets), as Prefect resolves them."""
+    if isinstance(value, PrefectFuture):
+        return [value]
+    if depth > 4:
+        return []
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in _futures_in(v, depth + 1)]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [f for v in value for f in _futures_in(v, depth + 1)]
+    return []

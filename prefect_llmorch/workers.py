@@ -1,0 +1,338 @@
+"""Pre-warmed worker processes for compute calls: one call per process at a time.
+
+Why not `concurrent.futures.ProcessPoolExecutor`: a timeout must kill the process that
+runs the call, and one dead worker must not break the other calls (ProcessPoolExecutor
+fails every pending future with `BrokenProcessPool`). Each `Worker` here is one process
+with its own pipe; the caller waits on the pipe and the process sentinel at once
+(`multiprocessing.connection.wait`), like `concurrent.futures.process` does.
+
+Workers never import Prefect nor talk to the Prefect API (each would start its own
+ephemeral server): they get a pickled function and arguments, and send back the result
+with the wall-clock start and end of the function body and their pid.
+
+No Prefect here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Iterable
+
+# forkserver: workers fork from a clean single-threaded server process (safe although
+# the flow process runs threads) in milliseconds, so a killed worker is replaced fast.
+_START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+class WorkerError(RuntimeError):
+    """A compute call could not complete in its worker process."""
+
+    def __init__(self, message: str, *, call: str, pid: int | None = None) -> None:
+        self.call = call
+        self.pid = pid
+        super().__init__(message)
+
+
+class WorkerDied(WorkerError):
+    """The worker process died while running the call (killed, segfault, os._exit)."""
+
+
+class CallTimeout(WorkerError, TimeoutError):
+    """The call ran past its timeout; its worker process was killed and replaced."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker's formatted traceback as the `__cause__` of its exception."""
+
+    def __init__(self, tb: str) -> None:
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker reports for one call."""
+
+    value: Any
+    start: float  # wall clock (time.time()) at the start of the function body
+    end: float
+    pid: int
+    worker: int = -1  # index of the worker process (the processor), 0..P-1
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj)
+    except Exception:  # closures, lambdas, functions defined in __main__ of a notebook
+        import cloudpickle
+
+        return cloudpickle.dumps(obj)
+
+
+def _worker_main(conn: Connection, affinity: list[int] | None) -> None:
+    """Worker loop: receive (fn, args, kwargs) or ("import", modules); reply."""
+    if affinity:
+        try:
+            import psutil
+
+            psutil.Process().cpu_affinity(affinity)
+        except Exception:  # pinning is best effort (not every platform allows it)
+            pass
+    pid = os.getpid()
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            op, payload = pickle.loads(message)
+        except Exception as exc:
+            conn.send_bytes(_dumps(("error", _portable(exc), traceback.format_exc(), 0.0, 0.0, pid)))
+            continue
+        if op == "import":
+            for module in payload:
+                try:
+                    importlib.import_module(module)
+                except Exception:  # a failed warm-up shows again, clearly, at call time
+                    pass
+            conn.send_bytes(_dumps(("ok", None, 0.0, 0.0, pid)))
+            continue
+        fn, args, kwargs = payload
+        start = time.time()
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:  # report everything, including SystemExit
+            end = time.time()
+            conn.send_bytes(_dumps(("error", _portable(exc), traceback.format_exc(), start, end, pid)))
+            continue
+        end = time.time()
+        try:
+            data = _dumps(("ok", value, start, end, pid))
+        except Exception as exc:
+            data = _dumps(
+                ("error", TypeError(f"result of type {type(value).__name__} cannot be sent back: {exc}"), "", start, end, pid)
+            )
+        conn.send_bytes(data)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The exception itself if it pickles, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+class Worker:
+    """One worker process and its pipe."""
+
+    def __init__(self, ctx: Any, index: int, affinity: list[int] | None) -> None:
+        self.index = index
+        self._affinity = affinity
+        parent, child = ctx.Pipe(duplex=True)
+        self.conn: Connection = parent
+        self.process = ctx.Process(
+            target=_worker_main, args=(child, affinity), name=f"llmorch-worker-{index}", daemon=True
+        )
+        self.process.start()
+        child.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid  # type: ignore[return-value]
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.close()  # EOF ends the loop
+        except OSError:
+            pass
+        self.process.join(timeout=2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=2)
+
+    def run(self, call: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Outcome:
+        """Run one call; raise its exception (remote traceback as cause), `CallTimeout`
+        or `WorkerDied`. The caller replaces the worker after the last two."""
+        try:
+            self.conn.send_bytes(_dumps(("call", (fn, args, kwargs))))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise TypeError(f"{call}: arguments cannot be sent to a worker process: {exc}") from exc
+        except (BrokenPipeError, OSError):
+            raise WorkerDied(f"{call}: worker process {self.pid} was dead before the call started", call=call, pid=self.pid) from None
+        ready = wait([self.conn, self.process.sentinel], timeout)
+        if self.conn in ready:
+            try:
+                reply = pickle.loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                ready = [self.process.sentinel]
+            else:
+                try:
+                    return dataclasses.replace(_unpack(call, reply), worker=self.index)
+                except BaseException as exc:
+                    exc.llmorch_worker = self.index  # type: ignore[attr-defined]
+                    raise
+        if not ready:
+            self.kill()
+            raise CallTimeout(
+                f"{call} ran past its timeout of {timeout:g} s; worker process {self.pid} was killed",
+                call=call,
+                pid=self.pid,
+            )
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        raise WorkerDied(
+            f"{call}: worker process {self.pid} died while running it (exit code {code})",
+            call=call,
+            pid=self.pid,
+        )
+
+    def warm(self, modules: list[str]) -> None:
+        self.conn.send_bytes(_dumps(("import", modules)))
+        if wait([self.conn, self.process.sentinel], 60) and self.conn.poll():
+            self.conn.recv_bytes()
+
+
+def _unpack(call: str, reply: tuple[Any, ...]) -> Outcome:
+    if reply[0] == "ok":
+        _, value, start, end, pid = reply
+        return Outcome(value, start, end, pid)
+    _, exc, tb, start, end, pid = reply
+    if tb:
+        exc.__cause__ = RemoteTraceback(tb)
+    exc.llmorch_timing = (start, end, pid)  # type: ignore[attr-defined]
+    raise exc
+
+
+class WorkerPool:
+    """P worker processes; `run` borrows an idle one for one call.
+
+    The caller (the task runner) keeps at most P calls in flight, so `run` normally finds
+    an idle worker at once; it waits only while a killed worker is being replaced.
+
+    Args:
+        processors: number of worker processes (P).
+        pin: pin worker i to CPU i % cpu_count with psutil.
+        preload: modules each worker imports at start (e.g. the toolbox), off the
+            critical path.
+    """
+
+    def __init__(self, processors: int, *, pin: bool = False, preload: Iterable[str] = ()) -> None:
+        if processors < 1:
+            raise ValueError(f"processors must be at least 1, got {processors}")
+        self.processors = processors
+        self._pin = pin
+        self._ctx = mp.get_context(_START_METHOD)
+        self._idle: "queue.Queue[Worker]" = queue.Queue()
+        self._workers: dict[int, Worker] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._preload = list(preload)
+        cpus = os.cpu_count() or 1
+        for i in range(processors):
+            self._spawn(i, [i % cpus] if pin else None)
+
+    def _spawn(self, index: int, affinity: list[int] | None) -> None:
+        worker = Worker(self._ctx, index, affinity)
+        with self._lock:
+            if self._closed:
+                worker.stop()
+                return
+            self._workers[index] = worker
+        if self._preload:
+            threading.Thread(target=self._warm_then_idle, args=(worker,), daemon=True).start()
+        else:
+            self._idle.put(worker)
+
+    def _warm_then_idle(self, worker: Worker) -> None:
+        try:
+            worker.warm(self._preload)
+        except OSError:
+            pass
+        self._idle.put(worker)
+
+    def warm(self, modules: Iterable[str]) -> None:
+        """Import modules in every worker, in the background (before the plan arrives)."""
+        mods = [m for m in modules if m not in self._preload]
+        if not mods:
+            return
+        self._preload.extend(mods)
+
+        def _all() -> None:
+            borrowed = [self._idle.get() for _ in range(self.processors)]
+            for w in borrowed:
+                try:
+                    w.warm(mods)
+                except OSError:
+                    pass
+                self._idle.put(w)
+
+        threading.Thread(target=_all, daemon=True).start()
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._workers.values()]
+
+    def run(self, call: str, fn: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *, timeout: float | None = None) -> Outcome:
+        """Run `fn(*args, **kwargs)` in an idle worker process.
+
+        Raises:
+            CallTimeout: past `timeout`; the worker was killed and is being replaced.
+            WorkerDied: the worker died mid-call; it is being replaced.
+            Exception: whatever `fn` raised, with the worker traceback as `__cause__`.
+        """
+        if self._closed:
+            raise RuntimeError("WorkerPool is shut down")
+        worker = self._idle.get()
+        try:
+            outcome = worker.run(call, fn, args, kwargs or {}, timeout)
+        except WorkerError:
+            worker.kill()
+            with self._lock:
+                self._workers.pop(worker.index, None)
+            if not self._closed:
+                # Replace in the background: the failure is reported now, not after a start-up.
+                threading.Thread(target=self._spawn, args=(worker.index, worker._affinity), daemon=True).start()
+            raise
+        except BaseException:
+            self._idle.put(worker)
+            raise
+        self._idle.put(worker)
+        return outcome
+
+    def shutdown(self) -> None:
+        """Stop every worker. Safe to call several times."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for w in workers:
+            w.stop()
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
