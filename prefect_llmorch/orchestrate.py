@@ -103,7 +103,7 @@ def measured_lower_bound(frg: FRG, recorder: Recorder, processors: int) -> float
             costs[cid] = max(rec.end - rec.start, 0.0)
         else:
             costs[cid] = 0.0
-    measured = FRG.from_edges(frg.ids, frg.deps, frg.kind, costs)
+    measured = FRG.from_edges(frg.ids, frg.deps, frg.kind, costs, functions=frg.function)
     return round(measured.lower_bound(processors), 6)
 
 

@@ -1,0 +1,218 @@
+"""`llmorch`: check, graph, run, simulate, ask and plan from the command line.
+
+Thin by design: each command parses options, calls the library, prints. A bad plan exits
+with code 1 and its errors (line, column, context), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Parallel LLM function calling on Prefect (LLMOrch).")
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_TOOLBOX = "flows.examples.toolbox:toolbox"
+
+
+def _prepare_env() -> None:
+    """Ephemeral Prefect on a small machine needs time to start; no analytics offline."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # `module:attr` toolboxes are found relative to the current directory, like uvicorn apps.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def _read_plan(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    p = Path(path)
+    if not p.is_file():
+        err_console.print(f"[red]no such plan file: {path}[/red]")
+        raise typer.Exit(2)
+    return p.read_text()
+
+
+def _toolbox(path: str) -> Any:
+    from .functions import load_toolbox
+
+    try:
+        return load_toolbox(path)
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _plan_errors(exc: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"ok": False, "errors": [{"line": e.line, "column": e.column, "message": e.message} for e in exc.errors]}))
+    else:
+        for e in exc.errors:
+            err_console.print(f"[red]{e}[/red]")
+            if e.context:
+                err_console.print(e.context, markup=False, highlight=False)
+    raise typer.Exit(1)
+
+
+def _parse(path: str, toolbox: str, as_json: bool) -> tuple[Any, Any]:
+    from .plan.errors import PlanError
+    from .plan.parser import parse
+
+    text = _read_plan(path)
+    tb = _toolbox(toolbox)
+    try:
+        return parse(text, tb), tb
+    except PlanError as exc:
+        _plan_errors(exc, as_json)
+        raise  # unreachable
+
+
+@app.command()
+def check(
+    plan: str = typer.Argument(..., help="plan file (either dialect), or - for stdin"),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help="module:attr naming a Toolbox"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON object"),
+) -> None:
+    """Parse and type-check a plan; exit 1 with every error."""
+    _prepare_env()
+    parsed, _ = _parse(plan, toolbox, as_json)
+    if as_json:
+        print(json.dumps({"ok": True, "errors": [], "calls": len(parsed)}))
+    else:
+        console.print(f"[green]ok[/green]: {len(parsed)} calls")
+
+
+@app.command()
+def graph(
+    plan: str = typer.Argument(..., help="plan file, or - for stdin"),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t"),
+    mermaid: bool = typer.Option(False, "--mermaid", help="print the FRG as mermaid"),
+    dot: bool = typer.Option(False, "--dot", help="print the FRG as Graphviz DOT"),
+    as_json: bool = typer.Option(False, "--json"),
+    processors: int = typer.Option(0, "--processors", "-P", help="P for the lower bound (default: cores)"),
+) -> None:
+    """Show the Function-call Relation Graph: ranks, kinds, deps, mutual exclusion."""
+    _prepare_env()
+    from .graph import FRG
+
+    parsed, tb = _parse(plan, toolbox, as_json)
+    frg = FRG.build(parsed, tb)
+    if as_json:
+        print(json.dumps(frg.to_json()))
+        return
+    if mermaid:
+        print(frg.to_mermaid())
+        return
+    if dot:
+        print(frg.to_dot())
+        return
+    groups: dict[str, str] = {}
+    for cid in frg.ids:
+        if frg.kind[cid] == "compute":
+            groups[cid] = f"rank {frg.rank[cid]}" if any(cid in pair for pair in frg.mutex) else ""
+    table = Table(title=f"FRG: {len(frg)} calls")
+    for col in ("call", "function", "kind", "rank", "deps", "mutex group"):
+        table.add_column(col)
+    for cid in frg.ids:
+        table.add_row(cid, frg.function[cid], frg.kind[cid], str(frg.rank[cid]), ", ".join(frg.ordered(frg.deps[cid])), groups.get(cid, ""))
+    console.print(table)
+    P = processors or (os.cpu_count() or 1)
+    console.print(f"work {frg.work:g}, critical path {frg.critical_path:g}, lower bound on P={P}: {frg.lower_bound(P):g}")
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.to_json(), default=repr))
+        return
+    table = Table(title=f"{report.state}: schedule on P = {report.processors}")
+    for col in ("call", "function", "kind", "rank", "processor", "start", "end", "state"):
+        table.add_column(col)
+    for c in report.calls:
+        fmt = lambda t: "" if t is None else f"{t:.3f}"  # noqa: E731
+        state = c["state"] if c["state"] == "Completed" else f"[red]{c['state']}[/red]"
+        table.add_row(c["id"], c["function"], c["kind"], str(c["rank"]), "" if c["processor"] is None else str(c["processor"]), fmt(c["start"]), fmt(c["end"]), state)
+    console.print(table)
+    console.print(
+        f"makespan {report.makespan:.3f} s | lower bound {report.lower_bound:.3f} s "
+        f"(ratio {report.makespan / report.lower_bound if report.lower_bound else float('nan'):.3f}) | "
+        f"sum of call times {report.sequential:.3f} s | speedup {report.speedup:.2f}x"
+    )
+    if report.message:
+        err_console.print(report.message, markup=False)
+    console.print(f"result: {report.result!r}", markup=False, highlight=False)
+
+
+@app.command()
+def run(
+    plan: str = typer.Argument(..., help="plan file, or - for stdin"),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t"),
+    processors: int = typer.Option(0, "--processors", "-P", help="P (default: the machine's cores)"),
+    policy: str = typer.Option("critical-path", "--policy", help="critical-path or paper"),
+    as_json: bool = typer.Option(False, "--json"),
+    no_limit: bool = typer.Option(False, "--no-global-limit", help="do not use the llmorch-processors concurrency limit"),
+) -> None:
+    """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
+    _prepare_env()
+    from .orchestrate import PlanRunFailed, run_plan
+
+    text = _read_plan(plan)
+    parsed, _ = _parse(plan if plan != "-" else "-", toolbox, as_json) if plan != "-" else (None, None)
+    try:
+        report = run_plan(
+            parsed if parsed is not None else text, toolbox, processors=processors or None, policy=policy,
+            concurrency_limit=None if no_limit else "llmorch-processors",
+        )
+    except PlanRunFailed as exc:
+        _print_report(exc.report, as_json)
+        raise typer.Exit(1) from None
+    _print_report(report, as_json)
+
+
+@app.command()
+def simulate(
+    graph_file: str = typer.Argument(..., help="an STG file (.stg) or a plan file"),
+    processors: int = typer.Option(2, "--processors", "-P"),
+    policy: str = typer.Option("critical-path", "--policy", help="critical-path, paper, or a baseline: sequential, eager, rank-barrier"),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help="for plan files"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Simulate a schedule (no execution): makespan, lower bound and their ratio."""
+    _prepare_env()
+    from .graph import FRG
+    from .simulate import simulate_file
+
+    if graph_file.endswith(".stg"):
+        target: Any = graph_file
+    else:
+        parsed, tb = _parse(graph_file, toolbox, as_json)
+        target = FRG.build(parsed, tb)
+    try:
+        out = simulate_file(target, processors, policy)
+    except (ValueError, OSError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(out))
+    else:
+        ratio = out["makespan"] / out["lower_bound"] if out["lower_bound"] else float("nan")
+        console.print(
+            f"{policy} on P={processors}: makespan {out['makespan']:g}, lower bound {out['lower_bound']:g} "
+            f"(ratio {ratio:.3f}), work {out['work']:g}, critical path {out['critical_path']:g}"
+        )
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
