@@ -1,0 +1,232 @@
+"""Discrete-event simulation, baselines, and the STG reader."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prefect_llmorch.graph import FRG
+from prefect_llmorch.policy import POLICIES
+from prefect_llmorch.simulate import (
+    BASELINES,
+    Entry,
+    Schedule,
+    read_stg,
+    simulate,
+    simulate_baseline,
+    simulate_file,
+)
+
+STG = Path("/work/shared/data/stg")
+
+# file: (tasks, edges, total work, critical path), from the data README
+STG_STATS = {
+    "rand0000.stg": (1000, 77703, 5695, 1401),
+    "rand0001.stg": (1000, 55989, 5441, 1079),
+    "rand0002.stg": (1000, 33962, 5360, 762),
+    "rand0003.stg": (1000, 86373, 5560, 1563),
+    "rand0004.stg": (1000, 64910, 5559, 1352),
+    "rand0005.stg": (1000, 43107, 10350, 1677),
+    "rand0006.stg": (1000, 96179, 10153, 3312),
+    "rand0007.stg": (1000, 74306, 10576, 2631),
+    "rand0008.stg": (1000, 52277, 10485, 2077),
+    "rand0009.stg": (1000, 30625, 10405, 1286),
+    "robot.stg": (88, 131, 2483, 569),
+    "sparse.stg": (96, 67, 1936, 122),
+    "fpppp.stg": (334, 1145, 7129, 1062),
+}
+
+
+@pytest.fixture(params=POLICIES)
+def policy(request) -> str:
+    return request.param
+
+
+def kitti() -> FRG:
+    ids = [f"s{i}" for i in range(1, 12)]
+    deps = {"s9": ["s1", "s2", "s3", "s4"], "s10": ["s5", "s6", "s7", "s8"], "s11": ["s9", "s10"]}
+    kinds = {c: "compute" for c in ids[:8]} | {"s9": "inout", "s10": "inout", "s11": "inout"}
+    costs = {c: 1.0 for c in ids[:8]} | {"s9": 0.5, "s10": 0.5, "s11": 0.5}
+    return FRG.from_edges(ids, deps, kinds, costs)
+
+
+# ---------------------------------------------------------------- exact schedules
+
+
+def test_kitti_on_two_processors_takes_five(policy):
+    frg = kitti()
+    s = simulate(frg, 2, policy)
+    assert s.makespan == 5.0
+    assert s["s9"] == Entry("s9", 2.0, 2.5, None, "inout")
+    assert s["s11"] == Entry("s11", 4.5, 5.0, None, "inout")
+    assert s.max_concurrent_compute() == 2
+    assert s.problems(frg) == []
+
+
+def test_kitti_on_four_and_eight_processors(policy):
+    assert simulate(kitti(), 4, policy).makespan == 3.0
+    assert simulate(kitti(), 8, policy).makespan == 2.0
+
+
+def test_kitti_baselines():
+    frg = kitti()
+    assert simulate_baseline(frg, 2, "sequential").makespan == 9.5
+    # eager: 8 compute calls share 2 cores at rate 1/4, all end at 4.0
+    eager = simulate_baseline(frg, 2, "eager")
+    assert eager.makespan == 5.0 and eager.max_concurrent_compute() == 8
+    assert eager["s1"] == Entry("s1", 0.0, 4.0, None, "compute")
+    # rank-barrier: rank 1 takes 4, then s9 and s10 (0.5), then s11
+    assert simulate_baseline(frg, 2, "rank-barrier").makespan == 5.0
+    assert simulate_baseline(frg, 3, "rank-barrier").makespan == 4.0
+
+
+def test_critical_path_beats_fifo_when_a_long_chain_waits():
+    # a, b, c are short; x starts a long chain x -> y
+    frg = FRG.from_edges(["a", "b", "c", "x", "y"], {"y": ["x"]}, costs={"a": 1, "b": 1, "c": 1, "x": 1, "y": 4})
+    assert simulate(frg, 1, "critical-path").makespan == 8.0
+    assert simulate(frg, 2, "critical-path").makespan == 5.0
+    assert simulate(frg, 2, "paper").makespan == 6.0
+    assert frg.lower_bound(2) == 5.0
+
+
+def test_inout_calls_overlap_without_processors():
+    frg = FRG.from_edges(["a", "b", "c"], {}, kinds={"a": "inout", "b": "inout", "c": "inout"}, costs={"a": 2, "b": 2, "c": 2})
+    s = simulate(frg, 1)
+    assert s.makespan == 2.0 and s.max_concurrent_compute() == 0
+    assert all(e.processor is None for e in s.entries)
+
+
+def test_eager_time_slicing_with_mixed_lengths():
+    frg = FRG.from_edges(["a", "b", "c"], {}, costs={"a": 1, "b": 2, "c": 3})
+    s = simulate_baseline(frg, 1, "eager")
+    # 3 share one core: a ends at 3; then 2 share: b ends at 3 + 2*1 = 5; c alone ends at 6
+    assert [(e.id, e.end) for e in s.entries] == [("a", 3.0), ("b", 5.0), ("c", 6.0)]
+
+
+def test_zero_cost_calls_take_no_time(policy):
+    frg = FRG.from_edges(["a", "b", "c"], {"b": ["a"], "c": ["b"]}, costs={"a": 0, "b": 0, "c": 1})
+    assert simulate(frg, 1, policy).makespan == 1.0
+
+
+def test_empty_graph_has_zero_makespan(policy):
+    assert simulate(FRG.from_edges([], {}), 2, policy).makespan == 0.0
+
+
+def test_unknown_baseline_and_bad_processors_are_rejected():
+    with pytest.raises(ValueError, match="unknown baseline 'lazy'; valid: sequential, eager, rank-barrier"):
+        simulate_baseline(kitti(), 2, "lazy")
+    with pytest.raises(ValueError, match="processors must be an integer >= 1"):
+        simulate(kitti(), 0)
+    with pytest.raises(ValueError, match="unknown policy 'x'"):
+        simulate_file(kitti(), 2, "x")
+
+
+def test_problems_reports_an_invalid_schedule():
+    frg = FRG.from_edges(["a", "b"], {"b": ["a"]})
+    bad = Schedule((Entry("a", 0, 1, 0), Entry("b", 0.5, 1.5, 0)), 1)
+    problems = bad.problems(frg)
+    assert any("b starts at 0.5 before its dep a ends at 1" in p for p in problems)
+    assert any("overlap on processor 0" in p for p in problems)
+    assert any("2 compute calls at once" in p for p in problems)
+
+
+# ---------------------------------------------------------------- STG
+
+
+@pytest.mark.parametrize("name", sorted(STG_STATS))
+def test_read_stg_matches_the_readme_statistics(name):
+    frg = read_stg(STG / name)
+    tasks, edges, work, cp = STG_STATS[name]
+    assert len(frg) == tasks
+    assert frg.n_edges == edges
+    assert frg.work == work == frg.compute_work
+    assert frg.critical_path == cp
+    assert set(frg.kind.values()) == {"compute"}
+    # the file's own trailer agrees
+    trailer = (STG / name).read_text()
+    assert re.search(rf"CP Length\s*:\s*{cp}\b", trailer, re.I)
+
+
+def test_simulate_file_on_an_stg_graph():
+    out = simulate_file(STG / "robot.stg", 4)
+    assert set(out) == {"makespan", "lower_bound", "work", "critical_path"}
+    assert out["work"] == 2483 and out["critical_path"] == 569
+    assert out["lower_bound"] == max(569, 2483 / 4)
+    assert out["lower_bound"] <= out["makespan"] <= 1.1 * out["lower_bound"]
+    assert simulate_file(STG / "robot.stg", 4, "sequential")["makespan"] == 2483
+
+
+def test_read_stg_rejects_a_non_stg_file(tmp_path):
+    bad = tmp_path / "bad.stg"
+    bad.write_text("3\n0 0 0\n1 5 1 0\n")
+    with pytest.raises(ValueError, match="expected 5 node rows"):
+        read_stg(bad)
+    bad.write_text("hello\n")
+    with pytest.raises(ValueError, match="line 1: expected integers"):
+        read_stg(bad)
+
+
+@pytest.mark.parametrize("name", ["rand0000.stg", "fpppp.stg"])
+def test_stg_schedules_are_valid_and_near_the_lower_bound(name, policy):
+    frg = read_stg(STG / name)
+    for processors in (2, 8):
+        s = simulate(frg, processors, policy)
+        assert s.problems(frg) == []
+        assert frg.lower_bound(processors) <= s.makespan <= 1.5 * frg.lower_bound(processors)
+
+
+# ---------------------------------------------------------------- properties
+
+
+@st.composite
+def dags(draw, kinds=("inout", "compute")):
+    n = draw(st.integers(1, 25))
+    ids = [f"s{i}" for i in range(1, n + 1)]
+    deps = {c: draw(st.sets(st.sampled_from(ids[:i]), max_size=4)) if i else set() for i, c in enumerate(ids)}
+    kind = {c: draw(st.sampled_from(kinds)) for c in ids}
+    costs = {c: draw(st.sampled_from([0, 0.5, 1, 1.5, 2, 3, 7.25])) for c in ids}
+    return FRG.from_edges(ids, deps, kind, costs)
+
+
+TOL = 1e-9
+
+
+@settings(max_examples=150, deadline=None)
+@given(dags(kinds=("compute",)), st.integers(1, 6), st.sampled_from(POLICIES))
+def test_graham_bound_and_lower_bound_hold_for_all_compute_graphs(frg, processors, policy):
+    s = simulate(frg, processors, policy)
+    W, L, P = frg.work, frg.critical_path, processors
+    assert s.makespan <= W / P + (1 - 1 / P) * L + TOL
+    assert s.makespan >= frg.lower_bound(P) - TOL
+    assert frg.lower_bound(P) == max(L, W / P)
+
+
+@settings(max_examples=150, deadline=None)
+@given(dags(), st.integers(1, 6), st.sampled_from(POLICIES))
+def test_schedules_respect_deps_costs_and_processors(frg, processors, policy):
+    s = simulate(frg, processors, policy)
+    assert s.problems(frg) == []
+    assert s.max_concurrent_compute() <= processors
+    assert s.makespan >= frg.lower_bound(processors) - TOL
+    for e in s.entries:
+        assert (e.processor is None) == (frg.kind[e.id] == "inout")
+        assert e.end - e.start == pytest.approx(frg.cost[e.id])
+        for d in frg.deps[e.id]:
+            assert e.start >= s[d].end - TOL
+
+
+@settings(max_examples=100, deadline=None)
+@given(dags(), st.integers(1, 6), st.sampled_from(BASELINES))
+def test_baselines_respect_deps_and_bounds(frg, processors, name):
+    s = simulate_baseline(frg, processors, name)
+    assert s.problems(frg) == []
+    assert s.makespan >= frg.critical_path - TOL
+    assert s.makespan <= frg.work + TOL
+    if name != "eager":
+        assert s.max_concurrent_compute() <= processors
+    if name == "sequential":
+        assert s.makespan == pytest.approx(frg.work)
