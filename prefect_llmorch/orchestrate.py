@@ -42,6 +42,7 @@ class RunReport:
     failed: list[str] = field(default_factory=list)
     message: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    t0: float = 0.0  # wall-clock time that call start/end are relative to
 
     @property
     def speedup(self) -> float:
@@ -136,6 +137,7 @@ def build_report(frg: FRG, recorder: Recorder, processors: int, futures: Mapping
         results=dict(recorder.results),
         sequential=sequential,
         failed=failed,
+        t0=recorder.t0,
     )
 
 
