@@ -30,6 +30,7 @@ No Prefect, no LLM, no I/O here.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -276,13 +277,14 @@ class FRG:
         for cid in self.ids:
             if self.kind[cid] == "compute":
                 by_rank.setdefault(self.rank[cid], []).append(cid)
-        pairs = [
-            (group[i], group[j])
-            for group in by_rank.values()
-            for i in range(len(group))
-            for j in range(i + 1, len(group))
-        ]
-        pairs.sort(key=lambda p: (self._index[p[0]], self._index[p[1]]))
+        # Walking the compute calls in plan order gives the pairs already sorted.
+        pairs: list[tuple[str, str]] = []
+        seen_in_rank: dict[int, int] = {}
+        for cid in self.ids:
+            if self.kind[cid] == "compute":
+                r = self.rank[cid]
+                pos = seen_in_rank[r] = seen_in_rank.get(r, 0) + 1
+                pairs.extend(zip(itertools.repeat(cid), by_rank[r][pos:]))
         return pairs
 
     @cached_property
