@@ -185,8 +185,7 @@ class FRG:
         ids_t = tuple(ids)
         index = {cid: i for i, cid in enumerate(ids_t)}
         if len(index) != len(ids_t):
-            seen: set[str] = set()
-            dup = next(i for i in ids_t if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            dup = next(cid for cid, i in index.items() if ids_t[i] != cid or ids_t.index(cid) != i)
             raise ValueError(f"duplicate call id {dup!r}")
         extra = sorted(set(deps) - index.keys())
         if extra:

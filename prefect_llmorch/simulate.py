@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from .graph import FRG
 from .policy import DEFAULT_POLICY, POLICIES, Coordinator
 
@@ -79,11 +80,14 @@ class Schedule:
         """Time from the first start (0) to the last end."""
         return max((e.end for e in self.entries), default=0.0)
 
+    @cached_property
+    def by_id(self) -> dict[str, Entry]:
+        """The entries keyed by call id."""
+        return {e.id: e for e in self.entries}
+
     def __getitem__(self, call_id: str) -> Entry:
-        for e in self.entries:
-            if e.id == call_id:
-                return e
-        raise KeyError(call_id)
+        """The entry of one call; KeyError if it is not in the schedule."""
+        return self.by_id[call_id]
 
     def max_concurrent_compute(self) -> int:
         """The largest number of compute calls running at the same instant (a call ending at
