@@ -1,0 +1,650 @@
+"""Plan text -> `Plan`, in either dialect, with every error found before anything runs.
+
+    >>> plan = parse('''
+    ... s1: search(query="Apple stock")
+    ... s2: search("Microsoft stock")
+    ... s3: python("cmp.py", args=[s1, s2])
+    ... s4: chatbot("Summarize {s3}")
+    ... ''')
+    >>> plan.ids, plan.dialect, sorted(plan["s3"].deps)
+    (('s1', 's2', 's3', 's4'), 'paper', ['s1', 's2'])
+    >>> parse('1. search("x")\\n2. math("$1 * 2")\\n3. join()<END_OF_PLAN>')["2"].deps
+    frozenset({'1'})
+    >>> parse('s1: search("a")\\ns2: chatbot(sl)')
+    Traceback (most recent call last):
+    ...
+    prefect_llmorch.plan.errors.ReferenceError_: line 2, column 13: undefined reference `sl`; defined so far: s1
+
+Dialect: a plan whose first call is labelled with a number (`1.` / `1:`) is `llmcompiler`,
+otherwise `paper`. The dialect only changes how references *inside strings* are read:
+
+- paper: `{id}` (id = a name or digits, spaces allowed inside the braces) and `${id}`.
+  Anything else in braces stays text: `{}`, `{"a": 1}`, `{a b}`, `{1.5}`.
+- llmcompiler: `$N` and `${id}`. `{...}` is always text there; in the paper dialect `$5`
+  is text (a price, not a reference).
+- `\\{` and `\\$` are literal `{` and `$` in both (that is how `render` writes them).
+
+A string that is exactly one reference becomes that `Ref`; text around references gives a
+`Template`. Outside strings a reference is a bare name (`s1`), `$N` or `${id}`.
+`N. join()` (no arguments), `Thought: ...` lines, `<END_OF_PLAN>` and `# comments` are
+markers, never calls; `join` with arguments is an ordinary call.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Mapping, NamedTuple
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import (
+    LarkError,
+    LexError,
+    UnexpectedCharacters,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
+
+from ..functions import ArgumentsInvalid, FunctionSpec
+from .errors import (
+    ArgumentError,
+    DuplicateIdError,
+    EmptyPlanError,
+    PlanError,
+    PlanErrors,
+    PlanReferenceError,
+    PlanSyntaxError,
+    UnknownFunctionError,
+)
+from .evaluate import EvaluationError, evaluate
+from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Template
+from .model import refs as _refs
+
+__all__ = ["parse", "check", "PlanStream", "UNKNOWN"]
+
+
+def _build_parser() -> Lark:
+    options: dict[str, Any] = dict(
+        rel_to=__file__, parser="lalr", propagate_positions=True, maybe_placeholders=False
+    )
+    try:
+        # strict=True turns shift/reduce conflicts into errors (checked before the lexer is
+        # built); its regex-collision check needs `interegular`, which may be missing.
+        return Lark.open("grammar.lark", strict=True, **options)
+    except LexError:
+        return Lark.open("grammar.lark", **options)
+
+
+_PARSER = _build_parser()
+
+#: Passed to `FunctionSpec.check` for argument values that come from other calls.
+UNKNOWN = type("Unknown", (), {"__repr__": lambda self: "<result of an earlier call>"})()
+
+_MAX_SYNTAX_ERRORS = 20
+
+# A line that starts a new item: `1.`, `1:`, `s1:`, `Thought:`, `<END_OF_PLAN>`.
+_ITEM_LINE = re.compile(r"[ \t]*(?:(\d+)[ \t]*[.:]|([A-Za-z_]\w*)[ \t]*:|<END_OF_PLAN>)")
+
+# References inside strings (see the module docstring).
+_ID = r"[A-Za-z_][A-Za-z0-9_]*|\d+"
+_BRACE_REF = re.compile(r"\$?\{[ \t]*(" + _ID + r")[ \t]*\}")  # paper: {id} and ${id}
+_DOLLAR_REF = re.compile(r"\$(?:(\d+)|\{[ \t]*(" + _ID + r")[ \t]*\})")  # llmcompiler
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"',
+            "$": "$", "{": "{", "}": "}", "\n": ""}
+
+_READABLE = {
+    "NAME": "a name", "INT_LABEL": "a call label like `1.`", "NUMBER": "a number",
+    "STRING": "a string", "DOLLAR_REF": "a reference like `$1`", "THOUGHT": "`Thought:`",
+    "END_MARK": "`<END_OF_PLAN>`", "$END": "the end of the plan",
+}
+
+
+def string_ref_pattern(dialect: Dialect) -> re.Pattern[str]:
+    """The regex that finds references inside strings of `dialect` (used by `render`)."""
+    return _BRACE_REF if dialect == "paper" else _DOLLAR_REF
+
+
+def _norm_id(raw: str) -> str:
+    return str(int(raw)) if raw.isdigit() else raw
+
+
+class _Pos(NamedTuple):
+    line: int
+    column: int
+
+
+# --------------------------------------------------------------------------- strings
+
+
+def _scan_string(tok: Token, dialect: Dialect | None) -> Expr:
+    """Decode a STRING token; with a dialect, also find the references inside it."""
+    raw = str(tok)
+    q = 3 if raw[:3] in ('"""', "'''") and len(raw) >= 6 else 1
+    body, offset = raw[q:-q], q
+    pattern = string_ref_pattern(dialect) if dialect else None
+    parts: list[str | Ref] = []
+    text: list[str] = []
+    line, col = tok.line or 1, (tok.column or 1)
+    # position of body[0]
+    for ch in raw[:offset]:
+        line, col = (line + 1, 1) if ch == "\n" else (line, col + 1)
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2 : i + 6]):
+                text.append(chr(int(body[i + 2 : i + 6], 16)))
+                step = 6
+            else:
+                text.append(_ESCAPES.get(nxt, "\\" + nxt))
+                step = 2
+        else:
+            m = pattern.match(body, i) if pattern and ch in "{$" else None
+            if m:
+                if text:
+                    parts.append("".join(text))
+                    text = []
+                parts.append(Ref(_norm_id(m.group(1) or m.group(2)), line, col))
+                step = m.end() - i
+            else:
+                text.append(ch)
+                step = 1
+        for c in body[i : i + step]:
+            line, col = (line + 1, 1) if c == "\n" else (line, col + 1)
+        i += step
+    if text or not parts:
+        parts.append("".join(text))
+    if len(parts) == 1:
+        return parts[0] if isinstance(parts[0], Ref) else Literal(parts[0])
+    return Template(tuple(parts))
+
+
+# --------------------------------------------------------------------------- tree -> model
+
+
+class _RawCall(NamedTuple):
+    id: str
+    function: str
+    args: list[tuple[Arg, _Pos]]
+    pos: _Pos
+
+
+@v_args(inline=True)
+class _Builder(Transformer):  # type: ignore[type-arg]
+    """Shapes the lark tree into model objects; strings need the plan's dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        super().__init__()
+        self.dialect = dialect
+
+    def start(self, *items: Any) -> list[_RawCall]:
+        return [i for i in items if isinstance(i, _RawCall)]
+
+    def call(self, label: tuple[str, Token], name: Token, *args: tuple[Arg, _Pos]) -> _RawCall:
+        call_id, tok = label
+        return _RawCall(call_id, str(name), list(args), _Pos(tok.line, tok.column))
+
+    def name_label(self, tok: Token) -> tuple[str, Token]:
+        return str(tok), tok
+
+    def int_label(self, tok: Token) -> tuple[str, Token]:
+        return _norm_id(re.match(r"\d+", tok).group()), tok  # type: ignore[union-attr]
+
+    def kwarg(self, name: Token, value: Expr) -> tuple[Arg, _Pos]:
+        return Arg(str(name), value), _Pos(name.line, name.column)
+
+    @v_args(inline=True, meta=True)
+    def posarg(self, meta: Any, value: Expr) -> tuple[Arg, _Pos]:
+        # `true`/`null` carry no token, so their meta may be empty.
+        return Arg(None, value), _Pos(getattr(meta, "line", 0), getattr(meta, "column", 0))
+
+    def binop(self, left: Expr, op: Token, right: Expr) -> Expr:
+        return BinOp(str(op), left, right)
+
+    def neg(self, value: Expr) -> Expr:
+        if isinstance(value, Literal) and type(value.value) in (int, float):
+            return Literal(-value.value)  # type: ignore[operator]
+        return BinOp("-", Literal(0), value)
+
+    def number(self, tok: Token) -> Literal:
+        return Literal(_number(tok))
+
+    def string(self, tok: Token) -> Expr:
+        return _scan_string(tok, self.dialect)
+
+    def name_ref(self, tok: Token) -> Ref:
+        return Ref(str(tok), tok.line, tok.column)
+
+    def dollar_ref(self, tok: Token) -> Ref:
+        return Ref(_norm_id(tok.strip("${} \t")), tok.line, tok.column)
+
+    def true(self, *_: Any) -> Literal:
+        return Literal(True)
+
+    def false(self, *_: Any) -> Literal:
+        return Literal(False)
+
+    def null(self, *_: Any) -> Literal:
+        return Literal(None)
+
+    def list(self, *items: Expr) -> ListExpr:
+        return ListExpr(tuple(items))
+
+    def dict(self, *pairs: tuple[Any, Expr]) -> DictExpr:
+        return DictExpr(tuple(pairs))
+
+    def pair(self, key: Any, value: Expr) -> tuple[Any, Expr]:
+        return key, value
+
+    def string_key(self, tok: Token) -> str:
+        return _scan_string(tok, None).value  # type: ignore[union-attr]
+
+    def number_key(self, tok: Token) -> int | float:
+        return _number(tok)
+
+    def neg_number_key(self, _minus: Token, tok: Token) -> int | float:
+        return -_number(tok)
+
+
+def _number(tok: Token) -> int | float:
+    return float(tok) if any(c in tok for c in ".eE") else int(tok)
+
+
+def _dialect_of(tree: Tree) -> Dialect:  # type: ignore[type-arg]
+    for child in tree.children:
+        if isinstance(child, Tree) and child.data == "call":
+            label = child.children[0]
+            return "llmcompiler" if getattr(label, "data", "") == "int_label" else "paper"
+    return "paper"
+
+
+# --------------------------------------------------------------------------- syntax errors
+
+
+def _offset(text: str, line: int, column: int) -> int:
+    start = 0
+    for _ in range(line - 1):
+        start = text.index("\n", start) + 1
+    return start + column - 1
+
+
+def _position(text: str, offset: int) -> _Pos:
+    line = text.count("\n", 0, offset) + 1
+    return _Pos(line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
+
+
+def _context(text: str, pos: _Pos, span: int = 60) -> str:
+    lines = text.split("\n")
+    if not 1 <= pos.line <= len(lines):
+        return ""
+    line = lines[pos.line - 1].rstrip("\r")
+    start = 0 if len(line) <= 2 * span else max(0, pos.column - 1 - span)
+    return line[start : pos.column - 1 + span] + "\n" + " " * (pos.column - 1 - start) + "^"
+
+
+def _after_last_token(text: str, offset: int) -> int:
+    """Offset just after the last non-blank character before `offset`."""
+    i = offset
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    return i
+
+
+def _readable(names: set[str] | frozenset[str]) -> list[str]:
+    out = set()
+    for name in names:
+        if name in _READABLE:
+            out.add(_READABLE[name])
+            continue
+        try:
+            pattern = _PARSER.get_terminal(name).pattern
+        except (KeyError, LarkError):
+            out.add(name)
+            continue
+        out.add(f"`{pattern.value}`" if pattern.type == "str" else name)
+    return sorted(out)
+
+
+def _describe(tok: Token) -> str:
+    if tok.type == "$END":
+        return "the end of the plan"
+    value = str(tok).split("\n")[0]
+    value = value if len(value) <= 40 else value[:37] + "..."
+    return f"`{value}`"
+
+
+def _syntax_error(exc: UnexpectedInput, text: str) -> tuple[PlanSyntaxError, int]:
+    """A readable `PlanSyntaxError` for a lark error, and the offset it points at."""
+    hint = ""
+    if isinstance(exc, UnexpectedToken):
+        tok = exc.token
+        expected = _readable(exc.accepts or exc.expected)
+        if tok.type == "$END":
+            offset = _after_last_token(text, len(text))
+            what = "the plan ends too early"
+        else:
+            offset = tok.start_pos if tok.start_pos is not None else 0
+            before = _after_last_token(text, offset)
+            what = f"unexpected {_describe(tok)}"
+            if "\n" in text[before:offset]:
+                # The call before this line is unfinished (a missing `)`, say): point
+                # at where it stopped, not at the next call's label.
+                what = "the call is not finished at the end of this line"
+                offset = before
+            elif tok.type == "NAME" and before and (text[before - 1].isalnum() or text[before - 1] == "_"):
+                hint = "; text arguments must be quoted, e.g. \"...\""
+        message = f"{what}; expected {_one_of(expected)}{hint}"
+    elif isinstance(exc, UnexpectedCharacters):
+        offset = exc.pos_in_stream
+        char = text[offset] if offset < len(text) else ""
+        expected = _readable(exc.allowed or set())
+        if char in "\"'":
+            message = f"unterminated string: the quote {char} is never closed"
+        else:
+            message = f"unexpected character {char!r}; expected {_one_of(expected)}"
+    else:  # UnexpectedEOF and anything else lark may add
+        offset = _after_last_token(text, len(text))
+        expected = _readable(set(getattr(exc, "expected", None) or ()))
+        message = f"the plan ends too early; expected {_one_of(expected)}"
+    pos = _position(text, offset)
+    err = PlanSyntaxError(message, line=pos.line, column=pos.column,
+                          context=_context(text, pos), expected=expected)
+    return err, offset
+
+
+def _one_of(expected: list[str]) -> str:
+    if not expected:
+        return "something else"
+    return expected[0] if len(expected) == 1 else "one of: " + ", ".join(expected)
+
+
+def _resync(text: str, offset: int) -> tuple[int, int]:
+    """The lines to blank out after a syntax error at `offset`: from the start of the
+    item containing it to the next line that starts an item (or the end)."""
+    lines = text.splitlines(keepends=True)
+    starts, acc = [], 0
+    for ln in lines:
+        starts.append(acc)
+        acc += len(ln)
+    idx = max(0, _position(text, offset).line - 1)
+    first = idx
+    while first > 0 and not _ITEM_LINE.match(lines[first]):
+        first -= 1
+    last = idx + 1
+    while last < len(lines) and not _ITEM_LINE.match(lines[last]):
+        last += 1
+    begin = starts[first] if lines else 0
+    end = starts[last] if last < len(lines) else len(text)
+    return begin, end
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+class _Result(NamedTuple):
+    calls: list[Call]
+    dialect: Dialect
+    errors: list[PlanError]
+
+
+def _analyse(text: str, collect: bool = True) -> _Result:
+    """Syntax and reference checks; never raises. `collect=False` stops at the first
+    syntax error (used while streaming, where most failures are unfinished text)."""
+    work, errors, hidden = text, [], set()
+    tree = None
+    last = -1
+    for _ in range(_MAX_SYNTAX_ERRORS):
+        try:
+            tree = _PARSER.parse(work)
+            break
+        except UnexpectedInput as exc:
+            err, offset = _syntax_error(exc, work)
+            err.context = _context(text, _Pos(err.line, err.column))
+            errors.append(err)
+            if not collect or offset <= last:
+                break
+            last = offset
+            begin, end = _resync(work, offset)
+            for ln in work[begin:end].splitlines():
+                m = _ITEM_LINE.match(ln)
+                if m and (m.group(1) or m.group(2)):
+                    hidden.add(_norm_id(m.group(1) or m.group(2)))
+            work = work[:begin] + re.sub(r"[^\n]", " ", work[begin:end]) + work[end:]
+        except LarkError as exc:  # pragma: no cover - defensive: lark's other errors
+            errors.append(PlanSyntaxError(f"cannot parse plan: {exc}"))
+            break
+    if tree is None:
+        return _Result([], "paper", errors)
+    dialect = _dialect_of(tree)
+    try:
+        raw: list[_RawCall] = _Builder(dialect).transform(tree)
+    except VisitError as exc:
+        orig = exc.orig_exc
+        err = orig if isinstance(orig, PlanError) else PlanSyntaxError(f"cannot read plan: {orig}")
+        return _Result([], dialect, errors + [err])
+    calls, semantic = _semantics(raw, text, hidden)
+    errors += semantic
+    if not calls and not errors:
+        errors.append(EmptyPlanError("the plan has no function calls; write calls like "
+                                     + ("`1. search(\"...\")`" if dialect == "llmcompiler"
+                                        else "`s1: search(\"...\")`")))
+    return _Result(calls, dialect, errors)
+
+
+def _semantics(raw: list[_RawCall], text: str, hidden: set[str]) -> tuple[list[Call], list[PlanError]]:
+    def err(cls: type[PlanError], message: str, line: int, column: int) -> None:
+        pos = _Pos(line, column)
+        errors.append(cls(message, line=line, column=column, context=_context(text, pos)))
+
+    errors: list[PlanError] = []
+    raw = [r for r in raw if not (r.function == "join" and not r.args)]
+    where = {}
+    for r in raw:
+        where.setdefault(r.id, r.pos)
+    defined: list[str] = []
+    calls: list[Call] = []
+    for r in raw:
+        if r.id in defined:
+            err(DuplicateIdError, f"duplicate id `{r.id}`; already used on line {where[r.id].line}",
+                *r.pos)
+        seen_kw: set[str] = set()
+        for arg, pos in r.args:
+            if arg.name is None and seen_kw:
+                err(ArgumentError, "positional argument follows keyword argument", *pos)
+            elif arg.name is not None:
+                if arg.name in seen_kw:
+                    err(ArgumentError, f"keyword argument `{arg.name}` repeated", *pos)
+                seen_kw.add(arg.name)
+            for ref in _refs(arg.value):
+                if ref.id in defined:
+                    continue
+                if ref.id == r.id:
+                    msg = f"call `{r.id}` refers to its own result `{ref.id}`"
+                elif ref.id in where and where[ref.id] > r.pos:
+                    msg = (f"forward reference `{ref.id}` (defined on line {where[ref.id].line}); "
+                           "a call can only use results of earlier calls")
+                elif ref.id in hidden:
+                    continue  # its call had a syntax error, already reported
+                else:
+                    so_far = ", ".join(defined) if defined else "none"
+                    msg = f"undefined reference `{ref.id}`; defined so far: {so_far}"
+                err(PlanReferenceError, msg, ref.line, ref.column)
+        if r.id not in defined:
+            defined.append(r.id)
+        calls.append(Call(r.id, r.function, tuple(a for a, _ in r.args), *r.pos))
+    return calls, errors
+
+
+def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, FunctionSpec],
+                    text: str = "") -> list[PlanError]:
+    errors: list[PlanError] = []
+    for call in calls:
+        pos = _Pos(call.line, call.column)
+        ctx = _context(text, pos) if text and call.line else ""
+        spec = toolbox.get(call.function)
+        if spec is None:
+            names = sorted(toolbox)
+            close = difflib.get_close_matches(call.function, names, n=1)
+            msg = f"unknown function `{call.function}`"
+            msg += f"; did you mean `{close[0]}`?" if close else ""
+            msg += f" Available: {', '.join(names) or 'none'}"
+            errors.append(UnknownFunctionError(msg, line=call.line, column=call.column,
+                                               context=ctx, expected=names))
+            continue
+        problems: list[str] = []
+        args = tuple(_static(a, problems) for a in call.positional)
+        kwargs = {k: _static(v, problems) for k, v in call.keywords.items()}
+        try:
+            spec.check(args, kwargs, unknown=UNKNOWN)
+        except ArgumentsInvalid as exc:
+            problems.insert(0, str(exc))
+        except Exception as exc:  # a user annotation pydantic cannot handle, say
+            problems.insert(0, f"{call.function}(): cannot check arguments: {exc}")
+        for problem in problems:
+            errors.append(ArgumentError(problem, line=call.line, column=call.column, context=ctx))
+    return errors
+
+
+def _static(expr: Expr, problems: list[str]) -> Any:
+    """The value of an argument known at plan time, `UNKNOWN` where it needs results."""
+    if isinstance(expr, Literal):
+        return expr.value
+    if isinstance(expr, ListExpr):
+        return [_static(e, problems) for e in expr.items]
+    if isinstance(expr, DictExpr):
+        return {k: _static(v, problems) for k, v in expr.items}
+    if isinstance(expr, BinOp) and not _refs(expr):
+        try:
+            return evaluate(expr, {})
+        except EvaluationError as exc:
+            problems.append(str(exc))
+    return UNKNOWN
+
+
+def _raise(errors: list[PlanError]) -> None:
+    errors = sorted(errors, key=lambda e: (e.line, e.column))
+    raise errors[0] if len(errors) == 1 else PlanErrors(errors)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def parse(text: str, toolbox: Mapping[str, FunctionSpec] | None = None) -> Plan:
+    """Parse plan text in the paper or LLMCompiler dialect.
+
+    Args:
+        text: the plan, as the LLM wrote it.
+        toolbox: if given, also check function names, arity, keywords and the types of
+            literal arguments (see `check`).
+
+    Returns:
+        The `Plan`; its `dialect` says how it was written.
+
+    Raises:
+        PlanError: the only exception, for any input. When the plan has several errors
+            it is a `PlanErrors` listing all of them (syntax errors: one per broken call,
+            resynchronising at the next line that starts a call).
+    """
+    if not isinstance(text, str):
+        raise PlanSyntaxError(f"plan text must be a str, not {type(text).__name__}")
+    try:
+        result = _analyse(text)
+        errors = list(result.errors)
+        if toolbox is not None:
+            errors += _toolbox_errors(result.calls, toolbox, text)
+    except PlanError:
+        raise
+    except RecursionError:
+        raise PlanSyntaxError("the plan is nested too deeply") from None
+    except Exception as exc:  # the contract: nothing but PlanError leaves parse()
+        raise PlanSyntaxError(f"internal error while parsing the plan: {exc!r}") from exc
+    if errors:
+        _raise(errors)
+    return Plan(tuple(result.calls), result.dialect)
+
+
+def check(plan: Plan, toolbox: Mapping[str, FunctionSpec]) -> None:
+    """Check a plan's calls against a toolbox: known functions, arity, keyword names and
+    the types of arguments known before running (values from other calls are skipped).
+
+    Raises:
+        UnknownFunctionError: with "did you mean ..." when a name is close.
+        ArgumentError: from `FunctionSpec.check`, at the call's line and column.
+        PlanErrors: when there are several.
+    """
+    errors = _toolbox_errors(plan.calls, toolbox)
+    if errors:
+        _raise(errors)
+
+
+class PlanStream:
+    """Parse a plan while the LLM is still writing it, to dispatch calls early.
+
+    `feed` returns the calls that became complete: a call is complete at the first
+    newline after it where the text so far parses (brackets and quotes balanced, so
+    multi-line calls and strings wait for their end) and every reference in it names an
+    earlier call (and, with a toolbox, the call checks). Once the text so far has an
+    error, `feed` returns nothing more; `close` then raises it.
+
+    Examples:
+        >>> stream = PlanStream()
+        >>> stream.feed('s1: search("a")\\ns2: chatbot("Sum')
+        [Call(id='s1', function='search', args=(Arg(name=None, value=Literal(value='a')),))]
+        >>> [c.id for c in stream.feed('marize {s1}")\\n')]
+        ['s2']
+        >>> stream.close().ids
+        ('s1', 's2')
+    """
+
+    def __init__(self, toolbox: Mapping[str, FunctionSpec] | None = None) -> None:
+        self._toolbox = toolbox
+        self._text = ""
+        self._tried = 0  # text[:_tried] has had every newline tried
+        self._calls: list[Call] = []
+        self._closed = False
+
+    @property
+    def text(self) -> str:
+        """Everything fed so far."""
+        return self._text
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every call returned by `feed` so far, in plan order."""
+        return list(self._calls)
+
+    def feed(self, chunk: str) -> list[Call]:
+        """Add text; return the calls that became complete (each one once, in order)."""
+        if self._closed:
+            raise RuntimeError("PlanStream is closed; feed() must come before close()")
+        self._text += chunk
+        fresh: list[Call] = []
+        while (nl := self._text.find("\n", self._tried)) >= 0:
+            line = self._text[self._text.rfind("\n", 0, nl) + 1 : nl]
+            self._tried = nl + 1
+            if not line.strip():
+                continue
+            fresh += self._complete(self._text[: nl + 1])
+        return fresh
+
+    def _complete(self, prefix: str) -> list[Call]:
+        try:
+            result = _analyse(prefix, collect=False)
+            if result.errors:
+                return []
+            if self._toolbox is not None and _toolbox_errors(result.calls, self._toolbox):
+                return []
+        except Exception:  # close() reports it
+            return []
+        if result.calls[: len(self._calls)] != self._calls:
+            return []  # cannot happen: a complete prefix parses the same in the whole text
+        new = result.calls[len(self._calls):]
+        self._calls += new
+        return new
+
+    def close(self) -> Plan:
+        """Parse everything fed; return the `Plan` (raises `PlanError` like `parse`)."""
+        self._closed = True
+        return parse(self._text, self._toolbox)

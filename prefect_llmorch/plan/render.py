@@ -1,0 +1,186 @@
+"""`Plan` -> text in either dialect; `parse(render(plan, d)) == plan`.
+
+    >>> from prefect_llmorch.plan.parser import parse
+    >>> plan = parse('s1: search("Apple stock")\\ns2: chatbot("Summarize {s1}", n=s1 * 2)')
+    >>> print(render(plan, "paper"))
+    s1: search("Apple stock")
+    s2: chatbot("Summarize {s1}", n=s1 * 2)
+    >>> print(render(plan, "llmcompiler"))
+    1. search("Apple stock")
+    2. chatbot("Summarize $1", n=$1 * 2)
+    3. join()<END_OF_PLAN>
+
+Ids:
+
+- paper: ids are written as they are (`s1: ...`). A numeric first id makes the text read
+  back as the LLMCompiler dialect; references are then written so that either reading works.
+- llmcompiler: ids that are already `1`, `2`, ... (distinct decimal numbers without leading
+  zeros) are kept; otherwise the calls are renumbered 1..n in plan order and every
+  reference is renumbered with them (so the text parses back to the plan *up to that
+  renaming*). A final `N. join()<END_OF_PLAN>` follows, N = largest id + 1.
+
+Strings are written in double quotes on one line (`\\n` escapes). Text that would read as
+a reference is escaped (`\\{`, `\\$`). Every nested operator expression is parenthesised.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Mapping
+
+from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Template
+
+__all__ = ["render"]
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_KEYWORDS = {"true", "false", "null", "True", "False", "None"}
+_SIMPLE_ID = re.compile(r"[A-Za-z0-9_]+\Z")
+# What would start a reference inside a string (see parser module docstring).
+_PAPER_REF_START = re.compile(r"\$\{|\{[ \t]*([A-Za-z_][A-Za-z0-9_]*|\d+)[ \t]*\}")
+_LLMC_REF_START = re.compile(r"\$(\d|\{)")
+_CHAR_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def render(plan: Plan, dialect: Dialect = "paper") -> str:
+    """Write a plan as text in `dialect` ("paper" or "llmcompiler").
+
+    Raises:
+        ValueError: an unknown dialect, or a value with no written form (NaN).
+    """
+    if dialect not in ("paper", "llmcompiler"):
+        raise ValueError(f"dialect must be 'paper' or 'llmcompiler', got {dialect!r}")
+    calls = plan.calls
+    if dialect == "llmcompiler":
+        ids = [c.id for c in calls]
+        if not all(i.isdigit() and str(int(i)) == i for i in ids) or len(set(ids)) != len(ids):
+            calls = _renumber(calls)
+        r = _Renderer("llmcompiler", llmc_refs=True)
+        lines = [f"{c.id}. {r.call(c)}" for c in calls]
+        last = max((int(c.id) for c in calls), default=0)
+        lines.append(f"{last + 1}. join()<END_OF_PLAN>")
+    else:
+        # The text reads back as llmcompiler when its first label is a number.
+        reads_as: Dialect = "llmcompiler" if calls and calls[0].id.isdigit() else "paper"
+        r = _Renderer(reads_as, llmc_refs=False)
+        lines = [f"{c.id}: {r.call(c)}" for c in calls]
+    return "\n".join(lines)
+
+
+def _renumber(calls: tuple[Call, ...]) -> tuple[Call, ...]:
+    mapping: dict[str, str] = {}
+    for n, c in enumerate(calls, 1):
+        mapping.setdefault(c.id, str(n))
+    out = []
+    for n, c in enumerate(calls, 1):
+        args = tuple(Arg(a.name, _rename(a.value, mapping)) for a in c.args)
+        out.append(Call(str(n), c.function, args, c.line, c.column))
+    return tuple(out)
+
+
+def _rename(expr: Expr, mapping: Mapping[str, str]) -> Expr:
+    if isinstance(expr, Ref):
+        return Ref(mapping.get(expr.id, expr.id), expr.line, expr.column)
+    if isinstance(expr, ListExpr):
+        return ListExpr(tuple(_rename(e, mapping) for e in expr.items))
+    if isinstance(expr, DictExpr):
+        return DictExpr(tuple((k, _rename(v, mapping)) for k, v in expr.items))
+    if isinstance(expr, Template):
+        return Template(tuple(p if isinstance(p, str) else _rename(p, mapping) for p in expr.parts))
+    if isinstance(expr, BinOp):
+        return BinOp(expr.op, _rename(expr.left, mapping), _rename(expr.right, mapping))
+    return expr
+
+
+class _Renderer:
+    """`reads_as`: the dialect the parser will read the text in (it decides which string
+    text must be escaped); `llmc_refs`: write references LLMCompiler style (`$1`)."""
+
+    def __init__(self, reads_as: Dialect, llmc_refs: bool) -> None:
+        self.reads_as = reads_as
+        self.llmc_refs = llmc_refs
+
+    def call(self, call: Call) -> str:
+        return f"{call.function}({', '.join(self.arg(a) for a in call.args)})"
+
+    def arg(self, arg: Arg) -> str:
+        value = self.expr(arg.value)
+        return value if arg.name is None else f"{arg.name}={value}"
+
+    def expr(self, expr: Expr) -> str:
+        if isinstance(expr, Literal):
+            return self.literal(expr.value)
+        if isinstance(expr, Ref):
+            return self.ref(expr.id)
+        if isinstance(expr, ListExpr):
+            return "[" + ", ".join(self.expr(e) for e in expr.items) + "]"
+        if isinstance(expr, DictExpr):
+            return "{" + ", ".join(f"{self.key(k)}: {self.expr(v)}" for k, v in expr.items) + "}"
+        if isinstance(expr, Template):
+            return self.template(expr.parts)
+        if isinstance(expr, BinOp):
+            return f"{self.operand(expr.left)} {expr.op} {self.operand(expr.right)}"
+        raise TypeError(f"not a plan expression: {expr!r}")
+
+    def operand(self, expr: Expr) -> str:
+        text = self.expr(expr)
+        return f"({text})" if isinstance(expr, BinOp) else text
+
+    def ref(self, call_id: str) -> str:
+        if self.llmc_refs and call_id.isdigit():
+            return f"${call_id}"
+        if not self.llmc_refs and _NAME.match(call_id) and call_id not in _KEYWORDS:
+            return call_id
+        return f"${{{call_id}}}"
+
+    def string_ref(self, call_id: str, text_after: str) -> str:
+        if self.llmc_refs and call_id.isdigit() and not text_after[:1].isdigit():
+            return f"${call_id}"
+        if self.reads_as == "paper" and _SIMPLE_ID.match(call_id):
+            return f"{{{call_id}}}"
+        return f"${{{call_id}}}"
+
+    def literal(self, value: object) -> str:
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, float):
+            if math.isnan(value):
+                raise ValueError("NaN has no written form in a plan")
+            if math.isinf(value):
+                return "1e999" if value > 0 else "-1e999"
+            return repr(value)
+        return self.template((str(value),))
+
+    def key(self, key: object) -> str:
+        return self.literal(key)
+
+    def template(self, parts: tuple[str | Ref, ...]) -> str:
+        out: list[str] = []
+        # Render right to left: a part's escaping depends on what is written after it.
+        after = ""
+        for part in reversed(parts):
+            if isinstance(part, Ref):
+                piece = self.string_ref(part.id, after)
+            else:
+                piece = self.text(part, after)
+            out.append(piece)
+            after = piece + after
+        return '"' + "".join(reversed(out)) + '"'
+
+    def text(self, text: str, after: str) -> str:
+        pattern = _PAPER_REF_START if self.reads_as == "paper" else _LLMC_REF_START
+        out = []
+        for i, ch in enumerate(text):
+            if ch in "${" and pattern.match(text[i:] + after):
+                out.append("\\" + ch)
+            elif ch in _CHAR_ESCAPES:
+                out.append(_CHAR_ESCAPES[ch])
+            elif ord(ch) < 0x20 or ch == "\x7f":
+                out.append(f"\\u{ord(ch):04x}")
+            else:
+                out.append(ch)
+        return "".join(out)
