@@ -213,8 +213,7 @@ class FakeLLM:
         if self._server is not None:
             raise RuntimeError("FakeLLM is already started")
         handler = type("_BoundHandler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", self._port), handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -298,6 +297,17 @@ class FakeLLM:
         if self._api_key is None:
             return True
         return header == f"Bearer {self._api_key}"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client hung up (e.g. closed a stream early): not a server bug
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
