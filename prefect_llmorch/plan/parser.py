@@ -244,7 +244,7 @@ class _Builder(Transformer):  # type: ignore[type-arg]
     def number_key(self, tok: Token) -> int | float:
         return _number(tok)
 
-    def neg_number_key(self, _minus: Token, tok: Token) -> int | float:
+    def neg_number_key(self, tok: Token) -> int | float:
         return -_number(tok)
 
 
