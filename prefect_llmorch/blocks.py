@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.core import Block
+from prefect.types import SecretDict
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from .llm import LLMClient, read_env
@@ -110,7 +111,8 @@ class ToolCredentials(Block):
     `ToolCredentials.load("BLOCK_NAME").reveal()` in its `credentials` parameter.
 
     Attributes:
-        secrets: name -> secret value (masked everywhere but `reveal()`).
+        secrets: name -> secret value, as a `SecretDict`: masked in reprs, dumps, logs and
+            the API/UI (every entry is a secret field, `secrets.*`); see `reveal()`.
         values: name -> non-secret setting (shown in the UI).
 
     Examples:
@@ -130,16 +132,29 @@ class ToolCredentials(Block):
         "`credentials` parameter at call time."
     )
 
-    secrets: dict[str, SecretStr] = Field(
-        default_factory=dict, description="Secret settings, by name (masked in the UI)"
+    # A SecretDict, not dict[str, SecretStr]: Prefect marks the former `secrets.*` so the
+    # API masks every entry, while the latter would be stored and served in clear text.
+    secrets: SecretDict = Field(
+        default_factory=lambda: SecretDict({}),
+        description="Secret settings, by name (masked in the UI)",
     )
     values: dict[str, str] = Field(
         default_factory=dict, description="Non-secret settings, by name"
     )
 
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _plain_strings(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                str(k): v.get_secret_value() if isinstance(v, SecretStr) else str(v)
+                for k, v in value.items()
+            }
+        return value
+
     @model_validator(mode="after")
     def _names_are_distinct(self) -> "ToolCredentials":
-        both = sorted(set(self.secrets) & set(self.values))
+        both = sorted(set(self.secrets.get_secret_value()) & set(self.values))
         if both:
             raise ValueError(f"names given both as secrets and values: {', '.join(both)}")
         return self
@@ -147,5 +162,5 @@ class ToolCredentials(Block):
     def reveal(self) -> dict[str, str]:
         """Every setting as plain text: values and secrets together, by name."""
         out = dict(self.values)
-        out.update({k: v.get_secret_value() for k, v in self.secrets.items()})
+        out.update(self.secrets.get_secret_value())
         return out
