@@ -25,6 +25,8 @@ Streaming dispatch semantics (what the orchestrator relies on):
   arguments, and the same holds for every call they depend on): do not start them again.
   `PlannerResult.stale` lists the dispatched calls that are not: cancel them and ignore
   their results. `PlanningFailed.dispatched` lists every dispatched call (all stale).
+  If `plan_query` raises anything else (`LLMError`, or an exception from `on_call`), every
+  call it had passed to `on_call` is stale too.
 
     >>> from prefect_llmorch.functions import Toolbox
     >>> "s1:" in build_system_prompt(Toolbox())
