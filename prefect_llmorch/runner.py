@@ -90,7 +90,8 @@ class _SlotHolder:
         self._runner = runner
         self._release = threading.Event()
         self.acquired = False
-        self.thread = threading.Thread(target=context.run, args=(self._hold,), daemon=True, name="llmorch-slot")
+        # Each holder needs a context of its own: one Context cannot be entered by two threads.
+        self.thread = threading.Thread(target=context.copy().run, args=(self._hold,), daemon=True, name="llmorch-slot")
         self.thread.start()
 
     def _hold(self) -> None:

@@ -28,7 +28,7 @@ def lit(v):  # noqa: ANN001, ANN201
 def mixed_plan() -> Plan:
     """6 compute calls (ranks 1 and 2), 3 inout calls, a join of everything."""
     calls = [Call(f"c{i}", "crunch", (lit(0.3),)) for i in range(1, 5)]
-    calls += [Call(f"w{i}", "fetch", (lit(0.2),)) for i in range(1, 3)]
+    calls += [Call(f"w{i}", "fetch", (lit(0.2), Arg("value", Literal(f"w{i}")))) for i in range(1, 3)]
     calls += [
         Call("c5", "add", (Arg(None, Literal(1)), Arg(None, Literal(2)))),
         Call("c6", "crunch", (lit(0.2), Arg("tag", Ref("w1")))),
