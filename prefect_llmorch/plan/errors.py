@@ -43,6 +43,10 @@ class PlanError(ValueError):
         where = f"line {self.line}, column {self.column}: " if self.line else ""
         return f"{where}{self.message}"
 
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # Prefect pickles exceptions into states: rebuild from the fields, not from str().
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
     def to_dict(self) -> dict[str, object]:
         return {
             "line": self.line,
@@ -58,6 +62,13 @@ class PlanError(ValueError):
         for err in self.errors:
             parts.append(str(err) + (f"\n{err.context}" if err.context else ""))
         return "\n".join(parts)
+
+
+def _rebuild(cls: type, fields: dict) -> "PlanError":
+    err = cls.__new__(cls)
+    err.__dict__.update(fields)
+    Exception.__init__(err, PlanError.__str__(err))
+    return err
 
 
 class PlanErrors(PlanError):
