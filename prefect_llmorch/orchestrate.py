@@ -244,6 +244,7 @@ def run_plan(
     processors: int | None = None,
     policy: str = "critical-path",
     concurrency_limit: str | None = "llmorch-processors",
+    task_runner: Any = None,
 ) -> RunReport:
     """Run a plan as an `llmorch-run` flow; returns the report, raises `PlanRunFailed`.
 
@@ -253,11 +254,14 @@ def run_plan(
         processors: P; defaults to the machine's core count.
         policy: `critical-path` or `paper`.
         concurrency_limit: the global concurrency limit guarding the machine (None: off).
+        task_runner: run on this task runner instead of a local `LLMOrchTaskRunner` (e.g.
+            `prefect_llmorch.dask.LLMOrchDaskTaskRunner`); P is then the runner's, and
+            `processors`, `policy` and `concurrency_limit` are its settings, not these.
     """
     text = plan.to_text() if isinstance(plan, Plan) else plan
     P = processors or default_processors()
     preload = [toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else []
-    runner = LLMOrchTaskRunner(processors=P, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
+    runner = task_runner if task_runner is not None else LLMOrchTaskRunner(processors=P, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
     parameters: dict[str, Any] = {"plan": text, "toolbox": toolbox, "processors": P, "policy": policy}
     state = orchestrate.with_options(task_runner=runner, validate_parameters=isinstance(toolbox, str))(
         **parameters, return_state=True

@@ -1,0 +1,481 @@
+"""`LLMOrchDaskTaskRunner`: the same plan, its compute calls on a Dask cluster.
+
+Before, a plan on the P processes of one machine:
+
+    run_plan(plan, "flows.examples.toolbox:toolbox", processors=2)
+
+After, the same plan on the processors of a Dask cluster (`dask scheduler`, then on each
+machine `dask worker tcp://HOST:8786 --nthreads 1 --resources processor=1`):
+
+    from prefect_llmorch.dask import LLMOrchDaskTaskRunner
+
+    runner = LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786")
+    run_plan(plan, "flows.examples.toolbox:toolbox", task_runner=runner)
+
+P is the sum of the workers' `processor` resources, asked of the scheduler when the runner
+starts (`runner.processors`). A compute call takes one `processor`, an inout call none.
+
+How the two kinds of task runs go:
+
+- **Compiled plan calls** (tasks made by `compiler.py`). Their Prefect engine runs in a
+  thread of the flow process, exactly as under `LLMOrchTaskRunner` (this class inherits its
+  coordination): the runner holds each call until its inputs are done, keeps at most P
+  compute calls in flight, and when more compute calls are ready than processors are free
+  it starts them in `policy.select` order. A started compute call sends only its *function
+  call* to Dask, with `resources={"processor": 1}`; an inout call runs in the flow process
+  (it holds no processor, and on a one-thread Dask worker a sleeping call would block that
+  worker's processor). Why not ship the whole task run to Dask as `DaskTaskRunner` does:
+  a compiled task's body writes to the flow's `Recorder` and runs recovery hooks, which live
+  in the flow process (a `Recorder` holds a lock and cannot even be pickled).
+- **Any other Prefect task** (your own `@task`s in a flow on this runner): sent to Dask as
+  `DaskTaskRunner` sends it (the engine runs on a worker, Dask resolves the dependencies),
+  with `resources={"processor": 1}` when tagged `compute`. No policy and no P cap apply to
+  these: Dask starts them in its own priority order (submission order) and its resources
+  bound them per worker.
+
+What ordering Dask guarantees, and what it does not:
+
+- *Which* compute call starts next is decided here, by the policy, over all ready compute
+  calls of the plan (the same `select` as the local runner); at most P are in Dask at once.
+- *Where* it runs is Dask's choice. The scheduler considers only workers whose *total*
+  `processor` resource covers the request and picks the one it estimates will start it
+  soonest (occupancy); it does not look at free resources. The worker holds a task in its
+  `constrained` queue until a `processor` is free there and then starts the
+  highest-priority (for us: the earliest-submitted) one. So a call can wait on a busy worker
+  while another is idle if Dask's estimate misplaces it, until work stealing moves it.
+- What always holds: no worker runs more compute calls at once than its `processor`
+  resource (Dask enforces it on the worker), and no flow run has more than P compute calls
+  in flight.
+
+Worker loss: if a worker dies mid-call, Dask re-runs the call on another worker (up to
+`distributed.scheduler.allowed-failures` times, default 3; then the call fails with
+`WorkerDied`, caused by Dask's `KilledWorker`). If no worker offering a `processor` is left
+for `no_worker_timeout` seconds, waiting calls fail with `WorkerDied` instead of hanging
+(Dask itself would wait for a worker forever).
+
+Machine-wide guard: as with the local runner, the global concurrency limit
+`llmorch-processors` is created with limit P if absent and held one slot per processor in
+use; on a cluster it guards the cluster across flow runs that share the Prefect server.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import importlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any, Callable, Iterable
+
+import distributed
+from prefect.futures import PrefectFuture
+from prefect.task_runners import TaskRunner
+from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
+
+from .runner import CALL_ATTR, LLMOrchTaskRunner
+from .workers import CallTimeout, Outcome, WorkerDied, WorkerError
+
+__all__ = ["LLMOrchDaskTaskRunner", "DaskProcessorPool", "PROCESSOR", "cluster_processors"]
+
+logger = logging.getLogger("prefect_llmorch.dask")
+
+#: The Dask worker resource a compute call takes one of.
+PROCESSOR = "processor"
+
+
+def cluster_processors(client: distributed.Client) -> dict[str, int]:
+    """The `processor` resource of every worker the scheduler knows, by worker address."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return {addr: int(w.get("resources", {}).get(PROCESSOR, 0)) for addr, w in workers.items()}
+
+
+def _call_on_worker(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, float, float, int, str]:
+    """Runs on a Dask worker: the function call, with wall-clock start/end, pid and worker address."""
+    try:
+        address = distributed.get_worker().address
+    except ValueError:  # not on a worker (tests calling it directly)
+        address = ""
+    pid = os.getpid()
+    start = time.time()
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        # Exception attributes travel with the pickled exception: the compiler records them.
+        try:
+            exc.llmorch_timing = (start, time.time(), pid)  # type: ignore[attr-defined]
+            exc.llmorch_worker_address = address  # type: ignore[attr-defined]
+        except Exception:  # an exception type without a __dict__
+            pass
+        raise
+    return value, start, time.time(), pid, address
+
+
+def _key(label: str) -> str:
+    return "llmorch-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") + "-" + uuid.uuid4().hex[:12]
+
+
+class DaskProcessorPool:
+    """What `compiler.py` calls `runner.pool`: runs one compute call on a Dask processor.
+
+    `run` has the contract of `workers.WorkerPool.run`: it blocks until the call is done and
+    returns an `Outcome` (value, wall-clock start/end of the function body, pid, and the
+    worker index: the worker's position among the addresses seen, in order).
+
+    Args:
+        client: a connected (synchronous) Dask client.
+        no_worker_timeout: fail a waiting call with `WorkerDied` when no worker has offered a
+            `processor` for this many seconds (None: wait forever, as Dask does).
+        watch_interval: how often a waiting call checks that a worker is left. The result
+            itself is waited for, not polled; this is only the watchdog's period.
+    """
+
+    def __init__(self, client: distributed.Client, *, no_worker_timeout: float | None = 60.0, watch_interval: float = 2.0) -> None:
+        self.client = client
+        self.no_worker_timeout = no_worker_timeout
+        self.watch_interval = watch_interval
+        self._index: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._no_worker_since: float | None = None
+
+    def worker_index(self, address: str) -> int:
+        with self._lock:
+            return self._index.setdefault(address, len(self._index))
+
+    def run(
+        self,
+        call: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Outcome:
+        """Run `fn(*args, **kwargs)` on a Dask worker with one free `processor`.
+
+        Raises:
+            CallTimeout: past `timeout`. The Dask task is cancelled, but a running thread
+                cannot be stopped: the worker's processor stays busy until `fn` returns.
+            WorkerDied: the call's workers died too often (`KilledWorker`), or no worker
+                offering a `processor` was left for `no_worker_timeout` seconds.
+            Exception: whatever `fn` raised (Dask keeps the worker's traceback).
+        """
+        if self._closed:
+            raise RuntimeError("DaskProcessorPool is shut down")
+        from distributed.scheduler import KilledWorker
+
+        fut = self.client.submit(
+            _call_on_worker, fn, args, kwargs or {}, key=_key(call), pure=False, resources={PROCESSOR: 1}
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                wait = self.watch_interval
+                if deadline is not None:
+                    wait = max(0.0, min(wait, deadline - time.monotonic()))
+                try:
+                    value, start, end, pid, address = fut.result(timeout=wait)
+                    break
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise CallTimeout(
+                            f"{call} ran past its timeout of {timeout:g} s on Dask (the worker thread runs on "
+                            "until the function returns; Dask cannot interrupt it)",
+                            call=call,
+                        ) from None
+                    self._check_workers(call)
+        except KilledWorker as exc:
+            raise WorkerDied(
+                f"{call}: the Dask workers running it died too often ({exc}); "
+                "see distributed.scheduler.allowed-failures",
+                call=call,
+            ) from exc
+        except distributed.client.FutureCancelledError as exc:
+            raise WorkerError(f"{call}: its Dask task was cancelled ({exc})", call=call) from exc
+        except BaseException as exc:
+            address = getattr(exc, "llmorch_worker_address", None)
+            if address:
+                try:
+                    exc.llmorch_worker = self.worker_index(address)  # type: ignore[attr-defined]
+                except Exception:
+                    pass
+            if not fut.done():
+                fut.cancel()
+            raise
+        return Outcome(value=value, start=start, end=end, pid=pid, worker=self.worker_index(address))
+
+    def _check_workers(self, call: str) -> None:
+        """Fail the call when no worker offering a processor has been seen for too long."""
+        if self.no_worker_timeout is None:
+            return
+        try:
+            alive = sum(cluster_processors(self.client).values())
+        except Exception:  # scheduler unreachable counts as no worker
+            alive = 0
+        now = time.monotonic()
+        with self._lock:
+            if alive > 0:
+                self._no_worker_since = None
+                return
+            if self._no_worker_since is None:
+                self._no_worker_since = now
+            gone = now - self._no_worker_since
+        if gone >= self.no_worker_timeout:
+            raise WorkerDied(
+                f"{call}: no Dask worker offering a `{PROCESSOR}` resource for {gone:.0f} s "
+                f"(no_worker_timeout={self.no_worker_timeout:g}); the call cannot run",
+                call=call,
+            )
+
+    def warm(self, modules: Iterable[str]) -> None:
+        """Import modules on every worker now (off the critical path of the first calls)."""
+        mods = list(dict.fromkeys(["prefect_llmorch.dask", *modules]))
+
+        def _import_all() -> None:
+            for m in mods:
+                importlib.import_module(m)
+
+        try:
+            self.client.run(_import_all)
+        except Exception as exc:  # a missing module will fail its call clearly later
+            logger.warning("could not pre-import %s on the Dask workers: %s", ", ".join(mods), exc)
+
+    def shutdown(self) -> None:
+        """Refuse new calls. Safe to call several times; the client is not ours to close."""
+        self._closed = True
+
+    def __enter__(self) -> "DaskProcessorPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
+    """Run a plan's compute calls on the `processor`s of a Dask cluster, P at most at once.
+
+    A `DaskTaskRunner` (same cluster settings) that coordinates compiled plan calls like
+    `LLMOrchTaskRunner` (the policy, the P cap, the global concurrency limit); see the
+    module docstring for what runs where.
+
+    Args:
+        cluster: a running `distributed` cluster object.
+        address: address of a running Dask scheduler (`tcp://127.0.0.1:8786`).
+        cluster_class: cluster class (or its qualified name) for a temporary cluster.
+        cluster_kwargs: kwargs for the temporary cluster. For the default `LocalCluster`,
+            `threads_per_worker` defaults to 1 and `resources` to
+            `{"processor": threads_per_worker}`.
+        adapt_kwargs, client_kwargs, performance_report_path: as for `DaskTaskRunner`.
+        policy: `critical-path` (default) or `paper`.
+        concurrency_limit: the Prefect global concurrency limit (created with limit P if
+            absent); None disables it.
+        preload: modules the workers import when the runner starts (your toolbox module).
+        worker_timeout: seconds to wait at start for a worker offering a `processor`.
+        no_worker_timeout: seconds a compute call waits with no such worker left before it
+            fails (None: forever).
+
+    Raises:
+        ValueError: conflicting cluster settings (as `DaskTaskRunner`), an unknown policy,
+            or (at start) a cluster none of whose workers offers a `processor`.
+
+    Examples:
+        Against a running scheduler:
+
+        >>> from prefect_llmorch import run_plan                                    # doctest: +SKIP
+        >>> runner = LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786")         # doctest: +SKIP
+        >>> run_plan("s1: burn(1.0)\\ns2: burn(1.0)", "flows.examples.toolbox:toolbox",
+        ...          task_runner=runner)                                             # doctest: +SKIP
+
+        A temporary local cluster of two single-processor workers, in a flow of your own:
+
+        >>> from prefect import flow, task
+        >>> @task(tags={"compute"})
+        ... def square(x: int) -> int:
+        ...     return x * x
+        >>> @flow(task_runner=LLMOrchDaskTaskRunner(cluster_kwargs={"n_workers": 2}))
+        ... def squares() -> list[int]:
+        ...     return [f.result() for f in [square.submit(i) for i in range(4)]]
+    """
+
+    def __init__(
+        self,
+        cluster: distributed.deploy.Cluster | None = None,
+        address: str | None = None,
+        cluster_class: str | Callable[..., Any] | None = None,
+        cluster_kwargs: dict[str, Any] | None = None,
+        adapt_kwargs: dict[str, Any] | None = None,
+        client_kwargs: dict[str, Any] | None = None,
+        performance_report_path: str | None = None,
+        *,
+        policy: str = "critical-path",
+        concurrency_limit: str | None = "llmorch-processors",
+        preload: Iterable[str] = (),
+        worker_timeout: float = 60.0,
+        no_worker_timeout: float | None = 60.0,
+    ) -> None:
+        from .policy import POLICIES
+
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        if worker_timeout <= 0:
+            raise ValueError(f"worker_timeout must be positive, got {worker_timeout}")
+        if no_worker_timeout is not None and no_worker_timeout <= 0:
+            raise ValueError(f"no_worker_timeout must be positive or None, got {no_worker_timeout}")
+        if not address and cluster is None and cluster_class in (None, distributed.LocalCluster, "distributed.LocalCluster"):
+            cluster_kwargs = dict(cluster_kwargs or {})
+            threads = cluster_kwargs.setdefault("threads_per_worker", 1)
+            cluster_kwargs.setdefault("resources", {PROCESSOR: threads})
+        # MRO: DaskTaskRunner.__init__ stores and validates the cluster settings, then its
+        # super().__init__() is LLMOrchTaskRunner.__init__ (coordination state, defaults).
+        DaskTaskRunner.__init__(
+            self,
+            cluster=cluster,
+            address=address,
+            cluster_class=cluster_class,
+            cluster_kwargs=cluster_kwargs,
+            adapt_kwargs=adapt_kwargs,
+            client_kwargs=client_kwargs,
+            performance_report_path=performance_report_path,
+        )
+        self._given_cluster = cluster
+        self.policy = policy
+        self.concurrency_limit = concurrency_limit
+        self.preload = tuple(preload)
+        self.worker_timeout = worker_timeout
+        self.no_worker_timeout = no_worker_timeout
+        self.processors = 0  # P: known once started (the workers' `processor` resources)
+        self.worker_processors: dict[str, int] = {}
+
+    # -- settings ---------------------------------------------------------------------
+    def _init_kwargs(self) -> dict[str, Any]:
+        return dict(
+            cluster=self._given_cluster,
+            address=self.address,
+            cluster_class=self.cluster_class,
+            cluster_kwargs=self.cluster_kwargs or None,
+            adapt_kwargs=self.adapt_kwargs or None,
+            client_kwargs=self.client_kwargs,
+            performance_report_path=self.performance_report_path,
+            policy=self.policy,
+            concurrency_limit=self.concurrency_limit,
+            preload=self.preload,
+            worker_timeout=self.worker_timeout,
+            no_worker_timeout=self.no_worker_timeout,
+        )
+
+    def duplicate(self) -> "LLMOrchDaskTaskRunner":
+        return type(self)(**self._init_kwargs())
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, LLMOrchDaskTaskRunner)
+            and DaskTaskRunner.__eq__(self, other)
+            and (self.policy, self.concurrency_limit, self.preload) == (other.policy, other.concurrency_limit, other.preload)
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.address, self.policy, self.concurrency_limit, self.preload))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Cloudpickled with a flow run sent to a subprocess: settings only (no client, no locks).
+        state = self._init_kwargs()
+        state["cluster"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    # -- life cycle -------------------------------------------------------------------
+    def __enter__(self) -> "LLMOrchDaskTaskRunner":
+        TaskRunner.__enter__(self)  # refuses to start twice
+        stack = ExitStack()
+        try:
+            stack.enter_context(self._exit_stack)  # DaskTaskRunner's: the cluster and client
+            client = self.client
+            self.worker_processors = self._wait_for_processors(client)
+            self.processors = sum(self.worker_processors.values())
+            pool = DaskProcessorPool(client, no_worker_timeout=self.no_worker_timeout)
+            for addr in sorted(self.worker_processors):
+                pool.worker_index(addr)
+            self.pool = stack.enter_context(pool)  # type: ignore[assignment]
+            threading.Thread(target=pool.warm, args=(self.preload,), daemon=True, name="llmorch-dask-warm").start()
+            self._executor = stack.enter_context(
+                concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
+            )
+            stack.callback(self._release_all_slots)
+            if self.concurrency_limit:
+                # The same limit handling as the local runner, with P from the cluster.
+                ctx = contextvars.copy_context()
+                threading.Thread(target=ctx.run, args=(self._prepare_limit, ctx), daemon=True).start()
+            else:
+                self._slots = self.processors
+        except BaseException:
+            stack.close()
+            self._reset_dask()
+            self._started = False
+            raise
+        self._stack = stack
+        logger.info("Dask cluster %s: P = %s processors on %s workers", self._connect_to, self.processors, len(self.worker_processors))
+        return self
+
+    def _wait_for_processors(self, client: distributed.Client) -> dict[str, int]:
+        deadline = time.monotonic() + self.worker_timeout
+        while True:
+            found = cluster_processors(client)
+            if any(found.values()):
+                return {a: n for a, n in found.items() if n > 0}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ValueError(
+                    f"no Dask worker at {self._connect_to} offers a `{PROCESSOR}` resource after "
+                    f"{self.worker_timeout:g} s ({len(found)} workers without it); start workers with "
+                    f"`dask worker <scheduler> --nthreads 1 --resources {PROCESSOR}=1`"
+                )
+            try:  # wait for one more worker to arrive, not a fixed sleep
+                client.wait_for_workers(len(found) + 1, timeout=min(remaining, 5.0))
+            except TimeoutError:
+                pass
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            LLMOrchTaskRunner.__exit__(self, *exc_info)  # cancels waiting calls, closes the stack
+        finally:
+            self._reset_dask()
+
+    def _reset_dask(self) -> None:
+        self._client = None
+        self._cluster = self._given_cluster
+        self._exit_stack = ExitStack()
+
+    # -- submit -----------------------------------------------------------------------
+    def submit(  # type: ignore[override]
+        self,
+        task: Any,
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+        dependencies: dict[str, Any] | None = None,
+    ) -> PrefectFuture[Any]:
+        if not self._started or self._executor is None:
+            raise RuntimeError("LLMOrchDaskTaskRunner is not started")
+        if getattr(task, CALL_ATTR, None) is not None:
+            # A compiled plan call: coordinated here, its compute body sent to Dask by `pool`.
+            return LLMOrchTaskRunner.submit(self, task, parameters, wait_for, dependencies)
+        from prefect.context import TagsContext
+
+        compute = "compute" in (set(task.tags) | set(TagsContext.get().current_tags))
+        # As DaskTaskRunner.submit, plus the resource. The `resources` argument rather than
+        # `dask.annotate`: annotations live in dask's process-wide config, shared by threads.
+        future = self.client.submit(
+            task,
+            parameters=self._optimize_futures(parameters),
+            wait_for=self._optimize_futures(wait_for) if wait_for else None,
+            dependencies=dependencies,
+            return_type="state",
+            resources={PROCESSOR: 1} if compute else None,
+        )
+        return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)

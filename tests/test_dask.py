@@ -1,0 +1,221 @@
+"""Tests for `prefect_llmorch.dask`: a real `dask scheduler` and `dask worker` processes.
+
+Claims are proved from what the compute function itself recorded on the worker (pid,
+wall-clock start and end), not from wall-clock thresholds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import cloudpickle
+import pytest
+
+from prefect_llmorch.dask import PROCESSOR, LLMOrchDaskTaskRunner
+from prefect_llmorch.orchestrate import PlanRunFailed, RunReport, run_plan
+from prefect_llmorch.runner import LLMOrchTaskRunner
+from toolboxes_dask import dask_cli_cluster, kill_tree, toolbox
+
+# -- settings (no cluster) ----------------------------------------------------------------
+
+
+def test_local_cluster_workers_get_one_processor_per_thread_by_default():
+    runner = LLMOrchDaskTaskRunner(cluster_kwargs={"n_workers": 2})
+    assert runner.cluster_kwargs == {"n_workers": 2, "threads_per_worker": 1, "resources": {PROCESSOR: 1}}
+    runner = LLMOrchDaskTaskRunner(cluster_kwargs={"threads_per_worker": 3})
+    assert runner.cluster_kwargs["resources"] == {PROCESSOR: 3}
+
+
+def test_address_leaves_cluster_settings_alone_and_conflicts_are_rejected():
+    assert LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786").cluster_kwargs == {}
+    with pytest.raises(ValueError, match="Cannot specify `address`"):
+        LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786", cluster_kwargs={"n_workers": 1})
+    with pytest.raises(ValueError, match="unknown policy"):
+        LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786", policy="fastest")
+
+
+def test_duplicate_equals_and_survives_cloudpickle():
+    runner = LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786", policy="paper", concurrency_limit=None, preload=["toolboxes_dask"])
+    assert runner.duplicate() == runner
+    assert cloudpickle.loads(cloudpickle.dumps(runner)) == runner
+    assert runner != LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786")
+    # orchestrate gives the FRG to any LLMOrchTaskRunner: this one is one.
+    assert isinstance(runner, LLMOrchTaskRunner)
+
+
+def test_submit_before_start_names_the_runner():
+    runner = LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786")
+    with pytest.raises(RuntimeError, match="LLMOrchDaskTaskRunner is not started"):
+        runner.submit(object(), {})
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _run_bounded(fn: Callable[[], Any], timeout: float) -> Any:
+    """Run fn in a thread; fail the test (instead of hanging) if it takes longer than timeout."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"the flow did not finish within {timeout} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _stamps(report: RunReport) -> dict[str, dict[str, float]]:
+    return {c["id"]: report.results[c["id"]] for c in report.calls if c["function"] == "stamp"}
+
+
+def _assert_one_compute_at_a_time_per_process(stamps: dict[str, dict[str, float]]) -> None:
+    by_pid: dict[int, list[tuple[float, float, str]]] = {}
+    for cid, s in stamps.items():
+        by_pid.setdefault(s["pid"], []).append((s["start"], s["end"], cid))
+    for pid, spans in by_pid.items():
+        spans.sort()
+        for (s0, e0, a), (s1, e1, b) in zip(spans, spans[1:]):
+            assert s1 >= e0, f"worker pid {pid} ran {a} ({s0:.3f}-{e0:.3f}) and {b} ({s1:.3f}-{e1:.3f}) at once"
+
+
+MIXED_PLAN = """\
+s1: fetch(0.2, 0.4)
+s2: stamp(0.6)
+s3: stamp(0.6)
+s4: stamp(0.6)
+s5: stamp(0.6)
+s6: stamp(0.6)
+s7: stamp(s1)
+s8: fetch(0.2, [s2, s3, s4])
+s9: fetch(0.1, [s5, s6, s7, s8])
+"""
+
+
+# -- on a real cluster --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_mixed_plan_uses_both_workers_one_compute_call_each_at_a_time(prefect_harness, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    with dask_cli_cluster(tmp_path) as cluster:
+        runner = LLMOrchDaskTaskRunner(address=cluster.address, concurrency_limit="llmorch-dask-test", preload=["toolboxes_dask"])
+        report = _run_bounded(lambda: run_plan(MIXED_PLAN, toolbox, task_runner=runner), timeout=180)
+        worker_pids = cluster.worker_pids()
+
+    assert report.state == "Completed", report.message
+    assert report.processors == 2  # P = the two workers' `processor` resources
+    stamps = _stamps(report)
+    assert len(stamps) == 6
+    assert {s["pid"] for s in stamps.values()} <= set(worker_pids), "compute calls ran outside the Dask workers"
+    assert len({worker_pids[s["pid"]] for s in stamps.values()}) == 2, "both workers were used"
+    _assert_one_compute_at_a_time_per_process(stamps)
+    # inout calls hold no processor: they ran in the flow process, not on a worker
+    inout_pids = {c["pid"] for c in report.calls if c["kind"] == "inout"}
+    assert inout_pids == {os.getpid()}
+    # the runner's records agree with what the function saw
+    for c in report.calls:
+        if c["id"] in stamps:
+            assert c["pid"] == stamps[c["id"]]["pid"]
+            assert c["processor"] in (0, 1)
+    assert report.results["s7"]["end"] - report.results["s7"]["start"] >= 0.4  # s7 got s1's 0.4 s
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("llmorch-dask-test").limit == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_plain_compute_tasks_go_to_dask_with_a_processor_each(prefect_harness, tmp_path):
+    from prefect import flow, task
+
+    import toolboxes_dask
+
+    @task(tags={"compute"})
+    def plain_stamp(seconds: float) -> dict:
+        return toolboxes_dask.stamp(seconds)
+
+    with dask_cli_cluster(tmp_path) as cluster:
+
+        @flow(task_runner=LLMOrchDaskTaskRunner(address=cluster.address, concurrency_limit=None))
+        def plain() -> list[dict]:
+            return [f.result() for f in [plain_stamp.submit(0.4) for _ in range(4)]]
+
+        stamps = _run_bounded(plain, timeout=180)
+        worker_pids = cluster.worker_pids()
+    assert {s["pid"] for s in stamps} <= set(worker_pids)
+    _assert_one_compute_at_a_time_per_process({str(i): s for i, s in enumerate(stamps)})
+
+
+def _kill_when_started(cluster, marker: Path, victims: list[int], timeout: float = 120) -> int:
+    """Wait until a compute call has started on worker victims[0], then kill the victims' trees."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = cluster.worker_pids()
+        for f in marker.iterdir():
+            pid = int(f.name.split("-")[0])
+            if pids.get(pid) == victims[0]:
+                for v in victims:
+                    kill_tree(cluster.workers[v])
+                return pid
+        time.sleep(0.05)
+    raise AssertionError("no compute call started on the worker to kill")
+
+
+LOSS_PLAN = "\n".join(f's{i}: stamp(1.0, "{{marker}}")' for i in range(1, 7))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_worker_killed_mid_call_reruns_the_call_on_the_other_worker(prefect_harness, tmp_path):
+    marker = tmp_path / "started"
+    marker.mkdir()
+    with dask_cli_cluster(tmp_path) as cluster:
+        runner = LLMOrchDaskTaskRunner(address=cluster.address, concurrency_limit=None, preload=["toolboxes_dask"])
+        plan = LOSS_PLAN.replace("{marker}", str(marker))
+        box: dict[str, Any] = {}
+        killer = threading.Thread(target=lambda: box.setdefault("killed", _kill_when_started(cluster, marker, [0])))
+        killer.start()
+        report = _run_bounded(lambda: run_plan(plan, toolbox, task_runner=runner), timeout=180)
+        killer.join(10)
+        survivors = {p for p, i in cluster.worker_pids().items() if i == 1}
+
+    killed = box["killed"]
+    assert report.state == "Completed", report.message
+    stamps = _stamps(report)
+    assert all(s["pid"] in survivors for s in stamps.values()), "every result came from the surviving worker"
+    started = [int(f.name.split("-")[0]) for f in marker.iterdir()]
+    assert killed in started and len(started) > len(stamps), "the killed call started again elsewhere"
+    _assert_one_compute_at_a_time_per_process(stamps)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_losing_every_worker_fails_the_calls_clearly_instead_of_hanging(prefect_harness, tmp_path):
+    marker = tmp_path / "started"
+    marker.mkdir()
+    with dask_cli_cluster(tmp_path) as cluster:
+        runner = LLMOrchDaskTaskRunner(address=cluster.address, concurrency_limit=None, no_worker_timeout=3)
+        plan = LOSS_PLAN.replace("{marker}", str(marker))
+        killer = threading.Thread(target=_kill_when_started, args=(cluster, marker, [0, 1]))
+        killer.start()
+        with pytest.raises(PlanRunFailed) as info:
+            _run_bounded(lambda: run_plan(plan, toolbox, task_runner=runner), timeout=180)
+        killer.join(10)
+
+    report = info.value.report
+    assert report.state == "Failed"
+    failed = [c for c in report.calls if c["state"] == "Failed"]
+    assert failed and all("WorkerDied" in c["error"] and "no Dask worker" in c["error"] for c in failed)
+    assert "no Dask worker offering a `processor`" in str(info.value)
