@@ -1,0 +1,184 @@
+"""The `llmorch-ask` flow: a question in, an answer computed by a parallel plan out.
+
+The planner is a Prefect task (`planner`, tagged `inout`) that streams the LLM's plan;
+each call whose line is complete is handed to this flow, which submits it at once
+(streaming dispatch), so the first calls run while the LLM is still writing. The worker
+processes are started, and the toolbox imported in them, before the plan arrives.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, wait
+
+from .compiler import Compiler, Recorder
+from .functions import Toolbox
+from .graph import FRG
+from .llm import LLMClient
+from .orchestrate import (
+    PlanRunFailed,
+    RunReport,
+    build_report,
+    current_llmorch_runner,
+    failure_message,
+    publish_artifacts,
+    resolve_toolbox,
+)
+from .plan.model import Call, Plan
+from .planner import ask_self, planner_task, resolve_client
+from .runner import LLMOrchTaskRunner, default_processors
+
+DEFAULT_TOOLBOX = "flows.examples.toolbox:toolbox"
+_DONE = object()
+
+
+class TokenCounter:
+    """Prompt/completion tokens summed over every LLM call of a run (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.prompt = 0
+        self.completion = 0
+        self._lock = threading.Lock()
+
+    def add(self, prompt: int, completion: int) -> None:
+        with self._lock:
+            self.prompt += prompt
+            self.completion += completion
+
+    def to_dict(self) -> dict[str, int]:
+        return {"prompt": self.prompt, "completion": self.completion}
+
+
+def make_self_fn(client: LLMClient, tokens: TokenCounter):  # type: ignore[no-untyped-def]
+    """The body of the built-in `self(prompt)`: ask the LLM, count its tokens."""
+
+    def self_fn(prompt: str) -> str:
+        completion = ask_self(client, prompt)
+        tokens.add(completion.prompt_tokens, completion.completion_tokens)
+        return completion.text
+
+    return self_fn
+
+
+@flow(name="llmorch-ask", log_prints=False, task_runner=LLMOrchTaskRunner())
+def ask(
+    query: str,
+    toolbox: str = DEFAULT_TOOLBOX,
+    processors: int | None = None,
+    policy: str = "critical-path",
+    endpoint: str | None = None,
+    attempts: int = 3,
+) -> RunReport:
+    """Plan `query` with the LLM, run the plan on P processors, return the report.
+
+    Args:
+        query: the user's question.
+        toolbox: `module:attr` naming a `Toolbox`.
+        processors: P (defaults to the machine's cores, or the task runner's).
+        policy: `critical-path` or `paper`.
+        endpoint: name of a saved `LLMEndpoint` block; None reads OPENAI_BASE_URL,
+            OPENAI_API_KEY and LLMORCH_MODEL from the environment.
+        attempts: planner answers per round (first plan plus repairs).
+    """
+    return _ask(query, toolbox, processors, endpoint, attempts, policy)
+
+
+def _ask(query: str, toolbox: str | Toolbox, processors: int | None, endpoint: Any, attempts: int, policy: str = "critical-path") -> RunReport:
+    logger = get_run_logger()
+    tb = resolve_toolbox(toolbox)
+    runner = current_llmorch_runner()
+    if runner is not None:
+        runner.policy = policy  # a deployment's runner is built at import: take the run's policy
+    P = runner.processors if runner is not None else (processors or default_processors())
+    client = resolve_client(endpoint)
+    tokens = TokenCounter()
+    recorder = Recorder()
+    calls: list[Call] = []
+    futures: dict[str, PrefectFuture[Any]] = {}
+    compiler = Compiler(frg=FRG.build(Plan(()), tb), toolbox=tb, recorder=recorder, self_fn=make_self_fn(client, tokens))
+    inbox: "queue.Queue[Any]" = queue.Queue()
+
+    def submit(call: Call) -> None:
+        # Ranks of earlier calls never change when a later call arrives: rebuild the FRG of
+        # the calls so far (tiny) so the policy sees the current critical paths.
+        calls.append(call)
+        compiler.frg = FRG.build(Plan(tuple(calls)), tb)
+        if runner is not None:
+            runner.use_graph(compiler.frg)
+        compiler.submit([call], futures)
+
+    planner = planner_task.submit(query, tb, client, attempts=attempts, on_call=inbox.put)
+    planner.add_done_callback(lambda _f: inbox.put(_DONE))
+    while (item := inbox.get()) is not _DONE:
+        submit(item)  # streaming dispatch, from the flow's thread
+    planner.wait()
+    state = planner.state
+    if not state.is_completed():
+        wait(list(futures.values()))
+        planner.result()  # raises PlanningFailed or LLMError, with its message
+    result = planner.result()
+    for attempt in result.attempts:
+        tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
+    stale = {c.id for c in result.stale}
+    if stale:
+        logger.warning("calls %s were started from a draft plan that was repaired; their results are ignored", ", ".join(sorted(stale)))
+    kept = set(result.dispatched)
+    plan = result.plan
+    final_frg = FRG.build(plan, tb)
+    compiler.frg = final_frg
+    if runner is not None:
+        runner.use_graph(final_frg)
+    todo = [c for c in plan.calls if c.id not in kept]
+    compiler.submit(todo, futures)
+    if runner is not None:
+        runner.no_more_submissions()
+    wait(list(futures.values()))
+    report = build_report(final_frg, recorder, P, futures)
+    report.extra = {"plan": result.text, "attempts": len(result.attempts), "tokens": tokens.to_dict()}
+    usage = (
+        f"\n\n## LLM usage\n\nplanner attempts: {len(result.attempts)}; tokens: "
+        f"{tokens.prompt} prompt + {tokens.completion} completion\n\n```text\n{result.text}\n```\n"
+    )
+    publish_artifacts(final_frg, report, extra_markdown=usage)
+    if report.failed:
+        report.message = failure_message(report)
+        raise PlanRunFailed(report.message, report)
+    return report
+
+
+def ask_query(
+    query: str,
+    toolbox: Toolbox | str = DEFAULT_TOOLBOX,
+    *,
+    processors: int | None = None,
+    policy: str = "critical-path",
+    endpoint: Any = None,
+    attempts: int = 3,
+    concurrency_limit: str | None = "llmorch-processors",
+) -> RunReport:
+    """Run the `llmorch-ask` flow with a task runner for `processors` and `policy`.
+
+    `endpoint` is a saved block's name, an `LLMEndpoint`, an `LLMClient`, or None (environment).
+    Raises `PlanRunFailed` (with the report) when calls failed, `PlanningFailed` when no
+    valid plan came, `LLMError` when the endpoint failed.
+    """
+    P = processors or default_processors()
+    preload = [toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else []
+    runner = LLMOrchTaskRunner(processors=P, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
+    simple = isinstance(toolbox, str) and (endpoint is None or isinstance(endpoint, str))
+    if simple:
+        state = ask.with_options(task_runner=runner)(query, toolbox, P, policy, endpoint, attempts, return_state=True)
+    else:
+        @flow(name="llmorch-ask", task_runner=runner, validate_parameters=False)
+        def _inline() -> RunReport:
+            return _ask(query, toolbox, P, endpoint, attempts, policy)
+
+        state = _inline(return_state=True)
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        raise value
+    return value
