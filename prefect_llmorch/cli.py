@@ -210,6 +210,125 @@ def simulate(
         )
 
 
+def _endpoint(endpoint: Optional[str]) -> Any:
+    """An LLMClient from a saved LLMEndpoint block's name, or from the environment."""
+    from .llm import LLMConfigError, LLMError
+    from .planner import resolve_client
+
+    try:
+        return resolve_client(endpoint)
+    except (LLMConfigError, LLMError, ValueError) as exc:
+        err_console.print(f"[red]{exc}[/red]", markup=False)
+        raise typer.Exit(2) from None
+
+
+def _ask_and_print(question: str, toolbox: str, processors: int, policy: str, client: Any, as_json: bool, attempts: int) -> None:
+    from .ask import ask_query
+    from .llm import LLMError
+    from .orchestrate import PlanRunFailed
+    from .planner import PlanningFailed
+
+    try:
+        report = ask_query(question, toolbox, processors=processors or None, policy=policy, endpoint=client, attempts=attempts)
+    except PlanRunFailed as exc:
+        _print_report(exc.report, as_json)
+        raise typer.Exit(1) from None
+    except (PlanningFailed, LLMError) as exc:
+        if as_json:
+            print(json.dumps({"state": "Failed", "message": str(exc)}))
+        else:
+            err_console.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    if not as_json:
+        console.print("plan:", style="bold")
+        console.print(report.extra.get("plan", ""), markup=False, highlight=False)
+        tokens = report.extra.get("tokens", {})
+        console.print(f"planner attempts: {report.extra.get('attempts')} | tokens: {tokens.get('prompt', 0)} prompt + {tokens.get('completion', 0)} completion")
+    _print_report(report, as_json)
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="the question to answer"),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t"),
+    processors: int = typer.Option(0, "--processors", "-P"),
+    policy: str = typer.Option("critical-path", "--policy"),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="name of a saved LLMEndpoint block (default: OPENAI_BASE_URL, OPENAI_API_KEY, LLMORCH_MODEL)"),
+    attempts: int = typer.Option(3, "--attempts", help="planner answers per round (first plan + repairs)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Plan the question with the LLM, run the plan in parallel on Prefect, print the answer."""
+    _prepare_env()
+    _ask_and_print(question, toolbox, processors, policy, _endpoint(endpoint), as_json, attempts)
+
+
+@app.command("plan")
+def plan_cmd(
+    question: str = typer.Argument(..., help="the question to plan"),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t"),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint"),
+    attempts: int = typer.Option(3, "--attempts"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Only plan: print the LLM's plan and its FRG (nothing runs)."""
+    _prepare_env()
+    from .graph import FRG
+    from .llm import LLMError
+    from .planner import PlanningFailed, plan_query
+
+    tb = _toolbox(toolbox)
+    client = _endpoint(endpoint)
+    try:
+        result = plan_query(question, tb, client, attempts=attempts)
+    except (PlanningFailed, LLMError) as exc:
+        err_console.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    frg = FRG.build(result.plan, tb)
+    if as_json:
+        print(json.dumps({"plan": result.text, "attempts": len(result.attempts), "tokens": {"prompt": result.prompt_tokens, "completion": result.completion_tokens}, "graph": frg.to_json()}))
+        return
+    console.print(result.text, markup=False, highlight=False)
+    console.print(frg.to_mermaid(), markup=False, highlight=False)
+    console.print(f"planner attempts: {len(result.attempts)} | tokens: {result.prompt_tokens} prompt + {result.completion_tokens} completion")
+
+
+DEMO_QUESTION = "Did Apple or Microsoft stock do better today, and how busy is the traffic in frames 1-4?"
+DEMO_PLAN = """s1: search("Apple stock")
+s2: search("Microsoft stock")
+s3: compare(s1, s2)
+s4: detect("frame_001.png")
+s5: detect("frame_002.png")
+s6: detect("frame_003.png")
+s7: detect("frame_004.png")
+s8: average([s4, s5, s6, s7])
+s9: self("Answer in one sentence: {s3} Frames 1-4 show {s8} objects on average.")
+"""
+
+
+def _demo_answer(request: dict[str, Any]) -> str:
+    prompt = str(request.get("messages", [{}])[-1].get("content", ""))
+    return "Demo answer, from the local scripted LLM: " + " ".join(prompt.split()[-24:])
+
+
+@app.command()
+def demo(
+    processors: int = typer.Option(2, "--processors", "-P"),
+    token_delay: float = typer.Option(0.02, "--token-delay", help="seconds per token of the scripted LLM"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The whole loop with no API key: a local OpenAI-compatible server (real HTTP) streams a
+    scripted plan for the example toolbox; llmorch runs it on ephemeral Prefect."""
+    _prepare_env()
+    from .llm import LLMClient
+    from .testing.fake_llm import FakeLLM
+
+    with FakeLLM([DEMO_PLAN], default=_demo_answer, token_delay=token_delay, model="demo") as server:
+        if not as_json:
+            console.print(f"scripted LLM at {server.base_url}; question: {DEMO_QUESTION}")
+        client = LLMClient(server.base_url, "demo", api_key="demo-key-not-secret")
+        _ask_and_print(DEMO_QUESTION, DEFAULT_TOOLBOX, processors, "critical-path", client, as_json, 3)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
