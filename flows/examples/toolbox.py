@@ -63,7 +63,7 @@ def burn(seconds: float) -> float:
 
 
 @compute(cost=1.0)
-def detect(image: str, size: int = 1200) -> int:
+def detect(image: str, size: int = 2000) -> int:
     """Count bright blobs in a synthetic `size` x `size` image named `image` (pure-Python CPU work)."""
     seed = int.from_bytes(hashlib.sha256(image.encode()).digest()[:4], "big")
     state = seed or 1
