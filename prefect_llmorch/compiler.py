@@ -122,6 +122,9 @@ class Compiler:
         secrets: loaded credentials by block name, passed to functions that declare them
             (never through task parameters).
         on_failure: extra Prefect `on_failure` hooks for every task (recovery uses them).
+        gates: called with each call just before its function would run; a gate that
+            returns a Prefect `State` ends the task run in that state instead (trace-back
+            recovery cancels calls it is going to re-run anyway).
     """
 
     frg: FRG
@@ -130,6 +133,7 @@ class Compiler:
     self_fn: Callable[[str], Any] | None = None
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     on_failure: list[Callable[..., Any]] = field(default_factory=list)
+    gates: list[Callable[[Call], Any]] = field(default_factory=list)
 
     def task_for(self, call: Call, attempt: int = 0) -> Task[..., Any]:
         spec = self.toolbox[call.function]
@@ -138,6 +142,10 @@ class Compiler:
         recorder = self.recorder
 
         def body(call_text: str, inputs: dict[str, Any]) -> Any:
+            for gate in self.gates:
+                verdict = gate(call)
+                if verdict is not None:
+                    return verdict
             return self._execute(call, spec, inputs)
 
         body.__name__ = f"llmorch_{spec.name}"

@@ -24,6 +24,7 @@ from .functions import Toolbox, load_toolbox
 from .graph import FRG
 from .plan.model import Plan
 from .plan.parser import parse
+from .recovery import RecoveryConfig, RecoveryController
 from .runner import LLMOrchTaskRunner, default_processors
 
 
@@ -191,8 +192,13 @@ def execute(
     self_fn: Callable[[str], Any] | None = None,
     secrets: Mapping[str, Mapping[str, str]] | None = None,
     recorder: Recorder | None = None,
+    recovery: RecoveryConfig | None = None,
 ) -> tuple[FRG, Recorder, RunReport]:
-    """Run a checked plan inside the current flow run; returns the FRG, records and report."""
+    """Run a checked plan inside the current flow run; returns the FRG, records and report.
+
+    With `recovery`, calls that finally fail are repaired by trace-back recovery
+    (`prefect_llmorch.recovery`); the report then carries `extra["recovery"]`.
+    """
     frg = FRG.build(plan, toolbox)
     runner = current_llmorch_runner()
     if runner is not None:
@@ -200,11 +206,17 @@ def execute(
     recorder = recorder or Recorder()
     compiler = Compiler(frg=frg, toolbox=toolbox, recorder=recorder, self_fn=self_fn, secrets=secrets or {})
     futures: dict[str, PrefectFuture[Any]] = {}
+    # -- trace-back recovery (recovery.py): hooks before submitting, rounds after -----
+    controller = RecoveryController(recovery, plan, toolbox, compiler, runner) if recovery is not None else None
     compiler.submit(plan.calls, futures)
     if runner is not None:
         runner.no_more_submissions()
+    if controller is not None:
+        frg = controller.run(futures)  # resubmits repaired calls into `futures`
     wait(list(futures.values()))
     report = build_report(frg, recorder, processors, futures)
+    if controller is not None:
+        controller.annotate(report)
     return frg, recorder, report
 
 

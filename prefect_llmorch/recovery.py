@@ -1,0 +1,586 @@
+"""Trace-back runtime recovery: repair failed plans with the LLM, re-run only what must.
+
+When calls of a running plan have finally failed (after their Prefect retries), LLMOrch
+does not start over. It
+
+1. stops dispatching calls it is going to re-run anyway (a compiled task that has not
+   started yet and descends from a recovery point ends `Cancelled` instead of running;
+   calls whose inputs failed never start: Prefect marks them `NotReady`);
+2. waits for the calls still running to end (their results are kept);
+3. finds the *recovery points* (`recovery_points`): for each failed call, its closest
+   ancestors (its parents) of the smallest rank among them; a failed call with no
+   ancestors is its own recovery point;
+4. removes the recovery points and their descendants from the done set;
+5. asks the LLM to repair each recovery call in turn, giving it the failed call (id,
+   function, arguments as text), its exception, the recovery call and the functions
+   available. The answer is one call line of the plan language (`s2: search("...")`). It
+   is accepted only if it parses and type-checks, keeps the call's id and its kind
+   (inout stays inout, compute stays compute) and uses only results of earlier calls;
+   otherwise the error is fed back once, and if the second answer fails too, the round's
+   repair has failed (the round counts, nothing is re-run);
+6. resumes: the recovery calls (repaired) and their descendants (unchanged) are submitted
+   again as `s3 · f (repair k)` task runs, while every other result is reused through its
+   completed future, not recomputed.
+
+At most `RecoveryConfig.max_rounds` rounds (default 3); then the run ends `Failed` with a
+report of every round (what failed, what was repaired and how, what re-ran), also
+published as the markdown artifact `llmorch-recovery`.
+
+`recovery_points` and `rerun_set` are pure; `RecoveryController` does the rest and is wired
+into `orchestrate.execute(..., recovery=RecoveryConfig(llm))`.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from .functions import Toolbox
+from .graph import FRG
+from .llm import LLMClient, LLMError
+from .plan.errors import PlanError
+from .plan.evaluate import resolve
+from .plan.model import Call, Plan
+from .plan.parser import check, parse
+from .runner import CALL_ATTR
+
+if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
+
+    from .compiler import Compiler
+    from .orchestrate import RunReport
+    from .runner import LLMOrchTaskRunner
+
+__all__ = [
+    "RecoveryConfig", "RecoveryController", "RecoveryRound", "Repair", "Failure",
+    "recovery_points", "rerun_set", "parse_repair", "RepairRejected", "ARTIFACT_KEY",
+]
+
+#: Key of the markdown artifact that reports every recovery round.
+ARTIFACT_KEY = "llmorch-recovery"
+
+
+# --------------------------------------------------------------------------- pure logic
+
+
+def recovery_points(
+    deps: Mapping[str, Iterable[str]], rank: Mapping[str, int], failed: Iterable[str]
+) -> list[str]:
+    """The calls to repair and re-run from, in plan order (the order of `deps`' keys).
+
+    For each failed call: its closest ancestors (the calls it uses directly) that share
+    the smallest rank among them; a failed call with no ancestors is its own recovery
+    point. The result is the union over the failed calls.
+
+    Args:
+        deps: each call's direct inputs, in plan order (`FRG.deps`).
+        rank: each call's rank (`FRG.rank`).
+        failed: the ids of the calls that finally failed.
+
+    >>> deps = {"s1": [], "s2": [], "s3": ["s1"], "s4": ["s2", "s3"], "s5": ["s4"]}
+    >>> rank = {"s1": 1, "s2": 1, "s3": 2, "s4": 3, "s5": 4}
+    >>> recovery_points(deps, rank, ["s3"])          # a bad argument produced by s1
+    ['s1']
+    >>> recovery_points(deps, rank, ["s1"])          # no ancestors: its own recovery point
+    ['s1']
+    >>> recovery_points(deps, rank, ["s4"])          # parents s2 (rank 1), s3 (rank 2)
+    ['s2']
+    >>> recovery_points(deps, rank, ["s5", "s3"])    # two failures, in plan order
+    ['s1', 's4']
+    >>> recovery_points(deps, rank, [])
+    []
+    """
+    order = {cid: i for i, cid in enumerate(deps)}
+    points: set[str] = set()
+    for f in failed:
+        parents = list(deps[f])
+        if not parents:
+            points.add(f)
+            continue
+        low = min(rank[p] for p in parents)
+        points.update(p for p in parents if rank[p] == low)
+    return sorted(points, key=order.__getitem__)
+
+
+def rerun_set(succs: Mapping[str, Iterable[str]], points: Iterable[str]) -> set[str]:
+    """The recovery points and all their descendants: what leaves the done set.
+
+    >>> succs = {"s1": ["s3"], "s2": ["s4"], "s3": ["s4"], "s4": []}
+    >>> sorted(rerun_set(succs, ["s1"]))
+    ['s1', 's3', 's4']
+    >>> sorted(rerun_set(succs, ["s4"]))
+    ['s4']
+    """
+    seen: set[str] = set()
+    todo = list(points)
+    while todo:
+        cid = todo.pop()
+        if cid not in seen:
+            seen.add(cid)
+            todo.extend(succs[cid])
+    return seen
+
+
+class RepairRejected(ValueError):
+    """The LLM's repaired call cannot be used; the message says why (fed back to the LLM)."""
+
+
+_FENCE = re.compile(r"^\s*```")
+
+
+def parse_repair(answer: str, original: Call, earlier: Sequence[str], toolbox: Toolbox, dialect: str = "paper") -> Call:
+    """Check the LLM's answer and return the repaired call.
+
+    The answer must be exactly one call of the plan language with the original's id; it
+    must parse, type-check against the toolbox, use only results of `earlier` calls and
+    call a function of the same kind as the original.
+
+    >>> from prefect_llmorch.functions import Toolbox, inout, compute
+    >>> @inout
+    ... def search(query: str) -> str: ...
+    >>> @compute
+    ... def count(text: str) -> int: ...
+    >>> tb = Toolbox(search, count)
+    >>> old = parse('s1: search("a")\\ns2: search(s1)', tb).calls[1]
+    >>> parse_repair('```\\ns2: search("b {s1}")\\n```', old, ["s1"], tb).function
+    'search'
+    >>> parse_repair('s2: count(s1)', old, ["s1"], tb)
+    Traceback (most recent call last):
+    ...
+    prefect_llmorch.recovery.RepairRejected: `count` is a compute function but `s2` calls an inout function (`search`); the repaired call must keep its kind: use an inout function
+    """
+    lines = [ln for ln in answer.strip().splitlines() if ln.strip() and not _FENCE.match(ln)]
+    text = "\n".join(lines).strip()
+    if not text:
+        raise RepairRejected(f"the answer is empty; answer with one call line like `{original.id}: {original.function}(...)`")
+    stub = (lambda cid: f'{cid}. self("")') if dialect == "llmcompiler" else (lambda cid: f'{cid}: self("")')
+    prefix = [stub(cid) for cid in earlier]
+    try:
+        plan = parse("\n".join(prefix + [text]))
+    except PlanError as exc:
+        problems = []
+        for err in exc.errors:
+            line = err.line - len(prefix) if err.line else 0
+            where = f"line {line}, column {err.column}: " if line > 0 else ""
+            problems.append(f"{where}{err.message}")
+        raise RepairRejected("the answer does not parse: " + "; ".join(problems)) from None
+    calls = plan.calls[len(prefix):]
+    if len(calls) != 1:
+        raise RepairRejected(f"answer with exactly one call (the repaired `{original.id}`), not {len(calls)}")
+    call = calls[0]
+    if call.id != original.id:
+        raise RepairRejected(f"the repaired call must keep the id `{original.id}`, not `{call.id}`")
+    try:
+        check(Plan((call,)), toolbox)
+    except PlanError as exc:
+        raise RepairRejected("the answer does not type-check: " + "; ".join(e.message for e in exc.errors)) from None
+    old_kind, new_kind = toolbox[original.function].kind, toolbox[call.function].kind
+    if old_kind != new_kind:
+        raise RepairRejected(
+            f"`{call.function}` is a {new_kind} function but `{original.id}` calls an {old_kind} "
+            f"function (`{original.function}`); the repaired call must keep its kind: use an {old_kind} function"
+        )
+    return Call(call.id, call.function, call.args, original.line, original.column)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class RecoveryConfig:
+    """How trace-back recovery runs.
+
+    Args:
+        llm: the LLM that repairs calls.
+        max_rounds: at most this many recovery rounds (K); then the run ends Failed.
+        round_timeout: seconds to wait for the calls of one round to end (never hang).
+        temperature: sampling temperature of repair requests (None: the client's default).
+        max_value_chars: longest text of one argument value shown to the LLM.
+    """
+
+    llm: LLMClient
+    max_rounds: int = 3
+    round_timeout: float = 600.0
+    temperature: float | None = None
+    max_value_chars: int = 300
+
+    def __post_init__(self) -> None:
+        if self.max_rounds < 0:
+            raise ValueError(f"max_rounds must be >= 0, got {self.max_rounds}")
+
+
+@dataclass
+class Failure:
+    """One call that finally failed, as its `on_failure` hook reported it."""
+
+    call_id: str
+    attempt: int
+    call: str  # the call's text
+    function: str
+    kind: str
+    arguments: str  # the arguments it was called with, as text
+    error: str  # "ValueError: ..."
+
+
+@dataclass
+class Repair:
+    """The LLM's repair of one recovery call."""
+
+    call_id: str
+    before: str
+    after: str | None = None  # None: rejected
+    answers: list[str] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return self.after is not None
+
+    @property
+    def changed(self) -> bool:
+        return self.after is not None and self.after != self.before
+
+
+@dataclass
+class RecoveryRound:
+    """One trace-back round: what failed, where it traced back to, what was repaired and re-run."""
+
+    number: int
+    failed: list[Failure]
+    recovery_points: list[str]
+    repairs: list[Repair] = field(default_factory=list)
+    rerun: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    outcome: str = ""  # recovered | failed again | repair rejected | llm error | timed out
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for r, rep in zip(out["repairs"], self.repairs):
+            r["accepted"] = rep.accepted
+            r["changed"] = rep.changed
+        return out
+
+
+# --------------------------------------------------------------------------- the controller
+
+
+def _text(call: Call) -> str:
+    return Plan((call,), dialect="paper").to_text().strip()
+
+
+def _short(value: Any, limit: int) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class RecoveryController:
+    """Runs trace-back recovery for one `execute`: installs the hooks, then runs rounds.
+
+    Args:
+        config: the recovery settings and the LLM.
+        plan: the plan being run (already checked).
+        toolbox: its functions.
+        compiler: the compiler submitting the plan's task runs; the controller adds its
+            `on_failure` hook and its gate to it (before the first submission).
+        runner: the `LLMOrchTaskRunner`, if the flow uses one (told about new submissions
+            and the repaired FRG).
+    """
+
+    def __init__(
+        self,
+        config: RecoveryConfig,
+        plan: Plan,
+        toolbox: Toolbox,
+        compiler: "Compiler",
+        runner: "LLMOrchTaskRunner | None" = None,
+    ) -> None:
+        self.config = config
+        self.plan = plan
+        self.toolbox = toolbox
+        self.compiler = compiler
+        self.runner = runner
+        self.recorder = compiler.recorder
+        self.frg: FRG = compiler.frg
+        self.rounds: list[RecoveryRound] = []
+        self.outcome = "no failure"
+        self.unresolved: list[Failure] = []  # failures left when recovery gave up
+        self.attempt = 0
+        self._calls = {c.id: c for c in plan.calls}
+        self._lock = threading.Lock()
+        self._queue: "queue.Queue[Failure]" = queue.Queue()
+        self._failed_now: list[str] = []
+        self._doomed: frozenset[str] = frozenset()
+        compiler.on_failure.append(self._on_failure)
+        compiler.gates.append(self._gate)
+
+    # -- hooks (task threads) ---------------------------------------------------------
+    def _on_failure(self, task: Any, task_run: Any, state: Any) -> None:
+        """Prefect `on_failure` hook: runs once a call has finally failed (after retries)."""
+        cid = getattr(task, CALL_ATTR, None)
+        if cid is None or cid not in self._calls:
+            return
+        call = self._calls[cid]
+        rec = self.recorder.records.get(cid)
+        error = rec.error if rec is not None and rec.error else None
+        if error is None:
+            try:
+                exc = state.result(raise_on_failure=False)
+            except Exception as e:  # noqa: BLE001 - any reason the result cannot be read
+                exc = e
+            error = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else (state.message or "failed")
+        inputs = {d: self.recorder.results.get(d) for d in call.deps}
+        try:
+            args, kwargs = resolve(call, inputs)
+            limit = self.config.max_value_chars
+            parts = [_short(a, limit) for a in args] + [f"{k}={_short(v, limit)}" for k, v in kwargs.items()]
+            arguments = f"{call.function}({', '.join(parts)})"
+        except Exception as exc:  # noqa: BLE001
+            arguments = f"(arguments could not be evaluated: {type(exc).__name__}: {exc})"
+        spec = self.toolbox.get(call.function)
+        failure = Failure(
+            call_id=cid, attempt=self.attempt, call=_text(call), function=call.function,
+            kind=spec.kind if spec else "?", arguments=arguments, error=error,
+        )
+        with self._lock:
+            self._failed_now.append(cid)
+            if len(self.rounds) < self.config.max_rounds:
+                points = recovery_points(self.frg.deps, self.frg.rank, self._failed_now)
+                self._doomed = frozenset(rerun_set(self.frg.succs, points))
+        self._queue.put(failure)
+
+    def _gate(self, call: Call) -> Any:
+        """Compiler gate: a call about to start that recovery will re-run ends Cancelled."""
+        with self._lock:
+            doomed = call.id in self._doomed
+        if not doomed:
+            return None
+        from prefect.states import Cancelled
+
+        message = "not started: trace-back recovery will re-run it"
+        self.recorder.update(call.id, state="Cancelled", error=message)
+        return Cancelled(message=message)
+
+    # -- rounds (flow thread) ---------------------------------------------------------
+    def run(self, futures: dict[str, "PrefectFuture[Any]"]) -> FRG:
+        """Wait for the submitted calls; while calls failed, run recovery rounds.
+
+        Returns the FRG of the plan as finally run (repairs may change its edges).
+        """
+        failures = self._collect(futures)
+        if failures is None:
+            return self.frg
+        while failures:
+            if len(self.rounds) >= self.config.max_rounds:
+                self.outcome = f"gave up after {len(self.rounds)} round(s)"
+                self.unresolved = failures
+                break
+            rnd = RecoveryRound(
+                number=len(self.rounds) + 1,
+                failed=failures,
+                recovery_points=recovery_points(self.frg.deps, self.frg.rank, [f.call_id for f in failures]),
+            )
+            self.rounds.append(rnd)
+            repaired = self._repair_all(rnd, failures)
+            if repaired is None:
+                continue  # the round's repair failed: the same failures, next round
+            self._resubmit(rnd, repaired, futures)
+            failures = self._collect(futures)
+            if failures is None:
+                rnd.outcome = "timed out"
+                self.outcome = "timed out"
+                break
+            rnd.outcome = "failed again" if failures else "recovered"
+        else:
+            if self.rounds:
+                self.outcome = f"recovered in {len(self.rounds)} round(s)"
+        return self.frg
+
+    def _collect(self, futures: Mapping[str, "PrefectFuture[Any]"]) -> list[Failure] | None:
+        """Wait for every submitted call to end; the failures of this attempt (None: timeout)."""
+        from prefect.futures import wait
+
+        done = wait(list(futures.values()), timeout=self.config.round_timeout)
+        if done.not_done:
+            self.outcome = "timed out"
+            return None
+        failures: dict[str, Failure] = {}
+        while True:
+            try:
+                f = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            failures[f.call_id] = f
+        # A call that failed without its hook (the engine itself failed) still counts.
+        for cid, fut in futures.items():
+            st = fut.state
+            if st.is_failed() and cid not in failures:
+                rec = self.recorder.records.get(cid)
+                call = self._calls[cid]
+                failures[cid] = Failure(
+                    cid, self.attempt, _text(call), call.function, self.toolbox[call.function].kind,
+                    "(unknown)", (rec.error if rec and rec.error else None) or st.message or "failed",
+                )
+        return [failures[c] for c in self.frg.ordered(failures)]
+
+    def _repair_all(self, rnd: RecoveryRound, failures: list[Failure]) -> dict[str, Call] | None:
+        """Ask the LLM to repair each recovery point in turn; None if any repair failed."""
+        repaired: dict[str, Call] = {}
+        for point in rnd.recovery_points:
+            related = [f for f in failures if f.call_id == point or point in self.frg.deps[f.call_id]]
+            repair = Repair(call_id=point, before=_text(self._calls[point]))
+            rnd.repairs.append(repair)
+            try:
+                call = self._ask(point, related, repaired, repair)
+            except LLMError as exc:
+                repair.rejections.append(f"LLM error: {exc}")
+                rnd.outcome = "llm error"
+                return None
+            if call is None:
+                rnd.outcome = "repair rejected"
+                return None
+            repaired[point] = call
+            repair.after = _text(call)
+        return repaired
+
+    def _ask(self, point: str, failures: list[Failure], repaired: Mapping[str, Call], repair: Repair) -> Call | None:
+        calls = [repaired.get(c.id, c) for c in self.plan.calls]
+        earlier = [c.id for c in calls[: [c.id for c in calls].index(point)]]
+        original = self._calls[point]
+        messages: list[dict[str, str]] = [
+            {"role": "system", "content": REPAIR_SYSTEM},
+            {"role": "user", "content": self._prompt(point, failures, calls, earlier)},
+        ]
+        for attempt in range(2):  # the answer, then once more with the error fed back
+            answer = self.config.llm.complete(messages, temperature=self.config.temperature).text
+            repair.answers.append(answer)
+            try:
+                return parse_repair(answer, original, earlier, self.toolbox, self.plan.dialect)
+            except RepairRejected as exc:
+                repair.rejections.append(str(exc))
+                if attempt == 0:
+                    messages += [
+                        {"role": "assistant", "content": answer},
+                        {"role": "user", "content": (
+                            f"That answer was rejected: {exc}.\n"
+                            f"Answer again with exactly one call line for `{point}` and nothing else."
+                        )},
+                    ]
+        return None
+
+    def _prompt(self, point: str, failures: list[Failure], calls: list[Call], earlier: list[str]) -> str:
+        original = self._calls[point]
+        kind = self.toolbox[original.function].kind
+        lines = ["The plan being run:", "```", Plan(tuple(calls), self.plan.dialect).to_text().strip(), "```", ""]
+        for f in failures:
+            lines += [
+                f"Failed call `{f.call_id}` (function `{f.function}`, {f.kind}): {f.call}",
+                f"  it was called as: {f.arguments}",
+                f"  exception: {f.error}",
+            ]
+        lines.append("")
+        lines.append(f"Recovery call to repair: {_text(original)}")
+        if point in self.recorder.results and point not in {f.call_id for f in failures}:
+            lines.append(f"  its result was: {_short(self.recorder.results[point], self.config.max_value_chars)}")
+        lines += [
+            "  It will be re-run with every call that depends on it; other results are kept.",
+            "",
+            "Functions available:",
+            self.toolbox.describe(),
+            "",
+            f"Answer with exactly one line: the repaired call `{point}` in the plan language, e.g. "
+            f"`{point}: {original.function}(...)`. You may change its arguments, or call another "
+            f"{kind} function (it must stay {kind}). "
+            + (f"It may use results of {', '.join(earlier)} only." if earlier else "It may not use results of other calls."),
+        ]
+        return "\n".join(lines)
+
+    def _resubmit(self, rnd: RecoveryRound, repaired: Mapping[str, Call], futures: dict[str, "PrefectFuture[Any]"]) -> None:
+        calls = tuple(repaired.get(c.id, c) for c in self.plan.calls)
+        plan = Plan(calls, self.plan.dialect)
+        frg = FRG.build(plan, self.toolbox)
+        not_done = [cid for cid, fut in futures.items() if not fut.state.is_completed()]
+        rerun = rerun_set(frg.succs, list(rnd.recovery_points) + not_done)
+        rnd.rerun = frg.ordered(rerun)
+        rnd.reused = [cid for cid in frg.ids if cid not in rerun]
+        with self._lock:
+            self.plan, self.frg = plan, frg
+            self._calls = {c.id: c for c in calls}
+            self._failed_now = []
+            self._doomed = frozenset()
+            self.attempt = rnd.number
+        self.compiler.frg = frg
+        for cid in rerun:
+            self.recorder.results.pop(cid, None)
+        if self.runner is not None:
+            self.runner.use_graph(frg)
+            self.runner.expect_more()
+        self.compiler.submit([c for c in calls if c.id in rerun], futures, attempt=rnd.number)
+        if self.runner is not None:
+            self.runner.no_more_submissions()
+
+    # -- the report ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "rounds": [r.to_dict() for r in self.rounds],
+            "unresolved": [asdict(f) for f in self.unresolved],
+            "plan": self.plan.to_text("paper").strip(),
+        }
+
+    def to_markdown(self) -> str:
+        out = [f"## Trace-back recovery: {self.outcome}", ""]
+        if not self.rounds:
+            out.append("No call failed." if self.outcome == "no failure" else "No round ran.")
+        for r in self.rounds:
+            out += [f"### Round {r.number}: {r.outcome or 'not run'}", "", "**Failed:**", ""]
+            out += [f"- `{f.call}` called as `{f.arguments}`: {f.error}" for f in r.failed]
+            out += ["", f"**Recovery points:** {', '.join(f'`{p}`' for p in r.recovery_points)}", ""]
+            for rep in r.repairs:
+                if rep.accepted:
+                    how = f"`{rep.before}` → `{rep.after}`" if rep.changed else f"`{rep.before}` kept unchanged"
+                    out.append(f"- repaired {how}")
+                else:
+                    out.append(f"- `{rep.before}`: no usable repair")
+                out += [f"  - rejected: {why}" for why in rep.rejections]
+            if r.rerun:
+                out += ["", f"**Re-ran (repair {r.number}):** {', '.join(r.rerun)}",
+                        f"**Reused:** {', '.join(r.reused) or 'none'}"]
+            out.append("")
+        if self.unresolved:
+            out += [f"### Still failing after {len(self.rounds)} round(s)", ""]
+            out += [f"- `{f.call}` called as `{f.arguments}`: {f.error}" for f in self.unresolved]
+            out.append("")
+        return "\n".join(out)
+
+    def annotate(self, report: "RunReport") -> None:
+        """Put the rounds into the report (`extra["recovery"]`), publish the artifact."""
+        if self.outcome == "no failure" and not self.rounds:
+            return
+        report.extra["recovery"] = self.to_dict()
+        if report.failed:
+            report.message = (
+                f"trace-back recovery {self.outcome}; still failing: {', '.join(report.failed)}\n\n" + self.to_markdown()
+            )
+        try:
+            from prefect.artifacts import create_markdown_artifact
+
+            create_markdown_artifact(
+                key=ARTIFACT_KEY,
+                markdown=self.to_markdown(),
+                description=f"trace-back recovery: {self.outcome}",
+            )
+        except Exception:  # noqa: BLE001 - no API: the report still carries everything
+            pass
+
+
+REPAIR_SYSTEM = (
+    "You repair plans of function calls that failed while running. A plan is a list of calls, "
+    "one per line, like `s2: search(\"query\", limit=3)`; a bare id such as `s1`, or `{s1}` inside "
+    "a string, is the result of an earlier call. You are shown the failed call, its exception, and "
+    "the call to repair (the recovery point). Answer with exactly one line: the repaired call, with "
+    "the same id. No explanation, no code fences."
+)
