@@ -61,7 +61,6 @@ use; on a cluster it guards the cluster across flow runs that share the Prefect 
 from __future__ import annotations
 
 import concurrent.futures
-import contextvars
 import importlib
 import logging
 import os
@@ -407,13 +406,8 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
             self._executor = stack.enter_context(
                 concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
             )
-            stack.callback(self._release_all_slots)
-            if self.concurrency_limit:
-                # The same limit handling as the local runner, with P from the cluster.
-                ctx = contextvars.copy_context()
-                threading.Thread(target=ctx.run, args=(self._prepare_limit, ctx), daemon=True).start()
-            else:
-                self._slots = self.processors
+            # The same tag look-ups and limit handling as the local runner, with P from the cluster.
+            self._start_api_thread(stack)
         except BaseException:
             stack.close()
             self._reset_dask()

@@ -33,6 +33,7 @@ import concurrent.futures
 import contextvars
 import itertools
 import logging
+import queue
 import threading
 import uuid
 from contextlib import ExitStack
@@ -77,39 +78,6 @@ class _Submission:
     waiting: int = 0
     state: str = "pending"  # pending -> ready -> running -> done
     upstream: list[PrefectFuture[Any]] = field(default_factory=list)
-
-
-class _SlotHolder:
-    """Holds one slot of a Prefect global concurrency limit in a thread of its own.
-
-    `prefect.concurrency.sync.concurrency` is a context manager that renews its lease
-    while held; a thread keeps it entered until `release()` is called.
-    """
-
-    def __init__(self, runner: "LLMOrchTaskRunner", context: contextvars.Context) -> None:
-        self._runner = runner
-        self._release = threading.Event()
-        self.acquired = False
-        # Each holder needs a context of its own: one Context cannot be entered by two threads.
-        self.thread = threading.Thread(target=context.copy().run, args=(self._hold,), daemon=True, name="llmorch-slot")
-        self.thread.start()
-
-    def _hold(self) -> None:
-        from prefect.concurrency.sync import concurrency
-
-        try:
-            with concurrency(self._runner.concurrency_limit, occupy=1, strict=True):
-                self.acquired = True
-                self._runner._slot_acquired(self)
-                self._release.wait()
-        except BaseException as exc:  # limit deleted, API down: the runner falls back to its own bound
-            self._runner._slot_failed(self, exc)
-        finally:
-            if self.acquired:
-                self._runner._slot_released(self)
-
-    def release(self) -> None:
-        self._release.set()
 
 
 class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
@@ -172,10 +140,15 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._running_compute = 0
         self._frg: "FRG | None" = None
         self._expecting_more = True
-        self._holders: list[_SlotHolder] = []
+        self._held: list[Any] = []  # entered `concurrency` context managers, one slot each
+        self._acquiring = 0
         self._slots = 0
         self._limit_broken: str | None = None
         self.max_running_compute = 0  # observed, for tests and reports
+        # Tag sets whose (absent) tag concurrency limits Prefect has already looked up.
+        self._warm: set[frozenset[str]] = set()
+        self._warming: dict[frozenset[str], list[_Submission]] = {}
+        self._api: "queue.PriorityQueue[tuple[tuple[int, ...], int, str, Any]]" = queue.PriorityQueue()
 
     # -- settings ---------------------------------------------------------------------
     def _settings(self) -> tuple[Any, ...]:
@@ -212,13 +185,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._executor = stack.enter_context(
                 concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
             )
-            stack.callback(self._release_all_slots)
-            if self.concurrency_limit:
-                # Create the limit and take slots in the background: off the critical path.
-                ctx = contextvars.copy_context()
-                threading.Thread(target=ctx.run, args=(self._prepare_limit, ctx), daemon=True).start()
-            else:
-                self._slots = self.processors
+            self._start_api_thread(stack)
         except BaseException:
             stack.close()
             raise
@@ -285,10 +252,17 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             future=concurrent.futures.Future(),
             upstream=upstream,
         )
+        key = frozenset(tags)
         with self._lock:
             self._subs.append(sub)
             sub.waiting = len(upstream)
-            if not upstream:
+            if key and key not in self._warm:
+                sub.waiting += 1
+                if key not in self._warming:
+                    self._warming[key] = []
+                    self._api_job("warm", key)
+                self._warming[key].append(sub)
+            if sub.waiting == 0:
                 sub.state = "ready"
         for up in upstream:
             up.add_done_callback(lambda _f, s=sub: self._upstream_done(s))
@@ -367,8 +341,79 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._dispatch()
         self._adjust_slots()
 
-    # -- the global concurrency limit -----------------------------------------------
-    def _prepare_limit(self, context: contextvars.Context) -> None:
+    # -- the Prefect API calls of the runner, one at a time --------------------------
+    #
+    # Two kinds of concurrency-limit calls come from here: tag look-ups and slots of the
+    # global limit. Prefect's task engine asks the API for slots of every tag of every task
+    # run (`tag:inout`, `tag:rank:2`, ...), caching "no limits" per tag set. On a SQLite
+    # server (ephemeral, or `prefect server start` by default), several such writes at once
+    # make the server answer 503 "database is locked" and the client retries ~2 s later: a
+    # stall on the critical path (measured: 2.0-2.5 s). So one thread makes all of our
+    # calls in turn: it looks each new tag set up before the first task run that uses it
+    # starts (~40 ms, once per set; inout sets first), and takes or gives back slots of the
+    # global limit (after the look-ups the ready calls wait for). A tag limit that exists
+    # is still enforced by the engine itself.
+
+    def _start_api_thread(self, stack: ExitStack) -> None:
+        ctx = contextvars.copy_context()
+        thread = threading.Thread(target=ctx.run, args=(self._api_loop,), daemon=True, name="llmorch-api")
+        thread.start()
+        stack.callback(thread.join, 15)
+        stack.callback(self._api_job, "stop", None)  # the thread gives every slot back, then ends
+        # The tag sets of the first calls of any plan, before the plan arrives.
+        for kind in ("inout", "compute"):
+            self._api_job("warm", frozenset({kind, "rank:1"}))
+        if self.concurrency_limit:
+            self._api_job("prepare", None)
+        else:
+            self._slots = self.processors
+
+    def _api_job(self, op: str, arg: Any) -> None:
+        if op == "warm":
+            ranks = [int(t[5:]) for t in arg if t.startswith("rank:") and t[5:].isdigit()]
+            priority: tuple[int, ...] = (1, 0 if "inout" in arg else 1, min(ranks, default=0))
+        else:
+            priority = {"stop": (3,), "prepare": (0,), "release": (0,), "acquire": (2,)}[op]
+        self._api.put((priority, next(self._seq), op, arg))
+
+    def _api_loop(self) -> None:
+        while True:
+            _, _, op, arg = self._api.get()
+            if op == "stop":
+                self._release_all_slots()
+                return
+            try:
+                getattr(self, f"_api_{op}")(arg)
+            except BaseException as exc:  # never let the API thread die
+                logger.warning("llmorch API call %s failed: %s", op, exc)
+
+    def _api_warm(self, key: frozenset[str]) -> None:
+        import uuid as _uuid
+
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+        from prefect.concurrency.sync import concurrency
+
+        if key not in self._warm:
+            try:
+                with concurrency(
+                    [f"tag:{t}" for t in sorted(key)], occupy=1, timeout_seconds=10, max_retries=0,
+                    lease_duration=60, holder=ConcurrencyLeaseHolder(type="task_run", id=_uuid.uuid4()),
+                ):
+                    pass
+            except BaseException as exc:  # a full or odd tag limit: the engine handles it as usual
+                logger.debug("tag set %s: %s", sorted(key), exc)
+        with self._lock:
+            self._warm.add(key)
+            waiting = self._warming.pop(key, [])
+            for sub in waiting:
+                sub.waiting -= 1
+                if sub.waiting == 0 and sub.state == "pending":
+                    sub.state = "ready"
+        if waiting:
+            self._dispatch()
+
+    def _api_prepare(self, _: Any) -> None:
+        """Create the global limit `llmorch-processors` (limit P) if absent, then take slots."""
         try:
             from prefect.client.orchestration import get_client
             from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -394,6 +439,33 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             return
         self._adjust_slots()
 
+    def _api_acquire(self, _: Any) -> None:
+        from prefect.concurrency.sync import concurrency
+
+        with self._lock:
+            self._acquiring -= 1
+            if self._limit_broken is not None or len(self._held) + self._acquiring >= self._slot_target():
+                return
+        cm = concurrency(self.concurrency_limit, occupy=1, strict=True, timeout_seconds=1)  # type: ignore[arg-type]
+        try:
+            cm.__enter__()
+        except TimeoutError:  # the machine's processors are busy in other flow runs: try again
+            with self._lock:
+                self._acquiring += 1
+            self._api_job("acquire", None)
+            return
+        except BaseException as exc:  # limit deleted, API down: keep our own bound
+            self._limit_unusable(exc)
+            return
+        with self._lock:
+            self._held.append(cm)
+            self._slots += 1
+        self._dispatch()
+        self._adjust_slots()
+
+    def _api_release(self, cm: Any) -> None:
+        cm.__exit__(None, None, None)
+
     def _limit_unusable(self, exc: BaseException) -> None:
         with self._lock:
             if self._limit_broken is None:
@@ -412,56 +484,30 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         return min(self.processors, unfinished)
 
     def _adjust_slots(self) -> None:
+        """Take slots up to the target; give back idle ones beyond it (off the critical path)."""
         if not self.concurrency_limit or self._executor is None:
             return
         with self._lock:
             if self._limit_broken is not None:
                 return
             target = self._slot_target()
-            have = len(self._holders)
-            if have < target:
-                ctx = contextvars.copy_context()
-                for _ in range(target - have):
-                    self._holders.append(_SlotHolder(self, ctx))
-            elif have > target:
-                # Give back slots not in use: acquired ones beyond the running calls first.
-                spare = have - target
-                for h in sorted(self._holders, key=lambda h: h.acquired):
-                    if spare == 0:
-                        break
-                    if h.acquired and self._slots - 1 < self._running_compute:
-                        continue
-                    self._holders.remove(h)
-                    if h.acquired:
-                        self._slots -= 1
-                    h.release()
-                    spare -= 1
-
-    def _slot_acquired(self, holder: _SlotHolder) -> None:
-        with self._lock:
-            if holder in self._holders:
-                self._slots += 1
-            else:  # no longer wanted
-                holder.release()
-        self._dispatch()
-
-    def _slot_released(self, holder: _SlotHolder) -> None:
-        pass
-
-    def _slot_failed(self, holder: _SlotHolder, exc: BaseException) -> None:
-        with self._lock:
-            if holder in self._holders:
-                self._holders.remove(holder)
-        self._limit_unusable(exc)
+            missing = target - len(self._held) - self._acquiring
+            for _ in range(max(missing, 0)):
+                self._acquiring += 1
+                self._api_job("acquire", None)
+            while len(self._held) > target and self._slots > self._running_compute:
+                self._slots -= 1
+                self._api_job("release", self._held.pop())
 
     def _release_all_slots(self) -> None:
         with self._lock:
-            holders, self._holders = self._holders, []
+            held, self._held = self._held, []
             self._slots = 0
-        for h in holders:
-            h.release()
-        for h in holders:
-            h.thread.join(timeout=10)
+        for cm in held:
+            try:
+                cm.__exit__(None, None, None)
+            except BaseException as exc:  # the lease expires on its own
+                logger.debug("releasing a slot: %s", exc)
 
     @property
     def slots_held(self) -> int:

@@ -1,0 +1,118 @@
+"""`llmorch-ask` end to end through real HTTP: the scripted OpenAI-compatible server, the
+real openai client, a real (test) Prefect server. Nothing of ours is patched."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_fixtures import KEY, MODEL, fake_llm, free_port, llm  # noqa: F401
+from prefect_llmorch.ask import ask_query
+from prefect_llmorch.llm import LLMClient, LLMError
+from prefect_llmorch.orchestrate import PlanRunFailed
+from prefect_llmorch.planner import PlanningFailed
+from prefect_llmorch.testing.fake_llm import FakeError, count_tokens
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+TOOLBOX = "toolboxes:toolbox"
+
+GOOD = """s1: fetch(0.2, value="alpha")
+s2: fetch(0.2, value="beta")
+s3: crunch(0.2, tag=s1)
+s4: add(1, 2)
+s5: self("Combine {s1} and {s2}; checksum {s4}")
+"""
+
+
+def test_good_plan_streams_runs_and_answers_with_token_counts(fake_llm, llm) -> None:  # noqa: F811
+    fake_llm.token_delay = 0.01
+    fake_llm.add(GOOD, "alpha and beta, 3")
+    report = ask_query("combine alpha and beta", TOOLBOX, processors=2, endpoint=llm)
+    assert report.state == "Completed"
+    calls = {c["id"]: c for c in report.calls}
+    assert set(calls) == {"s1", "s2", "s3", "s4", "s5"}
+    assert report.results["s4"] == 3.0 and report.results["s1"] == "alpha"
+    assert report.result == {"s3": report.results["s3"], "s5": "alpha and beta, 3"}
+    # the self call's prompt had its references filled from results
+    self_request = fake_llm.chat_requests[-1]
+    assert "Combine alpha and beta; checksum 3.0" in self_request.messages[-1]["content"]
+    # tokens: summed over the planner and the self call, as the server reported them
+    expected_prompt = sum(count_tokens(" ".join(m["content"] for m in r.messages)) for r in fake_llm.chat_requests)
+    assert report.extra["tokens"] == {
+        "prompt": expected_prompt,
+        "completion": count_tokens(GOOD) + count_tokens("alpha and beta, 3"),
+    }
+    assert report.extra["attempts"] == 1 and report.extra["plan"].strip() == GOOD.strip()
+
+
+def test_streaming_dispatch_starts_calls_before_the_plan_is_written(fake_llm, llm) -> None:  # noqa: F811
+    # 1 s of tokens after the first line: s1 must have started (and ended) before the stream ends.
+    slow_tail = GOOD.replace('s5: self("Combine', 's5: self("' + "pad " * 60 + "Combine")
+    fake_llm.token_delay = 0.02
+    fake_llm.add(slow_tail, "ok")
+    report = ask_query("q", TOOLBOX, processors=2, endpoint=llm)
+    import time
+
+    wall = time.time() - time.monotonic()  # fake server times are monotonic
+    planner_start = fake_llm.chat_requests[0].received_at + wall - report.t0
+    planner_end = fake_llm.chat_requests[0].finished_at + wall - report.t0
+    s1 = next(c for c in report.calls if c["id"] == "s1")
+    print(f"planner {planner_start:.3f}-{planner_end:.3f}, s1 {s1['start']:.3f}-{s1['end']:.3f}")
+    assert s1["start"] < planner_end
+
+
+def test_broken_plan_is_repaired_before_anything_wrong_runs(fake_llm, llm) -> None:  # noqa: F811
+    fake_llm.add('s1: fetch(0.1, value="x")\ns2: crunch(0.1, tag=s9)\n', GOOD, "answer")
+    report = ask_query("q", TOOLBOX, processors=2, endpoint=llm)
+    assert report.state == "Completed" and report.extra["attempts"] == 2
+    repair_prompt = fake_llm.chat_requests[1].messages[-1]["content"]
+    assert "line 2" in repair_prompt and "s9" in repair_prompt
+
+
+def test_unrepairable_plan_fails_with_every_attempt_listed(fake_llm, llm) -> None:  # noqa: F811
+    fake_llm.default = "s1: nosuch(1)\n"
+    with pytest.raises(PlanningFailed) as info:
+        ask_query("q", TOOLBOX, processors=1, endpoint=llm, attempts=2)
+    assert str(info.value).count("unknown function") >= 4  # 2 attempts x 2 rounds
+
+
+def test_failed_call_fails_the_run_and_keeps_the_other_results(fake_llm, llm) -> None:  # noqa: F811
+    fake_llm.add('s1: fetch(0.1, value="kept")\ns2: fail("tool exploded")\ns3: add(1, 1)\n')
+    with pytest.raises(PlanRunFailed) as info:
+        ask_query("q", TOOLBOX, processors=1, endpoint=llm)
+    report = info.value.report
+    assert report.state == "Failed" and "tool exploded" in str(info.value)
+    assert report.results["s1"] == "kept" and report.results["s3"] == 2.0
+
+
+def test_unreachable_endpoint_fails_clearly_without_the_key_in_prefect_logs() -> None:
+    client = LLMClient(f"http://127.0.0.1:{free_port()}/v1", MODEL, KEY, max_retries=0)
+    with pytest.raises(LLMError, match="cannot reach the LLM endpoint") as info:
+        ask_query("q", TOOLBOX, processors=1, endpoint=client)
+    assert KEY not in str(info.value)
+    _assert_key_not_in_logs()
+
+
+def test_rejected_key_fails_clearly_without_the_key_in_prefect_logs(fake_llm) -> None:  # noqa: F811
+    client = LLMClient(fake_llm.base_url, MODEL, KEY + "-wrong", max_retries=0)
+    with pytest.raises(LLMError, match="401"):
+        ask_query("q", TOOLBOX, processors=1, endpoint=client)
+    _assert_key_not_in_logs()
+
+
+def test_server_error_is_reported_as_such(fake_llm, llm) -> None:  # noqa: F811
+    fake_llm.add(FakeError(503, "overloaded"))
+    with pytest.raises(LLMError):
+        ask_query("q", TOOLBOX, processors=1, endpoint=llm)
+
+
+def _assert_key_not_in_logs() -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(limit=200)
+        runs = client.read_flow_runs(limit=50)
+    assert logs, "expected Prefect logs to read back"
+    assert all(KEY not in (log.message or "") for log in logs)
+    for run in runs:
+        assert KEY not in repr(run.parameters)
