@@ -25,6 +25,8 @@ _EXPORTS = {
     "FRG": "graph",
     "simulate": "simulate",
     "LLMOrchTaskRunner": "runner",
+    "LLMOrchDaskTaskRunner": "dask",
+    "ask_query": "ask",
     "orchestrate": "orchestrate",
     "run_plan": "orchestrate",
     "RunReport": "orchestrate",
@@ -57,5 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plan.errors import PlanError
     from .plan.model import Call, Plan
     from .plan.parser import parse
+    from .ask import ask_query
+    from .dask import LLMOrchDaskTaskRunner
     from .runner import LLMOrchTaskRunner
     from .simulate import simulate

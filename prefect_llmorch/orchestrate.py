@@ -10,7 +10,6 @@ are kept in the report either way (`PlanRunFailed.report`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
