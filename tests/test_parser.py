@@ -335,7 +335,7 @@ def test_unknown_function_suggests_the_closest_name() -> None:
     with pytest.raises(UnknownFunctionError) as info:
         parse('s1: serach("x")', TOOLS)
     assert "unknown function `serach`; did you mean `search`?" in info.value.message
-    assert (info.value.line, info.value.column) == (1, 1)
+    assert (info.value.line, info.value.column) == (1, 5)  # the function name
     assert "search" in info.value.expected
 
 

@@ -477,6 +477,15 @@ def _semantics(raw: list[_RawCall], text: str, hidden: set[str]) -> tuple[list[C
     return calls, errors
 
 
+def _name_column(text: str, call: Call) -> int:
+    """Column of the call's function name (the call's own column if it cannot be found)."""
+    lines = text.splitlines()
+    if not text or not 0 < call.line <= len(lines):
+        return call.column
+    at = lines[call.line - 1].find(call.function + "(", max(call.column - 1, 0))
+    return at + 1 if at >= 0 else call.column
+
+
 def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, FunctionSpec],
                     text: str = "") -> list[PlanError]:
     errors: list[PlanError] = []
@@ -490,7 +499,10 @@ def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, 
             msg = f"unknown function `{call.function}`"
             msg += f"; did you mean `{close[0]}`?" if close else ""
             msg += f" Available: {', '.join(names) or 'none'}"
-            errors.append(UnknownFunctionError(msg, line=call.line, column=call.column,
+            column = _name_column(text, call)
+            if column != call.column:
+                ctx = _context(text, _Pos(call.line, column))
+            errors.append(UnknownFunctionError(msg, line=call.line, column=column,
                                                context=ctx, expected=names))
             continue
         problems: list[str] = []
