@@ -30,6 +30,7 @@ from .orchestrate import (
 )
 from .plan.model import Call, Plan
 from .planner import ask_self, planner_task, resolve_client
+from .recovery import RecoveryConfig, RecoveryController
 from .runner import LLMOrchTaskRunner, default_processors
 
 DEFAULT_TOOLBOX = "flows.examples.toolbox:toolbox"
@@ -72,6 +73,7 @@ def ask(
     policy: str = "critical-path",
     endpoint: str | None = None,
     attempts: int = 3,
+    recovery_rounds: int = 3,
 ) -> RunReport:
     """Plan `query` with the LLM, run the plan on P processors, return the report.
 
@@ -83,11 +85,15 @@ def ask(
         endpoint: name of a saved `LLMEndpoint` block; None reads OPENAI_BASE_URL,
             OPENAI_API_KEY and LLMORCH_MODEL from the environment.
         attempts: planner answers per round (first plan plus repairs).
+        recovery_rounds: trace-back recovery rounds when calls fail at run time (0: off).
     """
-    return _ask(query, toolbox, processors, endpoint, attempts, policy)
+    return _ask(query, toolbox, processors, endpoint, attempts, policy, recovery_rounds)
 
 
-def _ask(query: str, toolbox: str | Toolbox, processors: int | None, endpoint: Any, attempts: int, policy: str = "critical-path") -> RunReport:
+def _ask(
+    query: str, toolbox: str | Toolbox, processors: int | None, endpoint: Any, attempts: int,
+    policy: str = "critical-path", recovery_rounds: int = 3,
+) -> RunReport:
     logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
     runner = current_llmorch_runner()
@@ -101,6 +107,21 @@ def _ask(query: str, toolbox: str | Toolbox, processors: int | None, endpoint: A
     futures: dict[str, PrefectFuture[Any]] = {}
     compiler = Compiler(frg=FRG.build(Plan(()), tb), toolbox=tb, recorder=recorder, self_fn=make_self_fn(client, tokens))
     inbox: "queue.Queue[Any]" = queue.Queue()
+    # Trace-back recovery needs the final plan, but calls start while the plan streams:
+    # failures of those early calls are kept here until the controller exists.
+    early_failures: list[tuple[Any, ...]] = []
+    controller: list[RecoveryController] = []
+    guard = threading.Lock()
+
+    def early_hook(*args: Any) -> None:
+        with guard:
+            if not controller:
+                early_failures.append(args)
+                return
+        controller[0]._on_failure(*args)
+
+    if recovery_rounds > 0:
+        compiler.on_failure.append(early_hook)
 
     def submit(call: Call) -> None:
         # Ranks of earlier calls never change when a later call arrives: rebuild the FRG of
@@ -132,10 +153,19 @@ def _ask(query: str, toolbox: str | Toolbox, processors: int | None, endpoint: A
     compiler.frg = final_frg
     if runner is not None:
         runner.use_graph(final_frg)
+    if recovery_rounds > 0:
+        compiler.on_failure.remove(early_hook)  # later task runs get the controller's own hook
+        with guard:
+            controller.append(RecoveryController(RecoveryConfig(client, max_rounds=recovery_rounds), plan, tb, compiler, runner))
+            replay, early_failures[:] = list(early_failures), []
+        for args in replay:
+            controller[0]._on_failure(*args)
     todo = [c for c in plan.calls if c.id not in kept]
     compiler.submit(todo, futures)
     if runner is not None:
         runner.no_more_submissions()
+    if controller:
+        final_frg = controller[0].run(futures)  # resubmits repaired calls into `futures`
     wait(list(futures.values()))
     report = build_report(final_frg, recorder, P, futures)
     report.extra = {"plan": result.text, "attempts": len(result.attempts), "tokens": tokens.to_dict()}
@@ -146,6 +176,9 @@ def _ask(query: str, toolbox: str | Toolbox, processors: int | None, endpoint: A
     publish_artifacts(final_frg, report, extra_markdown=usage)
     if report.failed:
         report.message = failure_message(report)
+    if controller:
+        controller[0].annotate(report)  # the rounds, in the report and an artifact
+    if report.failed:
         raise PlanRunFailed(report.message, report)
     return report
 
@@ -159,6 +192,7 @@ def ask_query(
     endpoint: Any = None,
     attempts: int = 3,
     concurrency_limit: str | None = "llmorch-processors",
+    recovery_rounds: int = 3,
 ) -> RunReport:
     """Run the `llmorch-ask` flow with a task runner for `processors` and `policy`.
 
@@ -171,11 +205,11 @@ def ask_query(
     runner = LLMOrchTaskRunner(processors=P, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
     simple = isinstance(toolbox, str) and (endpoint is None or isinstance(endpoint, str))
     if simple:
-        state = ask.with_options(task_runner=runner)(query, toolbox, P, policy, endpoint, attempts, return_state=True)
+        state = ask.with_options(task_runner=runner)(query, toolbox, P, policy, endpoint, attempts, recovery_rounds, return_state=True)
     else:
         @flow(name="llmorch-ask", task_runner=runner, validate_parameters=False)
         def _inline() -> RunReport:
-            return _ask(query, toolbox, P, endpoint, attempts, policy)
+            return _ask(query, toolbox, P, endpoint, attempts, policy, recovery_rounds)
 
         state = _inline(return_state=True)
     value = state.result(raise_on_failure=False)

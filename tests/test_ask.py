@@ -79,7 +79,7 @@ def test_unrepairable_plan_fails_with_every_attempt_listed(fake_llm, llm) -> Non
 def test_failed_call_fails_the_run_and_keeps_the_other_results(fake_llm, llm) -> None:  # noqa: F811
     fake_llm.add('s1: fetch(0.1, value="kept")\ns2: fail("tool exploded")\ns3: add(1, 1)\n')
     with pytest.raises(PlanRunFailed) as info:
-        ask_query("q", TOOLBOX, processors=1, endpoint=llm)
+        ask_query("q", TOOLBOX, processors=1, endpoint=llm, recovery_rounds=0)
     report = info.value.report
     assert report.state == "Failed" and "tool exploded" in str(info.value)
     assert report.results["s1"] == "kept" and report.results["s3"] == 2.0
@@ -116,3 +116,18 @@ def _assert_key_not_in_logs() -> None:
     assert all(KEY not in (log.message or "") for log in logs)
     for run in runs:
         assert KEY not in repr(run.parameters)
+
+
+def test_a_call_failing_at_run_time_is_repaired_by_trace_back_recovery(fake_llm, llm) -> None:  # noqa: F811
+    # s2 fails on the value s1 produced; recovery asks the LLM to repair s1 (its parent).
+    fake_llm.add('s1: fetch(0.1, value="boom")\ns2: fail(s1)\ns3: add(2, 2)\n')
+    fake_llm.add('s1: fetch(0.1, value="fine")')  # the repair of the recovery point s1
+    with pytest.raises(PlanRunFailed) as info:  # fail() always raises: s2 fails again
+        ask_query("q", TOOLBOX, processors=1, endpoint=llm, recovery_rounds=1)
+    report = info.value.report
+    rounds = report.extra["recovery"]["rounds"]
+    assert len(rounds) == 1
+    repair_request = fake_llm.chat_requests[1].messages[-1]["content"]
+    assert "boom" in repair_request and "s1" in repair_request
+    assert report.results["s1"] == "fine"  # the repaired call ran
+    assert report.results["s3"] == 4.0  # outside the re-run subgraph: kept
