@@ -159,6 +159,8 @@ def run(
     policy: str = typer.Option("critical-path", "--policy", help="critical-path or paper"),
     as_json: bool = typer.Option(False, "--json"),
     no_limit: bool = typer.Option(False, "--no-global-limit", help="do not use the llmorch-processors concurrency limit"),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="LLMEndpoint block for `self` calls and recovery (default: environment)"),
+    recover: int = typer.Option(0, "--recover", help="trace-back recovery rounds with the LLM when calls fail (0: off)"),
 ) -> None:
     """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
     _prepare_env()
@@ -170,10 +172,14 @@ def run(
         report = run_plan(
             parsed if parsed is not None else text, toolbox, processors=processors or None, policy=policy,
             concurrency_limit=None if no_limit else "llmorch-processors",
+            endpoint=endpoint, recovery_rounds=recover,
         )
     except PlanRunFailed as exc:
         _print_report(exc.report, as_json)
         raise typer.Exit(1) from None
+    except RuntimeError as exc:  # e.g. the plan calls `self` and no LLM is configured
+        err_console.print(str(exc), markup=False)
+        raise typer.Exit(2) from None
     _print_report(report, as_json)
 
 

@@ -19,7 +19,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, wait
 
 from .compiler import Compiler, Recorder
-from .functions import Toolbox, load_toolbox
+from .functions import SELF, Toolbox, load_toolbox
 from .graph import FRG
 from .plan.model import Plan
 from .plan.parser import parse
@@ -219,8 +219,15 @@ def execute(
     return frg, recorder, report
 
 
-@flow(name="llmorch-run", log_prints=False)
-def orchestrate(plan: str, toolbox: str, processors: int | None = None, policy: str = "critical-path") -> RunReport:
+@flow(name="llmorch-run", log_prints=False, task_runner=LLMOrchTaskRunner())
+def orchestrate(
+    plan: str,
+    toolbox: str,
+    processors: int | None = None,
+    policy: str = "critical-path",
+    endpoint: str | None = None,
+    recovery_rounds: int = 0,
+) -> RunReport:
     """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
 
     Use `run_plan` from Python: it sets the task runner for `processors` and `policy`.
@@ -230,22 +237,49 @@ def orchestrate(plan: str, toolbox: str, processors: int | None = None, policy: 
         toolbox: `module:attr` naming a `Toolbox`.
         processors: P; defaults to the machine's core count.
         policy: `critical-path` (default) or `paper`.
+        endpoint: a saved `LLMEndpoint` block's name for `self` calls and recovery; None
+            reads OPENAI_BASE_URL / OPENAI_API_KEY / LLMORCH_MODEL when an LLM is needed.
+        recovery_rounds: trace-back recovery rounds for calls failing at run time (0: off).
     """
     logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
     parsed = parse(plan, tb)
     P = processors or default_processors()
     runner = current_llmorch_runner()
+    if runner is not None:
+        runner.policy = policy  # a deployment's runner is built at import: take the run's policy
+    llm, self_fn, recovery = _llm_for(parsed, endpoint, recovery_rounds)
     if runner is not None and runner.processors != P:
         logger.warning("task runner has %s processors, flow asked for %s: using the runner's", runner.processors, P)
         P = runner.processors
     logger.info("plan of %s calls on %s processors (policy %s)", len(parsed), P, policy)
-    frg, _, report = execute(parsed, tb, processors=P)
+    frg, _, report = execute(parsed, tb, processors=P, self_fn=self_fn, recovery=recovery)
     publish_artifacts(frg, report)
     if report.failed:
-        report.message = failure_message(report)
+        if not report.message:
+            report.message = failure_message(report)
         raise PlanRunFailed(report.message, report)
     return report
+
+
+def _llm_for(plan: Plan, endpoint: str | None, recovery_rounds: int) -> tuple[Any, Any, RecoveryConfig | None]:
+    """The LLM a `run` needs, if any: for `self` calls and for trace-back recovery.
+
+    Raises before anything runs when one is needed and none is configured.
+    """
+    uses_self = any(c.function == SELF for c in plan.calls)
+    if not uses_self and recovery_rounds <= 0 and endpoint is None:
+        return None, None, None
+    from .ask import TokenCounter, make_self_fn
+    from .planner import resolve_client
+
+    try:
+        client = resolve_client(endpoint)
+    except Exception as exc:
+        why = "the plan calls `self`" if uses_self else "recovery is on"
+        raise RuntimeError(f"{why}, so an LLM endpoint is needed: {exc}") from None
+    recovery = RecoveryConfig(client, max_rounds=recovery_rounds) if recovery_rounds > 0 else None
+    return client, make_self_fn(client, TokenCounter()), recovery
 
 
 def run_plan(
@@ -256,6 +290,8 @@ def run_plan(
     policy: str = "critical-path",
     concurrency_limit: str | None = "llmorch-processors",
     task_runner: Any = None,
+    endpoint: Any = None,
+    recovery_rounds: int = 0,
 ) -> RunReport:
     """Run a plan as an `llmorch-run` flow; returns the report, raises `PlanRunFailed`.
 
@@ -268,13 +304,20 @@ def run_plan(
         task_runner: run on this task runner instead of a local `LLMOrchTaskRunner` (e.g.
             `prefect_llmorch.dask.LLMOrchDaskTaskRunner`); P is then the runner's, and
             `processors`, `policy` and `concurrency_limit` are its settings, not these.
+        endpoint: the LLM for `self` calls and recovery: a saved `LLMEndpoint` block's
+            name, an `LLMEndpoint`, an `LLMClient`, or None (the environment, when needed).
+        recovery_rounds: trace-back recovery rounds for calls failing at run time (0: off).
     """
     text = plan.to_text() if isinstance(plan, Plan) else plan
     P = processors or default_processors()
     preload = [toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else []
     runner = task_runner if task_runner is not None else LLMOrchTaskRunner(processors=P, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
-    parameters: dict[str, Any] = {"plan": text, "toolbox": toolbox, "processors": P, "policy": policy}
-    state = orchestrate.with_options(task_runner=runner, validate_parameters=isinstance(toolbox, str))(
+    parameters: dict[str, Any] = {
+        "plan": text, "toolbox": toolbox, "processors": P, "policy": policy,
+        "endpoint": endpoint, "recovery_rounds": recovery_rounds,
+    }
+    simple = isinstance(toolbox, str) and (endpoint is None or isinstance(endpoint, str))
+    state = orchestrate.with_options(task_runner=runner, validate_parameters=simple)(
         **parameters, return_state=True
     )
     value = state.result(raise_on_failure=False)
