@@ -35,6 +35,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ logger = logging.getLogger("prefect_llmorch.runner")
 #: Attribute a compiled task carries to name its call in the FRG.
 CALL_ATTR = "llmorch_call_id"
 
+#: How long Prefect trusts "this tag set has no concurrency limits" (its cache's TTL).
+_TAG_CACHE_TTL = 5.0
+
 
 def default_processors() -> int:
     """The machine's core count (physical cores are not what the OS schedules on)."""
@@ -78,6 +82,7 @@ class _Submission:
     waiting: int = 0
     state: str = "pending"  # pending -> ready -> running -> done
     upstream: list[PrefectFuture[Any]] = field(default_factory=list)
+    tags: frozenset[str] = frozenset()
 
 
 class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
@@ -148,6 +153,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         # Tag sets whose (absent) tag concurrency limits Prefect has already looked up.
         self._warm: set[frozenset[str]] = set()
         self._warming: dict[frozenset[str], list[_Submission]] = {}
+        # (monotonic time of the read, tags that have a `tag:` concurrency limit), or None.
+        self._tag_limits: tuple[float, frozenset[str]] | None = None
         self._api: "queue.PriorityQueue[tuple[tuple[int, ...], int, str, Any]]" = queue.PriorityQueue()
 
     # -- settings ---------------------------------------------------------------------
@@ -251,11 +258,16 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             context=contextvars.copy_context(),
             future=concurrent.futures.Future(),
             upstream=upstream,
+            tags=frozenset(tags),
         )
         key = frozenset(tags)
         with self._lock:
             self._subs.append(sub)
             sub.waiting = len(upstream)
+            snapshot = self._tag_limits
+            if key and key not in self._warm and snapshot and time.monotonic() - snapshot[0] < _TAG_CACHE_TTL / 2:
+                self._warm.add(key)  # the tag limits were read moments ago: nothing to wait for
+                self._api_job("warm", key)  # but start the engine's service for the set early
             if key and key not in self._warm:
                 sub.waiting += 1
                 if key not in self._warming:
@@ -319,6 +331,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             return_type="state",
             dependencies=sub.dependencies,
         )
+        self._prime_tag_cache(sub.tags)
         token = _CURRENT.set(self)
         try:
             if sub.task.isasync:
@@ -345,14 +358,19 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     #
     # Two kinds of concurrency-limit calls come from here: tag look-ups and slots of the
     # global limit. Prefect's task engine asks the API for slots of every tag of every task
-    # run (`tag:inout`, `tag:rank:2`, ...), caching "no limits" per tag set. On a SQLite
-    # server (ephemeral, or `prefect server start` by default), several such writes at once
-    # make the server answer 503 "database is locked" and the client retries ~2 s later: a
-    # stall on the critical path (measured: 2.0-2.5 s). So one thread makes all of our
-    # calls in turn: it looks each new tag set up before the first task run that uses it
-    # starts (~40 ms, once per set; inout sets first), and takes or gives back slots of the
-    # global limit (after the look-ups the ready calls wait for). A tag limit that exists
-    # is still enforced by the engine itself.
+    # run (`tag:inout`, `tag:rank:2`, ...), caching "no limits" per tag set for 5 s. That
+    # request is a write (the server reads the limits, then UPDATEs them, in one transaction);
+    # on a SQLite server (ephemeral, or `prefect server start` by default) it fails at once
+    # with "database is locked" when the server's own writes (it records the task-run states
+    # our engines emit) land in between, the server answers 503 and the client retries 2 s
+    # later (2**1 s, +-20% jitter): a stall of 1.6-2.4 s between engine start and function
+    # body, on the critical path, for every new tag set and again after the cache's 5 s.
+    # Untagged tasks never ask. So this thread *reads* which `tag:` limits exist (a read
+    # never hits the lock), every 2.5 s while calls are unfinished, and `_run` marks a task
+    # run's tag set as limit-free in Prefect's own cache just before starting its engine,
+    # when none of its tags has a limit (as Prefect itself would after asking). A tag limit
+    # that exists is still enforced by the engine itself. The same thread takes or gives
+    # back slots of the global limit.
 
     def _start_api_thread(self, stack: ExitStack) -> None:
         ctx = contextvars.copy_context()
@@ -378,7 +396,18 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def _api_loop(self) -> None:
         while True:
-            _, _, op, arg = self._api.get()
+            try:
+                _, _, op, arg = self._api.get(timeout=1.0)
+            except queue.Empty:
+                op = arg = None
+            snapshot = self._tag_limits
+            if snapshot is None or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL / 2:
+                with self._lock:  # keep the tag-limit snapshot fresh while calls remain
+                    active = any(s.state != "done" for s in self._subs)
+                if active:
+                    self._read_tag_limits()
+            if op is None:
+                continue
             if op == "stop":
                 self._release_all_slots()
                 return
@@ -388,20 +417,15 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 logger.warning("llmorch API call %s failed: %s", op, exc)
 
     def _api_warm(self, key: frozenset[str]) -> None:
-        import uuid as _uuid
+        snapshot = self._tag_limits
+        if key not in self._warm and (snapshot is None or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL / 2):
+            self._read_tag_limits()
+        try:  # start the engine's acquisition service of this tag set now (~0.1 s the first time)
+            from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
 
-        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-        from prefect.concurrency.sync import concurrency
-
-        if key not in self._warm:
-            try:
-                with concurrency(
-                    [f"tag:{t}" for t in sorted(key)], occupy=1, timeout_seconds=10, max_retries=0,
-                    lease_duration=60, holder=ConcurrencyLeaseHolder(type="task_run", id=_uuid.uuid4()),
-                ):
-                    pass
-            except BaseException as exc:  # a full or odd tag limit: the engine handles it as usual
-                logger.debug("tag set %s: %s", sorted(key), exc)
+            ConcurrencySlotAcquisitionWithLeaseService.instance(frozenset(f"tag:{t}" for t in key))
+        except Exception as exc:
+            logger.debug("tag set %s: %s", sorted(key), exc)
         with self._lock:
             self._warm.add(key)
             waiting = self._warming.pop(key, [])
@@ -411,6 +435,39 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     sub.state = "ready"
         if waiting:
             self._dispatch()
+
+    def _read_tag_limits(self) -> None:
+        """Read (never write) which tags have a `tag:` concurrency limit, active or not."""
+        from prefect.client.orchestration import get_client
+
+        started = time.monotonic()
+        limited: set[str] = set()
+        try:
+            with get_client(sync_client=True) as client:
+                offset, page_size = 0, 200
+                while True:
+                    page = client.read_global_concurrency_limits(limit=page_size, offset=offset)
+                    limited.update(lim.name[4:] for lim in page if lim.name.startswith("tag:"))
+                    if len(page) < page_size:
+                        break
+                    offset += page_size
+        except Exception as exc:  # unknown: the engine asks the API itself, as usual
+            logger.debug("reading tag concurrency limits: %s", exc)
+            self._tag_limits = None
+            return
+        self._tag_limits = (started, frozenset(limited))
+
+    def _prime_tag_cache(self, tags: frozenset[str]) -> None:
+        """Tell Prefect's engine that this tag set has no limits, when we know it (see above)."""
+        snapshot = self._tag_limits
+        if not tags or snapshot is None or tags & snapshot[1] or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL:
+            return
+        try:  # Prefect's own "no limits" cache (prefect.concurrency.services, Prefect >= 3.4)
+            from prefect.concurrency.services import _cache_lock, _no_limits_cache
+        except ImportError:
+            return
+        with _cache_lock:
+            _no_limits_cache[frozenset(f"tag:{t}" for t in tags)] = True
 
     def _api_prepare(self, _: Any) -> None:
         """Create the global limit `llmorch-processors` (limit P) if absent, then take slots."""
