@@ -16,6 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
 
 from .compiler import Compiler, Recorder
+from .credentials import CredentialStore
+from .progress import RunProgress
 from .functions import Toolbox
 from .graph import FRG
 from .llm import LLMClient
@@ -103,9 +105,11 @@ def _ask(
     client = resolve_client(endpoint)
     tokens = TokenCounter()
     recorder = Recorder()
+    progress = RunProgress.start(recorder)  # the `llmorch-progress` artifact, updated as calls finish
     calls: list[Call] = []
     futures: dict[str, PrefectFuture[Any]] = {}
-    compiler = Compiler(frg=FRG.build(Plan(()), tb), toolbox=tb, recorder=recorder, self_fn=make_self_fn(client, tokens))
+    secrets = CredentialStore(tb)  # ToolCredentials blocks, loaded as calls that need them arrive
+    compiler = Compiler(frg=FRG.build(Plan(()), tb), toolbox=tb, recorder=recorder, self_fn=make_self_fn(client, tokens), secrets=secrets)
     inbox: "queue.Queue[Any]" = queue.Queue()
     # Trace-back recovery needs the final plan, but calls start while the plan streams:
     # failures of those early calls are kept here until the controller exists.
@@ -126,6 +130,7 @@ def _ask(
     def submit(call: Call) -> None:
         # Ranks of earlier calls never change when a later call arrives: rebuild the FRG of
         # the calls so far (tiny) so the policy sees the current critical paths.
+        secrets.require([call])
         calls.append(call)
         compiler.frg = FRG.build(Plan(tuple(calls)), tb)
         if runner is not None:
@@ -161,6 +166,7 @@ def _ask(
         for args in replay:
             controller[0]._on_failure(*args)
     todo = [c for c in plan.calls if c.id not in kept]
+    secrets.require(todo)
     compiler.submit(todo, futures)
     if runner is not None:
         runner.no_more_submissions()
@@ -168,6 +174,7 @@ def _ask(
         final_frg = controller[0].run(futures)  # resubmits repaired calls into `futures`
     wait(list(futures.values()))
     report = build_report(final_frg, recorder, P, futures)
+    progress.close()
     report.extra = {"plan": result.text, "attempts": len(result.attempts), "tokens": tokens.to_dict()}
     usage = (
         f"\n\n## LLM usage\n\nplanner attempts: {len(result.attempts)}; tokens: "

@@ -19,6 +19,8 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, wait
 
 from .compiler import Compiler, Recorder
+from .credentials import CredentialStore
+from .progress import RunProgress
 from .functions import SELF, Toolbox, load_toolbox
 from .graph import FRG
 from .plan.model import Plan
@@ -203,7 +205,11 @@ def execute(
     if runner is not None:
         runner.use_graph(frg)
     recorder = recorder or Recorder()
-    compiler = Compiler(frg=frg, toolbox=toolbox, recorder=recorder, self_fn=self_fn, secrets=secrets or {})
+    if secrets is None:  # the ToolCredentials blocks the plan's functions declare; fails early if one is missing
+        secrets = CredentialStore(toolbox)
+        secrets.require(plan.calls)
+    progress = RunProgress.start(recorder)  # the `llmorch-progress` artifact, updated as calls finish
+    compiler = Compiler(frg=frg, toolbox=toolbox, recorder=recorder, self_fn=self_fn, secrets=secrets)
     futures: dict[str, PrefectFuture[Any]] = {}
     # -- trace-back recovery (recovery.py): hooks before submitting, rounds after -----
     controller = RecoveryController(recovery, plan, toolbox, compiler, runner) if recovery is not None else None
@@ -214,6 +220,7 @@ def execute(
         frg = controller.run(futures)  # resubmits repaired calls into `futures`
     wait(list(futures.values()))
     report = build_report(frg, recorder, processors, futures)
+    progress.close()
     if controller is not None:
         controller.annotate(report)
     return frg, recorder, report

@@ -1,0 +1,116 @@
+"""A progress artifact on the flow run's page, updated as calls finish.
+
+    progress = RunProgress.start(recorder)   # in the flow, before calls are submitted
+    ...                                       # calls run; each final state is counted
+    progress.close()                          # last update, stops the updater thread
+
+Calls finish in task threads; updating the artifact there would put an API round trip
+on the critical path of every call. The recorder's listener only notes that something
+changed; one daemon thread sends at most one update per `interval` seconds.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+from typing import Any
+from uuid import UUID
+
+from .compiler import CallRecord, Recorder
+
+logger = logging.getLogger("prefect_llmorch.progress")
+
+FINAL = ("Completed", "Failed", "Cancelled", "NotReady", "Crashed")
+ARTIFACT_KEY = "llmorch-progress"
+
+
+class RunProgress:
+    """Keeps the `llmorch-progress` artifact of the current flow run up to date."""
+
+    def __init__(self, recorder: Recorder, interval: float = 0.5) -> None:
+        self.recorder = recorder
+        self.interval = interval
+        self.artifact_id: UUID | None = None
+        self._changed = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: tuple[float, str] | None = None
+
+    @classmethod
+    def start(cls, recorder: Recorder, interval: float = 0.5) -> "RunProgress":
+        """Create the artifact (0 %) and listen to the recorder; never raises."""
+        self = cls(recorder, interval)
+        try:
+            from prefect.artifacts import create_progress_artifact
+
+            self.artifact_id = create_progress_artifact(
+                progress=0.0, key=ARTIFACT_KEY, description="0 calls finished"
+            )
+        except Exception as exc:  # progress is a nicety: never fail a run for it
+            logger.warning("could not create the progress artifact: %s", exc)
+            return self
+        recorder.listeners.append(self._on_change)
+        ctx = contextvars.copy_context()  # the flow's settings and client context
+        self._thread = threading.Thread(target=ctx.run, args=(self._loop,), daemon=True, name="llmorch-progress")
+        self._thread.start()
+        return self
+
+    def snapshot(self) -> tuple[float, str]:
+        records = list(self.recorder.records.values())
+        total = len(records)
+        done = [r for r in records if r.state in FINAL]
+        failed = sum(1 for r in done if r.state != "Completed")
+        pct = round(100.0 * len(done) / total, 1) if total else 0.0
+        text = f"{len(done)} of {total} calls finished"
+        if failed:
+            text += f" ({failed} did not complete)"
+        running = sum(1 for r in records if r.state == "Running")
+        if running:
+            text += f"; {running} running"
+        return pct, text
+
+    def _on_change(self, record: CallRecord) -> None:
+        self._changed.set()
+
+    def _send(self) -> None:
+        if self.artifact_id is None:
+            return
+        snap = self.snapshot()
+        if snap == self._last:
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        try:
+            update_progress_artifact(self.artifact_id, progress=snap[0], description=snap[1])
+            self._last = snap
+        except Exception as exc:
+            logger.debug("progress update failed: %s", exc)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._changed.wait(timeout=5.0)
+            if self._stop.is_set():
+                break
+            if self._changed.is_set():
+                self._changed.clear()
+                self._send()
+            self._stop.wait(self.interval)
+
+    def close(self) -> None:
+        """Send the final numbers and stop the updater."""
+        try:
+            self.recorder.listeners.remove(self._on_change)
+        except ValueError:
+            pass
+        self._stop.set()
+        self._changed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._send()
+
+    def __enter__(self) -> "RunProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
