@@ -1,0 +1,176 @@
+"""`python benchmarks/overhead.py` -- per-call overhead of our runner vs Prefect's runners.
+
+N independent no-op calls (default 200: 100 inout `noop_inout`, 100 compute `noop_compute`),
+all in this one process against ONE Prefect server, a `prefect_test_harness` (a temporary
+SQLite database and its own API server, isolated from other flow runs on the machine):
+
+- ours: `run_plan(..., processors=2)` (`LLMOrchTaskRunner`: inout calls on threads, compute
+  calls in 2 pre-warmed worker processes, never more than 2 at once), with and without the
+  machine-wide global limit `llmorch-processors`;
+- `ThreadPoolTaskRunner()` with the same compiled tasks (`execute` inside a `@flow`), and with
+  plain `@task`s (untagged: Prefect's own fastest path, no tag concurrency look-ups);
+- `ProcessPoolTaskRunner(max_workers=2)` with plain `@task`s (compiled tasks cannot be pickled,
+  see kitti.py) on fewer calls (default 20: 10 + 10), since it costs ~0.6 s per task against
+  an ephemeral server (DESIGN.md section 4).
+
+Per call: flow wall time / N (includes flow start and teardown, and our worker start-up), and
+the spacing of call starts, measured around the function bodies: median gap between
+consecutive starts, and (last start - first start) / (N - 1). No thresholds are asserted.
+
+Options: --calls N (200), --process-calls N (20), --repeat N (1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for p in (str(ROOT), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+P = 2
+
+
+def plan_text(n: int) -> str:
+    half = n // 2
+    lines = [f"s{i}: noop_inout({i})" for i in range(1, half + 1)]
+    lines += [f"s{i}: noop_compute({i})" for i in range(half + 1, n + 1)]
+    return "\n".join(lines)
+
+
+def summarize(starts: list[float], wall: float, n: int) -> dict[str, float]:
+    starts = sorted(starts)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    return {
+        "n": n,
+        "wall_per_call": wall / n,
+        "median_gap": statistics.median(gaps) if gaps else 0.0,
+        "span_per_call": (starts[-1] - starts[0]) / (n - 1) if n > 1 else 0.0,
+        "wall": wall,
+    }
+
+
+def run_ours(n: int, concurrency_limit: str | None) -> dict[str, float]:
+    from prefect_llmorch.orchestrate import run_plan
+
+    t0 = time.time()
+    report = run_plan(plan_text(n), "bench_toolbox:toolbox", processors=P, concurrency_limit=concurrency_limit)
+    wall = time.time() - t0
+    assert report.state == "Completed"
+    return summarize([c["start"] for c in report.calls], wall, n)
+
+
+def run_compiled(task_runner: Any, n: int) -> dict[str, float]:
+    from prefect import flow
+
+    from bench_toolbox import toolbox
+    from prefect_llmorch.orchestrate import execute
+    from prefect_llmorch.plan.parser import parse
+
+    plan = parse(plan_text(n), toolbox)
+
+    @flow(name="overhead-compiled", task_runner=task_runner)
+    def overhead_compiled() -> Any:
+        return execute(plan, toolbox, processors=P)[2]
+
+    t0 = time.time()
+    report = overhead_compiled()
+    wall = time.time() - t0
+    assert report.state == "Completed"
+    return summarize([c["start"] for c in report.calls], wall, n)
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[float, float]:
+    start = time.time()
+    fn(*args)
+    return start, time.time()
+
+
+def run_plain(task_runner: Any, n: int) -> dict[str, float]:
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    import bench_toolbox as tb
+
+    @task(name="noop_inout", cache_policy=NO_CACHE, persist_result=False)
+    def noop_inout_t(i: int) -> tuple[float, float]:
+        return _timed(tb.noop_inout, i)
+
+    @task(name="noop_compute", cache_policy=NO_CACHE, persist_result=False)
+    def noop_compute_t(i: int) -> tuple[float, float]:
+        return _timed(tb.noop_compute, i)
+
+    @flow(name="overhead-plain", task_runner=task_runner)
+    def overhead_plain() -> list[tuple[float, float]]:
+        half = n // 2
+        futures = [noop_inout_t.submit(i) for i in range(half)]
+        futures += [noop_compute_t.submit(i) for i in range(half, n)]
+        return [f.result() for f in futures]
+
+    t0 = time.time()
+    rows = overhead_plain()
+    wall = time.time() - t0
+    return summarize([r[0] for r in rows], wall, n)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--process-calls", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args(argv)
+    n, m = args.calls, args.process_calls
+
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+    from prefect.testing.utilities import prefect_test_harness
+
+    configs: list[tuple[str, Callable[[], dict[str, float]]]] = [
+        ("ours (run_plan)", lambda: run_ours(n, "llmorch-processors")),
+        ("ours, no global limit", lambda: run_ours(n, None)),
+        ("ThreadPool, compiled tasks", lambda: run_compiled(ThreadPoolTaskRunner(), n)),
+        ("ThreadPool, plain @task", lambda: run_plain(ThreadPoolTaskRunner(), n)),
+        ("ProcessPool(2), plain @task", lambda: run_plain(ProcessPoolTaskRunner(max_workers=P), m)),
+    ]
+    t = time.time()
+    with prefect_test_harness(server_startup_timeout=120):
+        print(f"server: prefect_test_harness (temporary SQLite), started in {time.time() - t:.1f} s")
+        results = []
+        for rep in range(args.repeat):
+            for name, fn in configs:
+                results.append((name, fn()))
+                print(f"  done: {name} (round {rep + 1})", flush=True)
+    by_name = dict(results)  # the last round of each configuration
+    tc, tp = by_name["ThreadPool, compiled tasks"], by_name["ThreadPool, plain @task"]
+    print()
+    print(
+        f"{'configuration':<29} {'calls':>5} {'wall/call':>10} {'median gap':>11} {'span/call':>10}"
+        f" {'wall/call ÷ TP comp.':>21} {'÷ TP plain':>11} {'span ÷ TP plain':>16}"
+    )
+    for name, r in results:
+        print(
+            f"{name:<29} {r['n']:>5} {r['wall_per_call'] * 1000:>8.1f}ms {r['median_gap'] * 1000:>9.1f}ms"
+            f" {r['span_per_call'] * 1000:>8.1f}ms {r['wall_per_call'] / tc['wall_per_call']:>20.2f}x"
+            f" {r['wall_per_call'] / tp['wall_per_call']:>10.2f}x {r['span_per_call'] / tp['span_per_call']:>15.2f}x"
+        )
+    print(
+        "\nwall/call = flow wall time / calls; median gap = median time between consecutive call starts;\n"
+        "span/call = (last start - first start) / (calls - 1). TP comp. / TP plain = ThreadPoolTaskRunner\n"
+        "with the compiled (tagged) tasks / with untagged plain @tasks (last round of each)."
+    )
+
+
+if __name__ == "__main__":
+    main()
