@@ -145,7 +145,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._running_compute = 0
         self._frg: "FRG | None" = None
         self._expecting_more = True
-        self._held: list[Any] = []  # entered `concurrency` context managers, one slot each
+        self._held: list[tuple[Any, int]] = []  # entered `concurrency` context managers and their slots
         self._acquiring = 0
         self._slots = 0
         self._limit_broken: str | None = None
@@ -496,27 +496,32 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             return
         self._adjust_slots()
 
-    def _api_acquire(self, _: Any) -> None:
+    def _api_acquire(self, n: int) -> None:
+        """Take `n` slots in one lease (one API write); if they are not free together within
+        a few seconds (other flow runs hold some), take them one at a time."""
         from prefect.concurrency.sync import concurrency
 
         with self._lock:
-            self._acquiring -= 1
-            if self._limit_broken is not None or len(self._held) + self._acquiring >= self._slot_target():
+            self._acquiring = 0
+            need = self._slot_target() - self._slots
+            if self._limit_broken is not None or need <= 0:
                 return
-        cm = concurrency(self.concurrency_limit, occupy=1, strict=True, timeout_seconds=1)  # type: ignore[arg-type]
+            n = min(n, need)
+        # Longer than the client's 2 s retry after a SQLite 503, so a retry is not a timeout.
+        cm = concurrency(self.concurrency_limit, occupy=n, strict=True, timeout_seconds=5)  # type: ignore[arg-type]
         try:
             cm.__enter__()
         except TimeoutError:  # the machine's processors are busy in other flow runs: try again
             with self._lock:
-                self._acquiring += 1
-            self._api_job("acquire", None)
+                self._acquiring = 1
+            self._api_job("acquire", 1)
             return
         except BaseException as exc:  # limit deleted, API down: keep our own bound
             self._limit_unusable(exc)
             return
         with self._lock:
-            self._held.append(cm)
-            self._slots += 1
+            self._held.append((cm, n))
+            self._slots += n
         self._dispatch()
         self._adjust_slots()
 
@@ -541,26 +546,35 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         return min(self.processors, unfinished)
 
     def _adjust_slots(self) -> None:
-        """Take slots up to the target; give back idle ones beyond it (off the critical path)."""
+        """Take slots up to the target; give back idle ones beyond it (off the critical path).
+
+        One acquisition is in flight at a time; a lease is given back whole, when all of
+        its slots are idle and not needed any more.
+        """
         if not self.concurrency_limit or self._executor is None:
             return
         with self._lock:
             if self._limit_broken is not None:
                 return
             target = self._slot_target()
-            missing = target - len(self._held) - self._acquiring
-            for _ in range(max(missing, 0)):
-                self._acquiring += 1
-                self._api_job("acquire", None)
-            while len(self._held) > target and self._slots > self._running_compute:
-                self._slots -= 1
-                self._api_job("release", self._held.pop())
+            missing = target - self._slots - self._acquiring
+            if missing > 0 and self._acquiring == 0:
+                self._acquiring = missing
+                self._api_job("acquire", missing)
+            while self._slots > target:
+                spare = min(self._slots - target, self._slots - self._running_compute)
+                lease = next((held for held in reversed(self._held) if held[1] <= spare), None)
+                if lease is None:
+                    break
+                self._held.remove(lease)
+                self._slots -= lease[1]
+                self._api_job("release", lease[0])
 
     def _release_all_slots(self) -> None:
         with self._lock:
             held, self._held = self._held, []
             self._slots = 0
-        for cm in held:
+        for cm, _ in held:
             try:
                 cm.__exit__(None, None, None)
             except BaseException as exc:  # the lease expires on its own
