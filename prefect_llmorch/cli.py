@@ -335,6 +335,49 @@ def demo(
         _ask_and_print(DEMO_QUESTION, DEFAULT_TOOLBOX, processors, "critical-path", client, as_json, 3)
 
 
+def _deploy_module() -> Any:
+    """`flows/deploy.py` of this checkout (the deployable flows live next to the examples)."""
+    import importlib
+
+    try:
+        return importlib.import_module("flows.deploy")
+    except ImportError:
+        repo = Path(__file__).resolve().parent.parent
+        if not (repo / "flows" / "deploy.py").is_file():
+            err_console.print("[red]flows/deploy.py not found: run `llmorch serve` from the prefect-llmorch repository root[/red]")
+            raise typer.Exit(2) from None
+        sys.path.insert(0, str(repo))
+        return importlib.import_module("flows.deploy")
+
+
+@app.command()
+def serve(
+    cron: Optional[str] = typer.Option(None, "--cron", help="schedule llmorch-run with this cron string, e.g. '0 * * * *'"),
+    interval: Optional[float] = typer.Option(None, "--interval", help="schedule llmorch-run every N seconds"),
+    plan_file: str = typer.Option("flows/examples/kitti.plan", "--plan-file", help="llmorch-run's default plan file"),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help="llmorch-run's default toolbox"),
+    processors: int = typer.Option(0, "--processors", "-P", help="P of the served flows' task runner (default: cores)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="most flow runs at once"),
+) -> None:
+    """Serve the `llmorch-run` and `llmorch-ask` deployments from this process (no work pool).
+
+    Needs a Prefect server (PREFECT_API_URL); trigger runs from the UI, with
+    `prefect deployment run llmorch-run/llmorch-run`, or by the schedule.
+    """
+    _prepare_env()
+    if processors:
+        os.environ["LLMORCH_PROCESSORS"] = str(processors)  # read when flows/deploy.py builds the runner
+    if cron and interval:
+        err_console.print("[red]give --cron or --interval, not both[/red]")
+        raise typer.Exit(2)
+    from prefect import serve as prefect_serve
+
+    deploy = _deploy_module()
+    run_defaults = deploy.RunParameters(plan_file=plan_file, toolbox=toolbox)
+    deployments = deploy.deployments(run_cron=cron, run_interval=interval, run_parameters=run_defaults)
+    prefect_serve(*deployments, limit=limit)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -322,3 +322,33 @@ def test_ui_shows_the_task_graph(stack: dict[str, Any]) -> None:
         assert name in text, f"{name!r} not on the page: {text[:3000]}"
     browse(f"--screenshot={shot}")
     assert shot.exists() and shot.stat().st_size > 30_000, "no screenshot (or a blank one)"
+
+
+def test_llmorch_serve(stack: dict[str, Any]) -> None:
+    """`llmorch serve` serves both flows from one process; a run triggered through the API completes."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    env = {**stack["env"], "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    llmorch = str(BIN / "llmorch") if (BIN / "llmorch").exists() else "llmorch"
+    stack["procs"].start("serve", [llmorch, "serve", "-P", "2"], env)
+    with _client(stack["url"]) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                dep = client.read_deployment_by_name("llmorch-run/llmorch-run")
+                client.read_deployment_by_name("llmorch-ask/llmorch-ask")
+                break
+            except Exception:
+                assert time.monotonic() < deadline, stack["procs"].log("serve")[-3000:]
+                time.sleep(1)
+        plan = "s1: burn(0.2)\ns2: burn(0.2)\ns3: average([s1, s2])"
+        run = client.create_flow_run_from_deployment(dep.id, parameters={"parameters": {"plan": plan, "processors": 2}})
+        deadline = time.monotonic() + 90
+        while not (state := client.read_flow_run(run.id).state).is_final():
+            assert time.monotonic() < deadline, f"{state}\n{stack['procs'].log('serve')[-3000:]}"
+            time.sleep(1)
+        assert state.is_completed(), stack["procs"].log("serve")[-3000:]
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        assert sorted(t.name for t in tasks) == ["s1 · burn", "s2 · burn", "s3 · average"]
+        result = _result(_artifacts(client, run.id)["llmorch-result"])
+        assert 0.15 < result < 0.5
