@@ -128,3 +128,20 @@ def test_inout_function_gets_its_block_and_store_loads_each_block_once(prefect_h
         "s1": [f"https://example.org/prefect-flows/{i}" for i in range(1, 6)],
         "s2": [f"https://example.org/dask/{i}" for i in range(1, 6)],
     }
+
+
+def test_deployable_ask_flow_answers_with_a_scripted_llm(prefect_harness: None) -> None:
+    """flows/deploy.py's `llmorch-ask` (pydantic parameters) end to end with a local
+    OpenAI-compatible server and an LLMEndpoint block."""
+    from flows.deploy import AskParameters, llmorch_ask
+    from prefect_llmorch.blocks import LLMEndpoint
+    from prefect_llmorch.runner import LLMOrchTaskRunner
+    from prefect_llmorch.testing.fake_llm import FakeLLM
+
+    plan = 's1: search("Apple stock")\ns2: search("Microsoft stock")\ns3: compare(s1, s2)\ns4: self("Answer: {s3}")\n'
+    with FakeLLM([plan], default="Apple did better.", token_delay=0.0, model="m") as server:
+        LLMEndpoint(base_url=server.base_url, model="m", api_key="k").save("llm-test", overwrite=True)
+        flow = llmorch_ask.with_options(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+        out = flow(AskParameters(query="Which stock did better?", endpoint="llm-test", processors=1))
+    assert out["state"] == "Completed" and out["result"] == "Apple did better."
+    assert out["tokens"]["prompt"] > 0 and out["processors"] == 1
