@@ -58,6 +58,9 @@ logger = logging.getLogger("prefect_llmorch.runner")
 #: Attribute a compiled task carries to name its call in the FRG.
 CALL_ATTR = "llmorch_call_id"
 
+#: Lease of the global limit's slots; renewed every third of it while held.
+_LEASE_SECONDS = 60.0
+
 #: How long Prefect trusts "this tag set has no concurrency limits" (its cache's TTL).
 _TAG_CACHE_TTL = 5.0
 
@@ -145,7 +148,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._running_compute = 0
         self._frg: "FRG | None" = None
         self._expecting_more = True
-        self._held: list[tuple[Any, int]] = []  # entered `concurrency` context managers and their slots
+        self._held: list[tuple[Any, int]] = []  # (lease id, slots) of the global limit
+        self._lease_renewed: dict[Any, float] = {}
+        self._client: Any = None  # the API thread's own Prefect client
+        self._holder_id: Any = None
         self._acquiring = 0
         self._slots = 0
         self._limit_broken: str | None = None
@@ -373,6 +379,11 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     # back slots of the global limit.
 
     def _start_api_thread(self, stack: ExitStack) -> None:
+        from prefect.context import FlowRunContext
+
+        run_ctx = FlowRunContext.get()
+        if run_ctx is not None and run_ctx.flow_run is not None:
+            self._holder_id = run_ctx.flow_run.id  # the UI shows which flow run holds the slots
         ctx = contextvars.copy_context()
         thread = threading.Thread(target=ctx.run, args=(self._api_loop,), daemon=True, name="llmorch-api")
         thread.start()
@@ -406,6 +417,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     active = any(s.state != "done" for s in self._subs)
                 if active:
                     self._read_tag_limits()
+            self._renew_leases()
             if op is None:
                 continue
             if op == "stop":
@@ -497,36 +509,91 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._adjust_slots()
 
     def _api_acquire(self, n: int) -> None:
-        """Take `n` slots in one lease (one API write); if they are not free together within
-        a few seconds (other flow runs hold some), take them one at a time."""
-        from prefect.concurrency.sync import concurrency
-
+        """Take `n` slots in one lease (one API write); if they are not free together (other
+        flow runs hold some), take them one at a time."""
         with self._lock:
             self._acquiring = 0
             need = self._slot_target() - self._slots
             if self._limit_broken is not None or need <= 0:
                 return
             n = min(n, need)
-        # Longer than the client's 2 s retry after a SQLite 503, so a retry is not a timeout.
-        cm = concurrency(self.concurrency_limit, occupy=n, strict=True, timeout_seconds=5)  # type: ignore[arg-type]
         try:
-            cm.__enter__()
-        except TimeoutError:  # the machine's processors are busy in other flow runs: try again
+            lease = self._lease_request(n)
+        except BaseException as exc:  # limit deleted, API down: keep our own bound
+            self._limit_unusable(exc)
+            return
+        if lease is None:  # not free now: ask again after the jobs already queued
             with self._lock:
                 self._acquiring = 1
             self._api_job("acquire", 1)
             return
-        except BaseException as exc:  # limit deleted, API down: keep our own bound
-            self._limit_unusable(exc)
-            return
         with self._lock:
-            self._held.append((cm, n))
+            self._held.append((lease, n))
             self._slots += n
         self._dispatch()
         self._adjust_slots()
 
-    def _api_release(self, cm: Any) -> None:
-        cm.__exit__(None, None, None)
+    def _lease_request(self, n: int) -> Any:
+        """One `increment-with-lease` write for `n` slots; the lease id, or None when the
+        limit has not `n` free slots.
+
+        Our own retries, not the client's: a SQLite server answers 503 "database is locked"
+        when a write of its own lands in between, and the client would wait 2 s to retry.
+        """
+        import uuid as _uuid
+
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+        from prefect.exceptions import PrefectHTTPStatusError
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+        client = self._api_client()
+        holder = ConcurrencyLeaseHolder(type="flow_run", id=self._holder_id or _uuid.uuid4())
+        delay = 0.02
+        deadline = time.monotonic() + 3.0
+        while True:
+            try:
+                with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                    response = client.increment_concurrency_slots_with_lease(
+                        names=[self.concurrency_limit], slots=n, mode="concurrency",  # type: ignore[list-item]
+                        lease_duration=_LEASE_SECONDS, holder=holder,
+                    )
+            except PrefectHTTPStatusError as exc:
+                status = exc.response.status_code
+                if status == 423:  # full: the caller tries again later (or slot by slot)
+                    return None
+                if status >= 500 and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                raise
+            body = response.json()
+            if not body.get("limits"):
+                raise LookupError(f"global concurrency limit {self.concurrency_limit!r} does not exist")
+            self._lease_renewed[body["lease_id"]] = time.monotonic()
+            return body["lease_id"]
+
+    def _renew_leases(self) -> None:
+        """Keep held leases alive (they expire after _LEASE_SECONDS unless renewed)."""
+        now = time.monotonic()
+        for lease_id, renewed in list(self._lease_renewed.items()):
+            if now - renewed > _LEASE_SECONDS / 3:
+                try:
+                    self._api_client().renew_concurrency_lease(lease_id, lease_duration=_LEASE_SECONDS)
+                    self._lease_renewed[lease_id] = now
+                except Exception as exc:  # expired meanwhile: the slots went back to the limit
+                    logger.warning("could not renew the lease of %s processor slot(s): %s", self.concurrency_limit, exc)
+
+    def _api_client(self) -> Any:
+        if self._client is None:
+            from prefect.client.orchestration import get_client
+
+            self._client = get_client(sync_client=True)
+            self._client.__enter__()
+        return self._client
+
+    def _api_release(self, lease_id: Any) -> None:
+        self._lease_renewed.pop(lease_id, None)
+        self._api_client().release_concurrency_slots_with_lease(lease_id)
 
     def _limit_unusable(self, exc: BaseException) -> None:
         with self._lock:
@@ -574,11 +641,14 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         with self._lock:
             held, self._held = self._held, []
             self._slots = 0
-        for cm, _ in held:
+        for lease_id, _ in held:
             try:
-                cm.__exit__(None, None, None)
+                self._api_release(lease_id)
             except BaseException as exc:  # the lease expires on its own
                 logger.debug("releasing a slot: %s", exc)
+        if self._client is not None:
+            client, self._client = self._client, None
+            client.__exit__(None, None, None)
 
     @property
     def slots_held(self) -> int:
