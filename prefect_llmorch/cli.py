@@ -378,6 +378,31 @@ def serve(
     prefect_serve(*deployments, limit=limit)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (run from a clone of the repository).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("paper")
+def bench_paper(
+    repeat: int = typer.Option(1, "--repeat", help="runs per system and workload (the median is kept)"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="a workload of benchmarks/workloads.toml (repeatable)"),
+) -> None:
+    """The paper's tables: ReAct-style, parallel FC, LLMCompiler-style and ours, measured side
+    by side (benchmarks/paper_tables.py; report in benchmarks/out/report.md)."""
+    _prepare_env()
+    import importlib.util
+
+    script = Path.cwd() / "benchmarks" / "paper_tables.py"
+    if not script.is_file():
+        err_console.print(f"[red]{script} not found: run this from a clone of the repository[/red]")
+        raise typer.Exit(2)
+    spec = importlib.util.spec_from_file_location("paper_tables", script)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    argv = ["--repeat", str(repeat)] + (["--only", *only] if only else [])
+    raise typer.Exit(module.main(argv))
+
+
 def main() -> None:  # pragma: no cover
     app()
 
