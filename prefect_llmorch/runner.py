@@ -58,6 +58,9 @@ logger = logging.getLogger("prefect_llmorch.runner")
 #: Attribute a compiled task carries to name its call in the FRG.
 CALL_ATTR = "llmorch_call_id"
 
+#: How long to wait before asking again for a slot of a full global limit.
+_FULL_LIMIT_RETRY_SECONDS = 0.5
+
 #: Lease of the global limit's slots; renewed every third of it while held.
 _LEASE_SECONDS = 60.0
 
@@ -125,14 +128,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         preload: Iterable[str] = (),
     ) -> None:
         super().__init__()
-        from .policy import POLICIES
-
         if processors is not None and processors < 1:
             raise ValueError(f"processors must be at least 1, got {processors}")
-        if policy not in POLICIES:
-            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         self.processors = processors or default_processors()
-        self.policy = policy
+        self.policy = policy  # validated by the property
         self.concurrency_limit = concurrency_limit
         self.pin = pin
         self.preload = tuple(preload)
@@ -156,6 +155,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._slots = 0
         self._limit_broken: str | None = None
         self.max_running_compute = 0  # observed, for tests and reports
+        self._closing = False
+        self._stopping = False
+        self._limit_size: int | None = None  # the global limit's size, once read
         # Tag sets whose (absent) tag concurrency limits Prefect has already looked up.
         self._warm: set[frozenset[str]] = set()
         self._warming: dict[frozenset[str], list[_Submission]] = {}
@@ -164,6 +166,20 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._api: "queue.PriorityQueue[tuple[tuple[int, ...], int, str, Any]]" = queue.PriorityQueue()
 
     # -- settings ---------------------------------------------------------------------
+    @property
+    def policy(self) -> str:
+        """The coordination policy; may be changed before calls are submitted (a
+        deployment's runner is built at import, the run says which policy it wants)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        from .policy import POLICIES
+
+        if value not in POLICIES:
+            raise ValueError(f"unknown policy {value!r}; choose one of {', '.join(POLICIES)}")
+        self._policy = value
+
     def _settings(self) -> tuple[Any, ...]:
         return (self.processors, self.policy, self.concurrency_limit, self.pin, self.preload)
 
@@ -207,9 +223,15 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def __exit__(self, *exc_info: Any) -> None:
         with self._lock:
+            self._closing = True  # nothing starts from now on
             for sub in self._subs:
-                if sub.state in ("pending", "ready") and not sub.future.done():
+                if sub.state in ("pending", "ready"):
+                    sub.state = "done"
                     sub.future.cancel()
+            executor = self._executor
+        if executor is not None:
+            # Running task runs end before the slots of the global limit go back.
+            executor.shutdown(wait=True)
         if self._stack is not None:
             self._stack.close()
             self._stack = None
@@ -292,13 +314,28 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             sub.waiting -= 1
             if sub.waiting == 0 and sub.state == "pending":
                 sub.state = "ready"
-        self._dispatch()
+        self._safe_dispatch()
+
+    def _safe_dispatch(self) -> None:
+        """`_dispatch` for callbacks and background threads, where an exception would be
+        swallowed and leave calls that never start (a hang): fail them instead."""
+        try:
+            self._dispatch()
+        except BaseException as exc:
+            logger.error("LLMOrchTaskRunner could not start ready task runs: %s", exc)
+            with self._lock:
+                ready = [s for s in self._subs if s.state == "ready"]
+                for s in ready:
+                    s.state = "done"
+            for s in ready:
+                if not s.future.done():
+                    s.future.set_exception(exc)
 
     # -- dispatch ---------------------------------------------------------------------
     def _dispatch(self) -> None:
         """Start what may start now: every ready inout run, then compute runs on free processors."""
         with self._lock:
-            if self._executor is None:
+            if self._executor is None or self._closing:
                 return
             ready = [s for s in self._subs if s.state == "ready"]
             start = [s for s in ready if s.kind == "inout"]
@@ -347,17 +384,20 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             else:
                 state = run_task_sync(**kwargs)
         except BaseException as exc:  # the engine itself failed: never leave a future pending
-            sub.future.set_exception(exc)
+            if not sub.future.done():
+                sub.future.set_exception(exc)
             state = None
         finally:
             _CURRENT.reset(token)
+            if state is None and not sub.future.done():
+                sub.future.set_exception(RuntimeError(f"task run {sub.task.name} ended without a state"))
             with self._lock:
                 sub.state = "done"
                 if sub.kind == "compute":
                     self._running_compute -= 1
-        if state is not None:
+        if state is not None and not sub.future.done():
             sub.future.set_result(state)
-        self._dispatch()
+        self._safe_dispatch()
         self._adjust_slots()
 
     # -- the Prefect API calls of the runner, one at a time --------------------------
@@ -402,7 +442,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             ranks = [int(t[5:]) for t in arg if t.startswith("rank:") and t[5:].isdigit()]
             priority: tuple[int, ...] = (1, 0 if "inout" in arg else 1, min(ranks, default=0))
         else:
-            priority = {"stop": (3,), "prepare": (0,), "release": (0,), "acquire": (2,)}[op]
+            priority = {"stop": (-1,), "prepare": (0,), "release": (0,), "acquire": (2,)}[op]
         self._api.put((priority, next(self._seq), op, arg))
 
     def _api_loop(self) -> None:
@@ -421,12 +461,27 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             if op is None:
                 continue
             if op == "stop":
+                self._stopping = True
+                self._drain_releases()
                 self._release_all_slots()
                 return
             try:
                 getattr(self, f"_api_{op}")(arg)
             except BaseException as exc:  # never let the API thread die
                 logger.warning("llmorch API call %s failed: %s", op, exc)
+
+    def _drain_releases(self) -> None:
+        """At stop: give back leases already queued for release; drop everything else."""
+        while True:
+            try:
+                _, _, op, arg = self._api.get_nowait()
+            except queue.Empty:
+                return
+            if op == "release":
+                try:
+                    self._api_release(arg)
+                except BaseException as exc:  # the lease expires on its own
+                    logger.debug("releasing a lease: %s", exc)
 
     def _api_warm(self, key: frozenset[str]) -> None:
         snapshot = self._tag_limits
@@ -446,7 +501,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 if sub.waiting == 0 and sub.state == "pending":
                     sub.state = "ready"
         if waiting:
-            self._dispatch()
+            self._safe_dispatch()
 
     def _read_tag_limits(self) -> None:
         """Read (never write) which tags have a `tag:` concurrency limit, active or not."""
@@ -491,10 +546,11 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             with get_client(sync_client=True) as client:
                 try:
                     limit = client.read_global_concurrency_limit_by_name(self.concurrency_limit)  # type: ignore[arg-type]
-                    if limit.limit != self.processors:
-                        logger.info(
-                            "global concurrency limit %r has limit %s (this runner uses P=%s)",
-                            self.concurrency_limit, limit.limit, self.processors,
+                    self._limit_size = limit.limit
+                    if limit.limit < self.processors:
+                        logger.warning(
+                            "global concurrency limit %r has limit %s: this flow run uses at most %s of its %s processors",
+                            self.concurrency_limit, limit.limit, limit.limit, self.processors,
                         )
                 except ObjectNotFound:
                     try:
@@ -514,7 +570,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         with self._lock:
             self._acquiring = 0
             need = self._slot_target() - self._slots
-            if self._limit_broken is not None or need <= 0:
+            if self._stopping or self._limit_broken is not None or need <= 0:
                 return
             n = min(n, need)
         try:
@@ -522,15 +578,17 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         except BaseException as exc:  # limit deleted, API down: keep our own bound
             self._limit_unusable(exc)
             return
-        if lease is None:  # not free now: ask again after the jobs already queued
+        if lease is None:  # not free now (other flow runs hold them): ask again in a moment
             with self._lock:
                 self._acquiring = 1
-            self._api_job("acquire", 1)
+            retry = threading.Timer(_FULL_LIMIT_RETRY_SECONDS, self._api_job, args=("acquire", 1))
+            retry.daemon = True
+            retry.start()
             return
         with self._lock:
             self._held.append((lease, n))
             self._slots += n
-        self._dispatch()
+        self._safe_dispatch()
         self._adjust_slots()
 
     def _lease_request(self, n: int) -> Any:
@@ -581,7 +639,13 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     self._api_client().renew_concurrency_lease(lease_id, lease_duration=_LEASE_SECONDS)
                     self._lease_renewed[lease_id] = now
                 except Exception as exc:  # expired meanwhile: the slots went back to the limit
-                    logger.warning("could not renew the lease of %s processor slot(s): %s", self.concurrency_limit, exc)
+                    logger.warning("could not renew a lease of %s (%s); taking new slots", self.concurrency_limit, exc)
+                    with self._lock:
+                        self._lease_renewed.pop(lease_id, None)
+                        for held in [h for h in self._held if h[0] == lease_id]:
+                            self._held.remove(held)
+                            self._slots -= held[1]
+                    self._adjust_slots()
 
     def _api_client(self) -> Any:
         if self._client is None:
@@ -604,13 +668,14 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     self.concurrency_limit, self._limit_broken, self.processors,
                 )
             self._slots = self.processors
-        self._dispatch()
+        self._safe_dispatch()
 
     def _slot_target(self) -> int:
+        most = min(self.processors, self._limit_size or self.processors)
         if self._expecting_more:
-            return self.processors
+            return most
         unfinished = sum(1 for s in self._subs if s.kind == "compute" and s.state != "done")
-        return min(self.processors, unfinished)
+        return min(most, unfinished)
 
     def _adjust_slots(self) -> None:
         """Take slots up to the target; give back idle ones beyond it (off the critical path).

@@ -190,3 +190,26 @@ def test_two_flow_runs_together_never_exceed_the_global_limit() -> None:
     with get_client(sync_client=True) as client:
         gcl = client.read_global_concurrency_limit_by_name(limit)
     assert gcl.limit == 2 and gcl.active_slots == 0  # every slot given back
+
+
+def test_an_unknown_policy_from_a_flow_parameter_fails_the_run_instead_of_hanging() -> None:
+    from prefect_llmorch.orchestrate import orchestrate
+
+    flow = orchestrate.with_options(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+    started = time.monotonic()
+    state = flow("s1: fetch(0.1)\ns2: crunch(0.1)\n", "toolboxes:toolbox", policy="Critical-Path", return_state=True)
+    assert state.is_failed() and "unknown policy 'Critical-Path'" in state.message
+    assert time.monotonic() - started < 60
+
+
+def test_an_existing_global_limit_smaller_than_p_is_honoured() -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    limit = "llmorch-test-small"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+    plan = Plan(tuple(Call(f"c{i}", "crunch", (lit(0.2),)) for i in range(3)))
+    report = run_in_flow(plan, 2, limit=limit)[2]
+    assert report.state == "Completed"
+    assert overlap_max([(c["start"], c["end"]) for c in report.calls]) == 1
