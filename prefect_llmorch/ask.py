@@ -118,6 +118,8 @@ def _ask(
     guard = threading.Lock()
 
     def early_hook(*args: Any) -> None:
+        if id(getattr(args[0], "llmorch_call", None)) in compiler.stale:
+            return  # a call of a draft plan, dropped by the planner: not the plan's failure
         with guard:
             if not controller:
                 early_failures.append(args)
@@ -144,15 +146,20 @@ def _ask(
     planner.wait()
     state = planner.state
     if not state.is_completed():
+        compiler.stale.update(id(c) for c in calls)  # no plan: every streamed call is stale
         wait(list(futures.values()))
         planner.result()  # raises PlanningFailed or LLMError, with its message
     result = planner.result()
     for attempt in result.attempts:
         tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
-    stale = {c.id for c in result.stale}
-    if stale:
-        logger.warning("calls %s were started from a draft plan that was repaired; their results are ignored", ", ".join(sorted(stale)))
     kept = set(result.dispatched)
+    stale_calls = [c for c in calls if c.id not in kept]  # streamed, then changed or dropped
+    if stale_calls:
+        compiler.stale.update(id(c) for c in stale_calls)
+        logger.warning(
+            "calls %s were started from a draft plan that was repaired: not started if they had "
+            "not started, their results ignored", ", ".join(c.id for c in stale_calls),
+        )
     plan = result.plan
     final_frg = FRG.build(plan, tb)
     compiler.frg = final_frg
@@ -164,10 +171,13 @@ def _ask(
             controller.append(RecoveryController(RecoveryConfig(client, max_rounds=recovery_rounds), plan, tb, compiler, runner))
             replay, early_failures[:] = list(early_failures), []
         for args in replay:
-            controller[0]._on_failure(*args)
+            if id(getattr(args[0], "llmorch_call", None)) not in compiler.stale:
+                controller[0]._on_failure(*args)
     todo = [c for c in plan.calls if c.id not in kept]
     secrets.require(todo)
     compiler.submit(todo, futures)
+    for cid in [cid for cid in futures if cid not in final_frg.rank]:
+        futures.pop(cid)  # a stale call the final plan dropped: the runner lets it end
     if runner is not None:
         runner.no_more_submissions()
     if controller:

@@ -10,6 +10,7 @@ worker process of the `LLMOrchTaskRunner`, inout calls in the task's thread.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,7 +101,10 @@ def _run_with_timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dic
         except BaseException as exc:
             box["error"] = exc
 
-    t = threading.Thread(target=target, daemon=True, name=f"llmorch-{label}")
+    # The helper thread runs in a copy of this context: the task run's context, settings
+    # and client stay available to the function (e.g. get_run_logger()).
+    ctx = contextvars.copy_context()
+    t = threading.Thread(target=ctx.run, args=(target,), daemon=True, name=f"llmorch-{label}")
     t.start()
     t.join(timeout)
     if t.is_alive():
@@ -134,6 +138,9 @@ class Compiler:
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     on_failure: list[Callable[..., Any]] = field(default_factory=list)
     gates: list[Callable[[Call], Any]] = field(default_factory=list)
+    #: `id()`s of Call objects dropped from the plan (calls started from a draft plan that the
+    #: planner then repaired): not started if not started yet, results and records ignored.
+    stale: set[int] = field(default_factory=set)
 
     def task_for(self, call: Call, attempt: int = 0) -> Task[..., Any]:
         spec = self.toolbox[call.function]
@@ -142,6 +149,10 @@ class Compiler:
         recorder = self.recorder
 
         def body(call_text: str, inputs: dict[str, Any]) -> Any:
+            if id(call) in self.stale:
+                from prefect.states import Cancelled
+
+                return Cancelled(message="not started: the planner replaced this call of a draft plan")
             for gate in self.gates:
                 verdict = gate(call)
                 if verdict is not None:
@@ -163,11 +174,12 @@ class Compiler:
             on_failure=list(self.on_failure),
         )
         setattr(task, CALL_ATTR, call.id)
+        task.llmorch_call = call  # type: ignore[attr-defined]  # the Call itself (stale checks)
         recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
         return task
 
     def _execute(self, call: Call, spec: FunctionSpec, inputs: Mapping[str, Any]) -> Any:
-        recorder = self.recorder
+        recorder = _RecordsOf(self, call)
         label = task_name(call)
         recorder.update(call.id, state="Running")
         start = end = None
@@ -207,21 +219,33 @@ class Compiler:
                 finally:
                     end = time.time()
         except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            scrubbed = self._scrub(error)
             recorder.update(
                 call.id,
                 state="Failed",
-                error=f"{type(exc).__name__}: {exc}",
+                error=scrubbed,
                 start=recorder.rel(start) if start else None,
                 end=recorder.rel(end) if end else None,
                 pid=pid,
                 processor=processor,
             )
+            if scrubbed != error:  # a tool put a secret in its error: never let it reach the API
+                raise ToolError(scrubbed) from None
             raise
-        recorder.results[call.id] = value
+        recorder.set_result(call.id, value)
         recorder.update(
             call.id, state="Completed", start=recorder.rel(start), end=recorder.rel(end), pid=pid, processor=processor
         )
         return value
+
+    def _scrub(self, text: str) -> str:
+        """`text` with every loaded credential value replaced by `***`."""
+        for values in self.secrets.values():
+            for value in values.values():
+                if isinstance(value, str) and len(value) >= 4 and value in text:
+                    text = text.replace(value, "***")
+        return text
 
     def submit(self, calls: Iterable[Call], futures: dict[str, PrefectFuture[Any]], attempt: int = 0) -> dict[str, PrefectFuture[Any]]:
         """Submit calls (in plan order) whose inputs are in `futures` or among `calls`.
@@ -237,6 +261,30 @@ class Compiler:
             futures[call.id] = fut
             new[call.id] = fut
         return new
+
+
+class ToolError(RuntimeError):
+    """A tool's failure whose message had to be scrubbed of a secret."""
+
+
+class _RecordsOf:
+    """The recorder as one call sees it: writes of a stale call are dropped."""
+
+    def __init__(self, compiler: Compiler, call: Call) -> None:
+        self._compiler = compiler
+        self._call = call
+        self.rel = compiler.recorder.rel
+
+    def _live(self) -> bool:
+        return id(self._call) not in self._compiler.stale
+
+    def update(self, call_id: str, **changes: Any) -> None:
+        if self._live():
+            self._compiler.recorder.update(call_id, **changes)
+
+    def set_result(self, call_id: str, value: Any) -> None:
+        if self._live():
+            self._compiler.recorder.results[call_id] = value
 
 
 def _call_text(call: Call) -> str:

@@ -131,3 +131,14 @@ def test_a_call_failing_at_run_time_is_repaired_by_trace_back_recovery(fake_llm,
     assert "boom" in repair_request and "s1" in repair_request
     assert report.results["s1"] == "fine"  # the repaired call ran
     assert report.results["s3"] == 4.0  # outside the re-run subgraph: kept
+
+
+def test_calls_streamed_from_a_repaired_draft_neither_count_nor_leak_results(fake_llm, llm) -> None:  # noqa: F811
+    # The draft's s2 fails (and may already run); the planner repairs line 3 and changes s2.
+    fake_llm.token_delay = 0.02
+    fake_llm.add('s1: fetch(0.1, value=1)\ns2: fail("draft")\ns3: nosuch(s2)\n', 's1: fetch(0.1, value=1)\ns2: add(s1, 1)\n')
+    report = ask_query("q", TOOLBOX, processors=1, endpoint=llm)
+    assert report.state == "Completed"
+    assert report.results["s2"] == 2.0  # the final plan's s2, not the draft's
+    assert "recovery" not in report.extra  # the draft's failure was not the plan's failure
+    assert len(fake_llm.chat_requests) == 2  # plan + one planner repair; no recovery request
