@@ -106,85 +106,89 @@ def _ask(
     tokens = TokenCounter()
     recorder = Recorder()
     progress = RunProgress.start(recorder)  # the `llmorch-progress` artifact, updated as calls finish
-    calls: list[Call] = []
-    futures: dict[str, PrefectFuture[Any]] = {}
-    secrets = CredentialStore(tb)  # ToolCredentials blocks, loaded as calls that need them arrive
-    compiler = Compiler(frg=FRG.build(Plan(()), tb), toolbox=tb, recorder=recorder, self_fn=make_self_fn(client, tokens), secrets=secrets)
-    inbox: "queue.Queue[Any]" = queue.Queue()
-    # Trace-back recovery needs the final plan, but calls start while the plan streams:
-    # failures of those early calls are kept here until the controller exists.
-    early_failures: list[tuple[Any, ...]] = []
-    controller: list[RecoveryController] = []
-    guard = threading.Lock()
+    try:
+        calls: list[Call] = []
+        futures: dict[str, PrefectFuture[Any]] = {}
+        secrets = CredentialStore(tb)  # ToolCredentials blocks, loaded as calls that need them arrive
+        compiler = Compiler(frg=FRG.build(Plan(()), tb), toolbox=tb, recorder=recorder, self_fn=make_self_fn(client, tokens), secrets=secrets)
+        inbox: "queue.Queue[Any]" = queue.Queue()
+        # Trace-back recovery needs the final plan, but calls start while the plan streams:
+        # failures of those early calls are kept here until the controller exists.
+        early_failures: list[tuple[Any, ...]] = []
+        controller: list[RecoveryController] = []
+        guard = threading.Lock()
 
-    def early_hook(*args: Any) -> None:
-        if id(getattr(args[0], "llmorch_call", None)) in compiler.stale:
-            return  # a call of a draft plan, dropped by the planner: not the plan's failure
-        with guard:
-            if not controller:
-                early_failures.append(args)
-                return
-        controller[0]._on_failure(*args)
+        def early_hook(*args: Any) -> None:
+            if id(getattr(args[0], "llmorch_call", None)) in compiler.stale:
+                return  # a call of a draft plan, dropped by the planner: not the plan's failure
+            with guard:
+                if not controller:
+                    early_failures.append(args)
+                    return
+            controller[0]._on_failure(*args)
 
-    if recovery_rounds > 0:
-        compiler.on_failure.append(early_hook)
+        if recovery_rounds > 0:
+            compiler.on_failure.append(early_hook)
 
-    def submit(call: Call) -> None:
-        # Ranks of earlier calls never change when a later call arrives: rebuild the FRG of
-        # the calls so far (tiny) so the policy sees the current critical paths.
-        secrets.require([call])
-        calls.append(call)
-        compiler.frg = FRG.build(Plan(tuple(calls)), tb)
+        def submit(call: Call) -> None:
+            # Ranks of earlier calls never change when a later call arrives: rebuild the FRG of
+            # the calls so far (tiny) so the policy sees the current critical paths.
+            secrets.require([call])
+            calls.append(call)
+            compiler.frg = FRG.build(Plan(tuple(calls)), tb)
+            if runner is not None:
+                runner.use_graph(compiler.frg)
+            compiler.submit([call], futures)
+
+        planner = planner_task.submit(query, tb, client, attempts=attempts, on_call=inbox.put)
+        planner.add_done_callback(lambda _f: inbox.put(_DONE))
+        while (item := inbox.get()) is not _DONE:
+            submit(item)  # streaming dispatch, from the flow's thread
+        planner.wait()
+        state = planner.state
+        if not state.is_completed():
+            compiler.stale.update(id(c) for c in calls)  # no plan: every streamed call is stale
+            wait(list(futures.values()))
+            planner.result()  # raises PlanningFailed or LLMError, with its message
+        result = planner.result()
+        for attempt in result.attempts:
+            tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
+        kept = set(result.dispatched)
+        stale_calls = [c for c in calls if c.id not in kept]  # streamed, then changed or dropped
+        if stale_calls:
+            compiler.stale.update(id(c) for c in stale_calls)
+            logger.warning(
+                "calls %s were started from a draft plan that was repaired: not started if they had "
+                "not started, their results ignored", ", ".join(c.id for c in stale_calls),
+            )
+        plan = result.plan
+        final_frg = FRG.build(plan, tb)
+        compiler.frg = final_frg
         if runner is not None:
-            runner.use_graph(compiler.frg)
-        compiler.submit([call], futures)
-
-    planner = planner_task.submit(query, tb, client, attempts=attempts, on_call=inbox.put)
-    planner.add_done_callback(lambda _f: inbox.put(_DONE))
-    while (item := inbox.get()) is not _DONE:
-        submit(item)  # streaming dispatch, from the flow's thread
-    planner.wait()
-    state = planner.state
-    if not state.is_completed():
-        compiler.stale.update(id(c) for c in calls)  # no plan: every streamed call is stale
-        wait(list(futures.values()))
-        planner.result()  # raises PlanningFailed or LLMError, with its message
-    result = planner.result()
-    for attempt in result.attempts:
-        tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
-    kept = set(result.dispatched)
-    stale_calls = [c for c in calls if c.id not in kept]  # streamed, then changed or dropped
-    if stale_calls:
-        compiler.stale.update(id(c) for c in stale_calls)
-        logger.warning(
-            "calls %s were started from a draft plan that was repaired: not started if they had "
-            "not started, their results ignored", ", ".join(c.id for c in stale_calls),
-        )
-    plan = result.plan
-    final_frg = FRG.build(plan, tb)
-    compiler.frg = final_frg
-    if runner is not None:
-        runner.use_graph(final_frg)
-    if recovery_rounds > 0:
-        compiler.on_failure.remove(early_hook)  # later task runs get the controller's own hook
-        with guard:
-            controller.append(RecoveryController(RecoveryConfig(client, max_rounds=recovery_rounds), plan, tb, compiler, runner))
-            replay, early_failures[:] = list(early_failures), []
-        for args in replay:
-            if id(getattr(args[0], "llmorch_call", None)) not in compiler.stale:
-                controller[0]._on_failure(*args)
-    todo = [c for c in plan.calls if c.id not in kept]
-    secrets.require(todo)
-    compiler.submit(todo, futures)
-    for cid in [cid for cid in futures if cid not in final_frg.rank]:
-        futures.pop(cid)  # a stale call the final plan dropped: the runner lets it end
-    if runner is not None:
-        runner.no_more_submissions()
-    if controller:
-        final_frg = controller[0].run(futures)  # resubmits repaired calls into `futures`
-    wait(list(futures.values()))
-    report = build_report(final_frg, recorder, P, futures)
-    progress.close()
+            runner.use_graph(final_frg)
+        if recovery_rounds > 0:
+            compiler.on_failure.remove(early_hook)  # later task runs get the controller's own hook
+            with guard:
+                controller.append(RecoveryController(RecoveryConfig(client, max_rounds=recovery_rounds), plan, tb, compiler, runner))
+                replay, early_failures[:] = list(early_failures), []
+            for args in replay:
+                if id(getattr(args[0], "llmorch_call", None)) not in compiler.stale:
+                    controller[0]._on_failure(*args)
+        todo = [c for c in plan.calls if c.id not in kept]
+        secrets.require(todo)
+        compiler.submit(todo, futures)
+        for cid in [cid for cid in futures if cid not in final_frg.rank]:
+            futures.pop(cid)  # a stale call the final plan dropped: the runner lets it end
+        if runner is not None:
+            runner.no_more_submissions()
+        if controller:
+            final_frg = controller[0].run(futures)  # resubmits repaired calls into `futures`
+        # Bounded when recovery gave up waiting on a round: never hang on a stuck call.
+        timed_out = bool(controller) and controller[0].outcome == "timed out"
+        wait(list(futures.values()), timeout=0 if timed_out else None)
+        report = build_report(final_frg, recorder, P, futures)
+    finally:
+        progress.close()
     report.extra = {"plan": result.text, "attempts": len(result.attempts), "tokens": tokens.to_dict()}
     usage = (
         f"\n\n## LLM usage\n\nplanner attempts: {len(result.attempts)}; tokens: "

@@ -209,18 +209,22 @@ def execute(
         secrets = CredentialStore(toolbox)
         secrets.require(plan.calls)
     progress = RunProgress.start(recorder)  # the `llmorch-progress` artifact, updated as calls finish
-    compiler = Compiler(frg=frg, toolbox=toolbox, recorder=recorder, self_fn=self_fn, secrets=secrets)
-    futures: dict[str, PrefectFuture[Any]] = {}
-    # -- trace-back recovery (recovery.py): hooks before submitting, rounds after -----
-    controller = RecoveryController(recovery, plan, toolbox, compiler, runner) if recovery is not None else None
-    compiler.submit(plan.calls, futures)
-    if runner is not None:
-        runner.no_more_submissions()
-    if controller is not None:
-        frg = controller.run(futures)  # resubmits repaired calls into `futures`
-    wait(list(futures.values()))
-    report = build_report(frg, recorder, processors, futures)
-    progress.close()
+    try:
+        compiler = Compiler(frg=frg, toolbox=toolbox, recorder=recorder, self_fn=self_fn, secrets=secrets)
+        futures: dict[str, PrefectFuture[Any]] = {}
+        # -- trace-back recovery (recovery.py): hooks before submitting, rounds after -----
+        controller = RecoveryController(recovery, plan, toolbox, compiler, runner) if recovery is not None else None
+        compiler.submit(plan.calls, futures)
+        if runner is not None:
+            runner.no_more_submissions()
+        if controller is not None:
+            frg = controller.run(futures)  # resubmits repaired calls into `futures`
+        # Bounded when recovery gave up waiting on a round: never hang on a stuck call.
+        timed_out = controller is not None and controller.outcome == "timed out"
+        wait(list(futures.values()), timeout=0 if timed_out else None)
+        report = build_report(frg, recorder, processors, futures)
+    finally:
+        progress.close()
     if controller is not None:
         controller.annotate(report)
     return frg, recorder, report
