@@ -225,6 +225,13 @@ def _unpack(call: str, reply: tuple[Any, ...]) -> Outcome:
     raise exc
 
 
+@dataclass(frozen=True)
+class _NoWorker:
+    """Put in the idle queue when no worker will come: whoever takes it fails, not waits."""
+
+    reason: str
+
+
 class WorkerPool:
     """P worker processes; `run` borrows an idle one for one call.
 
@@ -254,7 +261,11 @@ class WorkerPool:
             self._spawn(i, [i % cpus] if pin else None)
 
     def _spawn(self, index: int, affinity: list[int] | None) -> None:
-        worker = Worker(self._ctx, index, affinity)
+        try:
+            worker = Worker(self._ctx, index, affinity)
+        except Exception as exc:  # no process could be started: callers must not wait for it
+            self._idle.put(_NoWorker(f"worker process {index} could not be started: {exc}"))
+            return
         with self._lock:
             if self._closed:
                 worker.stop()
@@ -306,6 +317,9 @@ class WorkerPool:
         if self._closed:
             raise RuntimeError("WorkerPool is shut down")
         worker = self._idle.get()
+        if isinstance(worker, _NoWorker):
+            self._idle.put(worker)  # every later call sees it too
+            raise WorkerDied(f"{call}: {worker.reason}", call=call)
         try:
             outcome = worker.run(call, fn, args, kwargs or {}, timeout)
         except WorkerError:
@@ -328,6 +342,7 @@ class WorkerPool:
             self._closed = True
             workers = list(self._workers.values())
             self._workers.clear()
+        self._idle.put(_NoWorker("the worker pool was shut down"))  # wakes callers still waiting
         for w in workers:
             w.stop()
 

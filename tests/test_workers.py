@@ -1,0 +1,75 @@
+"""WorkerPool: one call per worker process; a dead or hung worker fails only its call."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from prefect_llmorch.workers import CallTimeout, RemoteTraceback, WorkerDied, WorkerPool
+from toolboxes import add, crunch, die, fail
+
+
+@pytest.fixture(scope="module")
+def pool():  # noqa: ANN201
+    with WorkerPool(2) as p:
+        yield p
+
+
+def test_calls_run_in_worker_processes_with_timing(pool: WorkerPool) -> None:
+    outcome = pool.run("c", crunch, (0.05,))
+    assert outcome.value == outcome.pid != os.getpid()
+    assert outcome.end - outcome.start >= 0.05 and outcome.worker in (0, 1)
+
+
+def test_a_tool_exception_keeps_its_type_and_the_worker_traceback(pool: WorkerPool) -> None:
+    with pytest.raises(ValueError, match="boom") as info:
+        pool.run("f", fail, ("boom",))
+    assert isinstance(info.value.__cause__, RemoteTraceback) and "fail" in str(info.value.__cause__)
+    assert pool.run("a", add, (1, 2)).value == 3  # the worker is still there
+
+
+def test_a_dead_worker_fails_its_call_and_is_replaced(pool: WorkerPool) -> None:
+    with pytest.raises(WorkerDied, match="died while running it") as info:
+        pool.run("s2 · die", die, (0.01,))
+    assert info.value.call == "s2 · die"
+    pids = {pool.run(f"x{i}", crunch, (0.01,)).pid for i in range(6)}
+    assert info.value.pid not in pids and len(pool.pids) == 2
+
+
+def test_a_timeout_kills_the_worker_process(pool: WorkerPool) -> None:
+    with pytest.raises(CallTimeout, match="timeout of 0.2 s") as info:
+        pool.run("h", crunch, (30,), timeout=0.2)
+    import psutil
+
+    assert not psutil.pid_exists(info.value.pid) or psutil.Process(info.value.pid).status() == psutil.STATUS_ZOMBIE
+    assert pool.run("after", add, (2, 2)).value == 4
+
+
+def test_shutdown_wakes_callers_waiting_for_a_worker() -> None:
+    p = WorkerPool(1)
+    errors: list[BaseException] = []
+    def call(label: str, fn, *args) -> None:  # noqa: ANN001
+        try:
+            p.run(label, fn, args)
+        except BaseException as exc:  # noqa: BLE001 - the pool is shut down under them
+            errors.append(exc)
+
+    busy = threading.Thread(target=call, args=("long", crunch, 1.0))
+    busy.start()
+    import time
+
+    time.sleep(0.2)  # "long" holds the only worker
+    w = threading.Thread(target=call, args=("waiting", add, 1, 1))
+    w.start()
+    p.shutdown()
+    w.join(timeout=10)
+    busy.join(timeout=10)
+    assert not w.is_alive() and not busy.is_alive()
+    assert any("shut down" in str(e) for e in errors)
+
+
+def test_bad_settings_fail_at_construction() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        WorkerPool(0)
