@@ -73,11 +73,55 @@ class Outcome:
 
 def _dumps(obj: Any) -> bytes:
     try:
-        return pickle.dumps(obj)
-    except Exception:  # closures, lambdas, functions defined in __main__ of a notebook
-        import cloudpickle
+        if not _mentions_main(obj):
+            return pickle.dumps(obj)
+    except Exception:  # closures, lambdas: by value below
+        pass
+    # Workers do not import the user's __main__ (see _start_without_main): functions
+    # defined there travel by value, as cloudpickle sends them.
+    import cloudpickle
 
-        return cloudpickle.dumps(obj)
+    return cloudpickle.dumps(obj)
+
+
+def _mentions_main(obj: Any) -> bool:
+    """Whether a (fn, args, kwargs) message holds something defined in `__main__`."""
+    if isinstance(obj, tuple):
+        return any(_mentions_main(o) for o in obj)
+    if isinstance(obj, (list, dict)):
+        values = obj.values() if isinstance(obj, dict) else obj
+        return any(_mentions_main(o) for o in values)
+    return getattr(obj, "__module__", None) == "__main__" or getattr(type(obj), "__module__", None) == "__main__"
+
+
+_START_LOCK = threading.Lock()
+
+
+def _start_without_main(process: Any) -> None:
+    """Start a worker process without re-importing the parent's `__main__` in it.
+
+    multiprocessing re-runs the main script in each new forkserver/spawn child (CPython
+    3.11's forkserver does not preload it, though it means to), which costs a script that
+    imports Prefect about a second per worker, and runs unguarded top-level code again.
+    Our workers need nothing from `__main__`: `_dumps` sends functions defined there by
+    value. So the child's preparation data leaves the main module out.
+    """
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+
+    def without_main(name: str) -> dict[str, Any]:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    with _START_LOCK:
+        spawn.get_preparation_data = without_main
+        try:
+            process.start()
+        finally:
+            spawn.get_preparation_data = original
 
 
 def _worker_main(conn: Connection, affinity: list[int] | None) -> None:
@@ -146,7 +190,7 @@ class Worker:
         self.process = ctx.Process(
             target=_worker_main, args=(child, affinity), name=f"llmorch-worker-{index}", daemon=True
         )
-        self.process.start()
+        _start_without_main(self.process)
         child.close()
 
     @property

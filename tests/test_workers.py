@@ -73,3 +73,24 @@ def test_shutdown_wakes_callers_waiting_for_a_worker() -> None:
 def test_bad_settings_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         WorkerPool(0)
+
+
+def test_functions_from_main_and_lambdas_run_without_reimporting_main(tmp_path) -> None:
+    """A flow script's own functions work in workers; the script is not re-run there."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    marker = tmp_path / "ran"
+    script.write_text(
+        "from pathlib import Path\n"
+        f"Path({str(marker)!r}).open('a').write('x')\n"  # top-level code: must run once only
+        "from prefect_llmorch.workers import WorkerPool\n"
+        "def square(x):\n    return x * x\n"
+        "with WorkerPool(2) as p:\n"
+        "    print(p.run('a', square, (7,)).value, p.run('b', lambda y: y + 1, (1,)).value)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["49", "2"]
+    assert marker.read_text() == "x"
