@@ -505,19 +505,17 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def _read_tag_limits(self) -> None:
         """Read (never write) which tags have a `tag:` concurrency limit, active or not."""
-        from prefect.client.orchestration import get_client
-
         started = time.monotonic()
         limited: set[str] = set()
         try:
-            with get_client(sync_client=True) as client:
-                offset, page_size = 0, 200
-                while True:
-                    page = client.read_global_concurrency_limits(limit=page_size, offset=offset)
-                    limited.update(lim.name[4:] for lim in page if lim.name.startswith("tag:"))
-                    if len(page) < page_size:
-                        break
-                    offset += page_size
+            client = self._api_client()
+            offset, page_size = 0, 200
+            while True:
+                page = self._quick(client.read_global_concurrency_limits, limit=page_size, offset=offset)
+                limited.update(lim.name[4:] for lim in page if lim.name.startswith("tag:"))
+                if len(page) < page_size:
+                    break
+                offset += page_size
         except Exception as exc:  # unknown: the engine asks the API itself, as usual
             logger.debug("reading tag concurrency limits: %s", exc)
             self._tag_limits = None
