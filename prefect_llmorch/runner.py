@@ -149,7 +149,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._expecting_more = True
         self._held: list[tuple[Any, int]] = []  # (lease id, slots) of the global limit
         self._lease_renewed: dict[Any, float] = {}
-        self._client: Any = None  # the API thread's own Prefect client
+        self._prefect_api: Any = None  # the API thread's own Prefect client
         self._holder_id: Any = None
         self._acquiring = 0
         self._slots = 0
@@ -655,12 +655,12 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     self._adjust_slots()
 
     def _api_client(self) -> Any:
-        if self._client is None:
+        if self._prefect_api is None:
             from prefect.client.orchestration import get_client
 
-            self._client = get_client(sync_client=True)
-            self._client.__enter__()
-        return self._client
+            self._prefect_api = get_client(sync_client=True)
+            self._prefect_api.__enter__()
+        return self._prefect_api
 
     def _api_release(self, lease_id: Any) -> None:
         self._lease_renewed.pop(lease_id, None)
@@ -718,8 +718,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 self._api_release(lease_id)
             except BaseException as exc:  # the lease expires on its own
                 logger.debug("releasing a slot: %s", exc)
-        if self._client is not None:
-            client, self._client = self._client, None
+        if self._prefect_api is not None:
+            client, self._prefect_api = self._prefect_api, None
             client.__exit__(None, None, None)
 
     @property
