@@ -26,9 +26,12 @@ from .orchestrate import (
     RunReport,
     build_report,
     current_llmorch_runner,
+    _simple,
     failure_message,
+    local_runner,
     publish_artifacts,
     resolve_toolbox,
+    run_flow,
 )
 from .plan.model import Call, Plan
 from .planner import ask_self, planner_task, resolve_client
@@ -222,18 +225,9 @@ def ask_query(
     valid plan came, `LLMError` when the endpoint failed.
     """
     P = processors or default_processors()
-    preload = [toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else []
-    runner = LLMOrchTaskRunner(processors=P, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
-    simple = isinstance(toolbox, str) and (endpoint is None or isinstance(endpoint, str))
-    if simple:
-        state = ask.with_options(task_runner=runner)(query, toolbox, P, policy, endpoint, attempts, recovery_rounds, return_state=True)
-    else:
-        @flow(name="llmorch-ask", task_runner=runner, validate_parameters=False)
-        def _inline() -> RunReport:
-            return _ask(query, toolbox, P, endpoint, attempts, policy, recovery_rounds)
-
-        state = _inline(return_state=True)
-    value = state.result(raise_on_failure=False)
-    if isinstance(value, BaseException):
-        raise value
-    return value
+    runner = local_runner(toolbox, P, policy, concurrency_limit)
+    parameters = {
+        "query": query, "toolbox": toolbox, "processors": P, "policy": policy,
+        "endpoint": endpoint, "attempts": attempts, "recovery_rounds": recovery_rounds,
+    }
+    return run_flow(ask, runner, parameters, simple=_simple(toolbox, endpoint))

@@ -321,16 +321,40 @@ def run_plan(
     """
     text = plan.to_text() if isinstance(plan, Plan) else plan
     P = processors or default_processors()
-    preload = [toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else []
-    runner = task_runner if task_runner is not None else LLMOrchTaskRunner(processors=P, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
+    runner = task_runner if task_runner is not None else local_runner(toolbox, P, policy, concurrency_limit)
     parameters: dict[str, Any] = {
         "plan": text, "toolbox": toolbox, "processors": P, "policy": policy,
         "endpoint": endpoint, "recovery_rounds": recovery_rounds,
     }
-    simple = isinstance(toolbox, str) and (endpoint is None or isinstance(endpoint, str))
-    state = orchestrate.with_options(task_runner=runner, validate_parameters=simple)(
-        **parameters, return_state=True
-    )
+    return run_flow(orchestrate, runner, parameters, simple=_simple(toolbox, endpoint))
+
+
+def local_runner(toolbox: Toolbox | str, processors: int, policy: str, concurrency_limit: str | None) -> LLMOrchTaskRunner:
+    """The runner `run_plan` and `ask_query` use; a toolbox path is imported in the workers
+    before the plan arrives."""
+    preload = [toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else []
+    return LLMOrchTaskRunner(processors=processors, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
+
+
+def _simple(toolbox: Any, endpoint: Any) -> bool:
+    """Whether every parameter is plain data (a path, a block name) that Prefect may store."""
+    return isinstance(toolbox, str) and (endpoint is None or isinstance(endpoint, str))
+
+
+def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: bool) -> Any:
+    """Run `flow_obj` on `runner`; return its value or raise its exception.
+
+    Objects (a `Toolbox`, an `LLMClient`) are never sent to the API as flow-run parameters:
+    then the flow's function runs inside an unparameterised flow of the same name.
+    """
+    if simple:
+        state = flow_obj.with_options(task_runner=runner)(**parameters, return_state=True)
+    else:
+        @flow(name=flow_obj.name, task_runner=runner, validate_parameters=False, log_prints=False)
+        def _inline() -> Any:
+            return flow_obj.fn(**parameters)
+
+        state = _inline(return_state=True)
     value = state.result(raise_on_failure=False)
     if isinstance(value, BaseException):
         raise value
