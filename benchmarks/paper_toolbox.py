@@ -22,20 +22,11 @@ from __future__ import annotations
 import hashlib
 import time
 
+from bench_toolbox import burn_cpu  # the same CPU burner as the KITTI benchmark (same folder)
 from prefect_llmorch import Toolbox, compute, inout
 
 #: Words in a search result (an observation the ReAct-style baseline appends to its prompt).
 SNIPPET_WORDS = 40
-
-
-def burn_cpu(seconds: float) -> float:
-    """Burn `seconds` of this thread's CPU time; return the CPU seconds used."""
-    start = time.thread_time()
-    x = 0
-    while time.thread_time() - start < seconds:
-        for i in range(200):
-            x += i * i
-    return time.thread_time() - start
 
 
 def _words(seed: str, n: int) -> str:
