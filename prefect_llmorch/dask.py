@@ -317,10 +317,9 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
         worker_timeout: float = 60.0,
         no_worker_timeout: float | None = 60.0,
     ) -> None:
-        from .policy import POLICIES
+        from .policy import check_policy
 
-        if policy not in POLICIES:
-            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        check_policy(policy)  # before any cluster setting is looked at
         if worker_timeout <= 0:
             raise ValueError(f"worker_timeout must be positive, got {worker_timeout}")
         if no_worker_timeout is not None and no_worker_timeout <= 0:

@@ -34,13 +34,14 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .graph import FRG
 
-__all__ = ["POLICIES", "DEFAULT_POLICY", "Coordinator", "priority", "select"]
+__all__ = ["POLICIES", "DEFAULT_POLICY", "Coordinator", "check_policy", "priority", "select"]
 
 POLICIES: tuple[str, ...] = ("critical-path", "paper")
 DEFAULT_POLICY = "critical-path"
 
 
-def _check_policy(policy: str) -> None:
+def check_policy(policy: str) -> None:
+    """Raise ValueError naming the valid policies unless `policy` is one of them."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; valid: {', '.join(POLICIES)}")
 
@@ -56,7 +57,7 @@ def priority(policy: str, frg: FRG) -> Callable[[str, int], tuple[Any, ...]]:
     >>> sorted(["a", "b"], key=lambda c: key(c, 0))
     ['b', 'a']
     """
-    _check_policy(policy)
+    check_policy(policy)
     index = frg.index
     if policy == "paper":
         rank = frg.rank
@@ -131,7 +132,7 @@ class Coordinator:
     ) -> None:
         if not isinstance(processors, int) or processors < 1:
             raise ValueError(f"processors must be an integer >= 1, got {processors!r}")
-        _check_policy(policy)
+        check_policy(policy)
         self.frg = frg
         self.processors = processors
         self.policy = policy

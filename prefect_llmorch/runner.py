@@ -45,7 +45,7 @@ import psutil
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import TaskRunner
 
-from .policy import select
+from .policy import check_policy, select
 from .workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -174,10 +174,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     @policy.setter
     def policy(self, value: str) -> None:
-        from .policy import POLICIES
-
-        if value not in POLICIES:
-            raise ValueError(f"unknown policy {value!r}; choose one of {', '.join(POLICIES)}")
+        check_policy(value)
         self._policy = value
 
     def _settings(self) -> tuple[Any, ...]:

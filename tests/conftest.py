@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from prefect_llmorch.policy import POLICIES
+
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -29,3 +31,9 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(params=POLICIES)
+def policy(request) -> str:
+    """Each coordination policy in turn."""
+    return request.param

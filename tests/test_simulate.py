@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from graphs import kitti
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.policy import POLICIES
 from prefect_llmorch.simulate import (
@@ -39,19 +40,6 @@ STG_STATS = {
     "sparse.stg": (96, 67, 1936, 122),
     "fpppp.stg": (334, 1145, 7129, 1062),
 }
-
-
-@pytest.fixture(params=POLICIES)
-def policy(request) -> str:
-    return request.param
-
-
-def kitti() -> FRG:
-    ids = [f"s{i}" for i in range(1, 12)]
-    deps = {"s9": ["s1", "s2", "s3", "s4"], "s10": ["s5", "s6", "s7", "s8"], "s11": ["s9", "s10"]}
-    kinds = {c: "compute" for c in ids[:8]} | {"s9": "inout", "s10": "inout", "s11": "inout"}
-    costs = {c: 1.0 for c in ids[:8]} | {"s9": 0.5, "s10": 0.5, "s11": 0.5}
-    return FRG.from_edges(ids, deps, kinds, costs)
 
 
 # ---------------------------------------------------------------- exact schedules
