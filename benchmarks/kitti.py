@@ -34,19 +34,7 @@ Options: --repeat N (1) runs every configuration N times (in the same process an
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for p in (str(ROOT), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-# Subprocesses (our workers, Prefect's process pool) import bench_toolbox by name.
-os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+import _setup  # noqa: F401  (paths and Prefect settings, before Prefect is imported)
 
 import argparse  # noqa: E402
 import time  # noqa: E402

@@ -22,19 +22,7 @@ Options: --calls N (200), --process-calls N (20), --repeat N (1).
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for p in (str(ROOT), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+import _setup  # noqa: F401  (paths and Prefect settings, before Prefect is imported)
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
