@@ -46,7 +46,7 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from .compiler import Compiler, Recorder
+from .compiler import Compiler, Recorder, final_state
 from .functions import Toolbox
 from .graph import FRG
 from .llm import Completion, LLMClient
@@ -280,9 +280,10 @@ def _calls_of(recorder: Recorder) -> list[dict[str, Any]]:
 
 def _failed(system: str, futures: dict[str, PrefectFuture[Any]]) -> None:
     for cid, fut in futures.items():
-        if not fut.state.is_completed():
+        state = final_state(fut)
+        if not state.is_completed():
             fut.result()  # raises the call's exception
-            raise RuntimeError(f"{system}: call {cid} ended {fut.state.name}")
+            raise RuntimeError(f"{system}: call {cid} ended {state.name}")
 
 
 _ACTION = re.compile(r"^(Final Action|Action):[ \t]*", re.MULTILINE)

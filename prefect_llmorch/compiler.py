@@ -79,6 +79,18 @@ class Recorder:
         return round(t - self.t0, 6)
 
 
+def final_state(future: PrefectFuture[Any]) -> Any:
+    """The state a finished future ended in, as this process saw it.
+
+    `PrefectFuture.state` reads the API unless the future already holds its final state, and
+    `prefect.futures.wait(..., timeout=...)` does not set it; the API learns task states from events, so it can
+    still say Running for a call that has finished here. `wait(0)` hands the future its own
+    final state (a no-op for one that is not done).
+    """
+    future.wait(timeout=0)
+    return future.state
+
+
 def task_name(call: Call, attempt: int = 0) -> str:
     """`s3 · python`, or `s3 · python (repair 1)` for a call repaired by recovery."""
     base = f"{call.id} · {call.function}"

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, wait
 
-from .compiler import Compiler, Recorder
+from .compiler import Compiler, Recorder, final_state
 from .credentials import CredentialStore
 from .progress import RunProgress
 from .functions import SELF, Toolbox, load_toolbox
@@ -116,8 +116,9 @@ def build_report(frg: FRG, recorder: Recorder, processors: int, futures: Mapping
         rec = recorder.records[cid]
         fut = futures.get(cid)
         state = rec.state
-        if fut is not None and fut.state.is_final() and not fut.state.is_completed() and state != "Failed":
-            state = fut.state.name or fut.state.type.value.title()  # e.g. NotReady: upstream failed
+        ended = final_state(fut) if fut is not None else None
+        if ended is not None and ended.is_final() and not ended.is_completed() and state != "Failed":
+            state = ended.name or ended.type.value.title()  # e.g. NotReady: upstream failed
             rec.state = state
         calls.append(rec.to_dict())
     ended = [c for c in calls if c["start"] is not None and c["end"] is not None]

@@ -39,6 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from .compiler import final_state
 from .functions import Toolbox
 from .graph import FRG
 from .llm import LLMClient, LLMError
@@ -51,7 +52,7 @@ from .runner import CALL_ATTR
 if TYPE_CHECKING:
     from prefect.futures import PrefectFuture
 
-    from .compiler import Compiler
+    from .compiler import Compiler  # noqa: F401 - annotations only
     from .orchestrate import RunReport
     from .runner import LLMOrchTaskRunner
 
@@ -416,7 +417,7 @@ class RecoveryController:
             failures[f.call_id] = f
         # A call that failed without its hook (the engine itself failed) still counts.
         for cid, fut in futures.items():
-            st = fut.state
+            st = final_state(fut)
             if st.is_failed() and cid not in failures:
                 rec = self.recorder.records.get(cid)
                 call = self._calls[cid]
@@ -502,7 +503,7 @@ class RecoveryController:
         calls = tuple(repaired.get(c.id, c) for c in self.plan.calls)
         plan = Plan(calls, self.plan.dialect)
         frg = FRG.build(plan, self.toolbox)
-        not_done = [cid for cid, fut in futures.items() if not fut.state.is_completed()]
+        not_done = [cid for cid, fut in futures.items() if not final_state(fut).is_completed()]
         rerun = rerun_set(frg.succs, list(rnd.recovery_points) + not_done)
         rnd.rerun = frg.ordered(rerun)
         rnd.reused = [cid for cid in frg.ids if cid not in rerun]

@@ -52,3 +52,22 @@ def test_without_recovery_the_failure_is_reported_with_results_kept() -> None:
     report = info.value.report
     assert "s2 · add failed: ArgumentsInvalid" in str(info.value)
     assert report.results == {"s1": "x", "s3": "kept"}
+
+
+def test_final_state_is_the_local_one_not_the_api_s_lagging_copy() -> None:
+    """`prefect.futures.wait` leaves `future.state` reading the API, which learns task states
+    from events and may still say Running (here: knows nothing) for a finished call."""
+    import concurrent.futures
+    import uuid
+
+    from prefect.futures import PrefectConcurrentFuture, wait
+    from prefect.states import Completed
+
+    from prefect_llmorch.compiler import final_state
+
+    inner: concurrent.futures.Future = concurrent.futures.Future()
+    inner.set_result(Completed(data=1))
+    fut = PrefectConcurrentFuture(task_run_id=uuid.uuid4(), wrapped_future=inner)
+    assert not wait([fut], timeout=5).not_done  # with a timeout, wait() leaves _final_state unset
+    assert not fut.state.is_completed()  # the API has never heard of this task run
+    assert final_state(fut).is_completed()
