@@ -182,10 +182,20 @@ def _artifacts(client: Any, run_id: uuid.UUID) -> dict[str, Any]:
     return {a.key: a for a in arts if a.key}
 
 
-def _task_runs(client: Any, run_id: uuid.UUID) -> list[Any]:
+def _task_runs(client: Any, run_id: uuid.UUID, expect: int) -> list[Any]:
+    """The flow run's task runs once the server has recorded `expect` of them in final states.
+
+    The server learns task states from events, which it records asynchronously: a finished
+    flow run's task runs can read as Running for a moment."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    deadline = time.monotonic() + 30
+    while True:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        settled = len(runs) >= expect and all(r.state is not None and r.state.is_final() for r in runs)
+        if settled or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
 
 
 def _result(artifact: Any) -> Any:
@@ -200,7 +210,7 @@ def test_api_triggered_run(stack: dict[str, Any]) -> None:
         run = client.read_flow_run(stack["api_run"])
         assert run.state is not None and run.state.is_completed(), (run.state, stack["procs"].log("worker")[-3000:])
         assert run.auto_scheduled is False
-        tasks = {t.name: t for t in _task_runs(client, run.id)}
+        tasks = {t.name: t for t in _task_runs(client, run.id, 7)}
         assert set(tasks) == {"s1 · fetch_public_key", "s2 · fetch_public_key", "s3 · seal", "s4 · seal", "s5 · upload", "s6 · upload", "s7 · audit_digest"}
         assert set(tasks["s3 · seal"].tags) == {"compute", "rank:2"}
         assert set(tasks["s5 · upload"].tags) == {"inout", "rank:3"}
@@ -233,7 +243,7 @@ def test_scheduled_run(stack: dict[str, Any]) -> None:
         assert run.auto_scheduled is True
         assert run.state is not None and run.state.is_completed(), (run.state, stack["procs"].log("worker")[-3000:])
         assert run.parameters["parameters"]["plan_file"] == "flows/examples/kitti.plan"
-        tasks = {t.name: t for t in _task_runs(client, run.id)}
+        tasks = {t.name: t for t in _task_runs(client, run.id, 11)}
         assert len(tasks) == 11
         assert set(tasks["s1 · detect"].tags) == {"compute", "rank:1"}
         assert set(tasks["s9 · average"].tags) == {"inout", "rank:2"}
@@ -256,7 +266,7 @@ def test_secret_is_not_stored_on_the_server(stack: dict[str, Any]) -> None:
         run = client.read_flow_run(stack["api_run"])
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
         arts = _artifacts(client, run.id)
-        tasks = _task_runs(client, run.id)
+        tasks = _task_runs(client, run.id, 7)
         deployment = client.read_deployment(run.deployment_id)
         stored = {
             "flow run": run.model_dump_json(),
@@ -326,7 +336,6 @@ def test_ui_shows_the_task_graph(stack: dict[str, Any]) -> None:
 
 def test_llmorch_serve(stack: dict[str, Any]) -> None:
     """`llmorch serve` serves both flows from one process; a run triggered through the API completes."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     env = {**stack["env"], "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     llmorch = str(BIN / "llmorch") if (BIN / "llmorch").exists() else "llmorch"
@@ -348,7 +357,7 @@ def test_llmorch_serve(stack: dict[str, Any]) -> None:
             assert time.monotonic() < deadline, f"{state}\n{stack['procs'].log('serve')[-3000:]}"
             time.sleep(1)
         assert state.is_completed(), stack["procs"].log("serve")[-3000:]
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        tasks = _task_runs(client, run.id, 3)
         assert sorted(t.name for t in tasks) == ["s1 · burn", "s2 · burn", "s3 · average"]
         result = _result(_artifacts(client, run.id)["llmorch-result"])
         assert 0.15 < result < 0.5
