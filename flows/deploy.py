@@ -87,6 +87,9 @@ class RunParameters(BaseModel):
         description="Name of an LLMEndpoint block, for `self` calls and recovery (default: OPENAI_* environment)",
     )
     recovery_rounds: int = Field(default=0, ge=0, le=10, description="Trace-back recovery rounds (0: off)")
+    cancel_running: bool = Field(
+        default=False, description="On a failure, cancel running calls that recovery will re-run anyway (instead of waiting)"
+    )
 
     @field_validator("toolbox")
     @classmethod
@@ -123,6 +126,9 @@ class AskParameters(BaseModel):
     )
     attempts: int = Field(default=3, ge=1, le=10, description="Planner answers per round (first plan + repairs)")
     recovery_rounds: int = Field(default=3, ge=0, le=10, description="Trace-back recovery rounds (0: off)")
+    cancel_running: bool = Field(
+        default=False, description="On a failure, cancel running calls that recovery will re-run anyway (instead of waiting)"
+    )
 
     @field_validator("toolbox")
     @classmethod
@@ -171,6 +177,7 @@ def llmorch_run(parameters: RunParameters = RunParameters()) -> dict[str, Any]:
     report = orchestrate.fn(
         plan=text, toolbox=parameters.toolbox, processors=P, policy=parameters.policy,
         endpoint=parameters.endpoint, recovery_rounds=parameters.recovery_rounds,
+        cancel_running=parameters.cancel_running,
     )
     return publish_result(report)
 
@@ -181,7 +188,7 @@ def llmorch_ask(parameters: AskParameters) -> dict[str, Any]:
     P = fit_runner(parameters.processors, parameters.toolbox)
     report = _ask(
         parameters.query, parameters.toolbox, P, parameters.endpoint, parameters.attempts,
-        parameters.policy, parameters.recovery_rounds,
+        parameters.policy, parameters.recovery_rounds, parameters.cancel_running,
     )
     return publish_result(report)
 

@@ -79,6 +79,7 @@ def ask(
     endpoint: str | None = None,
     attempts: int = 3,
     recovery_rounds: int = 3,
+    cancel_running: bool = False,
 ) -> RunReport:
     """Plan `query` with the LLM, run the plan on P processors, return the report.
 
@@ -91,13 +92,15 @@ def ask(
             OPENAI_API_KEY and LLMORCH_MODEL from the environment.
         attempts: planner answers per round (first plan plus repairs).
         recovery_rounds: trace-back recovery rounds when calls fail at run time (0: off).
+        cancel_running: when a call fails, cancel running calls that recovery will re-run
+            anyway, instead of letting them end first.
     """
-    return _ask(query, toolbox, processors, endpoint, attempts, policy, recovery_rounds)
+    return _ask(query, toolbox, processors, endpoint, attempts, policy, recovery_rounds, cancel_running)
 
 
 def _ask(
     query: str, toolbox: str | Toolbox, processors: int | None, endpoint: Any, attempts: int,
-    policy: str = "critical-path", recovery_rounds: int = 3,
+    policy: str = "critical-path", recovery_rounds: int = 3, cancel_running: bool = False,
 ) -> RunReport:
     logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
@@ -172,7 +175,10 @@ def _ask(
         if recovery_rounds > 0:
             compiler.on_failure.remove(early_hook)  # later task runs get the controller's own hook
             with guard:
-                controller.append(RecoveryController(RecoveryConfig(client, max_rounds=recovery_rounds), plan, tb, compiler, runner))
+                controller.append(RecoveryController(
+                    RecoveryConfig(client, max_rounds=recovery_rounds, running="cancel" if cancel_running else "wait"),
+                    plan, tb, compiler, runner,
+                ))
                 replay, early_failures[:] = list(early_failures), []
             for args in replay:
                 if id(getattr(args[0], "llmorch_call", None)) not in compiler.stale:
@@ -217,6 +223,7 @@ def ask_query(
     attempts: int = 3,
     concurrency_limit: str | None = "llmorch-processors",
     recovery_rounds: int = 3,
+    cancel_running: bool = False,
 ) -> RunReport:
     """Run the `llmorch-ask` flow with a task runner for `processors` and `policy`.
 
@@ -229,5 +236,6 @@ def ask_query(
     parameters = {
         "query": query, "toolbox": toolbox, "processors": P, "policy": policy,
         "endpoint": endpoint, "attempts": attempts, "recovery_rounds": recovery_rounds,
+        "cancel_running": cancel_running,
     }
     return run_flow(ask, runner, parameters, simple=_simple(toolbox, endpoint))

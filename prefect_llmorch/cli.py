@@ -161,6 +161,7 @@ def run(
     no_limit: bool = typer.Option(False, "--no-global-limit", help="do not use the llmorch-processors concurrency limit"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="LLMEndpoint block for `self` calls and recovery (default: environment)"),
     recover: int = typer.Option(0, "--recover", help="trace-back recovery rounds with the LLM when calls fail (0: off)"),
+    cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
 ) -> None:
     """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
     _prepare_env()
@@ -172,7 +173,7 @@ def run(
         report = run_plan(
             parsed if parsed is not None else text, toolbox, processors=processors or None, policy=policy,
             concurrency_limit=None if no_limit else "llmorch-processors",
-            endpoint=endpoint, recovery_rounds=recover,
+            endpoint=endpoint, recovery_rounds=recover, cancel_running=cancel_running,
         )
     except PlanRunFailed as exc:
         _print_report(exc.report, as_json)
@@ -228,14 +229,20 @@ def _endpoint(endpoint: Optional[str]) -> Any:
         raise typer.Exit(2) from None
 
 
-def _ask_and_print(question: str, toolbox: str, processors: int, policy: str, client: Any, as_json: bool, attempts: int) -> None:
+def _ask_and_print(
+    question: str, toolbox: str, processors: int, policy: str, client: Any, as_json: bool, attempts: int,
+    cancel_running: bool = False,
+) -> None:
     from .ask import ask_query
     from .llm import LLMError
     from .orchestrate import PlanRunFailed
     from .planner import PlanningFailed
 
     try:
-        report = ask_query(question, toolbox, processors=processors or None, policy=policy, endpoint=client, attempts=attempts)
+        report = ask_query(
+            question, toolbox, processors=processors or None, policy=policy, endpoint=client, attempts=attempts,
+            cancel_running=cancel_running,
+        )
     except PlanRunFailed as exc:
         _print_report(exc.report, as_json)
         raise typer.Exit(1) from None
@@ -262,10 +269,11 @@ def ask(
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="name of a saved LLMEndpoint block (default: OPENAI_BASE_URL, OPENAI_API_KEY, LLMORCH_MODEL)"),
     attempts: int = typer.Option(3, "--attempts", help="planner answers per round (first plan + repairs)"),
     as_json: bool = typer.Option(False, "--json"),
+    cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
 ) -> None:
     """Plan the question with the LLM, run the plan in parallel on Prefect, print the answer."""
     _prepare_env()
-    _ask_and_print(question, toolbox, processors, policy, _endpoint(endpoint), as_json, attempts)
+    _ask_and_print(question, toolbox, processors, policy, _endpoint(endpoint), as_json, attempts, cancel_running)
 
 
 @app.command("plan")

@@ -10,6 +10,7 @@ worker process of the `LLMOrchTaskRunner`, inout calls in the task's thread.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 import threading
 import time
@@ -25,7 +26,7 @@ from .graph import FRG
 from .plan.evaluate import resolve
 from .plan.model import Call, Plan
 from .runner import CALL_ATTR, current_runner
-from .workers import CallTimeout
+from .workers import CallCancelled, CallTimeout, Cancel
 
 
 @dataclass
@@ -97,33 +98,44 @@ def task_name(call: Call, attempt: int = 0) -> str:
     return f"{base} (repair {attempt})" if attempt else base
 
 
-def _run_with_timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, label: str) -> Any:
-    """Run an inout function in this thread, or in a helper thread when it has a timeout.
+def _run_with_timeout(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    label: str,
+    cancel: Cancel | None = None,
+) -> Any:
+    """Run an inout function in this thread, or in a helper thread when it has a timeout
+    or can be cancelled.
 
-    A thread cannot be killed: past the timeout the call fails and its thread is left to
-    finish on its own (documented limitation for inout functions).
+    A thread cannot be killed: past the timeout, or once cancelled, the call ends and its
+    thread is left to finish on its own (documented limitation for inout functions).
     """
-    if timeout is None:
+    if timeout is None and cancel is None:
         return fn(*args, **kwargs)
-    box: dict[str, Any] = {}
+    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def target() -> None:
         try:
-            box["value"] = fn(*args, **kwargs)
+            done.set_result(fn(*args, **kwargs))
         except BaseException as exc:
-            box["error"] = exc
+            done.set_exception(exc)
 
     # The helper thread runs in a copy of this context: the task run's context, settings
     # and client stay available to the function (e.g. get_run_logger()).
     ctx = contextvars.copy_context()
     t = threading.Thread(target=ctx.run, args=(target,), daemon=True, name=f"llmorch-{label}")
     t.start()
-    t.join(timeout)
-    if t.is_alive():
+    if cancel is None:
+        concurrent.futures.wait([done], timeout)
+    else:
+        cancel.wait(done, timeout)
+    if not done.done():
+        if cancel is not None and cancel.is_set():
+            raise CallCancelled(f"{label} was cancelled ({cancel.reason}); its thread is left to finish", call=label)
         raise CallTimeout(f"{label} ran past its timeout of {timeout:g} s", call=label)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return done.result()
 
 
 @dataclass
@@ -141,6 +153,8 @@ class Compiler:
         gates: called with each call just before its function would run; a gate that
             returns a Prefect `State` ends the task run in that state instead (trace-back
             recovery cancels calls it is going to re-run anyway).
+        interruptible: inout calls run in a helper thread so that `cancel` can end them at
+            once (compute calls can always be cancelled: their worker process is killed).
     """
 
     frg: FRG
@@ -153,6 +167,16 @@ class Compiler:
     #: `id()`s of Call objects dropped from the plan (calls started from a draft plan that the
     #: planner then repaired): not started if not started yet, results and records ignored.
     stale: set[int] = field(default_factory=set)
+    interruptible: bool = False
+    _cancels: dict[tuple[str, int], Cancel] = field(default_factory=dict, repr=False)
+
+    def cancel(self, call_id: str, attempt: int, reason: str) -> None:
+        """End attempt `attempt` of a call now: not started, it will not start; running,
+        its worker process is killed (compute) or its thread abandoned (inout, when
+        `interruptible`). Its task run ends Cancelled with `reason`. No-op once it ended."""
+        token = self._cancels.get((call_id, attempt))
+        if token is not None:
+            token.set(reason)
 
     def task_for(self, call: Call, attempt: int = 0) -> Task[..., Any]:
         spec = self.toolbox[call.function]
@@ -160,16 +184,21 @@ class Compiler:
         rank = self.frg.rank[call.id]
         recorder = self.recorder
 
-        def body(call_text: str, inputs: dict[str, Any]) -> Any:
-            if id(call) in self.stale:
-                from prefect.states import Cancelled
+        token = self._cancels[(call.id, attempt)] = Cancel()
 
+        def body(call_text: str, inputs: dict[str, Any]) -> Any:
+            from prefect.states import Cancelled
+
+            if id(call) in self.stale:
                 return Cancelled(message="not started: the planner replaced this call of a draft plan")
             for gate in self.gates:
                 verdict = gate(call)
                 if verdict is not None:
                     return verdict
-            return self._execute(call, spec, inputs)
+            try:
+                return self._execute(call, spec, inputs, token)
+            except CallCancelled as exc:
+                return Cancelled(message=str(exc))
 
         body.__name__ = f"llmorch_{spec.name}"
         body.__qualname__ = body.__name__
@@ -190,7 +219,7 @@ class Compiler:
         recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
         return task
 
-    def _execute(self, call: Call, spec: FunctionSpec, inputs: Mapping[str, Any]) -> Any:
+    def _execute(self, call: Call, spec: FunctionSpec, inputs: Mapping[str, Any], cancel: Cancel) -> Any:
         recorder = _RecordsOf(self, call)
         label = task_name(call)
         recorder.update(call.id, state="Running")
@@ -212,7 +241,7 @@ class Compiler:
             runner = current_runner()
             if spec.kind == "compute" and runner is not None and runner.pool is not None:
                 try:
-                    outcome = runner.pool.run(label, fn, call_args, call_kwargs, timeout=spec.timeout)  # type: ignore[arg-type]
+                    outcome = runner.pool.run(label, fn, call_args, call_kwargs, timeout=spec.timeout, cancel=cancel)  # type: ignore[arg-type]
                 except BaseException as exc:
                     timing = getattr(exc, "llmorch_timing", None)
                     if timing:
@@ -227,7 +256,9 @@ class Compiler:
                 pid = os.getpid()
                 start = time.time()
                 try:
-                    value = _run_with_timeout(fn, call_args, call_kwargs, spec.timeout, label)  # type: ignore[arg-type]
+                    value = _run_with_timeout(
+                        fn, call_args, call_kwargs, spec.timeout, label, cancel if self.interruptible else None  # type: ignore[arg-type]
+                    )
                 finally:
                     end = time.time()
         except BaseException as exc:
@@ -235,7 +266,7 @@ class Compiler:
             scrubbed = self._scrub(error)
             recorder.update(
                 call.id,
-                state="Failed",
+                state="Cancelled" if isinstance(exc, CallCancelled) else "Failed",
                 error=scrubbed,
                 start=recorder.rel(start) if start else None,
                 end=recorder.rel(end) if end else None,

@@ -77,7 +77,7 @@ from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
 
 from .runner import CALL_ATTR, LLMOrchTaskRunner
-from .workers import CallTimeout, Outcome, WorkerDied, WorkerError
+from .workers import CallCancelled, CallTimeout, Cancel, Outcome, WorkerDied, WorkerError
 
 __all__ = ["LLMOrchDaskTaskRunner", "DaskProcessorPool", "PROCESSOR", "cluster_processors"]
 
@@ -154,12 +154,17 @@ class DaskProcessorPool:
         kwargs: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        cancel: Cancel | None = None,
     ) -> Outcome:
         """Run `fn(*args, **kwargs)` on a Dask worker with one free `processor`.
+
+        `cancel.set()` cancels its Dask task: the call ends at once with `CallCancelled`
+        (a thread already running on a worker runs on until `fn` returns, as with timeouts).
 
         Raises:
             CallTimeout: past `timeout`. The Dask task is cancelled, but a running thread
                 cannot be stopped: the worker's processor stays busy until `fn` returns.
+            CallCancelled: `cancel` was set.
             WorkerDied: the call's workers died too often (`KilledWorker`), or no worker
                 offering a `processor` was left for `no_worker_timeout` seconds.
             Exception: whatever `fn` raised (Dask keeps the worker's traceback).
@@ -168,9 +173,13 @@ class DaskProcessorPool:
             raise RuntimeError("DaskProcessorPool is shut down")
         from distributed.scheduler import KilledWorker
 
+        if cancel is not None and cancel.is_set():
+            raise CallCancelled(f"{call} was cancelled before it started ({cancel.reason})", call=call)
         fut = self.client.submit(
             _call_on_worker, fn, args, kwargs or {}, key=_key(call), pure=False, resources={PROCESSOR: 1}
         )
+        if cancel is not None:
+            cancel.on_set(fut.cancel)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -181,6 +190,8 @@ class DaskProcessorPool:
                     value, start, end, pid, address = fut.result(timeout=wait)
                     break
                 except TimeoutError:
+                    if cancel is not None and cancel.is_set():
+                        raise CallCancelled(f"{call} was cancelled ({cancel.reason}); its Dask task was cancelled", call=call) from None
                     if deadline is not None and time.monotonic() >= deadline:
                         raise CallTimeout(
                             f"{call} ran past its timeout of {timeout:g} s on Dask (the worker thread runs on "
@@ -195,6 +206,8 @@ class DaskProcessorPool:
                 call=call,
             ) from exc
         except distributed.client.FutureCancelledError as exc:
+            if cancel is not None and cancel.is_set():
+                raise CallCancelled(f"{call} was cancelled ({cancel.reason}); its Dask task was cancelled", call=call) from None
             raise WorkerError(f"{call}: its Dask task was cancelled ({exc})", call=call) from exc
         except BaseException as exc:
             address = getattr(exc, "llmorch_worker_address", None)

@@ -239,6 +239,7 @@ def orchestrate(
     policy: str = "critical-path",
     endpoint: str | None = None,
     recovery_rounds: int = 0,
+    cancel_running: bool = False,
 ) -> RunReport:
     """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
 
@@ -252,6 +253,8 @@ def orchestrate(
         endpoint: a saved `LLMEndpoint` block's name for `self` calls and recovery; None
             reads OPENAI_BASE_URL / OPENAI_API_KEY / LLMORCH_MODEL when an LLM is needed.
         recovery_rounds: trace-back recovery rounds for calls failing at run time (0: off).
+        cancel_running: when a call fails, cancel running calls that recovery will re-run
+            anyway, instead of letting them end first.
     """
     logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
@@ -260,7 +263,7 @@ def orchestrate(
     runner = current_llmorch_runner()
     if runner is not None:
         runner.policy = policy  # a deployment's runner is built at import: take the run's policy
-    llm, self_fn, recovery = _llm_for(parsed, endpoint, recovery_rounds)
+    llm, self_fn, recovery = _llm_for(parsed, endpoint, recovery_rounds, cancel_running)
     if runner is not None and runner.processors != P:
         logger.warning("task runner has %s processors, flow asked for %s: using the runner's", runner.processors, P)
         P = runner.processors
@@ -274,7 +277,7 @@ def orchestrate(
     return report
 
 
-def _llm_for(plan: Plan, endpoint: str | None, recovery_rounds: int) -> tuple[Any, Any, RecoveryConfig | None]:
+def _llm_for(plan: Plan, endpoint: str | None, recovery_rounds: int, cancel_running: bool = False) -> tuple[Any, Any, RecoveryConfig | None]:
     """The LLM a `run` needs, if any: for `self` calls and for trace-back recovery.
 
     Raises before anything runs when one is needed and none is configured.
@@ -290,7 +293,8 @@ def _llm_for(plan: Plan, endpoint: str | None, recovery_rounds: int) -> tuple[An
     except Exception as exc:
         why = "the plan calls `self`" if uses_self else "recovery is on"
         raise RuntimeError(f"{why}, so an LLM endpoint is needed: {exc}") from None
-    recovery = RecoveryConfig(client, max_rounds=recovery_rounds) if recovery_rounds > 0 else None
+    running = "cancel" if cancel_running else "wait"
+    recovery = RecoveryConfig(client, max_rounds=recovery_rounds, running=running) if recovery_rounds > 0 else None
     return client, make_self_fn(client, TokenCounter()), recovery
 
 
@@ -304,6 +308,7 @@ def run_plan(
     task_runner: Any = None,
     endpoint: Any = None,
     recovery_rounds: int = 0,
+    cancel_running: bool = False,
 ) -> RunReport:
     """Run a plan as an `llmorch-run` flow; returns the report, raises `PlanRunFailed`.
 
@@ -319,13 +324,15 @@ def run_plan(
         endpoint: the LLM for `self` calls and recovery: a saved `LLMEndpoint` block's
             name, an `LLMEndpoint`, an `LLMClient`, or None (the environment, when needed).
         recovery_rounds: trace-back recovery rounds for calls failing at run time (0: off).
+        cancel_running: when a call fails, cancel running calls that recovery will re-run
+            anyway (killing their worker processes) instead of letting them end first.
     """
     text = plan.to_text() if isinstance(plan, Plan) else plan
     P = processors or default_processors()
     runner = task_runner if task_runner is not None else local_runner(toolbox, P, policy, concurrency_limit)
     parameters: dict[str, Any] = {
         "plan": text, "toolbox": toolbox, "processors": P, "policy": policy,
-        "endpoint": endpoint, "recovery_rounds": recovery_rounds,
+        "endpoint": endpoint, "recovery_rounds": recovery_rounds, "cancel_running": cancel_running,
     }
     return run_flow(orchestrate, runner, parameters, simple=_simple(toolbox, endpoint))
 

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RecoveryConfig", "RecoveryController", "RecoveryRound", "Repair", "Failure",
-    "recovery_points", "rerun_set", "parse_repair", "RepairRejected", "ARTIFACT_KEY",
+    "recovery_points", "rerun_set", "parse_repair", "RepairRejected", "ARTIFACT_KEY", "RUNNING",
 ]
 
 #: Key of the markdown artifact that reports every recovery round.
@@ -201,6 +201,11 @@ class RecoveryConfig:
         round_timeout: seconds to wait for the calls of one round to end (never hang).
         temperature: sampling temperature of repair requests (None: the client's default).
         max_value_chars: longest text of one argument value shown to the LLM.
+        running: what happens, when a call fails, to running calls that recovery will re-run
+            anyway (the recovery points' descendants): `"wait"` lets them end (their results
+            are then dropped), `"cancel"` ends them at once (Cancelled; a compute call's
+            worker process is killed and replaced, an inout call's thread is abandoned).
+            Running calls whose results recovery keeps always run to their end.
     """
 
     llm: LLMClient
@@ -208,10 +213,17 @@ class RecoveryConfig:
     round_timeout: float = 600.0
     temperature: float | None = None
     max_value_chars: int = 300
+    running: str = "wait"
 
     def __post_init__(self) -> None:
         if self.max_rounds < 0:
             raise ValueError(f"max_rounds must be >= 0, got {self.max_rounds}")
+        if self.running not in RUNNING:
+            raise ValueError(f"running must be one of {', '.join(map(repr, RUNNING))}, got {self.running!r}")
+
+
+#: What recovery does with running calls it will re-run: let them end, or cancel them.
+RUNNING = ("wait", "cancel")
 
 
 @dataclass
@@ -317,6 +329,7 @@ class RecoveryController:
         self._doomed: frozenset[str] = frozenset()
         compiler.on_failure.append(self._on_failure)
         compiler.gates.append(self._gate)
+        compiler.interruptible = config.running == "cancel"
 
     # -- hooks (task threads) ---------------------------------------------------------
     def _on_failure(self, task: Any, task_run: Any, state: Any) -> None:
@@ -351,6 +364,11 @@ class RecoveryController:
             if len(self.rounds) < self.config.max_rounds:
                 points = recovery_points(self.frg.deps, self.frg.rank, self._failed_now)
                 self._doomed = frozenset(rerun_set(self.frg.succs, points))
+            doomed, attempt = self._doomed, self.attempt
+        if self.config.running == "cancel":
+            # Running calls whose results recovery drops anyway: end them now, not later.
+            for other in self.frg.ordered(doomed - {cid}):
+                self.compiler.cancel(other, attempt, f"trace-back recovery will re-run it ({cid} failed)")
         self._queue.put(failure)
 
     def _gate(self, call: Call) -> Any:

@@ -15,6 +15,7 @@ No Prefect here.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib
 import multiprocessing as mp
@@ -48,6 +49,41 @@ class WorkerDied(WorkerError):
 
 class CallTimeout(WorkerError, TimeoutError):
     """The call ran past its timeout; its worker process was killed and replaced."""
+
+
+class CallCancelled(WorkerError):
+    """The call was cancelled (if it was running, its worker process was killed and replaced)."""
+
+
+class Cancel:
+    """A one-shot cancellation token for one call, shared by who cancels and who runs it.
+
+    `wait(done, timeout)` lets a thread wait for either its own work (`done`) or the cancel.
+    """
+
+    def __init__(self) -> None:
+        self._future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._lock = threading.Lock()
+
+    def set(self, reason: str = "cancelled") -> None:
+        with self._lock:
+            if not self._future.done():
+                self._future.set_result(reason)
+
+    def is_set(self) -> bool:
+        return self._future.done()
+
+    @property
+    def reason(self) -> str:
+        return self._future.result() if self._future.done() else ""
+
+    def on_set(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` when the token is set (now, if it already is)."""
+        self._future.add_done_callback(lambda _f: fn())
+
+    def wait(self, done: concurrent.futures.Future[Any], timeout: float | None) -> None:
+        """Wait until `done` is done, the token is set, or `timeout` passes."""
+        concurrent.futures.wait([done, self._future], timeout, return_when=concurrent.futures.FIRST_COMPLETED)
 
 
 class RemoteTraceback(Exception):
@@ -185,6 +221,7 @@ class Worker:
     def __init__(self, ctx: Any, index: int, affinity: list[int] | None) -> None:
         self.index = index
         self._affinity = affinity
+        self.cancelled = ""  # why, when its call was cancelled and the process killed
         parent, child = ctx.Pipe(duplex=True)
         self.conn: Connection = parent
         self.process = ctx.Process(
@@ -246,6 +283,10 @@ class Worker:
             )
         self.process.join(timeout=5)
         code = self.process.exitcode
+        if self.cancelled:
+            raise CallCancelled(
+                f"{call} was cancelled ({self.cancelled}); worker process {self.pid} was killed", call=call, pid=self.pid
+            )
         raise WorkerDied(
             f"{call}: worker process {self.pid} died while running it (exit code {code})",
             call=call,
@@ -297,6 +338,7 @@ class WorkerPool:
         self._ctx = mp.get_context(_START_METHOD)
         self._idle: "queue.Queue[Worker]" = queue.Queue()
         self._workers: dict[int, Worker] = {}
+        self._busy: dict[int, Worker] = {}  # id(Cancel) -> the worker running that call
         self._lock = threading.Lock()
         self._closed = False
         self._preload = list(preload)
@@ -350,11 +392,21 @@ class WorkerPool:
         with self._lock:
             return [w.pid for w in self._workers.values()]
 
-    def run(self, call: str, fn: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *, timeout: float | None = None) -> Outcome:
-        """Run `fn(*args, **kwargs)` in an idle worker process.
+    def run(
+        self,
+        call: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        cancel: Cancel | None = None,
+    ) -> Outcome:
+        """Run `fn(*args, **kwargs)` in an idle worker process; `cancel.set()` stops it.
 
         Raises:
             CallTimeout: past `timeout`; the worker was killed and is being replaced.
+            CallCancelled: cancelled; if it was running, its worker was killed and is being replaced.
             WorkerDied: the worker died mid-call; it is being replaced.
             Exception: whatever `fn` raised, with the worker traceback as `__cause__`.
         """
@@ -364,21 +416,56 @@ class WorkerPool:
         if isinstance(worker, _NoWorker):
             self._idle.put(worker)  # every later call sees it too
             raise WorkerDied(f"{call}: {worker.reason}", call=call)
+        if cancel is not None:
+            with self._lock:
+                refused = cancel.is_set()
+                if not refused:
+                    self._busy[id(cancel)] = worker
+            if refused:
+                self._idle.put(worker)
+                raise CallCancelled(f"{call} was cancelled before it started ({cancel.reason})", call=call)
+            cancel.on_set(lambda: self._kill_for(cancel))
         try:
             outcome = worker.run(call, fn, args, kwargs or {}, timeout)
         except WorkerError:
-            worker.kill()
-            with self._lock:
-                self._workers.pop(worker.index, None)
-            if not self._closed:
-                # Replace in the background: the failure is reported now, not after a start-up.
-                threading.Thread(target=self._spawn, args=(worker.index, worker._affinity), daemon=True).start()
+            self._release(cancel)
+            self._replace(worker)
             raise
         except BaseException:
-            self._idle.put(worker)
+            self._give_back(worker, cancel)
             raise
-        self._idle.put(worker)
+        self._give_back(worker, cancel)
         return outcome
+
+    def _release(self, cancel: Cancel | None) -> None:
+        if cancel is not None:
+            with self._lock:
+                self._busy.pop(id(cancel), None)
+
+    def _give_back(self, worker: Worker, cancel: Cancel | None) -> None:
+        """Return a worker whose call ended; one that a late cancel is killing is replaced."""
+        self._release(cancel)
+        if worker.cancelled:
+            self._replace(worker)
+        else:
+            self._idle.put(worker)
+
+    def _replace(self, worker: Worker) -> None:
+        worker.kill()
+        with self._lock:
+            self._workers.pop(worker.index, None)
+        if not self._closed:
+            # Replace in the background: the failure is reported now, not after a start-up.
+            threading.Thread(target=self._spawn, args=(worker.index, worker._affinity), daemon=True).start()
+
+    def _kill_for(self, cancel: Cancel) -> None:
+        """`cancel` was set: kill the worker running its call, if it still runs."""
+        with self._lock:
+            worker = self._busy.get(id(cancel))
+            if worker is not None:
+                worker.cancelled = cancel.reason or "cancelled"
+        if worker is not None and worker.process.is_alive():
+            worker.process.kill()  # Worker.run, waiting on the sentinel, raises CallCancelled
 
     def shutdown(self) -> None:
         """Stop every worker. Safe to call several times."""

@@ -18,6 +18,7 @@ import pytest
 from prefect_llmorch.dask import PROCESSOR, LLMOrchDaskTaskRunner
 from prefect_llmorch.orchestrate import PlanRunFailed, RunReport, run_plan
 from prefect_llmorch.runner import LLMOrchTaskRunner
+import toolboxes_dask
 from toolboxes_dask import dask_cli_cluster, kill_tree, toolbox
 
 # -- settings (no cluster) ----------------------------------------------------------------
@@ -219,3 +220,52 @@ def test_losing_every_worker_fails_the_calls_clearly_instead_of_hanging(prefect_
     failed = [c for c in report.calls if c["state"] == "Failed"]
     assert failed and all("WorkerDied" in c["error"] and "no Dask worker" in c["error"] for c in failed)
     assert "no Dask worker offering a `processor`" in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_raising_compute_call_fails_its_run_clearly_and_cancel_ends_a_running_one(prefect_harness, tmp_path):
+    """A compute function's own exception, raised on a Dask worker, fails its call with that
+    exception (type and message) and keeps the other calls' results; a cancelled call ends at
+    once (`CallCancelled`), although the worker thread runs on."""
+    from distributed import Client
+
+    from prefect_llmorch.dask import DaskProcessorPool
+    from prefect_llmorch.workers import CallCancelled, Cancel
+
+    marker = tmp_path / "started"
+    marker.mkdir()
+    with dask_cli_cluster(tmp_path) as cluster:
+        runner = LLMOrchDaskTaskRunner(address=cluster.address, concurrency_limit=None, preload=["toolboxes_dask"])
+        plan = "s1: stamp(0.1)\ns2: reject(s1)\ns3: stamp(0.2)"
+        with pytest.raises(PlanRunFailed) as info:
+            _run_bounded(lambda: run_plan(plan, toolbox, task_runner=runner), timeout=180)
+        report = info.value.report
+        states = {c["id"]: c["state"] for c in report.calls}
+        assert states == {"s1": "Completed", "s2": "Failed", "s3": "Completed"}
+        (s2,) = [c for c in report.calls if c["id"] == "s2"]
+        assert s2["error"].startswith("ValueError: cannot use {") and s2["pid"] in cluster.worker_pids()
+        assert "s2" in str(info.value) and set(report.results) == {"s1", "s3"}
+
+        errors: list[BaseException] = []
+        with Client(cluster.address, timeout=30) as client:
+            pool = DaskProcessorPool(client)
+            cancel = Cancel()
+
+            def call() -> None:
+                try:
+                    pool.run("s9 · stamp", toolboxes_dask.stamp, (60,), {"marker": str(marker)}, cancel=cancel)
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+            t = threading.Thread(target=call, daemon=True)
+            t.start()
+            deadline = time.monotonic() + 60
+            while not any(marker.iterdir()):
+                assert time.monotonic() < deadline, "the call never started on a worker"
+                time.sleep(0.05)
+            cancel.set("not needed")
+            t.join(15)
+            assert not t.is_alive(), "a cancelled Dask call kept its caller waiting"
+    (exc,) = errors
+    assert isinstance(exc, CallCancelled) and "s9 · stamp was cancelled (not needed)" in str(exc)

@@ -70,7 +70,7 @@ class Outcome:
 
 
 def run(plan_text: str, script: list[Any], *, policy: str = "critical-path", processors: int = 2,
-        max_rounds: int = 3) -> Outcome:
+        max_rounds: int = 3, running: str = "wait") -> Outcome:
     """Run a plan with recovery in an `LLMOrchTaskRunner` flow; the flow fails when calls do."""
     from prefect import flow
 
@@ -80,7 +80,7 @@ def run(plan_text: str, script: list[Any], *, policy: str = "critical-path", pro
     box: dict[str, Any] = {}
     with FakeLLM(script, api_key=KEY, model=MODEL) as server:
         client = LLMClient(server.base_url, MODEL, KEY, max_retries=0, timeout=20)
-        config = RecoveryConfig(client, max_rounds=max_rounds, round_timeout=90)
+        config = RecoveryConfig(client, max_rounds=max_rounds, round_timeout=90, running=running)
 
         @flow(task_runner=LLMOrchTaskRunner(processors=processors, policy=policy, concurrency_limit=None))
         def recovering() -> Any:
@@ -403,3 +403,65 @@ def test_config_rejects_negative_rounds():
 
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+# -- running calls that recovery will re-run: running="cancel" ends them at once -------------
+
+CANCEL_PLAN = (
+    's1: echo(60, tag="parent")\n'
+    's2: crunch(s1, tag="long")\n'  # compute, 60 s of CPU unless cancelled
+    's3: flaky("leaf", s1, until="crunch:long")\n'  # fails while s2 runs: traces back to s1
+    's4: echo("kept", tag="unrelated")'
+)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_cancel_mode_kills_a_running_compute_call_that_will_rerun(runlog, policy):
+    """s3 fails while s2 (a descendant of the recovery point s1) burns CPU: with
+    running="cancel" its worker process is killed at once, and s2 re-runs with the repaired s1.
+    (With "wait", s2 would burn its 60 s first: the round timeout of 90 s still bounds it.)"""
+    out = run(CANCEL_PLAN, ['s1: echo(0.05, tag="parent")'], policy=policy, running="cancel")
+    assert out.state.is_completed(), out.report.message
+    (rnd,) = out.rounds
+    assert rnd["recovery_points"] == ["s1"] and rnd["rerun"] == ["s1", "s2", "s3"]
+    assert rnd["reused"] == ["s4"]
+    assert out.attempts("s2") == [(0, "Cancelled"), (1, "Completed")]
+    assert out.attempts("s3") == [(0, "Failed"), (1, "Completed")]
+    first = next(r for r in out.recorder.history if r.id == "s2")
+    assert "s2 · crunch was cancelled (trace-back recovery will re-run it (s3 failed))" in first.error
+    assert count(runlog, "crunch:long") == 2 and count(runlog, "echo:unrelated") == 1
+    assert out.report.results["s3"] == 0.05
+
+
+def test_cancel_mode_abandons_a_running_inout_call_that_will_rerun(runlog):
+    """An inout call cannot be killed: its task run ends Cancelled at once and its thread is
+    left to end by itself; the re-run uses the repaired input."""
+    plan = (
+        's1: echo("never:logged", tag="parent")\n'
+        's2: wait_then(s1, until=s1, tag="stuck")\n'  # waits for a key nobody logs
+        's3: flaky("leaf", s1, until="wait_then:stuck")'  # fails once s2 is surely running
+    )
+    out = run(plan, ['s1: echo("echo:parent", tag="parent")'], running="cancel")
+    assert out.state.is_completed(), out.report.message
+    assert out.attempts("s2") == [(0, "Cancelled"), (1, "Completed")]
+    first = next(r for r in out.recorder.history if r.id == "s2")
+    assert "s2 · wait_then was cancelled (trace-back recovery will re-run it (s3 failed))" in first.error
+    assert out.report.results["s2"] == "echo:parent" and out.report.results["s3"] == "echo:parent"
+
+
+def test_wait_mode_lets_a_running_call_that_will_rerun_end(runlog):
+    """The default: running calls end by themselves; their results are dropped and re-made."""
+    plan = (
+        's1: echo(0.3, tag="parent")\n'
+        's2: crunch(s1, tag="busy")\n'
+        's3: flaky("leaf", s1, until="crunch:busy")'
+    )
+    out = run(plan, ['s1: echo(0.05, tag="parent")'])
+    assert out.state.is_completed(), out.report.message
+    assert out.attempts("s2") == [(0, "Completed"), (1, "Completed")]
+    assert count(runlog, "crunch:busy") == 2
+
+
+def test_running_mode_is_checked() -> None:
+    with pytest.raises(ValueError, match="running must be one of 'wait', 'cancel', got 'kill'"):
+        RecoveryConfig(LLMClient("http://127.0.0.1:9/v1", MODEL, KEY), running="kill")

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from prefect_llmorch.workers import CallTimeout, RemoteTraceback, WorkerDied, WorkerPool
+from prefect_llmorch.workers import CallCancelled, CallTimeout, Cancel, RemoteTraceback, WorkerDied, WorkerPool
 from toolboxes import add, crunch, die, fail
 
 
@@ -45,6 +45,49 @@ def test_a_timeout_kills_the_worker_process(pool: WorkerPool) -> None:
 
     assert not psutil.pid_exists(info.value.pid) or psutil.Process(info.value.pid).status() == psutil.STATUS_ZOMBIE
     assert pool.run("after", add, (2, 2)).value == 4
+
+
+def test_cancel_kills_the_running_call_s_worker_which_is_replaced(pool: WorkerPool) -> None:
+    import psutil
+
+    cancel = Cancel()
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            pool.run("long", crunch, (30,), cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=call)
+    t.start()
+    while not pool._busy:  # the call reached its worker
+        t.join(0.01)
+    cancel.set("not needed any more")
+    t.join(10)
+    assert not t.is_alive()
+    (exc,) = errors
+    assert isinstance(exc, CallCancelled) and "long was cancelled (not needed any more)" in str(exc)
+    assert not psutil.pid_exists(exc.pid) or psutil.Process(exc.pid).status() == psutil.STATUS_ZOMBIE
+    assert pool.run("after", add, (2, 3)).value == 5
+    import time
+
+    deadline = time.monotonic() + 10  # the replacement starts in the background
+    while len(pool.pids) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(pool.pids) == 2 and exc.pid not in pool.pids
+
+
+def test_a_cancelled_call_never_starts_and_a_finished_one_is_untouched(pool: WorkerPool) -> None:
+    early = Cancel()
+    early.set("before it started")
+    with pytest.raises(CallCancelled, match="cancelled before it started"):
+        pool.run("early", add, (1, 1), cancel=early)
+    late = Cancel()
+    pids = set(pool.pids)
+    assert pool.run("done", add, (1, 1), cancel=late).value == 2
+    late.set()  # after the end: no worker is killed
+    assert set(pool.pids) == pids and pool.run("next", add, (2, 2)).value == 4
 
 
 def test_shutdown_wakes_callers_waiting_for_a_worker() -> None:

@@ -40,7 +40,13 @@ def stamp(seconds: float = 0.5, marker: str = "") -> dict:
     return {"pid": os.getpid(), "start": start, "end": time.time()}
 
 
-toolbox = Toolbox(stamp, crunch, fetch)
+@compute
+def reject(value: object) -> object:
+    """Fails on the Dask worker: a tool's own exception."""
+    raise ValueError(f"cannot use {value!r}")
+
+
+toolbox = Toolbox(stamp, crunch, fetch, reject)
 
 
 def free_port() -> int:

@@ -131,11 +131,14 @@ def positive(x: float) -> float:
 
 
 @inout
-def flaky(key: str, value: object = None) -> object:
-    """Fails the first time it runs for a key (within one log file), then echoes the value."""
+def flaky(key: str, value: object = None, until: str = "") -> object:
+    """Fails the first time it runs for a key (within one log file), then echoes the value.
+    With `until`, it first waits until that `name:key` is in the run log."""
     path = os.environ.get(LOG_ENV, "")
     first = f"flaky:{key}" not in runs(path)
     log("flaky", key)
+    if until:
+        _await(until)
     if first:
         raise ConnectionError(f"service for {key!r} is unavailable (first call)")
     return value
