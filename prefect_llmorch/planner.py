@@ -45,7 +45,7 @@ from prefect.cache_policies import NO_CACHE
 
 from .functions import Toolbox
 from .llm import Completion, LLMClient, Message
-from .plan.errors import PlanError
+from .plan.errors import PlanError, PlanErrors
 from .plan.model import Call, Plan
 from .plan.parser import PlanStream, check, parse
 
@@ -424,6 +424,37 @@ def _one_attempt(
     return text, plan, (), completion
 
 
+AttemptOutcome = tuple[str, Plan | None, tuple[PlanError, ...], Completion]
+
+
+def _as_task_run(name: str, attempt: Callable[[], AttemptOutcome]) -> AttemptOutcome:
+    """Run one planner attempt as its own Prefect task run (inside the `planner` task run),
+    so that each attempt shows in the UI with its logs; an answer with plan errors ends
+    `Failed` with those errors. Outside a Prefect task run: just run it."""
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:
+        return attempt()
+    from prefect import Task
+
+    box: dict[str, AttemptOutcome] = {}
+
+    def body() -> int:
+        box["out"] = out = attempt()
+        if out[2]:
+            raise PlanErrors(list(out[2]))  # the task run ends Failed, listing the errors
+        return len(out[1] or ())
+
+    task = Task(
+        fn=body, name="planner attempt", task_run_name=name, tags={"inout"},
+        cache_policy=NO_CACHE, persist_result=False, log_prints=False,
+    )
+    state = task(return_state=True)
+    if "out" not in box:
+        state.result()  # the attempt itself raised (e.g. LLMError): raise it here
+    return box["out"]
+
+
 def plan_query(
     query: str,
     toolbox: Toolbox,
@@ -472,9 +503,13 @@ def plan_query(
         messages = plan_messages(query, toolbox, system=system)
         for i in range(attempts):
             started = time.monotonic()
-            text, plan, errors, completion = _one_attempt(
-                client, messages, toolbox, temp,
-                dispatcher if (round_ == 0 and i == 0 and dispatcher.active) else None,
+            how = "repair" if i else ("re-plan" if round_ else "plan")
+            text, plan, errors, completion = _as_task_run(
+                f"planner · attempt {len(history) + 1} ({how})",
+                lambda: _one_attempt(
+                    client, messages, toolbox, temp,
+                    dispatcher if (round_ == 0 and i == 0 and dispatcher.active) else None,
+                ),
             )
             attempt = Attempt(
                 text=text,
@@ -544,7 +579,7 @@ def resolve_client(llm: "LLMClient | LLMEndpoint | str | None") -> LLMClient:
     raise TypeError(f"expected an LLMClient, LLMEndpoint or block name, got {type(llm).__name__}")
 
 
-@task(name="planner", tags=["inout"], cache_policy=NO_CACHE, persist_result=False)
+@task(name="planner", task_run_name="planner", tags=["inout"], cache_policy=NO_CACHE, persist_result=False)
 def planner_task(
     query: str,
     toolbox: Toolbox,
@@ -560,8 +595,9 @@ def planner_task(
 
     `llm` is an `LLMClient`, an `LLMEndpoint` block, the name of a saved one, or None for
     the environment; the key never becomes a task parameter value in the API (task run
-    parameters are not stored, and the block masks it). Each attempt is logged to the
-    task run's log. Not cached: every run asks the LLM.
+    parameters are not stored, and the block masks it). Each attempt is a task run of
+    its own inside this one (`planner · attempt 2 (repair)`), Failed when its plan had
+    errors, with the errors and the answer in its log. Not cached: every run asks the LLM.
     """
     return plan_query(
         query, toolbox, resolve_client(llm),

@@ -321,7 +321,31 @@ def test_planner_task_plans_inside_a_flow_with_an_endpoint_block(prefect_harness
     def plan_flow() -> PlannerResult:
         return planner_task(QUERY, TOOLBOX, endpoint, on_call=dispatched.append)
 
-    result = plan_flow()
+    state = plan_flow(return_state=True)
+    result = state.result()
     assert result.plan == parse(GOOD, TOOLBOX)
     assert len(result.attempts) == 2
+    # Each attempt is its own task run inside `planner`; the broken answer's run failed.
+    runs = _task_runs_when_final(state.state_details.flow_run_id, 3)
+    by_name = {r.name: r for r in runs}
+    assert set(by_name) == {"planner", "planner · attempt 1 (plan)", "planner · attempt 2 (repair)"}
+    first = by_name["planner · attempt 1 (plan)"]
+    assert first.state.is_failed() and "PlanError" in first.state.message
+    assert by_name["planner · attempt 2 (repair)"].state.is_completed()
+    assert first.tags == ["inout"] or set(first.tags) == {"inout"}
     assert [c.id for c in dispatched] == ["s1", "s2"]
+
+
+def _task_runs_when_final(flow_run_id, expect: int, timeout: float = 30.0) -> list:
+    """The flow run's task runs, once the API has recorded `expect` of them in final states
+    (it learns task states from events, asynchronously)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if (len(runs) >= expect and all(r.state and r.state.is_final() for r in runs)) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)
