@@ -125,6 +125,8 @@ def _run_with_timeout(
     # The helper thread runs in a copy of this context: the task run's context, settings
     # and client stay available to the function (e.g. get_run_logger()).
     ctx = contextvars.copy_context()
+    if cancel is not None and cancel.is_set():
+        raise CallCancelled(f"{label} was cancelled before it started ({cancel.reason})", call=label)
     t = threading.Thread(target=ctx.run, args=(target,), daemon=True, name=f"llmorch-{label}")
     t.start()
     if cancel is None:
@@ -172,7 +174,9 @@ class Compiler:
 
     def cancel(self, call_id: str, attempt: int, reason: str) -> None:
         """End attempt `attempt` of a call now: not started, it will not start; running,
-        its worker process is killed (compute) or its thread abandoned (inout, when
+        its worker process is killed (compute on the local runner), its Dask task cancelled
+        (compute on Dask: a thread already running there runs on, holding its processor),
+        or its thread abandoned (inout, and compute without a worker pool, when
         `interruptible`). Its task run ends Cancelled with `reason`. No-op once it ended."""
         token = self._cancels.get((call_id, attempt))
         if token is not None:
@@ -199,6 +203,8 @@ class Compiler:
                 return self._execute(call, spec, inputs, token)
             except CallCancelled as exc:
                 return Cancelled(message=str(exc))
+            finally:
+                self._cancels.pop((call.id, attempt), None)  # ended: nothing left to cancel
 
         body.__name__ = f"llmorch_{spec.name}"
         body.__qualname__ = body.__name__

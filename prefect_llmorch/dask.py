@@ -178,8 +178,9 @@ class DaskProcessorPool:
         fut = self.client.submit(
             _call_on_worker, fn, args, kwargs or {}, key=_key(call), pure=False, resources={PROCESSOR: 1}
         )
-        if cancel is not None:
-            cancel.on_set(fut.cancel)
+        # On cancel, the Dask task is cancelled; a thread already running on a worker runs on
+        # (Dask cannot interrupt it) and keeps that worker's `processor` until it returns.
+        forget = cancel.on_set(fut.cancel) if cancel is not None else (lambda: None)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -219,6 +220,8 @@ class DaskProcessorPool:
             if not fut.done():
                 fut.cancel()
             raise
+        finally:
+            forget()  # the token no longer holds the Dask future (nor its result)
         return Outcome(value=value, start=start, end=end, pid=pid, worker=self.worker_index(address))
 
     def _check_workers(self, call: str) -> None:

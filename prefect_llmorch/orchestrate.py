@@ -149,6 +149,8 @@ def failure_message(report: RunReport) -> str:
     for c in report.calls:
         if c["state"] == "Failed":
             lines.append(f"{c['id']} · {c['function']} failed: {c['error']}")
+        elif c["state"] != "Completed" and c.get("error"):  # e.g. cancelled, and why
+            lines.append(f"{c['id']} · {c['function']} ended {c['state']}: {c['error']}")
         elif c["state"] != "Completed":
             lines.append(f"{c['id']} · {c['function']} did not run ({c['state']}: an input failed)")
     done = sum(1 for c in report.calls if c["state"] == "Completed")

@@ -368,7 +368,9 @@ class RecoveryController:
         if self.config.running == "cancel":
             # Running calls whose results recovery drops anyway: end them now, not later.
             for other in self.frg.ordered(doomed - {cid}):
-                self.compiler.cancel(other, attempt, f"trace-back recovery will re-run it ({cid} failed)")
+                rec = self.recorder.records.get(other)
+                if rec is None or rec.state not in ("Completed", "Failed", "Cancelled"):
+                    self.compiler.cancel(other, attempt, f"trace-back recovery will re-run it ({cid} failed)")
         self._queue.put(failure)
 
     def _gate(self, call: Call) -> Any:

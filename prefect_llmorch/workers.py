@@ -58,32 +58,50 @@ class CallCancelled(WorkerError):
 class Cancel:
     """A one-shot cancellation token for one call, shared by who cancels and who runs it.
 
-    `wait(done, timeout)` lets a thread wait for either its own work (`done`) or the cancel.
+    `wait(done, timeout)` lets a thread wait for either its own work (`done`) or the
+    cancel; `on_set(fn)` registers what to do on a cancel (e.g. kill the worker process)
+    and returns a function that unregisters it once the call has ended.
     """
 
     def __init__(self) -> None:
-        self._future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._set: concurrent.futures.Future[str] = concurrent.futures.Future()
         self._lock = threading.Lock()
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._next = 0
 
     def set(self, reason: str = "cancelled") -> None:
         with self._lock:
-            if not self._future.done():
-                self._future.set_result(reason)
+            if self._set.done():
+                return
+            self._set.set_result(reason)
+            callbacks, self._callbacks = list(self._callbacks.values()), {}
+        for fn in callbacks:  # outside the lock: they may take other locks
+            fn()
 
     def is_set(self) -> bool:
-        return self._future.done()
+        return self._set.done()
 
     @property
     def reason(self) -> str:
-        return self._future.result() if self._future.done() else ""
+        return self._set.result() if self._set.done() else ""
 
-    def on_set(self, fn: Callable[[], None]) -> None:
-        """Call `fn()` when the token is set (now, if it already is)."""
-        self._future.add_done_callback(lambda _f: fn())
+    def on_set(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call `fn()` when the token is set (now, if it already is); returns the unregister."""
+        with self._lock:
+            if not self._set.done():
+                key, self._next = self._next, self._next + 1
+                self._callbacks[key] = fn
+                return lambda: self._forget(key)
+        fn()
+        return lambda: None
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._callbacks.pop(key, None)
 
     def wait(self, done: concurrent.futures.Future[Any], timeout: float | None) -> None:
         """Wait until `done` is done, the token is set, or `timeout` passes."""
-        concurrent.futures.wait([done, self._future], timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        concurrent.futures.wait([done, self._set], timeout, return_when=concurrent.futures.FIRST_COMPLETED)
 
 
 class RemoteTraceback(Exception):
@@ -424,16 +442,22 @@ class WorkerPool:
             if refused:
                 self._idle.put(worker)
                 raise CallCancelled(f"{call} was cancelled before it started ({cancel.reason})", call=call)
-            cancel.on_set(lambda: self._kill_for(cancel))
+            forget = cancel.on_set(lambda: self._kill_for(cancel))
         try:
             outcome = worker.run(call, fn, args, kwargs or {}, timeout)
-        except WorkerError:
+        except WorkerError as exc:
             self._release(cancel)
             self._replace(worker)
+            if worker.cancelled and not isinstance(exc, CallCancelled):
+                # killed by the cancel before or while the call was sent: a cancel, not a death
+                raise CallCancelled(f"{call} was cancelled ({worker.cancelled})", call=call, pid=exc.pid) from None
             raise
         except BaseException:
             self._give_back(worker, cancel)
             raise
+        finally:
+            if cancel is not None:
+                forget()
         self._give_back(worker, cancel)
         return outcome
 

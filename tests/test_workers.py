@@ -137,3 +137,16 @@ def test_functions_from_main_and_lambdas_run_without_reimporting_main(tmp_path) 
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["49", "2"]
     assert marker.read_text() == "x"
+
+
+def test_cancel_token_runs_its_callbacks_once_and_forgets_unregistered_ones() -> None:
+    cancel = Cancel()
+    seen: list[str] = []
+    cancel.on_set(lambda: seen.append("a"))
+    forget = cancel.on_set(lambda: seen.append("b"))
+    forget()  # the call ended: its callback must not run (nor keep what it refers to)
+    cancel.set("why")
+    cancel.set("again")  # one-shot
+    assert seen == ["a"] and cancel.is_set() and cancel.reason == "why"
+    cancel.on_set(lambda: seen.append("late"))  # registered after the cancel: runs at once
+    assert seen == ["a", "late"]
