@@ -439,7 +439,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             ranks = [int(t[5:]) for t in arg if t.startswith("rank:") and t[5:].isdigit()]
             priority: tuple[int, ...] = (1, 0 if "inout" in arg else 1, min(ranks, default=0))
         else:
-            priority = {"stop": (-1,), "prepare": (0,), "release": (0,), "acquire": (2,)}[op]
+            # Slots before tag-set warm-ups: a lease is a write, and once the flow's first task
+            # runs flood the server with state events a write waits seconds behind them
+            # (measured: first compute call 2.4-4.5 s late when the lease came after the warm-ups).
+            priority = {"stop": (-1,), "prepare": (0,), "release": (0,), "acquire": (0,)}[op]
         self._api.put((priority, next(self._seq), op, arg))
 
     def _api_loop(self) -> None:
