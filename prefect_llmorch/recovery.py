@@ -268,6 +268,9 @@ class RecoveryRound:
     repairs: list[Repair] = field(default_factory=list)
     rerun: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    #: calls that ended Cancelled because this round re-runs them: not started yet, or
+    #: stopped while running (`running="cancel"`)
+    cancelled: list[str] = field(default_factory=list)
     outcome: str = ""  # recovered | failed again | repair rejected | llm error | timed out
 
     def to_dict(self) -> dict[str, Any]:
@@ -527,6 +530,10 @@ class RecoveryController:
         rerun = rerun_set(frg.succs, list(rnd.recovery_points) + not_done)
         rnd.rerun = frg.ordered(rerun)
         rnd.reused = [cid for cid in frg.ids if cid not in rerun]
+        rnd.cancelled = [
+            cid for cid in rnd.rerun
+            if (rec := self.recorder.records.get(cid)) is not None and rec.state == "Cancelled"
+        ]
         with self._lock:
             self.plan, self.frg = plan, frg
             self._calls = {c.id: c for c in calls}
@@ -570,6 +577,8 @@ class RecoveryController:
             if r.rerun:
                 out += ["", f"**Re-ran (repair {r.number}):** {', '.join(r.rerun)}",
                         f"**Reused:** {', '.join(r.reused) or 'none'}"]
+                if r.cancelled:
+                    out.append(f"**Cancelled to re-run:** {', '.join(r.cancelled)}")
             out.append("")
         if self.unresolved:
             out += [f"### Still failing after {len(self.rounds)} round(s)", ""]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,10 @@ if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# The run log of `toolboxes_recovery`: compute workers fork from a forkserver that keeps the
+# environment it started with, so name the log now, before any worker exists.
+os.environ.setdefault("LLMORCH_RECOVERY_LOG", str(Path(tempfile.mkdtemp(prefix="llmorch-recovery-")) / "runs.log"))
 
 
 @pytest.fixture(scope="session")

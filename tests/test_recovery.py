@@ -7,7 +7,6 @@ numbers, `Recorder.history`, the run log the functions write), which results wer
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,7 @@ from prefect_llmorch.testing import FakeLLM
 
 import toolboxes_recovery as tr
 
-# Compute workers fork from a forkserver that keeps the environment it started with:
-# name the run log now, before any worker exists; each test empties it.
-os.environ.setdefault(tr.LOG_ENV, str(Path(tempfile.mkdtemp(prefix="llmorch-recovery-")) / "runs.log"))
-LOG = os.environ[tr.LOG_ENV]
+LOG = os.environ[tr.LOG_ENV]  # named by conftest.py before any worker exists; each test empties it
 
 POLICIES = ["critical-path", "paper"]
 TB = tr.toolbox
@@ -424,7 +420,7 @@ def test_cancel_mode_kills_a_running_compute_call_that_will_rerun(runlog, policy
     assert out.state.is_completed(), out.report.message
     (rnd,) = out.rounds
     assert rnd["recovery_points"] == ["s1"] and rnd["rerun"] == ["s1", "s2", "s3"]
-    assert rnd["reused"] == ["s4"]
+    assert rnd["reused"] == ["s4"] and rnd["cancelled"] == ["s2"]
     assert out.attempts("s2") == [(0, "Cancelled"), (1, "Completed")]
     assert out.attempts("s3") == [(0, "Failed"), (1, "Completed")]
     first = next(r for r in out.recorder.history if r.id == "s2")
@@ -458,7 +454,7 @@ def test_wait_mode_lets_a_running_call_that_will_rerun_end(runlog):
     )
     out = run(plan, ['s1: echo(0.05, tag="parent")'])
     assert out.state.is_completed(), out.report.message
-    assert out.attempts("s2") == [(0, "Completed"), (1, "Completed")]
+    assert out.attempts("s2") == [(0, "Completed"), (1, "Completed")] and out.rounds[0]["cancelled"] == []
     assert count(runlog, "crunch:busy") == 2
 
 
