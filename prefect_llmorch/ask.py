@@ -117,6 +117,9 @@ def _ask(
         futures: dict[str, PrefectFuture[Any]] = {}
         secrets = CredentialStore(tb)  # ToolCredentials blocks, loaded as calls that need them arrive
         compiler = Compiler(frg=FRG.build(Plan(()), tb), toolbox=tb, recorder=recorder, self_fn=make_self_fn(client, tokens), secrets=secrets)
+        # Calls start while the plan streams, before the recovery controller exists: make
+        # their inout calls cancellable from the start when recovery may cancel them.
+        compiler.interruptible = cancel_running and recovery_rounds > 0
         inbox: "queue.Queue[Any]" = queue.Queue()
         # Trace-back recovery needs the final plan, but calls start while the plan streams:
         # failures of those early calls are kept here until the controller exists.
