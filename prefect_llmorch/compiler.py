@@ -114,6 +114,8 @@ def _run_with_timeout(
     """
     if timeout is None and cancel is None:
         return fn(*args, **kwargs)
+    if cancel is not None and cancel.is_set():
+        raise CallCancelled(f"{label} was cancelled before it started ({cancel.reason})", call=label)
     done: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def target() -> None:
@@ -125,8 +127,6 @@ def _run_with_timeout(
     # The helper thread runs in a copy of this context: the task run's context, settings
     # and client stay available to the function (e.g. get_run_logger()).
     ctx = contextvars.copy_context()
-    if cancel is not None and cancel.is_set():
-        raise CallCancelled(f"{label} was cancelled before it started ({cancel.reason})", call=label)
     t = threading.Thread(target=ctx.run, args=(target,), daemon=True, name=f"llmorch-{label}")
     t.start()
     if cancel is None:
@@ -193,13 +193,13 @@ class Compiler:
         def body(call_text: str, inputs: dict[str, Any]) -> Any:
             from prefect.states import Cancelled
 
-            if id(call) in self.stale:
-                return Cancelled(message="not started: the planner replaced this call of a draft plan")
-            for gate in self.gates:
-                verdict = gate(call)
-                if verdict is not None:
-                    return verdict
             try:
+                if id(call) in self.stale:
+                    return Cancelled(message="not started: the planner replaced this call of a draft plan")
+                for gate in self.gates:
+                    verdict = gate(call)
+                    if verdict is not None:
+                        return verdict
                 return self._execute(call, spec, inputs, token)
             except CallCancelled as exc:
                 return Cancelled(message=str(exc))

@@ -369,11 +369,10 @@ class RecoveryController:
                 self._doomed = frozenset(rerun_set(self.frg.succs, points))
             doomed, attempt = self._doomed, self.attempt
         if self.config.running == "cancel":
-            # Running calls whose results recovery drops anyway: end them now, not later.
+            # Calls whose results recovery drops anyway: end them now, not later (a no-op
+            # for calls that already ended: the compiler keeps no token for them).
             for other in self.frg.ordered(doomed - {cid}):
-                rec = self.recorder.records.get(other)
-                if rec is None or rec.state not in ("Completed", "Failed", "Cancelled"):
-                    self.compiler.cancel(other, attempt, f"trace-back recovery will re-run it ({cid} failed)")
+                self.compiler.cancel(other, attempt, f"trace-back recovery will re-run it ({cid} failed)")
         self._queue.put(failure)
 
     def _gate(self, call: Call) -> Any:
