@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -27,6 +28,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # The run log of `toolboxes_recovery`: compute workers fork from a forkserver that keeps the
 # environment it started with, so name the log now, before any worker exists.
 os.environ.setdefault("LLMORCH_RECOVERY_LOG", str(Path(tempfile.mkdtemp(prefix="llmorch-recovery-")) / "runs.log"))
+
+
+@pytest.fixture
+def runlog() -> Iterator[str]:
+    """The (emptied) run log of `toolboxes_recovery`: which functions really ran."""
+    log = Path(os.environ["LLMORCH_RECOVERY_LOG"])
+    log.unlink(missing_ok=True)
+    yield str(log)
+    log.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -144,17 +144,12 @@ def test_calls_streamed_from_a_repaired_draft_neither_count_nor_leak_results(fak
     assert len(fake_llm.chat_requests) == 2  # plan + one planner repair; no recovery request
 
 
-def test_cancel_running_in_ask_stops_a_running_call_that_will_rerun(fake_llm, llm) -> None:  # noqa: F811
+def test_cancel_running_in_ask_stops_a_running_call_that_will_rerun(fake_llm, llm, runlog) -> None:  # noqa: F811
     """`ask_query(..., cancel_running=True)`: s3 fails while s2 waits (inout, started while
     the plan streamed); s2 is a descendant of the recovery point s1, so it ends Cancelled at
     once instead of waiting for a key nobody logs, and re-runs with the repaired s1."""
-    import os
-    from pathlib import Path
-
     import toolboxes_recovery as tr
 
-    log = Path(os.environ[tr.LOG_ENV])  # named by conftest.py: the workers inherit it
-    log.unlink(missing_ok=True)
     fake_llm.token_delay = 0.05  # s1 and s2 start while the plan streams, before recovery exists
     fake_llm.add(
         's1: echo("never:logged", tag="parent")\n'
@@ -167,5 +162,4 @@ def test_cancel_running_in_ask_stops_a_running_call_that_will_rerun(fake_llm, ll
     assert report.state == "Completed" and report.results["s2"] == "echo:parent"
     (rnd,) = report.extra["recovery"]["rounds"]
     assert rnd["cancelled"] == ["s2"] and rnd["rerun"] == ["s1", "s2", "s3"]
-    assert tr.runs(str(log)).count("wait_then:stuck") == 2
-    log.unlink(missing_ok=True)
+    assert tr.runs(runlog).count("wait_then:stuck") == 2

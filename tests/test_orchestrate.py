@@ -46,16 +46,11 @@ def test_recovery_repairs_the_parent_of_a_failed_call(fake_llm, llm) -> None:  #
     assert "Input should be a valid number" in fake_llm.chat_requests[0].messages[-1]["content"]
 
 
-def test_cancel_running_reaches_recovery_from_the_flow_parameter(fake_llm, llm) -> None:  # noqa: F811
+def test_cancel_running_reaches_recovery_from_the_flow_parameter(fake_llm, llm, runlog) -> None:  # noqa: F811
     """`run_plan(..., cancel_running=True)`: s2 (60 s of CPU, fed by the recovery point s1)
     is cancelled when s3 fails, and re-runs with the repaired s1."""
-    import os
-    from pathlib import Path
-
     import toolboxes_recovery as tr
 
-    log = Path(os.environ[tr.LOG_ENV])  # named by conftest.py: the workers inherit it
-    log.unlink(missing_ok=True)
     fake_llm.add('s1: echo(0.05, tag="parent")')
     plan = 's1: echo(60, tag="parent")\ns2: crunch(s1, tag="long")\ns3: flaky("leaf", s1, until="crunch:long")\n'
     report = run_plan(plan, "toolboxes_recovery:toolbox", processors=2, endpoint=llm, recovery_rounds=1,
@@ -63,8 +58,7 @@ def test_cancel_running_reaches_recovery_from_the_flow_parameter(fake_llm, llm) 
     assert report.state == "Completed" and report.results["s3"] == 0.05
     (rnd,) = report.extra["recovery"]["rounds"]
     assert rnd["cancelled"] == ["s2"] and rnd["rerun"] == ["s1", "s2", "s3"]
-    assert tr.runs(str(log)).count("crunch:long") == 2
-    log.unlink(missing_ok=True)
+    assert tr.runs(runlog).count("crunch:long") == 2
 
 
 def test_without_recovery_the_failure_is_reported_with_results_kept() -> None:

@@ -6,7 +6,6 @@ numbers, `Recorder.history`, the run log the functions write), which results wer
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,17 +31,9 @@ from prefect_llmorch.testing import FakeLLM
 
 import toolboxes_recovery as tr
 
-LOG = os.environ[tr.LOG_ENV]  # named by conftest.py before any worker exists; each test empties it
 
 POLICIES = ["critical-path", "paper"]
 TB = tr.toolbox
-
-
-@pytest.fixture
-def runlog():
-    Path(LOG).unlink(missing_ok=True)
-    yield LOG
-    Path(LOG).unlink(missing_ok=True)
 
 
 class Outcome:
