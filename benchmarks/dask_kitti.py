@@ -30,7 +30,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from flows.examples.toolbox import burn, chatbot  # noqa: E402
+from prefect_llmorch.examples.toolbox import burn, chatbot  # noqa: E402
 from prefect_llmorch import Toolbox, inout  # noqa: E402
 
 BEST = 5.0
@@ -62,18 +62,18 @@ def main() -> None:
     parser.add_argument("--schedule", action="store_true", help="print each call's start/end of the last run")
     args = parser.parse_args()
 
-    from prefect_llmorch.dask import LLMOrchDaskTaskRunner
-    from prefect_llmorch.orchestrate import run_plan
-    from prefect_llmorch.runner import LLMOrchTaskRunner
+    from prefect_llmorch.engine.dask import LLMOrchDaskTaskRunner
+    from prefect_llmorch.flows.run import run_plan
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 
     runners = {
         "local LLMOrchTaskRunner (P=2)": lambda: LLMOrchTaskRunner(
-            processors=P, concurrency_limit=None, preload=["flows.examples.toolbox"]
+            processors=P, concurrency_limit=None, preload=["prefect_llmorch.examples.toolbox"]
         ),
         "LLMOrchDaskTaskRunner (2 workers x 1 processor)": lambda: LLMOrchDaskTaskRunner(
             cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None},
             concurrency_limit=None,
-            preload=["flows.examples.toolbox"],
+            preload=["prefect_llmorch.examples.toolbox"],
         ),
     }
     rows = []

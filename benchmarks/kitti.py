@@ -117,7 +117,7 @@ def run_compiled(task_runner: Any) -> dict[str, Any]:
     from prefect import flow
 
     from bench_toolbox import toolbox
-    from prefect_llmorch.orchestrate import execute
+    from prefect_llmorch.flows.run import execute
     from prefect_llmorch.plan.parser import parse
 
     plan = parse(PLAN, toolbox)
@@ -133,7 +133,7 @@ def run_compiled(task_runner: Any) -> dict[str, Any]:
 
 
 def run_ours(policy: str, concurrency_limit: str | None = "llmorch-processors") -> dict[str, Any]:
-    from prefect_llmorch.orchestrate import run_plan
+    from prefect_llmorch.flows.run import run_plan
 
     t0 = time.time()
     report = run_plan(PLAN, "bench_toolbox:toolbox", processors=P, policy=policy, concurrency_limit=concurrency_limit)
@@ -169,7 +169,7 @@ def compiled_tasks_pickle() -> str:
     import cloudpickle
 
     from bench_toolbox import toolbox
-    from prefect_llmorch.compiler import Compiler, Recorder
+    from prefect_llmorch.engine.compiler import Compiler, Recorder
     from prefect_llmorch.graph import FRG
     from prefect_llmorch.plan.parser import parse
 

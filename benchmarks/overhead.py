@@ -52,7 +52,7 @@ def summarize(starts: list[float], wall: float, n: int) -> dict[str, float]:
 
 
 def run_ours(n: int, concurrency_limit: str | None) -> dict[str, float]:
-    from prefect_llmorch.orchestrate import run_plan
+    from prefect_llmorch.flows.run import run_plan
 
     t0 = time.time()
     report = run_plan(plan_text(n), "bench_toolbox:toolbox", processors=P, concurrency_limit=concurrency_limit)
@@ -65,7 +65,7 @@ def run_compiled(task_runner: Any, n: int) -> dict[str, float]:
     from prefect import flow
 
     from bench_toolbox import toolbox
-    from prefect_llmorch.orchestrate import execute
+    from prefect_llmorch.flows.run import execute
     from prefect_llmorch.plan.parser import parse
 
     plan = parse(plan_text(n), toolbox)

@@ -7,7 +7,7 @@ LLMCompiler-style and ours (policies `paper` and `critical-path`) on the same wo
 Every workload, every per-call time and the LLM's speed are in `benchmarks/workloads.toml`.
 Each system answers each workload's question through a real OpenAI-compatible HTTP server
 (`FakeLLM`, with the config's latency and token delay) scripted with what that system needs
-to read, and runs the calls through Prefect flows (`prefect_llmorch.baselines`).
+to read, and runs the calls through Prefect flows (`baselines`).
 
 Printed per workload: each system's makespan (from the first LLM request to the end of the
 last call), speedup vs ReAct-style, LLM round trips, tokens and their ratio vs ReAct-style,
@@ -149,7 +149,7 @@ def reply_seconds(cfg: Config, reply: str) -> float:
 
 def release_times(cfg: Config, wl: Workload) -> dict[str, float]:
     """When each call's line has streamed, so that the planner can dispatch it."""
-    from prefect_llmorch.baselines import plan_script
+    from baselines import plan_script
     from prefect_llmorch.testing.fake_llm import tokens_of
 
     text = plan_script(wl.plan)[0]
@@ -196,8 +196,8 @@ def _with_releases(frg: Any, release: dict[str, float]) -> Any:
 def simulated(cfg: Config, wl: Workload, system: str, P: int) -> float:
     """The makespan each system would have with no overheads (the fake LLM's timing, the
     configured call times; compute calls on threads share one core under the GIL)."""
-    from prefect_llmorch.baselines import script_for
-    from prefect_llmorch.simulate import simulate, simulate_baseline
+    from baselines import script_for
+    from prefect_llmorch.schedule.simulator import simulate, simulate_baseline
 
     frg = wl.frg
     if system == NOLIMIT:
@@ -227,8 +227,8 @@ def simulated(cfg: Config, wl: Workload, system: str, P: int) -> float:
 def measure(cfg: Config, wl: Workload, system: str, P: int) -> Any:
     """Run `system` on the workload once, against a fresh scripted server; LLM times are
     the server's (request received to last byte written), for every system alike."""
-    from prefect_llmorch.baselines import run_llmorch, run_system, script_for
-    from prefect_llmorch.llm import LLMClient
+    from baselines import run_llmorch, run_system, script_for
+    from prefect_llmorch.llm.client import LLMClient
     from prefect_llmorch.testing.fake_llm import FakeLLM
 
     with FakeLLM(script_for(OURS, wl.plan), token_delay=cfg.token_delay, latency=cfg.latency) as server:
@@ -259,7 +259,7 @@ def _row(run: Any) -> dict[str, Any]:
 
 
 def run_all(cfg: Config, systems: list[str], names: list[str], repeat: int, log: Any) -> dict[str, Any]:
-    from prefect_llmorch.baselines import SYSTEMS
+    from baselines import SYSTEMS
 
     results: dict[str, Any] = {}
     # Warm-up (not recorded): the ephemeral server, Prefect's imports, our worker start-up path.
@@ -467,7 +467,7 @@ def plot_gantt(cfg: Config, results: dict[str, Any], systems: list[str], path: P
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prefect_llmorch.baselines import SYSTEMS
+    from baselines import SYSTEMS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=BENCH / "workloads.toml")

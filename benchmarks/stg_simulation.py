@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prefect_llmorch.policy import POLICIES  # noqa: E402
-from prefect_llmorch.simulate import read_stg, simulate, simulate_baseline  # noqa: E402
+from prefect_llmorch.schedule.policy import POLICIES  # noqa: E402
+from prefect_llmorch.schedule.simulator import read_stg, simulate, simulate_baseline  # noqa: E402
 
 STG_DIR = Path("/work/shared/data/stg")
 PROCESSORS = (2, 4, 8, 16)

@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefect_llmorch.functions import Toolbox, compute, inout  # noqa: E402
-from prefect_llmorch.llm import LLMClient  # noqa: E402
+from prefect_llmorch.llm.client import LLMClient  # noqa: E402
 from prefect_llmorch.plan.parser import parse  # noqa: E402
-from prefect_llmorch.planner import plan_messages, plan_query  # noqa: E402
+from prefect_llmorch.flows.planner import plan_messages, plan_query  # noqa: E402
 from prefect_llmorch.testing import FakeLLM  # noqa: E402
 
 

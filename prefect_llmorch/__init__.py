@@ -23,14 +23,14 @@ _EXPORTS = {
     "PlanError": "plan.errors",
     "parse": "plan.parser",
     "FRG": "graph",
-    "simulate": "simulate",
-    "LLMOrchTaskRunner": "runner",
-    "LLMOrchDaskTaskRunner": "dask",
-    "ask_query": "ask",
-    "orchestrate": "orchestrate",
-    "run_plan": "orchestrate",
-    "RunReport": "orchestrate",
-    "PlanRunFailed": "orchestrate",
+    "simulate": "schedule.simulator",
+    "LLMOrchTaskRunner": "engine.runner",
+    "LLMOrchDaskTaskRunner": "engine.dask",
+    "ask_query": "flows.ask",
+    "orchestrate": "flows.run",
+    "run_plan": "flows.run",
+    "RunReport": "flows.run",
+    "PlanRunFailed": "flows.run",
     "LLMEndpoint": "blocks",
     "ToolCredentials": "blocks",
 }
@@ -52,14 +52,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .blocks import LLMEndpoint, ToolCredentials
-    from .functions import FunctionSpec, Toolbox, compute, inout, load_toolbox
-    from .graph import FRG
-    from .orchestrate import PlanRunFailed, RunReport, orchestrate, run_plan
-    from .plan.errors import PlanError
-    from .plan.model import Call, Plan
-    from .plan.parser import parse
-    from .ask import ask_query
-    from .dask import LLMOrchDaskTaskRunner
-    from .runner import LLMOrchTaskRunner
-    from .simulate import simulate
+    from prefect_llmorch.blocks import LLMEndpoint, ToolCredentials
+    from prefect_llmorch.functions import FunctionSpec, Toolbox, compute, inout, load_toolbox
+    from prefect_llmorch.graph import FRG
+    from prefect_llmorch.flows.run import PlanRunFailed, RunReport, orchestrate, run_plan
+    from prefect_llmorch.plan.errors import PlanError
+    from prefect_llmorch.plan.model import Call, Plan
+    from prefect_llmorch.plan.parser import parse
+    from prefect_llmorch.flows.ask import ask_query
+    from prefect_llmorch.engine.dask import LLMOrchDaskTaskRunner
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.schedule.simulator import simulate

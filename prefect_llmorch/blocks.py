@@ -26,7 +26,7 @@ from prefect.blocks.core import Block
 from prefect.types import SecretDict
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from .llm import LLMClient, read_env
+from prefect_llmorch.llm.client import LLMClient, read_env
 
 if TYPE_CHECKING:
     import openai

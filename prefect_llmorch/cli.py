@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Parallel LLM
 console = Console()
 err_console = Console(stderr=True)
 
-DEFAULT_TOOLBOX = "flows.examples.toolbox:toolbox"
+DEFAULT_TOOLBOX = "prefect_llmorch.examples.toolbox:toolbox"
 
 
 def _prepare_env() -> None:
@@ -43,7 +43,7 @@ def _read_plan(path: str) -> str:
 
 
 def _toolbox(path: str) -> Any:
-    from .functions import load_toolbox
+    from prefect_llmorch.functions import load_toolbox
 
     try:
         return load_toolbox(path)
@@ -64,8 +64,8 @@ def _plan_errors(exc: Any, as_json: bool) -> None:
 
 
 def _parse(path: str, toolbox: str, as_json: bool) -> tuple[Any, Any]:
-    from .plan.errors import PlanError
-    from .plan.parser import parse
+    from prefect_llmorch.plan.errors import PlanError
+    from prefect_llmorch.plan.parser import parse
 
     text = _read_plan(path)
     tb = _toolbox(toolbox)
@@ -102,7 +102,7 @@ def graph(
 ) -> None:
     """Show the Function-call Relation Graph: ranks, kinds, deps, mutual exclusion."""
     _prepare_env()
-    from .graph import FRG
+    from prefect_llmorch.graph import FRG
 
     parsed, tb = _parse(plan, toolbox, as_json)
     frg = FRG.build(parsed, tb)
@@ -165,7 +165,7 @@ def run(
 ) -> None:
     """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
     _prepare_env()
-    from .orchestrate import PlanRunFailed, run_plan
+    from prefect_llmorch.flows.run import PlanRunFailed, run_plan
 
     text = _read_plan(plan)
     parsed, _ = _parse(plan if plan != "-" else "-", toolbox, as_json) if plan != "-" else (None, None)
@@ -194,8 +194,8 @@ def simulate(
 ) -> None:
     """Simulate a schedule (no execution): makespan, lower bound and their ratio."""
     _prepare_env()
-    from .graph import FRG
-    from .simulate import simulate_file
+    from prefect_llmorch.graph import FRG
+    from prefect_llmorch.schedule.simulator import simulate_file
 
     if graph_file.endswith(".stg"):
         target: Any = graph_file
@@ -219,8 +219,8 @@ def simulate(
 
 def _endpoint(endpoint: Optional[str]) -> Any:
     """An LLMClient from a saved LLMEndpoint block's name, or from the environment."""
-    from .llm import LLMConfigError, LLMError
-    from .planner import resolve_client
+    from prefect_llmorch.llm.client import LLMConfigError, LLMError
+    from prefect_llmorch.flows.planner import resolve_client
 
     try:
         return resolve_client(endpoint)
@@ -233,10 +233,10 @@ def _ask_and_print(
     question: str, toolbox: str, processors: int, policy: str, client: Any, as_json: bool, attempts: int,
     cancel_running: bool = False,
 ) -> None:
-    from .ask import ask_query
-    from .llm import LLMError
-    from .orchestrate import PlanRunFailed
-    from .planner import PlanningFailed
+    from prefect_llmorch.flows.ask import ask_query
+    from prefect_llmorch.llm.client import LLMError
+    from prefect_llmorch.flows.run import PlanRunFailed
+    from prefect_llmorch.flows.planner import PlanningFailed
 
     try:
         report = ask_query(
@@ -286,9 +286,9 @@ def plan_cmd(
 ) -> None:
     """Only plan: print the LLM's plan and its FRG (nothing runs)."""
     _prepare_env()
-    from .graph import FRG
-    from .llm import LLMError
-    from .planner import PlanningFailed, plan_query
+    from prefect_llmorch.graph import FRG
+    from prefect_llmorch.llm.client import LLMError
+    from prefect_llmorch.flows.planner import PlanningFailed, plan_query
 
     tb = _toolbox(toolbox)
     client = _endpoint(endpoint)
@@ -333,8 +333,8 @@ def demo(
     """The whole loop with no API key: a local OpenAI-compatible server (real HTTP) streams a
     scripted plan for the example toolbox; llmorch runs it on ephemeral Prefect."""
     _prepare_env()
-    from .llm import LLMClient
-    from .testing.fake_llm import FakeLLM
+    from prefect_llmorch.llm.client import LLMClient
+    from prefect_llmorch.testing.fake_llm import FakeLLM
 
     with FakeLLM([DEMO_PLAN], default=_demo_answer, token_delay=token_delay, model="demo") as server:
         if not as_json:
@@ -344,25 +344,25 @@ def demo(
 
 
 def _deploy_module() -> Any:
-    """`flows/deploy.py` of this checkout (the deployable flows live next to the examples)."""
+    """`prefect_llmorch/flows/deploy.py` of this checkout (the deployable flows live next to the examples)."""
     import importlib
 
     try:
-        return importlib.import_module("flows.deploy")
+        return importlib.import_module("prefect_llmorch.flows.deploy")
     except ImportError:
         repo = Path(__file__).resolve().parent.parent
         if not (repo / "flows" / "deploy.py").is_file():
-            err_console.print("[red]flows/deploy.py not found: run `llmorch serve` from the prefect-llmorch repository root[/red]")
+            err_console.print("[red]prefect_llmorch/flows/deploy.py not found: run `llmorch serve` from the prefect-llmorch repository root[/red]")
             raise typer.Exit(2) from None
         sys.path.insert(0, str(repo))
-        return importlib.import_module("flows.deploy")
+        return importlib.import_module("prefect_llmorch.flows.deploy")
 
 
 @app.command()
 def serve(
     cron: Optional[str] = typer.Option(None, "--cron", help="schedule llmorch-run with this cron string, e.g. '0 * * * *'"),
     interval: Optional[float] = typer.Option(None, "--interval", help="schedule llmorch-run every N seconds"),
-    plan_file: str = typer.Option("flows/examples/kitti.plan", "--plan-file", help="llmorch-run's default plan file"),
+    plan_file: str = typer.Option("prefect_llmorch/examples/kitti.plan", "--plan-file", help="llmorch-run's default plan file"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help="llmorch-run's default toolbox"),
     processors: int = typer.Option(0, "--processors", "-P", help="P of the served flows' task runner (default: cores)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="most flow runs at once"),
@@ -374,7 +374,7 @@ def serve(
     """
     _prepare_env()
     if processors:
-        os.environ["LLMORCH_PROCESSORS"] = str(processors)  # read when flows/deploy.py builds the runner
+        os.environ["LLMORCH_PROCESSORS"] = str(processors)  # read when prefect_llmorch/flows/deploy.py builds the runner
     if cron and interval:
         err_console.print("[red]give --cron or --interval, not both[/red]")
         raise typer.Exit(2)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import threading
 from typing import Iterable, Iterator, Mapping
 
-from .functions import Toolbox
-from .plan.model import Call
+from prefect_llmorch.functions import Toolbox
+from prefect_llmorch.plan.model import Call
 
 __all__ = ["CredentialStore", "MissingCredentials", "how_to_create"]
 
@@ -93,7 +93,7 @@ class CredentialStore(Mapping[str, Mapping[str, str]]):
         return True
 
     def _load(self, block: str) -> dict[str, str]:
-        from .blocks import ToolCredentials
+        from prefect_llmorch.blocks import ToolCredentials
 
         try:
             return ToolCredentials.load(block).reveal()

@@ -38,8 +38,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .functions import Toolbox
-    from .plan.model import Plan
+    from prefect_llmorch.functions import Toolbox
+    from prefect_llmorch.plan.model import Plan
 
 __all__ = ["FRG", "CycleError", "Kind"]
 

@@ -10,18 +10,17 @@ from typing import Iterator
 
 import pytest
 
-from prefect_llmorch.policy import POLICIES
+from prefect_llmorch.schedule.policy import POLICIES
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parent.parent
-# `flows.examples.toolbox:toolbox` and test toolboxes import from the repo root.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
+# Test toolboxes (`toolboxes:...`) import from tests/; the baselines live with the benchmarks.
+for _path in (ROOT / "tests", ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from prefect_llmorch.llm import LLMClient
+from prefect_llmorch.llm.client import LLMClient
 from prefect_llmorch.testing import FakeLLM
 
 #: A distinctive fake key: tests assert it never shows in errors, reprs or dumps.

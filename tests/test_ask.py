@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from llm_fixtures import KEY, MODEL, fake_llm, free_port, llm  # noqa: F401
-from prefect_llmorch.ask import ask_query
-from prefect_llmorch.llm import LLMClient, LLMError
-from prefect_llmorch.orchestrate import PlanRunFailed
-from prefect_llmorch.planner import PlanningFailed
+from prefect_llmorch.flows.ask import ask_query
+from prefect_llmorch.llm.client import LLMClient, LLMError
+from prefect_llmorch.flows.run import PlanRunFailed
+from prefect_llmorch.flows.planner import PlanningFailed
 from prefect_llmorch.testing.fake_llm import FakeError, count_tokens
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

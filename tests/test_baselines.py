@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from prefect_llmorch.baselines import (
+from baselines import (
     SYSTEMS,
     BaselineProtocolError,
     parallel_fc_script,
@@ -20,7 +20,7 @@ from prefect_llmorch.baselines import (
     run_react,
     script_for,
 )
-from prefect_llmorch.llm import LLMClient
+from prefect_llmorch.llm.client import LLMClient
 from prefect_llmorch.plan.parser import parse
 from prefect_llmorch.testing.fake_llm import FakeLLM, count_tokens
 

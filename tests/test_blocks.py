@@ -13,7 +13,7 @@ from pydantic import SecretStr, ValidationError
 
 from llm_fixtures import KEY, MODEL, fake_llm  # noqa: F401 - fixture
 from prefect_llmorch.blocks import LLMEndpoint, ToolCredentials
-from prefect_llmorch.llm import LLMClient, LLMConfigError
+from prefect_llmorch.llm.client import LLMClient, LLMConfigError
 
 TOKEN = "tok-llmorch-SECRET-41b7"
 

@@ -24,7 +24,7 @@ def llmorch(*args: str, stdin: str | None = None, timeout: float = 240) -> subpr
 
 def test_check_accepts_the_examples() -> None:
     for plan in ("kitti.plan", "seo.plan", "parallelqa.plan"):
-        out = llmorch("check", f"flows/examples/{plan}", "--json")
+        out = llmorch("check", f"prefect_llmorch/examples/{plan}", "--json")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["ok"] is True
 
@@ -51,14 +51,14 @@ def test_check_on_the_malformed_llmcompiler_plan_points_at_the_missing_paren() -
 
 
 def test_graph_json_is_the_documented_object() -> None:
-    out = llmorch("graph", "flows/examples/seo.plan", "--json")
+    out = llmorch("graph", "prefect_llmorch/examples/seo.plan", "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["calls"][2] == {"id": "s3", "function": "compare", "kind": "compute", "rank": 2, "deps": ["s1", "s2"]}
     assert doc["mutex"] == [] and set(doc) == {"calls", "mutex", "work", "critical_path"}
-    kitti = json.loads(llmorch("graph", "flows/examples/kitti.plan", "--json").stdout)
+    kitti = json.loads(llmorch("graph", "prefect_llmorch/examples/kitti.plan", "--json").stdout)
     assert len(kitti["mutex"]) == 28 and kitti["mutex"][0] == ["s1", "s2"]
-    mermaid = llmorch("graph", "flows/examples/kitti.plan", "--mermaid").stdout
+    mermaid = llmorch("graph", "prefect_llmorch/examples/kitti.plan", "--mermaid").stdout
     assert mermaid.startswith("flowchart") and "-.-" in mermaid
 
 
@@ -71,13 +71,13 @@ def test_simulate_json_on_an_stg_file() -> None:
 
 
 def test_unknown_toolbox_is_a_clear_error() -> None:
-    out = llmorch("graph", "flows/examples/seo.plan", "--toolbox", "nowhere:tb")
+    out = llmorch("graph", "prefect_llmorch/examples/seo.plan", "--toolbox", "nowhere:tb")
     assert out.returncode == 2 and "cannot import toolbox module 'nowhere'" in out.stderr
 
 
 @pytest.mark.slow
 def test_run_json_executes_on_ephemeral_prefect() -> None:
-    out = llmorch("run", "flows/examples/seo.plan", "-P", "2", "--json")
+    out = llmorch("run", "prefect_llmorch/examples/seo.plan", "-P", "2", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads(out.stdout)
     assert doc["state"] == "Completed" and doc["processors"] == 2

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from prefect_llmorch.examples import open_plan_path
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-E2E_PLAN = (ROOT / "flows" / "examples" / "e2e.plan").read_text()
+E2E_PLAN = open_plan_path("example:e2e").read_text()
 
 
 def _everything_stored(run_id: uuid.UUID) -> dict[str, str]:
@@ -57,13 +59,13 @@ def _latest_run_id(flow_name: str) -> uuid.UUID:
 
 
 def test_block_secret_reaches_compute_worker_and_is_not_stored(prefect_harness: None) -> None:
-    from flows.examples.e2e import fingerprint
+    from prefect_llmorch.examples.e2e import fingerprint
     from prefect_llmorch import run_plan
     from prefect_llmorch.blocks import ToolCredentials
 
     secret = f"passphrase-{uuid.uuid4().hex}"
     ToolCredentials(secrets={"passphrase": secret}).save("e2e-master", overwrite=True)
-    report = run_plan(E2E_PLAN, "flows.examples.e2e:toolbox", processors=2, concurrency_limit=None)
+    report = run_plan(E2E_PLAN, "prefect_llmorch.examples.e2e:toolbox", processors=2, concurrency_limit=None)
 
     assert report.state == "Completed"
     calls = {c["id"]: c for c in report.calls}
@@ -91,7 +93,7 @@ def test_missing_block_fails_before_anything_runs_and_says_how_to_create_it(pref
 
     # The e2e toolbox's `seal` declares e2e-master; a toolbox whose seal needs a block that
     # does not exist shows the failure.
-    import flows.examples.e2e as e2e
+    import prefect_llmorch.examples.e2e as e2e
     from prefect_llmorch import Toolbox
 
     missing = Toolbox(e2e.fetch_public_key, dataclasses.replace(e2e.toolbox["seal"], credentials=name))
@@ -113,7 +115,7 @@ def test_inout_function_gets_its_block_and_store_loads_each_block_once(prefect_h
     from prefect_llmorch.credentials import CredentialStore
     from prefect_llmorch.plan.parser import parse
 
-    import flows.examples.seo as seo
+    import prefect_llmorch.examples.seo as seo
 
     ToolCredentials(secrets={"api_key": "k-" + uuid.uuid4().hex}, values={"region": "eu"}).save("search-api", overwrite=True)
     store = CredentialStore(seo.toolbox)
@@ -122,7 +124,7 @@ def test_inout_function_gets_its_block_and_store_loads_each_block_once(prefect_h
     assert list(store) == ["search-api"] and store["search-api"]["region"] == "eu"
     assert "k-" not in repr(store)
 
-    report = run_plan('s1: search("prefect flows")\ns2: search("dask")', "flows.examples.seo:toolbox", processors=1, concurrency_limit=None)
+    report = run_plan('s1: search("prefect flows")\ns2: search("dask")', "prefect_llmorch.examples.seo:toolbox", processors=1, concurrency_limit=None)
     assert report.state == "Completed"
     assert report.result == {
         "s1": [f"https://example.org/prefect-flows/{i}" for i in range(1, 6)],
@@ -131,11 +133,11 @@ def test_inout_function_gets_its_block_and_store_loads_each_block_once(prefect_h
 
 
 def test_deployable_ask_flow_answers_with_a_scripted_llm(prefect_harness: None) -> None:
-    """flows/deploy.py's `llmorch-ask` (pydantic parameters) end to end with a local
+    """prefect_llmorch/flows/deploy.py's `llmorch-ask` (pydantic parameters) end to end with a local
     OpenAI-compatible server and an LLMEndpoint block."""
-    from flows.deploy import AskParameters, llmorch_ask
+    from prefect_llmorch.flows.deploy import AskParameters, llmorch_ask
     from prefect_llmorch.blocks import LLMEndpoint
-    from prefect_llmorch.runner import LLMOrchTaskRunner
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
     from prefect_llmorch.testing.fake_llm import FakeLLM
 
     plan = 's1: search("Apple stock")\ns2: search("Microsoft stock")\ns3: compare(s1, s2)\ns4: self("Answer: {s3}")\n'

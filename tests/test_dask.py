@@ -1,4 +1,4 @@
-"""Tests for `prefect_llmorch.dask`: a real `dask scheduler` and `dask worker` processes.
+"""Tests for `prefect_llmorch.engine.dask`: a real `dask scheduler` and `dask worker` processes.
 
 Claims are proved from what the compute function itself recorded on the worker (pid,
 wall-clock start and end), not from wall-clock thresholds.
@@ -15,9 +15,9 @@ from typing import Any, Callable
 import cloudpickle
 import pytest
 
-from prefect_llmorch.dask import PROCESSOR, LLMOrchDaskTaskRunner
-from prefect_llmorch.orchestrate import PlanRunFailed, RunReport, run_plan
-from prefect_llmorch.runner import LLMOrchTaskRunner
+from prefect_llmorch.engine.dask import PROCESSOR, LLMOrchDaskTaskRunner
+from prefect_llmorch.flows.run import PlanRunFailed, RunReport, run_plan
+from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 import toolboxes_dask
 from toolboxes_dask import dask_cli_cluster, kill_tree, toolbox
 
@@ -230,8 +230,8 @@ def test_a_raising_compute_call_fails_its_run_clearly_and_cancel_ends_a_running_
     once (`CallCancelled`), although the worker thread runs on."""
     from distributed import Client
 
-    from prefect_llmorch.dask import DaskProcessorPool
-    from prefect_llmorch.workers import CallCancelled, Cancel
+    from prefect_llmorch.engine.dask import DaskProcessorPool
+    from prefect_llmorch.engine.workers import CallCancelled, Cancel
 
     marker = tmp_path / "started"
     marker.mkdir()

@@ -76,12 +76,12 @@ def test_bad_decorator_settings_fail_at_once() -> None:
 
 
 def test_load_toolbox_errors_are_clear() -> None:
-    assert "detect" in load_toolbox("flows.examples.toolbox:toolbox")
+    assert "detect" in load_toolbox("prefect_llmorch.examples.toolbox:toolbox")
     with pytest.raises(ValueError, match="module:attr"):
-        load_toolbox("flows.examples.toolbox")
+        load_toolbox("prefect_llmorch.examples.toolbox")
     with pytest.raises(ValueError, match="cannot import toolbox module"):
         load_toolbox("no_such_module_xyz:toolbox")
     with pytest.raises(ValueError, match="has no attribute 'nope'"):
-        load_toolbox("flows.examples.toolbox:nope")
+        load_toolbox("prefect_llmorch.examples.toolbox:nope")
     with pytest.raises(ValueError, match="not a Toolbox"):
-        load_toolbox("flows.examples.toolbox:_FACTS")
+        load_toolbox("prefect_llmorch.examples.toolbox:_FACTS")

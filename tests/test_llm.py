@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from fake_llm import FakeError, FakeLLM, count_tokens
 from llm_fixtures import KEY, MODEL, fake_llm, free_port, llm  # noqa: F401 - fixtures
-from prefect_llmorch.llm import Completion, LLMClient, LLMConfigError, LLMError, read_env
+from prefect_llmorch.llm.client import Completion, LLMClient, LLMConfigError, LLMError, read_env
 
 MESSAGES = [
     {"role": "system", "content": "You answer briefly."},

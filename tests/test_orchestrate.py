@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llm_fixtures import fake_llm, llm  # noqa: F401
-from prefect_llmorch.orchestrate import PlanRunFailed, run_plan
+from prefect_llmorch.flows.run import PlanRunFailed, run_plan
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -78,7 +78,7 @@ def test_final_state_is_the_local_one_not_the_api_s_lagging_copy() -> None:
     from prefect.futures import PrefectConcurrentFuture, wait
     from prefect.states import Completed
 
-    from prefect_llmorch.compiler import final_state
+    from prefect_llmorch.engine.compiler import final_state
 
     inner: concurrent.futures.Future = concurrent.futures.Future()
     inner.set_result(Completed(data=1))

@@ -12,10 +12,10 @@ import pytest
 from fake_llm import FakeError, count_tokens
 from llm_fixtures import KEY, MODEL, fake_llm, free_port, llm  # noqa: F401 - fixtures
 from prefect_llmorch.functions import Toolbox, compute, inout
-from prefect_llmorch.llm import LLMClient, LLMError
+from prefect_llmorch.llm.client import LLMClient, LLMError
 from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.parser import parse
-from prefect_llmorch.planner import (
+from prefect_llmorch.flows.planner import (
     EXAMPLES,
     PlannerResult,
     PlanningFailed,
@@ -276,7 +276,7 @@ def test_unreachable_endpoint_raises_llm_error_without_the_key():
 
 def test_each_attempt_is_logged_outside_a_run(fake_llm, llm, caplog):
     fake_llm.add(BROKEN, GOOD)
-    with caplog.at_level(logging.INFO, logger="prefect_llmorch.planner"):
+    with caplog.at_level(logging.INFO, logger="prefect_llmorch.flows.planner"):
         plan_query(QUERY, TOOLBOX, llm)
     text = caplog.text
     assert "attempt 1 (plan, temperature 0): 1 error" in text

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from graphs import kitti
 from prefect_llmorch.graph import FRG
-from prefect_llmorch.policy import POLICIES, Coordinator, priority, select
+from prefect_llmorch.schedule.policy import POLICIES, Coordinator, priority, select
 
 
 def test_policies_are_named():

@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_fixtures import KEY, MODEL
-from prefect_llmorch.compiler import Recorder
-from prefect_llmorch.llm import LLMClient
+from prefect_llmorch.engine.compiler import Recorder
+from prefect_llmorch.llm.client import LLMClient
 from prefect_llmorch.plan.model import Call
 from prefect_llmorch.plan.parser import parse
-from prefect_llmorch.recovery import (
+from prefect_llmorch.flows.recovery import (
     ARTIFACT_KEY,
     RecoveryConfig,
     RepairRejected,
@@ -61,8 +61,8 @@ def run(plan_text: str, script: list[Any], *, policy: str = "critical-path", pro
     """Run a plan with recovery in an `LLMOrchTaskRunner` flow; the flow fails when calls do."""
     from prefect import flow
 
-    from prefect_llmorch.orchestrate import PlanRunFailed, execute
-    from prefect_llmorch.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.run import PlanRunFailed, execute
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 
     box: dict[str, Any] = {}
     with FakeLLM(script, api_key=KEY, model=MODEL) as server:
@@ -239,7 +239,7 @@ def test_unrepairable_plan_ends_failed_with_a_report_of_every_round(runlog):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    from prefect_llmorch.orchestrate import PlanRunFailed
+    from prefect_llmorch.flows.run import PlanRunFailed
 
     out = run(PRICES_PLAN, ['s1: lookup("Apel")', 's1: lookup("Appl")'], max_rounds=2)
     assert out.state.is_failed()

@@ -9,10 +9,10 @@ import time
 import pytest
 from prefect import flow, task
 
-from prefect_llmorch.compiler import Recorder
-from prefect_llmorch.orchestrate import execute
+from prefect_llmorch.engine.compiler import Recorder
+from prefect_llmorch.flows.run import execute
 from prefect_llmorch.plan.model import Arg, Call, ListExpr, Literal, Plan, Ref
-from prefect_llmorch.runner import LLMOrchTaskRunner
+from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 
 from toolboxes import toolbox
 
@@ -193,7 +193,7 @@ def test_two_flow_runs_together_never_exceed_the_global_limit() -> None:
 
 
 def test_an_unknown_policy_from_a_flow_parameter_fails_the_run_instead_of_hanging() -> None:
-    from prefect_llmorch.orchestrate import orchestrate
+    from prefect_llmorch.flows.run import orchestrate
 
     flow = orchestrate.with_options(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
     started = time.monotonic()

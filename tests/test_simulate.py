@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from graphs import kitti
 from prefect_llmorch.graph import FRG
-from prefect_llmorch.policy import POLICIES
-from prefect_llmorch.simulate import (
+from prefect_llmorch.schedule.policy import POLICIES
+from prefect_llmorch.schedule.simulator import (
     BASELINES,
     Entry,
     Schedule,

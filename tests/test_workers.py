@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from prefect_llmorch.workers import CallCancelled, CallTimeout, Cancel, RemoteTraceback, WorkerDied, WorkerPool
+from prefect_llmorch.engine.workers import CallCancelled, CallTimeout, Cancel, RemoteTraceback, WorkerDied, WorkerPool
 from toolboxes import add, crunch, die, fail
 
 
@@ -128,7 +128,7 @@ def test_functions_from_main_and_lambdas_run_without_reimporting_main(tmp_path) 
     script.write_text(
         "from pathlib import Path\n"
         f"Path({str(marker)!r}).open('a').write('x')\n"  # top-level code: must run once only
-        "from prefect_llmorch.workers import WorkerPool\n"
+        "from prefect_llmorch.engine.workers import WorkerPool\n"
         "def square(x):\n    return x * x\n"
         "with WorkerPool(2) as p:\n"
         "    print(p.run('a', square, (7,)).value, p.run('b', lambda y: y + 1, (1,)).value)\n"

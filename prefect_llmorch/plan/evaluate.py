@@ -15,16 +15,31 @@ Rules:
   `EvaluationError` naming the operation.
 - Lists and dicts are evaluated item by item into new `list`/`dict` objects.
 - A reference with no result raises `MissingResultError` (a `KeyError`) naming the id.
+- A reference with a path (`s1.data[0].id`) selects a part of the result, one step at a
+  time, by reading data only (never calling anything, never `getattr` on user classes):
+  a name step reads a mapping's key, a pydantic model's field (or extra), a dataclass's
+  field, a named tuple's field, or a plain object's public instance attribute (names
+  starting with `_` are never read from objects; mapping keys are data and may be any
+  string); an index step reads a list or tuple item (negative counts from the end) or a
+  mapping's integer key. Anything else raises `AccessError`, naming what is there:
+
+    >>> resolve(parse('s1: f()\ns2: g(origin=s1.skyId)')["s2"], {"s1": {"id": 1, "name": "x"}})
+    Traceback (most recent call last):
+    ...
+    prefect_llmorch.plan.evaluate.AccessError: s2 argument 'origin': s1 has no field 'skyId'; it has: id, name
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Any, Callable, Mapping
 
-from .model import BinOp, Call, DictExpr, Expr, ListExpr, Literal, Ref, Template
+from pydantic import BaseModel
 
-__all__ = ["evaluate", "resolve", "EvaluationError", "MissingResultError"]
+from .model import BinOp, Call, DictExpr, Expr, ListExpr, Literal, Ref, Step, Template, describe_path
+
+__all__ = ["evaluate", "resolve", "select", "EvaluationError", "MissingResultError", "AccessError"]
 
 
 class EvaluationError(ValueError):
@@ -41,6 +56,47 @@ class EvaluationError(ValueError):
         self.op = op
         self.left = left
         self.right = right
+
+
+class AccessError(EvaluationError):
+    """A field or index that the result does not have (`s1.skyId` on a result without it).
+
+    Attributes:
+        ref: the reference as written, e.g. "s1.data[0].id".
+        at: the part that exists, e.g. "s1.data[0]".
+        step: the step that failed ("id", or an index).
+        available: what is there instead (field names, or "0..2" for a list).
+        call: the calling call's id, once `resolve` knows it ("" before).
+        argument: the argument's name (or its 1-based position), once known.
+    """
+
+    def __init__(self, message: str, *, ref: str = "", at: str = "", step: Step = "",
+                 available: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ref = ref
+        self.at = at
+        self.step = step
+        self.available = list(available or [])
+        self.call = ""
+        self.argument = ""
+
+    def __str__(self) -> str:
+        if not self.call:
+            return self.message
+        arg = f"'{self.argument}'" if isinstance(self.argument, str) else str(self.argument)
+        return f"{self.call} argument {arg}: {self.message}"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # Prefect pickles exceptions into states: keep the fields.
+        return (_rebuild_access, (self.__dict__.copy(),))
+
+
+def _rebuild_access(fields: dict[str, Any]) -> "AccessError":
+    err = AccessError.__new__(AccessError)
+    err.__dict__.update(fields)
+    Exception.__init__(err, fields.get("message", ""))
+    return err
 
 
 class MissingResultError(KeyError):
@@ -93,9 +149,120 @@ def _binop(op: str, left: Any, right: Any) -> Any:
 
 def _lookup(ref: Ref, results: Mapping[str, Any]) -> Any:
     try:
-        return results[ref.id]
+        value = results[ref.id]
     except KeyError:
         raise MissingResultError(ref.id) from None
+    return select(value, ref.path, ref.id) if ref.path else value
+
+
+_MAX_LISTED = 20
+
+
+def _listing(names: list[str]) -> str:
+    if not names:
+        return "nothing"
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def _fields(value: Any) -> dict[str, Any] | None:
+    """The named data of a non-mapping value, read without calling any of its code;
+    None when it has no named data (numbers, strings, lists, ...)."""
+    if isinstance(value, BaseModel):
+        data = {k: v for k, v in vars(value).items() if k in type(value).model_fields}
+        data.update(value.__pydantic_extra__ or {})
+        return data
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):  # a named tuple
+        return dict(zip(type(value)._fields, value))
+    if isinstance(value, (str, bytes, bytearray, int, float, complex, list, tuple, set,
+                          frozenset, type(None))) or isinstance(value, type) or callable(value):
+        return None
+    if dataclasses.is_dataclass(value):
+        names = [f.name for f in dataclasses.fields(value)]
+    else:
+        names = list(getattr(value, "__dict__", {}))
+        for klass in type(value).__mro__:
+            slots = vars(klass).get("__slots__", ())
+            names += [slots] if isinstance(slots, str) else list(slots)
+    data: dict[str, Any] = {}
+    instance = getattr(value, "__dict__", None)
+    for name in names:
+        if name.startswith("_") or name in data:
+            continue
+        if instance is not None and name in instance:
+            data[name] = instance[name]
+            continue
+        for klass in type(value).__mro__:  # a slot: read its member descriptor directly
+            member = vars(klass).get(name)
+            if type(member).__name__ == "member_descriptor":
+                try:
+                    data[name] = member.__get__(value, type(value))
+                except AttributeError:  # an unset slot
+                    pass
+                break
+    return data
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} item" + ("" if len(value) == 1 else "s")
+    if value is None:
+        return "None"
+    return f"a {type(value).__name__}"
+
+
+def select(value: Any, path: tuple[Step, ...], call_id: str = "result") -> Any:
+    """The part of `value` that `path` names (see the module docstring).
+
+    Raises:
+        AccessError: a step names a field, key or index the value does not have.
+
+    Examples:
+        >>> select({"data": [{"id": 7}]}, ("data", 0, "id"), "s1")
+        7
+        >>> select([1, 2], (5,), "s1")
+        Traceback (most recent call last):
+        ...
+        prefect_llmorch.plan.evaluate.AccessError: s1 has no index 5; it is a list of 2 items (0..1)
+    """
+    for i, step in enumerate(path):
+        at = describe_path(call_id, path[:i])
+
+        def fail(message: str, available: list[str]) -> AccessError:
+            return AccessError(message, ref=describe_path(call_id, path), at=at, step=step,
+                               available=available)
+
+        if isinstance(value, Mapping):
+            if step in value:
+                value = value[step]
+                continue
+            keys = [str(k) for k in value]
+            what = f"field {step!r}" if isinstance(step, str) else f"key {step}"
+            raise fail(f"{at} has no {what}; it has: {_listing(keys)}", keys)
+        if isinstance(step, int):
+            if isinstance(value, (list, tuple)):
+                if -len(value) <= step < len(value):
+                    value = value[step]
+                    continue
+                span = f" (0..{len(value) - 1})" if value else ""
+                raise fail(f"{at} has no index {step}; it is {_kind(value)}{span}",
+                           [str(n) for n in range(len(value))])
+            fields = _fields(value)
+            hint = f"; it has: {_listing(list(fields))}" if fields else ""
+            raise fail(f"{at} is {_kind(value)}, not a list: it has no index {step}{hint}",
+                       list(fields or ()))
+        fields = _fields(value)
+        if fields is None:
+            hint = f"; use an index like {at}[0]" if isinstance(value, (list, tuple)) else ""
+            raise fail(f"{at} is {_kind(value)}: it has no field {step!r}{hint}", [])
+        if step.startswith("_"):
+            raise fail(f"{at}: field {step!r} is private (names starting with `_` are never "
+                       f"read from objects); it has: {_listing(list(fields))}", list(fields))
+        if step not in fields:
+            raise fail(f"{at} has no field {step!r}; it has: {_listing(list(fields))}",
+                       list(fields))
+        value = fields[step]
+    return value
 
 
 def evaluate(expr: Expr, results: Mapping[str, Any]) -> Any:
@@ -135,7 +302,25 @@ def resolve(call: Call, results: Mapping[str, Any]) -> tuple[tuple[Any, ...], di
 
     Raises:
         MissingResultError, EvaluationError: as `evaluate`.
+    Raises:
+        AccessError: its message names the call and the argument:
+            "s3 argument 'originSkyId': s1 has no field 'skyId'; it has: id, name, entityId"
+            (positional arguments are numbered from 1).
     """
-    args = tuple(evaluate(a.value, results) for a in call.args if a.name is None)
-    kwargs = {a.name: evaluate(a.value, results) for a in call.args if a.name is not None}
-    return args, kwargs
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    position = 0
+    for arg in call.args:
+        if arg.name is None:
+            position += 1
+        try:
+            value = evaluate(arg.value, results)
+        except AccessError as exc:
+            exc.call = call.id if not call.id.isdigit() else f"${call.id}"
+            exc.argument = arg.name if arg.name is not None else position  # type: ignore[assignment]
+            raise
+        if arg.name is None:
+            args.append(value)
+        else:
+            kwargs[arg.name] = value
+    return tuple(args), kwargs

@@ -12,21 +12,41 @@ No Prefect, no I/O here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal as TypingLiteral, Union
 
-Dialect = TypingLiteral["paper", "llmcompiler"]
+Dialect = TypingLiteral["paper", "llmcompiler", "json", "nestful"]
+
+#: Every dialect `Plan.to_text` can write and `parse` reads.
+DIALECTS: tuple[Dialect, ...] = ("paper", "llmcompiler", "json", "nestful")
 
 Scalar = Union[str, int, float, bool, None]
+
+#: One step of a field/index access: a field or key name (`.skyId`, `["Exchange Rate"]`)
+#: or an index (`[0]`, `[-1]`).
+Step = Union[str, int]
 
 
 @dataclass(frozen=True)
 class Ref:
-    """A reference to the result of an earlier call (`s1`, `$1`, `${1}`, `{s1}`)."""
+    """A reference to the result of an earlier call (`s1`, `$1`, `${1}`, `{s1}`), optionally
+    selecting a part of it: `s1.data[0].id` is `Ref("s1", path=("data", 0, "id"))`.
+
+    The def-use edge goes to the base call (`id`), whatever the path.
+    """
 
     id: str
     line: int = field(default=0, compare=False, repr=False)
     column: int = field(default=0, compare=False, repr=False)
+    path: tuple[Step, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Ref(id={self.id!r}" + (f", path={self.path!r})" if self.path else ")")
+
+    def display(self) -> str:
+        """How messages name it: `s1.data[0]`, `$1.skyId`, `s1["Exchange Rate"]`."""
+        return describe_path(self.id, self.path)
 
 
 @dataclass(frozen=True)
@@ -108,10 +128,16 @@ class Call:
 
 @dataclass(frozen=True)
 class Plan:
-    """A function-call sequence. `dialect` records how it was written."""
+    """A function-call sequence. `dialect` records how it was written.
+
+    `answer` names the plan's answer when the plan says so (the NESTFUL form's final
+    `var_result` entry, the JSON form's `"answer"`): an expression over the calls'
+    results, usually a `DictExpr` of `Ref`s. The text dialects have no way to write it.
+    """
 
     calls: tuple[Call, ...]
     dialect: Dialect = field(default="paper", compare=False)
+    answer: Expr | None = None
 
     def __iter__(self):
         return iter(self.calls)
@@ -130,7 +156,9 @@ class Plan:
         return tuple(c.id for c in self.calls)
 
     def to_text(self, dialect: Dialect | None = None) -> str:
-        """Render the plan; `parse(plan.to_text(d))` gives back an equal plan."""
+        """Render the plan in `dialect` (default: the one it was written in):
+        "paper", "llmcompiler", "json" or "nestful"; `parse(plan.to_text(d))` gives back
+        an equal plan (the text dialects drop `answer`)."""
         from .render import render  # local import: render depends on this module
 
         return render(self, dialect or self.dialect)
@@ -149,3 +177,19 @@ def refs(expr: Expr) -> list[Ref]:
     if isinstance(expr, BinOp):
         return refs(expr.left) + refs(expr.right)
     return []
+
+
+def describe_path(call_id: str, path: tuple[Step, ...] = ()) -> str:
+    """`s1.data[0]["Exchange Rate"]` (a numeric id reads `$1`)."""
+    out = [f"${call_id}" if call_id.isdigit() else call_id]
+    for step in path:
+        if isinstance(step, int):
+            out.append(f"[{step}]")
+        elif _IDENT.fullmatch(step):
+            out.append(f".{step}")
+        else:
+            out.append(f"[{step!r}]")
+    return "".join(out)
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -58,7 +58,9 @@ from .errors import (
     UnknownFunctionError,
 )
 from .evaluate import EvaluationError, evaluate
-from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Template
+from .model import (
+    Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template,
+)
 from .model import refs as _refs
 
 __all__ = ["parse", "check", "PlanStream", "UNKNOWN"]
@@ -88,8 +90,16 @@ _ITEM_LINE = re.compile(r"[ \t]*(?:(\d+)[ \t]*[.:]|([A-Za-z_]\w*)[ \t]*:|<END_OF
 
 # References inside strings (see the module docstring).
 _ID = r"[A-Za-z_][A-Za-z0-9_]*|\d+"
-_BRACE_REF = re.compile(r"\$?\{[ \t]*(" + _ID + r")[ \t]*\}")  # paper: {id} and ${id}
-_DOLLAR_REF = re.compile(r"\$(?:(\d+)|\{[ \t]*(" + _ID + r")[ \t]*\})")  # llmcompiler
+# Field and index steps inside strings: .name  [0]  [-1]  ['key']  [\"key\"] (quotes may
+# be escaped, since they sit inside a quoted string).
+_STEP = (r"\.([A-Za-z_][A-Za-z0-9_]*)|\[[ \t]*(-?\d+)[ \t]*\]"
+         r"|\[[ \t]*\\?'([^'\\\n]*)\\?'[ \t]*\]|\[[ \t]*\\?\"([^\"\\\n]*)\\?\"[ \t]*\]")
+_STEPS = r"((?:" + _STEP + r")*)"
+_STEP_RE = re.compile(_STEP)
+# paper: {id.steps} and ${id.steps}
+_BRACE_REF = re.compile(r"\$?\{[ \t]*(" + _ID + r")" + _STEPS + r"[ \t]*\}")
+# llmcompiler: $N.steps and ${id.steps}
+_DOLLAR_REF = re.compile(r"\$(?:(\d+)" + _STEPS + r"|\{[ \t]*(" + _ID + r")" + _STEPS + r"[ \t]*\})")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"',
             "$": "$", "{": "{", "}": "}", "\n": ""}
 
@@ -146,7 +156,7 @@ def _scan_string(tok: Token, dialect: Dialect | None) -> Expr:
                 if text:
                     parts.append("".join(text))
                     text = []
-                parts.append(Ref(_norm_id(m.group(1) or m.group(2)), line, col))
+                parts.append(_string_ref(m, line, col))
                 step = m.end() - i
             else:
                 text.append(ch)
@@ -159,6 +169,28 @@ def _scan_string(tok: Token, dialect: Dialect | None) -> Expr:
     if len(parts) == 1:
         return parts[0] if isinstance(parts[0], Ref) else Literal(parts[0])
     return Template(tuple(parts))
+
+
+def _string_ref(m: re.Match[str], line: int, col: int) -> Ref:
+    groups = [g for g in m.groups()]
+    if m.re is _BRACE_REF:
+        call_id, steps = groups[0], groups[1]
+    elif groups[0] is not None:  # $N.steps
+        call_id, steps = groups[0], groups[1]
+    else:  # ${id.steps}
+        call_id, steps = groups[6], groups[7]
+    return Ref(_norm_id(call_id), line, col, _steps_of(steps or ""))
+
+
+def _steps_of(text: str) -> tuple[Step, ...]:
+    out: list[Step] = []
+    for m in _STEP_RE.finditer(text):
+        name, index, single, double = m.groups()
+        if index is not None:
+            out.append(int(index))
+        else:
+            out.append(name if name is not None else single if single is not None else double)
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- tree -> model
@@ -214,11 +246,26 @@ class _Builder(Transformer):  # type: ignore[type-arg]
     def string(self, tok: Token) -> Expr:
         return _scan_string(tok, self.dialect)
 
-    def name_ref(self, tok: Token) -> Ref:
-        return Ref(str(tok), tok.line, tok.column)
+    def name_ref(self, tok: Token, *steps: Step) -> Ref:
+        return Ref(str(tok), tok.line, tok.column, tuple(steps))
 
-    def dollar_ref(self, tok: Token) -> Ref:
-        return Ref(_norm_id(tok.strip("${} \t")), tok.line, tok.column)
+    def dollar_ref(self, tok: Token, *steps: Step) -> Ref:
+        return Ref(_norm_id(tok.strip("${} \t")), tok.line, tok.column, tuple(steps))
+
+    def field_step(self, tok: Token) -> str:
+        return str(tok)
+
+    def key_step(self, tok: Token) -> str:
+        return _scan_string(tok, None).value  # type: ignore[union-attr,return-value]
+
+    def index_step(self, tok: Token) -> int:
+        if any(c in tok for c in ".eE"):
+            raise PlanSyntaxError(f"index `[{tok}]` must be a whole number, like [0]",
+                                  line=tok.line or 0, column=tok.column or 0)
+        return int(tok)
+
+    def neg_index_step(self, tok: Token) -> int:
+        return -self.index_step(tok)
 
     def true(self, *_: Any) -> Literal:
         return Literal(True)
@@ -423,6 +470,8 @@ def _analyse(text: str, collect: bool = True) -> _Result:
     except VisitError as exc:
         orig = exc.orig_exc
         err = orig if isinstance(orig, PlanError) else PlanSyntaxError(f"cannot read plan: {orig}")
+        if err.line and not err.context:
+            err.context = _context(text, _Pos(err.line, err.column))
         return _Result([], dialect, errors + [err])
     calls, semantic = _semantics(raw, text, hidden)
     errors += semantic

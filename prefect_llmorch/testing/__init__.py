@@ -3,6 +3,6 @@
 Nothing here imports pytest or Prefect.
 """
 
-from .fake_llm import FakeLLM, FakeError, RecordedRequest
+from prefect_llmorch.testing.fake_llm import FakeLLM, FakeError, RecordedRequest
 
 __all__ = ["FakeLLM", "FakeError", "RecordedRequest"]

@@ -22,8 +22,8 @@ import heapq
 import os
 from dataclasses import dataclass
 from functools import cached_property
-from .graph import FRG
-from .policy import DEFAULT_POLICY, POLICIES, Coordinator
+from prefect_llmorch.graph import FRG
+from prefect_llmorch.schedule.policy import DEFAULT_POLICY, POLICIES, Coordinator
 
 __all__ = [
     "BASELINES",

@@ -17,9 +17,9 @@ import threading
 from typing import Any
 from uuid import UUID
 
-from .compiler import CallRecord, Recorder
+from prefect_llmorch.engine.compiler import CallRecord, Recorder
 
-logger = logging.getLogger("prefect_llmorch.progress")
+logger = logging.getLogger("prefect_llmorch.flows.progress")
 
 FINAL = ("Completed", "Failed", "Cancelled", "NotReady", "Crashed")
 ARTIFACT_KEY = "llmorch-progress"

@@ -32,7 +32,7 @@ import heapq
 from collections import deque
 from typing import Any, Callable, Iterable, Mapping
 
-from .graph import FRG
+from prefect_llmorch.graph import FRG
 
 __all__ = ["POLICIES", "DEFAULT_POLICY", "Coordinator", "check_policy", "priority", "select"]
 

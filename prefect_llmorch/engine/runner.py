@@ -45,15 +45,15 @@ import psutil
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import TaskRunner
 
-from .policy import check_policy, select
-from .workers import WorkerPool
+from prefect_llmorch.schedule.policy import check_policy, select
+from prefect_llmorch.engine.workers import WorkerPool
 
 if TYPE_CHECKING:
     from prefect.tasks import Task
 
-    from .graph import FRG
+    from prefect_llmorch.graph import FRG
 
-logger = logging.getLogger("prefect_llmorch.runner")
+logger = logging.getLogger("prefect_llmorch.engine.runner")
 
 #: Attribute a compiled task carries to name its call in the FRG.
 CALL_ATTR = "llmorch_call_id"

@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 REPO = Path(__file__).resolve().parent.parent
-# A worker loads this file by path: make `flows.examples...` toolboxes importable here and
+# A worker loads this file by path: make `prefect_llmorch.examples...` toolboxes importable here and
 # (sys.path is passed on to spawned processes) in the compute worker processes.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -33,15 +33,15 @@ if str(REPO) not in sys.path:
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
-from prefect_llmorch.ask import _ask  # noqa: E402
-from prefect_llmorch.orchestrate import RunReport, _jsonable, current_llmorch_runner, orchestrate  # noqa: E402
-from prefect_llmorch.runner import LLMOrchTaskRunner, default_processors  # noqa: E402
+from prefect_llmorch.flows.ask import _ask  # noqa: E402
+from prefect_llmorch.flows.run import RunReport, _jsonable, current_llmorch_runner, orchestrate  # noqa: E402
+from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors  # noqa: E402
 
-DEFAULT_TOOLBOX = "flows.examples.toolbox:toolbox"
+DEFAULT_TOOLBOX = "prefect_llmorch.examples.toolbox:toolbox"
 Policy = Literal["critical-path", "paper"]
 
 #: Example toolbox modules the compute workers import at start (before any plan arrives).
-PRELOAD = ("flows.examples.toolbox",)
+PRELOAD = ("prefect_llmorch.examples.toolbox",)
 
 
 def _env_processors() -> int | None:
@@ -75,7 +75,7 @@ class RunParameters(BaseModel):
         description="The plan text, in either dialect (`s1: f(...)` or `1. f(...)`). Overrides plan_file.",
     )
     plan_file: Optional[str] = Field(
-        default="flows/examples/kitti.plan",
+        default="prefect_llmorch/examples/kitti.plan",
         title="Plan file",
         description="A plan file, relative to the repository root; used when `plan` is empty.",
     )
@@ -216,7 +216,7 @@ def deployments(
     ]
 
 
-if __name__ == "__main__":  # python flows/deploy.py: serve both flows
+if __name__ == "__main__":  # python prefect_llmorch/flows/deploy.py: serve both flows
     from prefect import serve
 
     serve(*deployments())

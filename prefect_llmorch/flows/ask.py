@@ -15,13 +15,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
 
-from .compiler import Compiler, Recorder
-from .credentials import CredentialStore
-from .progress import RunProgress
-from .functions import Toolbox
-from .graph import FRG
-from .llm import LLMClient
-from .orchestrate import (
+from prefect_llmorch.engine.compiler import Compiler, Recorder
+from prefect_llmorch.credentials import CredentialStore
+from prefect_llmorch.flows.progress import RunProgress
+from prefect_llmorch.functions import Toolbox
+from prefect_llmorch.graph import FRG
+from prefect_llmorch.llm.client import LLMClient
+from prefect_llmorch.flows.run import (
     PlanRunFailed,
     RunReport,
     build_report,
@@ -33,12 +33,12 @@ from .orchestrate import (
     resolve_toolbox,
     run_flow,
 )
-from .plan.model import Call, Plan
-from .planner import ask_self, planner_task, resolve_client
-from .recovery import RecoveryConfig, RecoveryController
-from .runner import LLMOrchTaskRunner, default_processors
+from prefect_llmorch.plan.model import Call, Plan
+from prefect_llmorch.flows.planner import ask_self, planner_task, resolve_client
+from prefect_llmorch.flows.recovery import RecoveryConfig, RecoveryController
+from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 
-DEFAULT_TOOLBOX = "flows.examples.toolbox:toolbox"
+DEFAULT_TOOLBOX = "prefect_llmorch.examples.toolbox:toolbox"
 _DONE = object()
 
 

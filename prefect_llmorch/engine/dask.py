@@ -2,15 +2,15 @@
 
 Before, a plan on the P processes of one machine:
 
-    run_plan(plan, "flows.examples.toolbox:toolbox", processors=2)
+    run_plan(plan, "prefect_llmorch.examples.toolbox:toolbox", processors=2)
 
 After, the same plan on the processors of a Dask cluster (`dask scheduler`, then on each
 machine `dask worker tcp://HOST:8786 --nthreads 1 --resources processor=1`):
 
-    from prefect_llmorch.dask import LLMOrchDaskTaskRunner
+    from prefect_llmorch.engine.dask import LLMOrchDaskTaskRunner
 
     runner = LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786")
-    run_plan(plan, "flows.examples.toolbox:toolbox", task_runner=runner)
+    run_plan(plan, "prefect_llmorch.examples.toolbox:toolbox", task_runner=runner)
 
 P is the sum of the workers' `processor` resources, asked of the scheduler when the runner
 starts (`runner.processors`). A compute call takes one `processor`, an inout call none.
@@ -76,12 +76,12 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
 
-from .runner import CALL_ATTR, LLMOrchTaskRunner
-from .workers import CallCancelled, CallTimeout, Cancel, Outcome, WorkerDied, WorkerError
+from prefect_llmorch.engine.runner import CALL_ATTR, LLMOrchTaskRunner
+from prefect_llmorch.engine.workers import CallCancelled, CallTimeout, Cancel, Outcome, WorkerDied, WorkerError
 
 __all__ = ["LLMOrchDaskTaskRunner", "DaskProcessorPool", "PROCESSOR", "cluster_processors"]
 
-logger = logging.getLogger("prefect_llmorch.dask")
+logger = logging.getLogger("prefect_llmorch.engine.dask")
 
 #: The Dask worker resource a compute call takes one of.
 PROCESSOR = "processor"
@@ -249,7 +249,7 @@ class DaskProcessorPool:
 
     def warm(self, modules: Iterable[str]) -> None:
         """Import modules on every worker now (off the critical path of the first calls)."""
-        mods = list(dict.fromkeys(["prefect_llmorch.dask", *modules]))
+        mods = list(dict.fromkeys(["prefect_llmorch.engine.dask", *modules]))
 
         def _import_all() -> None:
             for m in mods:
@@ -303,7 +303,7 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
 
         >>> from prefect_llmorch import run_plan                                    # doctest: +SKIP
         >>> runner = LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786")         # doctest: +SKIP
-        >>> run_plan("s1: burn(1.0)\\ns2: burn(1.0)", "flows.examples.toolbox:toolbox",
+        >>> run_plan("s1: burn(1.0)\\ns2: burn(1.0)", "prefect_llmorch.examples.toolbox:toolbox",
         ...          task_runner=runner)                                             # doctest: +SKIP
 
         A temporary local cluster of two single-processor workers, in a flow of your own:
@@ -333,7 +333,7 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
         worker_timeout: float = 60.0,
         no_worker_timeout: float | None = 60.0,
     ) -> None:
-        from .policy import check_policy
+        from prefect_llmorch.schedule.policy import check_policy
 
         check_policy(policy)  # before any cluster setting is looked at
         if worker_timeout <= 0:

@@ -11,7 +11,7 @@ The sender's master passphrase lives in the `e2e-master` ToolCredentials block (
 `passphrase`); `seal` receives it in its `credentials` parameter inside a compute worker
 process, never through task parameters. Results carry the key's fingerprint, never the key.
 
-    llmorch check flows/examples/e2e.plan -t flows.examples.e2e:toolbox
+    llmorch check prefect_llmorch/examples/e2e.plan -t prefect_llmorch.examples.e2e:toolbox
 """
 
 from __future__ import annotations

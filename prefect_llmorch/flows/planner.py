@@ -43,14 +43,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from .functions import Toolbox
-from .llm import Completion, LLMClient, Message
-from .plan.errors import PlanError, PlanErrors
-from .plan.model import Call, Plan
-from .plan.parser import PlanStream, check, parse
+from prefect_llmorch.functions import Toolbox
+from prefect_llmorch.llm.client import Completion, LLMClient, Message
+from prefect_llmorch.plan.errors import PlanError, PlanErrors
+from prefect_llmorch.plan.model import Call, Plan
+from prefect_llmorch.plan.parser import PlanStream, check, parse
 
 if TYPE_CHECKING:
-    from .blocks import LLMEndpoint
+    from prefect_llmorch.blocks import LLMEndpoint
 
 __all__ = [
     "Attempt",
@@ -570,7 +570,7 @@ def resolve_client(llm: "LLMClient | LLMEndpoint | str | None") -> LLMClient:
         return llm
     if llm is None:
         return LLMClient.from_env()
-    from .blocks import LLMEndpoint
+    from prefect_llmorch.blocks import LLMEndpoint
 
     if isinstance(llm, str):
         llm = LLMEndpoint.load(llm)

@@ -39,22 +39,22 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from .compiler import final_state
-from .functions import Toolbox
-from .graph import FRG
-from .llm import LLMClient, LLMError
-from .plan.errors import PlanError
-from .plan.evaluate import resolve
-from .plan.model import Call, Plan
-from .plan.parser import check, parse
-from .runner import CALL_ATTR
+from prefect_llmorch.engine.compiler import final_state
+from prefect_llmorch.functions import Toolbox
+from prefect_llmorch.graph import FRG
+from prefect_llmorch.llm.client import LLMClient, LLMError
+from prefect_llmorch.plan.errors import PlanError
+from prefect_llmorch.plan.evaluate import resolve
+from prefect_llmorch.plan.model import Call, Plan
+from prefect_llmorch.plan.parser import check, parse
+from prefect_llmorch.engine.runner import CALL_ATTR
 
 if TYPE_CHECKING:
     from prefect.futures import PrefectFuture
 
-    from .compiler import Compiler  # noqa: F401 - annotations only
-    from .orchestrate import RunReport
-    from .runner import LLMOrchTaskRunner
+    from prefect_llmorch.engine.compiler import Compiler  # noqa: F401 - annotations only
+    from prefect_llmorch.flows.run import RunReport
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 
 __all__ = [
     "RecoveryConfig", "RecoveryController", "RecoveryRound", "Repair", "Failure",
@@ -152,7 +152,7 @@ def parse_repair(answer: str, original: Call, earlier: Sequence[str], toolbox: T
     >>> parse_repair('s2: count(s1)', old, ["s1"], tb)
     Traceback (most recent call last):
     ...
-    prefect_llmorch.recovery.RepairRejected: `count` is a compute function but `s2` calls an inout function (`search`); the repaired call must keep its kind: use an inout function
+    prefect_llmorch.flows.recovery.RepairRejected: `count` is a compute function but `s2` calls an inout function (`search`); the repaired call must keep its kind: use an inout function
     """
     lines = [ln for ln in answer.strip().splitlines() if ln.strip() and not _FENCE.match(ln)]
     text = "\n".join(lines).strip()

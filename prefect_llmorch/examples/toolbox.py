@@ -1,6 +1,6 @@
 """The built-in example toolbox: real waiting for inout calls, real CPU work for compute calls.
 
-Used by the README's main job (`llmorch run flows/examples/kitti.plan`), the tests and the
+Used by the README's main job (`llmorch run prefect_llmorch/examples/kitti.plan`), the tests and the
 benchmarks. Everything is local and deterministic: no network, no API key.
 """
 

@@ -1,7 +1,7 @@
 """The `orchestrate` flow: plan -> FRG -> compiled task runs -> results and artifacts.
 
     >>> from prefect_llmorch import run_plan                        # doctest: +SKIP
-    >>> report = run_plan("s1: burn(1.0)\\ns2: burn(1.0)", "flows.examples.toolbox:toolbox", processors=2)
+    >>> report = run_plan("s1: burn(1.0)\\ns2: burn(1.0)", "prefect_llmorch.examples.toolbox:toolbox", processors=2)
 
 The flow's final state tells the truth: `Failed` (with a message naming each failed call
 and why) when any call failed, `Completed` otherwise. Results of the calls that completed
@@ -18,15 +18,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, wait
 
-from .compiler import Compiler, Recorder, final_state
-from .credentials import CredentialStore
-from .progress import RunProgress
-from .functions import SELF, Toolbox, load_toolbox
-from .graph import FRG
-from .plan.model import Plan
-from .plan.parser import parse
-from .recovery import RecoveryConfig, RecoveryController
-from .runner import LLMOrchTaskRunner, default_processors
+from prefect_llmorch.engine.compiler import Compiler, Recorder, final_state
+from prefect_llmorch.credentials import CredentialStore
+from prefect_llmorch.flows.progress import RunProgress
+from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
+from prefect_llmorch.graph import FRG
+from prefect_llmorch.plan.model import Plan
+from prefect_llmorch.plan.parser import parse
+from prefect_llmorch.flows.recovery import RecoveryConfig, RecoveryController
+from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 
 
 @dataclass
@@ -201,7 +201,7 @@ def execute(
     """Run a checked plan inside the current flow run; returns the FRG, records and report.
 
     With `recovery`, calls that finally fail are repaired by trace-back recovery
-    (`prefect_llmorch.recovery`); the report then carries `extra["recovery"]`.
+    (`prefect_llmorch.flows.recovery`); the report then carries `extra["recovery"]`.
     """
     frg = FRG.build(plan, toolbox)
     runner = current_llmorch_runner()
@@ -287,8 +287,8 @@ def _llm_for(plan: Plan, endpoint: str | None, recovery_rounds: int, cancel_runn
     uses_self = any(c.function == SELF for c in plan.calls)
     if not uses_self and recovery_rounds <= 0 and endpoint is None:
         return None, None, None
-    from .ask import TokenCounter, make_self_fn
-    from .planner import resolve_client
+    from prefect_llmorch.flows.ask import TokenCounter, make_self_fn
+    from prefect_llmorch.flows.planner import resolve_client
 
     try:
         client = resolve_client(endpoint)
@@ -321,7 +321,7 @@ def run_plan(
         policy: `critical-path` or `paper`.
         concurrency_limit: the global concurrency limit guarding the machine (None: off).
         task_runner: run on this task runner instead of a local `LLMOrchTaskRunner` (e.g.
-            `prefect_llmorch.dask.LLMOrchDaskTaskRunner`); P is then the runner's, and
+            `prefect_llmorch.engine.dask.LLMOrchDaskTaskRunner`); P is then the runner's, and
             `processors`, `policy` and `concurrency_limit` are its settings, not these.
         endpoint: the LLM for `self` calls and recovery: a saved `LLMEndpoint` block's
             name, an `LLMEndpoint`, an `LLMClient`, or None (the environment, when needed).

@@ -6,7 +6,7 @@ searches for each keyword (I/O-bound, through a search API whose key lives in th
 keyword density over the crawled pages, and readability of the snippets), and has a
 chatbot write the advice. The search index is local and deterministic: no network.
 
-    llmorch check flows/examples/seo_audit.plan -t flows.examples.seo:toolbox
+    llmorch check prefect_llmorch/examples/seo_audit.plan -t prefect_llmorch.examples.seo:toolbox
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 
 from prefect_llmorch import Toolbox, compute, inout
 
-from .toolbox import chatbot
+from prefect_llmorch.examples.toolbox import chatbot
 
 _VOCAB = (
     "prefect workflow orchestration python data pipeline schedule retry task flow deploy "

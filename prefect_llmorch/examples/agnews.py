@@ -6,7 +6,7 @@ Sci/Tech with a hashed character n-gram linear model (CPU-bound: scoring every n
 the article against each class, several passes, in a worker process), and asks the LLM
 (`self`) for the summaries. Articles and model weights are local and deterministic.
 
-    llmorch check flows/examples/agnews.plan -t flows.examples.agnews:toolbox
+    llmorch check prefect_llmorch/examples/agnews.plan -t prefect_llmorch.examples.agnews:toolbox
 """
 
 from __future__ import annotations

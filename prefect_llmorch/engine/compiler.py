@@ -21,12 +21,12 @@ from prefect import Task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from .functions import CREDENTIALS_PARAM, SELF, FunctionSpec, Toolbox
-from .graph import FRG
-from .plan.evaluate import resolve
-from .plan.model import Call, Plan
-from .runner import CALL_ATTR, current_runner
-from .workers import CallCancelled, CallTimeout, Cancel
+from prefect_llmorch.functions import CREDENTIALS_PARAM, SELF, FunctionSpec, Toolbox
+from prefect_llmorch.graph import FRG
+from prefect_llmorch.plan.evaluate import resolve
+from prefect_llmorch.plan.model import Call, Plan
+from prefect_llmorch.engine.runner import CALL_ATTR, current_runner
+from prefect_llmorch.engine.workers import CallCancelled, CallTimeout, Cancel
 
 
 @dataclass

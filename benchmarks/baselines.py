@@ -46,13 +46,13 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from .compiler import Compiler, Recorder, final_state
-from .functions import Toolbox
-from .graph import FRG
-from .llm import Completion, LLMClient
-from .orchestrate import RunReport, resolve_toolbox
-from .plan.model import Call, Plan
-from .plan.parser import parse
+from prefect_llmorch.engine.compiler import Compiler, Recorder, final_state
+from prefect_llmorch.functions import Toolbox
+from prefect_llmorch.graph import FRG
+from prefect_llmorch.llm.client import Completion, LLMClient
+from prefect_llmorch.flows.run import RunReport, resolve_toolbox
+from prefect_llmorch.plan.model import Call, Plan
+from prefect_llmorch.plan.parser import parse
 
 __all__ = [
     "SYSTEMS",
@@ -202,7 +202,7 @@ def script_for(system: str, plan: Plan | str) -> list[str]:
 
 def _examples(render: Callable[[Plan], list[str]], roles: bool) -> str:
     """Our planner's few-shot examples, rewritten in a baseline's protocol (same material)."""
-    from .planner import EXAMPLES
+    from prefect_llmorch.flows.planner import EXAMPLES
 
     parts = ["Examples (each with its own functions):"]
     for i, (functions, question, text) in enumerate(EXAMPLES, 1):
@@ -414,7 +414,7 @@ def run_llmcompiler(query: str, toolbox: Toolbox | str, client: LLMClient) -> Sy
         PlanningFailed: the plan does not parse or check.
         Exception: a call's own exception.
     """
-    from .planner import plan_query
+    from prefect_llmorch.flows.planner import plan_query
 
     tb = resolve_toolbox(toolbox)
     started = time.time()
@@ -459,7 +459,7 @@ def run_llmorch(
 
     Pass the toolbox as `module:attr` so the worker processes import it while the LLM plans.
     """
-    from .ask import ask_query
+    from prefect_llmorch.flows.ask import ask_query
 
     started = time.time()
     report = ask_query(query, toolbox, processors=processors, policy=policy, endpoint=client, concurrency_limit=concurrency_limit)

@@ -1,0 +1,1 @@
+"""The Prefect flows: one execution pipeline for llmorch-run and llmorch-ask, the planner task, recovery, progress, deployable flows."""

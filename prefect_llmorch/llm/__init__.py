@@ -1,0 +1,1 @@
+"""The LLM side without Prefect: the OpenAI-compatible client."""

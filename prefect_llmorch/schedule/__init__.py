@@ -1,0 +1,1 @@
+"""Scheduling, pure: coordination policies and the Coordinator, the simulator. No Prefect, no I/O."""
