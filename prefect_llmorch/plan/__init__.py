@@ -4,6 +4,7 @@ from .errors import (
     ArgumentError,
     DuplicateIdError,
     EmptyPlanError,
+    FieldError,
     PlanError,
     PlanErrors,
     PlanReferenceError,
@@ -15,5 +16,5 @@ from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal,
 __all__ = [
     "Arg", "BinOp", "Call", "DictExpr", "Dialect", "Expr", "ListExpr", "Literal", "Plan", "Ref",
     "Template", "PlanError", "PlanErrors", "PlanSyntaxError", "EmptyPlanError",
-    "UnknownFunctionError", "ArgumentError", "PlanReferenceError", "DuplicateIdError",
+    "UnknownFunctionError", "ArgumentError", "PlanReferenceError", "DuplicateIdError", "FieldError",
 ]

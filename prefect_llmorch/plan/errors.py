@@ -16,6 +16,8 @@ class PlanError(ValueError):
         column: 1-based column.
         context: the offending line with a caret under the column.
         expected: what would have been valid here, if known.
+        pointer: for a JSON plan, the JSON pointer (RFC 6901) of the offending value,
+            e.g. "/2/arguments/originSkyId" ("" for text plans).
         errors: every error found in the plan (this one first); a plan's errors are
             collected, not just the first.
     """
@@ -30,8 +32,10 @@ class PlanError(ValueError):
         column: int = 0,
         context: str = "",
         expected: list[str] | None = None,
+        pointer: str = "",
     ) -> None:
         self.message = message
+        self.pointer = pointer
         self.line = line
         self.column = column
         self.context = context
@@ -40,8 +44,11 @@ class PlanError(ValueError):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        where = f"line {self.line}, column {self.column}: " if self.line else ""
-        return f"{where}{self.message}"
+        where = f"line {self.line}, column {self.column}" if self.line else ""
+        pointer = getattr(self, "pointer", "")
+        if pointer:
+            where += f" ({pointer})" if where else pointer
+        return f"{where}: {self.message}" if where else self.message
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         # Prefect pickles exceptions into states: rebuild from the fields, not from str().
@@ -54,6 +61,7 @@ class PlanError(ValueError):
             "kind": self.kind,
             "message": self.message,
             "expected": self.expected,
+            "pointer": getattr(self, "pointer", ""),
         }
 
     def report(self) -> str:
@@ -84,6 +92,7 @@ class PlanErrors(PlanError):
             column=first.column,
             context=first.context,
             expected=first.expected,
+            pointer=getattr(first, "pointer", ""),
         )
         self.kind = first.kind
         self.errors = list(errors)
@@ -123,6 +132,13 @@ class ReferenceError_(PlanError):
 
 class DuplicateIdError(PlanError):
     kind = "duplicate_id"
+
+
+class FieldError(PlanError):
+    """A field or index that a call's declared result type does not have (`s1.skyId` where
+    `s1`'s function returns a model without `skyId`)."""
+
+    kind = "field"
 
 
 # A readable public alias; `ReferenceError` is a builtin we must not shadow.

@@ -23,7 +23,7 @@ Rules:
   string); an index step reads a list or tuple item (negative counts from the end) or a
   mapping's integer key. Anything else raises `AccessError`, naming what is there:
 
-    >>> resolve(parse('s1: f()\ns2: g(origin=s1.skyId)')["s2"], {"s1": {"id": 1, "name": "x"}})
+    >>> resolve(parse('s1: f()\\ns2: g(origin=s1.skyId)')["s2"], {"s1": {"id": 1, "name": "x"}})
     Traceback (most recent call last):
     ...
     prefect_llmorch.plan.evaluate.AccessError: s2 argument 'origin': s1 has no field 'skyId'; it has: id, name

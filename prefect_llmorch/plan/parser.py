@@ -62,6 +62,7 @@ from .model import (
     Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template,
 )
 from .model import refs as _refs
+from .result_types import field_errors
 
 __all__ = ["parse", "check", "PlanStream", "UNKNOWN"]
 
@@ -434,6 +435,28 @@ class _Result(NamedTuple):
     calls: list[Call]
     dialect: Dialect
     errors: list[PlanError]
+    answer: Expr | None = None
+    pointers: Mapping[tuple[int, int], str] | None = None
+
+
+def _is_json(text: str) -> bool:
+    """JSON plans start with `[` or `{`; text plans never do."""
+    return text.lstrip()[:1] in ("[", "{")
+
+
+def _analyse_any(text: str, collect: bool = True) -> _Result:
+    if not _is_json(text):
+        return _analyse(text, collect)
+    from .jsonplan import analyse  # local import: jsonplan uses this module's helpers
+
+    result = analyse(text)
+    return _Result(result.calls, result.dialect, result.errors, result.answer, result.pointers)
+
+
+def _point(errors: list[PlanError], pointers: Mapping[tuple[int, int], str] | None) -> None:
+    for err in errors:
+        if pointers and not err.pointer and (err.line, err.column) in pointers:
+            err.pointer = pointers[(err.line, err.column)]
 
 
 def _analyse(text: str, collect: bool = True) -> _Result:
@@ -565,6 +588,8 @@ def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, 
             problems.insert(0, f"{call.function}(): cannot check arguments: {exc}")
         for problem in problems:
             errors.append(ArgumentError(problem, line=call.line, column=call.column, context=ctx))
+    errors += field_errors(calls, toolbox,
+                           (lambda ln, col: _context(text, _Pos(ln, col))) if text else None)
     return errors
 
 
@@ -611,10 +636,11 @@ def parse(text: str, toolbox: Mapping[str, FunctionSpec] | None = None) -> Plan:
     if not isinstance(text, str):
         raise PlanSyntaxError(f"plan text must be a str, not {type(text).__name__}")
     try:
-        result = _analyse(text)
+        result = _analyse_any(text)
         errors = list(result.errors)
         if toolbox is not None:
             errors += _toolbox_errors(result.calls, toolbox, text)
+        _point(errors, result.pointers)
     except PlanError:
         raise
     except RecursionError:
@@ -623,7 +649,7 @@ def parse(text: str, toolbox: Mapping[str, FunctionSpec] | None = None) -> Plan:
         raise PlanSyntaxError(f"internal error while parsing the plan: {exc!r}") from exc
     if errors:
         _raise(errors)
-    return Plan(tuple(result.calls), result.dialect)
+    return Plan(tuple(result.calls), result.dialect, result.answer)
 
 
 def check(plan: Plan, toolbox: Mapping[str, FunctionSpec]) -> None:
@@ -646,8 +672,9 @@ class PlanStream:
     `feed` returns the calls that became complete: a call is complete at the first
     newline after it where the text so far parses (brackets and quotes balanced, so
     multi-line calls and strings wait for their end) and every reference in it names an
-    earlier call (and, with a toolbox, the call checks). Once the text so far has an
-    error, `feed` returns nothing more; `close` then raises it.
+    earlier call (and, with a toolbox, the call checks). In a JSON plan (text starting
+    with `[` or `{`) a call is complete when its object closes. Once the text so far has
+    an error, `feed` returns nothing more; `close` then raises it.
 
     Examples:
         >>> stream = PlanStream()
@@ -665,6 +692,7 @@ class PlanStream:
         self._tried = 0  # text[:_tried] has had every newline tried
         self._calls: list[Call] = []
         self._closed = False
+        self._json: Any = None  # a jsonplan.CallScanner once the text reads as JSON
 
     @property
     def text(self) -> str:
@@ -682,6 +710,14 @@ class PlanStream:
             raise RuntimeError("PlanStream is closed; feed() must come before close()")
         self._text += chunk
         fresh: list[Call] = []
+        if self._json is None and _is_json(self._text):
+            from .jsonplan import CallScanner
+
+            self._json, chunk = CallScanner(), self._text
+        if self._json is not None:
+            for document in self._json.feed(chunk):
+                fresh += self._complete(document)
+            return fresh
         while (nl := self._text.find("\n", self._tried)) >= 0:
             line = self._text[self._text.rfind("\n", 0, nl) + 1 : nl]
             self._tried = nl + 1
@@ -692,7 +728,7 @@ class PlanStream:
 
     def _complete(self, prefix: str) -> list[Call]:
         try:
-            result = _analyse(prefix, collect=False)
+            result = _analyse_any(prefix, collect=False)
             if result.errors:
                 return []
             if self._toolbox is not None and _toolbox_errors(result.calls, self._toolbox):

@@ -29,7 +29,10 @@ import math
 import re
 from typing import Mapping
 
-from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Template
+from .model import (
+    DIALECTS, Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template,
+)
+from .parser import _BRACE_REF
 
 __all__ = ["render"]
 
@@ -37,8 +40,10 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEYWORDS = {"true", "false", "null", "True", "False", "None"}
 _SIMPLE_ID = re.compile(r"[A-Za-z0-9_]+\Z")
 # What would start a reference inside a string (see parser module docstring).
-_PAPER_REF_START = re.compile(r"\$\{|\{[ \t]*([A-Za-z_][A-Za-z0-9_]*|\d+)[ \t]*\}")
+_PAPER_REF_START = re.compile(r"\$\{|" + _BRACE_REF.pattern)
 _LLMC_REF_START = re.compile(r"\$(\d|\{)")
+# Text right after a bare `$N` that would read as a step of it (`.name`, `[`).
+_STEP_START = re.compile(r"\.[A-Za-z_]|\[")
 _CHAR_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -48,9 +53,19 @@ def render(plan: Plan, dialect: Dialect = "paper") -> str:
     Raises:
         ValueError: an unknown dialect, or a value with no written form (NaN).
     """
-    if dialect not in ("paper", "llmcompiler"):
-        raise ValueError(f"dialect must be 'paper' or 'llmcompiler', got {dialect!r}")
+    if dialect not in DIALECTS:
+        raise ValueError(f"dialect must be one of {', '.join(map(repr, DIALECTS))}, got {dialect!r}")
+    if dialect in ("json", "nestful"):
+        from .jsonplan import render_json  # local import: jsonplan uses this module's parser
+
+        return render_json(plan, dialect)
     calls = plan.calls
+    for c in calls:
+        if not _NAME.match(c.function) or c.function in _KEYWORDS:
+            raise ValueError(f"the function name {c.function!r} has no written form in the "
+                             f"{dialect} dialect; use \"json\"")
+        if dialect == "paper" and not (_NAME.match(c.id) or c.id.isdigit()):
+            raise ValueError(f"the call id {c.id!r} has no written form in the paper dialect")
     if dialect == "llmcompiler":
         ids = [c.id for c in calls]
         if not all(i.isdigit() and str(int(i)) == i for i in ids) or len(set(ids)) != len(ids):
@@ -80,7 +95,7 @@ def _renumber(calls: tuple[Call, ...]) -> tuple[Call, ...]:
 
 def _rename(expr: Expr, mapping: Mapping[str, str]) -> Expr:
     if isinstance(expr, Ref):
-        return Ref(mapping.get(expr.id, expr.id), expr.line, expr.column)
+        return Ref(mapping.get(expr.id, expr.id), expr.line, expr.column, expr.path)
     if isinstance(expr, ListExpr):
         return ListExpr(tuple(_rename(e, mapping) for e in expr.items))
     if isinstance(expr, DictExpr):
@@ -111,7 +126,7 @@ class _Renderer:
         if isinstance(expr, Literal):
             return self.literal(expr.value)
         if isinstance(expr, Ref):
-            return self.ref(expr.id)
+            return self.ref(expr.id) + "".join(self.step(s) for s in expr.path)
         if isinstance(expr, ListExpr):
             return "[" + ", ".join(self.expr(e) for e in expr.items) + "]"
         if isinstance(expr, DictExpr):
@@ -133,12 +148,22 @@ class _Renderer:
             return call_id
         return f"${{{call_id}}}"
 
-    def string_ref(self, call_id: str, text_after: str) -> str:
-        if self.llmc_refs and call_id.isdigit() and not text_after[:1].isdigit():
+    def step(self, step: Step) -> str:
+        if isinstance(step, int):
+            return f"[{step}]"
+        if _NAME.match(step) and step not in _KEYWORDS:
+            return f".{step}"
+        return f"[{self.literal(step)}]"
+
+    def string_ref(self, ref: Ref, text_after: str) -> str:
+        call_id = ref.id
+        steps = "".join(_string_step(s) for s in ref.path)
+        if (self.llmc_refs and call_id.isdigit() and not ref.path
+                and not text_after[:1].isdigit() and not _STEP_START.match(text_after)):
             return f"${call_id}"
         if self.reads_as == "paper" and _SIMPLE_ID.match(call_id):
-            return f"{{{call_id}}}"
-        return f"${{{call_id}}}"
+            return f"{{{call_id}{steps}}}"
+        return f"${{{call_id}{steps}}}"
 
     def literal(self, value: object) -> str:
         if value is None:
@@ -164,7 +189,7 @@ class _Renderer:
         after = ""
         for part in reversed(parts):
             if isinstance(part, Ref):
-                piece = self.string_ref(part.id, after)
+                piece = self.string_ref(part, after)
             else:
                 piece = self.text(part, after)
             out.append(piece)
@@ -184,3 +209,15 @@ class _Renderer:
             else:
                 out.append(ch)
         return "".join(out)
+
+
+def _string_step(step: Step) -> str:
+    """A step inside a string: `.name`, `[0]`, `['key']` or `[\\"key\\"]`."""
+    if isinstance(step, int):
+        return f"[{step}]"
+    if _NAME.match(step):
+        return f".{step}"
+    if "\\" in step or "\n" in step or ("'" in step and '"' in step):
+        raise ValueError(f"the field name {step!r} has no written form inside a string; "
+                         "select it outside the string")
+    return f"['{step}']" if "'" not in step else f'[\\"{step}\\"]'
