@@ -17,7 +17,16 @@ Per call: flow wall time / N (includes flow start and teardown, and our worker s
 the spacing of call starts, measured around the function bodies: median gap between
 consecutive starts, and (last start - first start) / (N - 1). No thresholds are asserted.
 
-Options: --calls N (200), --process-calls N (20), --repeat N (1).
+Also per call, measured around each configuration (benchmarks/_counting.py): the flow
+process's CPU time (`time.process_time()`, every thread of this process; worker processes
+and the server are not in it), the HTTP requests this process sent to the API, and the rows
+the server wrote to its database (task runs, states, events, logs), after the server has
+settled. Time to first call = first call start - the moment the flow was called.
+
+`--stalls N` instead runs ours N times on 100 no-op calls and prints the p50 and p99 of the
+wall time per run (a stall shows as p99 far above p50).
+
+Options: --calls N (200), --process-calls N (20), --repeat N (1), --stalls N (0).
 """
 
 from __future__ import annotations
@@ -39,7 +48,11 @@ def plan_text(n: int) -> str:
     return "\n".join(lines)
 
 
-def summarize(starts: list[float], wall: float, n: int) -> dict[str, float]:
+def _start(row: Any) -> float:
+    return row["start"] if isinstance(row, dict) else row.start
+
+
+def summarize(starts: list[float], wall: float, n: int, first: float | None = None) -> dict[str, float]:
     starts = sorted(starts)
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     return {
@@ -48,6 +61,7 @@ def summarize(starts: list[float], wall: float, n: int) -> dict[str, float]:
         "median_gap": statistics.median(gaps) if gaps else 0.0,
         "span_per_call": (starts[-1] - starts[0]) / (n - 1) if n > 1 else 0.0,
         "wall": wall,
+        "first_call": first if first is not None else float("nan"),
     }
 
 
@@ -58,7 +72,9 @@ def run_ours(n: int, concurrency_limit: str | None) -> dict[str, float]:
     report = run_plan(plan_text(n), "bench_toolbox:toolbox", processors=P, concurrency_limit=concurrency_limit)
     wall = time.time() - t0
     assert report.state == "Completed"
-    return summarize([c["start"] for c in report.calls], wall, n)
+    starts = [_start(c) for c in report.calls]
+    rt0 = getattr(report, "t0", None)  # epoch seconds the call times are relative to
+    return summarize(starts, wall, n, (rt0 + min(starts) - t0) if rt0 else None)
 
 
 def run_compiled(task_runner: Any, n: int) -> dict[str, float]:
@@ -78,7 +94,9 @@ def run_compiled(task_runner: Any, n: int) -> dict[str, float]:
     report = overhead_compiled()
     wall = time.time() - t0
     assert report.state == "Completed"
-    return summarize([c["start"] for c in report.calls], wall, n)
+    starts = [_start(c) for c in report.calls]
+    rt0 = getattr(report, "t0", None)
+    return summarize(starts, wall, n, (rt0 + min(starts) - t0) if rt0 else None)
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[float, float]:
@@ -111,7 +129,30 @@ def run_plain(task_runner: Any, n: int) -> dict[str, float]:
     t0 = time.time()
     rows = overhead_plain()
     wall = time.time() - t0
-    return summarize([r[0] for r in rows], wall, n)
+    return summarize([r[0] for r in rows], wall, n, min(r[0] for r in rows) - t0)
+
+
+def measured(fn: Callable[[], dict[str, float]]) -> dict[str, Any]:
+    """`fn()`'s summary plus the flow process's CPU time, API requests and database rows."""
+    import _counting
+
+    with _counting.counting() as counts:
+        cpu0 = time.process_time()
+        result: dict[str, Any] = dict(fn())
+        result["cpu"] = time.process_time() - cpu0
+    result["requests"], result["rows"] = counts, counts.total_rows
+    return result
+
+
+def stalls(runs: int, calls: int = 100) -> None:
+    walls = []
+    for i in range(runs):
+        walls.append(run_ours(calls, "llmorch-processors")["wall"])
+        print(f"  run {i + 1}/{runs}: {walls[-1]:.2f} s", flush=True)
+    walls.sort()
+    p50 = statistics.median(walls)
+    p99 = walls[min(len(walls) - 1, round(0.99 * (len(walls) - 1)))]
+    print(f"\nours, {runs} runs of {calls} no-op calls: p50 {p50:.2f} s, p99 {p99:.2f} s, p99/p50 {p99 / p50:.2f} (target <= 2)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--process-calls", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--stalls", type=int, default=0)
     args = parser.parse_args(argv)
     n, m = args.calls, args.process_calls
 
@@ -135,10 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     t = time.time()
     with prefect_test_harness(server_startup_timeout=120):
         print(f"server: prefect_test_harness (temporary SQLite), started in {time.time() - t:.1f} s")
+        if args.stalls:
+            stalls(args.stalls)
+            return
         results = []
         for rep in range(args.repeat):
             for name, fn in configs:
-                results.append((name, fn()))
+                results.append((name, measured(fn)))
                 print(f"  done: {name} (round {rep + 1})", flush=True)
     by_name = dict(results)  # the last round of each configuration
     tc, tp = by_name["ThreadPool, compiled tasks"], by_name["ThreadPool, plain @task"]
@@ -153,6 +198,18 @@ def main(argv: list[str] | None = None) -> None:
             f" {r['span_per_call'] * 1000:>8.1f}ms {r['wall_per_call'] / tc['wall_per_call']:>20.2f}x"
             f" {r['wall_per_call'] / tp['wall_per_call']:>10.2f}x {r['span_per_call'] / tp['span_per_call']:>15.2f}x"
         )
+    print()
+    print(f"{'configuration':<29} {'CPU/call':>9} {'÷ TP plain':>11} {'1st call':>9} {'HTTP req/call':>14} {'DB rows/call':>13}")
+    for name, r in results:
+        print(
+            f"{name:<29} {r['cpu'] / r['n'] * 1000:>7.1f}ms {(r['cpu'] / r['n']) / (tp['cpu'] / tp['n']):>10.2f}x"
+            f" {r['first_call'] * 1000:>7.0f}ms {r['requests'].total_requests / r['n']:>14.2f} {r['rows'] / r['n']:>13.2f}"
+        )
+    for name, r in results[-len(configs):]:
+        top = sorted(r["requests"].requests.items(), key=lambda kv: -kv[1])[:6]
+        print(f"  {name}: requests {', '.join(f'{k} x{v}' for k, v in top)}")
+        rows = sorted(r["requests"].rows.items(), key=lambda kv: -kv[1])[:6]
+        print(f"  {name}: rows {', '.join(f'{k} +{v}' for k, v in rows)}")
     print(
         "\nwall/call = flow wall time / calls; median gap = median time between consecutive call starts;\n"
         "span/call = (last start - first start) / (calls - 1). TP comp. / TP plain = ThreadPoolTaskRunner\n"
