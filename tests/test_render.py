@@ -84,9 +84,20 @@ scalars = st.one_of(
 )
 
 
+# Field names: anything a string can hold inside a string's reference except a backslash,
+# a newline, or both quote kinds at once (render refuses those with ValueError).
+field_names = st.one_of(names, st.text(max_size=6)).filter(
+    lambda k: "\\" not in k and "\n" not in k and not ("'" in k and '"' in k))
+paths = st.lists(st.one_of(st.integers(-3, 12), field_names), max_size=3).map(tuple)
+
+
+def refs_to(ids: list[str]):
+    return st.builds(lambda i, p: Ref(i, path=p), st.sampled_from(ids), paths)
+
+
 def _template(ids: list[str]):
     text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=6)
-    ref = st.sampled_from(ids).map(Ref)
+    ref = refs_to(ids)
 
     def build(items: list) -> Template:
         parts: list = []
@@ -104,7 +115,7 @@ def _template(ids: list[str]):
 def exprs(ids: list[str]):
     leaves = [scalars.map(Literal)]
     if ids:
-        leaves += [st.sampled_from(ids).map(Ref), _template(ids)]
+        leaves += [refs_to(ids), _template(ids)]
     return st.recursive(
         st.one_of(*leaves),
         lambda inner: st.one_of(
@@ -154,3 +165,47 @@ def test_paper_plan_rendered_as_llmcompiler_keeps_its_graph(plan: Plan) -> None:
     number = {c.id: str(i) for i, c in enumerate(plan.calls, 1)}
     assert [c.function for c in back] == [c.function for c in plan]
     assert [c.deps for c in back] == [frozenset(number[d] for d in c.deps) for c in plan]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=plans("paper"))
+def test_json_round_trip_and_back_to_text(plan: Plan) -> None:
+    back = parse(render(plan, "json"))
+    assert back == plan and back.dialect == "json"
+    assert parse(render(back, "paper")) == plan
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=plans("llmcompiler"))
+def test_llmcompiler_text_to_json_and_back(plan: Plan) -> None:
+    text = render(plan, "llmcompiler")
+    assert parse(render(parse(text), "json")) == plan
+    assert parse(render(parse(render(parse(text), "json")), "llmcompiler")) == plan
+
+
+def test_field_access_renders_in_both_text_dialects() -> None:
+    plan = parse('s1: f()\ns2: g(s1.data[0]["Exchange Rate"], t="{s1.name} and {s1[\'a b\']}")')
+    assert render(plan, "paper") == (
+        's1: f()\ns2: g(s1.data[0]["Exchange Rate"], t="{s1.name} and {s1[\'a b\']}")')
+    assert render(plan, "llmcompiler") == (
+        '1. f()\n2. g($1.data[0]["Exchange Rate"], t="${1.name} and ${1[\'a b\']}")\n'
+        "3. join()<END_OF_PLAN>")
+
+
+def test_a_reference_followed_by_step_like_text_is_braced_in_llmcompiler() -> None:
+    plan = Plan((Call("1", "f"), Call("2", "g", (Arg(None, Template((Ref("1"), ".txt"))),))))
+    assert render(plan, "llmcompiler").splitlines()[1] == '2. g("${1}.txt")'
+    assert parse(render(plan, "llmcompiler")) == plan
+
+
+def test_a_field_name_with_both_quotes_inside_a_string_is_refused() -> None:
+    plan = Plan((Call("s1", "f"), Call("s2", "g", (Arg(None, Template(("x", Ref("s1", path=("a'\"",))))),))))
+    with pytest.raises(ValueError, match="no written form inside a string"):
+        render(plan, "paper")
+    assert parse(render(plan, "json")) == plan
+
+
+def test_function_names_the_text_dialects_cannot_write_are_refused() -> None:
+    plan = parse('[{"name": "Sky:search", "arguments": {}, "label": "var1"}]')
+    with pytest.raises(ValueError, match="json"):
+        render(plan, "paper")

@@ -248,6 +248,11 @@ class _Reader:
                     and any(k == "name" and v.value == NESTFUL_RESULT for k, _, v in node.value)):
                 answer = self.nestful_result(node, f"/{i}")
                 continue
+            if node.kind == "object" and any(k == "name" and v.value == NESTFUL_RESULT
+                                             for k, _, v in node.value):
+                self.fail(f"\"{NESTFUL_RESULT}\" names the answer and must be the last entry",
+                          node, f"/{i}")
+                continue
             call = self.nestful_call(node, f"/{i}", last=i == len(root.value) - 1)
             if call is not None:
                 out.append(call)
@@ -293,7 +298,8 @@ class _Reader:
 
     def _function(self, node: _J | None, pointer: str, owner: _J, key: str) -> str | None:
         if node is None or node.kind != "string" or not node.value:
-            self.fail(f"a call needs \"{key}\": the function's name", node or owner, pointer)
+            self.fail(f"a call needs \"{key}\": the function's name", node or owner,
+                      pointer if node is not None else pointer.rsplit("/", 1)[0])
             return None
         self.pointers.setdefault((owner.line, owner.column), pointer.rsplit("/", 1)[0])
         return node.value
