@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 
 __all__ = ["LLMEndpoint", "ToolCredentials"]
 
+# The project has no documentation site of its own yet: point at Prefect's page on using blocks.
+DOCUMENTATION_URL = "https://docs.prefect.io/v3/develop/blocks"
+# Logos Prefect's own blocks use (square PNGs in Prefect's repository, pinned to a commit):
+# the webhook logo for an HTTP endpoint, the secret logo for credentials.
+_PREFECT_LOGOS = "https://raw.githubusercontent.com/PrefectHQ/prefect/420d0d6a78bb6df1fc18bcf188fdad43c1d22ea9/assets/block-logos"
+ENDPOINT_LOGO_URL = f"{_PREFECT_LOGOS}/webhook.png"
+CREDENTIALS_LOGO_URL = f"{_PREFECT_LOGOS}/secret.png"
+
 
 class LLMEndpoint(Block):
     """An OpenAI-compatible chat completion endpoint and model, with its API key.
@@ -56,6 +64,8 @@ class LLMEndpoint(Block):
 
     _block_type_name = "LLMOrch LLM Endpoint"
     _block_type_slug = "llmorch-llm-endpoint"
+    _documentation_url = DOCUMENTATION_URL  # type: ignore[assignment]
+    _logo_url = ENDPOINT_LOGO_URL  # type: ignore[assignment]
     _description = (
         "An OpenAI-compatible chat completion endpoint (base URL, model, API key) used by "
         "prefect-llmorch to plan function calls and to answer `self` calls."
@@ -70,13 +80,17 @@ class LLMEndpoint(Block):
     """
 
     base_url: str = Field(
-        default=..., description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1"
+        default=..., description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1."
     )
-    model: str = Field(default=..., description="Model name, e.g. gpt-4o-mini")
-    api_key: SecretStr = Field(default=..., description="API key for the endpoint")
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Default temperature")
-    max_tokens: int | None = Field(default=None, gt=0, description="Cap on answer length")
-    timeout: float = Field(default=60.0, gt=0, description="Seconds for one request")
+    model: str = Field(default=..., description="Model name, e.g. gpt-4o-mini.")
+    api_key: SecretStr = Field(default=..., description="API key for the endpoint (kept secret).")
+    temperature: float = Field(
+        default=0.0, ge=0.0, le=2.0, description="Default sampling temperature for planning and `self` calls."
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="Cap on answer length in tokens (empty: the endpoint's default)."
+    )
+    timeout: float = Field(default=60.0, gt=0, description="Seconds for one request.")
 
     @field_validator("base_url", "model")
     @classmethod
@@ -116,6 +130,17 @@ class ToolCredentials(Block):
         values: name -> non-secret setting (shown in the UI).
 
     Examples:
+        Load saved credentials and read a setting:
+
+        ```python
+        from prefect_llmorch.blocks import ToolCredentials
+
+        credentials = ToolCredentials.load("BLOCK_NAME")
+        token = credentials.reveal()["token"]
+        ```
+
+        Or let a tool function receive them when it is called:
+
         ```python
         from prefect_llmorch import inout
 
@@ -127,6 +152,8 @@ class ToolCredentials(Block):
 
     _block_type_name = "LLMOrch Tool Credentials"
     _block_type_slug = "llmorch-tool-credentials"
+    _documentation_url = DOCUMENTATION_URL  # type: ignore[assignment]
+    _logo_url = CREDENTIALS_LOGO_URL  # type: ignore[assignment]
     _description = (
         "Secrets and settings for a prefect-llmorch tool function, passed to it in its "
         "`credentials` parameter at call time."
@@ -136,10 +163,10 @@ class ToolCredentials(Block):
     # API masks every entry, while the latter would be stored and served in clear text.
     secrets: SecretDict = Field(
         default_factory=lambda: SecretDict({}),
-        description="Secret settings, by name (masked in the UI)",
+        description="Secret settings, by name (masked in the UI and the API).",
     )
     values: dict[str, str] = Field(
-        default_factory=dict, description="Non-secret settings, by name"
+        default_factory=dict, description="Non-secret settings, by name."
     )
 
     @field_validator("secrets", mode="before")

@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 
+from urllib.request import urlopen
+
 import openai
 import pytest
+from prefect.blocks.core import Block
+from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr, ValidationError
 
 from llm_fixtures import KEY, MODEL, fake_llm  # noqa: F401 - fixture
@@ -142,3 +146,22 @@ def test_blocks_register_with_the_prefect_cli(prefect_harness):
     with get_client(sync_client=True) as client:
         for slug in ("llmorch-llm-endpoint", "llmorch-tool-credentials"):
             assert client.read_block_type_by_slug(slug).slug == slug
+
+
+class TestBlockStandardSuite(BlockStandardTestSuite):
+    """Prefect's shipped checks for collection blocks (description, documentation URL, field
+    descriptions ending with a period, a code example that loads `BLOCK_NAME`, the logo)."""
+
+    @pytest.fixture(params=[LLMEndpoint, ToolCredentials], ids=lambda b: b.__name__)
+    def block(self, request) -> type[Block]:
+        return request.param
+
+    def test_has_a_valid_image(self, block: type[Block]) -> None:
+        # The suite's own check opens the logo URL and measures it with Pillow: it needs both.
+        pytest.importorskip("PIL", reason="Pillow is not installed (the suite measures the logo with it)")
+        try:
+            urlopen(str(block._logo_url), timeout=10).close()
+        except OSError as exc:
+            pytest.skip(f"cannot fetch the logo URL here (no network?): {exc}")
+        super().test_has_a_valid_image(block)
+
