@@ -1,0 +1,100 @@
+"""Caching of pure calls through Prefect's own machinery (a cache policy and persisted results).
+
+A function declared `@inout(cache=True)` or `@compute(cache=True)` is pure: the same
+function (same source, or the same declared `version`) on the same resolved arguments gives
+the same result. Its compiled task gets `CallCache` as its Prefect cache policy and
+persists its result (Prefect's result storage: `PREFECT_LOCAL_STORAGE_PATH`, or any storage
+block set with `PREFECT_DEFAULT_RESULT_STORAGE_BLOCK`). A later call with the same key, in
+this run or any later one, is not run: Prefect's task engine finds the stored result, the
+task run ends `Cached` (as the UI shows it), and the function never starts.
+
+What the key is made of: the function's name, its version (the `version=` it declares, else a
+hash of its source), and the call's resolved arguments (after references are replaced by
+the upstream results). Not in the key: the call's id, its position in the plan, the
+credentials passed at call time (never hashed, never stored). A repaired call has new
+arguments and so a new key; a failed call stores nothing (Prefect persists only Completed
+results).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Optional
+
+from prefect.cache_policies import CachePolicy
+from prefect.utilities.hashing import hash_objects
+
+from prefect_llmorch.functions import FunctionSpec
+from prefect_llmorch.plan.evaluate import resolve
+from prefect_llmorch.plan.model import Call
+
+__all__ = ["CallCache", "NotCacheable", "function_version", "task_cache_options"]
+
+
+class NotCacheable(TypeError):
+    """A `cache=True` call whose arguments cannot be hashed into a cache key."""
+
+
+def function_version(spec: FunctionSpec) -> str:
+    """The declared `version`, else a hash of the function's source (or its bytecode)."""
+    declared = getattr(spec, "version", None)
+    if declared:
+        return str(declared)
+    fn = spec.fn
+    if fn is None:
+        return "builtin"
+    try:
+        text = inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        text = repr((getattr(code, "co_code", b""), getattr(code, "co_consts", ()))) if code else repr(fn)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CallCache(CachePolicy):
+    """Prefect cache policy of one compiled call: key = function, version, resolved arguments.
+
+    `inputs` is the task's parameters (`call_text`, `inputs` = upstream results by call id);
+    the call's arguments are resolved from them the way the task body resolves them.
+    """
+
+    call: Optional[Call] = None
+    function: str = ""
+    version: str = ""
+
+    def compute_key(
+        self,
+        task_ctx: Any,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> Optional[str]:
+        if self.call is None:
+            return None
+        args, call_kwargs = resolve(self.call, (inputs or {}).get("inputs") or {})
+        key = hash_objects(self.function, self.version, list(args), call_kwargs, raise_on_failure=False)
+        if key is None:
+            raise NotCacheable(
+                f"{self.call.id}: {self.function}() is declared cache=True but its arguments cannot be hashed "
+                f"(neither JSON nor cloudpickle); declare it without cache=True"
+            )
+        return f"llmorch-{self.function}-{key}"
+
+
+def task_cache_options(spec: FunctionSpec, call: Call, *, enabled: bool = True) -> dict[str, Any]:
+    """Keyword arguments for `prefect.Task(...)`: a `CallCache` and persisted results when
+    the function is `cache=True` (and caching is enabled for this run), else no caching."""
+    from prefect.cache_policies import NO_CACHE
+
+    if not (enabled and getattr(spec, "cache", False) and not getattr(spec, "effects", False)):
+        return {"cache_policy": NO_CACHE, "persist_result": False}
+    expiration = getattr(spec, "cache_expiration", None)
+    return {
+        "cache_policy": CallCache(call=call, function=spec.name, version=function_version(spec)),
+        "persist_result": True,
+        "cache_expiration": expiration if isinstance(expiration, timedelta) or expiration is None else timedelta(seconds=float(expiration)),
+    }
