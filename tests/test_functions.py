@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import re
+import sys
 
 import pytest
 
-from prefect_llmorch.functions import SELF, ArgumentsInvalid, Toolbox, compute, inout, load_toolbox, spec_of
+from prefect_llmorch.functions import (
+    SELF, ArgumentsInvalid, Toolbox, ToolboxNotFound, compute, inout, load_toolbox, spec_of,
+)
 
 
 @inout(description="Search the web.", cost=0.4, retries=2)
@@ -85,3 +89,101 @@ def test_load_toolbox_errors_are_clear() -> None:
         load_toolbox("prefect_llmorch.examples.toolbox:nope")
     with pytest.raises(ValueError, match="not a Toolbox"):
         load_toolbox("prefect_llmorch.examples.toolbox:_FACTS")
+
+
+TOOLBOX_MODULES = {
+    "tb_factories": """
+from prefect_llmorch import Toolbox, inout
+
+CALLED = []
+
+@inout
+def ping(x: str) -> str:
+    return x
+
+def make() -> Toolbox:
+    return Toolbox(ping)
+
+def make_with_default(extra: bool = False) -> "Toolbox":
+    return Toolbox(ping)
+
+def unannotated():
+    CALLED.append("unannotated")
+    return Toolbox(ping)
+
+def needs_arg(x) -> Toolbox:
+    return Toolbox(ping)
+
+def lies() -> Toolbox:
+    return 42
+
+def breaks() -> Toolbox:
+    raise RuntimeError("no tools today")
+
+class Maker:
+    def __call__(self) -> Toolbox:
+        CALLED.append("Maker")
+        return Toolbox(ping)
+
+maker = Maker()
+""",
+    "tb_raises_on_import": "raise ZeroDivisionError('toolbox is broken')\n",
+    "tb_exits_on_import": "import sys\nsys.exit(3)\n",
+    "tb_syntax_error": "def f(:\n",
+    "tb_missing_dependency": "import no_such_dependency_xyz\n",
+}
+
+
+@pytest.fixture
+def toolbox_modules(tmp_path, monkeypatch):
+    for name, text in TOOLBOX_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for name in TOOLBOX_MODULES:
+        sys.modules.pop(name, None)
+
+
+def test_a_function_annotated_to_return_a_toolbox_is_called_once(toolbox_modules) -> None:
+    assert list(load_toolbox("tb_factories:make")) == ["ping", SELF]
+    assert list(load_toolbox("tb_factories:make_with_default")) == ["ping", SELF]
+
+
+def test_other_callables_are_refused_and_never_called(toolbox_modules) -> None:
+    import tb_factories
+
+    for attr in ("unannotated", "needs_arg", "maker", "Maker"):
+        with pytest.raises(ToolboxNotFound, match="not a Toolbox") as info:
+            load_toolbox(f"tb_factories:{attr}")
+        assert "annotated `-> Toolbox`" in info.value.fix
+    with pytest.raises(ToolboxNotFound, match="is a builtin_function_or_method, not a Toolbox"):
+        load_toolbox("os:abort")  # would kill this process if it were called
+    assert tb_factories.CALLED == []
+
+
+def test_a_factory_that_fails_or_returns_something_else_is_named(toolbox_modules) -> None:
+    with pytest.raises(ToolboxNotFound, match="factory tb_factories:breaks raised RuntimeError: no tools today") as info:
+        load_toolbox("tb_factories:breaks")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(ToolboxNotFound, match="returned a int, not a Toolbox"):
+        load_toolbox("tb_factories:lies")
+
+
+def test_a_module_that_fails_on_import_is_reported_with_what_it_raised(toolbox_modules) -> None:
+    cases = {
+        "tb_raises_on_import": "raised ZeroDivisionError while importing: toolbox is broken",
+        "tb_exits_on_import": "raised SystemExit while importing: 3",
+        "tb_syntax_error": "raised SyntaxError while importing",
+        "tb_missing_dependency": "failed to import 'no_such_dependency_xyz'",
+    }
+    for module, message in cases.items():
+        with pytest.raises(ToolboxNotFound, match=re.escape(message)) as info:
+            load_toolbox(f"{module}:toolbox")
+        assert info.value.path == f"{module}:toolbox" and info.value.fix
+    with pytest.raises(ToolboxNotFound, match="no module named 'no_such_module_xyz'"):
+        load_toolbox("no_such_module_xyz.sub:toolbox")
+
+
+def test_a_missing_attribute_lists_the_toolboxes_the_module_has(toolbox_modules) -> None:
+    with pytest.raises(ToolboxNotFound, match="has no attribute 'tb'; it has: breaks, lies, make, make_with_default"):
+        load_toolbox("tb_factories:tb")
