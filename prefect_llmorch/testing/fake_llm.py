@@ -20,6 +20,12 @@ reply is a string, a callable taking the request JSON and returning a string, or
 `FakeError` (an HTTP error with OpenAI's error body). When the script runs out the server
 answers with `default` if one was given, else HTTP 500 "fake LLM script exhausted".
 
+`response_format` is honoured the way a constrained decoder would: with
+`{"type": "json_schema", "json_schema": {"schema": ...}}` every reply must be JSON valid
+under the schema, with `{"type": "json_object"}` a JSON object; a scripted reply that is
+not is a script mistake, answered with HTTP 500 naming the violation (a real server could
+never produce it). JSON replies stream token by token like text, so clients see partial JSON.
+
 Tokens are the whitespace-separated pieces of a text; usage counts them the same way
 (`prompt_tokens` = words in all message contents, `completion_tokens` = words in the
 reply), so tests can predict the numbers. `token_delay` seconds pass before each token
@@ -113,6 +119,11 @@ class RecordedRequest:
         return bool(self.body.get("stream"))
 
     @property
+    def response_format(self) -> dict[str, Any] | None:
+        """The request's `response_format`, if any."""
+        return self.body.get("response_format")
+
+    @property
     def max_tokens(self) -> int | None:
         return self.body.get("max_tokens", self.body.get("max_completion_tokens"))
 
@@ -150,6 +161,38 @@ def _content_text(content: Any) -> str:
     if isinstance(content, list):  # [{"type": "text", "text": "..."}]
         return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return ""
+
+
+def _conforming(reply: str, fmt: Any) -> str | FakeError:
+    """The reply, or a `FakeError` when it breaks the request's `response_format`."""
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_schema", "json_object"):
+        return reply
+
+    def broken(why: str) -> FakeError:
+        return FakeError(500, f"fake LLM: the scripted reply does not honour response_format "
+                              f"{fmt.get('type')}: {why}", "fake_script_error")
+
+    try:
+        value = json.loads(reply)
+    except json.JSONDecodeError as exc:
+        return broken(f"it is not JSON ({exc})")
+    if fmt["type"] == "json_object":
+        return reply if isinstance(value, dict) else broken("it is not a JSON object")
+    schema = (fmt.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        return FakeError(400, "response_format.json_schema.schema must be an object",
+                         "invalid_request_error")
+    import jsonschema  # a dependency of Prefect's; imported only when a schema is asked for
+
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/" + "/".join(str(p) for p in exc.absolute_path)
+        return broken(f"at {where}: {exc.message[:300]}")
+    except jsonschema.SchemaError as exc:
+        return FakeError(400, f"response_format schema is invalid: {exc.message[:300]}",
+                         "invalid_request_error")
+    return reply
 
 
 class FakeLLM:
@@ -356,6 +399,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(rec, err.status, err.body())
 
         reply = self.fake._next_reply(body)
+        if not isinstance(reply, FakeError):
+            reply = _conforming(reply, body.get("response_format"))
         if isinstance(reply, FakeError):
             return self._send_json(rec, reply.status, reply.body())
         rec.reply = reply
