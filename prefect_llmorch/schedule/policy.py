@@ -23,6 +23,20 @@ one of `P` processors each; when more are ready than processors are free, a *pol
     >>> co.done("c"); co.is_active()
     False
 
+Resources (`resources=`, `gpus=`; see `schedule.resources`): every call holds its
+`FRG.demand` while it runs (a compute call one processor by default). A call is admitted
+when all of its demand fits in what is free, in policy order; a call that does not fit is
+passed over for later ones that do (list scheduling with resource constraints). A call
+that could never fit is refused when the Coordinator is built. Calls that demand nothing
+(inout calls by default) start as soon as they are ready. With only processors this is
+exactly the processors-only coordinator: every compute call needs one processor, so the
+first that does not fit stops the scan.
+
+    >>> frg = FRG.from_edges(["g1", "g2", "c"], {}, resources={"g1": {"gpu_mem_gb": 60}, "g2": {"gpu_mem_gb": 40}})
+    >>> co = Coordinator(frg, 2, gpus=[{"id": 0, "mem_gb": 80}])
+    >>> co.get_ready(), co.device_of("g1")        # g2 would not fit beside g1 on the device
+    (('g1', 'c'), 0)
+
 No Prefect, no clock, no I/O here.
 """
 
@@ -32,7 +46,8 @@ import heapq
 from collections import deque
 from typing import Any, Callable, Iterable, Mapping
 
-from prefect_llmorch.graph import FRG
+from prefect_llmorch.graph import FRG, PROCESSORS
+from prefect_llmorch.schedule.resources import Capacities, Device, Ledger, check_demands
 
 __all__ = ["POLICIES", "DEFAULT_POLICY", "Coordinator", "check_policy", "priority", "select"]
 
@@ -101,7 +116,9 @@ class Coordinator:
     A call is *ready* once all of its own deps are done. `get_ready()` passes out every ready
     inout call (they take no processor) and then as many ready compute calls as there are free
     processors, chosen by the policy; everything passed out is *running* until `done()`.
-    At most `processors` compute calls are ever running.
+    At most `processors` compute calls are ever running. With `resources`/`gpus`, a ready call
+    that demands resources is passed out when its whole demand fits in what is free, in
+    policy order; at no moment do the running calls' demands exceed a capacity.
 
     Loop::
 
@@ -122,29 +139,48 @@ class Coordinator:
         processors: number of processors P (>= 1).
         policy: one of `POLICIES`.
         done: calls that are already done.
+        resources: capacities of resources beyond processors (`{"search-api": 2,
+            "gpu_mem_gb": 80}`); see `Capacities.of`.
+        gpus: GPU devices (`[{"id": 0, "mem_gb": 80}]`): a call demanding `gpu_mem_gb` is
+            placed on one device where it fits (`device_of`).
 
     Raises:
         ValueError: bad processors or policy, or `done` names unknown calls.
+        ResourceError: (a ValueError) a bad capacity or device, a call demanding a resource
+            without capacity (`UnknownResource`), or more than the capacity
+            (`DemandExceedsCapacity`, naming the call, resource, demand and capacity).
     """
 
     def __init__(
-        self, frg: FRG, processors: int, policy: str = DEFAULT_POLICY, done: Iterable[str] = ()
+        self,
+        frg: FRG,
+        processors: int,
+        policy: str = DEFAULT_POLICY,
+        done: Iterable[str] = (),
+        *,
+        resources: Mapping[str, float] | None = None,
+        gpus: Iterable[Mapping[str, Any] | Device] | None = None,
     ) -> None:
         if not isinstance(processors, int) or processors < 1:
             raise ValueError(f"processors must be an integer >= 1, got {processors!r}")
         check_policy(policy)
+        self.capacities = Capacities.of(processors, resources, gpus)
+        check_demands(frg.demand, self.capacities)
         self.frg = frg
         self.processors = processors
         self.policy = policy
         self._key = priority(policy, frg)
+        self._ledger = Ledger(self.capacities)
         self._done: set[str] = set()
         self._running: set[str] = set()
         self._running_compute: set[str] = set()
         self._failed: set[str] = set()
         self._ready: set[str] = set()
-        self._ready_inout: deque[str] = deque()
-        self._ready_compute: list[tuple[Any, ...]] = []  # heap of (key, id)
+        self._ready_free: deque[str] = deque()  # ready calls that demand nothing
+        self._ready_held: list[tuple[Any, ...]] = []  # heap of (key, id): ready calls that demand something
+        self._ready_no_cpu = 0  # how many of those hold no processor
         self._arrivals = 0
+        self._arrival: dict[str, int] = {}  # when each ready call became ready (its key's input)
         # number of deps of each call not yet done
         self._missing: dict[str, int] = {cid: len(frg.deps[cid]) for cid in frg.ids}
         for cid in done:
@@ -177,8 +213,16 @@ class Coordinator:
 
     @property
     def free_processors(self) -> int:
-        """Processors not held by a running compute call."""
-        return self.processors - len(self._running_compute)
+        """Processors not held by a running call."""
+        return round(self._ledger.free(PROCESSORS))
+
+    def free(self, resource: str) -> float:
+        """How much of a resource is not held by running calls (0 if it has no capacity)."""
+        return self._ledger.free(resource)
+
+    def device_of(self, call_id: str) -> int | str | None:
+        """The GPU device a running call was placed on; None when it holds no device."""
+        return self._ledger.device.get(call_id)
 
     @property
     def finished(self) -> frozenset[str]:
@@ -207,20 +251,39 @@ class Coordinator:
     # ------------------------------------------------------------------ protocol
 
     def get_ready(self) -> tuple[str, ...]:
-        """Calls to start now, marked running: every ready inout call (in the order they became
-        ready), then the compute calls the policy picks for the free processors. May be empty."""
+        """Calls to start now, marked running: every ready call that demands nothing (inout
+        calls by default; in the order they became ready), then, in policy order, each ready
+        call whose demand fits in what is free (compute calls: the free processors). May be
+        empty."""
         out: list[str] = []
-        while self._ready_inout:
-            cid = self._ready_inout.popleft()
+        while self._ready_free:
+            cid = self._ready_free.popleft()
             self._ready.discard(cid)
             self._running.add(cid)
             out.append(cid)
-        while self._ready_compute and len(self._running_compute) < self.processors:
-            _, cid = heapq.heappop(self._ready_compute)
+        passed: list[tuple[Any, ...]] = []
+        demand = self.frg.demand
+        while self._ready_held:
+            # Nothing left can start once the processors are gone and every waiting call needs one.
+            if self._ready_no_cpu == 0 and self._ledger.free(PROCESSORS) < 1:
+                break
+            entry = heapq.heappop(self._ready_held)
+            cid = entry[1]
+            no_cpu = not demand[cid].get(PROCESSORS)
+            if not self._ledger.take(cid, demand[cid]):
+                passed.append(entry)
+                if no_cpu:  # it stays waiting but is behind us now
+                    self._ready_no_cpu -= 1
+                continue
+            self._ready_no_cpu -= no_cpu
             self._ready.discard(cid)
             self._running.add(cid)
-            self._running_compute.add(cid)
+            if self.frg.kind[cid] == "compute":
+                self._running_compute.add(cid)
             out.append(cid)
+        for entry in passed:
+            heapq.heappush(self._ready_held, entry)
+            self._ready_no_cpu += not demand[entry[1]].get(PROCESSORS)
         return tuple(out)
 
     def done(self, *ids: str) -> None:
@@ -234,6 +297,7 @@ class Coordinator:
         for cid in ids:
             self._running.discard(cid)
             self._running_compute.discard(cid)
+            self._ledger.release(cid)
             self._done.add(cid)
             for s in self.frg.succs[cid]:
                 self._missing[s] -= 1
@@ -251,6 +315,7 @@ class Coordinator:
         for cid in ids:
             self._running.discard(cid)
             self._running_compute.discard(cid)
+            self._ledger.release(cid)
             self._failed.add(cid)
 
     def reset(self, *ids: str) -> frozenset[str]:
@@ -282,14 +347,49 @@ class Coordinator:
             self._failed.discard(cid)
         if self._ready & closure:
             self._ready -= closure
-            self._ready_inout = deque(c for c in self._ready_inout if c not in closure)
-            self._ready_compute = [e for e in self._ready_compute if e[1] not in closure]
-            heapq.heapify(self._ready_compute)
+            self._ready_free = deque(c for c in self._ready_free if c not in closure)
+            self._ready_held = [e for e in self._ready_held if e[1] not in closure]
+            heapq.heapify(self._ready_held)
+            self._ready_no_cpu = sum(not self.frg.demand[e[1]].get(PROCESSORS) for e in self._ready_held)
         for cid in self.frg.ordered(closure):
             self._maybe_ready(cid)
         return frozenset(closure)
 
     forget = reset
+
+    def grow(self, frg: FRG) -> frozenset[str]:
+        """Replace the graph with a larger one, for plans whose calls arrive over time.
+
+        `frg` must hold every call of the current graph with the same deps and kind; its other
+        calls are new (they may depend on any call). New calls whose deps are all done become
+        ready. Priorities of waiting calls are recomputed on the new graph (a new successor can
+        lengthen a call's remaining path). Returns the new calls.
+
+        Raises:
+            ValueError: a current call is missing from `frg` or has other deps or kind there;
+                nothing is changed then.
+
+        >>> co = Coordinator(FRG.from_edges(["a"], {}), processors=1)
+        >>> sorted(co.grow(FRG.from_edges(["a", "b"], {"b": ["a"]})))
+        ['b']
+        >>> co.get_ready(), co.done("a"), co.get_ready()
+        (('a',), None, ('b',))
+        """
+        old = self.frg
+        for cid in old.ids:
+            if cid not in frg or frg.deps[cid] != old.deps[cid] or frg.kind[cid] != old.kind[cid]:
+                raise ValueError(f"grow(): call {cid!r} must keep its deps and kind in the new graph")
+        new = [cid for cid in frg.ids if cid not in old]
+        check_demands({cid: frg.demand[cid] for cid in new}, self.capacities)
+        self.frg = frg
+        self._key = priority(self.policy, frg)
+        for cid in new:
+            self._missing[cid] = sum(1 for d in frg.deps[cid] if d not in self._done)
+        self._ready_held = [(self._key(e[1], self._arrival.get(e[1], 0)), e[1]) for e in self._ready_held]
+        heapq.heapify(self._ready_held)
+        for cid in new:
+            self._maybe_ready(cid)
+        return frozenset(new)
 
     # ------------------------------------------------------------------ helpers
 
@@ -314,7 +414,10 @@ class Coordinator:
         ):
             self._ready.add(cid)
             self._arrivals += 1
-            if self.frg.kind[cid] == "inout":
-                self._ready_inout.append(cid)
+            self._arrival[cid] = self._arrivals
+            demand = self.frg.demand[cid]
+            if not demand:
+                self._ready_free.append(cid)
             else:
-                heapq.heappush(self._ready_compute, (self._key(cid, self._arrivals), cid))
+                heapq.heappush(self._ready_held, (self._key(cid, self._arrivals), cid))
+                self._ready_no_cpu += not demand.get(PROCESSORS)
