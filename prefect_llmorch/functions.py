@@ -392,23 +392,103 @@ class Toolbox(Mapping[str, FunctionSpec]):
         return cls(*functions)
 
 
-def load_toolbox(path: str) -> Toolbox:
-    """Import `module:attr` naming a `Toolbox`; raises ValueError with a clear message."""
+class ToolboxNotFound(ValueError):
+    """`load_toolbox` could not give a `Toolbox` for a `module:attr` path.
+
+    Attributes:
+        path: the `module:attr` given.
+        problem: what is wrong, in one sentence.
+        fix: what to do about it.
+    """
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem}; {fix}")
+
+
+def _is_toolbox_factory(obj: Any) -> bool:
+    """A plain Python function that takes no arguments and is annotated `-> Toolbox`.
+
+    Only such functions are called: an arbitrary callable (`os:abort`, a class) never is.
+    """
+    if not inspect.isfunction(obj):
+        return False
+    try:
+        params = inspect.signature(obj).parameters.values()
+        hints = typing.get_type_hints(obj)
+    except Exception:  # an annotation that does not resolve: not a documented factory
+        return False
+    required = [p for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    returns = hints.get("return")
+    return not required and isinstance(returns, type) and issubclass(returns, Toolbox)
+
+
+def _import_toolbox_module(path: str, module_name: str) -> Any:
     import importlib
 
-    if ":" not in path:
-        raise ValueError(f"toolbox must be given as module:attr, got {path!r}")
-    module_name, attr = path.split(":", 1)
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import toolbox module {module_name!r}: {exc}") from exc
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise ToolboxNotFound(
+                path, f"cannot import toolbox module {module_name!r}: no module named {missing!r}",
+                "check the name, or run from the folder that holds it (the current folder is searched)",
+            ) from exc
+        raise ToolboxNotFound(
+            path, f"toolbox module {module_name!r} failed to import {missing!r}: {exc}",
+            f"install {missing.split('.')[0]!r} or fix the module's imports",
+        ) from exc
+    except (Exception, SystemExit) as exc:  # the module's own code failed (a bug, a syntax error, sys.exit)
+        raise ToolboxNotFound(
+            path, f"toolbox module {module_name!r} raised {type(exc).__name__} while importing: {exc}",
+            "fix the module (llmorch --debug shows the traceback)",
+        ) from exc
+
+
+def load_toolbox(path: str) -> Toolbox:
+    """The `Toolbox` named by `module:attr`.
+
+    `attr` is a `Toolbox`, or a toolbox factory: a function with no required parameters,
+    annotated `-> Toolbox`, which is called once. Nothing else is called (an arbitrary
+    callable such as `os:abort` is refused, not run).
+
+        >>> "detect" in load_toolbox("prefect_llmorch.examples.toolbox:toolbox")
+        True
+        >>> load_toolbox("os:abort")
+        Traceback (most recent call last):
+        ...
+        prefect_llmorch.functions.ToolboxNotFound: os:abort is a builtin_function_or_method, not a Toolbox; ...
+
+    Raises:
+        ToolboxNotFound: (a ValueError) naming the problem and the fix: the path is not
+            `module:attr`, the module is missing or raises on import, the attribute is
+            missing, not a Toolbox, or a factory that fails or returns something else.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name.strip() or not attr.strip():
+        raise ToolboxNotFound(path, f"toolbox must be given as module:attr, got {path!r}", "e.g. --toolbox mytools:toolbox")
+    module = _import_toolbox_module(path, module_name)
     try:
         obj = getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if callable(obj) and not isinstance(obj, Toolbox):
-        obj = obj()
-    if not isinstance(obj, Toolbox):
-        raise ValueError(f"{path} is a {type(obj).__name__}, not a Toolbox")
-    return obj
+        found = sorted(k for k, v in vars(module).items() if isinstance(v, Toolbox) or _is_toolbox_factory(v))
+        hint = f"it has: {', '.join(found)}" if found else "it defines no Toolbox"
+        raise ToolboxNotFound(path, f"toolbox module {module_name!r} has no attribute {attr!r}", hint) from None
+    if isinstance(obj, Toolbox):
+        return obj
+    fix = "give a Toolbox, or a function with no parameters annotated `-> Toolbox`"
+    if not _is_toolbox_factory(obj):
+        raise ToolboxNotFound(path, f"{path} is a {type(obj).__name__}, not a Toolbox", fix)
+    try:
+        made = obj()
+    except Exception as exc:
+        raise ToolboxNotFound(
+            path, f"toolbox factory {path} raised {type(exc).__name__}: {exc}",
+            "fix the factory (llmorch --debug shows the traceback)",
+        ) from exc
+    if not isinstance(made, Toolbox):
+        raise ToolboxNotFound(path, f"toolbox factory {path} returned a {type(made).__name__}, not a Toolbox", fix)
+    return made
