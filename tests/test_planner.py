@@ -276,7 +276,7 @@ def test_unreachable_endpoint_raises_llm_error_without_the_key():
 
 def test_each_attempt_is_logged_outside_a_run(fake_llm, llm, caplog):
     fake_llm.add(BROKEN, GOOD)
-    with caplog.at_level(logging.INFO, logger="prefect_llmorch.flows.planner"):
+    with caplog.at_level(logging.INFO, logger="prefect_llmorch.llm.planning"):
         plan_query(QUERY, TOOLBOX, llm)
     text = caplog.text
     assert "attempt 1 (plan, temperature 0): 1 error" in text

@@ -26,169 +26,59 @@ At most `RecoveryConfig.max_rounds` rounds (default 3); then the run ends `Faile
 report of every round (what failed, what was repaired and how, what re-ran), also
 published as the markdown artifact `llmorch-recovery`.
 
-`recovery_points` and `rerun_set` are pure; `RecoveryController` does the rest and is wired
-into `orchestrate.execute(..., recovery=RecoveryConfig(llm))`.
+Where things live: which calls to trace back to and re-run is pure
+(`prefect_llmorch.schedule.recovery`); the repair prompt and the checks of the LLM's answer
+know nothing of Prefect (`prefect_llmorch.llm.repair`). This module is the controller: the
+Prefect hooks, the gate, the rounds. The execution (`prefect_llmorch.flows.execute`) wires
+it in when it is given a `RecoveryConfig(llm)`.
+
+While `llmorch-ask` streams the plan, calls run before the plan is final: the controller
+then *holds* their failures (`RecoveryController(..., plan=None)`) and acts on them once the
+planner is done (`release(plan, frg)`), dropping the failures of draft calls the planner
+replaced.
 """
 
 from __future__ import annotations
 
 import queue
-import re
 import threading
-import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 from prefect_llmorch.engine.compiler import final_state
+from prefect_llmorch.engine.runner import CALL_ATTR
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.llm.client import LLMClient, LLMError
-from prefect_llmorch.plan.errors import PlanError
+from prefect_llmorch.llm.repair import (
+    Failure,
+    Repair,
+    RepairRejected,
+    call_text,
+    parse_repair,
+    repair_call,
+    repair_prompt,
+    short,
+)
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
-from prefect_llmorch.plan.parser import check, parse
-from prefect_llmorch.engine.runner import CALL_ATTR
+from prefect_llmorch.schedule.recovery import recovery_points, rerun_set
 
 if TYPE_CHECKING:
     from prefect.futures import PrefectFuture
 
-    from prefect_llmorch.engine.compiler import Compiler  # noqa: F401 - annotations only
-    from prefect_llmorch.flows.run import RunReport
+    from prefect_llmorch.engine.compiler import Compiler
     from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.report import RunReport
 
 __all__ = [
-    "RecoveryConfig", "RecoveryController", "RecoveryRound", "Repair", "Failure",
-    "recovery_points", "rerun_set", "parse_repair", "RepairRejected", "ARTIFACT_KEY", "RUNNING",
+    "RecoveryConfig", "RecoveryController", "RecoveryRound", "ARTIFACT_KEY", "RUNNING",
+    # re-exported from schedule.recovery and llm.repair
+    "Failure", "Repair", "RepairRejected", "parse_repair", "recovery_points", "rerun_set",
 ]
 
 #: Key of the markdown artifact that reports every recovery round.
 ARTIFACT_KEY = "llmorch-recovery"
-
-
-# --------------------------------------------------------------------------- pure logic
-
-
-def recovery_points(
-    deps: Mapping[str, Iterable[str]], rank: Mapping[str, int], failed: Iterable[str]
-) -> list[str]:
-    """The calls to repair and re-run from, in plan order (the order of `deps`' keys).
-
-    For each failed call: its closest ancestors (the calls it uses directly) that share
-    the smallest rank among them; a failed call with no ancestors is its own recovery
-    point. The result is the union over the failed calls.
-
-    Args:
-        deps: each call's direct inputs, in plan order (`FRG.deps`).
-        rank: each call's rank (`FRG.rank`).
-        failed: the ids of the calls that finally failed.
-
-    >>> deps = {"s1": [], "s2": [], "s3": ["s1"], "s4": ["s2", "s3"], "s5": ["s4"]}
-    >>> rank = {"s1": 1, "s2": 1, "s3": 2, "s4": 3, "s5": 4}
-    >>> recovery_points(deps, rank, ["s3"])          # a bad argument produced by s1
-    ['s1']
-    >>> recovery_points(deps, rank, ["s1"])          # no ancestors: its own recovery point
-    ['s1']
-    >>> recovery_points(deps, rank, ["s4"])          # parents s2 (rank 1), s3 (rank 2)
-    ['s2']
-    >>> recovery_points(deps, rank, ["s5", "s3"])    # two failures, in plan order
-    ['s1', 's4']
-    >>> recovery_points(deps, rank, [])
-    []
-    """
-    order = {cid: i for i, cid in enumerate(deps)}
-    points: set[str] = set()
-    for f in failed:
-        parents = list(deps[f])
-        if not parents:
-            points.add(f)
-            continue
-        low = min(rank[p] for p in parents)
-        points.update(p for p in parents if rank[p] == low)
-    return sorted(points, key=order.__getitem__)
-
-
-def rerun_set(succs: Mapping[str, Iterable[str]], points: Iterable[str]) -> set[str]:
-    """The recovery points and all their descendants: what leaves the done set.
-
-    >>> succs = {"s1": ["s3"], "s2": ["s4"], "s3": ["s4"], "s4": []}
-    >>> sorted(rerun_set(succs, ["s1"]))
-    ['s1', 's3', 's4']
-    >>> sorted(rerun_set(succs, ["s4"]))
-    ['s4']
-    """
-    seen: set[str] = set()
-    todo = list(points)
-    while todo:
-        cid = todo.pop()
-        if cid not in seen:
-            seen.add(cid)
-            todo.extend(succs[cid])
-    return seen
-
-
-class RepairRejected(ValueError):
-    """The LLM's repaired call cannot be used; the message says why (fed back to the LLM)."""
-
-
-_FENCE = re.compile(r"^\s*```")
-
-
-def parse_repair(answer: str, original: Call, earlier: Sequence[str], toolbox: Toolbox, dialect: str = "paper") -> Call:
-    """Check the LLM's answer and return the repaired call.
-
-    The answer must be exactly one call of the plan language with the original's id; it
-    must parse, type-check against the toolbox, use only results of `earlier` calls and
-    call a function of the same kind as the original.
-
-    >>> from prefect_llmorch.functions import Toolbox, inout, compute
-    >>> @inout
-    ... def search(query: str) -> str: ...
-    >>> @compute
-    ... def count(text: str) -> int: ...
-    >>> tb = Toolbox(search, count)
-    >>> old = parse('s1: search("a")\\ns2: search(s1)', tb).calls[1]
-    >>> parse_repair('```\\ns2: search("b {s1}")\\n```', old, ["s1"], tb).function
-    'search'
-    >>> parse_repair('s2: count(s1)', old, ["s1"], tb)
-    Traceback (most recent call last):
-    ...
-    prefect_llmorch.flows.recovery.RepairRejected: `count` is a compute function but `s2` calls an inout function (`search`); the repaired call must keep its kind: use an inout function
-    """
-    lines = [ln for ln in answer.strip().splitlines() if ln.strip() and not _FENCE.match(ln)]
-    text = "\n".join(lines).strip()
-    if not text:
-        raise RepairRejected(f"the answer is empty; answer with one call line like `{original.id}: {original.function}(...)`")
-    stub = (lambda cid: f'{cid}. self("")') if dialect == "llmcompiler" else (lambda cid: f'{cid}: self("")')
-    prefix = [stub(cid) for cid in earlier]
-    try:
-        plan = parse("\n".join(prefix + [text]))
-    except PlanError as exc:
-        problems = []
-        for err in exc.errors:
-            line = err.line - len(prefix) if err.line else 0
-            where = f"line {line}, column {err.column}: " if line > 0 else ""
-            problems.append(f"{where}{err.message}")
-        raise RepairRejected("the answer does not parse: " + "; ".join(problems)) from None
-    calls = plan.calls[len(prefix):]
-    if len(calls) != 1:
-        raise RepairRejected(f"answer with exactly one call (the repaired `{original.id}`), not {len(calls)}")
-    call = calls[0]
-    if call.id != original.id:
-        raise RepairRejected(f"the repaired call must keep the id `{original.id}`, not `{call.id}`")
-    try:
-        check(Plan((call,)), toolbox)
-    except PlanError as exc:
-        raise RepairRejected("the answer does not type-check: " + "; ".join(e.message for e in exc.errors)) from None
-    old_kind, new_kind = toolbox[original.function].kind, toolbox[call.function].kind
-    if old_kind != new_kind:
-        raise RepairRejected(
-            f"`{call.function}` is a {new_kind} function but `{original.id}` calls an {old_kind} "
-            f"function (`{original.function}`); the repaired call must keep its kind: use an {old_kind} function"
-        )
-    return Call(call.id, call.function, call.args, original.line, original.column)
-
-
-# --------------------------------------------------------------------------- records
 
 
 @dataclass
@@ -227,38 +117,6 @@ RUNNING = ("wait", "cancel")
 
 
 @dataclass
-class Failure:
-    """One call that finally failed, as its `on_failure` hook reported it."""
-
-    call_id: str
-    attempt: int
-    call: str  # the call's text
-    function: str
-    kind: str
-    arguments: str  # the arguments it was called with, as text
-    error: str  # "ValueError: ..."
-
-
-@dataclass
-class Repair:
-    """The LLM's repair of one recovery call."""
-
-    call_id: str
-    before: str
-    after: str | None = None  # None: rejected
-    answers: list[str] = field(default_factory=list)
-    rejections: list[str] = field(default_factory=list)
-
-    @property
-    def accepted(self) -> bool:
-        return self.after is not None
-
-    @property
-    def changed(self) -> bool:
-        return self.after is not None and self.after != self.before
-
-
-@dataclass
 class RecoveryRound:
     """One trace-back round: what failed, where it traced back to, what was repaired and re-run."""
 
@@ -284,48 +142,41 @@ class RecoveryRound:
 # --------------------------------------------------------------------------- the controller
 
 
-def _text(call: Call) -> str:
-    return Plan((call,), dialect="paper").to_text().strip()
-
-
-def _short(value: Any, limit: int) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 class RecoveryController:
     """Runs trace-back recovery for one `execute`: installs the hooks, then runs rounds.
 
     Args:
         config: the recovery settings and the LLM.
-        plan: the plan being run (already checked).
-        toolbox: its functions.
+        toolbox: the plan's functions.
         compiler: the compiler submitting the plan's task runs; the controller adds its
             `on_failure` hook and its gate to it (before the first submission).
         runner: the `LLMOrchTaskRunner`, if the flow uses one (told about new submissions
             and the repaired FRG).
+        plan: the plan being run (already checked); None while it is still streaming:
+            failures are then held until `release(plan, frg)`.
     """
 
     def __init__(
         self,
         config: RecoveryConfig,
-        plan: Plan,
         toolbox: Toolbox,
         compiler: "Compiler",
         runner: "LLMOrchTaskRunner | None" = None,
+        plan: Plan | None = None,
     ) -> None:
         self.config = config
-        self.plan = plan
+        self.plan = plan if plan is not None else Plan(())
         self.toolbox = toolbox
         self.compiler = compiler
         self.runner = runner
         self.recorder = compiler.recorder
         self.frg: FRG = compiler.frg
+        self._held: list[tuple[Any, Any, Any]] | None = [] if plan is None else None
         self.rounds: list[RecoveryRound] = []
         self.outcome = "no failure"
         self.unresolved: list[Failure] = []  # failures left when recovery gave up
         self.attempt = 0
-        self._calls = {c.id: c for c in plan.calls}
+        self._calls = {c.id: c for c in self.plan.calls}
         self._lock = threading.Lock()
         self._queue: "queue.Queue[Failure]" = queue.Queue()
         self._failed_now: list[str] = []
@@ -334,9 +185,25 @@ class RecoveryController:
         compiler.gates.append(self._gate)
         compiler.interruptible = config.running == "cancel"
 
+    def release(self, plan: Plan, frg: FRG) -> None:
+        """The plan is final: act on the failures held while it streamed, except those of
+        draft calls the planner replaced (the compiler's `stale` calls)."""
+        with self._lock:
+            held, self._held = self._held or [], None
+            self.plan, self.frg = plan, frg
+            self._calls = {c.id: c for c in plan.calls}
+        for args in held:
+            self._on_failure(*args)
+
     # -- hooks (task threads) ---------------------------------------------------------
     def _on_failure(self, task: Any, task_run: Any, state: Any) -> None:
         """Prefect `on_failure` hook: runs once a call has finally failed (after retries)."""
+        with self._lock:
+            if self._held is not None:
+                self._held.append((task, task_run, state))
+                return
+        if id(getattr(task, "llmorch_call", None)) in self.compiler.stale:
+            return  # a call of a draft plan, replaced by the planner: not the plan's failure
         cid = getattr(task, CALL_ATTR, None)
         if cid is None or cid not in self._calls:
             return
@@ -353,13 +220,13 @@ class RecoveryController:
         try:
             args, kwargs = resolve(call, inputs)
             limit = self.config.max_value_chars
-            parts = [_short(a, limit) for a in args] + [f"{k}={_short(v, limit)}" for k, v in kwargs.items()]
+            parts = [short(a, limit) for a in args] + [f"{k}={short(v, limit)}" for k, v in kwargs.items()]
             arguments = f"{call.function}({', '.join(parts)})"
         except Exception as exc:  # noqa: BLE001
             arguments = f"(arguments could not be evaluated: {type(exc).__name__}: {exc})"
         spec = self.toolbox.get(call.function)
         failure = Failure(
-            call_id=cid, attempt=self.attempt, call=_text(call), function=call.function,
+            call_id=cid, attempt=self.attempt, call=call_text(call), function=call.function,
             kind=spec.kind if spec else "?", arguments=arguments, error=error,
         )
         with self._lock:
@@ -444,7 +311,7 @@ class RecoveryController:
                 rec = self.recorder.records.get(cid)
                 call = self._calls[cid]
                 failures[cid] = Failure(
-                    cid, self.attempt, _text(call), call.function, self.toolbox[call.function].kind,
+                    cid, self.attempt, call_text(call), call.function, self.toolbox[call.function].kind,
                     "(unknown)", (rec.error if rec and rec.error else None) or st.message or "failed",
                 )
         return [failures[c] for c in self.frg.ordered(failures)]
@@ -454,7 +321,7 @@ class RecoveryController:
         repaired: dict[str, Call] = {}
         for point in rnd.recovery_points:
             related = [f for f in failures if f.call_id == point or point in self.frg.deps[f.call_id]]
-            repair = Repair(call_id=point, before=_text(self._calls[point]))
+            repair = Repair(call_id=point, before=call_text(self._calls[point]))
             rnd.repairs.append(repair)
             try:
                 call = self._ask(point, related, repaired, repair)
@@ -466,60 +333,23 @@ class RecoveryController:
                 rnd.outcome = "repair rejected"
                 return None
             repaired[point] = call
-            repair.after = _text(call)
+            repair.after = call_text(call)
         return repaired
 
     def _ask(self, point: str, failures: list[Failure], repaired: Mapping[str, Call], repair: Repair) -> Call | None:
         calls = [repaired.get(c.id, c) for c in self.plan.calls]
         earlier = [c.id for c in calls[: [c.id for c in calls].index(point)]]
         original = self._calls[point]
-        messages: list[dict[str, str]] = [
-            {"role": "system", "content": REPAIR_SYSTEM},
-            {"role": "user", "content": self._prompt(point, failures, calls, earlier)},
-        ]
-        for attempt in range(2):  # the answer, then once more with the error fed back
-            answer = self.config.llm.complete(messages, temperature=self.config.temperature).text
-            repair.answers.append(answer)
-            try:
-                return parse_repair(answer, original, earlier, self.toolbox, self.plan.dialect)
-            except RepairRejected as exc:
-                repair.rejections.append(str(exc))
-                if attempt == 0:
-                    messages += [
-                        {"role": "assistant", "content": answer},
-                        {"role": "user", "content": (
-                            f"That answer was rejected: {exc}.\n"
-                            f"Answer again with exactly one call line for `{point}` and nothing else."
-                        )},
-                    ]
-        return None
-
-    def _prompt(self, point: str, failures: list[Failure], calls: list[Call], earlier: list[str]) -> str:
-        original = self._calls[point]
-        kind = self.toolbox[original.function].kind
-        lines = ["The plan being run:", "```", Plan(tuple(calls), self.plan.dialect).to_text().strip(), "```", ""]
-        for f in failures:
-            lines += [
-                f"Failed call `{f.call_id}` (function `{f.function}`, {f.kind}): {f.call}",
-                f"  it was called as: {f.arguments}",
-                f"  exception: {f.error}",
-            ]
-        lines.append("")
-        lines.append(f"Recovery call to repair: {_text(original)}")
+        result = None
         if point in self.recorder.results and point not in {f.call_id for f in failures}:
-            lines.append(f"  its result was: {_short(self.recorder.results[point], self.config.max_value_chars)}")
-        lines += [
-            "  It will be re-run with every call that depends on it; other results are kept.",
-            "",
-            "Functions available:",
-            self.toolbox.describe(),
-            "",
-            f"Answer with exactly one line: the repaired call `{point}` in the plan language, e.g. "
-            f"`{point}: {original.function}(...)`. You may change its arguments, or call another "
-            f"{kind} function (it must stay {kind}). "
-            + (f"It may use results of {', '.join(earlier)} only." if earlier else "It may not use results of other calls."),
-        ]
-        return "\n".join(lines)
+            result = short(self.recorder.results[point], self.config.max_value_chars)
+        prompt = repair_prompt(
+            original, failures, Plan(tuple(calls), self.plan.dialect), self.toolbox, earlier=earlier, result=result
+        )
+        return repair_call(
+            self.config.llm, prompt, original, earlier, self.toolbox, repair,
+            dialect=self.plan.dialect, temperature=self.config.temperature,
+        )
 
     def _resubmit(self, rnd: RecoveryRound, repaired: Mapping[str, Call], futures: dict[str, "PrefectFuture[Any]"]) -> None:
         calls = tuple(repaired.get(c.id, c) for c in self.plan.calls)
@@ -586,10 +416,10 @@ class RecoveryController:
         return "\n".join(out)
 
     def annotate(self, report: "RunReport") -> None:
-        """Put the rounds into the report (`extra["recovery"]`), publish the artifact."""
+        """Put the rounds into the report (`report.recovery`), publish the artifact."""
         if self.outcome == "no failure" and not self.rounds:
             return
-        report.extra["recovery"] = self.to_dict()
+        report.recovery = self.to_dict()
         if report.failed:
             report.message = (
                 f"trace-back recovery {self.outcome}; still failing: {', '.join(report.failed)}\n\n" + self.to_markdown()
@@ -604,12 +434,3 @@ class RecoveryController:
             )
         except Exception:  # noqa: BLE001 - no API: the report still carries everything
             pass
-
-
-REPAIR_SYSTEM = (
-    "You repair plans of function calls that failed while running. A plan is a list of calls, "
-    "one per line, like `s2: search(\"query\", limit=3)`; a bare id such as `s1`, or `{s1}` inside "
-    "a string, is the result of an earlier call. You are shown the failed call, its exception, and "
-    "the call to repair (the recovery point). Answer with exactly one line: the repaired call, with "
-    "the same id. No explanation, no code fences."
-)

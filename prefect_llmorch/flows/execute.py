@@ -1,0 +1,225 @@
+"""One execution pipeline for `llmorch-run` and `llmorch-ask`: submit, adopt, recover, report.
+
+Inside a flow run, an `Execution` takes a plan's calls and turns them into task runs:
+
+    ex = Execution(toolbox, processors=2, recovery=RecoveryConfig(llm))
+    ex.adopt(call)               # ask: a call the planner streamed in, started at once
+    ex.start(plan, kept=...)     # the final plan: what was not adopted unchanged is submitted
+    report = ex.finish()         # recovery rounds, then the `RunReport`
+
+`llmorch-run` calls `start(plan)` alone; `llmorch-ask` adopts calls while the LLM writes the
+plan, then starts the final plan, keeping the adopted calls the planner did not change (the
+others become *stale*: not started if they had not started, their records and results
+ignored). Both finish the same way: recovery (when configured) runs its rounds, the
+calls' records become the report, a failure message names each call that did not complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture, wait
+
+from prefect_llmorch.credentials import CredentialStore
+from prefect_llmorch.engine.compiler import Compiler, Recorder
+from prefect_llmorch.flows.progress import RunProgress
+from prefect_llmorch.flows.recovery import RecoveryConfig, RecoveryController
+from prefect_llmorch.flows.report import RunReport, build_report, failure_message
+from prefect_llmorch.functions import Toolbox
+from prefect_llmorch.graph import FRG
+from prefect_llmorch.plan.model import Call, Plan
+
+__all__ = ["Execution", "current_llmorch_runner", "execute"]
+
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
+    """The flow run's logger (shown on the run's page), else this module's."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def current_llmorch_runner() -> Any:
+    """The flow run's task runner if it is ours (it takes the FRG: `use_graph`), else None."""
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx else None
+    if runner is not None and all(hasattr(runner, m) for m in ("use_graph", "no_more_submissions", "expect_more")):
+        return runner
+    return None
+
+
+class Execution:
+    """One run of a plan's calls inside the current flow run.
+
+    Args:
+        toolbox: the functions the plan calls.
+        processors: P (for the report's best schedule and lower bound).
+        self_fn: the body of the built-in `self`, if the plan may call it.
+        secrets: credentials by block name; None loads the `ToolCredentials` blocks the
+            calls' functions declare, as calls arrive (a missing block fails before its
+            call is submitted).
+        recorder: where call times (relative to `recorder.t0`), states and results go.
+        recovery: trace-back recovery settings; None: a failed call fails the run.
+        runner: the `LLMOrchTaskRunner` (or one like it); default: the flow run's, if ours.
+    """
+
+    def __init__(
+        self,
+        toolbox: Toolbox,
+        *,
+        processors: int,
+        self_fn: Callable[[str], Any] | None = None,
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
+        recorder: Recorder | None = None,
+        recovery: RecoveryConfig | None = None,
+        runner: Any = None,
+    ) -> None:
+        self.toolbox = toolbox
+        self.processors = processors
+        self.runner = runner if runner is not None else current_llmorch_runner()
+        self.recorder = recorder if recorder is not None else Recorder()
+        self._store = CredentialStore(toolbox) if secrets is None else None
+        self.frg = FRG.build(Plan(()), toolbox)
+        self.compiler = Compiler(
+            frg=self.frg, toolbox=toolbox, recorder=self.recorder, self_fn=self_fn,
+            secrets=self._store if self._store is not None else secrets,
+            pool=getattr(self.runner, "pool", None),  # compute calls run on the runner's processors
+        )
+        self.futures: dict[str, PrefectFuture[Any]] = {}
+        #: seconds after `t0` at which each call became known (ask: streamed calls)
+        self.release: dict[str, float] = {}
+        self.plan: Plan | None = None
+        self._adopted: list[Call] = []  # kept alive: the compiler tells stale calls by identity
+        # Hooks go in before the first submission; failures are held until the plan is final.
+        self.controller = RecoveryController(recovery, toolbox, self.compiler, self.runner) if recovery else None
+        self.progress = RunProgress.start(self.recorder)  # the `llmorch-progress` artifact
+        self._closed = False
+
+    # -- submitting ---------------------------------------------------------------------
+    def adopt(self, call: Call) -> None:
+        """Start a call of a plan that is still being written (its inputs were adopted)."""
+        if self.plan is not None:
+            raise RuntimeError(f"cannot adopt {call.id}: the plan is final (start() was called)")
+        self._require([call])
+        self._adopted.append(call)
+        self.release[call.id] = self.recorder.rel(time.time())
+        # Ranks of earlier calls never change when a later call arrives: the FRG of the calls
+        # so far (tiny) lets the policy see the current critical paths.
+        self._use_graph(FRG.build(Plan(tuple(self._adopted)), self.toolbox))
+        self.compiler.submit([call], self.futures)
+
+    def start(self, plan: Plan, kept: Iterable[str] = (), *, streamed: bool = False) -> None:
+        """Run the final plan: submit its calls, except the adopted ones in `kept`.
+
+        Args:
+            plan: the plan, checked against the toolbox.
+            kept: ids of adopted calls that are in `plan` unchanged (with their inputs).
+            streamed: the plan arrived after `t0` (ask): calls submitted now are released now.
+        """
+        if self.plan is not None:
+            raise RuntimeError("start() was called already")
+        keep = set(kept)
+        stale = [c for c in self._adopted if c.id not in keep]
+        if stale:
+            self.compiler.stale.update(id(c) for c in stale)
+            _log().warning(
+                "calls %s were started from a draft plan that was repaired: not started if they had "
+                "not started, their results ignored", ", ".join(c.id for c in stale),
+            )
+        self.plan = plan
+        frg = FRG.build(plan, self.toolbox)
+        self._use_graph(frg)
+        todo = [c for c in plan.calls if c.id not in keep]
+        self._require(todo)
+        if self.controller is not None:
+            self.controller.release(plan, frg)
+        if streamed:
+            now = self.recorder.rel(time.time())
+            self.release.update((c.id, now) for c in todo)
+        self.compiler.submit(todo, self.futures)
+        for cid in [cid for cid in self.futures if cid not in frg.rank]:
+            self.futures.pop(cid)  # a stale call the final plan dropped: the runner lets it end
+        if self.runner is not None:
+            self.runner.no_more_submissions()
+
+    def abandon(self) -> None:
+        """No plan came: every adopted call is stale; wait for the started ones to end."""
+        self.compiler.stale.update(id(c) for c in self._adopted)
+        if self.runner is not None:
+            self.runner.no_more_submissions()
+        wait(list(self.futures.values()))
+        self.close()
+
+    # -- finishing ----------------------------------------------------------------------
+    def finish(self) -> RunReport:
+        """Wait for the calls, run recovery rounds while calls fail, return the report.
+
+        The report's `message` names each call that did not complete and why (recovery's
+        rounds when recovery ran); the caller publishes artifacts and raises.
+        """
+        if self.plan is None:
+            raise RuntimeError("finish() before start(): no plan to finish")
+        try:
+            if self.controller is not None:
+                self.frg = self.controller.run(self.futures)  # resubmits repaired calls into futures
+            # Bounded when recovery gave up waiting on a round: never hang on a stuck call.
+            timed_out = self.controller is not None and self.controller.outcome == "timed out"
+            wait(list(self.futures.values()), timeout=0 if timed_out else None)
+            report = build_report(self.frg, self.recorder, self.processors, self.futures, self.release)
+        finally:
+            self.close()
+        if report.failed:
+            report.message = failure_message(report)
+        if self.controller is not None:
+            self.controller.annotate(report)  # the rounds, in the report and an artifact
+        return report
+
+    def close(self) -> None:
+        """Stop the progress updates (sends the last one); safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self.progress.close()
+
+    # -- helpers ------------------------------------------------------------------------
+    def _use_graph(self, frg: FRG) -> None:
+        self.frg = frg
+        self.compiler.frg = frg
+        if self.runner is not None:
+            self.runner.use_graph(frg)
+
+    def _require(self, calls: list[Call]) -> None:
+        if self._store is not None:  # fails early, naming the block, if one is missing
+            self._store.require(calls)
+
+
+def execute(
+    plan: Plan,
+    toolbox: Toolbox,
+    *,
+    processors: int,
+    self_fn: Callable[[str], Any] | None = None,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+    recorder: Recorder | None = None,
+    recovery: RecoveryConfig | None = None,
+) -> tuple[FRG, Recorder, RunReport]:
+    """Run a checked plan inside the current flow run; returns the FRG, records and report.
+
+    With `recovery`, calls that finally fail are repaired by trace-back recovery
+    (`prefect_llmorch.flows.recovery`); the report then carries `recovery`.
+    """
+    ex = Execution(toolbox, processors=processors, self_fn=self_fn, secrets=secrets, recorder=recorder, recovery=recovery)
+    try:
+        ex.start(plan)
+    except BaseException:
+        ex.close()
+        raise
+    report = ex.finish()
+    return ex.frg, ex.recorder, report

@@ -1,0 +1,366 @@
+"""What a run did: `RunReport` (the `llmorch run --json` object), its rows, its artifacts.
+
+One honest latency figure: every call time is relative to `t0`, the moment the plan is
+available (`llmorch-run`: the flow starts executing; `llmorch-ask`: just before the
+planner's first LLM request). Then
+
+- `latency`: from `t0` to the last call's end; what the user waits for;
+- `time_to_first_call`: from `t0` to the first call's start;
+- `best`: the best schedule of the plan with each call's *measured* duration, simulated by
+  `schedule.simulator` on P processors (a call streamed in by the planner cannot start
+  before it arrived), the shortest of the policies;
+- `overhead`: `latency - best`, the time our side (Prefect, the runner, recovery) added;
+- `makespan`: first start to last end, under its own name (it hides the time before the
+  first call).
+
+Each call row says what happened to it: `state` and, unless it completed, a `reason`
+("not run: upstream s2 failed", the cancel message, "WorkerDied: ...").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from prefect_llmorch.engine.compiler import CallRecord, Recorder, final_state
+from prefect_llmorch.graph import FRG
+from prefect_llmorch.schedule.policy import POLICIES
+from prefect_llmorch.schedule.simulator import simulate
+
+__all__ = [
+    "CallRow", "Planning", "PlanRunFailed", "RunReport",
+    "best_schedule", "build_report", "failure_message", "jsonable", "measured_lower_bound", "publish_artifacts",
+]
+
+#: Keys of one call in `--json` (in this order); `reason` only when it did not complete.
+CALL_KEYS = ("id", "function", "kind", "rank", "state", "start", "end", "pid")
+
+
+@dataclass
+class CallRow:
+    """One call of the report: what happened to it.
+
+    Attributes:
+        id, function, kind, rank: the call.
+        state: `Completed`, `Failed`, `Cancelled`, `NotReady` (never ran: an input did not
+            complete), `Crashed`, or `Pending`/`Running` when the run ended without it.
+        start, end: seconds from the report's `t0` around the function body (None: it
+            never ran, or died before its times were taken).
+        pid, processor: the process that ran it; the worker index of a compute call.
+        error: the exception, as `Type: message`, when it failed or was cancelled.
+        attempt: 0, or the recovery round it was re-run in.
+        reason: what happened, when it did not complete (None when it did).
+    """
+
+    id: str
+    function: str
+    kind: str
+    rank: int
+    state: str
+    start: float | None = None
+    end: float | None = None
+    pid: int | None = None
+    processor: int | None = None
+    error: str | None = None
+    attempt: int = 0
+    reason: str | None = None
+
+    @property
+    def duration(self) -> float:
+        """Measured seconds (0 when it did not run)."""
+        return max(self.end - self.start, 0.0) if self.start is not None and self.end is not None else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in CALL_KEYS}
+        if self.state != "Completed":
+            out["reason"] = self.reason
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        """`row["start"]`: for callers written against the dict rows; use attributes."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+@dataclass
+class Planning:
+    """How `llmorch-ask` got its plan: the plan text, the LLM answers, the tokens."""
+
+    plan: str
+    attempts: int
+    tokens: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunReport:
+    """What a run did: the `llmorch run --json` object (`to_json`).
+
+    Times are seconds relative to `t0` (epoch seconds). See the module docstring for
+    `latency`, `time_to_first_call`, `best`, `overhead` and `makespan`.
+    """
+
+    state: str
+    processors: int
+    calls: list[CallRow]
+    result: Any
+    results: dict[str, Any] = field(default_factory=dict)
+    t0: float = 0.0
+    latency: float = 0.0
+    time_to_first_call: float | None = None
+    best: float = 0.0
+    makespan: float = 0.0
+    lower_bound: float = 0.0  # max(critical path, compute work / P), measured durations
+    sequential: float = 0.0  # sum of the call times
+    failed: list[str] = field(default_factory=list)
+    message: str = ""
+    planning: Planning | None = None
+    recovery: dict[str, Any] | None = None  # `RecoveryController.to_dict()`
+
+    @property
+    def overhead(self) -> float:
+        """`latency - best`: what our side added to the best schedule."""
+        return round(self.latency - self.best, 6)
+
+    @property
+    def speedup(self) -> float:
+        """Sum of the call times over the latency."""
+        return self.sequential / self.latency if self.latency > 0 else 0.0
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The optional `--json` keys: `plan`, `attempts`, `tokens` (ask), `recovery`."""
+        out: dict[str, Any] = {}
+        if self.planning is not None:
+            out.update(plan=self.planning.plan, attempts=self.planning.attempts, tokens=dict(self.planning.tokens))
+        if self.recovery is not None:
+            out["recovery"] = self.recovery
+        return out
+
+    def row(self, call_id: str) -> CallRow:
+        """The row of one call."""
+        for c in self.calls:
+            if c.id == call_id:
+                return c
+        raise KeyError(f"no call {call_id!r} in the report; calls: {', '.join(c.id for c in self.calls)}")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "state": self.state,
+            "t0": self.t0,
+            "latency": self.latency,
+            "time_to_first_call": self.time_to_first_call,
+            "best": self.best,
+            "overhead": self.overhead,
+            "makespan": self.makespan,
+            "lower_bound": self.lower_bound,
+            "processors": self.processors,
+            "calls": [c.to_json() for c in self.calls],
+            "result": jsonable(self.result),
+        }
+        if self.message:
+            out["message"] = self.message
+        out.update(self.extra)
+        return out
+
+    def summary(self) -> str:
+        """One line for people: latency and where it went."""
+        first = "-" if self.time_to_first_call is None else f"{self.time_to_first_call:.3f} s"
+        return (
+            f"latency {self.latency:.3f} s (first call after {first}; best schedule {self.best:.3f} s, "
+            f"overhead {self.overhead:.3f} s) | makespan {self.makespan:.3f} s | P = {self.processors}"
+        )
+
+
+class PlanRunFailed(RuntimeError):
+    """Some calls of the plan failed; `report` keeps everything that completed."""
+
+    def __init__(self, message: str, report: RunReport) -> None:
+        self.report = report
+        super().__init__(message)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (PlanRunFailed, (str(self), self.report))
+
+
+def jsonable(value: Any) -> Any:
+    """`value` if JSON can hold it, else the same with `repr` of what it cannot."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        if isinstance(value, dict):
+            return {str(k): jsonable(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [jsonable(v) for v in value]
+        return repr(value)
+
+
+def _measured(frg: FRG, durations: Mapping[str, float]) -> FRG:
+    return FRG.from_edges(
+        frg.ids, frg.deps, frg.kind, {cid: durations.get(cid, 0.0) for cid in frg.ids}, functions=frg.function
+    )
+
+
+def measured_lower_bound(frg: FRG, durations: Mapping[str, float], processors: int) -> float:
+    """max(critical path, compute work / P), with each call's *measured* duration."""
+    return round(_measured(frg, durations).lower_bound(processors), 6)
+
+
+def best_schedule(
+    frg: FRG, durations: Mapping[str, float], processors: int, release: Mapping[str, float] | None = None
+) -> float:
+    """The shortest simulated schedule of `frg` with measured `durations` on P processors.
+
+    `release[id]` is when a call became known (streamed in by the planner); it cannot
+    start earlier. Modelled as an inout predecessor lasting that long, so the simulator
+    (the runner's own Coordinator) needs no new notion.
+
+    >>> frg = FRG.from_edges(["a", "b", "c"], {"c": ["a"]}, costs={})
+    >>> best_schedule(frg, {"a": 1.0, "b": 1.0, "c": 1.0}, 2)
+    2.0
+    >>> best_schedule(frg, {"a": 1.0, "b": 1.0, "c": 1.0}, 2, release={"b": 1.5})
+    2.5
+    """
+    ids: list[str] = []
+    deps: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    costs: dict[str, float] = {}
+    for cid in frg.ids:
+        at = (release or {}).get(cid, 0.0)
+        cdeps = list(frg.deps[cid])
+        if at > 0:
+            gate = f"release:{cid}"
+            ids.append(gate)
+            kinds[gate], costs[gate] = "inout", at
+            cdeps.append(gate)
+        ids.append(cid)
+        deps[cid], kinds[cid], costs[cid] = cdeps, frg.kind[cid], durations.get(cid, 0.0)
+    if not ids:
+        return 0.0
+    graph = FRG.from_edges(ids, deps, kinds, costs)
+    return round(min(simulate(graph, processors, policy).makespan for policy in POLICIES), 6)
+
+
+def _ended(future: Any) -> Any:
+    """The state a call's future ended in, or None while it has not ended."""
+    if future is None:
+        return None
+    state = final_state(future)
+    if state is None:
+        return None
+    if state.is_final() or state.name == "NotReady":  # NotReady: Pending, but it is over
+        return state
+    return None
+
+
+def _row(rec: CallRecord, future: Any, rows: Mapping[str, CallRow], frg: FRG) -> CallRow:
+    row = CallRow(
+        id=rec.id, function=rec.function, kind=rec.kind, rank=rec.rank, state=rec.state,
+        start=rec.start, end=rec.end, pid=rec.pid, processor=rec.processor, error=rec.error, attempt=rec.attempt,
+    )
+    if row.state == "Completed":
+        return row
+    ended = _ended(future)
+    if row.state in ("Pending", "Running") and ended is not None and not ended.is_completed():
+        row.state = ended.name or ended.type.value.title()  # what Prefect says: NotReady, Crashed...
+    if row.state in ("Failed", "Cancelled") and row.error:
+        row.reason = row.error
+    elif row.state == "NotReady" or (row.state == "Pending" and ended is not None):
+        upstream = [
+            f"{d} {_verb(rows[d].state)}" for d in frg.ordered(frg.deps[rec.id])
+            if d in rows and rows[d].state != "Completed"
+        ]
+        row.reason = "not run: upstream " + ", ".join(upstream) if upstream else "not run: an input did not complete"
+    elif row.state == "Cancelled":
+        row.reason = (ended.message if ended is not None and ended.message else None) or "cancelled"
+    elif ended is not None:  # Failed or Crashed without our record of the error
+        row.reason = ended.message or row.state.lower()
+    elif row.state == "Running":
+        row.reason = "still running when the run ended (recovery gave up waiting)"
+    else:
+        row.reason = "not started when the run ended (recovery gave up waiting)"
+    return row
+
+
+def _verb(state: str) -> str:
+    return {"Failed": "failed", "Cancelled": "was cancelled", "Crashed": "crashed"}.get(state, "did not run")
+
+
+def build_report(
+    frg: FRG,
+    recorder: Recorder,
+    processors: int,
+    futures: Mapping[str, Any],
+    release: Mapping[str, float] | None = None,
+) -> RunReport:
+    """The report of a run of `frg` (the plan as finally run) from its records and futures.
+
+    Args:
+        frg: the plan as finally run.
+        recorder: the calls' records (times relative to `recorder.t0`) and results.
+        processors: P.
+        futures: each call's last future (what Prefect says about calls that never ran).
+        release: when each call became known, relative to `t0` (ask: streamed calls).
+    """
+    rows: dict[str, CallRow] = {}
+    for cid in frg.topological_order():
+        rows[cid] = _row(recorder.records[cid], futures.get(cid), rows, frg)
+    calls = [rows[cid] for cid in frg.ids]
+    ran = [c for c in calls if c.start is not None and c.end is not None]
+    first = min((c.start for c in ran), default=None)  # type: ignore[type-var]
+    last = max((c.end for c in ran), default=0.0)  # type: ignore[type-var]
+    durations = {c.id: c.duration for c in calls}
+    failed = [c.id for c in calls if c.state != "Completed"]
+    if len(frg.sinks) == 1:
+        result = recorder.results.get(frg.sinks[0])
+    else:
+        result = {s: recorder.results[s] for s in frg.sinks if s in recorder.results}
+    return RunReport(
+        state="Failed" if failed else "Completed",
+        processors=processors,
+        calls=calls,
+        result=result,
+        results=dict(recorder.results),
+        t0=recorder.t0,
+        latency=round(last, 6),
+        time_to_first_call=None if first is None else round(first, 6),
+        best=best_schedule(frg, durations, processors, release),
+        makespan=round(last - first, 6) if first is not None else 0.0,
+        lower_bound=measured_lower_bound(frg, durations, processors),
+        sequential=round(sum(durations.values()), 6),
+        failed=failed,
+    )
+
+
+def failure_message(report: RunReport) -> str:
+    """`2 of 5 calls did not complete (...)` and one line per such call, saying why."""
+    lines = []
+    for c in report.calls:
+        if c.state == "Failed":
+            lines.append(f"{c.id} · {c.function} failed: {c.reason}")
+        elif c.state != "Completed":
+            lines.append(f"{c.id} · {c.function} ended {c.state}: {c.reason}")
+    done = sum(1 for c in report.calls if c.state == "Completed")
+    return f"{len(report.failed)} of {len(report.calls)} calls did not complete ({done} completed, results kept):\n" + "\n".join(lines)
+
+
+def publish_artifacts(frg: FRG, report: RunReport, extra_markdown: str = "") -> None:
+    """The FRG as mermaid and the schedule as a table, shown on the flow run's page."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(
+        key="llmorch-frg",
+        markdown="## Function-call Relation Graph\n\n```mermaid\n" + frg.to_mermaid() + "\n```\n" + extra_markdown,
+        description="The plan's FRG: def-use edges, ranks, mutual exclusion of compute calls",
+    )
+    rows = [
+        {
+            "call": c.id, "function": c.function, "kind": c.kind, "rank": c.rank,
+            "processor": "" if c.processor is None else c.processor, "pid": c.pid,
+            "start": c.start, "end": c.end, "state": c.state, "reason": c.reason or "",
+        }
+        for c in report.calls
+    ]
+    create_table_artifact(key="llmorch-schedule", table=rows, description=report.summary())

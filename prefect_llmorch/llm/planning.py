@@ -1,0 +1,511 @@
+"""Planning without Prefect: ask the LLM for a function-call plan, stream it, repair it.
+
+The Prefect task around it is `prefect_llmorch.flows.planner.planner_task`; it runs each
+attempt as a task run of its own through `plan_query(..., run_attempt=...)`.
+
+`plan_query` builds the prompt (the toolbox, the plan language, examples written for this
+project, the query), streams the LLM's answer through `PlanStream`, and hands each call to
+`on_call` as soon as its line is complete, so the orchestrator can start calls while the
+LLM is still writing (streaming dispatch).
+
+Compile-time recovery (LLMOrch): a plan that fails to parse or check goes back to the LLM
+with every error (line, column, message, context), the plan numbered by line, and the
+examples, up to `attempts` answers in all; then the planner plans again from scratch at
+`replan_temperature` (`replans` times, each again with up to `attempts` answers); then
+it raises `PlanningFailed`, whose message lists every attempt's errors.
+
+Streaming dispatch semantics (what the orchestrator relies on):
+
+- `on_call(call)` is called only while the FIRST answer streams (round 0, attempt 1), in
+  plan order, once per call, for a call whose line is complete, whose function is in the
+  toolbox with fitting arguments, and whose references all point to calls already passed
+  to `on_call`. At the first call that fails these checks, dispatch stops for good.
+- If that first answer is a valid plan, the calls that only completed at the end of the
+  stream (e.g. the last line) are passed to `on_call` after validation, so every call of
+  the plan has been dispatched when `plan_query` returns.
+- Repairs and re-plans are never stream-dispatched. `PlannerResult.dispatched` lists the
+  ids of dispatched calls that are in the final plan unchanged (same id, function and
+  arguments, and the same holds for every call they depend on): do not start them again.
+  `PlannerResult.stale` lists the dispatched calls that are not: cancel them and ignore
+  their results. `PlanningFailed.dispatched` lists every dispatched call (all stale).
+  If `plan_query` raises anything else (`LLMError`, or an exception from `on_call`), every
+  call it had passed to `on_call` is stale too.
+
+    >>> from prefect_llmorch.functions import Toolbox
+    >>> "s1:" in build_system_prompt(Toolbox())
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from prefect_llmorch.functions import Toolbox
+from prefect_llmorch.llm.client import Completion, LLMClient, Message
+from prefect_llmorch.plan.errors import PlanError, PlanErrors
+from prefect_llmorch.plan.model import Call, Plan
+from prefect_llmorch.plan.parser import PlanStream, check, parse
+
+__all__ = [
+    "Attempt",
+    "PlannerResult",
+    "PlanningFailed",
+    "AttemptOutcome",
+    "AttemptRunner",
+    "plan_query",
+    "build_system_prompt",
+    "plan_messages",
+    "repair_messages",
+    "EXAMPLES",
+]
+
+OnCall = Callable[[Call], Any]
+
+# -- the prompt ------------------------------------------------------------------------
+
+_INTRO = """\
+You are the planner of a parallel function-calling system. Given a question and a list of \
+functions, write a plan: a sequence of function calls whose results answer the question. \
+Calls that do not depend on each other run in parallel, so do not chain calls that need \
+not wait for each other."""
+
+_LANGUAGE = """\
+The plan language:
+- One call per line: `sN: function(arguments)`, with ids s1, s2, s3, ... in order.
+- Arguments are positional or `name=value`. Values are strings in double quotes (they may \
+span lines), numbers, true, false, null, [lists] and {"key": value} dicts.
+- To use the result of an earlier call, write its id: `s1` passes the result itself \
+(any type); "... {s1} ..." inside a string inserts it into the text.
+- Refer only to calls defined on earlier lines. Call only the functions listed below, \
+with the parameters they take.
+- `self(prompt)` asks a language model; use it to reason over or combine results. The \
+result of the last call is the answer, so end with the call that produces the answer \
+(usually `self`).
+- Functions marked [inout] wait on I/O (web, APIs, models); [compute] ones hold a CPU. \
+Both are called the same way.
+- Output only the plan: no explanations, no numbering, no code fences."""
+
+#: Few-shot examples: (functions, question, plan), written for this project, paper dialect.
+EXAMPLES: tuple[tuple[str, str, str], ...] = (
+    (
+        "search(query: str) -> str  [inout]\n"
+        "self(prompt: str) -> str  [inout]",
+        "Which was founded first, the University of Oslo or the University of Helsinki?",
+        's1: search("University of Oslo founding year")\n'
+        's2: search("University of Helsinki founding year")\n'
+        's3: self("Oslo: {s1}\\nHelsinki: {s2}\\nWhich university was founded first? '
+        'Answer with its name and year.")',
+    ),
+    (
+        "load_frame(path: str) -> list  [inout]\n"
+        "detect_objects(frame: list) -> list  [compute]\n"
+        "estimate_depth(frame: list) -> list  [compute]\n"
+        "fuse(objects: list, depth: list) -> dict  [compute]\n"
+        "self(prompt: str) -> str  [inout]",
+        "How far away is the nearest car in frames/0042.png?",
+        's1: load_frame("frames/0042.png")\n'
+        "s2: detect_objects(s1)\n"
+        "s3: estimate_depth(s1)\n"
+        "s4: fuse(objects=s2, depth=s3)\n"
+        's5: self("Objects with distances: {s4}. How far away is the nearest car, in metres?")',
+    ),
+    (
+        "similar_movies(title: str, n: int = 5) -> list[str]  [inout]\n"
+        "movie_info(title: str) -> dict  [inout]\n"
+        "self(prompt: str) -> str  [inout]",
+        "I liked Alien and Arrival. Recommend one movie and give its director.",
+        's1: similar_movies("Alien", n=5)\n'
+        's2: similar_movies("Arrival", n=5)\n'
+        's3: self("Similar to Alien: {s1}. Similar to Arrival: {s2}. Name the one title '
+        'that best fits both; answer with the title only.")\n'
+        "s4: movie_info(s3)\n"
+        's5: self("Recommend {s3} in one sentence, naming its director from: {s4}")',
+    ),
+)
+
+
+def _examples_text() -> str:
+    parts = ["Examples (each with its own functions):"]
+    for i, (functions, question, plan) in enumerate(EXAMPLES, 1):
+        parts.append(f"Example {i}\nFunctions:\n{functions}\nQuestion: {question}\nPlan:\n{plan}")
+    return "\n\n".join(parts)
+
+
+def build_system_prompt(toolbox: Toolbox) -> str:
+    """The system message: role, plan language, the toolbox's functions, examples."""
+    return "\n\n".join(
+        [_INTRO, _LANGUAGE, _examples_text(), "The functions you may call:\n" + toolbox.describe()]
+    )
+
+
+def plan_messages(query: str, toolbox: Toolbox, *, system: str | None = None) -> list[dict[str, str]]:
+    """Messages asking for a fresh plan for `query`."""
+    return [
+        {"role": "system", "content": system or build_system_prompt(toolbox)},
+        {"role": "user", "content": f"Question: {query}\nPlan:"},
+    ]
+
+
+def _format_error(err: PlanError) -> str:
+    line = f"- {err}"
+    if err.expected:
+        line += f" (expected one of: {', '.join(err.expected)})"
+    if err.context:
+        context = "\n".join("    " + row for row in err.context.rstrip("\n").splitlines())
+        line += "\n" + context
+    return line
+
+
+def _numbered(text: str) -> str:
+    rows = text.splitlines() or [""]
+    width = len(str(len(rows)))
+    return "\n".join(f"{i:>{width}} | {row}" for i, row in enumerate(rows, 1))
+
+
+def repair_messages(
+    query: str,
+    toolbox: Toolbox,
+    text: str,
+    errors: Sequence[PlanError],
+    *,
+    system: str | None = None,
+) -> list[dict[str, str]]:
+    """Messages asking the LLM to repair its broken plan `text`.
+
+    The last message lists every error with its line, column and context, then the plan
+    numbered by line; the system message keeps the language and examples.
+    """
+    listing = "\n".join(_format_error(e) for e in errors)
+    fix = (
+        f"Your plan cannot run. {len(errors)} error{'s' if len(errors) != 1 else ''}:\n"
+        f"{listing}\n\n"
+        f"Your plan, numbered by line:\n{_numbered(text)}\n\n"
+        "Write the whole plan again with these errors fixed, in the same format "
+        "(`sN: function(arguments)`, one call per line). Output only the plan."
+    )
+    return [
+        *plan_messages(query, toolbox, system=system),
+        {"role": "assistant", "content": text},
+        {"role": "user", "content": fix},
+    ]
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One answer of the LLM during planning.
+
+    Attributes:
+        text: the plan text as parsed (markdown code-fence lines removed).
+        errors: every error found in it; empty when it is a valid plan.
+        prompt_tokens, completion_tokens: as reported by the endpoint.
+        temperature: the sampling temperature asked for.
+        round: 0 for the first plan, 1.. for re-plans from scratch.
+        repair: whether the LLM was asked to repair the previous answer.
+        seconds: how long the answer took.
+    """
+
+    text: str
+    errors: tuple[PlanError, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    temperature: float
+    round: int = 0
+    repair: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def describe(self, number: int) -> str:
+        """`attempt 2 (repair, temperature 0): 1 error` and one line per error."""
+        how = "repair" if self.repair else ("re-plan" if self.round else "plan")
+        head = f"attempt {number} ({how}, temperature {self.temperature:g}): "
+        if self.ok:
+            return head + "valid plan"
+        rows = [f"{head}{len(self.errors)} error{'s' if len(self.errors) != 1 else ''}"]
+        rows += [f"  {err}" for err in self.errors]
+        return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class PlannerResult:
+    """A valid plan and how it was obtained.
+
+    Attributes:
+        plan: the plan.
+        text: its text.
+        attempts: every LLM answer, in order (the last one is valid).
+        dispatched: ids of calls passed to `on_call` that are in `plan` unchanged.
+        stale: calls passed to `on_call` that are not in `plan`: cancel them.
+    """
+
+    plan: Plan
+    text: str
+    attempts: tuple[Attempt, ...]
+    dispatched: tuple[str, ...] = ()
+    stale: tuple[Call, ...] = ()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(a.prompt_tokens for a in self.attempts)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(a.completion_tokens for a in self.attempts)
+
+    @property
+    def tokens(self) -> int:
+        """All tokens spent on planning (prompt + completion, every attempt)."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+class PlanningFailed(RuntimeError):
+    """The LLM gave no valid plan within the allowed attempts and re-plans.
+
+    Attributes:
+        query: the question.
+        attempts: every answer with its errors.
+        dispatched: calls already passed to `on_call` (all stale: cancel them).
+    """
+
+    def __init__(self, query: str, attempts: Sequence[Attempt], dispatched: Sequence[Call] = ()) -> None:
+        self.query = query
+        self.attempts = tuple(attempts)
+        self.dispatched = tuple(dispatched)
+        body = "\n".join(a.describe(i) for i, a in enumerate(self.attempts, 1))
+        super().__init__(f"no valid plan after {len(self.attempts)} attempts:\n{body}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PlanningFailed, (self.query, self.attempts, self.dispatched))
+
+
+# -- planning --------------------------------------------------------------------------
+
+
+def _is_fence(line: str) -> bool:
+    return line.strip().startswith("```")
+
+
+class _FenceFilter:
+    """Passes text on by whole lines, dropping markdown code-fence lines (```...).
+
+    Lines are where calls complete anyway, so this costs streaming dispatch nothing.
+    """
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def feed(self, chunk: str) -> str:
+        head, sep, self._pending = (self._pending + chunk).rpartition("\n")
+        if not sep:
+            return ""
+        lines = (head + sep).splitlines(keepends=True)
+        return "".join(line for line in lines if not _is_fence(line))
+
+    def flush(self) -> str:
+        rest, self._pending = self._pending, ""
+        return "" if _is_fence(rest) else rest
+
+
+class _Dispatcher:
+    """Hands complete calls of the streamed first answer to `on_call` (see module doc)."""
+
+    def __init__(self, toolbox: Toolbox, on_call: OnCall | None) -> None:
+        self.toolbox = toolbox
+        self.on_call = on_call
+        self.calls: list[Call] = []
+        self._ids: set[str] = set()
+
+    @property
+    def active(self) -> bool:
+        return self.on_call is not None
+
+    def offer(self, calls: Sequence[Call]) -> None:
+        for call in calls:
+            if self.on_call is None:
+                return
+            if call.id in self._ids:
+                continue  # already passed on (after validation of a good plan)
+            if not self._fits(call):
+                self.on_call = None  # what follows a bad call is suspect: stop for good
+                return
+            self._ids.add(call.id)
+            self.calls.append(call)
+            self.on_call(call)
+
+    def _fits(self, call: Call) -> bool:
+        if call.function not in self.toolbox or not call.deps <= self._ids:
+            return False
+        try:
+            check(Plan((call,)), self.toolbox)
+        except PlanError as exc:
+            # A one-call plan may only lack its (already dispatched) references.
+            kinds = {e.kind for e in exc.errors}
+            return kinds <= {"reference"}
+        return True
+
+    def reconcile(self, plan: Plan) -> tuple[tuple[str, ...], tuple[Call, ...]]:
+        """(ids kept, calls stale) of the dispatched calls against the final plan."""
+        final = {c.id: c for c in plan.calls}
+        kept: list[str] = []
+        stale: list[Call] = []
+        for call in self.calls:  # dispatch order: dependencies come first
+            if final.get(call.id) == call and call.deps <= set(kept):
+                kept.append(call.id)
+            else:
+                stale.append(call)
+        return tuple(kept), tuple(stale)
+
+
+def _one_attempt(
+    client: LLMClient,
+    messages: Sequence[Message],
+    toolbox: Toolbox,
+    temperature: float,
+    dispatcher: _Dispatcher | None,
+) -> tuple[str, Plan | None, tuple[PlanError, ...], Completion]:
+    """Stream one answer; returns (text, plan or None, errors, completion)."""
+    stream = PlanStream(toolbox)
+    lines = _FenceFilter()
+    parts: list[str] = []
+    stream_broken = False
+
+    def take(text: str) -> None:
+        nonlocal stream_broken
+        if not text:
+            return
+        parts.append(text)
+        if stream_broken:
+            return
+        try:
+            calls = stream.feed(text)
+        except PlanError:
+            stream_broken = True  # keep reading: the repair prompt needs the whole text
+            return
+        if dispatcher is not None:
+            dispatcher.offer(calls)
+
+    with client.stream(messages, temperature=temperature) as chunks:
+        for chunk in chunks:
+            take(lines.feed(chunk))
+        completion = chunks.completion
+    take(lines.flush())
+
+    text = "".join(parts)
+    try:
+        plan = parse(text, toolbox) if stream_broken else stream.close()
+    except PlanError as exc:
+        return text, None, tuple(exc.errors), completion
+    if dispatcher is not None:
+        dispatcher.offer(plan.calls)  # calls that completed only with the stream
+    return text, plan, (), completion
+
+
+#: What one attempt produced: (text, plan or None, errors, completion).
+AttemptOutcome = tuple[str, Plan | None, tuple[PlanError, ...], Completion]
+#: `run_attempt(name, attempt)`: run one attempt (e.g. as a Prefect task run), return its outcome.
+AttemptRunner = Callable[[str, Callable[[], AttemptOutcome]], AttemptOutcome]
+
+
+def plan_query(
+    query: str,
+    toolbox: Toolbox,
+    client: LLMClient,
+    *,
+    attempts: int = 3,
+    replans: int = 1,
+    temperature: float = 0.0,
+    replan_temperature: float = 0.7,
+    on_call: OnCall | None = None,
+    run_attempt: AttemptRunner | None = None,
+    log: logging.Logger | logging.LoggerAdapter | None = None,  # type: ignore[type-arg]
+) -> PlannerResult:
+    """Ask the LLM for a plan that answers `query` with the functions of `toolbox`.
+
+    Args:
+        query: the user's question.
+        toolbox: the functions the plan may call.
+        client: the LLM.
+        attempts: answers per round: the first plan plus up to `attempts - 1` repairs.
+        replans: rounds of planning from scratch at `replan_temperature` after the first.
+        temperature: temperature of the first round.
+        replan_temperature: temperature of the re-plan rounds (and their repairs).
+        on_call: called with each call of the first answer as soon as its line is
+            complete (see the module docstring for the exact rule). Its exceptions
+            propagate and stop planning.
+        run_attempt: runs one attempt, given its name (`planner · attempt 2 (repair)`)
+            and a function doing it; None runs it here. The Prefect task uses it to make
+            each attempt a task run of its own.
+        log: where attempts are logged (default: this module's logger).
+
+    Returns:
+        The plan, its text, every attempt, and which dispatched calls are kept or stale.
+
+    Raises:
+        PlanningFailed: no valid plan; lists every attempt's errors.
+        LLMError: the endpoint failed (not retried here; the client retries transport errors).
+        ValueError: `attempts < 1` or `replans < 0`.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    if replans < 0:
+        raise ValueError(f"replans must be >= 0, got {replans}")
+    log = log if log is not None else logging.getLogger(__name__)
+    run = run_attempt or (lambda _name, attempt: attempt())
+    system = build_system_prompt(toolbox)
+    dispatcher = _Dispatcher(toolbox, on_call)
+    history: list[Attempt] = []
+    total = attempts * (replans + 1)
+
+    for round_ in range(replans + 1):
+        temp = temperature if round_ == 0 else replan_temperature
+        messages = plan_messages(query, toolbox, system=system)
+        for i in range(attempts):
+            started = time.monotonic()
+            how = "repair" if i else ("re-plan" if round_ else "plan")
+            text, plan, errors, completion = run(
+                f"planner · attempt {len(history) + 1} ({how})",
+                lambda: _one_attempt(
+                    client, messages, toolbox, temp,
+                    dispatcher if (round_ == 0 and i == 0 and dispatcher.active) else None,
+                ),
+            )
+            attempt = Attempt(
+                text=text,
+                errors=errors,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                temperature=temp,
+                round=round_,
+                repair=i > 0,
+                seconds=time.monotonic() - started,
+            )
+            history.append(attempt)
+            tokens = f"{attempt.prompt_tokens}+{attempt.completion_tokens} tokens, {attempt.seconds:.2f} s"
+            if plan is not None:
+                log.info(
+                    "planner %s: %d calls (%s)", attempt.describe(len(history)), len(plan), tokens
+                )
+                kept, stale = dispatcher.reconcile(plan)
+                if stale:
+                    log.warning(
+                        "planner: %d streamed calls are not in the final plan and must be "
+                        "cancelled: %s", len(stale), ", ".join(c.id for c in stale),
+                    )
+                return PlannerResult(plan, text, tuple(history), kept, stale)
+            log.warning(
+                "planner %s\n(%s; %d of at most %d attempts)\n--- plan ---\n%s",
+                attempt.describe(len(history)), tokens, len(history), total, text,
+            )
+            messages = repair_messages(query, toolbox, text, errors, system=system)
+
+    failure = PlanningFailed(query, history, dispatcher.calls)
+    log.error("%s", failure)
+    raise failure
