@@ -199,7 +199,7 @@ def test_field_error_in_a_json_plan_has_pointer_line_and_column() -> None:
     assert isinstance(err, FieldError)
     column = ' {"name": "search_flights", "arguments": {"originSkyId": "$var1'.index("$") + 1
     assert (err.pointer, err.line, err.column) == ("/1/arguments/originSkyId", 2, column)
-    assert "has no field 'skyid'; it has: skyId, entityId" in err.message
+    assert "has no field 'skyid' (did you mean 'skyId'?); it has: skyId, entityId" in err.message
 
 
 def test_a_good_json_plan_checks_against_the_toolbox() -> None:

@@ -2,12 +2,18 @@
 
 Used by the README's main job (`llmorch run prefect_llmorch/examples/kitti.plan`), the tests and the
 benchmarks. Everything is local and deterministic: no network, no API key.
+
+`quote` returns a structured result (a pydantic model), so a plan selects its fields:
+`s3: compare(s1.summary, s2.summary)`; a field `Quote` does not have is a plan error
+before anything runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+
+from pydantic import BaseModel
 
 from prefect_llmorch import Toolbox, compute, inout
 
@@ -26,6 +32,31 @@ def search(query: str, latency: float = 0.4) -> str:
     """Search the web for `query` and return the best snippet."""
     time.sleep(latency)
     return _FACTS.get(query.strip().lower(), f"No result found for {query!r}.")
+
+
+class Quote(BaseModel):
+    """Today's stock quote of a company."""
+
+    symbol: str
+    price: float
+    change_pct: float
+    summary: str
+
+
+_QUOTES = {
+    "apple": Quote(symbol="AAPL", price=231.40, change_pct=1.2, summary=_FACTS["apple stock"]),
+    "microsoft": Quote(symbol="MSFT", price=452.10, change_pct=-0.4, summary=_FACTS["microsoft stock"]),
+}
+
+
+@inout(cost=0.4)
+def quote(company: str, latency: float = 0.4) -> Quote:
+    """Today's stock quote of `company`: fields symbol, price, change_pct (percent) and summary."""
+    time.sleep(latency)
+    found = _QUOTES.get(company.strip().lower())
+    if found is None:
+        raise ValueError(f"no quote for {company!r}; known companies: Apple, Microsoft")
+    return found
 
 
 @inout(cost=0.5)
@@ -112,4 +143,4 @@ def count_primes(limit: int) -> int:
     return count
 
 
-toolbox = Toolbox(search, chatbot, average, wait, burn, detect, compare, count_primes)
+toolbox = Toolbox(search, quote, chatbot, average, wait, burn, detect, compare, count_primes)

@@ -32,6 +32,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import operator
 from typing import Any, Callable, Mapping
 
@@ -203,6 +204,11 @@ def _fields(value: Any) -> dict[str, Any] | None:
     return data
 
 
+def _close(step: str, names: Any) -> str:
+    close = difflib.get_close_matches(step, [str(n) for n in names], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return f"a {type(value).__name__} of {len(value)} item" + ("" if len(value) == 1 else "s")
@@ -238,7 +244,8 @@ def select(value: Any, path: tuple[Step, ...], call_id: str = "result") -> Any:
                 continue
             keys = [str(k) for k in value]
             what = f"field {step!r}" if isinstance(step, str) else f"key {step}"
-            raise fail(f"{at} has no {what}; it has: {_listing(keys)}", keys)
+            hint = _close(step, keys) if isinstance(step, str) else ""
+            raise fail(f"{at} has no {what}{hint}; it has: {_listing(keys)}", keys)
         if isinstance(step, int):
             if isinstance(value, (list, tuple)):
                 if -len(value) <= step < len(value):
@@ -259,8 +266,8 @@ def select(value: Any, path: tuple[Step, ...], call_id: str = "result") -> Any:
             raise fail(f"{at}: field {step!r} is private (names starting with `_` are never "
                        f"read from objects); it has: {_listing(list(fields))}", list(fields))
         if step not in fields:
-            raise fail(f"{at} has no field {step!r}; it has: {_listing(list(fields))}",
-                       list(fields))
+            raise fail(f"{at} has no field {step!r}{_close(step, fields)}; it has: "
+                       f"{_listing(list(fields))}", list(fields))
         value = fields[step]
     return value
 

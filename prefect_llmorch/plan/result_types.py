@@ -11,7 +11,7 @@ shape and their fields are checked at run time only (`evaluate.select`).
     ...     skyId: str
     ...     entityId: str
     >>> path_problem(list[Airport], (0, "skyid"))
-    "has no field 'skyid'; it has: skyId, entityId"
+    "has no field 'skyid' (did you mean 'skyId'?); it has: skyId, entityId"
     >>> path_problem(list[Airport], (0, "skyId")) is None
     True
 
@@ -22,6 +22,7 @@ No Prefect, no I/O. Annotations are the toolbox author's code, resolved the way
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import types
 import typing
@@ -120,7 +121,9 @@ def _step(tp: Any, step: Step) -> tuple[Any, str | None]:
         if isinstance(step, int):
             return _ANY, f"is a {_name(tp)}, not a list: it has no index {step}"
         if step not in fields:
-            return _ANY, f"has no field {step!r}; it has: {', '.join(fields) or 'nothing'}"
+            close = difflib.get_close_matches(step, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return _ANY, f"has no field {step!r}{hint}; it has: {', '.join(fields) or 'nothing'}"
         return fields[step], None
     if not isinstance(origin, type):
         return _ANY, None
