@@ -1,26 +1,68 @@
 """`llmorch`: check, graph, run, simulate, ask and plan from the command line.
 
-Thin by design: each command parses options, calls the library, prints. A bad plan exits
-with code 1 and its errors (line, column, context), never a traceback.
+Thin by design: each command parses options, calls the library, prints. Arguments are
+checked before Prefect is imported (this module imports neither Prefect nor openai), so bad
+input costs no server start: it gets one line naming the problem and the fix, and exit
+code 2 (`--debug` adds the traceback). A bad plan exits with code 1 and its errors (line,
+column, context). With `--json`, standard output carries the JSON object alone: whatever
+the toolbox or its workers print goes to standard error.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
-from pathlib import Path
-from typing import Any, Optional
+import traceback
+from contextlib import contextmanager, redirect_stdout
+from typing import Any, Iterator, NoReturn, Optional, TextIO
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Parallel LLM function calling on Prefect (LLMOrch).")
+from prefect_llmorch import __version__
+from prefect_llmorch.examples import DEFAULT_TOOLBOX, example_names, open_plan_path
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Parallel LLM function calling on Prefect (LLMOrch).",
+)
 console = Console()
 err_console = Console(stderr=True)
 
-DEFAULT_TOOLBOX = "prefect_llmorch.examples.toolbox:toolbox"
+_state: dict[str, Any] = {"debug": False, "json_out": None}
+
+PROCESSORS_HELP = "P: compute calls at once (default: the machine's cores; more is capped unless --force-processors)"
+FORCE_HELP = "use -P as given even when it is more than the machine's cores"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llmorch (prefect-llmorch) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", envvar="LLMORCH_DEBUG", help="show tracebacks of errors"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Parallel LLM function calling on Prefect (LLMOrch)."""
+    _state["debug"] = debug
+
+
+def _fail(message: str, cause: BaseException | None = None, code: int = 2) -> NoReturn:
+    """One line on stderr (the traceback too with --debug), then exit `code`."""
+    if _state["debug"] and cause is not None:
+        traceback.print_exception(cause, file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def _prepare_env() -> None:
@@ -32,83 +74,206 @@ def _prepare_env() -> None:
         sys.path.insert(0, os.getcwd())
 
 
-def _read_plan(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    p = Path(path)
-    if not p.is_file():
-        err_console.print(f"[red]no such plan file: {path}[/red]")
-        raise typer.Exit(2)
-    return p.read_text()
+# ---------------------------------------------------------------- checking arguments
+
+
+def _machine_cores() -> int:
+    """The cores this process may run on (the affinity mask, not every core of the host)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _check_processors(value: Optional[int]) -> Optional[int]:
+    if value is not None and value < 1:
+        _fail(f"-P {value}: the number of processors must be at least 1; give e.g. -P {_machine_cores()}, or leave -P out")
+    return value
+
+
+def _processors(value: Optional[int], force: bool) -> int:
+    """P for a real run: the machine's cores by default, and at most those unless forced."""
+    cores = _machine_cores()
+    if _check_processors(value) is None:
+        return cores
+    assert value is not None
+    if value > cores and not force:
+        _note(f"-P {value} is more than this machine's {cores} cores: using -P {cores} (add --force-processors to use {value})")
+        return cores
+    return value
+
+
+def _check_policy(name: str, baselines: bool = False) -> str:
+    from prefect_llmorch.schedule.policy import POLICIES
+    from prefect_llmorch.schedule.simulator import BASELINES
+
+    valid = POLICIES + (BASELINES if baselines else ())
+    if name not in valid:
+        _fail(f"unknown policy {name!r}; give --policy with one of: {', '.join(valid)}")
+    return name
+
+
+def _at_least(name: str, value: float | None, low: float) -> None:
+    if value is not None and value < low:
+        _fail(f"{name} {value:g}: must be at least {low:g}")
+
+
+def _shipped() -> str:
+    return ", ".join(example_names())
+
+
+def _plan_path(arg: str) -> Any:
+    """The path of a plan argument (`example:NAME` or a file); bad ones exit 2."""
+    try:
+        path = open_plan_path(arg)
+    except FileNotFoundError as exc:
+        _fail(f"{exc}", exc)
+    if path.is_dir():
+        _fail(f"{arg} is a folder, not a plan file; name a plan file in it, or a shipped example: {_shipped()}")
+    if not path.exists():
+        _fail(f"no such plan file: {arg}; give a plan file, - for standard input, or a shipped example: {_shipped()}")
+    return path
+
+
+def _read_plan(arg: str) -> str:
+    """The text of a plan argument: a file, `example:NAME`, or `-` (standard input)."""
+    if arg == "-":
+        data, where = sys.stdin.buffer.read(), "standard input"
+    else:
+        path = _plan_path(arg)
+        where = f"plan file {arg}"
+        try:
+            data = path.read_bytes()
+        except PermissionError as exc:
+            _fail(f"cannot read {where}: permission denied; check its permissions", exc)
+        except OSError as exc:
+            _fail(f"cannot read {where}: {exc.strerror or exc}; check the path", exc)
+    if b"\0" in data:
+        _fail(f"{where} is a binary file (it contains NUL bytes), not a plan; a plan is UTF-8 text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        _fail(f"{where} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); a plan is UTF-8 text", exc)
 
 
 def _toolbox(path: str) -> Any:
-    from prefect_llmorch.functions import load_toolbox
+    """Import the toolbox (`module:attr`); a bad path exits 2 with the problem and the fix."""
+    from prefect_llmorch.functions import ToolboxNotFound, load_toolbox
 
     try:
         return load_toolbox(path)
-    except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    except ToolboxNotFound as exc:
+        _fail(str(exc), exc)
 
 
-def _plan_errors(exc: Any, as_json: bool) -> None:
+# ---------------------------------------------------------------- output
+
+
+@contextmanager
+def _json_stdout(active: bool) -> Iterator[None]:
+    """While active, standard output (fd 1 and `sys.stdout`) goes to standard error, and
+    `_emit_json` writes to the real standard output: a tool's prints, in this process or
+    in the worker processes started meanwhile (they inherit fd 1), cannot spoil the JSON."""
+    if not active or _state["json_out"] is not None:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+        err_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):  # not a real file (e.g. captured)
+        _state["json_out"] = sys.stdout
+        try:
+            with redirect_stdout(sys.stderr):
+                yield
+        finally:
+            _state["json_out"] = None
+        return
+    saved = os.dup(fd)
+    os.dup2(err_fd, fd)
+    real = os.fdopen(saved, "w", encoding="utf-8")
+    _state["json_out"] = real
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _state["json_out"] = None
+        sys.stdout.flush()
+        real.flush()
+        os.dup2(saved, fd)
+        real.close()
+
+
+def _emit_json(doc: Any) -> None:
+    """Print one JSON document on the real standard output."""
+    out: TextIO = _state["json_out"] or sys.stdout
+    out.write(json.dumps(doc, default=repr) + "\n")
+    out.flush()
+
+
+def _plan_errors(exc: Any, as_json: bool) -> NoReturn:
     if as_json:
-        print(json.dumps({"ok": False, "errors": [{"line": e.line, "column": e.column, "message": e.message} for e in exc.errors]}))
+        _emit_json({"ok": False, "errors": [{"line": e.line, "column": e.column, "message": e.message} for e in exc.errors]})
     else:
         for e in exc.errors:
-            err_console.print(f"[red]{e}[/red]")
+            err_console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
             if e.context:
-                err_console.print(e.context, markup=False, highlight=False)
+                err_console.print(e.context, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
-def _parse(path: str, toolbox: str, as_json: bool) -> tuple[Any, Any]:
+def _parse(text: str, tb: Any, as_json: bool) -> Any:
     from prefect_llmorch.plan.errors import PlanError
     from prefect_llmorch.plan.parser import parse
 
-    text = _read_plan(path)
-    tb = _toolbox(toolbox)
     try:
-        return parse(text, tb), tb
+        return parse(text, tb)
     except PlanError as exc:
         _plan_errors(exc, as_json)
-        raise  # unreachable
+
+
+PLAN_HELP = "plan file (either dialect), example:NAME (a shipped example), or - for stdin"
+TOOLBOX_HELP = "module:attr naming a Toolbox (or a function `() -> Toolbox`)"
 
 
 @app.command()
 def check(
-    plan: str = typer.Argument(..., help="plan file (either dialect), or - for stdin"),
-    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help="module:attr naming a Toolbox"),
+    plan: str = typer.Argument(..., help=PLAN_HELP),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     as_json: bool = typer.Option(False, "--json", help="print a JSON object"),
 ) -> None:
     """Parse and type-check a plan; exit 1 with every error."""
     _prepare_env()
-    parsed, _ = _parse(plan, toolbox, as_json)
-    if as_json:
-        print(json.dumps({"ok": True, "errors": [], "calls": len(parsed)}))
-    else:
-        console.print(f"[green]ok[/green]: {len(parsed)} calls")
+    text = _read_plan(plan)
+    with _json_stdout(as_json):
+        parsed = _parse(text, _toolbox(toolbox), as_json)
+        if as_json:
+            _emit_json({"ok": True, "errors": [], "calls": len(parsed)})
+            return
+    console.print(f"[green]ok[/green]: {len(parsed)} calls")
 
 
 @app.command()
 def graph(
-    plan: str = typer.Argument(..., help="plan file, or - for stdin"),
-    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t"),
+    plan: str = typer.Argument(..., help=PLAN_HELP),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     mermaid: bool = typer.Option(False, "--mermaid", help="print the FRG as mermaid"),
     dot: bool = typer.Option(False, "--dot", help="print the FRG as Graphviz DOT"),
     as_json: bool = typer.Option(False, "--json"),
-    processors: int = typer.Option(0, "--processors", "-P", help="P for the lower bound (default: cores)"),
+    processors: Optional[int] = typer.Option(None, "--processors", "-P", help="P for the lower bound (default: cores)"),
 ) -> None:
     """Show the Function-call Relation Graph: ranks, kinds, deps, mutual exclusion."""
     _prepare_env()
+    _check_processors(processors)
+    text = _read_plan(plan)
     from prefect_llmorch.graph import FRG
 
-    parsed, tb = _parse(plan, toolbox, as_json)
-    frg = FRG.build(parsed, tb)
-    if as_json:
-        print(json.dumps(frg.to_json()))
-        return
+    with _json_stdout(as_json):
+        tb = _toolbox(toolbox)
+        frg = FRG.build(_parse(text, tb, as_json), tb)
+        if as_json:
+            _emit_json(frg.to_json())
+            return
     if mermaid:
         print(frg.to_mermaid())
         return
@@ -125,26 +290,29 @@ def graph(
     for cid in frg.ids:
         table.add_row(cid, frg.function[cid], frg.kind[cid], str(frg.rank[cid]), ", ".join(frg.ordered(frg.deps[cid])), groups.get(cid, ""))
     console.print(table)
-    P = processors or (os.cpu_count() or 1)
+    P = processors or _machine_cores()
     console.print(f"work {frg.work:g}, critical path {frg.critical_path:g}, lower bound on P={P}: {frg.lower_bound(P):g}")
 
 
 def _print_report(report: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(report.to_json(), default=repr))
+        _emit_json(report.to_json())
         return
     table = Table(title=f"{report.state}: schedule on P = {report.processors}")
     for col in ("call", "function", "kind", "rank", "processor", "start", "end", "state"):
         table.add_column(col)
     for c in report.calls:
         fmt = lambda t: "" if t is None else f"{t:.3f}"  # noqa: E731
-        state = c["state"] if c["state"] == "Completed" else f"[red]{c['state']}[/red]"
-        table.add_row(c["id"], c["function"], c["kind"], str(c["rank"]), "" if c["processor"] is None else str(c["processor"]), fmt(c["start"]), fmt(c["end"]), state)
+        state = c.state if c.state == "Completed" else f"[red]{c.state}[/red]"
+        table.add_row(c.id, c.function, c.kind, str(c.rank), "" if c.processor is None else str(c.processor), fmt(c.start), fmt(c.end), state)
     console.print(table)
+    for c in report.calls:
+        if c.reason:
+            console.print(f"{c.id}: {c.state}: {c.reason}", markup=False, highlight=False)
+    console.print(report.summary(), markup=False, highlight=False)
     console.print(
-        f"makespan {report.makespan:.3f} s | lower bound {report.lower_bound:.3f} s "
-        f"(ratio {report.makespan / report.lower_bound if report.lower_bound else float('nan'):.3f}) | "
-        f"sum of call times {report.sequential:.3f} s | speedup {report.speedup:.2f}x"
+        f"lower bound {report.lower_bound:.3f} s | sum of call times {report.sequential:.3f} s | "
+        f"speedup {report.speedup:.2f}x (call times / latency)", markup=False, highlight=False,
     )
     if report.message:
         err_console.print(report.message, markup=False)
@@ -153,11 +321,12 @@ def _print_report(report: Any, as_json: bool) -> None:
 
 @app.command()
 def run(
-    plan: str = typer.Argument(..., help="plan file, or - for stdin"),
-    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t"),
-    processors: int = typer.Option(0, "--processors", "-P", help="P (default: the machine's cores)"),
+    plan: str = typer.Argument(..., help=PLAN_HELP),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
+    processors: Optional[int] = typer.Option(None, "--processors", "-P", help=PROCESSORS_HELP),
+    force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
     policy: str = typer.Option("critical-path", "--policy", help="critical-path or paper"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (tools' prints go to stderr)"),
     no_limit: bool = typer.Option(False, "--no-global-limit", help="do not use the llmorch-processors concurrency limit"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="LLMEndpoint block for `self` calls and recovery (default: environment)"),
     recover: int = typer.Option(0, "--recover", help="trace-back recovery rounds with the LLM when calls fail (0: off)"),
@@ -165,56 +334,66 @@ def run(
 ) -> None:
     """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
     _prepare_env()
-    from prefect_llmorch.flows.run import PlanRunFailed, run_plan
-
+    P = _processors(processors, force_processors)
+    _check_policy(policy)
+    _at_least("--recover", recover, 0)
     text = _read_plan(plan)
-    parsed, _ = _parse(plan if plan != "-" else "-", toolbox, as_json) if plan != "-" else (None, None)
-    try:
-        report = run_plan(
-            parsed if parsed is not None else text, toolbox, processors=processors or None, policy=policy,
-            concurrency_limit=None if no_limit else "llmorch-processors",
-            endpoint=endpoint, recovery_rounds=recover, cancel_running=cancel_running,
-        )
-    except PlanRunFailed as exc:
-        _print_report(exc.report, as_json)
-        raise typer.Exit(1) from None
-    except RuntimeError as exc:  # e.g. the plan calls `self` and no LLM is configured
-        err_console.print(str(exc), markup=False)
-        raise typer.Exit(2) from None
+    with _json_stdout(as_json):
+        _parse(text, _toolbox(toolbox), as_json)  # every error before Prefect starts
+        from prefect_llmorch.flows.run import PlanRunFailed, run_plan
+
+        try:
+            report = run_plan(
+                text, toolbox, processors=P, policy=policy,
+                concurrency_limit=None if no_limit else "llmorch-processors",
+                endpoint=endpoint, recovery_rounds=recover, cancel_running=cancel_running,
+            )
+        except PlanRunFailed as exc:
+            _print_report(exc.report, as_json)
+            raise typer.Exit(1) from None
+        except RuntimeError as exc:  # e.g. the plan calls `self` and no LLM is configured
+            _fail(str(exc), exc)
+        if as_json:
+            _print_report(report, as_json)
+            return
     _print_report(report, as_json)
 
 
 @app.command()
 def simulate(
-    graph_file: str = typer.Argument(..., help="an STG file (.stg) or a plan file"),
-    processors: int = typer.Option(2, "--processors", "-P"),
+    graph_file: str = typer.Argument(..., help="an STG file (.stg), a plan file, or example:NAME"),
+    processors: int = typer.Option(2, "--processors", "-P", help="P (simulated: any number)"),
     policy: str = typer.Option("critical-path", "--policy", help="critical-path, paper, or a baseline: sequential, eager, rank-barrier"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help="for plan files"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Simulate a schedule (no execution): makespan, lower bound and their ratio."""
     _prepare_env()
+    _check_processors(processors)
+    _check_policy(policy, baselines=True)
     from prefect_llmorch.graph import FRG
-    from prefect_llmorch.schedule.simulator import simulate_file
+    from prefect_llmorch.schedule.simulator import read_stg, simulate_file
 
-    if graph_file.endswith(".stg"):
-        target: Any = graph_file
-    else:
-        parsed, tb = _parse(graph_file, toolbox, as_json)
-        target = FRG.build(parsed, tb)
-    try:
+    with _json_stdout(as_json):
+        if graph_file.endswith(".stg"):
+            path = _plan_path(graph_file)
+            try:
+                target = read_stg(path)
+            except (ValueError, OSError, UnicodeDecodeError) as exc:
+                _fail(f"cannot read STG file {graph_file}: {exc}; give a Standard Task Graph file", exc)
+        else:
+            text = _read_plan(graph_file)
+            tb = _toolbox(toolbox)
+            target = FRG.build(_parse(text, tb, as_json), tb)
         out = simulate_file(target, processors, policy)
-    except (ValueError, OSError) as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    if as_json:
-        print(json.dumps(out))
-    else:
-        ratio = out["makespan"] / out["lower_bound"] if out["lower_bound"] else float("nan")
-        console.print(
-            f"{policy} on P={processors}: makespan {out['makespan']:g}, lower bound {out['lower_bound']:g} "
-            f"(ratio {ratio:.3f}), work {out['work']:g}, critical path {out['critical_path']:g}"
-        )
+        if as_json:
+            _emit_json(out)
+            return
+    ratio = out["makespan"] / out["lower_bound"] if out["lower_bound"] else float("nan")
+    console.print(
+        f"{policy} on P={processors}: makespan {out['makespan']:g}, lower bound {out['lower_bound']:g} "
+        f"(ratio {ratio:.3f}), work {out['work']:g}, critical path {out['critical_path']:g}"
+    )
 
 
 def _endpoint(endpoint: Optional[str]) -> Any:
@@ -225,8 +404,7 @@ def _endpoint(endpoint: Optional[str]) -> Any:
     try:
         return resolve_client(endpoint)
     except (LLMConfigError, LLMError, ValueError) as exc:
-        err_console.print(f"[red]{exc}[/red]", markup=False)
-        raise typer.Exit(2) from None
+        _fail(str(exc), exc)
 
 
 def _ask_and_print(
@@ -240,7 +418,7 @@ def _ask_and_print(
 
     try:
         report = ask_query(
-            question, toolbox, processors=processors or None, policy=policy, endpoint=client, attempts=attempts,
+            question, toolbox, processors=processors, policy=policy, endpoint=client, attempts=attempts,
             cancel_running=cancel_running,
         )
     except PlanRunFailed as exc:
@@ -248,7 +426,7 @@ def _ask_and_print(
         raise typer.Exit(1) from None
     except (PlanningFailed, LLMError) as exc:
         if as_json:
-            print(json.dumps({"state": "Failed", "message": str(exc)}))
+            _emit_json({"state": "Failed", "message": str(exc)})
         else:
             err_console.print(str(exc), markup=False)
         raise typer.Exit(1) from None
@@ -263,44 +441,52 @@ def _ask_and_print(
 @app.command()
 def ask(
     question: str = typer.Argument(..., help="the question to answer"),
-    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t"),
-    processors: int = typer.Option(0, "--processors", "-P"),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
+    processors: Optional[int] = typer.Option(None, "--processors", "-P", help=PROCESSORS_HELP),
+    force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
     policy: str = typer.Option("critical-path", "--policy"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="name of a saved LLMEndpoint block (default: OPENAI_BASE_URL, OPENAI_API_KEY, LLMORCH_MODEL)"),
     attempts: int = typer.Option(3, "--attempts", help="planner answers per round (first plan + repairs)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (tools' prints go to stderr)"),
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
 ) -> None:
     """Plan the question with the LLM, run the plan in parallel on Prefect, print the answer."""
     _prepare_env()
-    _ask_and_print(question, toolbox, processors, policy, _endpoint(endpoint), as_json, attempts, cancel_running)
+    P = _processors(processors, force_processors)
+    _check_policy(policy)
+    _at_least("--attempts", attempts, 1)
+    with _json_stdout(as_json):
+        _toolbox(toolbox)
+        _ask_and_print(question, toolbox, P, policy, _endpoint(endpoint), as_json, attempts, cancel_running)
 
 
 @app.command("plan")
 def plan_cmd(
     question: str = typer.Argument(..., help="the question to plan"),
-    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t"),
+    toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     endpoint: Optional[str] = typer.Option(None, "--endpoint"),
     attempts: int = typer.Option(3, "--attempts"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Only plan: print the LLM's plan and its FRG (nothing runs)."""
     _prepare_env()
-    from prefect_llmorch.graph import FRG
-    from prefect_llmorch.llm.client import LLMError
-    from prefect_llmorch.flows.planner import PlanningFailed, plan_query
+    _at_least("--attempts", attempts, 1)
+    with _json_stdout(as_json):
+        tb = _toolbox(toolbox)
+        from prefect_llmorch.graph import FRG
+        from prefect_llmorch.llm.client import LLMError
+        from prefect_llmorch.flows.planner import PlanningFailed, plan_query
 
-    tb = _toolbox(toolbox)
-    client = _endpoint(endpoint)
-    try:
-        result = plan_query(question, tb, client, attempts=attempts)
-    except (PlanningFailed, LLMError) as exc:
-        err_console.print(str(exc), markup=False)
-        raise typer.Exit(1) from None
-    frg = FRG.build(result.plan, tb)
-    if as_json:
-        print(json.dumps({"plan": result.text, "attempts": len(result.attempts), "tokens": {"prompt": result.prompt_tokens, "completion": result.completion_tokens}, "graph": frg.to_json()}))
-        return
+        client = _endpoint(endpoint)
+        try:
+            result = plan_query(question, tb, client, attempts=attempts)
+        except (PlanningFailed, LLMError) as exc:
+            err_console.print(str(exc), markup=False)
+            raise typer.Exit(1) from None
+        frg = FRG.build(result.plan, tb)
+        if as_json:
+            _emit_json({"plan": result.text, "attempts": len(result.attempts), "tokens": {"prompt": result.prompt_tokens, "completion": result.completion_tokens}, "graph": frg.to_json()})
+            return
     console.print(result.text, markup=False, highlight=False)
     console.print(frg.to_mermaid(), markup=False, highlight=False)
     console.print(f"planner attempts: {len(result.attempts)} | tokens: {result.prompt_tokens} prompt + {result.completion_tokens} completion")
@@ -326,45 +512,35 @@ def _demo_answer(request: dict[str, Any]) -> str:
 
 @app.command()
 def demo(
-    processors: int = typer.Option(2, "--processors", "-P"),
+    processors: int = typer.Option(2, "--processors", "-P", help="P (at most the machine's cores unless --force-processors)"),
+    force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
     token_delay: float = typer.Option(0.02, "--token-delay", help="seconds per token of the scripted LLM"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The whole loop with no API key: a local OpenAI-compatible server (real HTTP) streams a
     scripted plan for the example toolbox; llmorch runs it on ephemeral Prefect."""
     _prepare_env()
-    from prefect_llmorch.llm.client import LLMClient
-    from prefect_llmorch.testing.fake_llm import FakeLLM
+    P = _processors(processors, force_processors)
+    _at_least("--token-delay", token_delay, 0)
+    with _json_stdout(as_json):
+        from prefect_llmorch.llm.client import LLMClient
+        from prefect_llmorch.testing.fake_llm import FakeLLM
 
-    with FakeLLM([DEMO_PLAN], default=_demo_answer, token_delay=token_delay, model="demo") as server:
-        if not as_json:
-            console.print(f"scripted LLM at {server.base_url}; question: {DEMO_QUESTION}")
-        client = LLMClient(server.base_url, "demo", api_key="demo-key-not-secret")
-        _ask_and_print(DEMO_QUESTION, DEFAULT_TOOLBOX, processors, "critical-path", client, as_json, 3)
-
-
-def _deploy_module() -> Any:
-    """`prefect_llmorch/flows/deploy.py` of this checkout (the deployable flows live next to the examples)."""
-    import importlib
-
-    try:
-        return importlib.import_module("prefect_llmorch.flows.deploy")
-    except ImportError:
-        repo = Path(__file__).resolve().parent.parent
-        if not (repo / "flows" / "deploy.py").is_file():
-            err_console.print("[red]prefect_llmorch/flows/deploy.py not found: run `llmorch serve` from the prefect-llmorch repository root[/red]")
-            raise typer.Exit(2) from None
-        sys.path.insert(0, str(repo))
-        return importlib.import_module("prefect_llmorch.flows.deploy")
+        with FakeLLM([DEMO_PLAN], default=_demo_answer, token_delay=token_delay, model="demo") as server:
+            if not as_json:
+                console.print(f"scripted LLM at {server.base_url}; question: {DEMO_QUESTION}")
+            client = LLMClient(server.base_url, "demo", api_key="demo-key-not-secret")
+            _ask_and_print(DEMO_QUESTION, DEFAULT_TOOLBOX, P, "critical-path", client, as_json, 3)
 
 
 @app.command()
 def serve(
     cron: Optional[str] = typer.Option(None, "--cron", help="schedule llmorch-run with this cron string, e.g. '0 * * * *'"),
     interval: Optional[float] = typer.Option(None, "--interval", help="schedule llmorch-run every N seconds"),
-    plan_file: str = typer.Option("prefect_llmorch/examples/kitti.plan", "--plan-file", help="llmorch-run's default plan file"),
+    plan_file: str = typer.Option("example:kitti", "--plan-file", help="llmorch-run's default plan: example:NAME or a file"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help="llmorch-run's default toolbox"),
-    processors: int = typer.Option(0, "--processors", "-P", help="P of the served flows' task runner (default: cores)"),
+    processors: Optional[int] = typer.Option(None, "--processors", "-P", help=PROCESSORS_HELP),
+    force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help="most flow runs at once"),
 ) -> None:
     """Serve the `llmorch-run` and `llmorch-ask` deployments from this process (no work pool).
@@ -373,14 +549,21 @@ def serve(
     `prefect deployment run llmorch-run/llmorch-run`, or by the schedule.
     """
     _prepare_env()
-    if processors:
-        os.environ["LLMORCH_PROCESSORS"] = str(processors)  # read when prefect_llmorch/flows/deploy.py builds the runner
+    P = _processors(processors, force_processors)
     if cron and interval:
-        err_console.print("[red]give --cron or --interval, not both[/red]")
-        raise typer.Exit(2)
+        _fail("give --cron or --interval, not both")
+    _at_least("--interval", interval, 1e-3)
+    _at_least("--limit", limit, 1)
+    if not plan_file.startswith("example:"):
+        plan_file = str(_plan_path(plan_file).resolve())  # the served flow may run elsewhere
+    else:
+        _plan_path(plan_file)
+    _toolbox(toolbox)
+    # Read when prefect_llmorch.flows.deploy builds its task runner (on import, below).
+    os.environ["LLMORCH_PROCESSORS"] = str(P)
     from prefect import serve as prefect_serve
+    from prefect_llmorch.flows import deploy
 
-    deploy = _deploy_module()
     run_defaults = deploy.RunParameters(plan_file=plan_file, toolbox=toolbox)
     deployments = deploy.deployments(run_cron=cron, run_interval=interval, run_parameters=run_defaults)
     prefect_serve(*deployments, limit=limit)
@@ -399,11 +582,12 @@ def bench_paper(
     by side (benchmarks/paper_tables.py; report in benchmarks/out/report.md)."""
     _prepare_env()
     import importlib.util
+    from pathlib import Path
 
+    _at_least("--repeat", repeat, 1)
     script = Path.cwd() / "benchmarks" / "paper_tables.py"
     if not script.is_file():
-        err_console.print(f"[red]{script} not found: run this from a clone of the repository[/red]")
-        raise typer.Exit(2)
+        _fail(f"{script} not found; run this from a clone of the repository")
     spec = importlib.util.spec_from_file_location("paper_tables", script)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -411,9 +595,21 @@ def bench_paper(
     raise typer.Exit(module.main(argv))
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main(argv: Optional[list[str]] = None) -> None:
+    """The `llmorch` console script: `app` with `--debug` accepted anywhere, and no
+    traceback for an unexpected error unless `--debug` is given."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("LLMORCH_DEBUG", "").lower() in ("1", "true", "yes")
+    if "--debug" in args:  # a global option; let `llmorch run x --debug` mean it too
+        args = ["--debug"] + [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="llmorch")
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (llmorch --debug shows the traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()
