@@ -242,7 +242,7 @@ def test_scheduled_run(stack: dict[str, Any]) -> None:
         run = client.read_flow_run(stack["scheduled_run"])
         assert run.auto_scheduled is True
         assert run.state is not None and run.state.is_completed(), (run.state, stack["procs"].log("worker")[-3000:])
-        assert run.parameters["parameters"]["plan_file"] == "prefect_llmorch/examples/kitti.plan"
+        assert run.parameters["parameters"]["plan_file"] == "example:kitti"
         tasks = {t.name: t for t in _task_runs(client, run.id, 11)}
         assert len(tasks) == 11
         assert set(tasks["s1 · detect"].tags) == {"compute", "rank:1"}
