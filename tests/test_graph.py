@@ -287,3 +287,87 @@ def test_critical_path_bottom_level_and_work(dag):
     for c in ids:
         assert frg.descendants(c) == {s for s in ids if c in frg.ancestors(s)}
         assert frg.n_descendants[c] == len(frg.descendants(c))
+
+
+# ---------------------------------------------------------------- resources
+
+GPU80 = [{"id": 0, "mem_gb": 80}]
+
+
+def gpu_frg() -> FRG:
+    """Rank 1: two 50 GB GPU calls, a 20 GB one, two searches on one API slot, a CPU call."""
+    ids = ["g1", "g2", "g3", "q1", "q2", "c"]
+    kinds = {"q1": "inout", "q2": "inout"}
+    resources = {
+        "g1": {"gpu_mem_gb": 50}, "g2": {"gpu_mem_gb": 50}, "g3": {"gpu_mem_gb": 20},
+        "q1": {"search-api": 1}, "q2": {"search-api": 1},
+    }
+    return FRG.from_edges(ids, {}, kinds, resources=resources)
+
+
+def test_conflicts_name_the_resource_their_demands_exceed():
+    frg = gpu_frg()
+    found = [(c.a, c.b, c.resource, c.demand, c.capacity) for c in frg.conflicts({"search-api": 1}, GPU80)]
+    cpu = [(a, b, "processors", 2.0, 1.0) for a, b in itertools.combinations(["g1", "g2", "g3", "c"], 2)]
+    assert found == sorted(
+        cpu + [("g1", "g2", "gpu_mem_gb", 100.0, 80.0), ("q1", "q2", "search-api", 2.0, 1.0)],
+        key=lambda t: (frg.index(t[0]), frg.index(t[1]), t[2]),
+    )
+    # two slots: the searches may run together; without capacities only processors are known
+    assert not any(c.resource == "search-api" for c in frg.conflicts({"search-api": 2}, GPU80))
+    assert [c.resource for c in frg.conflicts()] == ["processors"] * 6
+
+
+def test_without_declared_resources_the_json_is_unchanged():
+    doc = kitti().to_json()
+    assert set(doc) == {"calls", "mutex", "work", "critical_path"} and "resources" not in doc["calls"][0]
+
+
+def test_json_shows_demands_and_conflicts_by_resource():
+    doc = gpu_frg().to_json({"search-api": 1}, GPU80)
+    assert doc["calls"][0]["resources"] == {"processors": 1.0, "gpu_mem_gb": 50.0}
+    assert doc["calls"][3]["resources"] == {"search-api": 1.0}
+    assert ["q1", "q2"] in doc["mutex"] and ["g1", "q1"] not in doc["mutex"]
+    assert {"calls": ["g1", "g2"], "resource": "gpu_mem_gb", "demand": 100.0, "capacity": 80.0} in doc["conflicts"]
+    json.dumps(doc)
+
+
+def test_mermaid_and_dot_label_resource_links_and_demands():
+    frg = gpu_frg()
+    lines = frg.to_mermaid(resources={"search-api": 1}, gpus=GPU80).splitlines()
+    assert '    g1["g1 · task<br/>rank 1<br/>processors 1, gpu_mem_gb 50"]:::compute' in lines
+    assert '    g1 -.-|"gpu_mem_gb, processors"| g2' in lines
+    assert '    q1 -.-|"search-api"| q2' in lines
+    assert "    g1 -.- g3" in lines  # processors only: the paper's unlabelled link
+    dot = frg.to_dot(resources={"search-api": 1}, gpus=GPU80)
+    assert '"q1" -> "q2" [dir=none, style=dashed, color=gray, constraint=false, label="search-api"];' in dot
+    assert "\\nsearch-api 1" in dot
+
+
+def test_lower_bound_counts_each_resource_demand_time_over_its_capacity():
+    frg = FRG.from_edges(
+        ["a", "b", "c"], {}, kinds={"c": "inout"}, costs={"a": 3, "b": 1, "c": 4},
+        resources={"a": {"gpu_mem_gb": 60}, "b": {"gpu_mem_gb": 60}, "c": {"api": 1}},
+    )
+    assert frg.demand_time == {"processors": 4.0, "gpu_mem_gb": 240.0, "api": 4.0}
+    assert frg.lower_bound(4, gpus=GPU80) == 4.0  # L = 4 (c); gpu 240 / 80 = 3
+    assert frg.lower_bound(4, {"api": 1, "gpu_mem_gb": 40}) == 6.0  # gpu 240 / 40
+    assert frg.lower_bound(1, gpus=GPU80) == 4.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(dags(), st.data())
+def test_mutex_is_exactly_the_equal_rank_pairs_whose_demands_exceed_a_unit(dag, data):
+    ids, deps, kinds, costs = dag
+    resources = {c: {"gpu_mem_gb": data.draw(st.sampled_from([10, 40, 50, 80]))} for c in ids if data.draw(st.booleans())}
+    frg = FRG.from_edges(ids, deps, kinds, costs, resources=resources)
+    gpu = {c: resources.get(c, {}).get("gpu_mem_gb", 0) for c in ids}
+    expected = {
+        (a, b)
+        for a, b in itertools.combinations(ids, 2)
+        if frg.rank[a] == frg.rank[b]
+        and ((kinds[a] == kinds[b] == "compute") or (gpu[a] and gpu[b] and gpu[a] + gpu[b] > 80))
+    }
+    pairs = [tuple(p) for p in frg.to_json(gpus=GPU80)["mutex"]]
+    assert set(pairs) == expected and len(pairs) == len(expected)
+    assert pairs == sorted(pairs, key=lambda p: (frg.index(p[0]), frg.index(p[1])))

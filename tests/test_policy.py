@@ -192,3 +192,169 @@ def test_any_completion_order_runs_every_call_once_within_the_processor_bound(fr
         co.done(*finished)
         done.update(finished)
     assert sorted(started) == sorted(frg.ids) and co.is_finished()
+
+
+# ---------------------------------------------------------------- resources
+
+
+def reference_batches(frg, processors, policy, rnd):
+    """Today's processors-only coordinator, written out with the pure `select`: every ready
+    inout call in the order they became ready, then `select` on the free processors."""
+    missing = {c: len(frg.deps[c]) for c in frg.ids}
+    arrival: dict[str, int] = {}
+    order = 0
+    ready_inout: list[str] = []
+    ready_compute: set[str] = set()
+    running: set[str] = set()
+
+    def arrive(c):
+        nonlocal order
+        order += 1
+        arrival[c] = order
+        (ready_inout.append if frg.kind[c] == "inout" else ready_compute.add)(c)
+
+    for c in frg.ids:
+        if not missing[c]:
+            arrive(c)
+    while ready_inout or ready_compute or running:
+        free = processors - sum(frg.kind[c] == "compute" for c in running)
+        batch = list(ready_inout) + select(policy, frg, ready_compute, free, arrival)
+        ready_inout.clear()
+        ready_compute.difference_update(batch)
+        running.update(batch)
+        finished = rnd.sample(sorted(running), rnd.randint(1, len(running)))
+        yield tuple(batch), finished
+        running.difference_update(finished)
+        for f in finished:
+            for s in frg.succs[f]:  # the order today's coordinator meets them in
+                missing[s] -= 1
+                if not missing[s]:
+                    arrive(s)
+
+
+@settings(max_examples=150, deadline=None)
+@given(dags(), st.integers(1, 4), st.sampled_from(POLICIES), st.integers(0, 2**32 - 1))
+def test_with_only_processors_the_coordinator_is_exactly_todays(frg, processors, policy, seed):
+    import random
+
+    plain = Coordinator(frg, processors, policy)
+    unused = Coordinator(frg, processors, policy, resources={"search-api": 2}, gpus=[{"id": 0, "mem_gb": 80}])
+    for batch, finished in reference_batches(frg, processors, policy, random.Random(seed)):
+        assert plain.get_ready() == batch
+        assert unused.get_ready() == batch
+        plain.done(*finished)
+        unused.done(*finished)
+    assert plain.is_finished() and unused.is_finished()
+
+
+def test_two_gpu_calls_share_a_device_when_their_memory_fits():
+    frg = FRG.from_edges(
+        ["g1", "g2", "g3"], {}, costs={"g1": 3, "g2": 2, "g3": 1},
+        resources={"g1": {"gpu_mem_gb": 50}, "g2": {"gpu_mem_gb": 30}, "g3": {"gpu_mem_gb": 40}},
+    )
+    co = Coordinator(frg, 4, gpus=[{"id": 0, "mem_gb": 80}])
+    assert co.get_ready() == ("g1", "g2")  # g3 (40) does not fit beside 50 + 30
+    assert co.device_of("g1") == co.device_of("g2") == 0 and co.free("gpu_mem_gb") == 0
+    co.done("g2")
+    assert co.get_ready() == ()  # 30 free: still not 40
+    co.done("g1")
+    assert co.get_ready() == ("g3",) and co.device_of("g1") is None
+
+
+def test_a_call_that_does_not_fit_is_passed_over_for_one_that_does():
+    # critical path order: big (cost 5) first, then mid (3), then small (1)
+    frg = FRG.from_edges(
+        ["small", "mid", "big"], {}, costs={"small": 1, "mid": 3, "big": 5},
+        resources={"small": {"gpu_mem_gb": 10}, "mid": {"gpu_mem_gb": 40}, "big": {"gpu_mem_gb": 60}},
+    )
+    co = Coordinator(frg, 3, gpus=[{"id": 0, "mem_gb": 80}])
+    assert co.get_ready() == ("big", "small")
+
+
+def test_an_api_class_bounds_inout_calls_and_they_start_in_policy_order():
+    frg = FRG.from_edges(
+        ["q1", "q2", "q3", "x"], {"x": ["q3"]}, kinds={c: "inout" for c in ["q1", "q2", "q3", "x"]},
+        resources={c: {"search-api": 1} for c in ["q1", "q2", "q3"]},
+    )
+    co = Coordinator(frg, 1, resources={"search-api": 2})
+    assert co.get_ready() == ("q3", "q1")  # q3 leads to x: longer path
+    assert co.free("search-api") == 0 and co.running_compute == frozenset()
+    co.done("q1")
+    assert co.get_ready() == ("q2",)
+
+
+def test_a_multi_core_call_holds_several_processors():
+    frg = FRG.from_edges(["wide", "a", "b"], {}, costs={"wide": 2}, resources={"wide": {"processors": 2}})
+    co = Coordinator(frg, 3)
+    assert co.get_ready() == ("wide", "a") and co.free_processors == 0
+    co.done("a")
+    assert co.get_ready() == ("b",)
+    co.done("wide")
+    assert co.free_processors == 2
+
+
+def test_failed_gives_back_what_a_call_held():
+    frg = FRG.from_edges(["g1", "g2"], {}, resources={"g1": {"gpu_mem_gb": 60}, "g2": {"gpu_mem_gb": 60}})
+    co = Coordinator(frg, 2, gpus=[{"id": 0, "mem_gb": 80}])
+    (first,) = co.get_ready()
+    co.failed(first)
+    assert co.free("gpu_mem_gb") == 80 and co.get_ready() == tuple(c for c in ("g1", "g2") if c != first)
+
+
+@st.composite
+def resource_dags(draw):
+    frg = draw(dags())
+    resources = {}
+    for c in frg.ids:
+        d = {}
+        if draw(st.booleans()):
+            d["gpu_mem_gb"] = draw(st.sampled_from([10, 20, 30, 40, 60, 80]))
+        if draw(st.booleans()):
+            d["api"] = draw(st.integers(1, 2))
+        if frg.kind[c] == "compute" and draw(st.integers(0, 4)) == 0:
+            d["processors"] = draw(st.integers(1, 2))
+        if d:
+            resources[c] = d
+    return FRG.from_edges(frg.ids, frg.deps, frg.kind, frg.cost, resources=resources)
+
+
+CAPS = {"api": 2}
+DEVICES = [{"id": 0, "mem_gb": 80}, {"id": 1, "mem_gb": 80}]
+
+
+@settings(max_examples=150, deadline=None)
+@given(resource_dags(), st.integers(2, 4), st.sampled_from(POLICIES), st.randoms(use_true_random=False), st.booleans())
+def test_running_calls_never_exceed_a_capacity_and_nothing_that_fits_is_left_waiting(frg, processors, policy, rnd, devices):
+    gpus = DEVICES if devices else None
+    resources = CAPS if devices else {**CAPS, "gpu_mem_gb": 80}
+    co = Coordinator(frg, processors, policy, resources=resources, gpus=gpus)
+    caps = co.capacities.amounts
+    key = priority(policy, frg)
+    started: list[str] = []
+    while co.is_active():
+        batch = co.get_ready()
+        started.extend(batch)
+        held = [c for c in batch if frg.demand[c]]
+        running = sorted(co.running)
+        for r, cap in caps.items():
+            assert sum(frg.demand[c].get(r, 0) for c in running) <= cap
+        if gpus:
+            for d in gpus:
+                on = [c for c in running if co.device_of(c) == d["id"]]
+                assert sum(frg.demand[c]["gpu_mem_gb"] for c in on) <= d["mem_gb"]
+            assert all(co.device_of(c) is not None for c in running if frg.demand[c].get("gpu_mem_gb"))
+        device_free = {
+            d["id"]: d["mem_gb"] - sum(frg.demand[c]["gpu_mem_gb"] for c in running if co.device_of(c) == d["id"])
+            for d in gpus or ()
+        }
+        for c in co.ready:  # list scheduling: whatever still waits does not fit now
+            need = frg.demand[c]
+            short = any(need[r] > co.free(r) for r in need)
+            no_device = bool(gpus) and need.get("gpu_mem_gb", 0) > max(device_free.values())
+            assert short or no_device, (c, need)
+        if policy == "critical-path":  # admitted in policy order (arrival does not enter this key)
+            keys = [key(c, 0) for c in held]
+            assert keys == sorted(keys)
+        finished = rnd.sample(running, rnd.randint(1, len(running)))
+        co.done(*finished)
+    assert sorted(started) == sorted(frg.ids) and co.is_finished()

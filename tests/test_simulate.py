@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from graphs import kitti
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.schedule.policy import POLICIES
+from prefect_llmorch.schedule.resources import Capacities, UnknownResource
 from prefect_llmorch.schedule.simulator import (
     BASELINES,
     Entry,
@@ -105,7 +106,7 @@ def test_empty_graph_has_zero_makespan(policy):
 
 
 def test_unknown_baseline_and_bad_processors_are_rejected():
-    with pytest.raises(ValueError, match="unknown baseline 'lazy'; valid: sequential, eager, rank-barrier"):
+    with pytest.raises(ValueError, match="unknown baseline 'lazy'; valid: sequential, eager, rank-barrier, processors-only"):
         simulate_baseline(kitti(), 2, "lazy")
     with pytest.raises(ValueError, match="processors must be an integer >= 1"):
         simulate(kitti(), 0)
@@ -218,3 +219,120 @@ def test_baselines_respect_deps_and_bounds(frg, processors, name):
         assert s.max_concurrent_compute() <= processors
     if name == "sequential":
         assert s.makespan == pytest.approx(frg.work)
+
+
+# ---------------------------------------------------------------- resources
+
+GPU80 = [{"id": 0, "mem_gb": 80}]
+
+
+def two_big_gpu_calls_and_two_cpu_calls() -> FRG:
+    ids = ["g1", "g2", "c1", "c2"]
+    return FRG.from_edges(ids, {}, costs={c: 2 for c in ids}, resources={"g1": {"gpu_mem_gb": 60}, "g2": {"gpu_mem_gb": 60}})
+
+
+def test_resource_aware_admission_beats_holding_a_processor_while_waiting():
+    frg = two_big_gpu_calls_and_two_cpu_calls()
+    ours = simulate(frg, 2, gpus=GPU80)
+    # g2 cannot share the device with g1, so c1 takes the second processor at once
+    assert [(e.id, e.start, e.end, e.processor, e.device) for e in ours.entries] == [
+        ("g1", 0.0, 2.0, 0, 0), ("c1", 0.0, 2.0, 1, None), ("g2", 2.0, 4.0, 0, 0), ("c2", 2.0, 4.0, 1, None),
+    ]
+    blind = simulate_baseline(frg, 2, "processors-only", gpus=GPU80)
+    # g2 holds a processor from 0 while it waits for the device until 2
+    assert blind["g2"].start == 2.0 and blind["g2"].waited == 2.0 and blind["g2"].processor == 1
+    assert blind.makespan == 6.0
+    assert frg.lower_bound(2, gpus=GPU80) == 4.0 == ours.makespan
+    assert ours.problems(frg) == [] and blind.problems(frg) == []
+
+
+def test_eager_with_resources_waits_at_the_device_and_time_slices_the_rest():
+    frg = two_big_gpu_calls_and_two_cpu_calls()
+    eager = simulate_baseline(frg, 2, "eager", gpus=GPU80)
+    # g1, c1, c2 share 2 cores (rate 2/3) until they end at 3; g2 then runs alone at rate 1
+    assert eager["g1"].end == pytest.approx(3.0) and eager["g2"].start == pytest.approx(3.0)
+    assert eager.makespan == pytest.approx(5.0) and eager.problems(frg) == []
+
+
+def test_a_multi_core_call_holds_consecutive_free_processors():
+    frg = FRG.from_edges(["w", "a"], {}, costs={"w": 2, "a": 1}, resources={"w": {"processors": 2}})
+    s = simulate(frg, 3)
+    assert (s["w"].processor, s["w"].more_processors, s["a"].processor) == (0, (1,), 2)
+    assert s.peak(frg, "processors") == 3.0 and s.problems(frg) == []
+
+
+def test_problems_reports_a_capacity_exceeded():
+    frg = FRG.from_edges(["a", "b"], {}, resources={"a": {"gpu_mem_gb": 50}, "b": {"gpu_mem_gb": 50}})
+    caps = Capacities.of(2, gpus=GPU80)
+    bad = Schedule((Entry("a", 0, 1, 0, device=0), Entry("b", 0, 1, 1, device=0)), 2, capacities=caps)
+    problems = bad.problems(frg)
+    assert "100 gpu_mem_gb held at once, capacity 80" in problems
+    assert "100 gpu_mem_gb held at once on device 0, which has 80" in problems
+    lost = Schedule((Entry("a", 0, 1, 0, device=None), Entry("b", 1, 2, 1, device=0)), 2, capacities=caps)
+    assert lost.problems(frg) == ["a needs gpu_mem_gb but was placed on device None"]
+
+
+def test_rank_barrier_does_not_model_resources():
+    with pytest.raises(ValueError, match="rank-barrier baseline does not model resources"):
+        simulate_baseline(two_big_gpu_calls_and_two_cpu_calls(), 2, "rank-barrier", gpus=GPU80)
+
+
+def test_simulating_with_an_unknown_resource_fails_before_it_starts():
+    with pytest.raises(UnknownResource, match="call g1 needs 'gpu_mem_gb'"):
+        simulate(two_big_gpu_calls_and_two_cpu_calls(), 2)
+    with pytest.raises(UnknownResource):
+        simulate_baseline(two_big_gpu_calls_and_two_cpu_calls(), 2, "eager")
+
+
+@st.composite
+def resource_dags(draw):
+    frg = draw(dags())
+    resources = {}
+    for c in frg.ids:
+        d = {}
+        if draw(st.booleans()):
+            d["gpu_mem_gb"] = draw(st.sampled_from([10, 20, 30, 45, 60, 80]))
+        if draw(st.integers(0, 2)) == 0:
+            d["api"] = draw(st.integers(1, 2))
+        if frg.kind[c] == "compute" and draw(st.integers(0, 4)) == 0:
+            d["processors"] = draw(st.integers(1, 2))
+        if d:
+            resources[c] = d
+    return FRG.from_edges(frg.ids, frg.deps, frg.kind, frg.cost, resources=resources)
+
+
+CAPACITY_SETS = [
+    ({"api": 2}, [{"id": 0, "mem_gb": 80}, {"id": 1, "mem_gb": 80}]),
+    ({"api": 2, "gpu_mem_gb": 80}, None),
+    ({"api": 3}, [{"id": 0, "mem_gb": 80}]),
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(resource_dags(), st.integers(2, 5), st.sampled_from(POLICIES), st.sampled_from(CAPACITY_SETS))
+def test_no_capacity_is_ever_exceeded_and_every_call_runs_once(frg, processors, policy, caps):
+    resources, gpus = caps
+    ours = simulate(frg, processors, policy, resources=resources, gpus=gpus)
+    blind = simulate_baseline(frg, processors, "processors-only", resources=resources, gpus=gpus, policy=policy)
+    eager = simulate_baseline(frg, processors, "eager", resources=resources, gpus=gpus)
+    seq = simulate_baseline(frg, processors, "sequential", resources=resources, gpus=gpus)
+    bound = frg.lower_bound(processors, resources, gpus)
+    for s in (ours, blind, eager, seq):
+        # problems() checks: one entry per call, deps, durations, each capacity and device at every instant
+        assert s.problems(frg) == [], s.name
+        assert sorted(e.id for e in s.entries) == sorted(frg.ids)
+        assert s.makespan >= bound - TOL
+    assert all(e.waited == 0 for e in ours.entries)
+    assert seq.makespan == pytest.approx(frg.work)
+
+
+@settings(max_examples=100, deadline=None)
+@given(dags(), st.integers(1, 5), st.sampled_from(POLICIES))
+def test_with_only_processors_simulation_is_exactly_as_before(frg, processors, policy):
+    plain = simulate(frg, processors, policy)
+    unused = simulate(frg, processors, policy, resources={"api": 2}, gpus=GPU80)
+    assert plain.entries == unused.entries and plain.capacities is None
+    assert simulate_baseline(frg, processors, "processors-only", policy=policy).entries == plain.entries
+    eager = simulate_baseline(frg, processors, "eager")
+    assert simulate_baseline(frg, processors, "eager", resources={"api": 2}).entries == eager.entries
+    assert frg.lower_bound(processors, {"api": 2}) == frg.lower_bound(processors)
