@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import SHARED_DATA
 from graphs import kitti
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.schedule.policy import POLICIES
@@ -23,7 +24,8 @@ from prefect_llmorch.schedule.simulator import (
     simulate_file,
 )
 
-STG = Path("/work/shared/data/stg")
+STG = SHARED_DATA / "stg"
+needs_stg = pytest.mark.skipif(not STG.is_dir(), reason=f"needs the STG files of the shared data at {STG} (absent in a plain clone)")
 
 # file: (tasks, edges, total work, critical path), from the data README
 STG_STATS = {
@@ -126,6 +128,7 @@ def test_problems_reports_an_invalid_schedule():
 # ---------------------------------------------------------------- STG
 
 
+@needs_stg
 @pytest.mark.parametrize("name", sorted(STG_STATS))
 def test_read_stg_matches_the_readme_statistics(name):
     frg = read_stg(STG / name)
@@ -140,6 +143,7 @@ def test_read_stg_matches_the_readme_statistics(name):
     assert re.search(rf"CP Length\s*:\s*{cp}\b", trailer, re.I)
 
 
+@needs_stg
 def test_simulate_file_on_an_stg_graph():
     out = simulate_file(STG / "robot.stg", 4)
     assert set(out) == {"makespan", "lower_bound", "work", "critical_path"}
@@ -159,6 +163,7 @@ def test_read_stg_rejects_a_non_stg_file(tmp_path):
         read_stg(bad)
 
 
+@needs_stg
 @pytest.mark.parametrize("name", ["rand0000.stg", "fpppp.stg"])
 def test_stg_schedules_are_valid_and_near_the_lower_bound(name, policy):
     frg = read_stg(STG / name)
@@ -336,3 +341,10 @@ def test_with_only_processors_simulation_is_exactly_as_before(frg, processors, p
     eager = simulate_baseline(frg, processors, "eager")
     assert simulate_baseline(frg, processors, "eager", resources={"api": 2}).entries == eager.entries
     assert frg.lower_bound(processors, {"api": 2}) == frg.lower_bound(processors)
+
+
+def test_simulate_file_takes_capacities():
+    frg = two_big_gpu_calls_and_two_cpu_calls()
+    out = simulate_file(frg, 2, resources={"gpu_mem_gb": 80})
+    assert out == {"makespan": 4.0, "lower_bound": 4.0, "work": 8.0, "critical_path": 2.0}
+    assert simulate_file(frg, 2, "processors-only", gpus=GPU80)["makespan"] == 6.0

@@ -553,23 +553,31 @@ def read_stg(path: str | os.PathLike[str]) -> FRG:
 
 
 def simulate_file(
-    source: str | os.PathLike[str] | FRG, processors: int, policy: str = DEFAULT_POLICY
+    source: str | os.PathLike[str] | FRG,
+    processors: int,
+    policy: str = DEFAULT_POLICY,
+    *,
+    resources: Mapping[str, float] | None = None,
+    gpus: Iterable[Mapping[str, Any] | Device] | None = None,
 ) -> dict[str, float]:
     """Simulate an STG file (or an FRG) with a policy or baseline; the numbers the CLI prints.
+
+    `resources`/`gpus` are the capacities (see `simulate`); the lower bound then counts each
+    resource's demand-time over its capacity.
 
     Returns:
         `{"makespan", "lower_bound", "work", "critical_path"}`.
     """
     frg = source if isinstance(source, FRG) else read_stg(source)
     if policy in POLICIES:
-        schedule = simulate(frg, processors, policy)
+        schedule = simulate(frg, processors, policy, resources=resources, gpus=gpus)
     elif policy in BASELINES:
-        schedule = simulate_baseline(frg, processors, policy)
+        schedule = simulate_baseline(frg, processors, policy, resources=resources, gpus=gpus)
     else:
         raise ValueError(f"unknown policy {policy!r}; valid: {', '.join(POLICIES + BASELINES)}")
     return {
         "makespan": schedule.makespan,
-        "lower_bound": frg.lower_bound(processors),
+        "lower_bound": frg.lower_bound(processors, resources, gpus),
         "work": frg.work,
         "critical_path": frg.critical_path,
     }
