@@ -20,7 +20,7 @@ logs, and are revealed only when a client is built (`get_client`) or `reveal()` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.blocks.core import Block
 from prefect.types import SecretDict
@@ -52,6 +52,9 @@ class LLMEndpoint(Block):
         temperature: default sampling temperature for planning and `self` calls.
         max_tokens: cap on answer length (None: the endpoint's default).
         timeout: seconds for one request.
+        planner: "text" (plans in the plan language) or "json" (the JSON plan form,
+            asked for under a JSON schema built from the toolbox; for endpoints that
+            honour `response_format`, e.g. OpenAI, vLLM, Ollama, llama.cpp).
 
     Examples:
         Load a saved endpoint and ask it something:
@@ -91,6 +94,11 @@ class LLMEndpoint(Block):
         default=None, gt=0, description="Cap on answer length in tokens (empty: the endpoint's default)."
     )
     timeout: float = Field(default=60.0, gt=0, description="Seconds for one request.")
+    planner: Literal["text", "json"] = Field(
+        default="text",
+        description="How plans are asked for: text (the plan language) or json (the JSON plan "
+        "form under a JSON schema; needs an endpoint that honours response_format).",
+    )
 
     @field_validator("base_url", "model")
     @classmethod

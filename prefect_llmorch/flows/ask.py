@@ -41,6 +41,7 @@ def ask(
     attempts: int = 3,
     recovery_rounds: int = 3,
     cancel_running: bool = False,
+    planner: str | None = None,
 ) -> RunReport:
     """Plan `query` with the LLM, run the plan on P processors, return the report.
 
@@ -55,10 +56,12 @@ def ask(
         recovery_rounds: trace-back recovery rounds when calls fail at run time (0: off).
         cancel_running: when a call fails, cancel running calls that recovery will re-run
             anyway, instead of letting them end first.
+        planner: "text" (the plan language) or "json" (the JSON plan form under a JSON
+            schema built from the toolbox); None: the endpoint block's `planner` setting.
     """
     return answer(
         query, toolbox, processors=processors, policy=policy, endpoint=endpoint, attempts=attempts,
-        recovery_rounds=recovery_rounds, cancel_running=cancel_running,
+        recovery_rounds=recovery_rounds, cancel_running=cancel_running, planner=planner,
     )
 
 
@@ -72,6 +75,7 @@ def answer(
     attempts: int = 3,
     recovery_rounds: int = 3,
     cancel_running: bool = False,
+    planner: str | None = None,
 ) -> RunReport:
     """The body of `llmorch-ask` inside the current flow run (the deployable flows use it).
 
@@ -92,15 +96,15 @@ def answer(
     try:
         inbox: "queue.Queue[Any]" = queue.Queue()
         ex.recorder.t0 = time.time()  # latency counts from the first LLM request
-        planner = planner_task.submit(query, tb, client, attempts=attempts, on_call=inbox.put)
-        planner.add_done_callback(lambda _f: inbox.put(_DONE))
+        planning = planner_task.submit(query, tb, client, attempts=attempts, on_call=inbox.put, mode=planner)
+        planning.add_done_callback(lambda _f: inbox.put(_DONE))
         while (item := inbox.get()) is not _DONE:
             ex.adopt(item)  # streaming dispatch, from the flow's thread
-        planner.wait()
-        if not planner.state.is_completed():
+        planning.wait()
+        if not planning.state.is_completed():
             ex.abandon()  # no plan: every streamed call is stale
-            planner.result()  # raises PlanningFailed or LLMError, with its message
-        result = planner.result()
+            planning.result()  # raises PlanningFailed or LLMError, with its message
+        result = planning.result()
         for attempt in result.attempts:
             tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
         ex.start(result.plan, kept=result.dispatched, streamed=True)
@@ -128,6 +132,7 @@ def ask_query(
     concurrency_limit: str | None = "llmorch-processors",
     recovery_rounds: int = 3,
     cancel_running: bool = False,
+    planner: str | None = None,
 ) -> RunReport:
     """Run the `llmorch-ask` flow with a task runner for `processors` and `policy`.
 
@@ -140,6 +145,6 @@ def ask_query(
     parameters = {
         "query": query, "toolbox": toolbox, "processors": P, "policy": policy,
         "endpoint": endpoint, "attempts": attempts, "recovery_rounds": recovery_rounds,
-        "cancel_running": cancel_running,
+        "cancel_running": cancel_running, "planner": planner,
     }
     return run_flow(ask, runner, parameters, simple=_simple(toolbox, endpoint))

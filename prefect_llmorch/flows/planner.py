@@ -115,8 +115,10 @@ def planner_task(
     temperature: float = 0.0,
     replan_temperature: float = 0.7,
     on_call: OnCall | None = None,
+    mode: str | None = None,
 ) -> PlannerResult:
-    """Prefect task (`planner`, tagged `inout`) around `plan_query`.
+    """Prefect task (`planner`, tagged `inout`) around `plan_query` (`mode`: "text",
+    "json", or None for the endpoint's `planner` setting).
 
     `llm` is an `LLMClient`, an `LLMEndpoint` block, the name of a saved one, or None for
     the environment; the key never becomes a task parameter value in the API (task run
@@ -128,5 +130,5 @@ def planner_task(
         query, toolbox, resolve_client(llm),
         attempts=attempts, replans=replans, temperature=temperature,
         replan_temperature=replan_temperature, on_call=on_call,
-        run_attempt=_as_task_run, log=_logger(),
+        run_attempt=_as_task_run, log=_logger(), mode=mode,
     )

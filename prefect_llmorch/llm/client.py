@@ -22,10 +22,15 @@ import httpx
 import openai
 from pydantic import SecretStr
 
-__all__ = ["LLMClient", "Completion", "CompletionStream", "LLMError", "Message"]
+__all__ = ["LLMClient", "Completion", "CompletionStream", "LLMError", "Message", "PLANNER_MODES"]
 
 #: A chat message: `{"role": "system" | "user" | "assistant", "content": str}`.
 Message = Mapping[str, Any]
+
+
+
+#: How the planner asks an endpoint for plans (`LLMClient.planner`, `--planner`).
+PLANNER_MODES = ("text", "json")
 
 
 class LLMError(RuntimeError):
@@ -84,6 +89,9 @@ class LLMClient:
         timeout: seconds for one request (connect, and each read while streaming).
         max_retries: retries of the `openai` client for connection errors, 408/409/429
             and 5xx. Kept small so that an unreachable endpoint fails fast.
+        planner: how the planner asks this endpoint for plans: "text" (the plan
+            language) or "json" (the JSON plan form under a JSON schema, for endpoints
+            that honour `response_format`).
 
     Raises:
         ValueError: on empty `base_url`/`model` or a negative timeout.
@@ -99,7 +107,10 @@ class LLMClient:
         timeout: float = 60.0,
         *,
         max_retries: int = 1,
+        planner: str = "text",
     ) -> None:
+        if planner not in PLANNER_MODES:
+            raise ValueError(f"planner must be one of {', '.join(PLANNER_MODES)}, got {planner!r}")
         if not base_url:
             raise ValueError("base_url must be given, e.g. http://127.0.0.1:8000/v1")
         if not model:
@@ -112,6 +123,7 @@ class LLMClient:
         self.max_tokens = max_tokens
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
+        self.planner = planner
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         # Local servers often need no key, but the openai client insists on one.
         self._api_key = SecretStr(key or "no-key")
@@ -142,6 +154,7 @@ class LLMClient:
             temperature=endpoint.temperature,
             max_tokens=endpoint.max_tokens,
             timeout=endpoint.timeout,
+            planner=getattr(endpoint, "planner", "text"),
         )
         settings.update(overrides)
         return cls(**settings)
@@ -195,12 +208,14 @@ class LLMClient:
         body.update(extra)
         return body
 
-    def complete(self, messages: Sequence[Message], temperature: float | None = None) -> Completion:
+    def complete(self, messages: Sequence[Message], temperature: float | None = None,
+                 *, response_format: dict[str, Any] | None = None) -> Completion:
         """Ask for one answer.
 
         Args:
             messages: the chat messages.
             temperature: overrides the client's default for this request.
+            response_format: sent as is (e.g. `{"type": "json_schema", ...}`).
 
         Returns:
             The text and the token counts the endpoint reported.
@@ -210,7 +225,8 @@ class LLMClient:
         """
         error: LLMError | None = None
         try:
-            reply = self.openai.chat.completions.create(**self._request(messages, temperature))
+            extra = {"response_format": response_format} if response_format else {}
+            reply = self.openai.chat.completions.create(**self._request(messages, temperature, **extra))
         except (openai.APIError, httpx.HTTPError) as exc:
             error = self._translate(exc)
         if error is not None:  # raised outside `except` so the openai error (whose
@@ -223,8 +239,9 @@ class LLMClient:
             completion_tokens=usage.completion_tokens if usage else 0,
         )
 
-    def stream(self, messages: Sequence[Message], temperature: float | None = None) -> "CompletionStream":
-        """Ask for one answer, streamed.
+    def stream(self, messages: Sequence[Message], temperature: float | None = None,
+               *, response_format: dict[str, Any] | None = None) -> "CompletionStream":
+        """Ask for one answer, streamed (`response_format` as for `complete`).
 
         Iterate the result for text chunks as they arrive; afterwards `.completion` holds
         the whole text and the token counts (reported in a final usage chunk).
@@ -241,7 +258,8 @@ class LLMClient:
         try:
             raw = self.openai.chat.completions.create(
                 **self._request(
-                    messages, temperature, stream=True, stream_options={"include_usage": True}
+                    messages, temperature, stream=True, stream_options={"include_usage": True},
+                    **({"response_format": response_format} if response_format else {}),
                 )
             )
         except (openai.APIError, httpx.HTTPError) as exc:

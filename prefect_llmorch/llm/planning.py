@@ -39,15 +39,18 @@ Streaming dispatch semantics (what the orchestrator relies on):
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from prefect_llmorch.functions import Toolbox
-from prefect_llmorch.llm.client import Completion, LLMClient, Message
+from prefect_llmorch.llm.client import PLANNER_MODES, Completion, LLMClient, Message
 from prefect_llmorch.plan.errors import PlanError, PlanErrors
-from prefect_llmorch.plan.model import Call, Plan
+from prefect_llmorch.plan.model import Arg, Call, Plan
 from prefect_llmorch.plan.parser import PlanStream, check, parse
+from prefect_llmorch.plan.schema import JSON_FORM_HELP
+from prefect_llmorch.plan.schema import response_format as plan_response_format
 
 __all__ = [
     "Attempt",
@@ -78,7 +81,9 @@ The plan language:
 - Arguments are positional or `name=value`. Values are strings in double quotes (they may \
 span lines), numbers, true, false, null, [lists] and {"key": value} dicts.
 - To use the result of an earlier call, write its id: `s1` passes the result itself \
-(any type); "... {s1} ..." inside a string inserts it into the text.
+(any type); "... {s1} ..." inside a string inserts it into the text. Select a part of a \
+result with fields and indexes: `s1.skyId`, `s1.data[0].name`, `s1["Exchange Rate"]`, \
+"{s1.name}".
 - Refer only to calls defined on earlier lines. Call only the functions listed below, \
 with the parameters they take.
 - `self(prompt)` asks a language model; use it to reason over or combine results. The \
@@ -124,27 +129,61 @@ EXAMPLES: tuple[tuple[str, str, str], ...] = (
         "s4: movie_info(s3)\n"
         's5: self("Recommend {s3} in one sentence, naming its director from: {s4}")',
     ),
+    (
+        "search_airport(query: str) -> Airport(skyId: str, entityId: str)  [inout]\n"
+        "search_flights(origin: str, destination: str, date: str) -> list[Flight]  [inout]\n"
+        "self(prompt: str) -> str  [inout]",
+        "What is the cheapest flight from New York to London on 2024-08-15?",
+        's1: search_airport(query="New York")\n'
+        's2: search_airport(query="London")\n'
+        's3: search_flights(origin=s1.skyId, destination=s2.skyId, date="2024-08-15")\n'
+        's4: self("Flights: {s3}. Which one is cheapest? Answer with its airline and price.")',
+    ),
 )
 
+_JSON_LANGUAGE = JSON_FORM_HELP + """
+- Call only the functions listed below, with the argument names they take.
+- `self` (kwargs {"prompt": ...}) asks a language model; use it to reason over or combine \
+results. The result of the last call is the answer, so end with the call that produces it.
+- Functions marked [inout] wait on I/O (web, APIs, models); [compute] ones hold a CPU.
+- Output only the JSON object."""
 
-def _examples_text() -> str:
+
+def _json_example(functions: str, plan: str) -> str:
+    """An example plan in the JSON form, positional arguments named from `functions`."""
+    params = {m.group(1): [p.split(":")[0].strip() for p in m.group(2).split(",") if p.strip()]
+              for m in re.finditer(r"^(\w+)\((.*?)\)", functions, re.M)}
+    calls = []
+    for call in parse(plan).calls:
+        names = params.get(call.function, [])
+        args = tuple(Arg(a.name or names[i], a.value) for i, a in enumerate(call.args))
+        calls.append(Call(call.id, call.function, args))
+    return Plan(tuple(calls)).to_text("json")
+
+
+def _examples_text(mode: str = "text") -> str:
     parts = ["Examples (each with its own functions):"]
     for i, (functions, question, plan) in enumerate(EXAMPLES, 1):
+        if mode == "json":
+            plan = _json_example(functions, plan)
         parts.append(f"Example {i}\nFunctions:\n{functions}\nQuestion: {question}\nPlan:\n{plan}")
     return "\n\n".join(parts)
 
 
-def build_system_prompt(toolbox: Toolbox) -> str:
-    """The system message: role, plan language, the toolbox's functions, examples."""
+def build_system_prompt(toolbox: Toolbox, mode: str = "text") -> str:
+    """The system message: role, plan language (or, for `mode="json"`, the JSON plan
+    form), the toolbox's functions, examples."""
+    language = _JSON_LANGUAGE if mode == "json" else _LANGUAGE
     return "\n\n".join(
-        [_INTRO, _LANGUAGE, _examples_text(), "The functions you may call:\n" + toolbox.describe()]
+        [_INTRO, language, _examples_text(mode), "The functions you may call:\n" + toolbox.describe()]
     )
 
 
-def plan_messages(query: str, toolbox: Toolbox, *, system: str | None = None) -> list[dict[str, str]]:
+def plan_messages(query: str, toolbox: Toolbox, *, system: str | None = None,
+                  mode: str = "text") -> list[dict[str, str]]:
     """Messages asking for a fresh plan for `query`."""
     return [
-        {"role": "system", "content": system or build_system_prompt(toolbox)},
+        {"role": "system", "content": system or build_system_prompt(toolbox, mode)},
         {"role": "user", "content": f"Question: {query}\nPlan:"},
     ]
 
@@ -172,6 +211,7 @@ def repair_messages(
     errors: Sequence[PlanError],
     *,
     system: str | None = None,
+    mode: str = "text",
 ) -> list[dict[str, str]]:
     """Messages asking the LLM to repair its broken plan `text`.
 
@@ -183,11 +223,13 @@ def repair_messages(
         f"Your plan cannot run. {len(errors)} error{'s' if len(errors) != 1 else ''}:\n"
         f"{listing}\n\n"
         f"Your plan, numbered by line:\n{_numbered(text)}\n\n"
-        "Write the whole plan again with these errors fixed, in the same format "
-        "(`sN: function(arguments)`, one call per line). Output only the plan."
+        + ("Write the whole plan again with these errors fixed, as the same JSON object "
+           "({\"calls\": [...]}). Output only the JSON." if mode == "json" else
+           "Write the whole plan again with these errors fixed, in the same format "
+           "(`sN: function(arguments)`, one call per line). Output only the plan.")
     )
     return [
-        *plan_messages(query, toolbox, system=system),
+        *plan_messages(query, toolbox, system=system, mode=mode),
         {"role": "assistant", "content": text},
         {"role": "user", "content": fix},
     ]
@@ -314,6 +356,36 @@ class _FenceFilter:
         return "" if _is_fence(rest) else rest
 
 
+class _JsonFilter:
+    """Passes a JSON answer on as it arrives (a constrained model may write it on one
+    line); an answer that opens with a code fence anyway is filtered by lines."""
+
+    def __init__(self) -> None:
+        self._head = ""
+        self._lines: _FenceFilter | None = None
+        self._decided = False
+
+    def feed(self, chunk: str) -> str:
+        if self._decided:
+            return self._lines.feed(chunk) if self._lines else chunk
+        self._head += chunk
+        start = self._head.lstrip()
+        if not start or (len(start) < 3 and "```".startswith(start)):
+            return ""  # not enough to tell yet
+        self._decided = True
+        head, self._head = self._head, ""
+        if start.startswith("```"):
+            self._lines = _FenceFilter()
+            return self._lines.feed(head)
+        return head
+
+    def flush(self) -> str:
+        if self._lines:
+            return self._lines.flush()
+        rest, self._head = self._head, ""
+        return rest
+
+
 class _Dispatcher:
     """Hands complete calls of the streamed first answer to `on_call` (see module doc)."""
 
@@ -370,10 +442,13 @@ def _one_attempt(
     toolbox: Toolbox,
     temperature: float,
     dispatcher: _Dispatcher | None,
+    mode: str = "text",
 ) -> tuple[str, Plan | None, tuple[PlanError, ...], Completion]:
-    """Stream one answer; returns (text, plan or None, errors, completion)."""
+    """Stream one answer; returns (text, plan or None, errors, completion). In "json"
+    mode the request carries the plan's JSON schema as `response_format`."""
     stream = PlanStream(toolbox)
-    lines = _FenceFilter()
+    lines: _FenceFilter | _JsonFilter = _JsonFilter() if mode == "json" else _FenceFilter()
+    response_format = plan_response_format(toolbox) if mode == "json" else None
     parts: list[str] = []
     stream_broken = False
 
@@ -392,7 +467,8 @@ def _one_attempt(
         if dispatcher is not None:
             dispatcher.offer(calls)
 
-    with client.stream(messages, temperature=temperature) as chunks:
+    extra = {"response_format": response_format} if response_format else {}
+    with client.stream(messages, temperature=temperature, **extra) as chunks:
         for chunk in chunks:
             take(lines.feed(chunk))
         completion = chunks.completion
@@ -426,6 +502,7 @@ def plan_query(
     on_call: OnCall | None = None,
     run_attempt: AttemptRunner | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,  # type: ignore[type-arg]
+    mode: str | None = None,
 ) -> PlannerResult:
     """Ask the LLM for a plan that answers `query` with the functions of `toolbox`.
 
@@ -444,6 +521,10 @@ def plan_query(
             and a function doing it; None runs it here. The Prefect task uses it to make
             each attempt a task run of its own.
         log: where attempts are logged (default: this module's logger).
+        mode: "text" asks for the plan language; "json" asks for the JSON plan form
+            under a JSON schema built from the toolbox (`response_format`), streams
+            calls as their objects close, and repairs the same way. None: the client's
+            `planner` setting (from the `LLMEndpoint` block), else "text".
 
     Returns:
         The plan, its text, every attempt, and which dispatched calls are kept or stale.
@@ -457,16 +538,19 @@ def plan_query(
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     if replans < 0:
         raise ValueError(f"replans must be >= 0, got {replans}")
+    mode = mode or getattr(client, "planner", None) or "text"
+    if mode not in PLANNER_MODES:
+        raise ValueError(f"mode must be one of {', '.join(PLANNER_MODES)}, got {mode!r}")
     log = log if log is not None else logging.getLogger(__name__)
     run = run_attempt or (lambda _name, attempt: attempt())
-    system = build_system_prompt(toolbox)
+    system = build_system_prompt(toolbox, mode)
     dispatcher = _Dispatcher(toolbox, on_call)
     history: list[Attempt] = []
     total = attempts * (replans + 1)
 
     for round_ in range(replans + 1):
         temp = temperature if round_ == 0 else replan_temperature
-        messages = plan_messages(query, toolbox, system=system)
+        messages = plan_messages(query, toolbox, system=system, mode=mode)
         for i in range(attempts):
             started = time.monotonic()
             how = "repair" if i else ("re-plan" if round_ else "plan")
@@ -475,6 +559,7 @@ def plan_query(
                 lambda: _one_attempt(
                     client, messages, toolbox, temp,
                     dispatcher if (round_ == 0 and i == 0 and dispatcher.active) else None,
+                    mode,
                 ),
             )
             attempt = Attempt(
@@ -504,7 +589,7 @@ def plan_query(
                 "planner %s\n(%s; %d of at most %d attempts)\n--- plan ---\n%s",
                 attempt.describe(len(history)), tokens, len(history), total, text,
             )
-            messages = repair_messages(query, toolbox, text, errors, system=system)
+            messages = repair_messages(query, toolbox, text, errors, system=system, mode=mode)
 
     failure = PlanningFailed(query, history, dispatcher.calls)
     log.error("%s", failure)

@@ -1,0 +1,115 @@
+"""The JSON planner mode through real HTTP with the real openai client: the request carries
+the plan's JSON schema as `response_format`, calls are dispatched as their objects close,
+broken plans are repaired with JSON pointers, and the mode comes from the client (the
+`LLMEndpoint` block's `planner`) or the caller."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from llm_fixtures import KEY, MODEL, fake_llm, llm  # noqa: F401 - fixtures
+from prefect_llmorch.blocks import LLMEndpoint
+from prefect_llmorch.functions import Toolbox, compute, inout
+from prefect_llmorch.llm.client import LLMClient
+from prefect_llmorch.llm.planning import build_system_prompt, plan_query
+from prefect_llmorch.plan.model import Ref
+from prefect_llmorch.plan.parser import parse
+from prefect_llmorch.plan.schema import SCHEMA_NAME, plan_schema
+
+
+@inout
+def search(query: str) -> dict:
+    """Search the web; returns {"title", "snippet"}."""
+    return {"title": query, "snippet": f"result for {query}"}
+
+
+@compute
+def count_words(text: str) -> int:
+    """Count the words of a text."""
+    return len(text.split())
+
+
+TOOLBOX = Toolbox(search, count_words)
+QUERY = "Which has more words in its top snippet, Apple stock or Microsoft stock?"
+
+
+def call(cid: str, function: str, **kwargs: object) -> str:
+    return json.dumps({"id": cid, "function": function, "kwargs": kwargs})
+
+
+GOOD = ('{"calls": [\n  '
+        + ",\n  ".join([
+            call("s1", "search", query="Apple stock"),
+            call("s2", "search", query="Microsoft stock"),
+            call("s3", "count_words", text={"ref": "s1", "path": ["snippet"]}),
+            call("s4", "count_words", text={"ref": "s2", "path": ["snippet"]}),
+            call("s5", "self", prompt={"template": ["Apple: ", {"ref": "s3"}, ", Microsoft: ",
+                                                    {"ref": "s4"}, ". Which has more?"]}),
+        ]) + "\n]}")
+# s3 refers to s9, which no call defines (valid under the schema, caught by the parser)
+BROKEN = GOOD.replace('{"ref": "s1", "path": ["snippet"]}', '{"ref": "s9", "path": ["snippet"]}')
+
+
+def test_json_mode_asks_under_the_toolbox_schema_with_the_json_form_prompt(fake_llm, llm):  # noqa: F811
+    fake_llm.add(GOOD)
+    result = plan_query(QUERY, TOOLBOX, llm, mode="json")
+    assert result.plan == parse(GOOD, TOOLBOX) and result.plan.dialect == "json"
+    request = fake_llm.chat_requests[0]
+    fmt = request.response_format
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == SCHEMA_NAME
+    assert fmt["json_schema"]["schema"] == plan_schema(TOOLBOX)
+    system = request.messages[0]["content"]
+    assert system == build_system_prompt(TOOLBOX, "json")
+    assert '{"ref": "s1", "path": ["data", 0, "id"]}' in system and TOOLBOX.describe() in system
+
+
+def test_text_mode_sends_no_response_format(fake_llm, llm):  # noqa: F811
+    fake_llm.add('s1: search("a")\ns2: count_words(s1.snippet)')
+    plan_query(QUERY, TOOLBOX, llm)
+    assert fake_llm.chat_requests[0].response_format is None
+
+
+def test_calls_are_dispatched_as_their_objects_close(fake_llm, llm):  # noqa: F811
+    fake_llm.token_delay = 0.02
+    fake_llm.add(GOOD)
+    seen: list[tuple[str, float]] = []
+    result = plan_query(QUERY, TOOLBOX, llm, mode="json",
+                        on_call=lambda c: seen.append((c.id, time.monotonic())))
+    done = fake_llm.chat_requests[0].finished_at
+    assert [cid for cid, _ in seen] == ["s1", "s2", "s3", "s4", "s5"]
+    times = dict(seen)
+    assert times["s1"] < times["s2"] < times["s3"] < times["s4"] < done  # while still streaming
+    assert result.dispatched == ("s1", "s2", "s3", "s4", "s5") and result.stale == ()
+
+
+def test_a_plan_on_one_line_streams_too(fake_llm, llm):  # noqa: F811
+    fake_llm.add(GOOD.replace("\n", ""))
+    seen: list[str] = []
+    result = plan_query(QUERY, TOOLBOX, llm, mode="json", on_call=lambda c: seen.append(c.id))
+    assert seen == ["s1", "s2", "s3", "s4", "s5"] and len(result.plan) == 5
+
+
+def test_a_broken_json_plan_is_repaired_with_pointers(fake_llm, llm):  # noqa: F811
+    fake_llm.add(BROKEN, GOOD)
+    result = plan_query(QUERY, TOOLBOX, llm, mode="json")
+    first, second = result.attempts
+    assert not first.ok and second.ok and second.repair
+    assert first.errors[0].pointer == "/calls/2/kwargs/text"
+    feedback = fake_llm.chat_requests[1].messages[-1]["content"]
+    assert "(/calls/2/kwargs/text): undefined reference `s9`" in feedback
+    assert "as the same JSON object" in feedback
+    assert fake_llm.chat_requests[1].response_format == fake_llm.chat_requests[0].response_format
+
+
+def test_the_mode_comes_from_the_client_and_the_endpoint_block(fake_llm):  # noqa: F811
+    endpoint = LLMEndpoint(base_url=fake_llm.base_url, model=MODEL, api_key=KEY, planner="json")
+    client = endpoint.llm_client(max_retries=0)
+    assert client.planner == "json"
+    fake_llm.add(GOOD)
+    result = plan_query(QUERY, TOOLBOX, client)
+    assert result.plan.dialect == "json" and fake_llm.chat_requests[0].response_format is not None
+    with pytest.raises(ValueError, match="planner"):
+        LLMClient(fake_llm.base_url, MODEL, KEY, planner="yaml")
