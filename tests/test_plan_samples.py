@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_DATA
 from prefect_llmorch.plan.errors import PlanError, PlanErrors, PlanReferenceError
 from prefect_llmorch.plan.model import Arg, ListExpr, Literal, Ref, Template
 from prefect_llmorch.plan.parser import PlanStream, parse
 from prefect_llmorch.plan.render import render
 
-SHARED = Path("/work/shared/data/llmcompiler_plans")
+SHARED = SHARED_DATA / "llmcompiler_plans"
 LOCAL = Path(__file__).parent / "plans"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared plan data not present")
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"needs the shared plan data at {SHARED} (absent in a plain clone)")
 
 
 def plan_text(path: Path) -> str:
