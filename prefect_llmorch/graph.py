@@ -323,6 +323,12 @@ class FRG:
         return self._index[call_id]
 
     @cached_property
+    def successors_in_order(self) -> Mapping[str, tuple[str, ...]]:
+        """`succs` in plan order: iterating a frozenset of strings follows the hash seed,
+        which would make whatever depends on the order differ from run to run."""
+        return {cid: tuple(self.ordered(s)) for cid, s in self.succs.items()}
+
+    @cached_property
     def n_edges(self) -> int:
         """Number of def-use edges."""
         return sum(len(d) for d in self.deps.values())

@@ -226,7 +226,7 @@ def reference_batches(frg, processors, policy, rnd):
         yield tuple(batch), finished
         running.difference_update(finished)
         for f in finished:
-            for s in frg.succs[f]:  # the order today's coordinator meets them in
+            for s in sorted(frg.succs[f], key=frg.index):
                 missing[s] -= 1
                 if not missing[s]:
                     arrive(s)
