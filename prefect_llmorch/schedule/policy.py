@@ -170,7 +170,6 @@ class Coordinator:
         self.processors = processors
         self.policy = policy
         self._key = priority(policy, frg)
-        self._succs = frg.successors_in_order  # a fixed order, so arrivals do not follow the hash seed
         self._ledger = Ledger(self.capacities)
         self._done: set[str] = set()
         self._running: set[str] = set()
@@ -300,7 +299,7 @@ class Coordinator:
             self._running_compute.discard(cid)
             self._ledger.release(cid)
             self._done.add(cid)
-            for s in self._succs[cid]:
+            for s in self.frg.successors_in_order[cid]:  # a fixed order: arrivals must not follow the hash seed
                 self._missing[s] -= 1
                 self._maybe_ready(s)
 
