@@ -279,3 +279,21 @@ def test_a_resource_option_given_twice_is_rejected():
 def test_parse_gpus_accepts_devices_and_none():
     assert parse_gpus(None) == ()
     assert parse_gpus([Device(3, 16)]) == (Device(3, 16.0),)
+
+
+def test_check_toolbox_refuses_a_function_the_capacities_cannot_serve():
+    from prefect_llmorch.schedule.resources import check_toolbox
+
+    @compute(resources={"gpu_mem_gb": 40})
+    def infer() -> str:
+        return ""
+
+    @compute(resources={"processors": 3})
+    def wide() -> str:
+        return ""
+
+    check_toolbox(Toolbox(infer), Capacities.of(1, gpus=GPU80))
+    with pytest.raises(UnknownResource, match="function infer needs 'gpu_mem_gb'"):
+        check_toolbox(Toolbox(infer), Capacities.of(1))
+    with pytest.raises(DemandExceedsCapacity, match="function wide needs processors=3 but the capacity is 2"):
+        check_toolbox(Toolbox(wide), Capacities.of(2))

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from prefect_llmorch.graph import GPU_MEM, PROCESSORS
+from prefect_llmorch.graph import GPU_MEM, PROCESSORS, demand_of
 
 __all__ = [
     "GPU_MEM",
@@ -40,6 +40,7 @@ __all__ = [
     "ResourceError",
     "UnknownResource",
     "check_demands",
+    "check_toolbox",
     "parse_gpus",
     "parse_resource_options",
     "place",
@@ -248,6 +249,27 @@ def check_demands(
             if amount > limit * (1 + _EPS):
                 on_device = resource == GPU_MEM and bool(capacities.devices)
                 raise DemandExceedsCapacity(call, resource, amount, limit, what, on_device)
+
+
+def check_toolbox(toolbox: Mapping[str, Any], capacities: Capacities) -> None:
+    """Check every function of a toolbox against the capacities before any plan exists:
+    what one call of each function demands (`demand_of(spec.kind, spec.resources)`) must have
+    a capacity and fit in it. A runner calls this when it starts, so a toolbox that needs a
+    GPU fails at once on a machine given none, not when the LLM first plans a GPU call.
+
+    >>> from prefect_llmorch.functions import Toolbox, inout
+    >>> @inout(resources={"search-api": 1})
+    ... def search(q: str) -> str: return q
+    >>> check_toolbox(Toolbox(search), Capacities.of(2))
+    Traceback (most recent call last):
+    ...
+    prefect_llmorch.schedule.resources.UnknownResource: function search needs 'search-api', which this run has no capacity for (capacities: processors); give its capacity, e.g. resources={'search-api': 2} (--resource search-api=2)
+
+    Raises:
+        UnknownResource, DemandExceedsCapacity: as `check_demands`, naming the function.
+    """
+    demands = {name: demand_of(spec.kind, getattr(spec, "resources", None)) for name, spec in toolbox.items()}
+    check_demands(demands, capacities, what="function")
 
 
 def place(amount: float, free: Sequence[float]) -> int | None:
