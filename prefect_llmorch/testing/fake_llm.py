@@ -26,6 +26,14 @@ under the schema, with `{"type": "json_object"}` a JSON object; a scripted reply
 not is a script mistake, answered with HTTP 500 naming the violation (a real server could
 never produce it). JSON replies stream token by token like text, so clients see partial JSON.
 
+A reply can also be a `ToolCalls` turn: the assistant calls functions instead of answering
+(`message.tool_calls`, `finish_reason: "tool_calls"`); several calls in one turn are what a
+parallel-function-calling model sends. Streamed, each call arrives as OpenAI sends it: a delta
+with its `index`, `id`, `type` and `name`, then its `arguments` JSON token by token. A callable
+reply may return a `ToolCalls` too, e.g. built from the tool results the client sent back
+(`tool_results(body)`). Tool-call tokens are the function's name (one) and the words of its
+arguments JSON.
+
 Tokens are the whitespace-separated pieces of a text; usage counts them the same way
 (`prompt_tokens` = words in all message contents, `completion_tokens` = words in the
 reply), so tests can predict the numbers. `token_delay` seconds pass before each token
@@ -46,7 +54,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Union
 
-__all__ = ["FakeLLM", "FakeError", "RecordedRequest", "Reply", "tokens_of", "count_tokens"]
+__all__ = [
+    "FakeLLM", "FakeError", "RecordedRequest", "Reply", "ToolCall", "ToolCalls", "tool_results",
+    "tokens_of", "count_tokens",
+]
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,70 @@ class FakeError:
         }
 
 
-#: One scripted answer: text, a function of the request JSON, or an HTTP error.
-Reply = Union[str, Callable[[dict[str, Any]], str], FakeError]
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call of a scripted assistant turn (OpenAI's `message.tool_calls[i]`).
+
+    Args:
+        name: the function's name.
+        arguments: its arguments: a dict (sent as its JSON text) or a string sent as it is
+            (to script a model that writes broken JSON).
+        id: the call's id; None lets the server number it (`call_fake_N`, unique per server).
+    """
+
+    name: str
+    arguments: dict[str, Any] | str = field(default_factory=dict)
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or self.name.split() != [self.name]:
+            raise ValueError(f"ToolCall.name must be a non-empty word, not {self.name!r}")
+        if not isinstance(self.arguments, (dict, str)):
+            raise TypeError(f"ToolCall.arguments must be a dict or a string, not {type(self.arguments).__name__}")
+
+    def arguments_json(self) -> str:
+        """The `function.arguments` string the server sends."""
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments)
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """A scripted assistant turn that calls functions instead of answering.
+
+    Args:
+        calls: the calls, in order (at least one; a list is fine).
+        content: text the assistant writes with the calls (none by default: `content` is null).
+    """
+
+    calls: tuple[ToolCall, ...]
+    content: str = ""
+
+    def __post_init__(self) -> None:
+        calls = tuple(self.calls)
+        if not calls or not all(isinstance(c, ToolCall) for c in calls):
+            raise ValueError("ToolCalls needs one or more ToolCall")
+        object.__setattr__(self, "calls", calls)
+
+    def token_count(self) -> int:
+        """Tokens of the turn: the content's words, and per call its name and arguments' words."""
+        return count_tokens(self.content) + sum(1 + count_tokens(c.arguments_json()) for c in self.calls)
+
+
+def tool_results(body: dict[str, Any]) -> dict[str, str]:
+    """The tool results a request sends back: `tool_call_id` -> content, in message order.
+
+    Handy in a callable reply that builds its next `ToolCalls` from earlier results.
+    """
+    return {
+        str(m.get("tool_call_id")): _content_text(m.get("content"))
+        for m in body.get("messages") or []
+        if isinstance(m, dict) and m.get("role") == "tool"
+    }
+
+
+#: One scripted answer: text, a turn of tool calls, a function of the request JSON returning
+#: either, or an HTTP error.
+Reply = Union[str, ToolCalls, Callable[[dict[str, Any]], Union[str, ToolCalls]], FakeError]
 
 
 @dataclass
@@ -89,7 +162,9 @@ class RecordedRequest:
         received_at: `time.monotonic()` when the request arrived.
         finished_at: `time.monotonic()` when the last byte of the answer was written.
         status: the HTTP status answered.
-        reply: the text answered (None for errors).
+        reply: the text answered (None for errors; a tool-call turn's content, "" if none).
+        tool_calls: the tool calls answered, as sent (`{"id", "type", "function": {"name",
+            "arguments"}}`); empty for a text answer.
     """
 
     method: str
@@ -100,6 +175,17 @@ class RecordedRequest:
     finished_at: float = 0.0
     status: int = 200
     reply: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tools(self) -> list[str]:
+        """The names of the functions the request offers (`tools`)."""
+        return [str((t.get("function") or {}).get("name")) for t in self.body.get("tools") or [] if isinstance(t, dict)]
+
+    @property
+    def tool_results(self) -> dict[str, str]:
+        """The tool results the request sends back: `tool_call_id` -> content."""
+        return tool_results(self.body)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -244,6 +330,7 @@ class FakeLLM:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._counter = 0
+        self._tool_calls = 0  # numbers the tool calls the server names
 
     def __repr__(self) -> str:  # never shows the key
         state = self.base_url if self._server else "stopped"
@@ -320,17 +407,31 @@ class FakeLLM:
             r for r in list(self.requests) if r.path.endswith("/chat/completions") and r.authorized
         ]
 
-    def _next_reply(self, body: dict[str, Any]) -> str | FakeError:
+    def _next_reply(self, body: dict[str, Any]) -> str | ToolCalls | FakeError:
         with self._lock:
             reply = self._script.popleft() if self._script else self.default
             self._counter += 1
         if reply is None:
             return FakeError(500, "fake LLM script exhausted", "server_error")
-        if isinstance(reply, FakeError):
+        if isinstance(reply, (FakeError, ToolCalls)):
             return reply
         if callable(reply):
-            return str(reply(body))
+            value = reply(body)
+            return value if isinstance(value, ToolCalls) else str(value)
         return str(reply)
+
+    def _wire_tool_calls(self, turn: ToolCalls) -> list[dict[str, Any]]:
+        """The turn's calls as OpenAI sends them, each with an id unique on this server."""
+        out = []
+        for call in turn.calls:
+            with self._lock:
+                self._tool_calls += 1
+                n = self._tool_calls
+            out.append({
+                "id": call.id or f"call_fake_{n}", "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments_json()},
+            })
+        return out
 
     def _next_id(self) -> str:
         with self._lock:
@@ -399,10 +500,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(rec, err.status, err.body())
 
         reply = self.fake._next_reply(body)
-        if not isinstance(reply, FakeError):
+        if isinstance(reply, str):
             reply = _conforming(reply, body.get("response_format"))
         if isinstance(reply, FakeError):
             return self._send_json(rec, reply.status, reply.body())
+        if isinstance(reply, ToolCalls):
+            return self._tool_turn(rec, body, reply)
         rec.reply = reply
         if self.fake.latency:
             time.sleep(self.fake.latency)
@@ -469,6 +572,73 @@ class _Handler(BaseHTTPRequestHandler):
             self._event(chunk({}, "stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 self._event(chunk(None, usage=self._usage(body, reply)))
+            self._write_chunk(b"data: [DONE]\n\n")
+            self._write_chunk(b"")  # end of chunked body
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away mid-stream
+        rec.finished_at = time.monotonic()
+
+    # -- tool calls ---------------------------------------------------------------------
+
+    def _tool_turn(self, rec: RecordedRequest, body: dict[str, Any], turn: ToolCalls) -> None:
+        rec.reply = turn.content
+        rec.tool_calls = self.fake._wire_tool_calls(turn)
+        prompt = sum(count_tokens(_content_text(m.get("content"))) for m in body["messages"])
+        completion = turn.token_count()
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        if self.fake.latency:
+            time.sleep(self.fake.latency)
+        if body.get("stream"):
+            return self._stream_tool_turn(rec, body, turn.content, rec.tool_calls, usage)
+        if self.fake.token_delay:
+            time.sleep(self.fake.token_delay * completion)
+        message = {"role": "assistant", "content": turn.content or None, "tool_calls": rec.tool_calls}
+        payload = {
+            "id": self.fake._next_id(), "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model") or self.fake.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls", "logprobs": None}],
+            "usage": usage,
+        }
+        self._send_json(rec, 200, payload)
+
+    def _stream_tool_turn(
+        self, rec: RecordedRequest, body: dict[str, Any], content: str, calls: list[dict[str, Any]],
+        usage: dict[str, int],
+    ) -> None:
+        """Stream as OpenAI does: per call a delta with index, id, type and name, then the
+        arguments JSON token by token (one token delay for the name, one per argument token)."""
+        base = {"id": self.fake._next_id(), "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body.get("model") or self.fake.model}
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            out = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            if include_usage:
+                out["usage"] = None
+            return out
+
+        delay = self.fake.token_delay
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            self._event(chunk({"role": "assistant", "content": "" if content else None}))
+            for token in tokens_of(content):
+                time.sleep(delay)
+                self._event(chunk({"content": token}))
+            for index, call in enumerate(calls):
+                time.sleep(delay)
+                head = {"index": index, "id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}
+                self._event(chunk({"tool_calls": [head]}))
+                for piece in tokens_of(call["function"]["arguments"]):
+                    time.sleep(delay)
+                    self._event(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
+            self._event(chunk({}, "tool_calls"))
+            if include_usage:
+                self._event({**base, "choices": [], "usage": usage})
             self._write_chunk(b"data: [DONE]\n\n")
             self._write_chunk(b"")  # end of chunked body
         except (BrokenPipeError, ConnectionResetError):
