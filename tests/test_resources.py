@@ -297,3 +297,17 @@ def test_check_toolbox_refuses_a_function_the_capacities_cannot_serve():
         check_toolbox(Toolbox(infer), Capacities.of(1))
     with pytest.raises(DemandExceedsCapacity, match="function wide needs processors=3 but the capacity is 2"):
         check_toolbox(Toolbox(wide), Capacities.of(2))
+
+
+@pytest.mark.parametrize("processors", [2, 4])
+def test_the_mixed_benchmark_plan_schedules_within_its_capacities(processors):
+    from mixed_resources import GPUS, RESOURCES, frg
+
+    from prefect_llmorch.schedule.simulator import simulate, simulate_baseline
+
+    g = frg()
+    ours = simulate(g, processors, resources=RESOURCES, gpus=GPUS)
+    assert ours.problems(g) == [] and ours.makespan >= g.lower_bound(processors, RESOURCES, GPUS)
+    for name in ("processors-only", "eager", "sequential"):
+        other = simulate_baseline(g, processors, name, resources=RESOURCES, gpus=GPUS)
+        assert other.problems(g) == [] and ours.makespan <= other.makespan, name

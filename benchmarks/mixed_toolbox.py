@@ -1,0 +1,84 @@
+"""Functions of the mixed-workload benchmark (`mixed_resources.py`): GPU inference, CPU work,
+rate-limited searches. No GPU is needed: an inference call sleeps for its time, as a process
+driving a device waits on it, while holding its processor.
+
+- `infer_small` / `infer_medium` / `infer_large`: models of 20, 40 and 60 GB on the GPU
+  (`resources={"gpu_mem_gb": ...}`, plus the processor that drives the device);
+- `crunch`: CPU work (burns thread CPU time, as `bench_toolbox.burn_cpu`);
+- `search`: a web search API allowing 2 calls at once (`resources={"search-api": 1}`, inout).
+
+Each call appends one JSON line to the file named by `LLMORCH_MIXED_LOG` when it is set:
+function, pid, start, end, and the `CUDA_VISIBLE_DEVICES` it ran with, so a real run can be
+checked against the capacities from records the tools write themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from bench_toolbox import burn_cpu
+from prefect_llmorch import Toolbox, compute, inout
+
+INFER_SECONDS = {"infer_small": 2.0, "infer_medium": 3.0, "infer_large": 4.0}
+
+
+def _record(function: str, start: float) -> None:
+    path = os.environ.get("LLMORCH_MIXED_LOG")
+    if path:
+        row = {
+            "function": function,
+            "pid": os.getpid(),
+            "start": start,
+            "end": time.time(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _infer(function: str, prompt: str) -> str:
+    start = time.time()
+    time.sleep(INFER_SECONDS[function])
+    _record(function, start)
+    return f"{function}: {len(prompt)} chars read"
+
+
+@compute(cost=2.0, resources={"gpu_mem_gb": 20})
+def infer_small(prompt: str) -> str:
+    """Answer with a 20 GB model (2 s on the device)."""
+    return _infer("infer_small", prompt)
+
+
+@compute(cost=3.0, resources={"gpu_mem_gb": 40})
+def infer_medium(prompt: str) -> str:
+    """Answer with a 40 GB model (3 s on the device)."""
+    return _infer("infer_medium", prompt)
+
+
+@compute(cost=4.0, resources={"gpu_mem_gb": 60})
+def infer_large(prompt: str) -> str:
+    """Answer with a 60 GB model (4 s on the device)."""
+    return _infer("infer_large", prompt)
+
+
+@compute(cost=1.0)
+def crunch(label: str, seconds: float = 1.0) -> str:
+    """Parse and score documents: `seconds` of CPU."""
+    start = time.time()
+    burn_cpu(seconds)
+    _record("crunch", start)
+    return f"{label}: scored"
+
+
+@inout(cost=0.5, resources={"search-api": 1})
+def search(query: str, latency: float = 0.5) -> str:
+    """Search the web (the API allows 2 calls at once)."""
+    start = time.time()
+    time.sleep(latency)
+    _record("search", start)
+    return f"results for {query!r}"
+
+
+toolbox = Toolbox(infer_small, infer_medium, infer_large, crunch, search)
