@@ -20,6 +20,7 @@ No Prefect here (worker processes import this module).
 from __future__ import annotations
 
 import inspect
+import typing
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, TypeVar, overload
