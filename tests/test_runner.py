@@ -213,3 +213,211 @@ def test_an_existing_global_limit_smaller_than_p_is_honoured() -> None:
     report = run_in_flow(plan, 2, limit=limit)[2]
     assert report.state == "Completed"
     assert overlap_max([(c["start"], c["end"]) for c in report.calls]) == 1
+
+
+# -- one coordinator: the runner's dispatch is the simulator's Coordinator ----------------
+
+
+def replay_plan() -> Plan:
+    """On P = 1 both policies order this plan differently from submission order:
+    critical-path starts a1 (it has a successor) before e1 (submitted first); paper starts d2
+    (ready first, once c1 is done) before b2 (submitted first, ready once a1 is done)."""
+    return Plan(
+        (
+            Call("e1", "crunch", (lit(0.3),)),
+            Call("a1", "crunch", (lit(0.2),)),
+            Call("c1", "fetch", (lit(0.05), Arg("value", Literal(1.0)))),
+            Call("b2", "add", (Arg(None, Ref("a1")), lit(1))),
+            Call("d2", "add", (Arg(None, Ref("c1")), lit(1))),
+        )
+    )
+
+
+def run_capturing_runner(plan: Plan, processors: int, policy: str):  # noqa: ANN201
+    from prefect.context import FlowRunContext
+
+    seen: list[LLMOrchTaskRunner] = []
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=processors, policy=policy, concurrency_limit=None))
+    def f():  # noqa: ANN202
+        seen.append(FlowRunContext.get().task_runner)
+        return execute(plan, toolbox, processors=processors)
+
+    frg, rec, report = f()
+    return frg, report, seen[0]
+
+
+@pytest.mark.parametrize("policy", ["critical-path", "paper"])
+def test_replaying_the_completion_order_through_the_coordinator_gives_the_runner_s_start_order(policy: str) -> None:
+    from prefect_llmorch.graph import FRG
+    from prefect_llmorch.schedule.policy import Coordinator
+
+    plan = replay_plan()
+    _, report, runner = run_capturing_runner(plan, 1, policy)
+    assert report.state == "Completed", report.calls
+    trace = runner.trace
+    started = [cid for ev, ids in trace if ev == "start" for cid in ids]
+    assert sorted(started) == sorted(c.id for c in plan.calls)  # each call passed out once
+
+    # The recorded completions, fed to a fresh Coordinator over the plan's own FRG (what the
+    # simulator drives), pass out exactly what the runner started, batch by batch.
+    co = Coordinator(FRG.build(plan, toolbox), 1, policy)
+    for ev, ids in trace:
+        if ev == "start":
+            assert co.get_ready() == ids
+        else:
+            co.done(*ids)
+    assert co.is_finished() and co.get_ready() == ()
+
+    # The trace is what really happened, by the tools' own clocks: a call passed out after
+    # another's done() started after that call's function ended.
+    calls = {c["id"]: c for c in report.calls}
+    finished: list[str] = []
+    for ev, ids in trace:
+        if ev == "done":
+            finished.extend(ids)
+        else:
+            for cid in ids:
+                assert all(calls[cid]["start"] >= calls[z]["end"] - EPS for z in finished), (cid, finished)
+
+
+def test_the_first_burst_of_a_plan_is_coordinated_whole_not_in_submission_order() -> None:
+    """critical-path on P = 1: a1 (longer remaining path) before e1, although e1 was
+    submitted first and a processor was free when it was."""
+    _, report, runner = run_capturing_runner(replay_plan(), 1, "critical-path")
+    assert runner.trace[0] == ("start", ("c1", "a1"))
+    calls = {c["id"]: c for c in report.calls}
+    assert calls["a1"]["end"] <= calls["e1"]["start"] + EPS
+
+
+# -- plain Prefect tasks ---------------------------------------------------------------
+
+
+def settled(futures: list) -> list:  # noqa: ANN001
+    """The final states of futures, as this process saw them (not the API's lagging copy)."""
+    from prefect.futures import wait
+
+    from prefect_llmorch.engine.compiler import final_state
+
+    wait(futures)
+    return [final_state(fut) for fut in futures]
+
+
+def test_plain_compute_tasks_run_in_the_worker_processes_two_at_once() -> None:
+    import os
+
+    from prefect.context import FlowRunContext
+
+    from runner_tasks import where
+
+    pools: list[list[int]] = []
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=2, concurrency_limit=None))
+    def f() -> list[tuple[int, float, float]]:
+        pools.append(FlowRunContext.get().task_runner.pool.pids)
+        return [fut.result() for fut in [where.submit(0.3) for _ in range(4)]]
+
+    records = f()
+    pids = {pid for pid, _, _ in records}
+    assert os.getpid() not in pids
+    assert pids <= set(pools[0]) and len(pids) == 2
+    assert overlap_max([(s, e) for _, s, e in records]) == 2
+
+
+def test_a_compute_task_whose_function_cannot_be_pickled_fails_saying_why() -> None:
+    import threading
+
+    lock = threading.Lock()
+
+    @task(tags={"compute"})
+    def locked() -> bool:
+        with lock:
+            return True
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+    def f():  # noqa: ANN202
+        return locked.submit().wait() or locked.submit()
+
+    state = f(return_state=True)
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "'locked' is tagged compute" in message and "tag the task inout" in message
+
+
+def test_a_compute_task_cannot_submit_tasks_and_says_so_instead_of_hanging() -> None:
+    """Depth 2 on P = 2: two compute parents, each submitting and waiting on a compute
+    child. Their functions run in worker processes, outside the flow run."""
+    from runner_tasks import compute_parent
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=2, concurrency_limit=None))
+    def f():  # noqa: ANN202
+        return settled([compute_parent.submit(i) for i in range(2)])
+
+    states = f()
+    assert all(s.is_failed() for s in states)
+    message = str(states[0].result(raise_on_failure=False))
+    assert "runs in a worker process, outside the flow run: it cannot submit tasks" in message
+
+
+def test_an_async_compute_task_submitting_a_compute_task_is_refused_at_once() -> None:
+    from runner_tasks import async_compute_parent
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=2, concurrency_limit=None))
+    def f():  # noqa: ANN202
+        return settled([async_compute_parent.submit(i) for i in range(2)])
+
+    states = f()
+    assert all(s.is_failed() for s in states)
+    assert "holds a processor while it waits" in str(states[0].result(raise_on_failure=False))
+
+
+def test_inout_parents_waiting_on_compute_children_complete_on_two_processors() -> None:
+    from runner_tasks import inout_parent
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=2, concurrency_limit=None))
+    def f() -> list[list[int]]:
+        return [fut.result() for fut in [inout_parent.submit(i) for i in range(3)]]
+
+    assert f() == [[0, 1], [1, 4], [4, 9]]
+
+
+# -- cancel_all ----------------------------------------------------------------------------
+
+
+def test_cancel_all_kills_running_compute_calls_and_starts_no_queued_one(tmp_path) -> None:
+    import os
+    import threading
+
+    import psutil
+    from prefect.context import FlowRunContext
+    from prefect.futures import wait
+
+    from runner_tasks import spin
+
+    first = tmp_path / "first"
+    queued = [tmp_path / f"q{i}" for i in range(3)]
+    seen: dict[str, object] = {}
+
+    def cancel_once_started(runner: LLMOrchTaskRunner) -> None:
+        deadline = time.monotonic() + 120
+        while not first.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen["worker"] = int(first.read_text() or 0)
+        runner.cancel_all()
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+    def f():  # noqa: ANN202
+        runner = FlowRunContext.get().task_runner
+        futures = [spin.submit(str(first))] + [spin.submit(str(q)) for q in queued]
+        canceller = threading.Thread(target=cancel_once_started, args=(runner,))
+        canceller.start()
+        wait(futures)
+        canceller.join()
+        return [fut.state for fut in futures]
+
+    states = f()
+    assert all(s.is_cancelled() for s in states), [s.type for s in states]
+    assert not any(q.exists() for q in queued)  # no queued call started
+    pid = seen["worker"]
+    assert pid and pid != os.getpid()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -4,8 +4,14 @@ Each call becomes a Prefect task named `s3 · python`, tagged `inout`/`compute` 
 `rank:N`, whose parameters are the call's text and the futures of the calls it uses, so
 Prefect resolves upstream results and draws the FRG edges in the UI graph. The body
 resolves the call's arguments from those results (walking the plan tree, never `eval`),
-checks them against the function's signature, and runs the function: compute calls in a
-worker process of the `LLMOrchTaskRunner`, inout calls in the task's thread.
+checks them against the function's signature, and runs the function: compute calls on the
+`ProcessorPool` the compiler is given (`pool=`, e.g. the `LLMOrchTaskRunner`'s worker
+processes; without one, in the task's thread), inout calls in a helper thread of the task's
+thread (so a cancel can abandon them).
+
+Each compiled task carries its call's id (`CALL_ATTR`) and its `Cancel` token (`CANCEL_ATTR`),
+which the runner reads at submit time (to name the call in its graph, and to cancel it in
+`cancel_all`); the compiler never imports the runner.
 """
 
 from __future__ import annotations
@@ -25,8 +31,13 @@ from prefect_llmorch.functions import CREDENTIALS_PARAM, SELF, FunctionSpec, Too
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
-from prefect_llmorch.engine.runner import CALL_ATTR, current_runner
-from prefect_llmorch.engine.workers import CallCancelled, CallTimeout, Cancel
+from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool
+
+#: Attribute a compiled task carries to name its call in the FRG.
+CALL_ATTR = "llmorch_call_id"
+
+#: Attribute a compiled task carries: the `Cancel` token of this attempt of its call.
+CANCEL_ATTR = "llmorch_cancel"
 
 
 @dataclass
@@ -155,8 +166,10 @@ class Compiler:
         gates: called with each call just before its function would run; a gate that
             returns a Prefect `State` ends the task run in that state instead (trace-back
             recovery cancels calls it is going to re-run anyway).
-        interruptible: inout calls run in a helper thread so that `cancel` can end them at
-            once (compute calls can always be cancelled: their worker process is killed).
+        pool: where compute calls run (`ProcessorPool`: the runner's worker processes, or
+            Dask's processors); None runs them in the task's thread.
+        interruptible: kept for callers; inout calls always run in a helper thread now, so
+            that `cancel` (and the runner's `cancel_all`) can end them at once.
     """
 
     frg: FRG
@@ -170,14 +183,14 @@ class Compiler:
     #: planner then repaired): not started if not started yet, results and records ignored.
     stale: set[int] = field(default_factory=set)
     interruptible: bool = False
+    pool: ProcessorPool | None = None
     _cancels: dict[tuple[str, int], Cancel] = field(default_factory=dict, repr=False)
 
     def cancel(self, call_id: str, attempt: int, reason: str) -> None:
         """End attempt `attempt` of a call now: not started, it will not start; running,
         its worker process is killed (compute on the local runner), its Dask task cancelled
         (compute on Dask: a thread already running there runs on, holding its processor),
-        or its thread abandoned (inout, and compute without a worker pool, when
-        `interruptible`). Its task run ends Cancelled with `reason`. No-op once it ended."""
+        or its thread abandoned (inout, and compute without a pool). Its task run ends Cancelled with `reason`. No-op once it ended."""
         token = self._cancels.get((call_id, attempt))
         if token is not None:
             token.set(reason)
@@ -221,6 +234,7 @@ class Compiler:
             on_failure=list(self.on_failure),
         )
         setattr(task, CALL_ATTR, call.id)
+        setattr(task, CANCEL_ATTR, token)
         task.llmorch_call = call  # type: ignore[attr-defined]  # the Call itself (stale checks)
         recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
         return task
@@ -244,10 +258,9 @@ class Compiler:
                 if self.self_fn is None:
                     raise RuntimeError(f"{label}: `self` needs an LLM endpoint (set OPENAI_BASE_URL or pass an LLMEndpoint block)")
                 fn = self.self_fn
-            runner = current_runner()
-            if spec.kind == "compute" and runner is not None and runner.pool is not None:
+            if spec.kind == "compute" and self.pool is not None:
                 try:
-                    outcome = runner.pool.run(label, fn, call_args, call_kwargs, timeout=spec.timeout, cancel=cancel)  # type: ignore[arg-type]
+                    outcome = self.pool.run(label, fn, call_args, call_kwargs, timeout=spec.timeout, cancel=cancel)  # type: ignore[arg-type]
                 except BaseException as exc:
                     timing = getattr(exc, "llmorch_timing", None)
                     if timing:
@@ -262,9 +275,7 @@ class Compiler:
                 pid = os.getpid()
                 start = time.time()
                 try:
-                    value = _run_with_timeout(
-                        fn, call_args, call_kwargs, spec.timeout, label, cancel if self.interruptible else None  # type: ignore[arg-type]
-                    )
+                    value = _run_with_timeout(fn, call_args, call_kwargs, spec.timeout, label, cancel)  # type: ignore[arg-type]
                 finally:
                     end = time.time()
         except BaseException as exc:

@@ -264,6 +264,11 @@ class DaskProcessorPool:
         """Refuse new calls. Safe to call several times; the client is not ours to close."""
         self._closed = True
 
+    def cancel_all(self, reason: str) -> None:
+        """Refuse new calls (`ProcessorPool`); running ones end through their own `Cancel`
+        tokens, which the runner's `cancel_all` sets (each cancels its Dask task)."""
+        self._closed = True
+
     def __enter__(self) -> "DaskProcessorPool":
         return self
 
@@ -418,11 +423,8 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
                 pool.worker_index(addr)
             self.pool = stack.enter_context(pool)  # type: ignore[assignment]
             threading.Thread(target=pool.warm, args=(self.preload,), daemon=True, name="llmorch-dask-warm").start()
-            self._executor = stack.enter_context(
-                concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
-            )
-            # The same tag look-ups and limit handling as the local runner, with P from the cluster.
-            self._start_api_thread(stack)
+            # The same task-run threads, tag look-ups and limit handling as the local runner, with P from the cluster.
+            self._start_threads(stack)
         except BaseException:
             stack.close()
             self._reset_dask()

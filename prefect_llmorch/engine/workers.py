@@ -15,7 +15,6 @@ No Prefect here.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import importlib
 import multiprocessing as mp
@@ -29,79 +28,24 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable
 
+from prefect_llmorch.engine.pool import (  # re-exported: the pool's vocabulary
+    CallCancelled,
+    CallNotSent,
+    CallTimeout,
+    Cancel,
+    Outcome,
+    WorkerDied,
+    WorkerError,
+)
+
+__all__ = [
+    "WorkerPool", "Worker", "RemoteTraceback",
+    "Outcome", "Cancel", "WorkerError", "WorkerDied", "CallTimeout", "CallCancelled", "CallNotSent",
+]
+
 # forkserver: workers fork from a clean single-threaded server process (safe although
 # the flow process runs threads) in milliseconds, so a killed worker is replaced fast.
 _START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-
-
-class WorkerError(RuntimeError):
-    """A compute call could not complete in its worker process."""
-
-    def __init__(self, message: str, *, call: str, pid: int | None = None) -> None:
-        self.call = call
-        self.pid = pid
-        super().__init__(message)
-
-
-class WorkerDied(WorkerError):
-    """The worker process died while running the call (killed, segfault, os._exit)."""
-
-
-class CallTimeout(WorkerError, TimeoutError):
-    """The call ran past its timeout; its worker process was killed and replaced."""
-
-
-class CallCancelled(WorkerError):
-    """The call was cancelled (if it was running, its worker process was killed and replaced)."""
-
-
-class Cancel:
-    """A one-shot cancellation token for one call, shared by who cancels and who runs it.
-
-    `wait(done, timeout)` lets a thread wait for either its own work (`done`) or the
-    cancel; `on_set(fn)` registers what to do on a cancel (e.g. kill the worker process)
-    and returns a function that unregisters it once the call has ended.
-    """
-
-    def __init__(self) -> None:
-        self._set: concurrent.futures.Future[str] = concurrent.futures.Future()
-        self._lock = threading.Lock()
-        self._callbacks: dict[int, Callable[[], None]] = {}
-        self._next = 0
-
-    def set(self, reason: str = "cancelled") -> None:
-        with self._lock:
-            if self._set.done():
-                return
-            self._set.set_result(reason)
-            callbacks, self._callbacks = list(self._callbacks.values()), {}
-        for fn in callbacks:  # outside the lock: they may take other locks
-            fn()
-
-    def is_set(self) -> bool:
-        return self._set.done()
-
-    @property
-    def reason(self) -> str:
-        return self._set.result() if self._set.done() else ""
-
-    def on_set(self, fn: Callable[[], None]) -> Callable[[], None]:
-        """Call `fn()` when the token is set (now, if it already is); returns the unregister."""
-        with self._lock:
-            if not self._set.done():
-                key, self._next = self._next, self._next + 1
-                self._callbacks[key] = fn
-                return lambda: self._forget(key)
-        fn()
-        return lambda: None
-
-    def _forget(self, key: int) -> None:
-        with self._lock:
-            self._callbacks.pop(key, None)
-
-    def wait(self, done: concurrent.futures.Future[Any], timeout: float | None) -> None:
-        """Wait until `done` is done, the token is set, or `timeout` passes."""
-        concurrent.futures.wait([done, self._set], timeout, return_when=concurrent.futures.FIRST_COMPLETED)
 
 
 class RemoteTraceback(Exception):
@@ -112,17 +56,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a worker reports for one call."""
-
-    value: Any
-    start: float  # wall clock (time.time()) at the start of the function body
-    end: float
-    pid: int
-    worker: int = -1  # index of the worker process (the processor), 0..P-1
 
 
 def _dumps(obj: Any) -> bytes:
@@ -277,7 +210,12 @@ class Worker:
         try:
             self.conn.send_bytes(_dumps(("call", (fn, args, kwargs))))
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise TypeError(f"{call}: arguments cannot be sent to a worker process: {exc}") from exc
+            raise CallNotSent(
+                f"{call}: its function or arguments cannot be pickled, so it cannot be sent to a worker "
+                f"process ({type(exc).__name__}: {exc}); define the function at module level (importable) "
+                "and pass picklable arguments",
+                call=call,
+            ) from exc
         except (BrokenPipeError, OSError):
             raise WorkerDied(f"{call}: worker process {self.pid} was dead before the call started", call=call, pid=self.pid) from None
         ready = wait([self.conn, self.process.sentinel], timeout)
@@ -357,6 +295,8 @@ class WorkerPool:
         self._idle: "queue.Queue[Worker]" = queue.Queue()
         self._workers: dict[int, Worker] = {}
         self._busy: dict[int, Worker] = {}  # id(Cancel) -> the worker running that call
+        self._running: set[Worker] = set()  # every worker running a call, with or without a token
+        self._cancelled_all = ""  # why, once cancel_all() was called: no call starts any more
         self._lock = threading.Lock()
         self._closed = False
         self._preload = list(preload)
@@ -434,19 +374,21 @@ class WorkerPool:
         if isinstance(worker, _NoWorker):
             self._idle.put(worker)  # every later call sees it too
             raise WorkerDied(f"{call}: {worker.reason}", call=call)
-        if cancel is not None:
-            with self._lock:
-                refused = cancel.is_set()
-                if not refused:
+        with self._lock:
+            refused = self._cancelled_all or (cancel.reason if cancel is not None and cancel.is_set() else "")
+            if not refused:
+                self._running.add(worker)
+                if cancel is not None:
                     self._busy[id(cancel)] = worker
-            if refused:
-                self._idle.put(worker)
-                raise CallCancelled(f"{call} was cancelled before it started ({cancel.reason})", call=call)
+        if refused:
+            self._idle.put(worker)
+            raise CallCancelled(f"{call} was cancelled before it started ({refused})", call=call)
+        if cancel is not None:
             forget = cancel.on_set(lambda: self._kill_for(cancel))
         try:
             outcome = worker.run(call, fn, args, kwargs or {}, timeout)
         except WorkerError as exc:
-            self._release(cancel)
+            self._release(worker, cancel)
             self._replace(worker)
             if worker.cancelled and not isinstance(exc, CallCancelled):
                 # killed by the cancel before or while the call was sent: a cancel, not a death
@@ -461,14 +403,15 @@ class WorkerPool:
         self._give_back(worker, cancel)
         return outcome
 
-    def _release(self, cancel: Cancel | None) -> None:
-        if cancel is not None:
-            with self._lock:
+    def _release(self, worker: Worker, cancel: Cancel | None) -> None:
+        with self._lock:
+            self._running.discard(worker)
+            if cancel is not None:
                 self._busy.pop(id(cancel), None)
 
     def _give_back(self, worker: Worker, cancel: Cancel | None) -> None:
         """Return a worker whose call ended; one that a late cancel is killing is replaced."""
-        self._release(cancel)
+        self._release(worker, cancel)
         if worker.cancelled:
             self._replace(worker)
         else:
@@ -490,6 +433,19 @@ class WorkerPool:
                 worker.cancelled = cancel.reason or "cancelled"
         if worker is not None and worker.process.is_alive():
             worker.process.kill()  # Worker.run, waiting on the sentinel, raises CallCancelled
+
+    def cancel_all(self, reason: str = "cancelled") -> None:
+        """Kill every worker running a call (each call raises `CallCancelled` with `reason`;
+        the workers are replaced) and refuse every later call. Safe to call several times."""
+        with self._lock:
+            if not self._cancelled_all:
+                self._cancelled_all = reason
+            running = list(self._running)
+            for worker in running:
+                worker.cancelled = worker.cancelled or reason
+        for worker in running:
+            if worker.process.is_alive():
+                worker.process.kill()  # Worker.run, waiting on the sentinel, raises CallCancelled
 
     def shutdown(self) -> None:
         """Stop every worker. Safe to call several times."""

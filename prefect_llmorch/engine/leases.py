@@ -1,0 +1,413 @@
+"""The runner's Prefect API thread: the global limit's slots and tag-limit look-ups.
+
+`GlobalLimit` makes every Prefect API call of an `LLMOrchTaskRunner` itself, one at a time,
+on one thread (a SQLite server answers 503 "database is locked" to bursts of writes):
+
+- **Slots of the machine-wide guard.** A Prefect global concurrency limit (`llmorch-processors`
+  by default, created with limit P if absent) is held one slot per processor the flow run
+  uses. Slots are taken ahead of need, when the runner starts (while the planner still
+  writes), in one lease where possible, renewed while held, and given back when no compute
+  call is left, so no call pays the limit's round trip on its critical path and two flow runs
+  on one machine never run more than P compute calls together. `slots` is what the runner
+  may use; with no limit (or one that cannot be used) it is P.
+- **Tag-limit look-ups.** Prefect's task engine asks the API for slots of every tag of every
+  task run (`tag:inout`, `tag:rank:2`, ...), caching "no limits" per tag set for 5 s. That
+  request is a write; on a SQLite server it fails at once with "database is locked" when the
+  server's own writes (the task-run states our engines emit) land in between, the server
+  answers 503 and the client retries 2 s later: a stall between engine start and function
+  body, on the critical path, for every new tag set and again after the cache's 5 s.
+  Untagged tasks never ask. So this thread *reads* which `tag:` limits exist (a read never
+  hits the lock), every 2.5 s while the runner has work, and `prime(tags)` marks a tag set as
+  limit-free in Prefect's own cache just before a task run's engine starts, when none of its
+  tags has a limit (as Prefect itself would after asking). A tag limit that exists is still
+  enforced by the engine itself. Prefect private names used here are listed in
+  CONTRIBUTING.md ("Prefect private names") and guarded by tests/test_prefect_privates.py.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any, Callable
+
+logger = logging.getLogger("prefect_llmorch.engine.leases")
+
+#: How long to wait before asking again for a slot of a full global limit.
+_FULL_LIMIT_RETRY_SECONDS = 0.5
+
+#: Lease of the global limit's slots; renewed every third of it while held.
+_LEASE_SECONDS = 60.0
+
+#: How long Prefect trusts "this tag set has no concurrency limits" (its cache's TTL).
+_TAG_CACHE_TTL = 5.0
+
+#: Tag sets warmed when the runner starts: those of the first calls of any compiled plan.
+FIRST_TAG_SETS = (frozenset({"inout", "rank:1"}), frozenset({"compute", "rank:1"}))
+
+
+class GlobalLimit:
+    """The global limit's slots and the tag-limit snapshot, kept by one API thread.
+
+    Args:
+        name: the global concurrency limit's name; None: no machine-wide guard (`slots` is P).
+        processors: returns P now (a deployment may lower it before calls are submitted).
+        wake: called (from this thread) when more slots are held or a tag set became warm:
+            the runner starts what may start now.
+        active: returns whether the runner has unfinished work (keeps the snapshot fresh).
+    """
+
+    def __init__(
+        self,
+        name: str | None,
+        processors: Callable[[], int],
+        wake: Callable[[], None],
+        active: Callable[[], bool],
+    ) -> None:
+        self.name = name
+        self._processors = processors
+        self._wake = wake
+        self._active = active
+        self._lock = threading.RLock()
+        self._seq = itertools.count()
+        self._jobs: "queue.PriorityQueue[tuple[tuple[int, ...], int, str, Any]]" = queue.PriorityQueue()
+        self._held: list[tuple[Any, int]] = []  # (lease id, slots)
+        self._lease_renewed: dict[Any, float] = {}
+        self._client: Any = None  # this thread's own Prefect client
+        self._holder_id: Any = None
+        self._acquiring = 0
+        self._slots = 0
+        self._target = 0
+        self._busy = 0
+        self.broken: str | None = None  # why the limit cannot be used, once it cannot
+        self.limit_size: int | None = None  # the limit's size, once read
+        self._stopping = False
+        self._warm: set[frozenset[str]] = set()
+        # (monotonic time of the read, tags that have a `tag:` concurrency limit), or None.
+        self._tag_limits: tuple[float, frozenset[str]] | None = None
+
+    # -- what the runner asks ---------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        """Compute calls the runner may run now: the slots held (P without a usable limit)."""
+        if not self.name or self.broken is not None:
+            return self._processors()
+        return self._slots
+
+    @property
+    def held(self) -> int:
+        """Slots of the global limit held right now (0 without a limit)."""
+        return self._slots if self.name and self.broken is None else 0
+
+    def start(self, stack: ExitStack) -> None:
+        """Start the API thread; `stack` stops it (giving every slot back) when closed."""
+        from prefect.context import FlowRunContext
+
+        run_ctx = FlowRunContext.get()
+        if run_ctx is not None and run_ctx.flow_run is not None:
+            self._holder_id = run_ctx.flow_run.id  # the UI shows which flow run holds the slots
+        ctx = contextvars.copy_context()
+        thread = threading.Thread(target=ctx.run, args=(self._loop,), daemon=True, name="llmorch-api")
+        thread.start()
+        stack.callback(thread.join, 15)
+        stack.callback(self._job, "stop", None)  # the thread gives every slot back, then ends
+        for key in FIRST_TAG_SETS:
+            self._job("warm", key)
+        if self.name:
+            self._job("prepare", None)
+
+    def warm(self, tags: frozenset[str]) -> bool:
+        """True when task runs with these tags may start now; else the look-up is queued and
+        `wake()` is called once it is done."""
+        if not tags:
+            return True
+        with self._lock:
+            if tags in self._warm:
+                return True
+            snapshot = self._tag_limits
+            if snapshot and time.monotonic() - snapshot[0] < _TAG_CACHE_TTL / 2:
+                self._warm.add(tags)  # the tag limits were read moments ago: nothing to wait for
+                self._job("warm", tags)  # but start the engine's service for the set early
+                return True
+        self._job("warm", tags)
+        return False
+
+    def is_warm(self, tags: frozenset[str]) -> bool:
+        with self._lock:
+            return not tags or tags in self._warm
+
+    def prime(self, tags: frozenset[str]) -> None:
+        """Tell Prefect's engine that this tag set has no limits, when we know it (see above)."""
+        snapshot = self._tag_limits
+        if not tags or snapshot is None or tags & snapshot[1] or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL:
+            return
+        try:  # Prefect's own "no limits" cache (prefect.concurrency.services, Prefect >= 3.4)
+            from prefect.concurrency.services import _cache_lock, _no_limits_cache
+        except ImportError:
+            return
+        with _cache_lock:
+            _no_limits_cache[frozenset(f"tag:{t}" for t in tags)] = True
+
+    def adjust(self, target: int, busy: int) -> None:
+        """Hold `target` slots: take missing ones (one acquisition in flight at a time) and
+        give back idle leases beyond the target (`busy` slots are in use). Off the critical
+        path: the API calls happen on this object's thread."""
+        if not self.name:
+            return
+        with self._lock:
+            target = min(target, self.limit_size or target)  # an existing smaller limit
+            self._target, self._busy = target, busy
+            if self.broken is not None or self._stopping:
+                return
+            missing = target - self._slots - self._acquiring
+            if missing > 0 and self._acquiring == 0:
+                self._acquiring = missing
+                self._job("acquire", missing)
+            while self._slots > target:
+                spare = min(self._slots - target, self._slots - busy)
+                lease = next((held for held in reversed(self._held) if held[1] <= spare), None)
+                if lease is None:
+                    break
+                self._held.remove(lease)
+                self._slots -= lease[1]
+                self._job("release", lease[0])
+
+    # -- the thread -------------------------------------------------------------------
+    def _job(self, op: str, arg: Any) -> None:
+        if op == "warm":
+            ranks = [int(t[5:]) for t in arg if t.startswith("rank:") and t[5:].isdigit()]
+            priority: tuple[int, ...] = (1, 0 if "inout" in arg else 1, min(ranks, default=0))
+        else:
+            # Slots before tag-set warm-ups: a lease is a write, and once the flow's first task
+            # runs flood the server with state events a write waits seconds behind them.
+            priority = {"stop": (-1,), "prepare": (0,), "release": (0,), "acquire": (0,)}[op]
+        self._jobs.put((priority, next(self._seq), op, arg))
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                _, _, op, arg = self._jobs.get(timeout=1.0)
+            except queue.Empty:
+                op = arg = None
+            snapshot = self._tag_limits
+            if (snapshot is None or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL / 2) and self._active():
+                self._read_tag_limits()  # keep the snapshot fresh while calls remain
+            self._renew_leases()
+            if op is None:
+                continue
+            if op == "stop":
+                self._stopping = True
+                self._drain_releases()
+                self._release_all()
+                return
+            try:
+                getattr(self, f"_do_{op}")(arg)
+            except BaseException as exc:  # never let the API thread die
+                logger.warning("llmorch API call %s failed: %s", op, exc)
+
+    def _drain_releases(self) -> None:
+        """At stop: give back leases already queued for release; drop everything else."""
+        while True:
+            try:
+                _, _, op, arg = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if op == "release":
+                try:
+                    self._do_release(arg)
+                except BaseException as exc:  # the lease expires on its own
+                    logger.debug("releasing a lease: %s", exc)
+
+    def _do_warm(self, key: frozenset[str]) -> None:
+        snapshot = self._tag_limits
+        if key not in self._warm and (snapshot is None or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL / 2):
+            self._read_tag_limits()
+        try:  # start the engine's acquisition service of this tag set now (~0.1 s the first time)
+            from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
+
+            ConcurrencySlotAcquisitionWithLeaseService.instance(frozenset(f"tag:{t}" for t in key))
+        except Exception as exc:
+            logger.debug("tag set %s: %s", sorted(key), exc)
+        with self._lock:
+            was_cold = key not in self._warm
+            self._warm.add(key)
+        if was_cold:
+            self._wake()
+
+    def _read_tag_limits(self) -> None:
+        """Read (never write) which tags have a `tag:` concurrency limit, active or not."""
+        started = time.monotonic()
+        limited: set[str] = set()
+        try:
+            client = self._api()
+            offset, page_size = 0, 200
+            while True:
+                page = _quick(client.read_global_concurrency_limits, limit=page_size, offset=offset)
+                limited.update(lim.name[4:] for lim in page if lim.name.startswith("tag:"))
+                if len(page) < page_size:
+                    break
+                offset += page_size
+        except Exception as exc:  # unknown: the engine asks the API itself, as usual
+            logger.debug("reading tag concurrency limits: %s", exc)
+            self._tag_limits = None
+            return
+        self._tag_limits = (started, frozenset(limited))
+
+    def _do_prepare(self, _: Any) -> None:
+        """Create the global limit (limit P) if absent, then take slots."""
+        try:
+            from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+            from prefect.exceptions import ObjectNotFound
+
+            client = self._api()  # also warms this thread's client before the first lease
+            processors = self._processors()
+            try:
+                limit = _quick(client.read_global_concurrency_limit_by_name, self.name)
+                self.limit_size = limit.limit
+                if limit.limit < processors:
+                    logger.warning(
+                        "global concurrency limit %r has limit %s: this flow run uses at most %s of its %s processors",
+                        self.name, limit.limit, limit.limit, processors,
+                    )
+            except ObjectNotFound:
+                try:
+                    _quick(
+                        client.create_global_concurrency_limit,
+                        GlobalConcurrencyLimitCreate(name=self.name, limit=processors),  # type: ignore[arg-type]
+                    )
+                except Exception:  # created meanwhile by another flow run
+                    self.limit_size = _quick(client.read_global_concurrency_limit_by_name, self.name).limit
+        except BaseException as exc:
+            self._unusable(exc)
+            return
+        self._wake()  # the runner recomputes its target with the limit's size
+
+    def _do_acquire(self, n: int) -> None:
+        """Take `n` slots in one lease (one API write); if they are not free together (other
+        flow runs hold some), take them one at a time."""
+        with self._lock:
+            self._acquiring = 0
+            need = min(self._target, self.limit_size or self._target) - self._slots
+            if self._stopping or self.broken is not None or need <= 0:
+                return
+            n = min(n, need)
+        try:
+            lease = self._lease_request(n)
+        except BaseException as exc:  # limit deleted, API down: keep our own bound
+            self._unusable(exc)
+            return
+        if lease is None:  # not free now (other flow runs hold them): ask again in a moment
+            with self._lock:
+                self._acquiring = 1
+            retry = threading.Timer(_FULL_LIMIT_RETRY_SECONDS, self._job, args=("acquire", 1))
+            retry.daemon = True
+            retry.start()
+            return
+        with self._lock:
+            self._held.append((lease, n))
+            self._slots += n
+            target, busy = self._target, self._busy
+        self._wake()
+        self.adjust(target, busy)
+
+    def _lease_request(self, n: int) -> Any:
+        """One `increment-with-lease` write for `n` slots; the lease id, or None when the
+        limit has not `n` free slots."""
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+        from prefect.exceptions import PrefectHTTPStatusError
+
+        client = self._api()
+        holder = ConcurrencyLeaseHolder(type="flow_run", id=self._holder_id or uuid.uuid4())
+        try:
+            response = _quick(
+                client.increment_concurrency_slots_with_lease,
+                names=[self.name], slots=n, mode="concurrency",  # type: ignore[list-item]
+                lease_duration=_LEASE_SECONDS, holder=holder,
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 423:  # full: the caller tries again later (or slot by slot)
+                return None
+            raise
+        body = response.json()
+        if not body.get("limits"):
+            raise LookupError(f"global concurrency limit {self.name!r} does not exist")
+        self._lease_renewed[body["lease_id"]] = time.monotonic()
+        return body["lease_id"]
+
+    def _renew_leases(self) -> None:
+        """Keep held leases alive (they expire after _LEASE_SECONDS unless renewed)."""
+        now = time.monotonic()
+        for lease_id, renewed in list(self._lease_renewed.items()):
+            if now - renewed > _LEASE_SECONDS / 3:
+                try:
+                    _quick(self._api().renew_concurrency_lease, lease_id, lease_duration=_LEASE_SECONDS)
+                    self._lease_renewed[lease_id] = now
+                except Exception as exc:  # expired meanwhile: the slots went back to the limit
+                    logger.warning("could not renew a lease of %s (%s); taking new slots", self.name, exc)
+                    with self._lock:
+                        self._lease_renewed.pop(lease_id, None)
+                        for held in [h for h in self._held if h[0] == lease_id]:
+                            self._held.remove(held)
+                            self._slots -= held[1]
+                        target, busy = self._target, self._busy
+                    self.adjust(target, busy)
+
+    def _api(self) -> Any:
+        if self._client is None:
+            from prefect.client.orchestration import get_client
+
+            self._client = get_client(sync_client=True)
+            self._client.__enter__()
+        return self._client
+
+    def _do_release(self, lease_id: Any) -> None:
+        self._lease_renewed.pop(lease_id, None)
+        _quick(self._api().release_concurrency_slots_with_lease, lease_id)
+
+    def _unusable(self, exc: BaseException) -> None:
+        with self._lock:
+            first = self.broken is None
+            if first:
+                self.broken = f"{type(exc).__name__}: {exc}"
+        if first:
+            logger.warning(
+                "global concurrency limit %r cannot be used (%s); this flow run keeps its own bound of %s compute calls",
+                self.name, self.broken, self._processors(),
+            )
+        self._wake()
+
+    def _release_all(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+            self._slots = 0
+        for lease_id, _ in held:
+            try:
+                self._do_release(lease_id)
+            except BaseException as exc:  # the lease expires on its own
+                logger.debug("releasing a slot: %s", exc)
+        if self._client is not None:
+            client, self._client = self._client, None
+            client.__exit__(None, None, None)
+
+
+def _quick(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """An API call with our own fast retries (20 ms doubling, for up to 3 s) instead of the
+    client's 2 s wait after a SQLite server's 503 "database is locked"."""
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    delay, deadline = 0.02, time.monotonic() + 3.0
+    while True:
+        try:
+            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                return call(*args, **kwargs)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code < 500 or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
