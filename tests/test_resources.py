@@ -311,3 +311,14 @@ def test_the_mixed_benchmark_plan_schedules_within_its_capacities(processors):
     for name in ("processors-only", "eager", "sequential"):
         other = simulate_baseline(g, processors, name, resources=RESOURCES, gpus=GPUS)
         assert other.problems(g) == [] and ours.makespan <= other.makespan, name
+
+
+def test_gpus_are_read_from_nvidia_smi_output():
+    from prefect_llmorch.schedule.resources import gpus_from_nvidia_smi
+
+    assert gpus_from_nvidia_smi("0, 81920\n\n1, 24576\n") == (Device(0, 80.0), Device(1, 24.0))
+    assert gpus_from_nvidia_smi("") == ()
+    with pytest.raises(BadResource, match="nvidia-smi line 1: expected 'index, memory MiB', got 'No devices were found'"):
+        gpus_from_nvidia_smi("No devices were found\n")
+    with pytest.raises(BadResource, match="line 2"):
+        gpus_from_nvidia_smi("0, 81920\n1, 2, 3\n")

@@ -41,6 +41,7 @@ __all__ = [
     "UnknownResource",
     "check_demands",
     "check_toolbox",
+    "gpus_from_nvidia_smi",
     "parse_gpus",
     "parse_resource_options",
     "place",
@@ -156,6 +157,32 @@ def parse_gpus(gpus: Iterable[Mapping[str, Any] | Device] | None) -> tuple[Devic
             raise BadResource("gpus", f"gpus: device id {dev_id!r} is given twice")
         out.append(Device(dev_id, float(mem)))
     return tuple(out)
+
+
+def gpus_from_nvidia_smi(text: str) -> tuple[Device, ...]:
+    """GPU devices from the output of
+    `nvidia-smi --query-gpu=index,memory.total --format=csv,noheader,nounits` (memory in MiB;
+    `mem_gb` is GiB). Running the command is the caller's business; this only reads it.
+
+    >>> gpus_from_nvidia_smi("0, 81920\\n1, 40960\\n")
+    (Device(id=0, mem_gb=80.0), Device(id=1, mem_gb=40.0))
+
+    Raises:
+        BadResource: a line that is not `index, MiB`.
+    """
+    out: list[dict[str, Any]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            index, mib = int(parts[0]), float(parts[1])
+            if len(parts) != 2:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise BadResource("gpus", f"nvidia-smi line {lineno}: expected 'index, memory MiB', got {line.strip()!r}") from None
+        out.append({"id": index, "mem_gb": mib / 1024})
+    return parse_gpus(out)
 
 
 @dataclass(frozen=True)
