@@ -29,7 +29,7 @@ def test_good_plan_streams_runs_and_answers_with_token_counts(fake_llm, llm) -> 
     fake_llm.add(GOOD, "alpha and beta, 3")
     report = ask_query("combine alpha and beta", TOOLBOX, processors=2, endpoint=llm)
     assert report.state == "Completed"
-    calls = {c["id"]: c for c in report.calls}
+    calls = {c.id: c for c in report.calls}
     assert set(calls) == {"s1", "s2", "s3", "s4", "s5"}
     assert report.results["s4"] == 3.0 and report.results["s1"] == "alpha"
     assert report.result == {"s3": report.results["s3"], "s5": "alpha and beta, 3"}
@@ -56,9 +56,15 @@ def test_streaming_dispatch_starts_calls_before_the_plan_is_written(fake_llm, ll
     wall = time.time() - time.monotonic()  # fake server times are monotonic
     planner_start = fake_llm.chat_requests[0].received_at + wall - report.t0
     planner_end = fake_llm.chat_requests[0].finished_at + wall - report.t0
-    s1 = next(c for c in report.calls if c["id"] == "s1")
-    print(f"planner {planner_start:.3f}-{planner_end:.3f}, s1 {s1['start']:.3f}-{s1['end']:.3f}")
-    assert s1["start"] < planner_end
+    s1 = report.row("s1")
+    print(f"planner {planner_start:.3f}-{planner_end:.3f}, s1 {s1.start:.3f}-{s1.end:.3f}")
+    assert s1.start < planner_end
+    # latency counts from the first LLM request (t0 is taken just before it is sent)
+    assert planner_start >= -0.01  # clocks converted monotonic -> wall: allow for the conversion
+    assert report.latency == max(c.end for c in report.calls)
+    assert s1.released < planner_end and all(c.released >= s1.released for c in report.calls)
+    # the best schedule starts no call before the planner handed it over
+    assert report.best >= max(c.released + c.duration for c in report.calls) - 1e-6
 
 
 def test_broken_plan_is_repaired_before_anything_wrong_runs(fake_llm, llm) -> None:  # noqa: F811

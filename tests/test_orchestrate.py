@@ -86,3 +86,68 @@ def test_final_state_is_the_local_one_not_the_api_s_lagging_copy() -> None:
     assert not wait([fut], timeout=5).not_done  # with a timeout, wait() leaves _final_state unset
     assert not fut.state.is_completed()  # the API has never heard of this task run
     assert final_state(fut).is_completed()
+
+
+# -- the report: honest latency, typed rows that say what happened ---------------------
+
+
+def test_latency_counts_from_the_flow_start_to_the_last_call_s_end() -> None:
+    import time
+
+    from prefect_llmorch.flows.report import CallRow
+
+    before = time.time()
+    report = run_plan('s1: fetch(0.2, value=2)\ns2: add(s1, 3)\ns3: fetch(0.1, value=1)\n', TOOLBOX, processors=1)
+    after = time.time()
+    assert all(isinstance(c, CallRow) for c in report.calls)
+    starts = [c.start for c in report.calls]
+    ends = [c.end for c in report.calls]
+    assert before <= report.t0 and report.t0 + report.latency <= after  # t0 is inside the call
+    assert report.latency == max(ends) and report.time_to_first_call == min(starts) > 0
+    assert abs(report.makespan - (max(ends) - min(starts))) < 1e-5  # its own name: first start to last end
+    durations = {c.id: c.end - c.start for c in report.calls}
+    # best schedule with the measured durations: s1 -> s2 is the path; s3 waits beside it (inout)
+    assert abs(report.best - max(durations["s1"] + durations["s2"], durations["s3"])) < 1e-5
+    assert report.overhead == round(report.latency - report.best, 6)
+    out = report.to_json()
+    assert {"t0", "latency", "time_to_first_call", "best", "overhead", "makespan", "lower_bound"} <= set(out)
+    assert out["t0"] == report.t0 and out["latency"] == report.latency
+    assert all("reason" not in c for c in out["calls"])  # every call completed
+
+
+def test_rows_say_why_a_call_did_not_run_and_what_failed() -> None:
+    with pytest.raises(PlanRunFailed) as info:
+        run_plan('s1: fail("exploded")\ns2: add(s1, 1)\ns3: add(s2, 1)\ns4: fetch(0.1, value=1)\n', TOOLBOX, processors=1)
+    report = info.value.report
+    s1, s2, s3, s4 = (report.row(c) for c in ("s1", "s2", "s3", "s4"))
+    assert s1.state == "Failed" and s1.reason == "ValueError: exploded"
+    assert s2.state == "NotReady" and s2.reason == "not run: upstream s1 failed" and s2.start is None
+    assert s3.state == "NotReady" and s3.reason == "not run: upstream s2 did not run"
+    assert s4.state == "Completed" and s4.reason is None
+    rows = {c["id"]: c for c in report.to_json()["calls"]}
+    assert rows["s2"]["state"] == "NotReady" and rows["s2"]["reason"] == "not run: upstream s1 failed"
+    assert "reason" not in rows["s4"]
+    assert "s2 · add ended NotReady: not run: upstream s1 failed" in str(info.value)
+
+
+def test_a_call_whose_worker_died_says_so() -> None:
+    with pytest.raises(PlanRunFailed) as info:
+        run_plan('s1: die(0.05)\ns2: add(1, 1)\n', TOOLBOX, processors=1, concurrency_limit=None)
+    report = info.value.report
+    s1 = report.row("s1")
+    assert s1.state == "Failed" and s1.reason is not None and s1.reason.startswith("WorkerDied")
+    assert report.to_json()["calls"][0]["reason"] == s1.reason
+    assert report.row("s2").state == "Completed"
+
+
+def test_best_schedule_respects_release_times_and_processors() -> None:
+    from prefect_llmorch.flows.report import best_schedule
+    from prefect_llmorch.graph import FRG
+
+    frg = FRG.from_edges(["a", "b", "c", "d"], {"c": ["a", "b"]}, kinds={"d": "inout"})
+    durations = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.5}
+    assert best_schedule(frg, durations, 2) == 2.0
+    assert best_schedule(frg, durations, 1) == 3.0  # compute calls one at a time; d beside them
+    assert best_schedule(frg, durations, 2, release={"c": 2.5}) == 3.5  # c known only at 2.5
+    assert best_schedule(frg, durations, 2, release={"d": 4.0}) == 4.5
+    assert best_schedule(FRG.from_edges([], {}), {}, 2) == 0.0

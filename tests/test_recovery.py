@@ -19,14 +19,9 @@ from prefect_llmorch.engine.compiler import Recorder
 from prefect_llmorch.llm.client import LLMClient
 from prefect_llmorch.plan.model import Call
 from prefect_llmorch.plan.parser import parse
-from prefect_llmorch.flows.recovery import (
-    ARTIFACT_KEY,
-    RecoveryConfig,
-    RepairRejected,
-    parse_repair,
-    recovery_points,
-    rerun_set,
-)
+from prefect_llmorch.flows.recovery import ARTIFACT_KEY, RecoveryConfig
+from prefect_llmorch.llm.repair import RepairRejected, parse_repair
+from prefect_llmorch.schedule.recovery import recovery_points, rerun_set
 from prefect_llmorch.testing import FakeLLM
 
 import toolboxes_recovery as tr
@@ -43,7 +38,7 @@ class Outcome:
         self.report = box["report"]
         self.requests = server.chat_requests
         self.elapsed = elapsed
-        self.calls = {c["id"]: c for c in self.report.calls}
+        self.calls = {c.id: c for c in self.report.calls}
         self.recovery = self.report.extra.get("recovery", {})
 
     @property
@@ -61,7 +56,8 @@ def run(plan_text: str, script: list[Any], *, policy: str = "critical-path", pro
     """Run a plan with recovery in an `LLMOrchTaskRunner` flow; the flow fails when calls do."""
     from prefect import flow
 
-    from prefect_llmorch.flows.run import PlanRunFailed, execute
+    from prefect_llmorch.flows.execute import execute
+    from prefect_llmorch.flows.report import PlanRunFailed
     from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 
     box: dict[str, Any] = {}
@@ -218,9 +214,9 @@ def test_failure_while_siblings_run_waits_for_them_and_drops_unstarted_reruns(ru
     assert count(runlog, "hold:busy") == 1 and count(runlog, "wait_then:io-sibling") == 1
     first_s1 = next(r for r in out.recorder.history if r.id == "s1")
     s3, s4 = out.calls["s3"], out.calls["s4"]
-    assert first_s1.end < s3["end"] and first_s1.end < s4["end"]  # siblings ran on past the failure
-    rerun_start = min(out.calls[c]["start"] for c in ("s0", "s1", "s2"))
-    assert rerun_start >= max(s3["end"], s4["end"])  # recovery waited for them
+    assert first_s1.end < s3.end and first_s1.end < s4.end  # siblings ran on past the failure
+    rerun_start = min(out.calls[c].start for c in ("s0", "s1", "s2"))
+    assert rerun_start >= max(s3.end, s4.end)  # recovery waited for them
 
 
 def test_repair_that_fails_again_takes_a_second_round(runlog):

@@ -51,6 +51,8 @@ class CallRow:
         error: the exception, as `Type: message`, when it failed or was cancelled.
         attempt: 0, or the recovery round it was re-run in.
         reason: what happened, when it did not complete (None when it did).
+        released: seconds from `t0` at which the call became known (0 for a whole plan;
+            `llmorch-ask`: when the planner streamed its line, or the final plan came).
     """
 
     id: str
@@ -65,6 +67,7 @@ class CallRow:
     error: str | None = None
     attempt: int = 0
     reason: str | None = None
+    released: float = 0.0
 
     @property
     def duration(self) -> float:
@@ -255,10 +258,11 @@ def _ended(future: Any) -> Any:
     return None
 
 
-def _row(rec: CallRecord, future: Any, rows: Mapping[str, CallRow], frg: FRG) -> CallRow:
+def _row(rec: CallRecord, future: Any, rows: Mapping[str, CallRow], frg: FRG, released: float) -> CallRow:
     row = CallRow(
         id=rec.id, function=rec.function, kind=rec.kind, rank=rec.rank, state=rec.state,
         start=rec.start, end=rec.end, pid=rec.pid, processor=rec.processor, error=rec.error, attempt=rec.attempt,
+        released=released,
     )
     if row.state == "Completed":
         return row
@@ -306,7 +310,7 @@ def build_report(
     """
     rows: dict[str, CallRow] = {}
     for cid in frg.topological_order():
-        rows[cid] = _row(recorder.records[cid], futures.get(cid), rows, frg)
+        rows[cid] = _row(recorder.records[cid], futures.get(cid), rows, frg, (release or {}).get(cid, 0.0))
     calls = [rows[cid] for cid in frg.ids]
     ran = [c for c in calls if c.start is not None and c.end is not None]
     first = min((c.start for c in ran), default=None)  # type: ignore[type-var]
