@@ -161,9 +161,10 @@ def report(mix_name: str, mix: tuple, cases: list[tuple[str, FRG]], stg: bool) -
                 ratios.setdefault((s, p), []).append(r[s])
                 if s != "ours":
                     speedup.setdefault((s, p), []).append(r[s] / r["ours"])
+    kinds = [f"random {'/'.join(SHAPES)} of {', '.join(map(str, SIZES))} tasks"] if any(" n=" in n for n, _ in cases) else []
+    kinds += ["STG files"] if stg else []
     print(
-        f"{mix_name}: {len(cases)} graphs ({', '.join(map(str, SIZES))} tasks; {', '.join(SHAPES)}"
-        f"{'; STG files' if stg else ''}), tasks {', '.join(f'{k} {w:.0%}' for k, w in mix)}; "
+        f"{mix_name}: {len(cases)} graphs ({'; '.join(kinds)}), tasks {', '.join(f'{k} {w:.0%}' for k, w in mix)}; "
         f"search-api 2, one 80 GB GPU per 4 processors"
     )
     print("makespan / lower bound, lower bound = max(critical path, demand-time / capacity per resource)")
