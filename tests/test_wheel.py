@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import venv
 from pathlib import Path
 from typing import Callable
@@ -34,12 +35,13 @@ def check_installed_wheel(workdir: Path, log: Callable[[str], None] = lambda _: 
     """Build, install and use the wheel under `workdir`; raise AssertionError on any failure.
 
     Returns:
-        What was checked, by command (the command's last line of output).
+        What was checked, by command: its seconds and its last line of output.
     """
     dist, env_dir, empty = workdir / "dist", workdir / "venv", workdir / "empty"
     empty.mkdir(parents=True)
     base_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PREFECT_API_URL", "PREFECT_PROFILES_PATH")}
     log("building the wheel")
+    t0 = time.monotonic()
     out = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)], workdir, base_env, 600)
     _expect(out, 0, "pip wheel")
     (wheel,) = dist.glob("prefect_llmorch-*.whl")
@@ -48,6 +50,7 @@ def check_installed_wheel(workdir: Path, log: Callable[[str], None] = lambda _: 
     bin_dir = env_dir / "bin"
     out = _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", str(wheel)], workdir, base_env, 1200)
     _expect(out, 0, "pip install of the wheel")
+    log(f"built and installed in {time.monotonic() - t0:.1f} s")
     env = dict(
         base_env, PATH=f"{bin_dir}{os.pathsep}{base_env.get('PATH', '')}", PREFECT_HOME=str(workdir / "prefect-home"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
@@ -56,9 +59,11 @@ def check_installed_wheel(workdir: Path, log: Callable[[str], None] = lambda _: 
 
     def step(cmd: list[str], code: int = 0, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         log("$ " + " ".join(cmd))
+        t = time.monotonic()
         out = _run(cmd, empty, env, timeout)
         _expect(out, code, " ".join(cmd))
-        checked[" ".join(cmd)] = (out.stdout.strip().splitlines() or [""])[-1][:200]
+        last = (out.stdout.strip().splitlines() or out.stderr.strip().splitlines() or [""])[-1][:160]
+        checked[" ".join(cmd)] = f"{time.monotonic() - t:.1f} s: {last}"
         return out
 
     where = step(["python", "-c", "import prefect_llmorch; print(prefect_llmorch.__file__)"]).stdout.strip()
