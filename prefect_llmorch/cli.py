@@ -376,9 +376,10 @@ def simulate(
 
     with _json_stdout(as_json):
         if graph_file.endswith(".stg"):
-            path = _plan_path(graph_file)
+            if not os.path.isfile(graph_file):
+                _fail(f"no such STG file: {graph_file}; give the path of a Standard Task Graph (.stg) file")
             try:
-                target = read_stg(path)
+                target = read_stg(graph_file)
             except (ValueError, OSError, UnicodeDecodeError) as exc:
                 _fail(f"cannot read STG file {graph_file}: {exc}; give a Standard Task Graph file", exc)
         else:
@@ -407,9 +408,21 @@ def _endpoint(endpoint: Optional[str]) -> Any:
         _fail(str(exc), exc)
 
 
+PLANNER_HELP = ("how plans are asked for: text (the plan language) or json (the JSON plan form under a "
+                "JSON schema built from the toolbox); default: the endpoint block's setting, else text")
+
+
+def _check_planner(name: Optional[str]) -> Optional[str]:
+    from prefect_llmorch.llm.client import PLANNER_MODES
+
+    if name is not None and name not in PLANNER_MODES:
+        _fail(f"unknown planner {name!r}; give --planner with one of: {', '.join(PLANNER_MODES)}")
+    return name
+
+
 def _ask_and_print(
     question: str, toolbox: str, processors: int, policy: str, client: Any, as_json: bool, attempts: int,
-    cancel_running: bool = False,
+    cancel_running: bool = False, planner: Optional[str] = None,
 ) -> None:
     from prefect_llmorch.flows.ask import ask_query
     from prefect_llmorch.llm.client import LLMError
@@ -419,7 +432,7 @@ def _ask_and_print(
     try:
         report = ask_query(
             question, toolbox, processors=processors, policy=policy, endpoint=client, attempts=attempts,
-            cancel_running=cancel_running,
+            cancel_running=cancel_running, planner=planner,
         )
     except PlanRunFailed as exc:
         _print_report(exc.report, as_json)
@@ -449,15 +462,17 @@ def ask(
     attempts: int = typer.Option(3, "--attempts", help="planner answers per round (first plan + repairs)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (tools' prints go to stderr)"),
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
+    planner: Optional[str] = typer.Option(None, "--planner", help=PLANNER_HELP),
 ) -> None:
     """Plan the question with the LLM, run the plan in parallel on Prefect, print the answer."""
     _prepare_env()
     P = _processors(processors, force_processors)
     _check_policy(policy)
+    _check_planner(planner)
     _at_least("--attempts", attempts, 1)
     with _json_stdout(as_json):
         _toolbox(toolbox)
-        _ask_and_print(question, toolbox, P, policy, _endpoint(endpoint), as_json, attempts, cancel_running)
+        _ask_and_print(question, toolbox, P, policy, _endpoint(endpoint), as_json, attempts, cancel_running, planner)
 
 
 @app.command("plan")
@@ -467,9 +482,11 @@ def plan_cmd(
     endpoint: Optional[str] = typer.Option(None, "--endpoint"),
     attempts: int = typer.Option(3, "--attempts"),
     as_json: bool = typer.Option(False, "--json"),
+    planner: Optional[str] = typer.Option(None, "--planner", help=PLANNER_HELP),
 ) -> None:
     """Only plan: print the LLM's plan and its FRG (nothing runs)."""
     _prepare_env()
+    _check_planner(planner)
     _at_least("--attempts", attempts, 1)
     with _json_stdout(as_json):
         tb = _toolbox(toolbox)
@@ -479,7 +496,7 @@ def plan_cmd(
 
         client = _endpoint(endpoint)
         try:
-            result = plan_query(question, tb, client, attempts=attempts)
+            result = plan_query(question, tb, client, attempts=attempts, mode=planner)
         except (PlanningFailed, LLMError) as exc:
             err_console.print(str(exc), markup=False)
             raise typer.Exit(1) from None
@@ -493,16 +510,29 @@ def plan_cmd(
 
 
 DEMO_QUESTION = "Did Apple or Microsoft stock do better today, and how busy is the traffic in frames 1-4?"
-DEMO_PLAN = """s1: search("Apple stock")
-s2: search("Microsoft stock")
-s3: compare(s1, s2)
+# `quote` returns a structured result (a pydantic `Quote`): the plan selects its fields.
+DEMO_PLAN = """s1: quote("Apple")
+s2: quote("Microsoft")
+s3: compare(s1.summary, s2.summary)
 s4: detect("frame_001.png")
 s5: detect("frame_002.png")
 s6: detect("frame_003.png")
 s7: detect("frame_004.png")
 s8: average([s4, s5, s6, s7])
-s9: self("Answer in one sentence: {s3} Frames 1-4 show {s8} objects on average.")
+s9: self("Answer in one sentence: {s3} ({s1.symbol} {s1.change_pct}% vs {s2.symbol} {s2.change_pct}%) Frames 1-4 show {s8} objects on average.")
 """
+
+
+def _demo_plan(planner: Optional[str]) -> str:
+    """The demo's scripted plan, in the JSON form for `--planner json`."""
+    if planner != "json":
+        return DEMO_PLAN
+    from prefect_llmorch.functions import load_toolbox
+    from prefect_llmorch.plan.parser import parse
+    from prefect_llmorch.plan.schema import with_keywords
+
+    tb = load_toolbox(DEFAULT_TOOLBOX)
+    return with_keywords(parse(DEMO_PLAN, tb), tb).to_text("json")
 
 
 def _demo_answer(request: dict[str, Any]) -> str:
@@ -516,21 +546,23 @@ def demo(
     force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
     token_delay: float = typer.Option(0.02, "--token-delay", help="seconds per token of the scripted LLM"),
     as_json: bool = typer.Option(False, "--json"),
+    planner: Optional[str] = typer.Option(None, "--planner", help="text (default) or json: the scripted LLM streams the plan in that form"),
 ) -> None:
     """The whole loop with no API key: a local OpenAI-compatible server (real HTTP) streams a
     scripted plan for the example toolbox; llmorch runs it on ephemeral Prefect."""
     _prepare_env()
     P = _processors(processors, force_processors)
+    _check_planner(planner)
     _at_least("--token-delay", token_delay, 0)
     with _json_stdout(as_json):
         from prefect_llmorch.llm.client import LLMClient
         from prefect_llmorch.testing.fake_llm import FakeLLM
 
-        with FakeLLM([DEMO_PLAN], default=_demo_answer, token_delay=token_delay, model="demo") as server:
+        with FakeLLM([_demo_plan(planner)], default=_demo_answer, token_delay=token_delay, model="demo") as server:
             if not as_json:
                 console.print(f"scripted LLM at {server.base_url}; question: {DEMO_QUESTION}")
             client = LLMClient(server.base_url, "demo", api_key="demo-key-not-secret")
-            _ask_and_print(DEMO_QUESTION, DEFAULT_TOOLBOX, P, "critical-path", client, as_json, 3)
+            _ask_and_print(DEMO_QUESTION, DEFAULT_TOOLBOX, P, "critical-path", client, as_json, 3, planner=planner)
 
 
 @app.command()

@@ -158,6 +158,7 @@ BAD_INPUTS = {
     "P 0 for ask": (("ask", "question?", "-P", "0"), "-P 0: the number of processors must be at least 1"),
     "unknown policy": (("run", "example:kitti", "--policy", "nonsense"), "unknown policy 'nonsense'; give --policy with one of: critical-path, paper"),
     "unknown simulated policy": (("simulate", "example:kitti", "--policy", "nonsense"), "one of: critical-path, paper, sequential, eager, rank-barrier"),
+    "missing STG file": (("simulate", "missing.stg"), "no such STG file: missing.stg; give the path of a Standard Task Graph"),
     "serve plan file missing": (("serve", "--plan-file", "missing.plan"), "no such plan file: missing.plan"),
 }
 
