@@ -16,6 +16,7 @@ import os
 import sys
 import traceback
 from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
 from typing import Any, Iterator, NoReturn, Optional, TextIO
 
 import typer
@@ -94,9 +95,9 @@ def _check_processors(value: Optional[int]) -> Optional[int]:
 def _processors(value: Optional[int], force: bool) -> int:
     """P for a real run: the machine's cores by default, and at most those unless forced."""
     cores = _machine_cores()
-    if _check_processors(value) is None:
+    if value is None:
         return cores
-    assert value is not None
+    _check_processors(value)
     if value > cores and not force:
         _note(f"-P {value} is more than this machine's {cores} cores: using -P {cores} (add --force-processors to use {value})")
         return cores
@@ -122,12 +123,12 @@ def _shipped() -> str:
     return ", ".join(example_names())
 
 
-def _plan_path(arg: str) -> Any:
+def _plan_path(arg: str) -> Path:
     """The path of a plan argument (`example:NAME` or a file); bad ones exit 2."""
     try:
         path = open_plan_path(arg)
     except FileNotFoundError as exc:
-        _fail(f"{exc}", exc)
+        _fail(str(exc), exc)
     if path.is_dir():
         _fail(f"{arg} is a folder, not a plan file; name a plan file in it, or a shipped example: {_shipped()}")
     if not path.exists():
@@ -614,7 +615,6 @@ def bench_paper(
     by side (benchmarks/paper_tables.py; report in benchmarks/out/report.md)."""
     _prepare_env()
     import importlib.util
-    from pathlib import Path
 
     _at_least("--repeat", repeat, 1)
     script = Path.cwd() / "benchmarks" / "paper_tables.py"
