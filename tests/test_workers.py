@@ -150,3 +150,51 @@ def test_cancel_token_runs_its_callbacks_once_and_forgets_unregistered_ones() ->
     assert seen == ["a"] and cancel.is_set() and cancel.reason == "why"
     cancel.on_set(lambda: seen.append("late"))  # registered after the cancel: runs at once
     assert seen == ["a", "late"]
+
+
+def test_cancel_all_kills_every_running_call_and_refuses_later_ones() -> None:
+    import psutil
+
+    from prefect_llmorch.engine.pool import ProcessorPool
+
+    with WorkerPool(2) as p:
+        assert isinstance(p, ProcessorPool)
+        errors: list[BaseException] = []
+        started = threading.Barrier(3)
+
+        def call(i: int) -> None:
+            started.wait()
+            try:
+                p.run(f"long{i}", crunch, (30,))  # no token of its own: cancel_all still reaches it
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        started.wait()
+        busy = set(p.pids)
+        # each call holds a worker once the pool marked it running; wait for both (bounded)
+        for _ in range(500):
+            with p._lock:
+                if len(p._running) == 2:
+                    break
+            threading.Event().wait(0.01)
+        p.cancel_all("the flow run was cancelled")
+        for t in threads:
+            t.join(timeout=30)
+        assert len(errors) == 2 and all(isinstance(e, CallCancelled) for e in errors), errors
+        assert all("the flow run was cancelled" in str(e) for e in errors)
+        assert all(not psutil.pid_exists(q) or psutil.Process(q).status() == psutil.STATUS_ZOMBIE for q in busy)
+        with pytest.raises(CallCancelled, match="before it started"):
+            p.run("later", add, (1, 2))
+
+
+def test_a_function_that_cannot_be_pickled_is_not_sent_and_says_why(pool: WorkerPool) -> None:
+    from prefect_llmorch.engine.pool import CallNotSent
+
+    lock = threading.Lock()
+    with pytest.raises(CallNotSent, match="cannot be pickled") as info:
+        pool.run("s1 · locked", lambda: lock.locked())
+    assert info.value.call == "s1 · locked" and isinstance(info.value, TypeError)
+    assert pool.run("after", add, (1, 1)).value == 2

@@ -232,6 +232,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     # -- life cycle -------------------------------------------------------------------
     def __enter__(self) -> "LLMOrchTaskRunner":
         super().__enter__()
+        self._init_state()  # a runner entered again after an exit starts clean
         stack = ExitStack()
         try:
             self.pool = stack.enter_context(WorkerPool(self.processors, pin=self.pin, preload=self.preload))
@@ -283,7 +284,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         """
         reason = "the flow run was cancelled"
         with self._lock:
-            if self._cancelled:
+            if self._cancelled or not self._started:
                 return
             self._cancelled = reason
             self._closing = True
@@ -337,7 +338,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     ) -> PrefectConcurrentFuture[Any]:
         if not self._started or self._executor is None:
             raise RuntimeError("LLMOrchTaskRunner is not started")
-        from prefect._internal.uuid7 import uuid7
         from prefect.context import TagsContext
 
         tags = frozenset(set(task.tags) | set(TagsContext.get().current_tags))
@@ -356,7 +356,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             task=run_task,
             kind=kind,
             call_id=call_id,
-            task_run_id=uuid7(),
+            task_run_id=_new_task_run_id(),
             parameters=parameters,
             wait_for=wait_list,
             dependencies=dependencies,
@@ -631,6 +631,16 @@ def _in_pool(task: "Task[Any, Any]", pool: Any, cancel: Cancel) -> "Task[Any, An
     clone = copy.copy(task)
     clone.fn = in_worker
     return clone
+
+
+def _new_task_run_id() -> uuid.UUID:
+    """A time-ordered id, as Prefect's own runners make them (a private module of Prefect's:
+    see CONTRIBUTING.md, "Prefect private names"); a random one if it is gone."""
+    try:
+        from prefect._internal.uuid7 import uuid7
+    except ImportError:
+        return uuid.uuid4()
+    return uuid7()
 
 
 def _cancelled_state(message: str) -> Any:

@@ -1,0 +1,109 @@
+"""Every Prefect (and prefect-dask) private name or internal behaviour the engine relies on,
+one test each, so an upgrade that changes one fails here, loudly and by name, instead of
+somewhere deep in a run. The list, with why and what breaks, is in CONTRIBUTING.md
+("Prefect private names"); keep the two in step."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import uuid
+
+import pytest
+
+
+def test_uuid7_makes_time_ordered_task_run_ids() -> None:
+    from prefect._internal.uuid7 import uuid7
+
+    first, second = uuid7(), uuid7()
+    assert isinstance(first, uuid.UUID) and first.version == 7
+    assert first.bytes[:6] <= second.bytes[:6]  # the millisecond timestamp leads
+
+
+def test_the_no_limits_cache_is_keyed_by_the_frozenset_of_tag_names_for_task_run_holders() -> None:
+    """`GlobalLimit.prime` writes `_no_limits_cache[frozenset({"tag:inout", ...})] = True`
+    under `_cache_lock`; the engine must read exactly that key, for task-run holders."""
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency import services
+
+    assert hasattr(services._no_limits_cache, "__setitem__") and hasattr(services._no_limits_cache, "ttl")
+    assert isinstance(services._cache_lock, type(threading.Lock()))
+    source = inspect.getsource(services)
+    assert "cache_key = frozenset(self.concurrency_limit_names)" in source
+    assert "_no_limits_cache.get(cache_key" in source
+    holder = ConcurrencyLeaseHolder(type="task_run", id=uuid.uuid4())
+    assert services._should_use_cache(["tag:inout", "tag:rank:1"], holder)
+
+
+def test_the_lease_acquisition_service_can_be_started_per_tag_set() -> None:
+    from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
+
+    assert callable(getattr(ConcurrencySlotAcquisitionWithLeaseService, "instance", None))
+
+
+def test_run_task_sync_and_async_take_what_the_runner_passes() -> None:
+    from prefect.task_engine import run_task_async, run_task_sync
+
+    wanted = {"task", "task_run_id", "parameters", "wait_for", "return_type", "dependencies"}
+    for fn in (run_task_sync, run_task_async):
+        assert wanted <= set(inspect.signature(fn).parameters), fn.__name__
+
+
+def test_the_engine_calls_the_task_s_fn_attribute_with_bound_parameters() -> None:
+    """A plain compute task runs through a copy whose `fn` ships the call to a worker."""
+    from prefect import task_engine
+
+    assert "call_with_parameters(self.task.fn" in inspect.getsource(task_engine)
+
+
+def test_task_runner_keeps_started_in_a_protected_attribute() -> None:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    runner = ThreadPoolTaskRunner(max_workers=1)
+    assert runner._started is False
+    with runner:
+        assert runner._started is True
+    assert runner._started is False
+
+
+def test_prefect_concurrent_future_wraps_a_concurrent_future_by_task_run_id() -> None:
+    import concurrent.futures
+
+    from prefect.futures import PrefectConcurrentFuture
+    from prefect.states import Completed
+
+    inner: concurrent.futures.Future = concurrent.futures.Future()
+    fut = PrefectConcurrentFuture(task_run_id=uuid.uuid4(), wrapped_future=inner)
+    inner.set_result(Completed(data=1))
+    fut.wait(timeout=0)
+    assert fut.state.is_completed()  # final_state() relies on wait() keeping the final state
+
+
+def test_the_flow_engine_calls_cancel_all_on_the_task_runner_when_a_run_is_cancelled() -> None:
+    from prefect import flow_engine
+
+    assert "task_runner.cancel_all()" in inspect.getsource(flow_engine)
+
+
+def test_submitting_outside_a_flow_run_raises_the_message_the_runner_translates() -> None:
+    from prefect import task
+
+    from prefect_llmorch.engine.runner import _PREFECT_NO_RUNNER
+
+    @task
+    def t() -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match=_PREFECT_NO_RUNNER):
+        t.submit()
+
+
+def test_prefect_dask_keeps_the_attributes_our_dask_runner_uses() -> None:
+    pytest.importorskip("prefect_dask")
+    from prefect_dask.task_runners import DaskTaskRunner
+
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 1})
+    for name in ("_client", "_cluster", "_exit_stack"):
+        assert hasattr(runner, name), name
+    assert callable(getattr(runner, "_optimize_futures", None))
+    assert "self._connect_to =" in inspect.getsource(DaskTaskRunner)  # set when the client connects
