@@ -278,7 +278,7 @@ def test_secret_is_not_stored_on_the_server(stack: dict[str, Any]) -> None:
     # Positive controls: what we read is the real thing.
     assert "plan of 7 calls" in stored["logs"] and len(logs) >= 5
     assert _fingerprint(secret) in stored["artifacts"]
-    assert "e2e.plan" in stored["flow run"]
+    assert "example:e2e" in stored["flow run"]  # the plan file parameter (flows/prefect.yaml)
     for what, blob in stored.items():
         assert secret not in blob, f"the tool secret leaked into the {what}"
     # Nor in the worker's own output (its console log of the flow run).

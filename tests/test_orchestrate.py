@@ -151,3 +151,56 @@ def test_best_schedule_respects_release_times_and_processors() -> None:
     assert best_schedule(frg, durations, 2, release={"c": 2.5}) == 3.5  # c known only at 2.5
     assert best_schedule(frg, durations, 2, release={"d": 4.0}) == 4.5
     assert best_schedule(FRG.from_edges([], {}), {}, 2) == 0.0
+
+
+def test_execution_refuses_misuse_with_a_clear_message() -> None:
+    from prefect_llmorch.flows.execute import Execution
+    from prefect_llmorch.plan.model import Plan
+
+    import toolboxes
+
+    ex = Execution(toolboxes.toolbox, processors=1, secrets={})
+    with pytest.raises(RuntimeError, match=r"finish\(\) before start\(\)"):
+        ex.finish()
+    ex.start(Plan(()))
+    with pytest.raises(RuntimeError, match="the plan is final"):
+        ex.adopt(parse_one('s1: add(1, 2)'))
+    with pytest.raises(RuntimeError, match="called already"):
+        ex.start(Plan(()))
+    ex.close()
+    ex.close()  # safe twice
+
+
+def parse_one(line: str):  # type: ignore[no-untyped-def]
+    import toolboxes
+    from prefect_llmorch.plan.parser import parse
+
+    return parse(line, toolboxes.toolbox).calls[0]
+
+
+@pytest.mark.parametrize("processors", [1, 2, 3])
+def test_best_schedule_lies_between_the_lower_bound_and_graham_s_bound(processors: int) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from prefect_llmorch.flows.report import best_schedule, measured_lower_bound
+    from prefect_llmorch.graph import FRG
+
+    @st.composite
+    def graphs(draw):  # type: ignore[no-untyped-def]
+        n = draw(st.integers(1, 9))
+        ids = [f"s{i}" for i in range(n)]
+        deps = {c: draw(st.sets(st.sampled_from(ids[:i]), max_size=3)) if i else set() for i, c in enumerate(ids)}
+        durations = {c: draw(st.floats(0.0, 5.0, allow_nan=False)) for c in ids}
+        return FRG.from_edges(ids, deps), durations
+
+    @settings(max_examples=150, deadline=None)
+    @given(graphs())
+    def check(case) -> None:  # type: ignore[no-untyped-def]
+        frg, durations = case
+        best = best_schedule(frg, durations, processors)
+        measured = FRG.from_edges(frg.ids, frg.deps, costs=durations)
+        graham = measured.work / processors + (1 - 1 / processors) * measured.critical_path
+        assert measured_lower_bound(frg, durations, processors) - 1e-6 <= best <= graham + 1e-6
+
+    check()

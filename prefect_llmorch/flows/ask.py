@@ -96,10 +96,15 @@ def answer(
     try:
         inbox: "queue.Queue[Any]" = queue.Queue()
         ex.recorder.t0 = time.time()  # latency counts from the first LLM request
-        planning = planner_task.submit(query, tb, client, attempts=attempts, on_call=inbox.put, mode=planner)
-        planning.add_done_callback(lambda _f: inbox.put(_DONE))
-        while (item := inbox.get()) is not _DONE:
-            ex.adopt(item)  # streaming dispatch, from the flow's thread
+        # Each call is stamped when the planner hands it over: what the flow's thread adds
+        # after that (waking up, submitting) counts as our overhead, not as the LLM's time.
+        planning = planner_task.submit(
+            query, tb, client, attempts=attempts, on_call=lambda c: inbox.put((c, time.time())), mode=planner
+        )
+        planning.add_done_callback(lambda _f: inbox.put((_DONE, time.time())))
+        while (item := inbox.get())[0] is not _DONE:
+            ex.adopt(item[0], at=item[1])  # streaming dispatch, from the flow's thread
+        planned_at = item[1]
         planning.wait()
         if not planning.state.is_completed():
             ex.abandon()  # no plan: every streamed call is stale
@@ -107,7 +112,7 @@ def answer(
         result = planning.result()
         for attempt in result.attempts:
             tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
-        ex.start(result.plan, kept=result.dispatched, streamed=True)
+        ex.start(result.plan, kept=result.dispatched, planned_at=planned_at)
     except BaseException:
         ex.close()
         raise

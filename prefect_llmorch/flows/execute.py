@@ -104,25 +104,29 @@ class Execution:
         self._closed = False
 
     # -- submitting ---------------------------------------------------------------------
-    def adopt(self, call: Call) -> None:
-        """Start a call of a plan that is still being written (its inputs were adopted)."""
+    def adopt(self, call: Call, *, at: float | None = None) -> None:
+        """Start a call of a plan that is still being written (its inputs were adopted).
+
+        `at` (epoch seconds, default now) is when the planner handed the call over.
+        """
         if self.plan is not None:
             raise RuntimeError(f"cannot adopt {call.id}: the plan is final (start() was called)")
         self._require([call])
         self._adopted.append(call)
-        self.release[call.id] = self.recorder.rel(time.time())
+        self.release[call.id] = self.recorder.rel(time.time() if at is None else at)
         # Ranks of earlier calls never change when a later call arrives: the FRG of the calls
         # so far (tiny) lets the policy see the current critical paths.
         self._use_graph(FRG.build(Plan(tuple(self._adopted)), self.toolbox))
         self.compiler.submit([call], self.futures)
 
-    def start(self, plan: Plan, kept: Iterable[str] = (), *, streamed: bool = False) -> None:
+    def start(self, plan: Plan, kept: Iterable[str] = (), *, planned_at: float | None = None) -> None:
         """Run the final plan: submit its calls, except the adopted ones in `kept`.
 
         Args:
             plan: the plan, checked against the toolbox.
             kept: ids of adopted calls that are in `plan` unchanged (with their inputs).
-            streamed: the plan arrived after `t0` (ask): calls submitted now are released now.
+            planned_at: when the plan came (epoch seconds; ask): the calls submitted now
+                could not start before; None (run): the plan was there at `t0`.
         """
         if self.plan is not None:
             raise RuntimeError("start() was called already")
@@ -141,9 +145,9 @@ class Execution:
         self._require(todo)
         if self.controller is not None:
             self.controller.release(plan, frg)
-        if streamed:
-            now = self.recorder.rel(time.time())
-            self.release.update((c.id, now) for c in todo)
+        if planned_at is not None:
+            at = self.recorder.rel(planned_at)
+            self.release.update((c.id, at) for c in todo)
         self.compiler.submit(todo, self.futures)
         for cid in [cid for cid in self.futures if cid not in frg.rank]:
             self.futures.pop(cid)  # a stale call the final plan dropped: the runner lets it end
