@@ -243,38 +243,61 @@ class Records:
 
 @dataclass
 class Run:
+    """One system answering one question.
+
+    Attributes:
+        wall: seconds from asking to the returned answer.
+        first_llm: seconds from asking to the server receiving the first LLM request.
+        tail: seconds from the last call's end to the returned answer (for the peers this
+            holds their final LLM turn).
+        llm_seconds: the server's time over all LLM requests (received to last byte).
+        calls: each call's own record: function kind start end pid (epoch seconds).
+        asked: when the question was asked (epoch seconds).
+    """
+
     system: str
     wall: float
+    first_llm: float
+    tail: float
     answer: str
     llm_seconds: float
     llm_requests: int
     streamed: int
     calls: list[dict[str, Any]]
+    asked: float = 0.0
 
 
 def _server(script: list[Any], llm: dict[str, float]) -> FakeLLM:
     return FakeLLM(script, api_key=KEY, model=MODEL, latency=llm["latency"], token_delay=llm["token_delay"])
 
 
-def _llm_time(server: FakeLLM) -> tuple[float, int, int]:
+def _timed(system: str, server: FakeLLM, ask: Callable[[], tuple[str, list[dict[str, Any]]]]) -> Run:
+    """Ask (the timed part: `ask()` returns the answer and the calls' records)."""
+    t0, m0 = time.time(), time.monotonic()
+    answer, calls = ask()
+    wall = time.time() - t0
     reqs = server.chat_requests
-    return sum(r.finished_at - r.received_at for r in reqs), len(reqs), sum(r.stream for r in reqs)
+    return Run(
+        system, wall, first_llm=reqs[0].received_at - m0 if reqs else float("nan"),
+        tail=t0 + wall - max((c["end"] for c in calls), default=t0), answer=answer,
+        llm_seconds=sum(r.finished_at - r.received_at for r in reqs), llm_requests=len(reqs),
+        streamed=sum(r.stream for r in reqs), calls=calls, asked=t0,
+    )
 
 
 def run_ours(wl: Workload, llm: dict[str, float]) -> Run:
     from prefect_llmorch.flows.ask import ask_query
     from prefect_llmorch.llm.client import LLMClient
 
-    with _server([wl.plan.to_text()], llm) as server:
-        client = LLMClient(server.base_url, MODEL, api_key=KEY)
-        t0 = time.time()
+    def ask() -> tuple[str, list[dict[str, Any]]]:
         report = ask_query(wl.question, TOOLBOX, processors=P, endpoint=client)
-        wall = time.time() - t0
-        client.close()
-        seconds, n, streamed = _llm_time(server)
-    calls = [{"function": c["function"], "kind": c["kind"], "start": report.t0 + c["start"],
-              "end": report.t0 + c["end"], "pid": c["pid"]} for c in report.calls]
-    return Run("ours", wall, str(report.result), seconds, n, streamed, calls)
+        calls = [{"function": c["function"], "kind": c["kind"], "start": report.t0 + c["start"],
+                  "end": report.t0 + c["end"], "pid": c["pid"]} for c in report.calls]
+        return str(report.result), calls
+
+    with _server([wl.plan.to_text()], llm) as server:
+        with LLMClient(server.base_url, MODEL, api_key=KEY) as client:
+            return _timed("ours", server, ask)
 
 
 def _pydantic_agent(server: FakeLLM, records: Records, **kwargs: Any) -> Any:
@@ -292,11 +315,7 @@ def run_prefect_agent(wl: Workload, llm: dict[str, float]) -> Run:
     records = Records()
     with _server(tool_script(wl.plan), llm) as server:
         agent = PrefectAgent(_pydantic_agent(server, records))
-        t0 = time.time()
-        result = agent.run_sync(wl.question)
-        wall = time.time() - t0
-        seconds, n, streamed = _llm_time(server)
-    return Run("pydantic-ai PrefectAgent", wall, str(result.output), seconds, n, streamed, records.rows)
+        return _timed("pydantic-ai PrefectAgent", server, lambda: (str(agent.run_sync(wl.question).output), records.rows))
 
 
 def run_prefect_durability(wl: Workload, llm: dict[str, float]) -> Run:
@@ -311,11 +330,7 @@ def run_prefect_durability(wl: Workload, llm: dict[str, float]) -> Run:
         def ask(question: str) -> str:
             return str(agent.run_sync(question).output)
 
-        t0 = time.time()
-        answer = ask(wl.question)
-        wall = time.time() - t0
-        seconds, n, streamed = _llm_time(server)
-    return Run("pydantic-ai PrefectDurability", wall, answer, seconds, n, streamed, records.rows)
+        return _timed("pydantic-ai PrefectDurability", server, lambda: (ask(wl.question), records.rows))
 
 
 def run_langgraph(wl: Workload, llm: dict[str, float]) -> Run:
@@ -332,11 +347,12 @@ def run_langgraph(wl: Workload, llm: dict[str, float]) -> Run:
             from langgraph.prebuilt import create_react_agent
 
             agent = create_react_agent(model, tools=records.tools(), prompt=SYSTEM_PROMPT)
-        t0 = time.time()
-        out = agent.invoke({"messages": [{"role": "user", "content": wl.question}]})
-        wall = time.time() - t0
-        seconds, n, streamed = _llm_time(server)
-    return Run("langgraph create_agent", wall, str(out["messages"][-1].content), seconds, n, streamed, records.rows)
+
+        def ask() -> tuple[str, list[dict[str, Any]]]:
+            out = agent.invoke({"messages": [{"role": "user", "content": wl.question}]})
+            return str(out["messages"][-1].content), records.rows
+
+        return _timed("langgraph create_agent", server, ask)
 
 
 RUNNERS: dict[str, Callable[[Workload, dict[str, float]], Run]] = {
@@ -385,22 +401,26 @@ def summarize(wl: Workload, runs: dict[str, list[Run]]) -> list[dict[str, Any]]:
             "workload": wl.name, "system": system, "runs": len(rs), "median": med, "min": min(walls),
             "max": max(walls), "vs_ours": None if ours is None else med / ours, "best": best,
             "vs_best": med / best, "llm_seconds": llm_s, "llm_requests": rs[0].llm_requests,
-            "streamed": rs[0].streamed, "compute_pids": max((len({c["pid"] for c in r.calls if c["kind"] == "compute"}) for r in rs), default=0),
+            "streamed": rs[0].streamed, "first_llm": statistics.median(r.first_llm for r in rs),
+            "tail": statistics.median(r.tail for r in rs), "compute_pids": max((len({c["pid"] for c in r.calls if c["kind"] == "compute"}) for r in rs), default=0),
             "peak_compute": max((peak_compute(r.calls) for r in rs), default=0) if compute else 0,
-            "walls": walls,
+            "runs": [{"wall": r.wall, "first_llm": r.first_llm, "tail": r.tail, "llm_seconds": r.llm_seconds,
+                      "calls": [{**c, "start": c["start"] - r.asked, "end": c["end"] - r.asked} for c in r.calls]}
+                     for r in rs],
         })
     return rows
 
 
 def table(wl: Workload, rows: list[dict[str, Any]]) -> str:
     head = (f"{'system':<30} {'median':>7} {'min-max':>13} {'/ours':>6} {'best':>6} {'/best':>6}"
-            f" {'LLM req (s)':>12} {'compute pids':>12} {'at once':>7}")
+            f" {'LLM req (s)':>12} {'to 1st LLM':>10} {'tail':>6} {'compute pids':>12} {'at once':>7}")
     lines = [f"{wl.title}; best schedule of the calls on P = {P}: {wl.best_calls:.1f} s", head]
     for r in rows:
         vs_ours = "-" if r["vs_ours"] is None else f"{r['vs_ours']:.2f}"
         lines.append(
             f"{r['system']:<30} {r['median']:>6.2f}s {r['min']:>5.2f}-{r['max']:<5.2f}s {vs_ours:>6} {r['best']:>5.2f}s"
-            f" {r['vs_best']:>6.2f} {r['llm_requests']:>3} ({r['llm_seconds']:4.2f}) {r['compute_pids'] or '-':>12}"
+            f" {r['vs_best']:>6.2f} {r['llm_requests']:>3} ({r['llm_seconds']:4.2f}) {r['first_llm']:>9.2f}s"
+            f" {r['tail']:>5.2f}s {r['compute_pids'] or '-':>12}"
             f" {r['peak_compute'] or '-':>7}"
         )
     return "\n".join(lines)
@@ -471,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         "best = best schedule of the calls + that system's LLM time (sum over its requests of the\n"
         "server's time, received to last byte; LLM req (s) = requests and that time); ours streams\n"
         "its plan and starts calls before the reply ends, so it can be under its best.\n"
+        "to 1st LLM: asking to the server receiving the first LLM request; tail: last call's end\n"
+        "to the answer (the peers' final LLM turn is in it); medians.\n"
         "compute pids / at once: processes that ran compute calls, most compute calls running at\n"
         "once (their own records); on threads of one process they share one core under the GIL."
     )
