@@ -35,7 +35,6 @@ from prefect_llmorch.plan.model import Call, Plan
 __all__ = ["Execution", "current_llmorch_runner", "execute"]
 
 
-
 def _log() -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
     """The flow run's logger (shown on the run's page), else this module's."""
     from prefect.exceptions import MissingContextError

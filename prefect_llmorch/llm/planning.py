@@ -41,12 +41,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.llm.client import PLANNER_MODES, Completion, LLMClient, Message
-from prefect_llmorch.plan.errors import PlanError, PlanErrors
+from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.model import Arg, Call, Plan
 from prefect_llmorch.plan.parser import PlanStream, check, parse
 from prefect_llmorch.plan.schema import JSON_FORM_HELP
