@@ -322,3 +322,18 @@ def test_gpus_are_read_from_nvidia_smi_output():
         gpus_from_nvidia_smi("No devices were found\n")
     with pytest.raises(BadResource, match="line 2"):
         gpus_from_nvidia_smi("0, 81920\n1, 2, 3\n")
+
+
+def test_global_limits_guard_each_resource_and_each_device():
+    from prefect_llmorch.schedule.resources import global_limits, limit_slots
+
+    caps = Capacities.of(2, {"search-api": 2, "tokens": 7.9}, gpus=[{"id": 0, "mem_gb": 80}, {"id": 1, "mem_gb": 40}])
+    assert global_limits(caps) == {
+        "llmorch-processors": 2, "llmorch-search-api": 2, "llmorch-tokens": 7,
+        "llmorch-gpu_mem_gb-0": 80, "llmorch-gpu_mem_gb-1": 40,
+    }
+    assert global_limits(Capacities.of(1, {"gpu_mem_gb": 24})) == {"llmorch-processors": 1, "llmorch-gpu_mem_gb": 24}
+    assert limit_slots({"processors": 1, "gpu_mem_gb": 20.5}, device=1) == {"llmorch-processors": 1, "llmorch-gpu_mem_gb-1": 21}
+    assert limit_slots({"search-api": 0.25}) == {"llmorch-search-api": 1}
+    with pytest.raises(BadResource, match="api=0.5 is less than one slot"):
+        global_limits(Capacities.of(1, {"api": 0.5}))

@@ -41,7 +41,10 @@ __all__ = [
     "UnknownResource",
     "check_demands",
     "check_toolbox",
+    "global_limits",
     "gpus_from_nvidia_smi",
+    "limit_name",
+    "limit_slots",
     "parse_gpus",
     "parse_resource_options",
     "place",
@@ -386,6 +389,68 @@ class Ledger:
     def holds(self, call: str) -> bool:
         """Whether `call` holds anything."""
         return call in self._held
+
+
+#: Prefix of the Prefect global concurrency limits that guard resources machine-wide.
+LIMIT_PREFIX = "llmorch-"
+
+
+def limit_name(resource: str, device: int | str | None = None) -> str:
+    """The global concurrency limit guarding a resource across flow runs:
+    `llmorch-<resource>`, and `llmorch-gpu_mem_gb-<device id>` per GPU device.
+
+    >>> limit_name("search-api"), limit_name("gpu_mem_gb", 0)
+    ('llmorch-search-api', 'llmorch-gpu_mem_gb-0')
+    """
+    return f"{LIMIT_PREFIX}{resource}" if device is None else f"{LIMIT_PREFIX}{resource}-{device}"
+
+
+def slots(amount: float) -> int:
+    """Whole slots of a global concurrency limit for an amount (limits count whole slots):
+    rounded up for a demand, so a call never holds less than it needs.
+
+    >>> slots(30), slots(0.5), slots(2.0000000001)
+    (30, 1, 2)
+    """
+    return max(1, math.ceil(amount * (1 - _EPS)))
+
+
+def global_limits(capacities: Capacities) -> dict[str, int]:
+    """The global concurrency limits (name -> slots) that guard these capacities machine-wide:
+    one per resource, GPU memory one per device when there are devices. A capacity is
+    rounded down to whole slots.
+
+    >>> global_limits(Capacities.of(4, {"search-api": 2}, gpus=[{"id": 0, "mem_gb": 80}]))
+    {'llmorch-processors': 4, 'llmorch-search-api': 2, 'llmorch-gpu_mem_gb-0': 80}
+
+    Raises:
+        BadResource: a capacity below one whole slot.
+    """
+    out: dict[str, int] = {}
+    for r, amount in capacities.amounts.items():
+        if r == GPU_MEM and capacities.devices:
+            for d in capacities.devices:
+                out[limit_name(r, d.id)] = _whole(r, d.mem_gb)
+        else:
+            out[limit_name(r)] = _whole(r, amount)
+    return out
+
+
+def limit_slots(demand: Mapping[str, float], device: int | str | None = None) -> dict[str, int]:
+    """The slots of each global limit one call takes for its demand (GPU memory on the
+    device it was placed on, when it was placed).
+
+    >>> limit_slots({"processors": 1, "gpu_mem_gb": 30}, device=0)
+    {'llmorch-processors': 1, 'llmorch-gpu_mem_gb-0': 30}
+    """
+    return {limit_name(r, device if r == GPU_MEM else None): slots(a) for r, a in demand.items()}
+
+
+def _whole(resource: str, amount: float) -> int:
+    n = math.floor(amount * (1 + _EPS))
+    if n < 1:
+        raise BadResource(resource, f"{resource}={amount:g} is less than one slot of a global concurrency limit")
+    return n
 
 
 def parse_resource_options(options: Iterable[str]) -> dict[str, float]:
