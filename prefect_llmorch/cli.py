@@ -214,7 +214,7 @@ def _emit_json(doc: Any) -> None:
 
 def _plan_errors(exc: Any, as_json: bool) -> NoReturn:
     if as_json:
-        _emit_json({"ok": False, "errors": [{"line": e.line, "column": e.column, "message": e.message} for e in exc.errors]})
+        _emit_json({"ok": False, "errors": [e.to_dict() for e in exc.errors]})  # line, column, kind, message, expected, pointer
     else:
         for e in exc.errors:
             err_console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
@@ -233,7 +233,7 @@ def _parse(text: str, tb: Any, as_json: bool) -> Any:
         _plan_errors(exc, as_json)
 
 
-PLAN_HELP = "plan file (either dialect), example:NAME (a shipped example), or - for stdin"
+PLAN_HELP = "plan file (text, or JSON: NESTFUL or ours), example:NAME (a shipped example), or - for stdin"
 TOOLBOX_HELP = "module:attr naming a Toolbox (or a function `() -> Toolbox`)"
 
 

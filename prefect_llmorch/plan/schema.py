@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from pydantic import TypeAdapter
 
-__all__ = ["plan_schema", "response_format", "SCHEMA_NAME", "JSON_FORM_HELP"]
+__all__ = ["plan_schema", "response_format", "with_keywords", "SCHEMA_NAME", "JSON_FORM_HELP"]
 
 SCHEMA_NAME = "llmorch_plan"
 
@@ -73,20 +73,37 @@ part of it {"ref": "s1", "path": ["data", 0, "id"]}, or text with results inside
 Calls that do not depend on each other run in parallel."""
 
 
-def _value_schema(annotation: Any, defs: dict[str, Any]) -> dict[str, Any]:
-    alternatives: list[dict[str, Any]] = []
-    if annotation is not inspect.Parameter.empty:
-        try:
-            schema = TypeAdapter(annotation).json_schema(ref_template="#/$defs/{model}")
-        except Exception:  # an annotation pydantic has no schema for: accept any value
-            schema = {}
-        for name, sub in (schema.pop("$defs", None) or {}).items():
-            defs.setdefault(name, sub)
-        if schema:
-            alternatives.append(schema)
-    if not alternatives:
+_OR_REF = [{"$ref": "#/$defs/ref"}, {"$ref": "#/$defs/template"}]
+
+
+def _or_ref(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema`, or a reference or template in its place, and so inside its items and
+    properties too (`[s1, s2]` for a `list[float]`)."""
+    if not schema:
         return {}  # any JSON value (references included)
-    return {"anyOf": alternatives + [{"$ref": "#/$defs/ref"}, {"$ref": "#/$defs/template"}]}
+    schema = dict(schema)
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = _or_ref(schema["items"])
+    if isinstance(schema.get("properties"), dict):
+        schema["properties"] = {k: _or_ref(v) for k, v in schema["properties"].items()}
+    if isinstance(schema.get("additionalProperties"), dict):
+        schema["additionalProperties"] = _or_ref(schema["additionalProperties"])
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            schema[key] = [s for s in (_or_ref(x) for x in schema[key])]
+    return {"anyOf": [schema] + _OR_REF}
+
+
+def _value_schema(annotation: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    if annotation is inspect.Parameter.empty:
+        return {}
+    try:
+        schema = TypeAdapter(annotation).json_schema(ref_template="#/$defs/{model}")
+    except Exception:  # an annotation pydantic has no schema for: accept any value
+        return {}
+    for name, sub in (schema.pop("$defs", None) or {}).items():
+        defs.setdefault(name, sub)
+    return _or_ref(schema)
 
 
 def _annotation(spec: Any, param: inspect.Parameter) -> Any:
@@ -161,3 +178,34 @@ def response_format(toolbox: Mapping[str, Any]) -> dict[str, Any]:
     schema = plan_schema(toolbox)
     json.dumps(schema)  # fail here, not in the HTTP client, if something is not JSON
     return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema}}
+
+
+def with_keywords(plan: Any, toolbox: Mapping[str, Any]) -> Any:
+    """The plan with positional arguments named after the functions' parameters (the
+    JSON form the schema asks for, and the NESTFUL form, take arguments by name).
+
+    >>> from prefect_llmorch.functions import Toolbox, inout
+    >>> from prefect_llmorch.plan.parser import parse
+    >>> @inout
+    ... def search(query: str, limit: int = 3) -> str:
+    ...     return query
+    >>> with_keywords(parse('s1: search("a", 2)'), Toolbox(search)).to_text()
+    's1: search(query="a", limit=2)'
+    """
+    from .model import Arg, Call, Plan
+
+    calls = []
+    for call in plan.calls:
+        spec = toolbox.get(call.function)
+        names = [n for n, p in spec.signature.parameters.items()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)] if spec else []
+        args, i = [], 0
+        for arg in call.args:
+            if arg.name is None and i < len(names) and names[i] not in call.keywords:
+                args.append(Arg(names[i], arg.value))
+                i += 1
+            else:
+                args.append(arg)
+                i = len(names) if arg.name is None else i
+        calls.append(Call(call.id, call.function, tuple(args), call.line, call.column))
+    return Plan(tuple(calls), plan.dialect, plan.answer)

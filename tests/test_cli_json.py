@@ -1,0 +1,65 @@
+"""`llmorch` with JSON plans and the JSON planner, run as a user would (real subprocess)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_cli import llmorch as _llmorch
+
+PLANS = Path(__file__).parent / "plans"
+
+
+def llmorch(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
+    """`llmorch` run from tests/, where the test toolbox module is."""
+    return _llmorch(*args, stdin=stdin, cwd=Path(__file__).parent)
+TOOLBOX = "toolboxes_fields:toolbox"
+NESTFUL = ('[{"name": "find_airport", "arguments": {"query": "Paris"}, "label": "var1"},\n'
+           ' {"name": "echo", "arguments": {"text": "$var1.name$"}, "label": "var2"},\n'
+           ' {"name": "var_result", "arguments": {"answer": "$var2$"}}]\n')
+
+
+def test_check_and_graph_take_a_json_plan_file(tmp_path: Path) -> None:
+    plan = tmp_path / "trip.json"
+    plan.write_text(NESTFUL)
+    out = llmorch("check", str(plan), "-t", TOOLBOX, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"ok": True, "errors": [], "calls": 2}
+    out = llmorch("graph", str(plan), "-t", TOOLBOX, "--json")
+    assert out.returncode == 0, out.stderr
+    assert "var1" in out.stdout and "var2" in out.stdout
+
+
+def test_check_reports_a_json_plan_error_with_pointer_line_and_column() -> None:
+    bad = NESTFUL.replace("$var1.name$", "$var1.nmae$")
+    out = llmorch("check", "-", "-t", TOOLBOX, "--json", stdin=bad)
+    assert out.returncode == 1
+    [err] = json.loads(out.stdout)["errors"]
+    assert err["kind"] == "field" and err["pointer"] == "/1/arguments/text" and err["line"] == 2
+    assert "did you mean 'name'?" in err["message"]
+    human = llmorch("check", "-", "-t", TOOLBOX, stdin=bad)
+    assert human.returncode == 1 and "(/1/arguments/text)" in human.stderr and "Traceback" not in human.stderr
+
+
+def test_check_accepts_the_nestful_samples_without_a_toolbox_of_theirs() -> None:
+    out = llmorch("check", str(PLANS / "nestful_flights.json"), "-t", "prefect_llmorch.examples.toolbox:toolbox", "--json")
+    assert out.returncode == 1  # their functions are not in the example toolbox
+    kinds = {e["kind"] for e in json.loads(out.stdout)["errors"]}
+    assert kinds == {"unknown_function"}
+
+
+def test_unknown_planner_mode_is_refused() -> None:
+    out = llmorch("demo", "--planner", "yaml")
+    assert out.returncode != 0 and "unknown planner 'yaml'" in out.stderr
+
+
+@pytest.mark.slow
+def test_demo_with_the_json_planner_runs_the_whole_loop() -> None:
+    out = llmorch("demo", "--planner", "json", "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads(out.stdout)
+    assert doc["state"] == "Completed" and doc["attempts"] == 1
+    assert json.loads(doc["plan"])["calls"][2]["kwargs"]["a"] == {"ref": "s1", "path": ["summary"]}
+    assert "AAPL 1.2% vs MSFT -0.4%" in doc["result"]
