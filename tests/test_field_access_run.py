@@ -62,3 +62,12 @@ def test_a_nestful_plan_runs_like_a_text_plan() -> None:
     report = run_plan(plan, TOOLBOX, processors=1)
     assert report.state == "Completed", report.message
     assert report.results["var2"] == "Paris International is PAR"
+    assert report.result == {"answer": "Paris International is PAR"}  # var_result names it
+
+
+def test_the_json_form_answer_selects_a_field() -> None:
+    plan = ('{"calls": [{"id": "s1", "function": "find_airport", "kwargs": {"query": "Oslo"}},\n'
+            '  {"id": "s2", "function": "double", "args": [7]}],\n'
+            ' "answer": {"ref": "s1", "path": ["name"]}}')
+    report = run_plan(plan, TOOLBOX, processors=1)
+    assert report.state == "Completed" and report.result == "Oslo International"

@@ -181,6 +181,13 @@ class Execution:
             self.close()
         if report.failed:
             report.message = failure_message(report)
+        elif self.plan.answer is not None:  # the plan names its answer (NESTFUL's var_result)
+            from prefect_llmorch.plan.evaluate import EvaluationError, MissingResultError, evaluate
+
+            try:
+                report.result = evaluate(self.plan.answer, self.recorder.results)
+            except (EvaluationError, MissingResultError) as exc:
+                report.message = f"the plan's answer cannot be computed: {exc}"
         if self.controller is not None:
             self.controller.annotate(report)  # the rounds, in the report and an artifact
         return report
