@@ -9,7 +9,18 @@ on one thread (a SQLite server answers 503 "database is locked" to bursts of wri
   writes), in one lease where possible, renewed while held, and given back when no compute
   call is left, so no call pays the limit's round trip on its critical path and two flow runs
   on one machine never run more than P compute calls together. `slots` is what the runner
-  may use; with no limit (or one that cannot be used) it is P.
+  may use; with no limit it is P. The guard is never dropped silently: a transient
+  failure (503, "database is locked", a dropped connection) is retried with backoff for up to
+  `GUARD_PATIENCE_SECONDS`; a limit that cannot be had (deleted, unreachable that long) sets
+  `failed`, and the runner fails its compute calls with that message instead of running them
+  unguarded (`guard="local"` on the runner opts out of the limit).
+- **Slots always come back.** Leases expire unless renewed (60 s); the runner gives its
+  leases back on every way out it lives through; and since a killed process cannot, each
+  lease is also written to a small ledger in PREFECT_HOME (`llmorch-leases.json`, pid and API
+  URL): a runner starting finds leases whose process is gone and clears them (by lease when
+  the server still knows it; by decrementing the slots when the lease died with its
+  ephemeral server, which forgets leases but keeps the slots in its database). A run that
+  waits for slots other flow runs hold says so, once.
 - **Tag-limit look-ups.** Prefect's task engine asks the API for slots of every tag of every
   task run (`tag:inout`, `tag:rank:2`, ...), caching "no limits" per tag set for 5 s. That
   request is a write; on a SQLite server it fails at once with "database is locked" when the
@@ -28,13 +39,16 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import json
 import logging
+import os
 import queue
 import threading
 import time
 import uuid
-from contextlib import ExitStack
-from typing import Any, Callable
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 logger = logging.getLogger("prefect_llmorch.engine.leases")
 
@@ -46,6 +60,10 @@ _LEASE_SECONDS = 60.0
 
 #: How long Prefect trusts "this tag set has no concurrency limits" (its cache's TTL).
 _TAG_CACHE_TTL = 5.0
+
+#: How long a transient API failure (503, "database is locked", a dropped connection) is
+#: retried, with backoff, before the runner gives up on the guard and fails its compute calls.
+GUARD_PATIENCE_SECONDS = 60.0
 
 #: Tag sets warmed when the runner starts: those of the first calls of any compiled plan.
 FIRST_TAG_SETS = (frozenset({"inout", "rank:1"}), frozenset({"compute", "rank:1"}))
@@ -84,7 +102,8 @@ class GlobalLimit:
         self._slots = 0
         self._target = 0
         self._busy = 0
-        self.broken: str | None = None  # why the limit cannot be used, once it cannot
+        self.failed: str | None = None  # why the guard cannot be had: compute calls fail with it
+        self._told_waiting = False
         self.limit_size: int | None = None  # the limit's size, once read
         self._stopping = False
         self._warm: set[frozenset[str]] = set()
@@ -94,15 +113,15 @@ class GlobalLimit:
     # -- what the runner asks ---------------------------------------------------------
     @property
     def slots(self) -> int:
-        """Compute calls the runner may run now: the slots held (P without a usable limit)."""
-        if not self.name or self.broken is not None:
+        """Compute calls the runner may run now: the slots held (P without a limit)."""
+        if not self.name:
             return self._processors()
         return self._slots
 
     @property
     def held(self) -> int:
         """Slots of the global limit held right now (0 without a limit)."""
-        return self._slots if self.name and self.broken is None else 0
+        return self._slots if self.name else 0
 
     def start(self, stack: ExitStack) -> None:
         """Start the API thread; `stack` stops it (giving every slot back) when closed."""
@@ -162,7 +181,7 @@ class GlobalLimit:
         with self._lock:
             target = min(target, self.limit_size or target)  # an existing smaller limit
             self._target, self._busy = target, busy
-            if self.broken is not None or self._stopping:
+            if self.failed is not None or self._stopping:
                 return
             missing = target - self._slots - self._acquiring
             if missing > 0 and self._acquiring == 0:
@@ -259,7 +278,8 @@ class GlobalLimit:
         self._tag_limits = (started, frozenset(limited))
 
     def _do_prepare(self, _: Any) -> None:
-        """Create the global limit (limit P) if absent, then take slots."""
+        """Create the global limit (limit P) if absent, clear slots of holders that are gone,
+        then take slots."""
         try:
             from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
             from prefect.exceptions import ObjectNotFound
@@ -267,7 +287,7 @@ class GlobalLimit:
             client = self._api()  # also warms this thread's client before the first lease
             processors = self._processors()
             try:
-                limit = _quick(client.read_global_concurrency_limit_by_name, self.name)
+                limit = _patient(client.read_global_concurrency_limit_by_name, self.name)
                 self.limit_size = limit.limit
                 if limit.limit < processors:
                     logger.warning(
@@ -276,16 +296,45 @@ class GlobalLimit:
                     )
             except ObjectNotFound:
                 try:
-                    _quick(
+                    _patient(
                         client.create_global_concurrency_limit,
                         GlobalConcurrencyLimitCreate(name=self.name, limit=processors),  # type: ignore[arg-type]
                     )
                 except Exception:  # created meanwhile by another flow run
-                    self.limit_size = _quick(client.read_global_concurrency_limit_by_name, self.name).limit
+                    self.limit_size = _patient(client.read_global_concurrency_limit_by_name, self.name).limit
+            self._clear_stale()
         except BaseException as exc:
-            self._unusable(exc)
+            self._give_up(exc)
             return
         self._wake()  # the runner recomputes its target with the limit's size
+
+    def _clear_stale(self) -> None:
+        """Give back the slots of leases whose process is gone (see the module docstring)."""
+        from prefect.exceptions import PrefectHTTPStatusError
+
+        api = str(self._api().api_url)
+        gone = [e for e in _ledger_read() if e.get("limit") == self.name and not _alive(e)]
+        for entry in gone:
+            how = "its lease"
+            try:
+                _quick(self._api().renew_concurrency_lease, entry["lease"], lease_duration=_LEASE_SECONDS)
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code not in (404, 410):
+                    raise
+                if entry.get("api") == api:
+                    how = ""  # this server expired the lease itself: its slots are back already
+                else:  # the lease died with the server that granted it; its slots did not
+                    how = "its slots (the server that granted the lease is gone)"
+                    held_for = max(time.time() - float(entry.get("t") or 0.0), 0.001)
+                    _patient(self._api().release_concurrency_slots, [self.name], int(entry["slots"]), held_for)
+            else:
+                _patient(self._api().release_concurrency_slots_with_lease, entry["lease"])
+            _ledger_remove(entry["lease"])
+            if how:
+                logger.warning(
+                    "global concurrency limit %r: cleared %s slot(s) left by process %s, which is gone (cleared %s)",
+                    self.name, entry["slots"], entry.get("pid"), how,
+                )
 
     def _do_acquire(self, n: int) -> None:
         """Take `n` slots in one lease (one API write); if they are not free together (other
@@ -293,15 +342,23 @@ class GlobalLimit:
         with self._lock:
             self._acquiring = 0
             need = min(self._target, self.limit_size or self._target) - self._slots
-            if self._stopping or self.broken is not None or need <= 0:
+            if self._stopping or self.failed is not None or need <= 0:
                 return
             n = min(n, need)
         try:
             lease = self._lease_request(n)
-        except BaseException as exc:  # limit deleted, API down: keep our own bound
-            self._unusable(exc)
+        except BaseException as exc:  # limit deleted, API down for long: fail, never run unguarded
+            self._give_up(exc)
             return
         if lease is None:  # not free now (other flow runs hold them): ask again in a moment
+            if not self._told_waiting and self._slots == 0:
+                self._told_waiting = True
+                logger.warning(
+                    "waiting for a slot of global concurrency limit %r (limit %s): other flow runs hold "
+                    "them; `prefect gcl inspect %s` shows the limit, and slots a crashed run left on "
+                    "another machine come back when its lease expires (%.0f s)",
+                    self.name, self.limit_size, self.name, _LEASE_SECONDS,
+                )
             with self._lock:
                 self._acquiring = 1
             retry = threading.Timer(_FULL_LIMIT_RETRY_SECONDS, self._job, args=("acquire", 1))
@@ -324,7 +381,7 @@ class GlobalLimit:
         client = self._api()
         holder = ConcurrencyLeaseHolder(type="flow_run", id=self._holder_id or uuid.uuid4())
         try:
-            response = _quick(
+            response = _patient(
                 client.increment_concurrency_slots_with_lease,
                 names=[self.name], slots=n, mode="concurrency",  # type: ignore[list-item]
                 lease_duration=_LEASE_SECONDS, holder=holder,
@@ -337,6 +394,8 @@ class GlobalLimit:
         if not body.get("limits"):
             raise LookupError(f"global concurrency limit {self.name!r} does not exist")
         self._lease_renewed[body["lease_id"]] = time.monotonic()
+        _ledger_add({"limit": self.name, "lease": body["lease_id"], "slots": n, "api": str(client.api_url),
+                     "pid": os.getpid(), "started": _process_start(), "t": time.time()})
         return body["lease_id"]
 
     def _renew_leases(self) -> None:
@@ -344,11 +403,13 @@ class GlobalLimit:
         now = time.monotonic()
         for lease_id, renewed in list(self._lease_renewed.items()):
             if now - renewed > _LEASE_SECONDS / 3:
-                try:
-                    _quick(self._api().renew_concurrency_lease, lease_id, lease_duration=_LEASE_SECONDS)
+                try:  # patient, but well within the lease's remaining life
+                    _patient(self._api().renew_concurrency_lease, lease_id, lease_duration=_LEASE_SECONDS,
+                             patience=_LEASE_SECONDS / 4)
                     self._lease_renewed[lease_id] = now
                 except Exception as exc:  # expired meanwhile: the slots went back to the limit
                     logger.warning("could not renew a lease of %s (%s); taking new slots", self.name, exc)
+                    _ledger_remove(lease_id)
                     with self._lock:
                         self._lease_renewed.pop(lease_id, None)
                         for held in [h for h in self._held if h[0] == lease_id]:
@@ -367,18 +428,20 @@ class GlobalLimit:
 
     def _do_release(self, lease_id: Any) -> None:
         self._lease_renewed.pop(lease_id, None)
-        _quick(self._api().release_concurrency_slots_with_lease, lease_id)
+        _patient(self._api().release_concurrency_slots_with_lease, lease_id)
+        _ledger_remove(lease_id)
 
-    def _unusable(self, exc: BaseException) -> None:
+    def _give_up(self, exc: BaseException) -> None:
         with self._lock:
-            first = self.broken is None
+            first = self.failed is None
             if first:
-                self.broken = f"{type(exc).__name__}: {exc}"
+                self.failed = (
+                    f"global concurrency limit {self.name!r} cannot be used ({type(exc).__name__}: {exc}); "
+                    "compute calls do not run unguarded: retry when the Prefect API answers, or run "
+                    "with guard='local' (llmorch --no-global-limit) to rely on this flow run's own bound"
+                )
         if first:
-            logger.warning(
-                "global concurrency limit %r cannot be used (%s); this flow run keeps its own bound of %s compute calls",
-                self.name, self.broken, self._processors(),
-            )
+            logger.error("%s", self.failed)
         self._wake()
 
     def _release_all(self) -> None:
@@ -411,3 +474,107 @@ def _quick(call: Any, *args: Any, **kwargs: Any) -> Any:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure worth retrying: the server busy (5xx, "database is locked"), the connection lost."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(exc, PrefectHTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, (httpx.TransportError, ConnectionError)) or "database is locked" in str(exc)
+
+
+def _patient(call: Any, *args: Any, patience: float | None = None, **kwargs: Any) -> Any:
+    """`_quick`, retried with backoff (up to 2 s apart) while failures are transient, for up
+    to `patience` seconds (`GUARD_PATIENCE_SECONDS`); then the last failure is raised."""
+    deadline = time.monotonic() + (GUARD_PATIENCE_SECONDS if patience is None else patience)
+    delay, told = 0.1, False
+    while True:
+        try:
+            return _quick(call, *args, **kwargs)
+        except BaseException as exc:
+            if not _transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            if not told:
+                told = True
+                logger.warning("the Prefect API is busy (%s); retrying for up to %.0f s", exc, deadline - time.monotonic())
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+# -- the ledger of leases held by processes of this machine ------------------------------
+
+
+def _ledger_path() -> Path:
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()) / "llmorch-leases.json"
+
+
+@contextmanager
+def _ledger() -> Iterator[list[dict[str, Any]]]:
+    """The ledger's entries, locked against other processes while the block runs."""
+    import fcntl
+
+    path = _ledger_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        try:
+            entries = json.loads(f.read() or "[]")
+        except ValueError:  # a torn write: start over (leases still expire on their own)
+            entries = []
+        before = list(entries)
+        yield entries
+        if entries != before:
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(entries))
+
+
+def _ledger_read() -> list[dict[str, Any]]:
+    try:
+        with _ledger() as entries:
+            return list(entries)
+    except OSError as exc:
+        logger.debug("lease ledger: %s", exc)
+        return []
+
+
+def _ledger_add(entry: dict[str, Any]) -> None:
+    try:
+        with _ledger() as entries:
+            entries.append(entry)
+    except OSError as exc:
+        logger.debug("lease ledger: %s", exc)
+
+
+def _ledger_remove(lease_id: Any) -> None:
+    try:
+        with _ledger() as entries:
+            entries[:] = [e for e in entries if e.get("lease") != str(lease_id)]
+    except OSError as exc:
+        logger.debug("lease ledger: %s", exc)
+
+
+def _process_start(pid: int | None = None) -> float:
+    import psutil
+
+    try:
+        return psutil.Process(pid or os.getpid()).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _alive(entry: dict[str, Any]) -> bool:
+    """Whether the process that took a lease still runs (a reused pid is another process)."""
+    import psutil
+
+    pid = int(entry.get("pid") or 0)
+    if pid <= 0 or not psutil.pid_exists(pid):
+        return False
+    started = float(entry.get("started") or 0.0)
+    return not started or abs(_process_start(pid) - started) < 1.0

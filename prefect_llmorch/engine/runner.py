@@ -79,7 +79,7 @@ from prefect_llmorch.schedule.policy import Coordinator, check_policy
 if TYPE_CHECKING:
     from prefect.tasks import Task
 
-__all__ = ["LLMOrchTaskRunner", "NestedComputeSubmit", "CALL_ATTR", "default_processors"]
+__all__ = ["LLMOrchTaskRunner", "NestedComputeSubmit", "GuardUnavailable", "CALL_ATTR", "default_processors"]
 
 logger = logging.getLogger("prefect_llmorch.engine.runner")
 
@@ -129,6 +129,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             machine across flow runs (created with limit P if absent); None disables it.
         pin: pin worker i to core i (psutil).
         preload: modules the workers import at start (e.g. your toolbox module).
+        guard: `"global"` (default): hold the global limit's slots; when they cannot be had
+            (the limit deleted, the API down past `leases.GUARD_PATIENCE_SECONDS`), compute
+            calls fail with a message saying so, never run unguarded. `"local"`: no global
+            limit, only this flow run's own bound of P (as `concurrency_limit=None`).
 
     Attributes:
         pool: the `ProcessorPool` (P worker processes) while started, else None.
@@ -137,8 +141,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     Note:
         The runner guarantees at most P compute task runs *in its flow run* by itself;
-        the global limit adds the guarantee across flow runs. When the limit cannot be
-        used (API unreachable), the runner logs why and keeps its own bound.
+        the global limit adds the guarantee across flow runs (see `guard`).
 
     Examples:
         >>> from prefect import flow, task
@@ -157,10 +160,14 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         concurrency_limit: str | None = "llmorch-processors",
         pin: bool = False,
         preload: Iterable[str] = (),
+        guard: str = "global",
     ) -> None:
         super().__init__()
         if processors is not None and processors < 1:
             raise ValueError(f"processors must be at least 1, got {processors}")
+        if guard not in ("global", "local"):
+            raise ValueError(f"guard must be 'global' or 'local', got {guard!r}")
+        self.guard = guard
         self.processors = processors or default_processors()
         self.policy = policy  # validated by the property
         self.concurrency_limit = concurrency_limit
@@ -205,7 +212,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._policy = value
 
     def _settings(self) -> tuple[Any, ...]:
-        return (self.processors, self.policy, self.concurrency_limit, self.pin, self.preload)
+        return (self.processors, self.policy, self.concurrency_limit, self.pin, self.preload, self.guard)
 
     def duplicate(self) -> "LLMOrchTaskRunner":
         return type(self)(
@@ -214,6 +221,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             concurrency_limit=self.concurrency_limit,
             pin=self.pin,
             preload=self.preload,
+            guard=self.guard,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -224,7 +232,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def __getstate__(self) -> dict[str, Any]:
         # Runners are cloudpickled when a flow run is sent to a subprocess: keep settings only.
-        return {"processors": self.processors, "policy": self.policy, "concurrency_limit": self.concurrency_limit, "pin": self.pin, "preload": self.preload}
+        return {
+            "processors": self.processors, "policy": self.policy, "concurrency_limit": self.concurrency_limit,
+            "pin": self.pin, "preload": self.preload, "guard": self.guard,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
@@ -249,7 +260,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._executor = stack.enter_context(
             concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
         )
-        self._limit = GlobalLimit(self.concurrency_limit, lambda: self.processors, self._safe_dispatch, self._has_work)
+        name = self.concurrency_limit if getattr(self, "guard", "global") == "global" else None
+        self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch, self._has_work)
         self._limit.start(stack)
         self._adjust_slots()
 
@@ -537,6 +549,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 co.done(*finished)
                 self.trace.append(("done", tuple(finished)))
             free = self._limit.slots - self._running_compute
+            if self._limit.failed is not None:  # no guard to be had: fail, never run unguarded
+                free = len(self._held)
+                for sub in self._held:
+                    sub.task = _failing(sub.task, GuardUnavailable(self._limit.failed))
             while self._held and free > 0:
                 sub = self._held.popleft()
                 sub.state = "running"
@@ -641,6 +657,23 @@ def _new_task_run_id() -> uuid.UUID:
     except ImportError:
         return uuid.uuid4()
     return uuid7()
+
+
+class GuardUnavailable(RuntimeError):
+    """The global concurrency limit's slots cannot be had, so the compute call did not run."""
+
+
+def _failing(task: "Task[Any, Any]", exc: BaseException) -> "Task[Any, Any]":
+    """A copy of a task whose run fails with `exc` instead of running its function."""
+    fn = task.fn
+
+    @functools.wraps(fn)
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    clone = copy.copy(task)
+    clone.fn = refuse
+    return clone
 
 
 def _cancelled_state(message: str) -> Any:

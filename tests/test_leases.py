@@ -1,0 +1,192 @@
+"""The machine-wide guard (`engine/leases.py`): slots always come back, a busy API is retried,
+the guard is never dropped silently. Against the session's test server; the evidence is the
+limit's own state (active slots, leases) and the calls' records."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.exceptions import PrefectHTTPStatusError
+
+from prefect_llmorch.engine import leases
+from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+from prefect_llmorch.flows.run import execute
+from prefect_llmorch.plan.model import Arg, Call, Literal, Plan
+
+from toolboxes import toolbox
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def http_error(status: int) -> PrefectHTTPStatusError:
+    request = httpx.Request("POST", "http://127.0.0.1/api/v2/concurrency_limits/increment-with-lease")
+    response = httpx.Response(status, request=request, text="database is locked" if status == 503 else "no")
+    return PrefectHTTPStatusError.from_httpx_error(httpx.HTTPStatusError("x", request=request, response=response))
+
+
+def plan_of(n_compute: int, n_inout: int = 0) -> Plan:
+    calls = [Call(f"c{i}", "crunch", (Arg(None, Literal(0.05)),)) for i in range(n_compute)]
+    calls += [Call(f"w{i}", "fetch", (Arg(None, Literal(0.05)), Arg("value", Literal(i)))) for i in range(n_inout)]
+    return Plan(tuple(calls))
+
+
+def run(plan: Plan, limit: str, **runner_kwargs):  # noqa: ANN003, ANN201
+    @flow(task_runner=LLMOrchTaskRunner(processors=2, concurrency_limit=limit, **runner_kwargs))
+    def f():  # noqa: ANN202
+        return execute(plan, toolbox, processors=2)[2]
+
+    return f()
+
+
+def make_limit(name: str, size: int) -> None:
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
+
+
+def active_slots(name: str) -> int:
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name).active_slots
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# -- a busy API is retried, a broken one is not --------------------------------------------
+
+
+def test_a_transient_503_is_retried_until_the_call_succeeds() -> None:
+    answers = [http_error(503), http_error(503), "held"]
+
+    def call() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    assert leases._patient(call, patience=30) == "held" and answers == []
+
+
+def test_a_client_error_is_not_retried() -> None:
+    calls = []
+
+    def call() -> None:
+        calls.append(1)
+        raise http_error(422)
+
+    with pytest.raises(PrefectHTTPStatusError):
+        leases._patient(call, patience=30)
+    assert len(calls) == 1
+
+
+def test_a_lasting_503_is_given_up_after_the_patience() -> None:
+    calls = []
+
+    def call() -> None:
+        calls.append(1)
+        raise http_error(503)
+
+    with pytest.raises(PrefectHTTPStatusError):
+        leases._patient(call, patience=0.5)
+    assert len(calls) >= 2  # retried, then raised: bounded
+
+
+# -- slots always come back ----------------------------------------------------------------
+
+
+def test_slots_a_dead_process_left_on_a_server_that_forgot_its_lease_are_cleared_at_start() -> None:
+    """What `kill -9` of `llmorch run` on the ephemeral server leaves: active slots in the
+    database, a lease that died with that server, and the dead process's ledger entry."""
+    name = f"llmorch-test-stale-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    with get_client(sync_client=True) as client:
+        client.increment_concurrency_slots(names=[name], slots=2, mode="concurrency")
+    assert active_slots(name) == 2
+    lease = str(uuid.uuid4())
+    leases._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": "http://127.0.0.1:9/api",
+                        "pid": dead_pid(), "started": 0.0})
+
+    report = run(plan_of(3), name)
+
+    assert report.state == "Completed"
+    assert active_slots(name) == 0
+    assert all(e["lease"] != lease for e in leases._ledger_read())
+
+
+def test_a_lease_of_a_dead_process_on_this_server_is_released_at_start() -> None:
+    name = f"llmorch-test-dead-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    with get_client(sync_client=True) as client:
+        response = client.increment_concurrency_slots_with_lease(
+            names=[name], slots=2, mode="concurrency", lease_duration=300,
+            holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4()),
+        )
+        lease = response.json()["lease_id"]
+        api = str(client.api_url)
+    leases._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": api, "pid": dead_pid(), "started": 0.0})
+
+    report = run(plan_of(2), name)
+
+    assert report.state == "Completed"
+    assert active_slots(name) == 0
+    with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError) as info:
+        client.renew_concurrency_lease(lease, lease_duration=60)  # the dead holder's lease is gone
+    assert info.value.response.status_code in (404, 410)
+
+
+def test_a_run_says_once_that_it_waits_for_slots_others_hold_then_gets_them(caplog) -> None:  # noqa: ANN001
+    name = f"llmorch-test-wait-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 1)
+    with get_client(sync_client=True) as client:
+        lease = client.increment_concurrency_slots_with_lease(
+            names=[name], slots=1, mode="concurrency", lease_duration=300,
+            holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4()),
+        ).json()["lease_id"]
+    reports = []
+    worker = threading.Thread(target=lambda: reports.append(run(plan_of(2), name)))
+    with caplog.at_level("WARNING", logger="prefect_llmorch.engine.leases"):
+        worker.start()
+        deadline = time.monotonic() + 120
+        while "waiting for a slot" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease)
+        worker.join(timeout=180)
+    assert caplog.text.count(f"waiting for a slot of global concurrency limit '{name}'") == 1
+    assert reports and reports[0].state == "Completed"
+    assert active_slots(name) == 0
+
+
+# -- the guard is never dropped silently ----------------------------------------------------
+
+
+def test_compute_calls_fail_saying_why_when_the_limit_cannot_be_had() -> None:
+    name = f"llmorch-test-zero-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 0)  # no slot can ever be taken
+    report = run(plan_of(1, 1), name)
+    calls = {c["id"]: c for c in report.calls}
+    assert report.state == "Failed"
+    assert calls["w0"]["state"] == "Completed"  # inout calls need no slot
+    assert calls["c0"]["state"] != "Completed"
+    assert "do not run unguarded" in report.message and "guard='local'" in report.message
+
+
+def test_guard_local_runs_without_the_global_limit() -> None:
+    name = f"llmorch-test-zero-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 0)
+    report = run(plan_of(2), name, guard="local")
+    assert report.state == "Completed"
+    with pytest.raises(ValueError, match="guard must be 'global' or 'local'"):
+        LLMOrchTaskRunner(guard="none")
