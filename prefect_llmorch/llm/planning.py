@@ -49,6 +49,7 @@ from prefect_llmorch.llm.client import PLANNER_MODES, Completion, LLMClient, Mes
 from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.model import Arg, Call, Plan
 from prefect_llmorch.plan.parser import PlanStream, check, parse
+from prefect_llmorch.plan.result_types import describe_results
 from prefect_llmorch.plan.schema import JSON_FORM_HELP
 from prefect_llmorch.plan.schema import response_format as plan_response_format
 
@@ -174,9 +175,11 @@ def build_system_prompt(toolbox: Toolbox, mode: str = "text") -> str:
     """The system message: role, plan language (or, for `mode="json"`, the JSON plan
     form), the toolbox's functions, examples."""
     language = _JSON_LANGUAGE if mode == "json" else _LANGUAGE
-    return "\n\n".join(
-        [_INTRO, language, _examples_text(mode), "The functions you may call:\n" + toolbox.describe()]
-    )
+    parts = [_INTRO, language, _examples_text(mode), "The functions you may call:\n" + toolbox.describe()]
+    results = describe_results(toolbox)
+    if results:
+        parts.append("Results with fields (select them, e.g. `s1.field`; only these fields exist):\n" + results)
+    return "\n\n".join(parts)
 
 
 def plan_messages(query: str, toolbox: Toolbox, *, system: str | None = None,

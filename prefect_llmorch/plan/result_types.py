@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from .errors import FieldError, PlanError
 from .model import Call, Ref, Step, describe_path, refs
 
-__all__ = ["result_type", "path_problem", "field_errors"]
+__all__ = ["result_type", "path_problem", "field_errors", "describe_results"]
 
 _ANY = object()  # "no declared shape here": stop checking
 
@@ -101,6 +101,8 @@ def _unwrap(tp: Any) -> Any:
 def _name(tp: Any) -> str:
     args = typing.get_args(tp)
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _name(a) for a in args)
     if origin is not None and args:
         inner = ", ".join("..." if a is Ellipsis else _name(a) for a in args)
         return f"{_name(origin)}[{inner}]"
@@ -192,3 +194,39 @@ def _error(ref: Ref, fn: str, tp: Any, at: int, problem: str, context: Any) -> F
                if at == 0 else f"`{ref.display()}`: {where} {problem} ({fn} returns {_name(tp)})")
     ctx = context(ref.line, ref.column) if context and ref.line else ""
     return FieldError(message, line=ref.line, column=ref.column, context=ctx)
+
+
+def describe_results(toolbox: Mapping[str, Any]) -> str:
+    """One line per function with a declared result shape, and one per structured type
+    in it, for a planner prompt ("" when none has one):
+
+        quote -> Quote
+          Quote: symbol: str, price: float, change_pct: float, summary: str
+    """
+    lines: list[str] = []
+    seen: set[Any] = set()
+
+    def shapes(tp: Any, depth: int = 0) -> None:
+        if depth > 4:
+            return
+        tp = _unwrap(tp)
+        if _structured(tp):
+            if tp in seen:
+                return
+            seen.add(tp)
+            fields = _fields_of(tp)
+            if fields is not None:
+                lines.append(f"  {_name(tp)}: " + ", ".join(f"{k}: {_name(v)}" for k, v in fields.items()))
+                for v in fields.values():
+                    shapes(v, depth + 1)
+            return
+        for arg in typing.get_args(tp):
+            if arg is not Ellipsis:
+                shapes(arg, depth + 1)
+
+    for name, spec in toolbox.items():
+        tp = result_type(spec)
+        if tp is not None:
+            lines.append(f"{name} -> {_name(tp)}")
+            shapes(tp)
+    return "\n".join(lines)
