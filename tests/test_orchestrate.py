@@ -12,14 +12,22 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 TOOLBOX = "toolboxes:toolbox"
 
 
-def test_completed_run_publishes_the_frg_and_the_schedule() -> None:
+def test_completed_run_publishes_the_frg_the_schedule_and_its_progress() -> None:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import ArtifactSort
 
     report = run_plan('s1: fetch(0.1, value=2)\ns2: add(s1, 3)\n', TOOLBOX, processors=1)
     assert report.state == "Completed" and report.result == 5.0
     with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts(limit=100)}
-    assert {"llmorch-frg", "llmorch-schedule"} <= keys
+        artifacts = client.read_artifacts(limit=200, sort=ArtifactSort.CREATED_DESC)
+    latest = {}
+    for a in artifacts:
+        latest.setdefault(a.key, a)
+    assert {"llmorch-frg", "llmorch-schedule", "llmorch-progress"} <= set(latest)
+    # the progress artifact is created off the flow's thread, and closed with the final count
+    assert float(latest["llmorch-progress"].data) == 100.0
+    assert latest["llmorch-progress"].description == "2 of 2 calls finished"
+    assert latest["llmorch-schedule"].description.startswith(f"latency {report.latency:.3f} s")
 
 
 def test_self_calls_ask_the_llm_with_references_filled(fake_llm, llm) -> None:  # noqa: F811

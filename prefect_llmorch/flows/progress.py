@@ -39,8 +39,16 @@ class RunProgress:
 
     @classmethod
     def start(cls, recorder: Recorder, interval: float = 0.5) -> "RunProgress":
-        """Create the artifact (0 %) and listen to the recorder; never raises."""
+        """Listen to the recorder; the artifact (0 %) is created by the updater thread, so
+        its API round trip is not on the way to the first call. Never raises."""
         self = cls(recorder, interval)
+        recorder.listeners.append(self._on_change)
+        ctx = contextvars.copy_context()  # the flow's settings, run and client context
+        self._thread = threading.Thread(target=ctx.run, args=(self._run,), daemon=True, name="llmorch-progress")
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
         try:
             from prefect.artifacts import create_progress_artifact
 
@@ -49,12 +57,8 @@ class RunProgress:
             )
         except Exception as exc:  # progress is a nicety: never fail a run for it
             logger.warning("could not create the progress artifact: %s", exc)
-            return self
-        recorder.listeners.append(self._on_change)
-        ctx = contextvars.copy_context()  # the flow's settings and client context
-        self._thread = threading.Thread(target=ctx.run, args=(self._loop,), daemon=True, name="llmorch-progress")
-        self._thread.start()
-        return self
+            return
+        self._loop()
 
     def snapshot(self) -> tuple[float, str]:
         records = list(self.recorder.records.values())
