@@ -136,6 +136,10 @@ class AskParameters(BaseModel):
     cancel_running: bool = Field(
         default=False, description="On a failure, cancel running calls that recovery will re-run anyway (instead of waiting)"
     )
+    planner: Optional[Literal["text", "json"]] = Field(
+        default=None,
+        description="How the LLM writes the plan: the plan language (text) or JSON under a schema (default: the endpoint's setting)",
+    )
 
     @field_validator("toolbox")
     @classmethod
@@ -197,6 +201,7 @@ def llmorch_ask(parameters: AskParameters) -> dict[str, Any]:
         parameters.query, parameters.toolbox, processors=P, policy=parameters.policy,
         endpoint=parameters.endpoint, attempts=parameters.attempts,
         recovery_rounds=parameters.recovery_rounds, cancel_running=parameters.cancel_running,
+        planner=parameters.planner,
     )
     return publish_result(report)
 
