@@ -190,3 +190,52 @@ def test_guard_local_runs_without_the_global_limit() -> None:
     assert report.state == "Completed"
     with pytest.raises(ValueError, match="guard must be 'global' or 'local'"):
         LLMOrchTaskRunner(guard="none")
+
+
+CRASHING_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from prefect import flow
+from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+from runner_tasks import spin
+
+@flow(task_runner=LLMOrchTaskRunner(processors=2, concurrency_limit={name!r}))
+def f():
+    return [spin.submit({marker!r} + str(i), 600) for i in range(2)]
+
+f()
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_s_slots_come_back_for_the_next_run(tmp_path, caplog) -> None:  # noqa: ANN001
+    """`kill -9` of a flow process holding both slots; the next run starts its compute calls."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    name = f"llmorch-test-killed-{uuid.uuid4().hex[:6]}"
+    marker = str(tmp_path / "started")
+    script = CRASHING_RUN.format(tests=str(Path(__file__).parent), name=name, marker=marker)
+    env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()), PREFECT_HOME=str(PREFECT_HOME.value()))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not all(Path(marker + str(i)).exists() for i in range(2)) and time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before its compute calls started"
+            time.sleep(0.1)
+        assert active_slots(name) == 2  # both held by the run about to be killed
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert active_slots(name) == 2  # nobody gave them back
+
+    with caplog.at_level("WARNING", logger="prefect_llmorch.engine.leases"):
+        report = run(plan_of(2), name)
+
+    assert report.state == "Completed"
+    assert active_slots(name) == 0
+    # cleared by the start, not by the lease running out meanwhile
+    assert f"cleared 2 slot(s) left by process {proc.pid}, which is gone" in caplog.text
