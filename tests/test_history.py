@@ -7,8 +7,28 @@ from pathlib import Path
 
 import pytest
 
+from prefect_llmorch import Toolbox, inout
 from prefect_llmorch.flows.history import call_costs, durations_by_function, function_costs, history_file, local_costs, remember
 from prefect_llmorch.plan.parser import parse
+
+
+@inout
+def history_wait(seconds: float, value: int = 0) -> int:
+    """Sleeps: its task runs last at least `seconds`."""
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+@inout
+def history_add(a: int, b: int) -> int:
+    return a + b
+
+
+# Function names used by no other test, so other tests' task runs on the session's server do
+# not mix into the history read back here.
+HISTORY_TOOLBOX = Toolbox(history_wait, history_add)
 
 
 @pytest.fixture
@@ -43,13 +63,12 @@ def test_call_costs_maps_functions_to_call_ids() -> None:
 def test_costs_are_learned_from_completed_task_runs(home: Path) -> None:
     from prefect_llmorch.flows.run import run_plan
 
-    # `fetch` sleeps: its task runs last at least that long; `add` is near-instant. The
-    # function names are unique to this test so other tests' runs do not mix in.
-    report = run_plan("s1: fetch(0.6, value=1)\ns2: fetch(0.6, value=2)\ns3: add(s1, s2)\n", "toolboxes:toolbox", processors=1)
+    plan = "s1: history_wait(0.6, value=1)\ns2: history_wait(0.6, value=2)\ns3: history_add(s1, s2)\n"
+    report = run_plan(plan, HISTORY_TOOLBOX, processors=1)
     assert report.state == "Completed"
-    learned = function_costs(["fetch", "add", "never_ran_xyz"])
-    assert learned["fetch"] >= 0.6
-    assert learned["add"] < learned["fetch"]
+    learned = function_costs(["history_wait", "history_add", "never_ran_xyz"])
+    assert learned["history_wait"] >= 0.6
+    assert learned["history_add"] < learned["history_wait"]
     assert "never_ran_xyz" not in learned
 
 
