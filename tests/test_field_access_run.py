@@ -44,15 +44,19 @@ def test_a_wrong_field_of_a_declared_result_type_fails_before_anything_runs() ->
         run_plan('s1: find_airport("London")\ns2: echo(text=s1.skyId)\n', TOOLBOX, processors=1)
 
 
-def test_a_missing_field_feeds_trace_back_recovery(fake_llm, llm) -> None:  # noqa: F811
-    # s2 asks s1 for `skyId`; the recovery point is s1, repaired to produce it.
-    fake_llm.add('s1: lookup("x", value={"skyId": "JFK"})')
-    plan = 's1: lookup("x", value={"id": 1})\ns2: echo(text=s1.skyId)\ns3: double(21)\n'
+def test_a_missing_field_feeds_trace_back_recovery_which_repairs_the_asking_call(fake_llm, llm) -> None:  # noqa: F811
+    # s2 asks s1 for `skyId`, which s1's result lacks: s2 itself is the recovery point (its
+    # own argument is wrong), repaired to select a field that exists; s1 is not re-run.
+    fake_llm.add("s2: echo(text=s1.code)")
+    plan = 's1: lookup("x", value={"code": "JFK"})\ns2: echo(text=s1.skyId)\ns3: double(21)\n'
     report = run_plan(plan, TOOLBOX, processors=1, endpoint=llm, recovery_rounds=1)
     assert report.state == "Completed", report.message
     assert report.results["s2"] == "JFK" and report.results["s3"] == 42
+    (rnd,) = report.recovery["rounds"]
+    assert rnd["recovery_points"] == ["s2"] and rnd["rerun"] == ["s2"]
     prompt = fake_llm.chat_requests[0].messages[-1]["content"]
-    assert "s2 argument 'text': s1 has no field 'skyId'; it has: id" in prompt
+    assert "s2 argument 'text': s1 has no field 'skyId'; it has: code" in prompt
+    assert "Recovery call to repair: s2: echo(text=s1.skyId)" in prompt
 
 
 def test_a_nestful_plan_runs_like_a_text_plan() -> None:

@@ -180,6 +180,7 @@ class RecoveryController:
         self._lock = threading.Lock()
         self._queue: "queue.Queue[Failure]" = queue.Queue()
         self._failed_now: list[str] = []
+        self._own: set[str] = set()  # failed on a field their input lacks: repair them, not it
         self._doomed: frozenset[str] = frozenset()
         compiler.on_failure.append(self._on_failure)
         compiler.gates.append(self._gate)
@@ -231,8 +232,10 @@ class RecoveryController:
         )
         with self._lock:
             self._failed_now.append(cid)
+            if _own_fault(error):
+                self._own.add(cid)
             if len(self.rounds) < self.config.max_rounds:
-                points = recovery_points(self.frg.deps, self.frg.rank, self._failed_now)
+                points = recovery_points(self.frg.deps, self.frg.rank, self._failed_now, self._own)
                 self._doomed = frozenset(rerun_set(self.frg.succs, points))
             doomed, attempt = self._doomed, self.attempt
         if self.config.running == "cancel":
@@ -271,7 +274,10 @@ class RecoveryController:
             rnd = RecoveryRound(
                 number=len(self.rounds) + 1,
                 failed=failures,
-                recovery_points=recovery_points(self.frg.deps, self.frg.rank, [f.call_id for f in failures]),
+                recovery_points=recovery_points(
+                    self.frg.deps, self.frg.rank, [f.call_id for f in failures],
+                    [f.call_id for f in failures if _own_fault(f.error)],
+                ),
             )
             self.rounds.append(rnd)
             repaired = self._repair_all(rnd, failures)
@@ -353,7 +359,7 @@ class RecoveryController:
 
     def _resubmit(self, rnd: RecoveryRound, repaired: Mapping[str, Call], futures: dict[str, "PrefectFuture[Any]"]) -> None:
         calls = tuple(repaired.get(c.id, c) for c in self.plan.calls)
-        plan = Plan(calls, self.plan.dialect)
+        plan = Plan(calls, self.plan.dialect, self.plan.answer)
         frg = FRG.build(plan, self.toolbox)
         not_done = [cid for cid, fut in futures.items() if not final_state(fut).is_completed()]
         rerun = rerun_set(frg.succs, list(rnd.recovery_points) + not_done)
@@ -367,6 +373,7 @@ class RecoveryController:
             self.plan, self.frg = plan, frg
             self._calls = {c.id: c for c in calls}
             self._failed_now = []
+            self._own = set()
             self._doomed = frozenset()
             self.attempt = rnd.number
         self.compiler.frg = frg
@@ -434,3 +441,9 @@ class RecoveryController:
             )
         except Exception:  # noqa: BLE001 - no API: the report still carries everything
             pass
+
+
+def _own_fault(error: str | None) -> bool:
+    """A failure in the call's own arguments: it selected a field or index its input lacks
+    (`AccessError`, as the compiler records it), so the call itself is repaired."""
+    return bool(error) and error.startswith("AccessError: ")

@@ -20,18 +20,22 @@ __all__ = ["recovery_points", "rerun_set"]
 
 
 def recovery_points(
-    deps: Mapping[str, Iterable[str]], rank: Mapping[str, int], failed: Iterable[str]
+    deps: Mapping[str, Iterable[str]], rank: Mapping[str, int], failed: Iterable[str],
+    own: Iterable[str] = (),
 ) -> list[str]:
     """The calls to repair and re-run from, in plan order (the order of `deps`' keys).
 
     For each failed call: its closest ancestors (the calls it uses directly) that share
     the smallest rank among them; a failed call with no ancestors is its own recovery
-    point. The result is the union over the failed calls.
+    point, and so is one in `own`: it failed on its own arguments (it selected a field or
+    index its input does not have), which only a repair of the call itself can fix. The
+    result is the union over the failed calls.
 
     Args:
         deps: each call's direct inputs, in plan order (`FRG.deps`).
         rank: each call's rank (`FRG.rank`).
         failed: the ids of the calls that finally failed.
+        own: the failed calls that are their own recovery point.
 
     Raises:
         KeyError: a failed id (or one of its inputs) is not in `deps` / `rank`.
@@ -48,12 +52,15 @@ def recovery_points(
     ['s1', 's4']
     >>> recovery_points(deps, rank, [])
     []
+    >>> recovery_points(deps, rank, ["s3"], own=["s3"])  # s3 asked s1 for a field it lacks
+    ['s3']
     """
     order = {cid: i for i, cid in enumerate(deps)}
+    own = set(own)
     points: set[str] = set()
     for f in failed:
         parents = list(deps[f])
-        if not parents:
+        if not parents or f in own:
             points.add(f)
             continue
         low = min(rank[p] for p in parents)
