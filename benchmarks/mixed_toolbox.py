@@ -38,29 +38,29 @@ def _record(function: str, start: float) -> None:
             fh.write(json.dumps(row) + "\n")
 
 
-def _infer(function: str, prompt: str) -> str:
+def _infer(function: str, prompt: str, seconds: float | None) -> str:
     start = time.time()
-    time.sleep(INFER_SECONDS[function])
+    time.sleep(INFER_SECONDS[function] if seconds is None else seconds)
     _record(function, start)
     return f"{function}: {len(prompt)} chars read"
 
 
 @compute(cost=2.0, resources={"gpu_mem_gb": 20})
-def infer_small(prompt: str) -> str:
-    """Answer with a 20 GB model (2 s on the device)."""
-    return _infer("infer_small", prompt)
+def infer_small(prompt: str, seconds: float | None = None) -> str:
+    """Answer with a 20 GB model (2 s on the device, or `seconds`)."""
+    return _infer("infer_small", prompt, seconds)
 
 
 @compute(cost=3.0, resources={"gpu_mem_gb": 40})
-def infer_medium(prompt: str) -> str:
-    """Answer with a 40 GB model (3 s on the device)."""
-    return _infer("infer_medium", prompt)
+def infer_medium(prompt: str, seconds: float | None = None) -> str:
+    """Answer with a 40 GB model (3 s on the device, or `seconds`)."""
+    return _infer("infer_medium", prompt, seconds)
 
 
 @compute(cost=4.0, resources={"gpu_mem_gb": 60})
-def infer_large(prompt: str) -> str:
-    """Answer with a 60 GB model (4 s on the device)."""
-    return _infer("infer_large", prompt)
+def infer_large(prompt: str, seconds: float | None = None) -> str:
+    """Answer with a 60 GB model (4 s on the device, or `seconds`)."""
+    return _infer("infer_large", prompt, seconds)
 
 
 @compute(cost=1.0)
