@@ -289,3 +289,52 @@ def test_stream_stops_at_an_error_and_close_raises_it() -> None:
     assert [c.id for c in calls] == ["var1"]
     with pytest.raises(UnknownFunctionError):
         stream.close()
+
+
+# --------------------------------------------------------------------------- round trips
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="$"), max_size=8)
+_key = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters=".[]$"),
+               min_size=1, max_size=6)
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
+                    st.floats(allow_nan=False, allow_infinity=False), _text)
+
+
+def _nestful_exprs(ids: list[str]):  # type: ignore[no-untyped-def]
+    leaves = [_scalar.map(Literal)]
+    if ids:
+        ref = st.builds(lambda i, p: Ref(i, path=tuple(p)), st.sampled_from(ids),
+                        st.lists(st.one_of(_key, st.integers(-2, 9)), max_size=3))
+        text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="$"),
+                       min_size=1, max_size=5)
+        template = st.tuples(text, ref, text).map(lambda t: Template(t))
+        leaves += [ref, template]
+    return st.recursive(st.one_of(*leaves), lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(lambda xs: ListExpr(tuple(xs))),
+        st.dictionaries(_key, inner, max_size=3).map(lambda d: DictExpr(tuple(d.items()))),
+    ), max_leaves=5)
+
+
+@st.composite
+def nestful_plans(draw) -> Plan:  # type: ignore[no-untyped-def]
+    n = draw(st.integers(1, 4))
+    ids = [f"var{i}" for i in range(1, n + 1)]
+    calls = []
+    for i, cid in enumerate(ids):
+        names = draw(st.lists(st.from_regex(r"[a-z][a-zA-Z]{0,5}", fullmatch=True), max_size=3, unique=True))
+        args = tuple(Arg(k, draw(_nestful_exprs(ids[:i]))) for k in names)
+        calls.append(Call(cid, draw(st.sampled_from(["search", "Sky:lookup", "f_1"])), args))
+    answer = draw(st.one_of(st.none(), st.lists(st.sampled_from(ids), min_size=1, max_size=2, unique=True).map(
+        lambda xs: DictExpr(tuple((f"r{j}", Ref(x)) for j, x in enumerate(xs))))))
+    return Plan(tuple(calls), "nestful", answer)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=nestful_plans())
+def test_nestful_and_json_round_trips(plan: Plan) -> None:
+    back = parse(render(plan, "nestful"))
+    assert back == plan and back.dialect == "nestful"
+    assert parse(render(plan, "json")) == plan
