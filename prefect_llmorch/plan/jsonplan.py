@@ -1,4 +1,4 @@
-"""The JSON plan dialects: read by `parse` (text starting with `[` or `{`), written by `render`.
+"""The JSON plan dialects: read by `parse` (text starting with `[` or `{`); `render` writes them.
 
 Two forms, one `Plan`:
 
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import re
 from typing import Any, NamedTuple
 
@@ -53,10 +52,11 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import LarkError, LexError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from .errors import ArgumentError, EmptyPlanError, PlanError, PlanReferenceError, PlanSyntaxError
-from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template
+from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Ref, Step, Template
 from .model import refs as _refs
+from .parser import _after_last_token, _context, _one_of, _Pos, _position, _RawCall, _semantics
 
-__all__ = ["analyse", "render_json", "CallScanner", "NESTFUL_RESULT"]
+__all__ = ["analyse", "CallScanner", "NESTFUL_RESULT"]
 
 #: The NESTFUL entry that names the answer instead of being a call.
 NESTFUL_RESULT = "var_result"
@@ -136,8 +136,6 @@ class Analysis(NamedTuple):
 
 
 def _syntax_error(exc: UnexpectedInput, text: str) -> PlanSyntaxError:
-    from .parser import _after_last_token, _context, _one_of, _position
-
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
         expected = sorted({_READABLE.get(n, n) for n in (exc.accepts or exc.expected)})
@@ -168,8 +166,6 @@ def _tree(text: str) -> _J:
 
 def analyse(text: str) -> Analysis:
     """Syntax, shape and reference checks of a JSON plan; never raises."""
-    from .parser import _RawCall, _semantics
-
     try:
         root = _tree(text)
     except UnexpectedInput as exc:
@@ -203,8 +199,6 @@ class _Reader:
         self.pointers: dict[tuple[int, int], str] = {}
 
     def context(self, line: int, column: int) -> str:
-        from .parser import _context, _Pos
-
         return _context(self.text, _Pos(line, column))
 
     def point(self, err: PlanError) -> None:
@@ -305,8 +299,6 @@ class _Reader:
         return node.value
 
     def nestful_call(self, node: _J, pointer: str, last: bool) -> Any:
-        from .parser import _Pos, _RawCall
-
         fields = self._object(node, pointer, ("name", "arguments", "label"), "a NESTFUL call")
         if fields is None:
             return None
@@ -328,8 +320,6 @@ class _Reader:
         return DictExpr(tuple((a.name, a.value) for a, _ in args))
 
     def call(self, node: _J, pointer: str) -> Any:
-        from .parser import _Pos, _RawCall
-
         fields = self._object(node, pointer, ("id", "function", "args", "kwargs"), "a call")
         if fields is None:
             return None
@@ -352,8 +342,6 @@ class _Reader:
         return _RawCall(call_id, function, args + named, _Pos(node.line, node.column))
 
     def arguments(self, node: _J | None, pointer: str, nestful: bool) -> list[Any] | None:
-        from .parser import _Pos
-
         if node is None:
             return []
         if node.kind != "object":
@@ -493,121 +481,6 @@ _EXAMPLE = {
     "a NESTFUL call": '{"name": "f", "arguments": {...}, "label": "var1"}',
     "a call": '{"id": "s1", "function": "f", "args": [...], "kwargs": {...}}',
 }
-
-
-# --------------------------------------------------------------------------- render
-
-
-def render_json(plan: Plan, dialect: Dialect = "json") -> str:
-    """Write a plan in the JSON form ("json") or the NESTFUL form ("nestful"), one call
-    per line.
-
-    Raises:
-        ValueError: a plan the form cannot express: NaN anywhere; for "nestful" also
-            positional arguments, arithmetic, and text that would read as a reference.
-    """
-    if dialect == "nestful":
-        return _render_nestful(plan)
-    lines = [json.dumps({k: v for k, v in (
-        ("id", c.id), ("function", c.function),
-        ("args", [_value(a.value) for a in c.args if a.name is None]),
-        ("kwargs", {a.name: _value(a.value) for a in c.args if a.name is not None}),
-    ) if v or k in ("id", "function")}, ensure_ascii=False) for c in plan.calls]
-    body = "{\"calls\": [\n  " + ",\n  ".join(lines) + "\n]"
-    if plan.answer is not None:
-        body += ", \"answer\": " + json.dumps(_value(plan.answer), ensure_ascii=False)
-    return _finite(body + "}")
-
-
-def _finite(text: str) -> str:
-    # json.dumps writes infinities as `Infinity`; write them as numbers JSON can hold.
-    return re.sub(r"(?<![\w\"])(-?)Infinity(?![\w\"])", r"\g<1>1e999", text)
-
-
-def _value(expr: Expr) -> Any:
-    if isinstance(expr, Literal):
-        if isinstance(expr.value, float) and math.isnan(expr.value):
-            raise ValueError("NaN has no written form in a plan")
-        return expr.value
-    if isinstance(expr, Ref):
-        return {"ref": expr.id, "path": list(expr.path)} if expr.path else {"ref": expr.id}
-    if isinstance(expr, ListExpr):
-        return [_value(e) for e in expr.items]
-    if isinstance(expr, DictExpr):
-        keys = [k for k, _ in expr.items]
-        plain = (all(isinstance(k, str) for k in keys) and len(set(keys)) == len(keys)
-                 and set(keys) not in _SHAPES)
-        if plain:
-            return {k: _value(v) for k, v in expr.items}
-        return {"dict": [[_literal_key(k), _value(v)] for k, v in expr.items]}
-    if isinstance(expr, Template):
-        return {"template": [p if isinstance(p, str) else _value(p) for p in expr.parts]}
-    if isinstance(expr, BinOp):
-        return {"op": expr.op, "left": _value(expr.left), "right": _value(expr.right)}
-    raise TypeError(f"not a plan expression: {expr!r}")
-
-
-def _literal_key(key: Any) -> Any:
-    if isinstance(key, float) and math.isnan(key):
-        raise ValueError("NaN has no written form in a plan")
-    return key
-
-
-def _render_nestful(plan: Plan) -> str:
-    rename = {c.id: (f"var{c.id}" if c.id.isdigit() else c.id) for c in plan.calls}
-    lines = []
-    for c in plan.calls:
-        if any(a.name is None for a in c.args):
-            raise ValueError(f"call {c.id} has positional arguments, which the NESTFUL form "
-                             "cannot write; use the \"json\" dialect")
-        args = {a.name: _nestful_value(a.value, rename) for a in c.args}
-        lines.append(json.dumps({"name": c.function, "arguments": args, "label": rename[c.id]},
-                                ensure_ascii=False))
-    if plan.answer is not None:
-        answer = plan.answer
-        if not (isinstance(answer, DictExpr) and all(isinstance(k, str) for k, _ in answer.items)):
-            raise ValueError("the NESTFUL form writes an answer only as named references")
-        lines.append(json.dumps({"name": NESTFUL_RESULT, "arguments": {
-            k: _nestful_value(v, rename) for k, v in answer.items}}, ensure_ascii=False))
-    return _finite("[\n  " + ",\n  ".join(lines) + "\n]")
-
-
-def _nestful_ref(ref: Ref, rename: dict[str, str]) -> str:
-    out = "$" + rename.get(ref.id, ref.id)
-    for step in ref.path:
-        if isinstance(step, int):
-            out += f"[{step}]"
-        elif step and not re.search(r"[.\[\]$]", step):
-            out += "." + step
-        else:
-            raise ValueError(f"the field name {step!r} has no written form in the NESTFUL form")
-    return out + "$"
-
-
-def _nestful_value(expr: Expr, rename: dict[str, str]) -> Any:
-    if isinstance(expr, Ref):
-        return _nestful_ref(expr, rename)
-    if isinstance(expr, Template):
-        text = "".join(p if isinstance(p, str) else _nestful_ref(p, rename) for p in expr.parts)
-        back = _Reader("").nestful_string(_J(text, 0, 0, "string", json.dumps(text)), "")
-        want = Template(tuple(p if isinstance(p, str) else Ref(rename.get(p.id, p.id), path=p.path)
-                              for p in expr.parts))
-        if back != want:
-            raise ValueError(f"the text {text!r} would not read back as written in the NESTFUL "
-                             "form (`$` next to references); use the \"json\" dialect")
-        return text
-    if isinstance(expr, Literal):
-        if isinstance(expr.value, str) and _NESTFUL_REF.search(expr.value):
-            raise ValueError(f"the text {expr.value!r} would read as a reference in the NESTFUL "
-                             "form; use the \"json\" dialect")
-        return _value(expr)
-    if isinstance(expr, ListExpr):
-        return [_nestful_value(e, rename) for e in expr.items]
-    if isinstance(expr, DictExpr):
-        if not all(isinstance(k, str) for k, _ in expr.items):
-            raise ValueError("the NESTFUL form writes only dicts with string keys")
-        return {k: _nestful_value(v, rename) for k, v in expr.items}
-    raise ValueError("the NESTFUL form cannot write arithmetic; use the \"json\" dialect")
 
 
 # --------------------------------------------------------------------------- streaming

@@ -25,16 +25,18 @@ a reference is escaped (`\\{`, `\\$`). Every nested operator expression is paren
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 from .model import (
     DIALECTS, Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template,
 )
+from .jsonplan import _J, _NESTFUL_REF, _SHAPES, NESTFUL_RESULT, _Reader
 from .parser import _BRACE_REF
 
-__all__ = ["render"]
+__all__ = ["render", "render_json"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEYWORDS = {"true", "false", "null", "True", "False", "None"}
@@ -56,8 +58,6 @@ def render(plan: Plan, dialect: Dialect = "paper") -> str:
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {', '.join(map(repr, DIALECTS))}, got {dialect!r}")
     if dialect in ("json", "nestful"):
-        from .jsonplan import render_json  # local import: jsonplan uses this module's parser
-
         return render_json(plan, dialect)
     calls = plan.calls
     for c in calls:
@@ -212,12 +212,127 @@ class _Renderer:
 
 
 def _string_step(step: Step) -> str:
-    """A step inside a string: `.name`, `[0]`, `['key']` or `[\\"key\\"]`."""
+    """A step inside a (double-quoted) string: `.name`, `[0]`, `['key']` or `[\\"key's\\"]`."""
     if isinstance(step, int):
         return f"[{step}]"
     if _NAME.match(step):
         return f".{step}"
-    if "\\" in step or "\n" in step or ("'" in step and '"' in step):
+    if "\\" in step or "\n" in step or '"' in step:  # strings are written in double quotes
         raise ValueError(f"the field name {step!r} has no written form inside a string; "
                          "select it outside the string")
     return f"['{step}']" if "'" not in step else f'[\\"{step}\\"]'
+
+
+# --------------------------------------------------------------------------- render
+
+
+def render_json(plan: Plan, dialect: Dialect = "json") -> str:
+    """Write a plan in the JSON form ("json") or the NESTFUL form ("nestful"), one call
+    per line.
+
+    Raises:
+        ValueError: a plan the form cannot express: NaN anywhere; for "nestful" also
+            positional arguments, arithmetic, and text that would read as a reference.
+    """
+    if dialect == "nestful":
+        return _render_nestful(plan)
+    lines = [json.dumps({k: v for k, v in (
+        ("id", c.id), ("function", c.function),
+        ("args", [_value(a.value) for a in c.args if a.name is None]),
+        ("kwargs", {a.name: _value(a.value) for a in c.args if a.name is not None}),
+    ) if v or k in ("id", "function")}, ensure_ascii=False) for c in plan.calls]
+    body = "{\"calls\": [\n  " + ",\n  ".join(lines) + "\n]"
+    if plan.answer is not None:
+        body += ", \"answer\": " + json.dumps(_value(plan.answer), ensure_ascii=False)
+    return _finite(body + "}")
+
+
+def _finite(text: str) -> str:
+    # json.dumps writes infinities as `Infinity`; write them as numbers JSON can hold.
+    return re.sub(r"(?<![\w\"])(-?)Infinity(?![\w\"])", r"\g<1>1e999", text)
+
+
+def _value(expr: Expr) -> Any:
+    if isinstance(expr, Literal):
+        if isinstance(expr.value, float) and math.isnan(expr.value):
+            raise ValueError("NaN has no written form in a plan")
+        return expr.value
+    if isinstance(expr, Ref):
+        return {"ref": expr.id, "path": list(expr.path)} if expr.path else {"ref": expr.id}
+    if isinstance(expr, ListExpr):
+        return [_value(e) for e in expr.items]
+    if isinstance(expr, DictExpr):
+        keys = [k for k, _ in expr.items]
+        plain = (all(isinstance(k, str) for k in keys) and len(set(keys)) == len(keys)
+                 and set(keys) not in _SHAPES)
+        if plain:
+            return {k: _value(v) for k, v in expr.items}
+        return {"dict": [[_literal_key(k), _value(v)] for k, v in expr.items]}
+    if isinstance(expr, Template):
+        return {"template": [p if isinstance(p, str) else _value(p) for p in expr.parts]}
+    if isinstance(expr, BinOp):
+        return {"op": expr.op, "left": _value(expr.left), "right": _value(expr.right)}
+    raise TypeError(f"not a plan expression: {expr!r}")
+
+
+def _literal_key(key: Any) -> Any:
+    if isinstance(key, float) and math.isnan(key):
+        raise ValueError("NaN has no written form in a plan")
+    return key
+
+
+def _render_nestful(plan: Plan) -> str:
+    rename = {c.id: (f"var{c.id}" if c.id.isdigit() else c.id) for c in plan.calls}
+    lines = []
+    for c in plan.calls:
+        if any(a.name is None for a in c.args):
+            raise ValueError(f"call {c.id} has positional arguments, which the NESTFUL form "
+                             "cannot write; use the \"json\" dialect")
+        args = {a.name: _nestful_value(a.value, rename) for a in c.args}
+        lines.append(json.dumps({"name": c.function, "arguments": args, "label": rename[c.id]},
+                                ensure_ascii=False))
+    if plan.answer is not None:
+        answer = plan.answer
+        if not (isinstance(answer, DictExpr) and all(isinstance(k, str) for k, _ in answer.items)):
+            raise ValueError("the NESTFUL form writes an answer only as named references")
+        lines.append(json.dumps({"name": NESTFUL_RESULT, "arguments": {
+            k: _nestful_value(v, rename) for k, v in answer.items}}, ensure_ascii=False))
+    return _finite("[\n  " + ",\n  ".join(lines) + "\n]")
+
+
+def _nestful_ref(ref: Ref, rename: dict[str, str]) -> str:
+    out = "$" + rename.get(ref.id, ref.id)
+    for step in ref.path:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        elif step and not re.search(r"[.\[\]$]", step):
+            out += "." + step
+        else:
+            raise ValueError(f"the field name {step!r} has no written form in the NESTFUL form")
+    return out + "$"
+
+
+def _nestful_value(expr: Expr, rename: dict[str, str]) -> Any:
+    if isinstance(expr, Ref):
+        return _nestful_ref(expr, rename)
+    if isinstance(expr, Template):
+        text = "".join(p if isinstance(p, str) else _nestful_ref(p, rename) for p in expr.parts)
+        back = _Reader("").nestful_string(_J(text, 0, 0, "string", json.dumps(text)), "")
+        want = Template(tuple(p if isinstance(p, str) else Ref(rename.get(p.id, p.id), path=p.path)
+                              for p in expr.parts))
+        if back != want:
+            raise ValueError(f"the text {text!r} would not read back as written in the NESTFUL "
+                             "form (`$` next to references); use the \"json\" dialect")
+        return text
+    if isinstance(expr, Literal):
+        if isinstance(expr.value, str) and _NESTFUL_REF.search(expr.value):
+            raise ValueError(f"the text {expr.value!r} would read as a reference in the NESTFUL "
+                             "form; use the \"json\" dialect")
+        return _value(expr)
+    if isinstance(expr, ListExpr):
+        return [_nestful_value(e, rename) for e in expr.items]
+    if isinstance(expr, DictExpr):
+        if not all(isinstance(k, str) for k, _ in expr.items):
+            raise ValueError("the NESTFUL form writes only dicts with string keys")
+        return {k: _nestful_value(v, rename) for k, v in expr.items}
+    raise ValueError("the NESTFUL form cannot write arithmetic; use the \"json\" dialect")
