@@ -421,3 +421,44 @@ def test_cancel_all_kills_running_compute_calls_and_starts_no_queued_one(tmp_pat
     pid = seen["worker"]
     assert pid and pid != os.getpid()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_cancel_all_ends_a_running_plan_s_compute_and_inout_calls_cancelled() -> None:
+    """A compiled plan: a long compute call (its worker is killed), a long inout call (its
+    thread is abandoned), and a call waiting on them (never started)."""
+    import threading
+
+    from prefect.context import FlowRunContext
+
+    plan = Plan(
+        (
+            Call("slow", "crunch", (lit(60),)),
+            Call("wait", "fetch", (lit(60), Arg("value", Literal("w")))),
+            Call("after", "add", (Arg(None, Ref("slow")), lit(1))),
+        )
+    )
+    recorder = Recorder()
+
+    def cancel_once_running(runner: LLMOrchTaskRunner) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = {cid: rec.state for cid, rec in recorder.records.items()}
+            if states.get("slow") == "Running" and states.get("wait") == "Running":
+                break
+            time.sleep(0.02)
+        runner.cancel_all()
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+    def f():  # noqa: ANN202
+        canceller = threading.Thread(target=cancel_once_running, args=(FlowRunContext.get().task_runner,))
+        canceller.start()
+        report = execute(plan, toolbox, processors=1, recorder=recorder)[2]
+        canceller.join()
+        return report
+
+    report = f(return_state=True).result(raise_on_failure=False)
+    calls = {c["id"]: c for c in report.calls} if hasattr(report, "calls") else {}
+    states = {cid: rec.state for cid, rec in recorder.records.items()}
+    assert states["slow"] == "Cancelled" and states["wait"] == "Cancelled", states
+    assert states["after"] not in ("Running", "Completed"), states  # never started
+    assert not calls or calls["after"]["start"] is None

@@ -510,6 +510,21 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         else:
             co.grow(frg)
 
+    def _worth_growing(self) -> bool:
+        """Whether a new submission could start now. Growing rebuilds the graph (linear in
+        its size), so a burst of submissions that must wait anyway (inputs not done, or no
+        free processor) joins the graph later, at once, when one of them could start."""
+        co = self._co
+        if not self._new or co is None or co.is_finished():
+            return bool(self._new)
+        free = co.free_processors > 0
+        for sub in self._new:
+            if sub.external is not None:
+                return True
+            if (sub.kind == "inout" or free) and all(self._subs[d].state == "done" for d in sub.deps):
+                return True
+        return False
+
     def _dispatch(self) -> None:
         """Ask the Coordinator what starts now and start it (compute calls once a slot of
         the global limit is held for them)."""
@@ -521,7 +536,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 self._cold = {t for t in self._cold if not self._limit.is_warm(t)}
             if self._expected or self._cold:
                 return
-            self._grow()
+            if self._worth_growing():
+                self._grow()
             co = self._co
             if co is None:
                 return
