@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The machine is shared and noisy: no per-example time limits (hypothesis' default 200 ms
+# deadline fails tests for the load, not for the code).
+settings.register_profile("llmorch", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("llmorch")
 
 from prefect_llmorch.schedule.policy import POLICIES
 
