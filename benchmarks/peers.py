@@ -374,6 +374,19 @@ def checked(run: Run, wl: Workload, expected: str) -> Run:
     return run
 
 
+def _compute_cpu(wl: Workload) -> float:
+    """CPU seconds of the plan's compute calls (their `seconds` arguments)."""
+    total = 0.0
+    for call in wl.plan.calls:
+        if toolbox[call.function].kind == "compute":
+            total += float(_arguments(call, {c.id: None for c in wl.plan.calls}).get("seconds", 0.0))
+    return total
+
+
+def _span(calls: list[dict[str, Any]]) -> float:
+    return max((c["end"] for c in calls), default=0.0) - min((c["start"] for c in calls), default=0.0)
+
+
 def peak_compute(calls: list[dict[str, Any]]) -> int:
     """Most compute calls running at once (by their own start/end records)."""
     events = sorted([(c["start"], 1) for c in calls if c["kind"] == "compute"]
@@ -402,7 +415,10 @@ def summarize(wl: Workload, runs: dict[str, list[Run]]) -> list[dict[str, Any]]:
             "max": max(walls), "vs_ours": None if ours is None else med / ours, "best": best,
             "vs_best": med / best, "llm_seconds": llm_s, "llm_requests": rs[0].llm_requests,
             "streamed": rs[0].streamed, "first_llm": statistics.median(r.first_llm for r in rs),
-            "tail": statistics.median(r.tail for r in rs), "compute_pids": max((len({c["pid"] for c in r.calls if c["kind"] == "compute"}) for r in rs), default=0),
+            "tail": statistics.median(r.tail for r in rs),
+            "compute_span": statistics.median(_span([c for c in r.calls if c["kind"] == "compute"]) for r in rs),
+            "compute_cpu": _compute_cpu(wl),
+            "compute_pids": max((len({c["pid"] for c in r.calls if c["kind"] == "compute"}) for r in rs), default=0),
             "peak_compute": max((peak_compute(r.calls) for r in rs), default=0) if compute else 0,
             "runs": [{"wall": r.wall, "first_llm": r.first_llm, "tail": r.tail, "llm_seconds": r.llm_seconds,
                       "calls": [{**c, "start": c["start"] - r.asked, "end": c["end"] - r.asked} for c in r.calls]}
@@ -413,14 +429,15 @@ def summarize(wl: Workload, runs: dict[str, list[Run]]) -> list[dict[str, Any]]:
 
 def table(wl: Workload, rows: list[dict[str, Any]]) -> str:
     head = (f"{'system':<30} {'median':>7} {'min-max':>13} {'/ours':>6} {'best':>6} {'/best':>6}"
-            f" {'LLM req (s)':>12} {'to 1st LLM':>10} {'tail':>6} {'compute pids':>12} {'at once':>7}")
+            f" {'LLM req (s)':>12} {'to 1st LLM':>10} {'tail':>6} {'compute span (cores)':>20} {'pids':>4} {'at once':>7}")
     lines = [f"{wl.title}; best schedule of the calls on P = {P}: {wl.best_calls:.1f} s", head]
     for r in rows:
         vs_ours = "-" if r["vs_ours"] is None else f"{r['vs_ours']:.2f}"
+        span = f"{r['compute_span']:.2f}s ({r['compute_cpu'] / r['compute_span']:.2f})" if r["compute_pids"] else "-"
         lines.append(
             f"{r['system']:<30} {r['median']:>6.2f}s {r['min']:>5.2f}-{r['max']:<5.2f}s {vs_ours:>6} {r['best']:>5.2f}s"
             f" {r['vs_best']:>6.2f} {r['llm_requests']:>3} ({r['llm_seconds']:4.2f}) {r['first_llm']:>9.2f}s"
-            f" {r['tail']:>5.2f}s {r['compute_pids'] or '-':>12}"
+            f" {r['tail']:>5.2f}s {span:>20} {r['compute_pids'] or '-':>4}"
             f" {r['peak_compute'] or '-':>7}"
         )
     return "\n".join(lines)
@@ -493,8 +510,10 @@ def main(argv: list[str] | None = None) -> int:
         "its plan and starts calls before the reply ends, so it can be under its best.\n"
         "to 1st LLM: asking to the server receiving the first LLM request; tail: last call's end\n"
         "to the answer (the peers' final LLM turn is in it); medians.\n"
-        "compute pids / at once: processes that ran compute calls, most compute calls running at\n"
-        "once (their own records); on threads of one process they share one core under the GIL."
+        "compute span: first compute call's start to the last one's end, with the cores the compute\n"
+        "calls got on average in brackets (their CPU seconds / span; at best 2.00 on P = 2, 1.00 on\n"
+        "threads of one process); pids / at once: processes that ran compute calls, most compute calls running\n"
+        "at once (their own records); on threads of one process they share one core under the GIL."
     )
     if args.json:
         with open(args.json, "w") as fh:
