@@ -338,3 +338,13 @@ def test_nestful_and_json_round_trips(plan: Plan) -> None:
     back = parse(render(plan, "nestful"))
     assert back == plan and back.dialect == "nestful"
     assert parse(render(plan, "json")) == plan
+
+
+def test_repairs_show_json_plans_as_paper_text_or_json_when_text_cannot_write_them() -> None:
+    from prefect_llmorch.llm.repair import call_text, plan_text
+
+    plan = parse((PLANS / "nestful_flights.json").read_text())
+    assert plan_text(plan).splitlines()[2].startswith("var3: SkyScrapperFlightSearch(originSkyId=var1.skyId")
+    odd = parse('[{"name": "Sky:search", "arguments": {"q": "a"}, "label": "var1"}]')
+    assert json.loads(call_text(odd.calls[0]))["calls"][0]["function"] == "Sky:search"
+    assert plan_text(parse("1. f()\n2. g($1.x)")).startswith("1. f()")  # text plans keep their dialect

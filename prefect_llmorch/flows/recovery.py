@@ -56,6 +56,7 @@ from prefect_llmorch.llm.repair import (
     RepairRejected,
     call_text,
     parse_repair,
+    plan_text,
     repair_call,
     repair_prompt,
     short,
@@ -392,7 +393,7 @@ class RecoveryController:
             "outcome": self.outcome,
             "rounds": [r.to_dict() for r in self.rounds],
             "unresolved": [asdict(f) for f in self.unresolved],
-            "plan": self.plan.to_text("paper").strip(),
+            "plan": plan_text(self.plan, "paper"),
         }
 
     def to_markdown(self) -> str:

@@ -21,7 +21,7 @@ from prefect_llmorch.plan.parser import check, parse
 
 __all__ = [
     "Failure", "Repair", "RepairRejected", "REPAIR_SYSTEM",
-    "call_text", "parse_repair", "repair_call", "repair_prompt", "short",
+    "call_text", "parse_repair", "plan_text", "repair_call", "repair_prompt", "short",
 ]
 
 REPAIR_SYSTEM = (
@@ -70,8 +70,19 @@ class RepairRejected(ValueError):
 
 
 def call_text(call: Call) -> str:
-    """One call as a line of the paper dialect."""
-    return Plan((call,), dialect="paper").to_text().strip()
+    """One call as a line of the paper dialect (the JSON form when the paper dialect cannot
+    write it, e.g. a NESTFUL function name like `Sky:search`)."""
+    return plan_text(Plan((call,), dialect="paper"))
+
+
+def plan_text(plan: Plan, dialect: str | None = None) -> str:
+    """The plan as text: in `dialect`, else its own text dialect (a JSON plan in the paper
+    dialect, which repairs answer in); the JSON form when the text cannot write it."""
+    dialect = dialect or (plan.dialect if plan.dialect in ("paper", "llmcompiler") else "paper")
+    try:
+        return plan.to_text(dialect).strip()  # type: ignore[arg-type]
+    except ValueError:
+        return plan.to_text("json").strip()
 
 
 def short(value: Any, limit: int) -> str:
@@ -161,7 +172,7 @@ def repair_prompt(
         result: `point`'s own result as text, when it completed (and did not fail).
     """
     kind = toolbox[point.function].kind
-    lines = ["The plan being run:", "```", plan.to_text().strip(), "```", ""]
+    lines = ["The plan being run:", "```", plan_text(plan), "```", ""]
     for f in failures:
         lines += [
             f"Failed call `{f.call_id}` (function `{f.function}`, {f.kind}): {f.call}",
