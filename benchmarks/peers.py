@@ -43,8 +43,11 @@ byte sent (latency + token delay x tokens). A peer's turns are sequential and it
 the turn that names them, so nothing can do better with its protocol; ours streams one plan
 and starts calls while it streams, so it can go below its "best". Printed: median and spread
 (min-max) over `--repeat` runs (one unrecorded warm-up round first; system order rotates
-every round), median / ours, median / best, LLM requests, the compute calls' process ids.
-No thresholds are asserted.
+every round), median / ours, median / best, LLM requests and their time, the time from asking
+to the first LLM request and from the last call's end to the answer, the compute calls' span
+and the cores they got (CPU seconds / span), their process ids, and the load average before
+and after (other sessions on the machine take cores from every system, most from ours, which
+needs 2). `--latency 0 --token-delay 0` gives an instant LLM. No thresholds are asserted.
 """
 
 from __future__ import annotations
