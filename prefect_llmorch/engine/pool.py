@@ -16,6 +16,8 @@ with), so that both implementations and their callers share one set of names. No
 
 from __future__ import annotations
 
+import contextvars
+
 import concurrent.futures
 import threading
 from dataclasses import dataclass
@@ -116,6 +118,12 @@ class Cancel:
     def wait(self, done: concurrent.futures.Future[Any], timeout: float | None) -> None:
         """Wait until `done` is done, the token is set, or `timeout` passes."""
         concurrent.futures.wait([done, self._set], timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+
+
+#: Environment variables set in the worker process for the compute call run from this context
+#: (the runner sets `CUDA_VISIBLE_DEVICES` to the GPU device the Coordinator placed the call on,
+#: or to "" for a call without GPU memory when the run has devices).
+CALL_ENV: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("llmorch_call_env", default=None)
 
 
 @runtime_checkable

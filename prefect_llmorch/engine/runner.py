@@ -71,10 +71,11 @@ from prefect.task_runners import TaskRunner
 
 from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
 from prefect_llmorch.engine.leases import GlobalLimit
-from prefect_llmorch.engine.pool import CallCancelled, CallNotSent, Cancel
+from prefect_llmorch.engine.pool import CALL_ENV, CallCancelled, CallNotSent, Cancel
 from prefect_llmorch.engine.workers import WorkerPool
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.schedule.policy import Coordinator, check_policy
+from prefect_llmorch.schedule.resources import Capacities
 
 if TYPE_CHECKING:
     from prefect.tasks import Task
@@ -111,6 +112,7 @@ class _Submission:
     cancel: Cancel
     deps: frozenset[str] = frozenset()
     cost: float = 1.0
+    demand: Any = None  # what a compiled call holds (`FRG.demand`), None: its kind's default
     tags: frozenset[str] = frozenset()
     state: str = "pending"  # pending -> running -> done
     external: PrefectFuture[Any] | None = None  # an upstream future of somewhere else
@@ -161,6 +163,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         pin: bool = False,
         preload: Iterable[str] = (),
         guard: str = "global",
+        resources: Any = None,
+        gpus: Any = None,
     ) -> None:
         super().__init__()
         if processors is not None and processors < 1:
@@ -173,6 +177,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self.concurrency_limit = concurrency_limit
         self.pin = pin
         self.preload = tuple(preload)
+        # Bad capacities fail here, before anything runs (Capacities.of checks them).
+        caps = Capacities.of(self.processors, resources, gpus)
+        self.resources = {r: a for r, a in caps.amounts.items() if r != "processors" and not (caps.devices and r == "gpu_mem_gb")}
+        self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in caps.devices]
         self._init_state()
 
     def _init_state(self) -> None:
@@ -212,7 +220,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._policy = value
 
     def _settings(self) -> tuple[Any, ...]:
-        return (self.processors, self.policy, self.concurrency_limit, self.pin, self.preload, self.guard)
+        return (
+            self.processors, self.policy, self.concurrency_limit, self.pin, self.preload, self.guard,
+            tuple(sorted(self.resources.items())), tuple((g["id"], g["mem_gb"]) for g in self.gpus),
+        )
 
     def duplicate(self) -> "LLMOrchTaskRunner":
         return type(self)(
@@ -222,6 +233,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             pin=self.pin,
             preload=self.preload,
             guard=self.guard,
+            resources=dict(self.resources),
+            gpus=[dict(g) for g in self.gpus],
         )
 
     def __eq__(self, other: object) -> bool:
@@ -235,6 +248,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         return {
             "processors": self.processors, "policy": self.policy, "concurrency_limit": self.concurrency_limit,
             "pin": self.pin, "preload": self.preload, "guard": self.guard,
+            "resources": dict(self.resources), "gpus": [dict(g) for g in self.gpus],
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -391,6 +405,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 self._expected.discard(call_id)
                 if self._frg is not None and call_id in self._frg:
                     sub.cost = self._frg.cost[call_id]
+                    sub.demand = self._frg.demand[call_id]
             deps: set[str] = set()
             for fut in upstream:
                 node = self._by_run.get(fut.task_run_id)
@@ -504,9 +519,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             kinds={s.node: s.kind for s in subs},
             costs={s.node: s.cost for s in subs},
             functions={s.node: s.call_id or getattr(s.task, "name", "upstream") for s in subs},
+            resources={s.node: s.demand for s in subs if s.demand},
         )
         if co is None:
-            self._co = Coordinator(frg, self.processors, self.policy)
+            self._co = Coordinator(frg, self.processors, self.policy, resources=self.resources, gpus=self.gpus)
         else:
             co.grow(frg)
 
@@ -556,6 +572,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                         else:
                             sub.state = "running"
                     elif sub.kind == "compute":
+                        if self.gpus:  # the worker runs the call with its device alone visible
+                            device = co.device_of(node)
+                            env = {"CUDA_VISIBLE_DEVICES": "" if device is None else str(device)}
+                            sub.context.run(CALL_ENV.set, env)
                         self._held.append(sub)
                     else:
                         sub.state = "running"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable
 
+from prefect_llmorch.engine.pool import CALL_ENV
 from prefect_llmorch.engine.pool import (  # re-exported: the pool's vocabulary
     CallCancelled,
     CallNotSent,
@@ -139,15 +140,19 @@ def _worker_main(conn: Connection, affinity: list[int] | None) -> None:
                     pass
             conn.send_bytes(_dumps(("ok", None, 0.0, 0.0, pid)))
             continue
-        fn, args, kwargs = payload
+        fn, args, kwargs, env = payload
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # set per call, before the function runs (e.g. CUDA_VISIBLE_DEVICES)
         start = time.time()
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:  # report everything, including SystemExit
             end = time.time()
+            _restore(saved)
             conn.send_bytes(_dumps(("error", _portable(exc), traceback.format_exc(), start, end, pid)))
             continue
         end = time.time()
+        _restore(saved)
         try:
             data = _dumps(("ok", value, start, end, pid))
         except Exception as exc:
@@ -155,6 +160,14 @@ def _worker_main(conn: Connection, affinity: list[int] | None) -> None:
                 ("error", TypeError(f"result of type {type(value).__name__} cannot be sent back: {exc}"), "", start, end, pid)
             )
         conn.send_bytes(data)
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -204,11 +217,14 @@ class Worker:
             self.process.kill()
             self.process.join(timeout=2)
 
-    def run(self, call: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Outcome:
+    def run(
+        self, call: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None,
+        env: dict[str, str] | None = None,
+    ) -> Outcome:
         """Run one call; raise its exception (remote traceback as cause), `CallTimeout`
         or `WorkerDied`. The caller replaces the worker after the last two."""
         try:
-            self.conn.send_bytes(_dumps(("call", (fn, args, kwargs))))
+            self.conn.send_bytes(_dumps(("call", (fn, args, kwargs, env or {}))))
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise CallNotSent(
                 f"{call}: its function or arguments cannot be pickled, so it cannot be sent to a worker "
@@ -386,7 +402,7 @@ class WorkerPool:
         if cancel is not None:
             forget = cancel.on_set(lambda: self._kill_for(cancel))
         try:
-            outcome = worker.run(call, fn, args, kwargs or {}, timeout)
+            outcome = worker.run(call, fn, args, kwargs or {}, timeout, dict(CALL_ENV.get() or {}))
         except WorkerError as exc:
             self._release(worker, cancel)
             self._replace(worker)
