@@ -320,6 +320,58 @@ def _print_report(report: Any, as_json: bool) -> None:
     console.print(f"result: {report.result!r}", markup=False, highlight=False)
 
 
+# ---------------------------------------------------------------- running flows
+
+
+def _start_prefect() -> Any:
+    """Start the embedded Prefect server now when no PREFECT_API_URL is set (guarded so it
+    never outlives this process); None when a server is configured."""
+    from prefect_llmorch.flows.ephemeral import start_ephemeral_server
+
+    return start_ephemeral_server()
+
+
+class _Clock:
+    """Where the command's wall time went, printed as one line on stderr (stdout stays
+    for the report / the JSON): Prefect start, flow (to the last call's end), teardown
+    (from there until the flow call returned)."""
+
+    def __init__(self, started: Any) -> None:
+        import time
+
+        self.prefect = started.seconds if started is not None else None
+        self.flow_start = time.time()
+
+    def report(self, report: Any) -> None:
+        import time
+
+        import psutil
+
+        now = time.time()
+        ends = [c.end for c in getattr(report, "calls", []) if c.end is not None]
+        last = report.t0 + max(ends) if ends else now
+        flow, teardown = max(0.0, last - self.flow_start), max(0.0, now - last)
+        prefect = "Prefect start " + (f"{self.prefect:.1f} s" if self.prefect is not None else "0 s (server at PREFECT_API_URL)")
+        wall = now - psutil.Process().create_time()
+        print(
+            f"time: {wall:.1f} s so far: {prefect}, flow {flow:.1f} s (to the last call's end), "
+            f"teardown {teardown:.1f} s, the rest {max(0.0, wall - (self.prefect or 0) - flow - teardown):.1f} s "
+            "(imports, checks)", file=sys.stderr, flush=True,
+        )
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit at once after a Ctrl-C / SIGTERM run printed its report: threads of abandoned
+    inout calls would hold a normal exit; the embedded server's watchdog stops the server."""
+    for stream in (_state["json_out"], sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 @app.command()
 def run(
     plan: str = typer.Argument(..., help=PLAN_HELP),
@@ -341,23 +393,33 @@ def run(
     text = _read_plan(plan)
     with _json_stdout(as_json):
         _parse(text, _toolbox(toolbox), as_json)  # every error before Prefect starts
+        from prefect_llmorch.flows import interrupt
         from prefect_llmorch.flows.run import PlanRunFailed, run_plan
 
-        try:
-            report = run_plan(
-                text, toolbox, processors=P, policy=policy,
-                concurrency_limit=None if no_limit else "llmorch-processors",
-                endpoint=endpoint, recovery_rounds=recover, cancel_running=cancel_running,
-            )
-        except PlanRunFailed as exc:
-            _print_report(exc.report, as_json)
-            raise typer.Exit(1) from None
-        except RuntimeError as exc:  # e.g. the plan calls `self` and no LLM is configured
-            _fail(str(exc), exc)
+        with interrupt.stop_on_signals():
+            clock = _Clock(_start_prefect())
+            try:
+                report = run_plan(
+                    text, toolbox, processors=P, policy=policy,
+                    concurrency_limit=None if no_limit else "llmorch-processors",
+                    endpoint=endpoint, recovery_rounds=recover, cancel_running=cancel_running,
+                )
+            except PlanRunFailed as exc:
+                _print_report(exc.report, as_json)
+                clock.report(exc.report)
+                raise typer.Exit(1) from None
+            except RuntimeError as exc:  # e.g. the plan calls `self` and no LLM is configured
+                _fail(str(exc), exc)
+            if interrupt.received():
+                _print_report(report, as_json)
+                clock.report(report)
+                _exit_now(interrupt.exit_code())
         if as_json:
             _print_report(report, as_json)
+            clock.report(report)
             return
     _print_report(report, as_json)
+    clock.report(report)
 
 
 @app.command()
@@ -430,26 +492,48 @@ def _ask_and_print(
     from prefect_llmorch.flows.run import PlanRunFailed
     from prefect_llmorch.flows.planner import PlanningFailed
 
-    try:
-        report = ask_query(
-            question, toolbox, processors=processors, policy=policy, endpoint=client, attempts=attempts,
-            cancel_running=cancel_running, planner=planner,
-        )
-    except PlanRunFailed as exc:
-        _print_report(exc.report, as_json)
-        raise typer.Exit(1) from None
-    except (PlanningFailed, LLMError) as exc:
-        if as_json:
-            _emit_json({"state": "Failed", "message": str(exc)})
-        else:
-            err_console.print(str(exc), markup=False)
-        raise typer.Exit(1) from None
+    from prefect_llmorch.flows import interrupt
+
+    with interrupt.stop_on_signals():
+        clock = _Clock(_start_prefect())
+        try:
+            report = ask_query(
+                question, toolbox, processors=processors, policy=policy, endpoint=client, attempts=attempts,
+                cancel_running=cancel_running, planner=planner,
+            )
+        except PlanRunFailed as exc:
+            _print_report(exc.report, as_json)
+            clock.report(exc.report)
+            raise typer.Exit(1) from None
+        except (PlanningFailed, LLMError) as exc:
+            if as_json:
+                _emit_json({"state": "Failed", "message": str(exc)})
+            else:
+                err_console.print(str(exc), markup=False)
+            clock.report(None)
+            raise typer.Exit(1) from None
+        except BaseException as exc:  # stopped before the plan came: no report to print
+            if not interrupt.received():
+                raise
+            message = f"stopped by {interrupt.received()} before the plan was complete ({type(exc).__name__})"
+            if as_json:
+                _emit_json({"state": "Cancelled", "message": message})
+            else:
+                err_console.print(message, markup=False)
+            _exit_now(interrupt.exit_code())
+        if interrupt.received():
+            if not as_json:
+                console.print(report.extra.get("plan", ""), markup=False, highlight=False)
+            _print_report(report, as_json)
+            clock.report(report)
+            _exit_now(interrupt.exit_code())
     if not as_json:
         console.print("plan:", style="bold")
         console.print(report.extra.get("plan", ""), markup=False, highlight=False)
         tokens = report.extra.get("tokens", {})
         console.print(f"planner attempts: {report.extra.get('attempts')} | tokens: {tokens.get('prompt', 0)} prompt + {tokens.get('completion', 0)} completion")
     _print_report(report, as_json)
+    clock.report(report)
 
 
 @app.command()

@@ -80,12 +80,27 @@ from prefect_llmorch.schedule.resources import Capacities
 if TYPE_CHECKING:
     from prefect.tasks import Task
 
-__all__ = ["LLMOrchTaskRunner", "NestedComputeSubmit", "GuardUnavailable", "CALL_ATTR", "default_processors"]
+__all__ = [
+    "LLMOrchTaskRunner", "NestedComputeSubmit", "GuardUnavailable", "CALL_ATTR", "default_processors", "live_runners",
+]
 
 logger = logging.getLogger("prefect_llmorch.engine.runner")
 
 #: Prefect's error when `task.submit()` runs outside a flow run (here: in a worker process).
 _PREFECT_NO_RUNNER = "Unable to determine task runner"
+
+
+#: Runners entered and not yet exited in this process: Prefect runs a duplicate of the
+#: flow's runner, so a signal handler finds the live one here (`flows/interrupt.py`).
+#: Keyed by id: runners compare equal by their settings.
+_LIVE: "dict[int, LLMOrchTaskRunner]" = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def live_runners() -> "list[LLMOrchTaskRunner]":
+    """The runners of this process that are started now (between `__enter__` and `__exit__`)."""
+    with _LIVE_LOCK:
+        return list(_LIVE.values())
 
 
 def default_processors() -> int:
@@ -267,6 +282,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._started = False
             raise
         self._stack = stack
+        with _LIVE_LOCK:
+            _LIVE[id(self)] = self
         return self
 
     def _start_threads(self, stack: ExitStack) -> None:
@@ -280,6 +297,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._adjust_slots()
 
     def __exit__(self, *exc_info: Any) -> None:
+        with _LIVE_LOCK:
+            _LIVE.pop(id(self), None)
         with self._lock:
             self._closing = True  # nothing starts from now on
             queued = [s for s in self._subs.values() if s.state == "pending" and s.external is None]

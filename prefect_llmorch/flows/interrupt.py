@@ -1,0 +1,138 @@
+"""Ctrl-C and SIGTERM stop a run: the report of what finished, then exit 130 / 143.
+
+The CLI wraps the flow call in `stop_on_signals()`. On the first SIGINT or SIGTERM:
+
+- the signal is recorded (`received()`), and a thread calls `cancel_all()` on every live
+  `LLMOrchTaskRunner` of this process (`engine.runner.live_runners()`: Prefect runs a
+  duplicate of the flow's runner, so the registry is how the handler finds it): no queued
+  call starts, running compute calls are killed in their workers, inout calls are
+  abandoned, and every call's future ends;
+- the flow body, which was waiting on those futures, builds its report (`Execution.finish`
+  marks it: `mark(report)`) and returns a `Cancelled` final state naming the signal
+  (`run.conclude` -> `cancelled(report)`);
+- the CLI prints the report and exits with `exit_code()` (128 + the signal number).
+
+A second Ctrl-C (or SIGTERM) exits at once with the same code, without a report.
+
+Why the work is done on a thread: a signal handler runs in the main thread between two
+bytecodes, possibly while that thread holds a lock `cancel_all` needs.
+
+Prefect's flow engine installs its own SIGTERM handler while a flow runs (it turns SIGTERM
+into a crash); `rearm()`, called by our flows at the start of their body, puts ours back for
+the body's duration when the CLI asked for it, so SIGTERM means what SIGINT means.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+__all__ = ["cancelled", "exit_code", "mark", "rearm", "received", "stop_on_signals"]
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class _Guard:
+    active: bool = False
+    signum: int | None = None
+    previous: dict[int, Any] = field(default_factory=dict)
+    on_second: Callable[[int], None] | None = None
+
+
+_guard = _Guard()
+
+
+def received() -> str | None:
+    """The name of the signal that stopped this run (`SIGINT`, `SIGTERM`), or None (also
+    outside `stop_on_signals`: a library caller's flows never end Cancelled by it)."""
+    if not _guard.active or _guard.signum is None:
+        return None
+    return signal.Signals(_guard.signum).name
+
+
+def exit_code() -> int:
+    """The shell's code for the signal received: 130 for SIGINT, 143 for SIGTERM (0: none)."""
+    return 128 + _guard.signum if received() is not None and _guard.signum is not None else 0
+
+
+def _cancel_live_runners() -> None:
+    from prefect_llmorch.engine.runner import live_runners
+
+    for runner in live_runners():
+        try:
+            runner.cancel_all()
+        except Exception as exc:  # never let one runner keep the others running
+            print(f"llmorch: cancelling a task runner failed: {exc}", file=sys.stderr, flush=True)
+
+
+def _handle(signum: int, frame: Any) -> None:
+    if _guard.signum is not None:  # the second one: out now
+        if _guard.on_second is not None:
+            _guard.on_second(signum)
+        os._exit(128 + _guard.signum)
+    _guard.signum = signum
+    name = signal.Signals(signum).name
+    print(f"llmorch: {name}: stopping the run (no new call starts, running calls are cancelled); "
+          "press Ctrl-C again to exit at once", file=sys.stderr, flush=True)
+    threading.Thread(target=_cancel_live_runners, name="llmorch-interrupt", daemon=True).start()
+
+
+@contextmanager
+def stop_on_signals(on_second: Callable[[int], None] | None = None) -> Iterator[None]:
+    """Within: the first SIGINT/SIGTERM stops the run, a second one exits at once.
+
+    Call from the main thread (elsewhere it does nothing). The previous handlers come back
+    on the way out (read `received()` / `exit_code()` before leaving).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _guard.signum = None
+    _guard.on_second = on_second
+    _guard.previous = {s: signal.signal(s, _handle) for s in SIGNALS}
+    _guard.active = True
+    try:
+        yield
+    finally:
+        _guard.active = False
+        for s, handler in _guard.previous.items():
+            signal.signal(s, handler)
+        _guard.previous = {}
+
+
+def rearm() -> None:
+    """Inside a flow body: our handlers again while `stop_on_signals` is active (Prefect's
+    engine replaced SIGTERM's for the flow run and puts ours back when the run ends);
+    otherwise nothing changes."""
+    if not _guard.active or threading.current_thread() is not threading.main_thread():
+        return
+    for s in SIGNALS:
+        if signal.getsignal(s) is not _handle:
+            signal.signal(s, _handle)
+
+
+def mark(report: Any) -> Any:
+    """Mark `report` as stopped by the signal received (state `Cancelled`, a message saying
+    which signal and what completed); returns it."""
+    name = received() or "a signal"
+    stopped = [c.id for c in report.calls if c.state != "Completed"]
+    done = len(report.calls) - len(stopped)
+    report.state = "Cancelled"
+    report.message = (
+        f"stopped by {name}: {done} of {len(report.calls)} calls completed"
+        + (f"; not completed: {', '.join(stopped)}" if stopped else "")
+    )
+    return report
+
+
+def cancelled(report: Any) -> Any:
+    """The flow's `Cancelled` final state for a report `mark` marked (its result: the report)."""
+    from prefect.states import Cancelled
+
+    return Cancelled(message=report.message, data=report)

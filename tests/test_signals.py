@@ -1,0 +1,135 @@
+"""Ctrl-C and SIGTERM stop `llmorch run` (issue 13 item 2), in a subprocess with a real
+ephemeral server: no queued call starts, the running compute call's worker is killed, the
+report with the finished results is printed, the flow run ends Cancelled, exit 130 / 143.
+
+What happened is read from the tools' own records (tests/toolboxes_signals.py) and from the
+flow run's row in the server's database; the exit time after the signal is printed (`-s`)
+but never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from toolboxes_signals import LOG_ENV, records
+
+pytestmark = pytest.mark.slow
+
+TESTS = Path(__file__).parent
+
+# s1 finishes; s2 (compute) and s3 (inout) run long; s4-s6 wait for s2: queued.
+PLAN = """\
+s1: quick(1)
+s2: spin(120.0)
+s3: wait_io(120.0)
+s4: quick(s2)
+s5: quick(s4)
+s6: quick(s2)
+"""
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)
+    env.update(
+        PREFECT_HOME=str(tmp_path / "home"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
+        **{LOG_ENV: str(tmp_path / "calls.log")},
+    )
+    return env
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"llmorch run exited early ({proc.returncode}):\n{out}\n{err[-3000:]}")
+        time.sleep(0.2)
+    proc.kill()
+    out, err = proc.communicate()
+    pytest.fail(f"timed out waiting for the calls to start:\n{err[-3000:]}")
+
+
+def _flow_run_states(home: Path) -> list[tuple[str, str]]:
+    """(state_type, state_name) of every flow run in the ephemeral server's database."""
+    con = sqlite3.connect(home / "prefect.db")
+    try:
+        return [tuple(r) for r in con.execute("select state_type, state_name from flow_run")]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_the_run(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    plan = tmp_path / "long.plan"
+    plan.write_text(PLAN)
+    log = tmp_path / "calls.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect_llmorch.cli", "run", str(plan), "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
+        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+    def started() -> bool:
+        seen = {(r[0], r[1]) for r in records(str(log))}
+        return {("end", "quick"), ("start", "spin"), ("start", "wait_io")} <= seen
+
+    _wait_for(started, 240, proc)
+    spin_pid = next(r[3] for r in records(str(log)) if r[:2] == ("start", "spin"))
+    assert psutil.pid_exists(spin_pid)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"still running 60 s after {sig.name}:\n{err[-3000:]}")
+    took = time.monotonic() - sent
+    print(f"\n{sig.name}: exited {proc.returncode} {took:.2f} s after the signal")
+
+    assert proc.returncode == code, err[-3000:]
+    report = json.loads(out)
+    assert report["state"] == "Cancelled"
+    assert sig.name in report["message"]
+    rows = {c["id"]: c for c in report["calls"]}
+    assert rows["s1"]["state"] == "Completed" and report["result"] == {"s1": 2}
+    assert all(rows[c]["state"] == "Cancelled" for c in ("s2", "s3", "s4", "s5", "s6"))
+    assert "killed" in rows["s2"]["reason"]
+    # The long compute call's worker is gone; the queued calls never started (their own records).
+    assert not psutil.pid_exists(spin_pid) or psutil.Process(spin_pid).status() == psutil.STATUS_ZOMBIE
+    calls = records(str(log))
+    assert [r[2] for r in calls if r[:2] == ("start", "quick")] == ["1"]
+    assert not any(r[0] == "end" and r[1] in ("spin", "wait_io") for r in calls)
+    assert "time: " in err and "Prefect start" in err  # where the wall time went, on stderr
+    assert _flow_run_states(tmp_path / "home") == [("CANCELLED", "Cancelled")]
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
+    """The first SIGINT starts stopping; a second one exits at once with 130 (no report)."""
+    plan = tmp_path / "long.plan"
+    plan.write_text(PLAN)
+    log = tmp_path / "calls.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect_llmorch.cli", "run", str(plan), "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
+        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for(lambda: any(r[:2] == ("start", "spin") for r in records(str(log))), 240, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
