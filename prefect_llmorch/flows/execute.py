@@ -25,6 +25,7 @@ from prefect.futures import PrefectFuture, wait
 
 from prefect_llmorch.credentials import CredentialStore
 from prefect_llmorch.engine.compiler import Compiler, Recorder
+from prefect_llmorch.flows import interrupt
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import RecoveryConfig, RecoveryController
 from prefect_llmorch.flows.report import RunReport, build_report, failure_message
@@ -101,6 +102,7 @@ class Execution:
         self.controller = RecoveryController(recovery, toolbox, self.compiler, self.runner) if recovery else None
         self.progress = RunProgress.start(self.recorder)  # the `llmorch-progress` artifact
         self._closed = False
+        interrupt.rearm()  # under the CLI, SIGTERM stops the run as Ctrl-C does
 
     # -- submitting ---------------------------------------------------------------------
     def adopt(self, call: Call, *, at: float | None = None) -> None:
@@ -179,6 +181,8 @@ class Execution:
             report = build_report(self.frg, self.recorder, self.processors, self.futures, self.release)
         finally:
             self.close()
+        if interrupt.received():  # Ctrl-C / SIGTERM: the flow ends Cancelled (`run.conclude`)
+            return interrupt.mark(report)
         if report.failed:
             report.message = failure_message(report)
         elif self.plan.answer is not None:  # the plan names its answer (NESTFUL's var_result)

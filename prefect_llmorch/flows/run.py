@@ -36,8 +36,15 @@ def resolve_toolbox(toolbox: Toolbox | str) -> Toolbox:
     return toolbox if isinstance(toolbox, Toolbox) else load_toolbox(toolbox)
 
 
-def conclude(report: RunReport) -> RunReport:
-    """Return the report of a run whose calls all completed; raise `PlanRunFailed` otherwise."""
+def conclude(report: RunReport) -> Any:
+    """Return the report of a run whose calls all completed; raise `PlanRunFailed` otherwise.
+
+    A run stopped by Ctrl-C / SIGTERM (`interrupt.mark`) returns a `Cancelled` state
+    instead, whose result is the report."""
+    if report.state == "Cancelled":
+        from prefect_llmorch.flows.interrupt import cancelled
+
+        return cancelled(report)
     if report.failed:
         raise PlanRunFailed(report.message, report)
     return report
