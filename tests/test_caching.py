@@ -1,0 +1,102 @@
+"""Caching of pure calls through Prefect's cache: counted with the tools' own records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prefect_llmorch import compute, inout
+from prefect_llmorch.flows.report import PlanRunFailed
+from prefect_llmorch.flows.run import run_plan
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+TOOLBOX = "toolboxes_cache:toolbox"
+
+
+class Runs:
+    """The tools' own record of what really ran (they append to `path`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.log = str(path)
+
+    def __call__(self) -> list[str]:
+        return self.path.read_text().splitlines() if self.path.exists() else []
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Runs:
+    return Runs(tmp_path / "runs.log")
+
+
+def _unique(tmp_path: Path) -> int:
+    # A fresh argument per test: the cache outlives a test (that is the point).
+    return abs(hash(str(tmp_path))) % 10**9
+
+
+def test_a_second_run_reuses_cached_results_and_runs_nothing(runs, tmp_path: Path) -> None:
+    x = _unique(tmp_path)
+    L = runs.log
+    plan = f's1: square({x}, "{L}")\ns2: lookup("q{x}", "{L}")\ns3: square(s1, "{L}")\n'
+    first = run_plan(plan, TOOLBOX, processors=1, concurrency_limit=None)
+    assert first.state == "Completed" and len(runs()) == 3
+    assert not any(c.cached for c in first.calls)
+    second = run_plan(plan, TOOLBOX, processors=1, concurrency_limit=None)
+    assert len(runs()) == 3  # the tools ran no more
+    assert second.state == "Completed" and all(c.cached for c in second.calls)
+    assert second.results == first.results and second.results["s3"] == x**4
+    assert {c.id for c in second.calls if c.to_json().get("cached")} == {"s1", "s2", "s3"}
+
+
+def test_new_arguments_make_a_new_key(runs, tmp_path: Path) -> None:
+    x = _unique(tmp_path)
+    run_plan(f's1: square({x}, "{runs.log}")\n', TOOLBOX, processors=1, concurrency_limit=None)
+    run_plan(f's1: square({x + 1}, "{runs.log}")\n', TOOLBOX, processors=1, concurrency_limit=None)
+    assert [line.split()[:2] for line in runs()] == [["square", str(x)], ["square", str(x + 1)]]
+
+
+def test_no_cache_runs_every_call(runs, tmp_path: Path) -> None:
+    x = _unique(tmp_path)
+    plan = f's1: square({x}, "{runs.log}")\n'
+    run_plan(plan, TOOLBOX, processors=1, concurrency_limit=None)
+    report = run_plan(plan, TOOLBOX, processors=1, concurrency_limit=None, cache=False)
+    assert len(runs()) == 2 and not report.calls[0].cached
+
+
+def test_calls_with_effects_always_run(runs, tmp_path: Path) -> None:
+    x = _unique(tmp_path)
+    for _ in range(2):
+        run_plan(f's1: send("m{x}", "{runs.log}")\n', TOOLBOX, processors=1, concurrency_limit=None)
+    assert len(runs()) == 2
+
+
+def test_a_failed_call_is_not_cached(runs, tmp_path: Path) -> None:
+    x = _unique(tmp_path)
+    flag = tmp_path / "fail"
+    flag.write_text("")
+    plan = f's1: flaky({x}, "{flag}", "{runs.log}")\n'
+    with pytest.raises(PlanRunFailed):
+        run_plan(plan, TOOLBOX, processors=1, concurrency_limit=None)
+    flag.unlink()
+    report = run_plan(plan, TOOLBOX, processors=1, concurrency_limit=None)
+    assert report.result == x + 1 and not report.calls[0].cached
+    assert len(runs()) == 2  # ran again after failing
+
+
+def test_a_result_that_cannot_be_stored_fails_clearly(runs, tmp_path: Path) -> None:
+    with pytest.raises(PlanRunFailed) as info:
+        run_plan(f's1: unstorable({_unique(tmp_path)}, "{runs.log}")\n', TOOLBOX, processors=1, concurrency_limit=None)
+    row = info.value.report.calls[0]
+    assert row.state == "Failed" and "cache=True" in (row.reason or "")
+
+
+def test_effects_and_cache_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="effects=True cannot be cache=True"):
+        @inout(cache=True, effects=True)
+        def both() -> None: ...
+
+    with pytest.raises(ValueError, match="never retried"):
+        @compute(effects=True, retries=2)
+        def retried() -> None: ...
