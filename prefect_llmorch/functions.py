@@ -20,6 +20,7 @@ No Prefect here (worker processes import this module).
 from __future__ import annotations
 
 import inspect
+from datetime import timedelta
 import typing
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -66,6 +67,13 @@ class FunctionSpec:
         resources: what one call needs beyond the default, by resource name
             (`{"gpu_mem_gb": 30}`, `{"search-api": 1}`, `{"processors": 2}`). A compute call
             holds one processor unless this names `processors`; an inout call holds nothing else.
+        cache: the function is pure: a call's result is stored (Prefect result persistence)
+            and reused, in this run or a later one, by any call of the same function and
+            version on the same resolved arguments (engine/caching.py).
+        cache_expiration: how long a cached result may be reused (None: no limit).
+        effects: the function has side effects: never cached, never retried automatically;
+            trace-back recovery re-runs it only through the LLM's repair.
+        version: part of the cache key; defaults to a hash of the function's source.
     """
 
     name: str
@@ -78,6 +86,10 @@ class FunctionSpec:
     retry_delay: float = 0.0
     credentials: str | None = None
     resources: Mapping[str, float] = field(default_factory=dict)
+    cache: bool = False
+    cache_expiration: timedelta | None = None
+    effects: bool = False
+    version: str | None = None
     _signature: inspect.Signature | None = field(default=None, repr=False)
 
     @cached_property
@@ -256,6 +268,10 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
         retry_delay: float = 0.0,
         credentials: str | None = None,
         resources: Mapping[str, float] | None = None,
+        cache: bool = False,
+        cache_expiration: timedelta | None = None,
+        effects: bool = False,
+        version: str | None = None,
     ) -> Callable[[F], F]: ...
 
     def deco(
@@ -270,9 +286,19 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
         retry_delay: float = 0.0,
         credentials: str | None = None,
         resources: Mapping[str, float] | None = None,
+        cache: bool = False,
+        cache_expiration: timedelta | None = None,
+        effects: bool = False,
+        version: str | None = None,
     ) -> F | Callable[[F], F]:
         if cost < 0:
             raise ValueError(f"cost must be >= 0, got {cost}")
+        if cache and effects:
+            raise ValueError("a function with effects=True cannot be cache=True: its calls must really run")
+        if effects and retries:
+            raise ValueError("a function with effects=True is never retried automatically: drop retries=")
+        if cache_expiration is not None and not isinstance(cache_expiration, timedelta):
+            raise TypeError(f"cache_expiration must be a datetime.timedelta, got {cache_expiration!r}")
         declared = check_resources(resources or {}, f"@{kind}(resources=...)")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
@@ -298,6 +324,10 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
                 retry_delay=retry_delay,
                 credentials=credentials,
                 resources=declared,
+                cache=bool(cache),
+                cache_expiration=cache_expiration,
+                effects=bool(effects),
+                version=version,
             )
             f.__llmorch__ = spec  # type: ignore[attr-defined]
             return f
@@ -307,7 +337,7 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
     deco.__name__ = kind
     deco.__doc__ = (
         f"Mark a function as `{kind}`. Use bare (`@{kind}`) or with options "
-        "(`name`, `description`, `cost`, `timeout`, `retries`, `retry_delay`, `credentials`, "
+        "(`name`, `description`, `cost`, `timeout`, `retries`, `retry_delay`, `credentials`, `cache`, `cache_expiration`, `effects`, `version`, "
         "`resources`)."
     )
     return deco

@@ -53,6 +53,7 @@ class CallRow:
         reason: what happened, when it did not complete (None when it did).
         released: seconds from `t0` at which the call became known (0 for a whole plan;
             `llmorch-ask`: when the planner streamed its line, or the final plan came).
+        cached: Completed from Prefect's cache (a `cache=True` function): it did not run.
     """
 
     id: str
@@ -68,6 +69,7 @@ class CallRow:
     attempt: int = 0
     reason: str | None = None
     released: float = 0.0
+    cached: bool = False
 
     @property
     def duration(self) -> float:
@@ -78,6 +80,8 @@ class CallRow:
         out = {k: getattr(self, k) for k in CALL_KEYS}
         if self.state != "Completed":
             out["reason"] = self.reason
+        if self.cached:
+            out["cached"] = True
         return out
 
     def __getitem__(self, key: str) -> Any:
@@ -262,7 +266,7 @@ def _row(rec: CallRecord, future: Any, rows: Mapping[str, CallRow], frg: FRG, re
     row = CallRow(
         id=rec.id, function=rec.function, kind=rec.kind, rank=rec.rank, state=rec.state,
         start=rec.start, end=rec.end, pid=rec.pid, processor=rec.processor, error=rec.error, attempt=rec.attempt,
-        released=released,
+        released=released, cached=rec.cached,
     )
     if row.state == "Completed":
         return row
