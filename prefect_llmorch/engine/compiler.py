@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from prefect import Task
-from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
 from prefect_llmorch.functions import CREDENTIALS_PARAM, SELF, FunctionSpec, Toolbox
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
+from prefect_llmorch.engine.caching import NotCacheable, task_cache_options
 from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool
 
 #: Attribute a compiled task carries to name its call in the FRG.
@@ -55,6 +55,7 @@ class CallRecord:
     processor: int | None = None  # worker index for compute calls; None for inout
     error: str | None = None
     attempt: int = 0
+    cached: bool = False  # answered from Prefect's cache: the function did not run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,6 +185,8 @@ class Compiler:
     stale: set[int] = field(default_factory=set)
     interruptible: bool = False
     pool: ProcessorPool | None = None
+    #: Reuse and store results of `cache=True` functions (`--no-cache` turns it off for a run).
+    cache: bool = True
     _cancels: dict[tuple[str, int], Cancel] = field(default_factory=dict, repr=False)
 
     def cancel(self, call_id: str, attempt: int, reason: str) -> None:
@@ -202,6 +205,8 @@ class Compiler:
         recorder = self.recorder
 
         token = self._cancels[(call.id, attempt)] = Cancel()
+        cache_options = task_cache_options(spec, call, enabled=self.cache)
+        caching = cache_options.get("persist_result", False)
 
         def body(call_text: str, inputs: dict[str, Any]) -> Any:
             from prefect.states import Cancelled
@@ -213,7 +218,10 @@ class Compiler:
                     verdict = gate(call)
                     if verdict is not None:
                         return verdict
-                return self._execute(call, spec, inputs, token)
+                value = self._execute(call, spec, inputs, token)
+                if caching:
+                    self._check_storable(call, value)
+                return value
             except CallCancelled as exc:
                 return Cancelled(message=str(exc))
             finally:
@@ -228,16 +236,47 @@ class Compiler:
             tags={kind, f"rank:{rank}"},
             retries=spec.retries,
             retry_delay_seconds=spec.retry_delay,
-            cache_policy=NO_CACHE,
-            persist_result=False,
             log_prints=False,
             on_failure=list(self.on_failure),
+            on_completion=[self._on_cached(call)],
+            **cache_options,
         )
         setattr(task, CALL_ATTR, call.id)
         setattr(task, CANCEL_ATTR, token)
         task.llmorch_call = call  # type: ignore[attr-defined]  # the Call itself (stale checks)
         recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
         return task
+
+    def _check_storable(self, call: Call, value: Any) -> None:
+        """A `cache=True` call's result must be storable: Prefect would only warn and not
+        cache it; here the call fails and says why."""
+        import cloudpickle
+
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            message = (
+                f"{task_name(call)}: the result ({type(value).__name__}) cannot be stored for cache=True "
+                f"({type(exc).__name__}: {exc}); return picklable data or declare {call.function} without cache=True"
+            )
+            records = _RecordsOf(self, call)
+            self.recorder.results.pop(call.id, None)
+            records.update(call.id, state="Failed", error=f"NotCacheable: {message}")
+            raise NotCacheable(message) from None
+
+    def _on_cached(self, call: Call) -> Callable[..., None]:
+        """An `on_completion` hook: a call Prefect answered from its cache (the body never
+        ran) is recorded as Completed and cached, with its stored result."""
+
+        def hook(task: Any, task_run: Any, state: Any) -> None:
+            if state.name != "Cached":
+                return
+            records = _RecordsOf(self, call)  # ignores stale calls
+            now = self.recorder.rel(time.time())
+            records.set_result(call.id, state.result(raise_on_failure=False))
+            records.update(call.id, state="Completed", start=now, end=now, cached=True)
+
+        return hook
 
     def _execute(self, call: Call, spec: FunctionSpec, inputs: Mapping[str, Any], cancel: Cancel) -> Any:
         recorder = _RecordsOf(self, call)
