@@ -69,6 +69,9 @@ class Execution:
         recorder: where call times (relative to `recorder.t0`), states and results go.
         recovery: trace-back recovery settings; None: a failed call fails the run.
         runner: the `LLMOrchTaskRunner` (or one like it); default: the flow run's, if ours.
+        cache: reuse and store results of `cache=True` functions (False: `--no-cache`).
+        costs: seconds per function (learned: `flows.history.function_costs`) for the
+            critical-path policy, over the toolbox's declared costs.
     """
 
     def __init__(
@@ -81,9 +84,12 @@ class Execution:
         recorder: Recorder | None = None,
         recovery: RecoveryConfig | None = None,
         runner: Any = None,
+        cache: bool = True,
+        costs: Mapping[str, float] | None = None,
     ) -> None:
         self.toolbox = toolbox
         self.processors = processors
+        self.costs = dict(costs or {})
         self.runner = runner if runner is not None else current_llmorch_runner()
         self.recorder = recorder if recorder is not None else Recorder()
         self._store = CredentialStore(toolbox) if secrets is None else None
@@ -92,6 +98,7 @@ class Execution:
             frg=self.frg, toolbox=toolbox, recorder=self.recorder, self_fn=self_fn,
             secrets=self._store if self._store is not None else secrets,
             pool=getattr(self.runner, "pool", None),  # compute calls run on the runner's processors
+            cache=cache,
         )
         self.futures: dict[str, PrefectFuture[Any]] = {}
         #: seconds after `t0` at which each call became known (ask: streamed calls)
@@ -103,6 +110,10 @@ class Execution:
         self.progress = RunProgress.start(self.recorder)  # the `llmorch-progress` artifact
         self._closed = False
         interrupt.rearm()  # under the CLI, SIGTERM stops the run as Ctrl-C does
+
+    def _graph(self, plan: Plan) -> FRG:
+        per_call = {c.id: self.costs[c.function] for c in plan.calls if c.function in self.costs}
+        return FRG.build(plan, self.toolbox, costs=per_call or None)
 
     # -- submitting ---------------------------------------------------------------------
     def adopt(self, call: Call, *, at: float | None = None) -> None:
@@ -117,7 +128,7 @@ class Execution:
         self.release[call.id] = self.recorder.rel(time.time() if at is None else at)
         # Ranks of earlier calls never change when a later call arrives: the FRG of the calls
         # so far (tiny) lets the policy see the current critical paths.
-        self._use_graph(FRG.build(Plan(tuple(self._adopted)), self.toolbox))
+        self._use_graph(self._graph(Plan(tuple(self._adopted))))
         self.compiler.submit([call], self.futures)
 
     def start(self, plan: Plan, kept: Iterable[str] = (), *, planned_at: float | None = None) -> None:
@@ -140,7 +151,7 @@ class Execution:
                 "not started, their results ignored", ", ".join(c.id for c in stale),
             )
         self.plan = plan
-        frg = FRG.build(plan, self.toolbox)
+        frg = self._graph(plan)
         self._use_graph(frg)
         todo = [c for c in plan.calls if c.id not in keep]
         self._require(todo)

@@ -59,6 +59,8 @@ def orchestrate(
     endpoint: str | None = None,
     recovery_rounds: int = 0,
     cancel_running: bool = False,
+    cache: bool = True,
+    costs: str = "declared",
 ) -> RunReport:
     """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
 
@@ -74,6 +76,9 @@ def orchestrate(
         recovery_rounds: trace-back recovery rounds for calls failing at run time (0: off).
         cancel_running: when a call fails, cancel running calls that recovery will re-run
             anyway, instead of letting them end first.
+        cache: reuse stored results of `cache=True` functions (False: run every call).
+        costs: `declared` (the decorators' `cost=`) or `history` (learned from Prefect's
+            task-run history, `flows/history.py`, declared where there is none).
     """
     recorder = Recorder()  # t0: the flow starts executing, the plan is available
     logger = get_run_logger()
@@ -88,7 +93,11 @@ def orchestrate(
         logger.warning("task runner has %s processors, flow asked for %s: using the runner's", runner.processors, P)
         P = runner.processors
     logger.info("plan of %s calls on %s processors (policy %s)", len(parsed), P, policy)
-    ex = Execution(tb, processors=P, self_fn=self_fn, recorder=recorder, recovery=recovery, runner=runner)
+    learned = _learned_costs(parsed, costs)
+    ex = Execution(
+        tb, processors=P, self_fn=self_fn, recorder=recorder, recovery=recovery, runner=runner,
+        cache=cache, costs=learned,
+    )
     try:
         ex.start(parsed)
     except BaseException:
@@ -119,6 +128,18 @@ def _llm_for(plan: Plan, endpoint: str | None, recovery_rounds: int, cancel_runn
     return client, make_self_fn(client, TokenCounter()), recovery
 
 
+def _learned_costs(plan: Plan, costs: str) -> dict[str, float]:
+    from prefect_llmorch.flows.history import COST_SOURCES, function_costs
+
+    if costs not in COST_SOURCES:
+        raise ValueError(f"costs must be one of {', '.join(COST_SOURCES)}, got {costs!r}")
+    if costs == "declared":
+        return {}
+    learned = function_costs({c.function for c in plan.calls})
+    get_run_logger().info("learned costs from history: %s", ", ".join(f"{k} {v:.3g} s" for k, v in sorted(learned.items())) or "none yet")
+    return learned
+
+
 def run_plan(
     plan: str | Plan,
     toolbox: Toolbox | str,
@@ -130,6 +151,8 @@ def run_plan(
     endpoint: Any = None,
     recovery_rounds: int = 0,
     cancel_running: bool = False,
+    cache: bool = True,
+    costs: str = "declared",
 ) -> RunReport:
     """Run a plan as an `llmorch-run` flow; returns the report, raises `PlanRunFailed`.
 
@@ -147,6 +170,8 @@ def run_plan(
         recovery_rounds: trace-back recovery rounds for calls failing at run time (0: off).
         cancel_running: when a call fails, cancel running calls that recovery will re-run
             anyway (killing their worker processes) instead of letting them end first.
+        cache: reuse stored results of `cache=True` functions (False: `--no-cache`).
+        costs: `declared` or `history` (costs learned from Prefect's task-run history).
     """
     text = plan.to_text() if isinstance(plan, Plan) else plan
     P = processors or default_processors()
@@ -154,6 +179,7 @@ def run_plan(
     parameters: dict[str, Any] = {
         "plan": text, "toolbox": toolbox, "processors": P, "policy": policy,
         "endpoint": endpoint, "recovery_rounds": recovery_rounds, "cancel_running": cancel_running,
+        "cache": cache, "costs": costs,
     }
     return run_flow(orchestrate, runner, parameters, simple=_simple(toolbox, endpoint))
 
