@@ -384,12 +384,16 @@ def run(
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="LLMEndpoint block for `self` calls and recovery (default: environment)"),
     recover: int = typer.Option(0, "--recover", help="trace-back recovery rounds with the LLM when calls fail (0: off)"),
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
+    costs: str = typer.Option("declared", "--costs", help="declared (the decorators' cost=) or history (learned from Prefect's task-run history)"),
 ) -> None:
     """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
     _prepare_env()
     P = _processors(processors, force_processors)
     _check_policy(policy)
     _at_least("--recover", recover, 0)
+    if costs not in ("declared", "history"):
+        _fail(f"unknown --costs {costs!r}; give --costs declared or --costs history")
     text = _read_plan(plan)
     with _json_stdout(as_json):
         _parse(text, _toolbox(toolbox), as_json)  # every error before Prefect starts
@@ -403,6 +407,7 @@ def run(
                     text, toolbox, processors=P, policy=policy,
                     concurrency_limit=None if no_limit else "llmorch-processors",
                     endpoint=endpoint, recovery_rounds=recover, cancel_running=cancel_running,
+                    cache=not no_cache, costs=costs,
                 )
             except PlanRunFailed as exc:
                 _print_report(exc.report, as_json)

@@ -100,3 +100,14 @@ def test_effects_and_cache_together_are_refused() -> None:
     with pytest.raises(ValueError, match="never retried"):
         @compute(effects=True, retries=2)
         def retried() -> None: ...
+
+
+def test_the_cli_takes_no_cache_and_costs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "prefect_llmorch.cli", "run", "example:kitti", "--costs", "guess"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and "--costs declared or --costs history" in out.stderr
