@@ -49,3 +49,18 @@ def unstorable(x: int, log: str) -> object:
 
 
 toolbox = Toolbox(square, lookup, send, flaky, unstorable)
+
+
+@inout(cache=True)
+def wait_while(flag: str, name: str, log: str) -> str:
+    """Records its start, then waits while the file `flag` exists (a call still running when
+    its process is killed)."""
+    import time
+
+    _log("wait_while", name, log)
+    while Path(flag).exists():
+        time.sleep(0.1)
+    return name
+
+
+toolbox = Toolbox(square, lookup, send, flaky, unstorable, wait_while)
