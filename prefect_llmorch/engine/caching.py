@@ -4,7 +4,7 @@ A function declared `@inout(cache=True)` or `@compute(cache=True)` is pure: the 
 function (same source, or the same declared `version`) on the same resolved arguments gives
 the same result. Its compiled task gets `CallCache` as its Prefect cache policy and
 persists its result (Prefect's result storage: `PREFECT_LOCAL_STORAGE_PATH`, or any storage
-block set with `PREFECT_DEFAULT_RESULT_STORAGE_BLOCK`). A later call with the same key, in
+block set with `PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK`). A later call with the same key, in
 this run or any later one, is not run: Prefect's task engine finds the stored result, the
 task run ends `Cached` (as the UI shows it), and the function never starts.
 
