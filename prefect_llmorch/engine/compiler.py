@@ -20,6 +20,7 @@ import concurrent.futures
 import contextvars
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -32,6 +33,7 @@ from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
 from prefect_llmorch.engine.caching import NotCacheable, task_cache_options
 from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool
+from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
 #: Attribute a compiled task carries to name its call in the FRG.
 CALL_ATTR = "llmorch_call_id"
@@ -133,8 +135,12 @@ def _run_with_timeout(
     def target() -> None:
         try:
             done.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
+        except Exception as exc:
             done.set_exception(exc)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: the tool's, in its own thread
+            error = ToolExit(label, exc)
+            error.__cause__ = exc
+            done.set_exception(error)
 
     # The helper thread runs in a copy of this context: the task run's context, settings
     # and client stay available to the function (e.g. get_run_logger()).
@@ -318,25 +324,47 @@ class Compiler:
                 finally:
                     end = time.time()
         except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            scrubbed = self._scrub(error)
+            # A secret anywhere in the chain (causes, contexts, notes, a worker's traceback):
+            # replace the whole exception, so nothing that formats it (Prefect's logger, the
+            # state, the report) ever sees the original.
+            hidden = self._hide_secrets(exc)
             recorder.update(
                 call.id,
                 state="Cancelled" if isinstance(exc, CallCancelled) else "Failed",
-                error=scrubbed,
+                error=f"{type(exc).__name__}: {exc}" if hidden is None else str(hidden),
                 start=recorder.rel(start) if start else None,
                 end=recorder.rel(end) if end else None,
                 pid=pid,
                 processor=processor,
             )
-            if scrubbed != error:  # a tool put a secret in its error: never let it reach the API
-                raise ToolError(scrubbed) from None
-            raise
+            if hidden is None:
+                raise
+        else:
+            hidden = None
+        if hidden is not None:
+            raise hidden from None  # outside the handler: no __context__ to the original either
         recorder.set_result(call.id, value)
         recorder.update(
             call.id, state="Completed", start=recorder.rel(start), end=recorder.rel(end), pid=pid, processor=processor
         )
         return value
+
+    def _hide_secrets(self, exc: BaseException) -> "ToolError | None":
+        """None when no loaded secret appears in `exc` as Python would print it (its whole
+        chain, notes and tracebacks, a worker's included); else a fresh `ToolError` whose
+        message summarises the chain with every secret replaced by `***`."""
+        if not any(self._secret_values()):
+            return None
+        try:
+            text = "".join(traceback.format_exception(exc))
+        except Exception:  # an exception that cannot even be printed: assume the worst
+            text = None
+        if text is not None and self._scrub(text) == text:
+            return None
+        return ToolError(self._scrub(_chain_summary(exc)))
+
+    def _secret_values(self) -> list[str]:
+        return [v for values in self.secrets.values() for v in values.values() if isinstance(v, str) and len(v) >= 4]
 
     def _scrub(self, text: str) -> str:
         """`text` with every loaded credential value replaced by `***`."""
@@ -364,6 +392,43 @@ class Compiler:
 
 class ToolError(RuntimeError):
     """A tool's failure whose message had to be scrubbed of a secret."""
+
+
+def _chain_summary(exc: BaseException) -> str:
+    """`Type: message [note] <- Cause: message ...`: every exception of the chain, one line,
+    without tracebacks (a worker's `RemoteTraceback` contributes its exception lines)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, RemoteTraceback):
+            parts.extend(_remote_causes(link.tb))
+        else:
+            try:
+                text = f"{type(link).__name__}: {link}"
+            except Exception:
+                text = type(link).__name__
+            notes = getattr(link, "__notes__", None)
+            if isinstance(notes, list) and notes:
+                text += " [" + "; ".join(str(n) for n in notes) + "]"
+            parts.append(text)
+        link = link.__cause__ if link.__cause__ is not None else (None if link.__suppress_context__ else link.__context__)
+    return " <- ".join(parts)
+
+
+def _remote_causes(tb: str) -> list[str]:
+    """The causes in a worker's formatted traceback, latest first, one `Type: message [note]`
+    each (frames left out). Python prints the root cause first and the exception itself, which
+    the summary already has, last."""
+    blocks: list[list[str]] = [[]]
+    for line in tb.splitlines():
+        if line.startswith(("The above exception was", "During handling of the above")):
+            blocks.append([])
+        elif line.strip() and not line.startswith((" ", "\t", "Traceback (most recent call last):")):
+            blocks[-1].append(line)
+    lines = [f"{b[0]} [{'; '.join(b[1:])}]" if len(b) > 1 else b[0] for b in blocks if b]
+    return list(reversed(lines[:-1]))
 
 
 class _RecordsOf:

@@ -40,7 +40,7 @@ from prefect_llmorch.engine.pool import (  # re-exported: the pool's vocabulary
 )
 
 __all__ = [
-    "WorkerPool", "Worker", "RemoteTraceback",
+    "WorkerPool", "Worker", "RemoteTraceback", "ToolExit",
     "Outcome", "Cancel", "WorkerError", "WorkerDied", "CallTimeout", "CallCancelled", "CallNotSent",
 ]
 
@@ -57,6 +57,31 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class ToolExit(RuntimeError):
+    """A tool raised `SystemExit` or `KeyboardInterrupt`: that call's failure, like any exception.
+
+    Converted where the tool ran (its worker process's reply, the inout call's helper thread),
+    so that a `BaseException` raised in the caller's own thread (the user's Ctrl-C in the main
+    thread) stays what it is. `raised` is the tool's exception type name, `code` its exit code.
+    """
+
+    def __init__(self, call: str, raised: BaseException) -> None:
+        self.call = call
+        self.raised = type(raised).__name__
+        self.code = raised.code if isinstance(raised, SystemExit) else None
+        super().__init__(f"{call}: the tool raised {raised!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_tool_exit, (self.call, self.raised, self.code, str(self)))
+
+
+def _tool_exit(call: str, raised: str, code: Any, message: str) -> ToolExit:
+    exc = ToolExit.__new__(ToolExit)
+    RuntimeError.__init__(exc, message)
+    exc.call, exc.raised, exc.code = call, raised, code
+    return exc
 
 
 def _dumps(obj: Any) -> bytes:
@@ -276,6 +301,8 @@ def _unpack(call: str, reply: tuple[Any, ...]) -> Outcome:
         _, value, start, end, pid = reply
         return Outcome(value, start, end, pid)
     _, exc, tb, start, end, pid = reply
+    if not isinstance(exc, Exception):  # the tool's SystemExit/KeyboardInterrupt: this call's failure
+        exc = ToolExit(call, exc)
     if tb:
         exc.__cause__ = RemoteTraceback(tb)
     exc.llmorch_timing = (start, end, pid)  # type: ignore[attr-defined]
