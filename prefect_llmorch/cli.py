@@ -104,6 +104,16 @@ def _processors(value: Optional[int], force: bool) -> int:
     return value
 
 
+def _resources(options: Optional[list[str]]) -> dict[str, float]:
+    """`--resource NAME=AMOUNT` options as capacities (exit 2 on a bad one)."""
+    from prefect_llmorch.schedule.resources import parse_resource_options
+
+    try:
+        return parse_resource_options(options or [])
+    except ValueError as exc:
+        _fail(str(exc), exc)
+
+
 def _check_policy(name: str, baselines: bool = False) -> str:
     from prefect_llmorch.schedule.policy import POLICIES
     from prefect_llmorch.schedule.simulator import BASELINES
@@ -360,6 +370,21 @@ class _Clock:
         )
 
 
+def _interrupted_without_report(exc: BaseException, as_json: bool) -> NoReturn:
+    """A Ctrl-C / SIGTERM run that ended with an error instead of a report (e.g. before the
+    plan came): say so and exit with the signal's code."""
+    from prefect_llmorch.flows import interrupt
+
+    message = f"stopped by {interrupt.received()}; the run ended without a report: {type(exc).__name__}: {exc}"
+    if _state["debug"]:
+        traceback.print_exception(exc, file=sys.stderr)
+    if as_json:
+        _emit_json({"state": "Cancelled", "message": message})
+    else:
+        err_console.print(message, markup=False)
+    _exit_now(interrupt.exit_code())
+
+
 def _exit_now(code: int) -> NoReturn:
     """Exit at once after a Ctrl-C / SIGTERM run printed its report: threads of abandoned
     inout calls would hold a normal exit; the embedded server's watchdog stops the server."""
@@ -385,6 +410,7 @@ def run(
     recover: int = typer.Option(0, "--recover", help="trace-back recovery rounds with the LLM when calls fail (0: off)"),
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
     no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
+    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2"),
     costs: str = typer.Option("declared", "--costs", help="declared (the decorators' cost=) or history (learned from Prefect's task-run history)"),
 ) -> None:
     """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
@@ -392,6 +418,7 @@ def run(
     P = _processors(processors, force_processors)
     _check_policy(policy)
     _at_least("--recover", recover, 0)
+    capacities = _resources(resource)
     if costs not in ("declared", "history"):
         _fail(f"unknown --costs {costs!r}; give --costs declared or --costs history")
     text = _read_plan(plan)
@@ -407,14 +434,20 @@ def run(
                     text, toolbox, processors=P, policy=policy,
                     concurrency_limit=None if no_limit else "llmorch-processors",
                     endpoint=endpoint, recovery_rounds=recover, cancel_running=cancel_running,
-                    cache=not no_cache, costs=costs,
+                    cache=not no_cache, costs=costs, resources=capacities or None,
                 )
             except PlanRunFailed as exc:
                 _print_report(exc.report, as_json)
                 clock.report(exc.report)
                 raise typer.Exit(1) from None
             except RuntimeError as exc:  # e.g. the plan calls `self` and no LLM is configured
+                if interrupt.received():
+                    _interrupted_without_report(exc, as_json)
                 _fail(str(exc), exc)
+            except BaseException as exc:
+                if interrupt.received():
+                    _interrupted_without_report(exc, as_json)
+                raise
             if interrupt.received():
                 _print_report(report, as_json)
                 clock.report(report)
@@ -434,9 +467,11 @@ def simulate(
     policy: str = typer.Option("critical-path", "--policy", help="critical-path, paper, or a baseline: sequential, eager, rank-barrier"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help="for plan files"),
     as_json: bool = typer.Option(False, "--json"),
+    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable)"),
 ) -> None:
     """Simulate a schedule (no execution): makespan, lower bound and their ratio."""
     _prepare_env()
+    capacities = _resources(resource)
     _check_processors(processors)
     _check_policy(policy, baselines=True)
     from prefect_llmorch.graph import FRG
@@ -454,7 +489,10 @@ def simulate(
             text = _read_plan(graph_file)
             tb = _toolbox(toolbox)
             target = FRG.build(_parse(text, tb, as_json), tb)
-        out = simulate_file(target, processors, policy)
+        try:
+            out = simulate_file(target, processors, policy, resources=capacities or None)
+        except ValueError as exc:  # a call that can never fit, an unknown resource
+            _fail(f"{exc}; give its capacity with --resource NAME=AMOUNT", exc)
         if as_json:
             _emit_json(out)
             return
@@ -517,15 +555,10 @@ def _ask_and_print(
                 err_console.print(str(exc), markup=False)
             clock.report(None)
             raise typer.Exit(1) from None
-        except BaseException as exc:  # stopped before the plan came: no report to print
+        except BaseException as exc:  # e.g. stopped before the plan came: no report to print
             if not interrupt.received():
                 raise
-            message = f"stopped by {interrupt.received()} before the plan was complete ({type(exc).__name__})"
-            if as_json:
-                _emit_json({"state": "Cancelled", "message": message})
-            else:
-                err_console.print(message, markup=False)
-            _exit_now(interrupt.exit_code())
+            _interrupted_without_report(exc, as_json)
         if interrupt.received():
             if not as_json:
                 console.print(report.extra.get("plan", ""), markup=False, highlight=False)

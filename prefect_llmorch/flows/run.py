@@ -11,7 +11,7 @@ with `llmorch-ask`) is `prefect_llmorch.flows.execute`; the report `prefect_llmo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from prefect import flow, get_run_logger
 
@@ -153,6 +153,8 @@ def run_plan(
     cancel_running: bool = False,
     cache: bool = True,
     costs: str = "declared",
+    resources: Mapping[str, float] | None = None,
+    gpus: Any = None,
 ) -> RunReport:
     """Run a plan as an `llmorch-run` flow; returns the report, raises `PlanRunFailed`.
 
@@ -172,10 +174,13 @@ def run_plan(
             anyway (killing their worker processes) instead of letting them end first.
         cache: reuse stored results of `cache=True` functions (False: `--no-cache`).
         costs: `declared` or `history` (costs learned from Prefect's task-run history).
+        resources: capacities of resource classes beyond processors (`{"search-api": 2}`);
+            calls declaring `resources=` are admitted when their demand fits (local runner).
+        gpus: GPU devices, `[{"id": 0, "mem_gb": 80}]`, for calls declaring `gpu_mem_gb`.
     """
     text = plan.to_text() if isinstance(plan, Plan) else plan
     P = processors or default_processors()
-    runner = task_runner if task_runner is not None else local_runner(toolbox, P, policy, concurrency_limit)
+    runner = task_runner if task_runner is not None else local_runner(toolbox, P, policy, concurrency_limit, resources, gpus)
     parameters: dict[str, Any] = {
         "plan": text, "toolbox": toolbox, "processors": P, "policy": policy,
         "endpoint": endpoint, "recovery_rounds": recovery_rounds, "cancel_running": cancel_running,
@@ -184,11 +189,17 @@ def run_plan(
     return run_flow(orchestrate, runner, parameters, simple=_simple(toolbox, endpoint))
 
 
-def local_runner(toolbox: Toolbox | str, processors: int, policy: str, concurrency_limit: str | None) -> LLMOrchTaskRunner:
+def local_runner(
+    toolbox: Toolbox | str, processors: int, policy: str, concurrency_limit: str | None,
+    resources: Mapping[str, float] | None = None, gpus: Any = None,
+) -> LLMOrchTaskRunner:
     """The runner `run_plan` and `ask_query` use; a toolbox path is imported in the workers
     before the plan arrives."""
     preload = [toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else []
-    return LLMOrchTaskRunner(processors=processors, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
+    return LLMOrchTaskRunner(
+        processors=processors, policy=policy, concurrency_limit=concurrency_limit, preload=preload,
+        resources=resources, gpus=gpus,
+    )
 
 
 def _simple(toolbox: Any, endpoint: Any) -> bool:
