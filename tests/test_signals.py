@@ -120,16 +120,27 @@ def test_signal_stops_the_run(tmp_path: Path, sig: signal.Signals, code: int) ->
 
 
 def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
-    """The first SIGINT starts stopping; a second one exits at once with 130 (no report)."""
+    """The first SIGINT starts stopping; a second one exits at once with 130, no report."""
     plan = tmp_path / "long.plan"
     plan.write_text(PLAN)
     log = tmp_path / "calls.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect_llmorch.cli", "run", str(plan), "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
-        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    _wait_for(lambda: any(r[:2] == ("start", "spin") for r in records(str(log))), 240, proc)
-    proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-3000:]
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect_llmorch.cli", "run", str(plan), "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
+            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=err_file, text=True,
+        )
+        _wait_for(lambda: any(r[:2] == ("start", "spin") for r in records(str(log))), 240, proc)
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while "stopping the run" not in errors.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"still running 60 s after two SIGINTs:\n{errors.read_text()[-3000:]}")
+    assert proc.returncode == 130, errors.read_text()[-3000:]
+    assert out == ""  # exited before any report

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,7 +67,14 @@ def _cancel_live_runners() -> None:
         try:
             runner.cancel_all()
         except Exception as exc:  # never let one runner keep the others running
-            print(f"llmorch: cancelling a task runner failed: {exc}", file=sys.stderr, flush=True)
+            _say(f"llmorch: cancelling a task runner failed: {exc}\n")
+
+
+def _say(text: str) -> None:
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
 
 
 def _handle(signum: int, frame: Any) -> None:
@@ -78,8 +84,10 @@ def _handle(signum: int, frame: Any) -> None:
         os._exit(128 + _guard.signum)
     _guard.signum = signum
     name = signal.Signals(signum).name
-    print(f"llmorch: {name}: stopping the run (no new call starts, running calls are cancelled); "
-          "press Ctrl-C again to exit at once", file=sys.stderr, flush=True)
+    # os.write, not print: the main thread may be inside a write to stderr right now, and a
+    # buffered stream entered again from a signal handler raises.
+    _say(f"llmorch: {name}: stopping the run (no new call starts, running calls are cancelled); "
+         "press Ctrl-C again to exit at once\n")
     threading.Thread(target=_cancel_live_runners, name="llmorch-interrupt", daemon=True).start()
 
 
