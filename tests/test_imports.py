@@ -170,12 +170,7 @@ def test_no_import_cycles_between_parts() -> None:
     _assert_acyclic(_graph(set(LAYERS), key=_part))
 
 
-# plan/ is being reworked by its owner: model -> render (a local import) -> model, and
-# parser <-> jsonplan. Strict: this fails as soon as the cycle is gone; then drop the mark.
-_PLAN_CYCLE = pytest.mark.xfail(strict=True, reason="plan/ has import cycles (model<->render, parser<->jsonplan)")
-
-
-@pytest.mark.parametrize("part", [pytest.param(p, marks=_PLAN_CYCLE) if p == "plan" else p for p in sorted(LAYERS)])
+@pytest.mark.parametrize("part", sorted(LAYERS))
 def test_no_import_cycles_within_a_part(part: str) -> None:
     _assert_acyclic(_graph({m for m in MODULES if _part(m) == part}))
 

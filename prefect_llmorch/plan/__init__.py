@@ -12,6 +12,7 @@ from .errors import (
     UnknownFunctionError,
 )
 from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Template
+from . import render as _render  # installs Plan.to_text's renderer (see model.use_renderer)
 
 __all__ = [
     "Arg", "BinOp", "Call", "DictExpr", "Dialect", "Expr", "ListExpr", "Literal", "Plan", "Ref",

@@ -54,7 +54,7 @@ from lark.exceptions import LarkError, LexError, UnexpectedCharacters, Unexpecte
 from .errors import ArgumentError, EmptyPlanError, PlanError, PlanReferenceError, PlanSyntaxError
 from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Ref, Step, Template
 from .model import refs as _refs
-from .parser import _after_last_token, _context, _one_of, _Pos, _position, _RawCall, _semantics
+from .common import Pos, RawCall, after_last_token, context, one_of, position, semantics
 
 __all__ = ["analyse", "CallScanner", "NESTFUL_RESULT"]
 
@@ -140,7 +140,7 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> PlanSyntaxError:
         tok = exc.token
         expected = sorted({_READABLE.get(n, n) for n in (exc.accepts or exc.expected)})
         if tok.type == "$END":
-            offset = _after_last_token(text, len(text))
+            offset = after_last_token(text, len(text))
             what = "the JSON plan ends too early"
         else:
             offset = tok.start_pos or 0
@@ -152,12 +152,12 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> PlanSyntaxError:
         what = ("a string is not closed or has a raw control character" if char == '"'
                 else f"unexpected character {char!r}")
     else:
-        offset = _after_last_token(text, len(text))
+        offset = after_last_token(text, len(text))
         expected = []
         what = "the JSON plan ends too early"
-    pos = _position(text, offset)
-    return PlanSyntaxError(f"{what}; expected {_one_of(expected)}", line=pos.line,
-                           column=pos.column, context=_context(text, pos), expected=expected)
+    pos = position(text, offset)
+    return PlanSyntaxError(f"{what}; expected {one_of(expected)}", line=pos.line,
+                           column=pos.column, context=context(text, pos), expected=expected)
 
 
 def _tree(text: str) -> _J:
@@ -174,7 +174,7 @@ def analyse(text: str) -> Analysis:
         return Analysis([], "json", [PlanSyntaxError(f"cannot parse the JSON plan: {exc}")], None, {})
     reader = _Reader(text)
     raw, answer, dialect = reader.read(root)
-    calls, semantic = _semantics(raw, text, set())
+    calls, semantic = semantics(raw, text, set())
     errors = reader.errors + semantic
     if answer is not None:
         defined = {c.id for c in calls}
@@ -199,7 +199,7 @@ class _Reader:
         self.pointers: dict[tuple[int, int], str] = {}
 
     def context(self, line: int, column: int) -> str:
-        return _context(self.text, _Pos(line, column))
+        return context(self.text, Pos(line, column))
 
     def point(self, err: PlanError) -> None:
         if not err.pointer and (err.line, err.column) in self.pointers:
@@ -308,7 +308,7 @@ class _Reader:
         if function is None or label is None or args is None:
             return None
         self.pointers[(node.line, node.column)] = pointer
-        return _RawCall(label, function, args, _Pos(node.line, node.column))
+        return RawCall(label, function, args, Pos(node.line, node.column))
 
     def nestful_result(self, node: _J, pointer: str) -> Expr | None:
         fields = self._object(node, pointer, ("name", "arguments", "label"), "a NESTFUL call")
@@ -334,12 +334,12 @@ class _Reader:
             else:
                 for i, item in enumerate(positional.value):
                     expr = self.value(item, _pointer(_pointer(pointer, "args"), i))
-                    args.append((Arg(None, expr), _Pos(item.line, item.column)))
+                    args.append((Arg(None, expr), Pos(item.line, item.column)))
         named = self.arguments(fields.get("kwargs"), _pointer(pointer, "kwargs"), nestful=False)
         if function is None or call_id is None or named is None:
             return None
         self.pointers[(node.line, node.column)] = pointer
-        return _RawCall(call_id, function, args + named, _Pos(node.line, node.column))
+        return RawCall(call_id, function, args + named, Pos(node.line, node.column))
 
     def arguments(self, node: _J | None, pointer: str, nestful: bool) -> list[Any] | None:
         if node is None:
@@ -356,7 +356,7 @@ class _Reader:
                 continue
             seen.add(key)
             expr = self.value(value, _pointer(pointer, key), nestful)
-            out.append((Arg(key, expr), _Pos(tok.line, tok.column)))
+            out.append((Arg(key, expr), Pos(tok.line, tok.column)))
         return out
 
     # ------------------------------------------------------------------ values

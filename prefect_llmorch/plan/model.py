@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal as TypingLiteral, Union
+from typing import Callable, Literal as TypingLiteral, Union
 
 Dialect = TypingLiteral["paper", "llmcompiler", "json", "nestful"]
 
@@ -159,9 +159,21 @@ class Plan:
         """Render the plan in `dialect` (default: the one it was written in):
         "paper", "llmcompiler", "json" or "nestful"; `parse(plan.to_text(d))` gives back
         an equal plan (the text dialects drop `answer`)."""
-        from .render import render  # local import: render depends on this module
+        if _renderer is None:  # only while the package's own __init__ is still running
+            raise RuntimeError("Plan.to_text needs prefect_llmorch.plan.render imported first")
+        return _renderer(self, dialect or self.dialect)
 
-        return render(self, dialect or self.dialect)
+
+#: What `Plan.to_text` calls. `render.py` (built on this module) installs itself with
+#: `use_renderer` when imported, and `plan/__init__.py` imports it, so the import goes
+#: one way: render -> model.
+_renderer: Callable[[Plan, Dialect], str] | None = None
+
+
+def use_renderer(render: Callable[[Plan, Dialect], str]) -> None:
+    """Make `Plan.to_text` write plans with `render` (called once, by `render.py`)."""
+    global _renderer
+    _renderer = render
 
 
 def refs(expr: Expr) -> list[Ref]:

@@ -47,17 +47,17 @@ from lark.exceptions import (
 )
 
 from ..functions import ArgumentsInvalid, FunctionSpec
+from .common import Pos, RawCall, after_last_token, context, one_of, position, semantics
 from .errors import (
     ArgumentError,
-    DuplicateIdError,
     EmptyPlanError,
     PlanError,
     PlanErrors,
-    PlanReferenceError,
     PlanSyntaxError,
     UnknownFunctionError,
 )
 from .evaluate import EvaluationError, evaluate
+from .jsonplan import CallScanner, analyse
 from .model import (
     Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template,
 )
@@ -118,11 +118,6 @@ def string_ref_pattern(dialect: Dialect) -> re.Pattern[str]:
 
 def _norm_id(raw: str) -> str:
     return str(int(raw)) if raw.isdigit() else raw
-
-
-class _Pos(NamedTuple):
-    line: int
-    column: int
 
 
 # --------------------------------------------------------------------------- strings
@@ -197,13 +192,6 @@ def _steps_of(text: str) -> tuple[Step, ...]:
 # --------------------------------------------------------------------------- tree -> model
 
 
-class _RawCall(NamedTuple):
-    id: str
-    function: str
-    args: list[tuple[Arg, _Pos]]
-    pos: _Pos
-
-
 @v_args(inline=True)
 class _Builder(Transformer):  # type: ignore[type-arg]
     """Shapes the lark tree into model objects; strings need the plan's dialect."""
@@ -212,12 +200,12 @@ class _Builder(Transformer):  # type: ignore[type-arg]
         super().__init__()
         self.dialect = dialect
 
-    def start(self, *items: Any) -> list[_RawCall]:
-        return [i for i in items if isinstance(i, _RawCall)]
+    def start(self, *items: Any) -> list[RawCall]:
+        return [i for i in items if isinstance(i, RawCall)]
 
-    def call(self, label: tuple[str, Token], name: Token, *args: tuple[Arg, _Pos]) -> _RawCall:
+    def call(self, label: tuple[str, Token], name: Token, *args: tuple[Arg, Pos]) -> RawCall:
         call_id, tok = label
-        return _RawCall(call_id, str(name), list(args), _Pos(tok.line, tok.column))
+        return RawCall(call_id, str(name), list(args), Pos(tok.line, tok.column))
 
     def name_label(self, tok: Token) -> tuple[str, Token]:
         return str(tok), tok
@@ -225,13 +213,13 @@ class _Builder(Transformer):  # type: ignore[type-arg]
     def int_label(self, tok: Token) -> tuple[str, Token]:
         return _norm_id(re.match(r"\d+", tok).group()), tok  # type: ignore[union-attr]
 
-    def kwarg(self, name: Token, value: Expr) -> tuple[Arg, _Pos]:
-        return Arg(str(name), value), _Pos(name.line, name.column)
+    def kwarg(self, name: Token, value: Expr) -> tuple[Arg, Pos]:
+        return Arg(str(name), value), Pos(name.line, name.column)
 
     @v_args(inline=True, meta=True)
-    def posarg(self, meta: Any, value: Expr) -> tuple[Arg, _Pos]:
+    def posarg(self, meta: Any, value: Expr) -> tuple[Arg, Pos]:
         # `true`/`null` carry no token, so their meta may be empty.
-        return Arg(None, value), _Pos(getattr(meta, "line", 0), getattr(meta, "column", 0))
+        return Arg(None, value), Pos(getattr(meta, "line", 0), getattr(meta, "column", 0))
 
     def binop(self, left: Expr, op: Token, right: Expr) -> Expr:
         return BinOp(str(op), left, right)
@@ -318,28 +306,6 @@ def _offset(text: str, line: int, column: int) -> int:
     return start + column - 1
 
 
-def _position(text: str, offset: int) -> _Pos:
-    line = text.count("\n", 0, offset) + 1
-    return _Pos(line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
-
-
-def _context(text: str, pos: _Pos, span: int = 60) -> str:
-    lines = text.split("\n")
-    if not 1 <= pos.line <= len(lines):
-        return ""
-    line = lines[pos.line - 1].rstrip("\r")
-    start = 0 if len(line) <= 2 * span else max(0, pos.column - 1 - span)
-    return line[start : pos.column - 1 + span] + "\n" + " " * (pos.column - 1 - start) + "^"
-
-
-def _after_last_token(text: str, offset: int) -> int:
-    """Offset just after the last non-blank character before `offset`."""
-    i = offset
-    while i > 0 and text[i - 1].isspace():
-        i -= 1
-    return i
-
-
 def _readable(names: set[str] | frozenset[str]) -> list[str]:
     out = set()
     for name in names:
@@ -370,11 +336,11 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> tuple[PlanSyntaxError, int
         tok = exc.token
         expected = _readable(exc.accepts or exc.expected)
         if tok.type == "$END":
-            offset = _after_last_token(text, len(text))
+            offset = after_last_token(text, len(text))
             what = "the plan ends too early"
         else:
             offset = tok.start_pos if tok.start_pos is not None else 0
-            before = _after_last_token(text, offset)
+            before = after_last_token(text, offset)
             what = f"unexpected {_describe(tok)}"
             if "\n" in text[before:offset]:
                 # The call before this line is unfinished (a missing `)`, say): point
@@ -383,7 +349,7 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> tuple[PlanSyntaxError, int
                 offset = before
             elif tok.type == "NAME" and before and (text[before - 1].isalnum() or text[before - 1] == "_"):
                 hint = "; text arguments must be quoted, e.g. \"...\""
-        message = f"{what}; expected {_one_of(expected)}{hint}"
+        message = f"{what}; expected {one_of(expected)}{hint}"
     elif isinstance(exc, UnexpectedCharacters):
         offset = exc.pos_in_stream
         char = text[offset] if offset < len(text) else ""
@@ -391,21 +357,15 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> tuple[PlanSyntaxError, int
         if char in "\"'":
             message = f"unterminated string: the quote {char} is never closed"
         else:
-            message = f"unexpected character {char!r}; expected {_one_of(expected)}"
+            message = f"unexpected character {char!r}; expected {one_of(expected)}"
     else:  # UnexpectedEOF and anything else lark may add
-        offset = _after_last_token(text, len(text))
+        offset = after_last_token(text, len(text))
         expected = _readable(set(getattr(exc, "expected", None) or ()))
-        message = f"the plan ends too early; expected {_one_of(expected)}"
-    pos = _position(text, offset)
+        message = f"the plan ends too early; expected {one_of(expected)}"
+    pos = position(text, offset)
     err = PlanSyntaxError(message, line=pos.line, column=pos.column,
-                          context=_context(text, pos), expected=expected)
+                          context=context(text, pos), expected=expected)
     return err, offset
-
-
-def _one_of(expected: list[str]) -> str:
-    if not expected:
-        return "something else"
-    return expected[0] if len(expected) == 1 else "one of: " + ", ".join(expected)
 
 
 def _resync(text: str, offset: int) -> tuple[int, int]:
@@ -416,7 +376,7 @@ def _resync(text: str, offset: int) -> tuple[int, int]:
     for ln in lines:
         starts.append(acc)
         acc += len(ln)
-    idx = max(0, _position(text, offset).line - 1)
+    idx = max(0, position(text, offset).line - 1)
     first = idx
     while first > 0 and not _ITEM_LINE.match(lines[first]):
         first -= 1
@@ -447,8 +407,6 @@ def _is_json(text: str) -> bool:
 def _analyse_any(text: str, collect: bool = True) -> _Result:
     if not _is_json(text):
         return _analyse(text, collect)
-    from .jsonplan import analyse  # local import: jsonplan uses this module's helpers
-
     result = analyse(text)
     return _Result(result.calls, result.dialect, result.errors, result.answer, result.pointers)
 
@@ -471,7 +429,7 @@ def _analyse(text: str, collect: bool = True) -> _Result:
             break
         except UnexpectedInput as exc:
             err, offset = _syntax_error(exc, work)
-            err.context = _context(text, _Pos(err.line, err.column))
+            err.context = context(text, Pos(err.line, err.column))
             errors.append(err)
             if not collect or offset <= last:
                 break
@@ -489,64 +447,20 @@ def _analyse(text: str, collect: bool = True) -> _Result:
         return _Result([], "paper", errors)
     dialect = _dialect_of(tree)
     try:
-        raw: list[_RawCall] = _Builder(dialect).transform(tree)
+        raw: list[RawCall] = _Builder(dialect).transform(tree)
     except VisitError as exc:
         orig = exc.orig_exc
         err = orig if isinstance(orig, PlanError) else PlanSyntaxError(f"cannot read plan: {orig}")
         if err.line and not err.context:
-            err.context = _context(text, _Pos(err.line, err.column))
+            err.context = context(text, Pos(err.line, err.column))
         return _Result([], dialect, errors + [err])
-    calls, semantic = _semantics(raw, text, hidden)
+    calls, semantic = semantics(raw, text, hidden)
     errors += semantic
     if not calls and not errors:
         errors.append(EmptyPlanError("the plan has no function calls; write calls like "
                                      + ("`1. search(\"...\")`" if dialect == "llmcompiler"
                                         else "`s1: search(\"...\")`")))
     return _Result(calls, dialect, errors)
-
-
-def _semantics(raw: list[_RawCall], text: str, hidden: set[str]) -> tuple[list[Call], list[PlanError]]:
-    def err(cls: type[PlanError], message: str, line: int, column: int) -> None:
-        pos = _Pos(line, column)
-        errors.append(cls(message, line=line, column=column, context=_context(text, pos)))
-
-    errors: list[PlanError] = []
-    raw = [r for r in raw if not (r.function == "join" and not r.args)]
-    where = {}
-    for r in raw:
-        where.setdefault(r.id, r.pos)
-    defined: list[str] = []
-    calls: list[Call] = []
-    for r in raw:
-        if r.id in defined:
-            err(DuplicateIdError, f"duplicate id `{r.id}`; already used on line {where[r.id].line}",
-                *r.pos)
-        seen_kw: set[str] = set()
-        for arg, pos in r.args:
-            if arg.name is None and seen_kw:
-                err(ArgumentError, "positional argument follows keyword argument", *pos)
-            elif arg.name is not None:
-                if arg.name in seen_kw:
-                    err(ArgumentError, f"keyword argument `{arg.name}` repeated", *pos)
-                seen_kw.add(arg.name)
-            for ref in _refs(arg.value):
-                if ref.id in defined:
-                    continue
-                if ref.id == r.id:
-                    msg = f"call `{r.id}` refers to its own result `{ref.id}`"
-                elif ref.id in where and where[ref.id] > r.pos:
-                    msg = (f"forward reference `{ref.id}` (defined on line {where[ref.id].line}); "
-                           "a call can only use results of earlier calls")
-                elif ref.id in hidden:
-                    continue  # its call had a syntax error, already reported
-                else:
-                    so_far = ", ".join(defined) if defined else "none"
-                    msg = f"undefined reference `{ref.id}`; defined so far: {so_far}"
-                err(PlanReferenceError, msg, ref.line, ref.column)
-        if r.id not in defined:
-            defined.append(r.id)
-        calls.append(Call(r.id, r.function, tuple(a for a, _ in r.args), *r.pos))
-    return calls, errors
 
 
 def _name_column(text: str, call: Call) -> int:
@@ -562,8 +476,8 @@ def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, 
                     text: str = "") -> list[PlanError]:
     errors: list[PlanError] = []
     for call in calls:
-        pos = _Pos(call.line, call.column)
-        ctx = _context(text, pos) if text and call.line else ""
+        pos = Pos(call.line, call.column)
+        ctx = context(text, pos) if text and call.line else ""
         spec = toolbox.get(call.function)
         if spec is None:
             names = sorted(toolbox)
@@ -573,7 +487,7 @@ def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, 
             msg += f" Available: {', '.join(names) or 'none'}"
             column = _name_column(text, call)
             if column != call.column:
-                ctx = _context(text, _Pos(call.line, column))
+                ctx = context(text, Pos(call.line, column))
             errors.append(UnknownFunctionError(msg, line=call.line, column=column,
                                                context=ctx, expected=names))
             continue
@@ -589,7 +503,7 @@ def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, 
         for problem in problems:
             errors.append(ArgumentError(problem, line=call.line, column=call.column, context=ctx))
     errors += field_errors(calls, toolbox,
-                           (lambda ln, col: _context(text, _Pos(ln, col))) if text else None)
+                           (lambda ln, col: context(text, Pos(ln, col))) if text else None)
     return errors
 
 
@@ -711,8 +625,6 @@ class PlanStream:
         self._text += chunk
         fresh: list[Call] = []
         if self._json is None and _is_json(self._text):
-            from .jsonplan import CallScanner
-
             self._json, chunk = CallScanner(), self._text
         if self._json is not None:
             for document in self._json.feed(chunk):

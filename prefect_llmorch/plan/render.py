@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 from .model import (
     DIALECTS, Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template,
+    use_renderer,
 )
 from .jsonplan import _J, _NESTFUL_REF, _SHAPES, NESTFUL_RESULT, _Reader
 from .parser import _BRACE_REF
@@ -336,3 +337,6 @@ def _nestful_value(expr: Expr, rename: dict[str, str]) -> Any:
             raise ValueError("the NESTFUL form writes only dicts with string keys")
         return {k: _nestful_value(v, rename) for k, v in expr.items}
     raise ValueError("the NESTFUL form cannot write arithmetic; use the \"json\" dialect")
+
+
+use_renderer(render)  # Plan.to_text writes with this module (model cannot import it)

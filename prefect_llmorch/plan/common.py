@@ -1,0 +1,110 @@
+"""What both plan parsers share: positions in the plan text, the error context line, and
+the semantic checks of raw calls (ids, argument order, references).
+
+`parser.py` (text dialects) and `jsonplan.py` (JSON forms) both build `RawCall`s and hand
+them to `semantics`; keeping these here lets `parser` import `jsonplan` and never the
+other way round.
+
+    >>> position("a\\nbc", 3)
+    Pos(line=2, column=2)
+    >>> print(context("s1: search(x)", Pos(1, 12)))
+    s1: search(x)
+               ^
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .errors import ArgumentError, DuplicateIdError, PlanError, PlanReferenceError
+from .model import Arg, Call
+from .model import refs as _refs
+
+__all__ = ["Pos", "RawCall", "position", "context", "after_last_token", "one_of", "semantics"]
+
+
+class Pos(NamedTuple):
+    line: int
+    column: int
+
+
+class RawCall(NamedTuple):
+    id: str
+    function: str
+    args: list[tuple[Arg, Pos]]
+    pos: Pos
+
+
+def position(text: str, offset: int) -> Pos:
+    line = text.count("\n", 0, offset) + 1
+    return Pos(line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
+
+
+def context(text: str, pos: Pos, span: int = 60) -> str:
+    lines = text.split("\n")
+    if not 1 <= pos.line <= len(lines):
+        return ""
+    line = lines[pos.line - 1].rstrip("\r")
+    start = 0 if len(line) <= 2 * span else max(0, pos.column - 1 - span)
+    return line[start : pos.column - 1 + span] + "\n" + " " * (pos.column - 1 - start) + "^"
+
+
+def after_last_token(text: str, offset: int) -> int:
+    """Offset just after the last non-blank character before `offset`."""
+    i = offset
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    return i
+
+
+def one_of(expected: list[str]) -> str:
+    if not expected:
+        return "something else"
+    return expected[0] if len(expected) == 1 else "one of: " + ", ".join(expected)
+
+
+def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Call], list[PlanError]]:
+    """The `Call`s of `raw` (bare `join()` markers dropped) and the errors found in them:
+    duplicate ids, argument order, self/forward/undefined references (ids in `hidden`
+    belong to calls with syntax errors, already reported)."""
+    def err(cls: type[PlanError], message: str, line: int, column: int) -> None:
+        pos = Pos(line, column)
+        errors.append(cls(message, line=line, column=column, context=context(text, pos)))
+
+    errors: list[PlanError] = []
+    raw = [r for r in raw if not (r.function == "join" and not r.args)]
+    where = {}
+    for r in raw:
+        where.setdefault(r.id, r.pos)
+    defined: list[str] = []
+    calls: list[Call] = []
+    for r in raw:
+        if r.id in defined:
+            err(DuplicateIdError, f"duplicate id `{r.id}`; already used on line {where[r.id].line}",
+                *r.pos)
+        seen_kw: set[str] = set()
+        for arg, pos in r.args:
+            if arg.name is None and seen_kw:
+                err(ArgumentError, "positional argument follows keyword argument", *pos)
+            elif arg.name is not None:
+                if arg.name in seen_kw:
+                    err(ArgumentError, f"keyword argument `{arg.name}` repeated", *pos)
+                seen_kw.add(arg.name)
+            for ref in _refs(arg.value):
+                if ref.id in defined:
+                    continue
+                if ref.id == r.id:
+                    msg = f"call `{r.id}` refers to its own result `{ref.id}`"
+                elif ref.id in where and where[ref.id] > r.pos:
+                    msg = (f"forward reference `{ref.id}` (defined on line {where[ref.id].line}); "
+                           "a call can only use results of earlier calls")
+                elif ref.id in hidden:
+                    continue  # its call had a syntax error, already reported
+                else:
+                    so_far = ", ".join(defined) if defined else "none"
+                    msg = f"undefined reference `{ref.id}`; defined so far: {so_far}"
+                err(PlanReferenceError, msg, ref.line, ref.column)
+        if r.id not in defined:
+            defined.append(r.id)
+        calls.append(Call(r.id, r.function, tuple(a for a, _ in r.args), *r.pos))
+    return calls, errors
