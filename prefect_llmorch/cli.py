@@ -528,7 +528,7 @@ def _check_planner(name: Optional[str]) -> Optional[str]:
 
 def _ask_and_print(
     question: str, toolbox: str, processors: int, policy: str, client: Any, as_json: bool, attempts: int,
-    cancel_running: bool = False, planner: Optional[str] = None,
+    cancel_running: bool = False, planner: Optional[str] = None, cache: bool = True,
 ) -> None:
     from prefect_llmorch.flows.ask import ask_query
     from prefect_llmorch.llm.client import LLMError
@@ -542,7 +542,7 @@ def _ask_and_print(
         try:
             report = ask_query(
                 question, toolbox, processors=processors, policy=policy, endpoint=client, attempts=attempts,
-                cancel_running=cancel_running, planner=planner,
+                cancel_running=cancel_running, planner=planner, cache=cache,
             )
         except PlanRunFailed as exc:
             _print_report(exc.report, as_json)
@@ -586,6 +586,7 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (tools' prints go to stderr)"),
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
     planner: Optional[str] = typer.Option(None, "--planner", help=PLANNER_HELP),
+    no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
 ) -> None:
     """Plan the question with the LLM, run the plan in parallel on Prefect, print the answer."""
     _prepare_env()
@@ -595,7 +596,7 @@ def ask(
     _at_least("--attempts", attempts, 1)
     with _json_stdout(as_json):
         _toolbox(toolbox)
-        _ask_and_print(question, toolbox, P, policy, _endpoint(endpoint), as_json, attempts, cancel_running, planner)
+        _ask_and_print(question, toolbox, P, policy, _endpoint(endpoint), as_json, attempts, cancel_running, planner, not no_cache)
 
 
 @app.command("plan")

@@ -42,6 +42,7 @@ def ask(
     recovery_rounds: int = 3,
     cancel_running: bool = False,
     planner: str | None = None,
+    cache: bool = True,
 ) -> RunReport:
     """Plan `query` with the LLM, run the plan on P processors, return the report.
 
@@ -58,10 +59,11 @@ def ask(
             anyway, instead of letting them end first.
         planner: "text" (the plan language) or "json" (the JSON plan form under a JSON
             schema built from the toolbox); None: the endpoint block's `planner` setting.
+        cache: reuse stored results of `cache=True` functions (False: run every call).
     """
     return answer(
         query, toolbox, processors=processors, policy=policy, endpoint=endpoint, attempts=attempts,
-        recovery_rounds=recovery_rounds, cancel_running=cancel_running, planner=planner,
+        recovery_rounds=recovery_rounds, cancel_running=cancel_running, planner=planner, cache=cache,
     )
 
 
@@ -76,6 +78,7 @@ def answer(
     recovery_rounds: int = 3,
     cancel_running: bool = False,
     planner: str | None = None,
+    cache: bool = True,
 ) -> RunReport:
     """The body of `llmorch-ask` inside the current flow run (the deployable flows use it).
 
@@ -92,7 +95,7 @@ def answer(
     recovery = None
     if recovery_rounds > 0:
         recovery = RecoveryConfig(client, max_rounds=recovery_rounds, running="cancel" if cancel_running else "wait")
-    ex = Execution(tb, processors=P, self_fn=make_self_fn(client, tokens), recovery=recovery, runner=runner)
+    ex = Execution(tb, processors=P, self_fn=make_self_fn(client, tokens), recovery=recovery, runner=runner, cache=cache)
     try:
         inbox: "queue.Queue[Any]" = queue.Queue()
         ex.recorder.t0 = time.time()  # latency counts from the first LLM request
@@ -138,6 +141,7 @@ def ask_query(
     recovery_rounds: int = 3,
     cancel_running: bool = False,
     planner: str | None = None,
+    cache: bool = True,
 ) -> RunReport:
     """Run the `llmorch-ask` flow with a task runner for `processors` and `policy`.
 
@@ -150,6 +154,6 @@ def ask_query(
     parameters = {
         "query": query, "toolbox": toolbox, "processors": P, "policy": policy,
         "endpoint": endpoint, "attempts": attempts, "recovery_rounds": recovery_rounds,
-        "cancel_running": cancel_running, "planner": planner,
+        "cancel_running": cancel_running, "planner": planner, "cache": cache,
     }
     return run_flow(ask, runner, parameters, simple=_simple(toolbox, endpoint))
