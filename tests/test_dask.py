@@ -54,6 +54,32 @@ def test_submit_before_start_names_the_runner():
         runner.submit(object(), {})
 
 
+def _llmorch_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("llmorch")}
+
+
+def test_a_runner_copy_unpickled_starts_nothing():
+    """What Prefect ships with each task run it sends to Dask: a cloudpickled runner. The copy
+    holds settings only; nothing connects (nobody listens at the address) or starts."""
+    before = _llmorch_threads()
+    runner = LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:9", preload=["toolboxes_dask"])
+    copy = cloudpickle.loads(cloudpickle.dumps(runner))
+    dup = copy.duplicate()  # what Prefect's hydrated_context enters on the worker
+    for r in (copy, dup):
+        assert r == runner and not r.started_dask
+        assert r.pool is None and r.processors == 0 and r.slots_held == 0
+    assert _llmorch_threads() == before
+
+
+def test_the_runner_composes_prefect_dask_instead_of_inheriting_it():
+    from prefect_dask.task_runners import DaskTaskRunner
+
+    runner = LLMOrchDaskTaskRunner(cluster_kwargs={"n_workers": 2})
+    assert not isinstance(runner, DaskTaskRunner) and isinstance(runner, LLMOrchTaskRunner)
+    assert isinstance(runner.dask_runner, DaskTaskRunner)
+    assert runner.dask_runner.cluster_kwargs == runner.cluster_kwargs
+
+
 # -- helpers ----------------------------------------------------------------------------
 
 
@@ -269,3 +295,47 @@ def test_a_raising_compute_call_fails_its_run_clearly_and_cancel_ends_a_running_
             assert not t.is_alive(), "a cancelled Dask call kept its caller waiting"
     (exc,) = errors
     assert isinstance(exc, CallCancelled) and "s9 · stamp was cancelled (not needed)" in str(exc)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_runner_copy_prefect_enters_on_a_worker_starts_nothing_until_used(prefect_harness, tmp_path):
+    """Prefect enters a copy of the flow's runner around each task run it sends to a worker.
+    That copy holds no pool, no threads, no slots; a task that submits a child through it
+    starts it then (and the child runs on the cluster)."""
+    from prefect import flow, task
+    from prefect.context import FlowRunContext
+
+    @task
+    def child() -> int:
+        return os.getpid()
+
+    @task
+    def look(submit_child: bool) -> dict:
+        runner = FlowRunContext.get().task_runner
+        seen = {
+            "pid": os.getpid(),
+            "type": type(runner).__name__,
+            "started": runner.started_dask,
+            "pool": runner.pool is not None,
+            "processors": runner.processors,
+            "slots": runner.slots_held,
+            "threads": sorted(_llmorch_threads()),
+        }
+        if submit_child:
+            seen["child_pid"] = child.submit().result()
+            seen["started_after_use"] = runner.started_dask
+        return seen
+
+    with dask_cli_cluster(tmp_path) as cluster:
+
+        @flow(task_runner=LLMOrchDaskTaskRunner(address=cluster.address, concurrency_limit=None))
+        def probe() -> list[dict]:
+            return [look.submit(False).result(), look.submit(True).result()]
+
+        idle, used = _run_bounded(probe, timeout=180)
+        worker_pids = cluster.worker_pids()
+    for seen in (idle, used):
+        assert seen["pid"] in worker_pids and seen["type"] == "LLMOrchDaskTaskRunner"
+        assert (seen["started"], seen["pool"], seen["processors"], seen["slots"], seen["threads"]) == (False, False, 0, 0, [])
+    assert used["started_after_use"] is True and used["child_pid"] in worker_pids

@@ -98,12 +98,14 @@ def test_submitting_outside_a_flow_run_raises_the_message_the_runner_translates(
         t.submit()
 
 
-def test_prefect_dask_keeps_the_attributes_our_dask_runner_uses() -> None:
+def test_prefect_dask_client_marks_a_submitted_task_s_dask_future_with_its_task_run_id() -> None:
+    """`dask.py` submits compute-tagged plain tasks on the held `DaskTaskRunner`'s public
+    `client` (to pass `resources=`) and wraps the result as `DaskTaskRunner.submit` does,
+    reading the `task_run_id` that `PrefectDaskClient.submit` sets on the Dask future."""
     pytest.importorskip("prefect_dask")
+    from prefect_dask.client import PrefectDaskClient
     from prefect_dask.task_runners import DaskTaskRunner
 
-    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 1})
-    for name in ("_client", "_cluster", "_exit_stack"):
-        assert hasattr(runner, name), name
-    assert callable(getattr(runner, "_optimize_futures", None))
-    assert "self._connect_to =" in inspect.getsource(DaskTaskRunner)  # set when the client connects
+    assert isinstance(inspect.getattr_static(DaskTaskRunner, "client"), property)
+    assert "resources" in inspect.signature(PrefectDaskClient.submit).parameters
+    assert "future.task_run_id =" in inspect.getsource(PrefectDaskClient.submit)

@@ -27,8 +27,9 @@ How the two kinds of task runs go:
   worker's processor). Why not ship the whole task run to Dask as `DaskTaskRunner` does:
   a compiled task's body writes to the flow's `Recorder` and runs recovery hooks, which live
   in the flow process (a `Recorder` holds a lock and cannot even be pickled).
-- **Any other Prefect task** (your own `@task`s in a flow on this runner): sent to Dask as
-  `DaskTaskRunner` sends it (the engine runs on a worker, Dask resolves the dependencies),
+- **Any other Prefect task** (your own `@task`s in a flow on this runner): sent to Dask by
+  the `DaskTaskRunner` this runner holds (the engine runs on a worker, Dask resolves the
+  dependencies),
   with `resources={"processor": 1}` when tagged `compute`. No policy and no P cap apply to
   these: Dask starts them in its own priority order (submission order) and its resources
   bound them per worker.
@@ -276,12 +277,36 @@ class DaskProcessorPool:
         self.shutdown()
 
 
-class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
+def _on_dask_worker() -> bool:
+    """True in a thread of a Dask worker (where Prefect enters a copy of the flow's runner)."""
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+def _dask_futures(expr: Any) -> Any:
+    """`expr` with each `PrefectDaskFuture` replaced by its Dask future (Dask resolves those)."""
+    from prefect.utilities.collections import visit_collection
+
+    def visit(value: Any) -> Any:
+        return value.wrapped_future if isinstance(value, PrefectDaskFuture) else value
+
+    return visit_collection(expr, visit_fn=visit, return_data=True)
+
+
+class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
     """Run a plan's compute calls on the `processor`s of a Dask cluster, P at most at once.
 
-    A `DaskTaskRunner` (same cluster settings) that coordinates compiled plan calls like
-    `LLMOrchTaskRunner` (the policy, the P cap, the global concurrency limit); see the
-    module docstring for what runs where.
+    Our coordination (`LLMOrchTaskRunner`: the policy, the P cap, the global concurrency
+    limit) for compiled plan calls, holding a `prefect_dask.DaskTaskRunner` (`dask_runner`,
+    same cluster settings) that owns the cluster and its client and runs every other task;
+    see the module docstring for what runs where.
+
+    Prefect sends a copy of the flow's task runner with each task run it ships to a Dask
+    worker and enters it there. Such a copy starts nothing when entered (no client, no
+    pre-imports, no API thread, no concurrency slots); it starts on its first `submit`.
 
     Args:
         cluster: a running `distributed` cluster object.
@@ -298,6 +323,10 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
         worker_timeout: seconds to wait at start for a worker offering a `processor`.
         no_worker_timeout: seconds a compute call waits with no such worker left before it
             fails (None: forever).
+
+    Attributes:
+        dask_runner: the held `DaskTaskRunner` (a fresh one each time the runner starts).
+        processors: P, the workers' `processor` resources (0 until started).
 
     Raises:
         ValueError: conflicting cluster settings (as `DaskTaskRunner`), an unknown policy,
@@ -349,10 +378,7 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
             cluster_kwargs = dict(cluster_kwargs or {})
             threads = cluster_kwargs.setdefault("threads_per_worker", 1)
             cluster_kwargs.setdefault("resources", {PROCESSOR: threads})
-        # MRO: DaskTaskRunner.__init__ stores and validates the cluster settings, then its
-        # super().__init__() is LLMOrchTaskRunner.__init__ (coordination state, defaults).
-        DaskTaskRunner.__init__(
-            self,
+        self._dask_settings: dict[str, Any] = dict(
             cluster=cluster,
             address=address,
             cluster_class=cluster_class,
@@ -361,25 +387,44 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
             client_kwargs=client_kwargs,
             performance_report_path=performance_report_path,
         )
-        self._given_cluster = cluster
-        self.policy = policy
-        self.concurrency_limit = concurrency_limit
-        self.preload = tuple(preload)
+        # Validates the cluster settings now; constructing it connects to nothing.
+        self.dask_runner = DaskTaskRunner(**self._dask_settings)
+        LLMOrchTaskRunner.__init__(self, processors=1, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
         self.worker_timeout = worker_timeout
         self.no_worker_timeout = no_worker_timeout
         self.processors = 0  # P: known once started (the workers' `processor` resources)
         self.worker_processors: dict[str, int] = {}
+        self._deferred = False  # entered on a Dask worker, not started yet
+        self._start_lock = threading.Lock()
 
-    # -- settings ---------------------------------------------------------------------
+    # -- settings (those of the held DaskTaskRunner) ------------------------------------
+    @property
+    def address(self) -> str | None:
+        return self._dask_settings["address"]
+
+    @property
+    def cluster_class(self) -> Any:
+        return self._dask_settings["cluster_class"]
+
+    @property
+    def cluster_kwargs(self) -> dict[str, Any]:
+        return self.dask_runner.cluster_kwargs
+
+    @property
+    def adapt_kwargs(self) -> dict[str, Any]:
+        return self.dask_runner.adapt_kwargs
+
+    @property
+    def client_kwargs(self) -> dict[str, Any]:
+        return self.dask_runner.client_kwargs
+
+    @property
+    def performance_report_path(self) -> str | None:
+        return self._dask_settings["performance_report_path"]
+
     def _init_kwargs(self) -> dict[str, Any]:
         return dict(
-            cluster=self._given_cluster,
-            address=self.address,
-            cluster_class=self.cluster_class,
-            cluster_kwargs=self.cluster_kwargs or None,
-            adapt_kwargs=self.adapt_kwargs or None,
-            client_kwargs=self.client_kwargs,
-            performance_report_path=self.performance_report_path,
+            self._dask_settings,
             policy=self.policy,
             concurrency_limit=self.concurrency_limit,
             preload=self.preload,
@@ -391,17 +436,18 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
         return type(self)(**self._init_kwargs())
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, LLMOrchDaskTaskRunner)
-            and DaskTaskRunner.__eq__(self, other)
-            and (self.policy, self.concurrency_limit, self.preload) == (other.policy, other.concurrency_limit, other.preload)
-        )
+        if not isinstance(other, LLMOrchDaskTaskRunner):
+            return False
+        mine, theirs = self._init_kwargs(), other._init_kwargs()
+        mine.pop("cluster"), theirs.pop("cluster")  # as DaskTaskRunner.__eq__: settings, not objects
+        return mine == theirs
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.address, self.policy, self.concurrency_limit, self.preload))
 
     def __getstate__(self) -> dict[str, Any]:
-        # Cloudpickled with a flow run sent to a subprocess: settings only (no client, no locks).
+        # Cloudpickled with a flow run sent to a subprocess, and with each task run Prefect
+        # sends to a Dask worker: settings only (no client, no locks, no cluster object).
         state = self._init_kwargs()
         state["cluster"] = None
         return state
@@ -412,10 +458,32 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
     # -- life cycle -------------------------------------------------------------------
     def __enter__(self) -> "LLMOrchDaskTaskRunner":
         TaskRunner.__enter__(self)  # refuses to start twice
+        self._init_state()  # a runner entered again after an exit starts clean
+        # Prefect's `hydrated_context` enters a copy of the flow's runner around every task
+        # run it ships to a Dask worker; that copy waits until a task is submitted to it.
+        self._deferred = _on_dask_worker()
+        if self._deferred:
+            return self
+        try:
+            self._start()
+        except BaseException:
+            self._started = False
+            raise
+        return self
+
+    @property
+    def started_dask(self) -> bool:
+        """Whether the runner holds a Dask client, worker pool and threads now."""
+        return self.pool is not None
+
+    def _start(self) -> None:
         stack = ExitStack()
         try:
-            stack.enter_context(self._exit_stack)  # DaskTaskRunner's: the cluster and client
-            client = self.client
+            # A fresh DaskTaskRunner each start: a closed one keeps its closed client.
+            dask_runner = DaskTaskRunner(**self._dask_settings)
+            stack.enter_context(dask_runner)
+            client = dask_runner.client  # public: creates the cluster if asked, connects
+            self.dask_runner = dask_runner
             self.worker_processors = self._wait_for_processors(client)
             self.processors = sum(self.worker_processors.values())
             pool = DaskProcessorPool(client, no_worker_timeout=self.no_worker_timeout)
@@ -427,15 +495,21 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
             self._start_threads(stack)
         except BaseException:
             stack.close()
-            self._reset_dask()
-            self._started = False
+            self.pool = None
+            self._executor = None
             raise
         self._stack = stack
-        logger.info("Dask cluster %s: P = %s processors on %s workers", self._connect_to, self.processors, len(self.worker_processors))
-        return self
+        logger.info("Dask cluster %s: P = %s processors on %s workers", client, self.processors, len(self.worker_processors))
+
+    def _start_deferred(self) -> None:
+        with self._start_lock:
+            if self._deferred:
+                self._start()
+                self._deferred = False
 
     def _wait_for_processors(self, client: distributed.Client) -> dict[str, int]:
         deadline = time.monotonic() + self.worker_timeout
+        where = self.address or "the cluster"
         while True:
             found = cluster_processors(client)
             if any(found.values()):
@@ -443,7 +517,7 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ValueError(
-                    f"no Dask worker at {self._connect_to} offers a `{PROCESSOR}` resource after "
+                    f"no Dask worker at {where} offers a `{PROCESSOR}` resource after "
                     f"{self.worker_timeout:g} s ({len(found)} workers without it); start workers with "
                     f"`dask worker <scheduler> --nthreads 1 --resources {PROCESSOR}=1`"
                 )
@@ -453,15 +527,9 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
                 pass
 
     def __exit__(self, *exc_info: Any) -> None:
-        try:
-            LLMOrchTaskRunner.__exit__(self, *exc_info)  # cancels waiting calls, closes the stack
-        finally:
-            self._reset_dask()
-
-    def _reset_dask(self) -> None:
-        self._client = None
-        self._cluster = self._given_cluster
-        self._exit_stack = ExitStack()
+        with self._start_lock:
+            self._deferred = False  # a copy never used stays never started
+        LLMOrchTaskRunner.__exit__(self, *exc_info)  # cancels waiting calls, closes the stack
 
     # -- submit -----------------------------------------------------------------------
     def submit(  # type: ignore[override]
@@ -471,22 +539,28 @@ class LLMOrchDaskTaskRunner(DaskTaskRunner, LLMOrchTaskRunner):
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
         dependencies: dict[str, Any] | None = None,
     ) -> PrefectFuture[Any]:
-        if not self._started or self._executor is None:
+        if not self._started:
+            raise RuntimeError("LLMOrchDaskTaskRunner is not started")
+        if self._deferred:
+            self._start_deferred()
+        if self._executor is None:
             raise RuntimeError("LLMOrchDaskTaskRunner is not started")
         if getattr(task, CALL_ATTR, None) is not None:
             # A compiled plan call: coordinated here, its compute body sent to Dask by `pool`.
             return LLMOrchTaskRunner.submit(self, task, parameters, wait_for, dependencies)
         from prefect.context import TagsContext
 
-        compute = "compute" in (set(task.tags) | set(TagsContext.get().current_tags))
-        # As DaskTaskRunner.submit, plus the resource. The `resources` argument rather than
-        # `dask.annotate`: annotations live in dask's process-wide config, shared by threads.
-        future = self.client.submit(
+        if "compute" not in (set(task.tags) | set(TagsContext.get().current_tags)):
+            return self.dask_runner.submit(task, parameters, wait_for, dependencies)
+        # DaskTaskRunner.submit has no `resources`: the same call on its public client, plus
+        # the resource. The `resources` argument rather than `dask.annotate`: annotations
+        # live in dask's process-wide config, shared by threads.
+        future = self.dask_runner.client.submit(
             task,
-            parameters=self._optimize_futures(parameters),
-            wait_for=self._optimize_futures(wait_for) if wait_for else None,
+            parameters=_dask_futures(parameters),
+            wait_for=_dask_futures(wait_for) if wait_for else None,
             dependencies=dependencies,
             return_type="state",
-            resources={PROCESSOR: 1} if compute else None,
+            resources={PROCESSOR: 1},
         )
         return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
