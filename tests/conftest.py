@@ -33,6 +33,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # The run log of `toolboxes_recovery`: compute workers fork from a forkserver that keeps the
 # environment it started with, so name the log now, before any worker exists.
 os.environ.setdefault("LLMORCH_RECOVERY_LOG", str(Path(tempfile.mkdtemp(prefix="llmorch-recovery-")) / "runs.log"))
+# The same for `mixed_toolbox` (benchmarks/), whose calls append JSON lines to this file.
+os.environ.setdefault("LLMORCH_MIXED_LOG", str(Path(tempfile.mkdtemp(prefix="llmorch-mixed-")) / "calls.jsonl"))
 
 
 @pytest.fixture

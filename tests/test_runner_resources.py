@@ -4,6 +4,8 @@ records the tools write themselves (pid, start, end, CUDA_VISIBLE_DEVICES)."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from prefect import flow
@@ -43,8 +45,10 @@ def peak(rows: list[dict], weight) -> float:  # noqa: ANN001
 
 
 def test_gpu_calls_run_on_their_device_within_its_memory_and_searches_within_their_class(tmp_path, monkeypatch):
-    log = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("LLMORCH_MIXED_LOG", str(log))
+    # Named in conftest before any worker process exists (workers keep the environment
+    # their forkserver started with); emptied here.
+    log = Path(os.environ["LLMORCH_MIXED_LOG"])
+    log.unlink(missing_ok=True)
     plan = parse(PLAN, toolbox)
 
     @flow(task_runner=LLMOrchTaskRunner(processors=3, concurrency_limit=None, resources={"search-api": 2}, gpus=GPUS))
@@ -68,8 +72,10 @@ def test_gpu_calls_run_on_their_device_within_its_memory_and_searches_within_the
 
 
 def test_a_call_demanding_a_resource_the_runner_lacks_fails_before_anything_runs(tmp_path, monkeypatch):
-    log = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("LLMORCH_MIXED_LOG", str(log))
+    # Named in conftest before any worker process exists (workers keep the environment
+    # their forkserver started with); emptied here.
+    log = Path(os.environ["LLMORCH_MIXED_LOG"])
+    log.unlink(missing_ok=True)
     plan = parse('s1: crunch("a", seconds=0.1)\ns2: infer_small("b", seconds=0.1)\n', toolbox)
 
     @flow(task_runner=LLMOrchTaskRunner(processors=2, concurrency_limit=None))
