@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphs import kitti
+from graphs import dags, kitti, resource_dags
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.schedule.policy import POLICIES, Coordinator, priority, select
 
@@ -165,15 +165,6 @@ def test_forget_is_reset():
     assert Coordinator.forget is Coordinator.reset
 
 
-@st.composite
-def dags(draw):
-    n = draw(st.integers(1, 20))
-    ids = [f"c{i}" for i in range(n)]
-    deps = {c: draw(st.sets(st.sampled_from(ids[:i]), max_size=3)) if i else set() for i, c in enumerate(ids)}
-    kinds = {c: draw(st.sampled_from(["inout", "compute"])) for c in ids}
-    return FRG.from_edges(ids, deps, kinds)
-
-
 @settings(max_examples=100, deadline=None)
 @given(dags(), st.integers(1, 4), st.sampled_from(POLICIES), st.randoms(use_true_random=False))
 def test_any_completion_order_runs_every_call_once_within_the_processor_bound(frg, processors, policy, rnd):
@@ -299,23 +290,6 @@ def test_failed_gives_back_what_a_call_held():
     (first,) = co.get_ready()
     co.failed(first)
     assert co.free("gpu_mem_gb") == 80 and co.get_ready() == tuple(c for c in ("g1", "g2") if c != first)
-
-
-@st.composite
-def resource_dags(draw):
-    frg = draw(dags())
-    resources = {}
-    for c in frg.ids:
-        d = {}
-        if draw(st.booleans()):
-            d["gpu_mem_gb"] = draw(st.sampled_from([10, 20, 30, 40, 60, 80]))
-        if draw(st.booleans()):
-            d["api"] = draw(st.integers(1, 2))
-        if frg.kind[c] == "compute" and draw(st.integers(0, 4)) == 0:
-            d["processors"] = draw(st.integers(1, 2))
-        if d:
-            resources[c] = d
-    return FRG.from_edges(frg.ids, frg.deps, frg.kind, frg.cost, resources=resources)
 
 
 CAPS = {"api": 2}

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SHARED_DATA
-from graphs import kitti
+from graphs import dags, kitti, resource_dags
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.schedule.policy import POLICIES
 from prefect_llmorch.schedule.resources import Capacities, UnknownResource
@@ -176,16 +176,6 @@ def test_stg_schedules_are_valid_and_near_the_lower_bound(name, policy):
 # ---------------------------------------------------------------- properties
 
 
-@st.composite
-def dags(draw, kinds=("inout", "compute")):
-    n = draw(st.integers(1, 25))
-    ids = [f"s{i}" for i in range(1, n + 1)]
-    deps = {c: draw(st.sets(st.sampled_from(ids[:i]), max_size=4)) if i else set() for i, c in enumerate(ids)}
-    kind = {c: draw(st.sampled_from(kinds)) for c in ids}
-    costs = {c: draw(st.sampled_from([0, 0.5, 1, 1.5, 2, 3, 7.25])) for c in ids}
-    return FRG.from_edges(ids, deps, kind, costs)
-
-
 TOL = 1e-9
 
 
@@ -287,23 +277,6 @@ def test_simulating_with_an_unknown_resource_fails_before_it_starts():
         simulate(two_big_gpu_calls_and_two_cpu_calls(), 2)
     with pytest.raises(UnknownResource):
         simulate_baseline(two_big_gpu_calls_and_two_cpu_calls(), 2, "eager")
-
-
-@st.composite
-def resource_dags(draw):
-    frg = draw(dags())
-    resources = {}
-    for c in frg.ids:
-        d = {}
-        if draw(st.booleans()):
-            d["gpu_mem_gb"] = draw(st.sampled_from([10, 20, 30, 45, 60, 80]))
-        if draw(st.integers(0, 2)) == 0:
-            d["api"] = draw(st.integers(1, 2))
-        if frg.kind[c] == "compute" and draw(st.integers(0, 4)) == 0:
-            d["processors"] = draw(st.integers(1, 2))
-        if d:
-            resources[c] = d
-    return FRG.from_edges(frg.ids, frg.deps, frg.kind, frg.cost, resources=resources)
 
 
 CAPACITY_SETS = [

@@ -324,8 +324,8 @@ def simulate_baseline(
         if caps is not None:
             raise ValueError("the rank-barrier baseline does not model resources; use eager or processors-only")
         return _rank_barrier(frg, processors)
-    if caps is None:
-        return _eager(frg, processors) if name == "eager" else simulate(frg, processors, policy).renamed(name)
+    if caps is None and name == "processors-only":
+        return simulate(frg, processors, policy).renamed(name)
     check_policy(policy)
     return _waiting(frg, processors, caps, name, policy)
 
@@ -347,49 +347,6 @@ def _sequential(frg: FRG, processors: int, caps: Capacities | None = None) -> Sc
     return _finish(frg, entries, processors, "sequential", caps)
 
 
-def _eager(frg: FRG, processors: int) -> Schedule:
-    # Processor sharing with one rate for all running compute calls: track the service S(t)
-    # each of them has received; a call started at service S0 ends when S reaches S0 + cost.
-    missing = {cid: len(frg.deps[cid]) for cid in frg.ids}
-    starts: dict[str, float] = {}
-    inout_events: list[tuple[float, int, str]] = []  # (end time, seq, id)
-    compute_events: list[tuple[float, int, str]] = []  # (service level at end, seq, id)
-    entries: list[Entry] = []
-    t, service, seq = 0.0, 0.0, 0
-    ready = [cid for cid in frg.ids if not missing[cid]]
-    while True:
-        for cid in ready:
-            starts[cid] = t
-            if frg.kind[cid] == "compute":
-                heapq.heappush(compute_events, (service + frg.cost[cid], seq, cid))
-            else:
-                heapq.heappush(inout_events, (t + frg.cost[cid], seq, cid))
-            seq += 1
-        ready = []
-        if not inout_events and not compute_events:
-            break
-        rate = min(1.0, processors / len(compute_events)) if compute_events else 1.0
-        t_compute = t + (compute_events[0][0] - service) / rate if compute_events else float("inf")
-        t_inout = inout_events[0][0] if inout_events else float("inf")
-        t_next = min(t_compute, t_inout)
-        service += (t_next - t) * rate
-        t = t_next
-        finished = []
-        while inout_events and inout_events[0][0] <= t:
-            finished.append(heapq.heappop(inout_events)[2])
-        tol = _EPS * max(1.0, service)
-        while compute_events and compute_events[0][0] <= service + tol:
-            finished.append(heapq.heappop(compute_events)[2])
-        for cid in finished:
-            entries.append(Entry(cid, starts[cid], t, None, frg.kind[cid]))
-            for s in frg.succs[cid]:
-                missing[s] -= 1
-                if not missing[s]:
-                    ready.append(s)
-        ready.sort(key=frg.index)
-    return _finish(frg, entries, processors, "eager")
-
-
 def _processors_view(frg: FRG) -> FRG:
     """The same graph with each call demanding only its processors (what a scheduler that
     knows no other resource sees)."""
@@ -401,9 +358,10 @@ def _processors_view(frg: FRG) -> FRG:
     return FRG.from_edges(frg.ids, frg.deps, frg.kind, frg.cost, frg.function, declared)
 
 
-def _waiting(frg: FRG, processors: int, caps: Capacities, name: str, policy: str) -> Schedule:
-    """`eager` or `processors-only` with resources: calls start as the baseline would start
-    them, then wait first come first served until their other resources are free.
+def _waiting(frg: FRG, processors: int, caps: Capacities | None, name: str, policy: str) -> Schedule:
+    """`eager`, or `processors-only` with resources: calls start as the baseline would start
+    them, then wait first come first served until their other resources are free (with
+    `caps` None, processors only, nothing waits).
 
     Time-slicing (`eager`) uses one service level for all running calls that hold
     processors: each progresses at rate min(1, P / processors held by running calls); a call
@@ -416,7 +374,7 @@ def _waiting(frg: FRG, processors: int, caps: Capacities, name: str, policy: str
     ready = [cid for cid in frg.ids if not missing[cid]]
     other = {cid: {r: a for r, a in frg.demand[cid].items() if r != PROCESSORS} for cid in frg.ids}
     cpu = {cid: frg.demand[cid].get(PROCESSORS, 0.0) for cid in frg.ids}
-    ledger = Ledger(caps)
+    ledger = Ledger(caps or Capacities.of(processors))
     free = list(range(processors))
     procs: dict[str, list[int]] = {}
     admitted: dict[str, float] = {}
