@@ -233,10 +233,8 @@ class Compiler:
             finally:
                 self._cancels.pop((call.id, attempt), None)  # ended: nothing left to cancel
 
-        body.__name__ = f"llmorch_{spec.name}"
-        body.__qualname__ = body.__name__
         task = Task(
-            fn=body,
+            fn=_Body(body, f"llmorch_{spec.name}"),
             name=task_name(call, attempt),
             task_run_name=task_name(call, attempt),
             tags={kind, f"rank:{rank}"},
@@ -388,6 +386,19 @@ class Compiler:
             futures[call.id] = fut
             new[call.id] = fut
         return new
+
+
+class _Body:
+    """A compiled call's task function. A callable object, not the closure itself: Prefect
+    captures a function's source text for every Task (`inspect.getsource`, the largest part of
+    building a task, which CallCache never uses); for an object that look-up fails at once."""
+
+    def __init__(self, fn: Callable[[str, dict[str, Any]], Any], name: str) -> None:
+        self._fn = fn
+        self.__name__ = self.__qualname__ = name
+
+    def __call__(self, call_text: str, inputs: dict[str, Any]) -> Any:
+        return self._fn(call_text, inputs)
 
 
 class ToolError(RuntimeError):
