@@ -208,6 +208,14 @@ class GlobalLimit:
         self._jobs.put((priority, next(self._seq), op, arg))
 
     def _loop(self) -> None:
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+        # The client's own retries off once for this thread: `_quick` retries faster, and a
+        # settings copy per request cost more flow-process CPU than the request (py-spy).
+        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             try:
                 _, _, op, arg = self._jobs.get(timeout=1.0)
@@ -467,6 +475,8 @@ def _quick(call: Any, *args: Any, **kwargs: Any) -> Any:
     delay, deadline = 0.02, time.monotonic() + 3.0
     while True:
         try:
+            if PREFECT_CLIENT_MAX_RETRIES.value() == 0:  # the API thread: set once (see _loop)
+                return call(*args, **kwargs)
             with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
                 return call(*args, **kwargs)
         except PrefectHTTPStatusError as exc:
