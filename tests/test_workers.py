@@ -198,3 +198,38 @@ def test_a_function_that_cannot_be_pickled_is_not_sent_and_says_why(pool: Worker
         pool.run("s1 · locked", lambda: lock.locked())
     assert info.value.call == "s1 · locked" and isinstance(info.value, TypeError)
     assert pool.run("after", add, (1, 1)).value == 2
+
+
+def test_a_larger_pool_starts_its_workers_together_and_puts_the_start_hook_back() -> None:
+    from multiprocessing import spawn
+
+    from prefect_llmorch.engine import workers
+
+    with WorkerPool(4) as p:
+        with workers._START_LOCK:  # the hook is out once no start is under way (another pool's may be)
+            assert workers._starting > 0 or spawn.get_preparation_data is not workers._without_main
+        assert len(set(p.pids)) == 4
+        assert {p.run(f"x{i}", add, (i, 0)).worker for i in range(8)} <= {0, 1, 2, 3}
+
+
+def test_a_prestarted_pool_is_taken_by_the_runner_with_the_same_settings_only() -> None:
+    import psutil
+
+    from prefect_llmorch.engine.workers import prestart_pool, take_pool
+
+    prestart_pool(2, preload=["json"])
+    first = take_pool(2, preload=["json", "toolboxes"])  # same P: the prestarted pool, toolboxes warmed too
+    try:
+        assert first.run("a", add, (1, 2)).value == 3 and "toolboxes" in first._preload
+        pids = first.pids
+    finally:
+        first.shutdown()
+    prestart_pool(2)
+    other = take_pool(3)  # another P: a new pool; the prestarted one is shut down
+    try:
+        assert len(other.pids) == 3 and not set(other.pids) & set(pids)
+    finally:
+        other.shutdown()
+    assert take_pool(1).shutdown() is None  # nothing prestarted any more: a fresh pool
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -40,7 +40,7 @@ from prefect_llmorch.engine.pool import (  # re-exported: the pool's vocabulary
 )
 
 __all__ = [
-    "WorkerPool", "Worker", "RemoteTraceback", "ToolExit",
+    "WorkerPool", "Worker", "prestart_pool", "take_pool", "RemoteTraceback", "ToolExit",
     "Outcome", "Cancel", "WorkerError", "WorkerDied", "CallTimeout", "CallCancelled", "CallNotSent",
 ]
 
@@ -110,6 +110,10 @@ def _mentions_main(obj: Any) -> bool:
 _START_LOCK = threading.Lock()
 
 
+_starting = 0  # worker starts under way (under _START_LOCK)
+_original_preparation: Any = None
+
+
 def _start_without_main(process: Any) -> None:
     """Start a worker process without re-importing the parent's `__main__` in it.
 
@@ -117,24 +121,31 @@ def _start_without_main(process: Any) -> None:
     3.11's forkserver does not preload it, though it means to), which costs a script that
     imports Prefect about a second per worker, and runs unguarded top-level code again.
     Our workers need nothing from `__main__`: `_dumps` sends functions defined there by
-    value. So the child's preparation data leaves the main module out.
+    value. So the child's preparation data leaves the main module out. The hook stays in
+    while any worker starts, so starts run in parallel.
     """
     from multiprocessing import spawn
 
-    original = spawn.get_preparation_data
-
-    def without_main(name: str) -> dict[str, Any]:
-        data = original(name)
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
-        return data
-
+    global _starting, _original_preparation
     with _START_LOCK:
-        spawn.get_preparation_data = without_main
-        try:
-            process.start()
-        finally:
-            spawn.get_preparation_data = original
+        if _starting == 0:
+            _original_preparation = spawn.get_preparation_data
+            spawn.get_preparation_data = _without_main
+        _starting += 1
+    try:
+        process.start()
+    finally:
+        with _START_LOCK:
+            _starting -= 1
+            if _starting == 0:
+                spawn.get_preparation_data = _original_preparation
+
+
+def _without_main(name: str) -> dict[str, Any]:
+    data = _original_preparation(name)
+    data.pop("init_main_from_path", None)
+    data.pop("init_main_from_name", None)
+    return data
 
 
 def _worker_main(conn: Connection, affinity: list[int] | None) -> None:
@@ -344,8 +355,16 @@ class WorkerPool:
         self._closed = False
         self._preload = list(preload)
         cpus = os.cpu_count() or 1
-        for i in range(processors):
-            self._spawn(i, [i % cpus] if pin else None)
+        starts = [(i, [i % cpus] if pin else None) for i in range(processors)]
+        if processors <= 2:
+            for i, affinity in starts:
+                self._spawn(i, affinity)
+        else:  # in parallel: a start waits for the forkserver, one after the other cost ~60 ms each
+            threads = [threading.Thread(target=self._spawn, args=a, daemon=True) for a in starts]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
 
     def _spawn(self, index: int, affinity: list[int] | None) -> None:
         try:
@@ -505,3 +524,52 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+# -- a pool started ahead of its runner ---------------------------------------------------
+
+_PRESTARTED_LOCK = threading.Lock()
+_prestarted: "tuple[tuple[int, bool], threading.Thread, list[WorkerPool]] | None" = None
+
+
+def prestart_pool(processors: int, *, pin: bool = False, preload: Iterable[str] = ()) -> None:
+    """Start a `WorkerPool` now, in the background, for the next `take_pool` of this process
+    (`llmorch run` starts it while Prefect's server starts). One at a time: a second call
+    shuts the first pool down."""
+    global _prestarted
+    box: list[WorkerPool] = []
+    modules = list(preload)
+    thread = threading.Thread(
+        target=lambda: box.append(WorkerPool(processors, pin=pin, preload=modules)),
+        daemon=True, name="llmorch-prestart",
+    )
+    with _PRESTARTED_LOCK:
+        previous, _prestarted = _prestarted, ((processors, pin), thread, box)
+    thread.start()
+    if previous is not None:
+        _discard(previous)
+
+
+def take_pool(processors: int, *, pin: bool = False, preload: Iterable[str] = ()) -> WorkerPool:
+    """The pool `prestart_pool` started, when it has these settings (modules it has not
+    imported yet are warmed now); otherwise a new `WorkerPool`."""
+    global _prestarted
+    with _PRESTARTED_LOCK:
+        taken, _prestarted = _prestarted, None
+    if taken is not None:
+        settings, thread, box = taken
+        if settings == (processors, pin):
+            thread.join()
+            if box:
+                box[0].warm(preload)
+                return box[0]
+        else:
+            _discard(taken)
+    return WorkerPool(processors, pin=pin, preload=preload)
+
+
+def _discard(taken: "tuple[tuple[int, bool], threading.Thread, list[WorkerPool]]") -> None:
+    _, thread, box = taken
+    thread.join()
+    for pool in box:
+        pool.shutdown()
