@@ -72,7 +72,7 @@ from prefect.task_runners import TaskRunner
 from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
 from prefect_llmorch.engine.leases import GlobalLimit
 from prefect_llmorch.engine.pool import CALL_ENV, CallCancelled, CallNotSent, Cancel
-from prefect_llmorch.engine.workers import WorkerPool
+from prefect_llmorch.engine.workers import take_pool
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.schedule.policy import Coordinator, check_policy
 from prefect_llmorch.schedule.resources import Capacities
@@ -275,7 +275,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._init_state()  # a runner entered again after an exit starts clean
         stack = ExitStack()
         try:
-            self.pool = stack.enter_context(WorkerPool(self.processors, pin=self.pin, preload=self.preload))
+            # a pool `llmorch run` started while Prefect's server started, else a new one
+            self.pool = stack.enter_context(take_pool(self.processors, pin=self.pin, preload=self.preload))
             self._start_threads(stack)
         except BaseException:
             stack.close()
