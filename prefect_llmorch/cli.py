@@ -333,6 +333,14 @@ def _print_report(report: Any, as_json: bool) -> None:
 # ---------------------------------------------------------------- running flows
 
 
+def _prestart_workers(toolbox: str, processors: int) -> None:
+    """Start the compute worker pool now, in the background: it warms up (the toolbox
+    imported) while Prefect's server starts, and the run's runner takes it."""
+    from prefect_llmorch.engine.workers import prestart_pool
+
+    prestart_pool(processors, preload=[toolbox.split(":", 1)[0]])  # as flows.run.local_runner
+
+
 def _start_prefect() -> Any:
     """Start the embedded Prefect server now when no PREFECT_API_URL is set (guarded so it
     never outlives this process); None when a server is configured."""
@@ -428,6 +436,7 @@ def run(
         from prefect_llmorch.flows.run import PlanRunFailed, run_plan
 
         with interrupt.stop_on_signals():
+            _prestart_workers(toolbox, P)
             clock = _Clock(_start_prefect())
             try:
                 report = run_plan(
