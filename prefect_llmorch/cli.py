@@ -129,6 +129,47 @@ def _at_least(name: str, value: float | None, low: float) -> None:
         _fail(f"{name} {value:g}: must be at least {low:g}")
 
 
+COSTS_HELP = ("declared (the decorators' cost=) or history (learned from Prefect's task-run history); "
+              "default: history once there is one ($LLMORCH_COSTS overrides)")
+
+
+def _check_costs(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in ("declared", "history"):
+        _fail(f"unknown --costs {value!r}; give --costs declared or --costs history")
+    return value
+
+
+def _prediction(frg: Any, plan: Any, toolbox: Any, processors: int, costs: Optional[str]) -> tuple[Any, Any, Any]:
+    """(FRG with the chosen costs, `Prediction`, `CostChoice`) for `plan` on P processors.
+
+    Reads the Prefect API only when PREFECT_API_URL is set (no server is started for
+    this); else the local history file, which every local run writes."""
+    from prefect_llmorch.flows.history import call_costs, choose_costs, predict
+    from prefect_llmorch.graph import FRG
+
+    functions = {c.function for c in plan.calls}
+    choice = choose_costs(functions, costs, api=bool(os.environ.get("PREFECT_API_URL")))
+    if choice.costs:
+        frg = FRG.build(plan, toolbox, costs=call_costs(plan, choice.costs))
+    return frg, predict(frg, processors), choice
+
+
+def _print_prediction(prediction: Any, choice: Any, functions: Any) -> None:
+    unit = " s" if choice.source == "history" else ""
+    path = " -> ".join(prediction.critical_path)
+    console.print(
+        f"predicted latency on P={prediction.processors}: {prediction.latency:.3f}{unit} ({prediction.policy} policy, "
+        f"simulated with {choice.describe(functions)})", markup=False, highlight=False, soft_wrap=True,
+    )
+    console.print(f"critical path: {path} ({prediction.length:.3f}{unit})", markup=False, highlight=False, soft_wrap=True)
+
+
+def _prediction_json(prediction: Any, choice: Any) -> dict[str, Any]:
+    out = prediction.to_json()
+    out.update(costs=choice.source, learned=dict(sorted(choice.costs.items())))
+    return out
+
+
 def _shipped() -> str:
     return ", ".join(example_names())
 
@@ -224,12 +265,17 @@ def _emit_json(doc: Any) -> None:
 
 def _plan_errors(exc: Any, as_json: bool) -> NoReturn:
     if as_json:
-        _emit_json({"ok": False, "errors": [e.to_dict() for e in exc.errors]})  # line, column, kind, message, expected, pointer
+        doc = {"ok": False, "errors": [e.to_dict() for e in exc.errors]}  # line, column, kind, message, expected, pointer
+        if getattr(exc, "omitted", 0):
+            doc["omitted"] = exc.omitted  # errors past the first MAX_REPORTED, counted only
+        _emit_json(doc)
     else:
         for e in exc.errors:
             err_console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
             if e.context:
                 err_console.print(e.context, markup=False, highlight=False, soft_wrap=True)
+        if getattr(exc, "omitted", 0):
+            err_console.print(f"... and {exc.omitted} more errors", style="red", markup=False, highlight=False)
     raise typer.Exit(1)
 
 
@@ -271,19 +317,26 @@ def graph(
     mermaid: bool = typer.Option(False, "--mermaid", help="print the FRG as mermaid"),
     dot: bool = typer.Option(False, "--dot", help="print the FRG as Graphviz DOT"),
     as_json: bool = typer.Option(False, "--json"),
-    processors: Optional[int] = typer.Option(None, "--processors", "-P", help="P for the lower bound (default: cores)"),
+    processors: Optional[int] = typer.Option(None, "--processors", "-P", help="P for the lower bound and the prediction (default: cores)"),
+    costs: Optional[str] = typer.Option(None, "--costs", help=COSTS_HELP),
 ) -> None:
-    """Show the Function-call Relation Graph: ranks, kinds, deps, mutual exclusion."""
+    """Show the Function-call Relation Graph: ranks, kinds, deps, mutual exclusion, and the
+    predicted latency on P processors with its critical path."""
     _prepare_env()
     _check_processors(processors)
+    _check_costs(costs)
     text = _read_plan(plan)
     from prefect_llmorch.graph import FRG
 
+    P = processors or _machine_cores()
     with _json_stdout(as_json):
         tb = _toolbox(toolbox)
-        frg = FRG.build(_parse(text, tb, as_json), tb)
+        parsed = _parse(text, tb, as_json)
+        frg = FRG.build(parsed, tb)
+        if not (mermaid or dot):
+            frg, prediction, choice = _prediction(frg, parsed, tb, P, costs)
         if as_json:
-            _emit_json(frg.to_json())
+            _emit_json({**frg.to_json(), "prediction": _prediction_json(prediction, choice)})
             return
     if mermaid:
         print(frg.to_mermaid())
@@ -301,8 +354,8 @@ def graph(
     for cid in frg.ids:
         table.add_row(cid, frg.function[cid], frg.kind[cid], str(frg.rank[cid]), ", ".join(frg.ordered(frg.deps[cid])), groups.get(cid, ""))
     console.print(table)
-    P = processors or _machine_cores()
     console.print(f"work {frg.work:g}, critical path {frg.critical_path:g}, lower bound on P={P}: {frg.lower_bound(P):g}")
+    _print_prediction(prediction, choice, {c.function for c in parsed.calls})
 
 
 def _print_report(report: Any, as_json: bool) -> None:
@@ -419,7 +472,7 @@ def run(
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
     no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
     resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2"),
-    costs: str = typer.Option("declared", "--costs", help="declared (the decorators' cost=) or history (learned from Prefect's task-run history)"),
+    costs: Optional[str] = typer.Option(None, "--costs", help=COSTS_HELP),
 ) -> None:
     """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
     _prepare_env()
@@ -427,8 +480,7 @@ def run(
     _check_policy(policy)
     _at_least("--recover", recover, 0)
     capacities = _resources(resource)
-    if costs not in ("declared", "history"):
-        _fail(f"unknown --costs {costs!r}; give --costs declared or --costs history")
+    _check_costs(costs)
     text = _read_plan(plan)
     with _json_stdout(as_json):
         _parse(text, _toolbox(toolbox), as_json)  # every error before Prefect starts
@@ -537,7 +589,7 @@ def _check_planner(name: Optional[str]) -> Optional[str]:
 
 def _ask_and_print(
     question: str, toolbox: str, processors: int, policy: str, client: Any, as_json: bool, attempts: int,
-    cancel_running: bool = False, planner: Optional[str] = None, cache: bool = True,
+    cancel_running: bool = False, planner: Optional[str] = None, cache: bool = True, costs: Optional[str] = None,
 ) -> None:
     from prefect_llmorch.flows.ask import ask_query
     from prefect_llmorch.llm.client import LLMError
@@ -551,7 +603,7 @@ def _ask_and_print(
         try:
             report = ask_query(
                 question, toolbox, processors=processors, policy=policy, endpoint=client, attempts=attempts,
-                cancel_running=cancel_running, planner=planner, cache=cache,
+                cancel_running=cancel_running, planner=planner, cache=cache, costs=costs,
             )
         except PlanRunFailed as exc:
             _print_report(exc.report, as_json)
@@ -596,6 +648,7 @@ def ask(
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
     planner: Optional[str] = typer.Option(None, "--planner", help=PLANNER_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
+    costs: Optional[str] = typer.Option(None, "--costs", help=COSTS_HELP),
 ) -> None:
     """Plan the question with the LLM, run the plan in parallel on Prefect, print the answer."""
     _prepare_env()
@@ -603,9 +656,12 @@ def ask(
     _check_policy(policy)
     _check_planner(planner)
     _at_least("--attempts", attempts, 1)
+    _check_costs(costs)
     with _json_stdout(as_json):
         _toolbox(toolbox)
-        _ask_and_print(question, toolbox, P, policy, _endpoint(endpoint), as_json, attempts, cancel_running, planner, not no_cache)
+        _ask_and_print(
+            question, toolbox, P, policy, _endpoint(endpoint), as_json, attempts, cancel_running, planner, not no_cache, costs,
+        )
 
 
 @app.command("plan")
@@ -616,11 +672,16 @@ def plan_cmd(
     attempts: int = typer.Option(3, "--attempts"),
     as_json: bool = typer.Option(False, "--json"),
     planner: Optional[str] = typer.Option(None, "--planner", help=PLANNER_HELP),
+    processors: Optional[int] = typer.Option(None, "--processors", "-P", help="P for the predicted latency (default: cores)"),
+    costs: Optional[str] = typer.Option(None, "--costs", help=COSTS_HELP),
 ) -> None:
-    """Only plan: print the LLM's plan and its FRG (nothing runs)."""
+    """Only plan: print the LLM's plan, its FRG and its predicted latency on P processors
+    with the critical path (nothing runs)."""
     _prepare_env()
     _check_planner(planner)
     _at_least("--attempts", attempts, 1)
+    _check_processors(processors)
+    _check_costs(costs)
     with _json_stdout(as_json):
         tb = _toolbox(toolbox)
         from prefect_llmorch.graph import FRG
@@ -633,13 +694,18 @@ def plan_cmd(
         except (PlanningFailed, LLMError) as exc:
             err_console.print(str(exc), markup=False)
             raise typer.Exit(1) from None
-        frg = FRG.build(result.plan, tb)
+        frg, prediction, choice = _prediction(FRG.build(result.plan, tb), result.plan, tb, processors or _machine_cores(), costs)
         if as_json:
-            _emit_json({"plan": result.text, "attempts": len(result.attempts), "tokens": {"prompt": result.prompt_tokens, "completion": result.completion_tokens}, "graph": frg.to_json()})
+            _emit_json({
+                "plan": result.text, "attempts": len(result.attempts),
+                "tokens": {"prompt": result.prompt_tokens, "completion": result.completion_tokens},
+                "graph": frg.to_json(), "prediction": _prediction_json(prediction, choice),
+            })
             return
     console.print(result.text, markup=False, highlight=False)
     console.print(frg.to_mermaid(), markup=False, highlight=False)
     console.print(f"planner attempts: {len(result.attempts)} | tokens: {result.prompt_tokens} prompt + {result.completion_tokens} completion")
+    _print_prediction(prediction, choice, {c.function for c in result.plan.calls})
 
 
 DEMO_QUESTION = "Did Apple or Microsoft stock do better today, and how busy is the traffic in frames 1-4?"

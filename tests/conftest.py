@@ -21,6 +21,9 @@ from prefect_llmorch.schedule.policy import POLICIES
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Declared costs unless a test asks for others: runs of other tests must not reorder a test's
+# schedule through the learned-cost history (tests/test_history.py tests the default).
+os.environ.setdefault("LLMORCH_COSTS", "declared")
 
 ROOT = Path(__file__).resolve().parent.parent
 # Test toolboxes (`toolboxes:...`) import from tests/; the baselines live with the benchmarks.

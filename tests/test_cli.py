@@ -72,7 +72,7 @@ def test_graph_json_is_the_documented_object() -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["calls"][2] == {"id": "s3", "function": "compare", "kind": "compute", "rank": 2, "deps": ["s1", "s2"]}
-    assert doc["mutex"] == [] and set(doc) == {"calls", "mutex", "work", "critical_path"}
+    assert doc["mutex"] == [] and set(doc) == {"calls", "mutex", "work", "critical_path", "prediction"}
     kitti = json.loads(llmorch("graph", "example:kitti", "--json").stdout)
     assert len(kitti["mutex"]) == 28 and kitti["mutex"][0] == ["s1", "s2"]
     mermaid = llmorch("graph", "example:kitti", "--mermaid").stdout

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from prefect_llmorch import Toolbox, inout
-from prefect_llmorch.flows.history import call_costs, durations_by_function, function_costs, history_file, local_costs, remember
+from typing import Any
+
+from prefect_llmorch import Toolbox, compute, inout
+from prefect_llmorch.flows.history import (
+    call_costs, check_costs, choose_costs, critical_path_calls, durations_by_function, function_costs, has_history,
+    history_file, local_costs, predict, remember,
+)
 from prefect_llmorch.plan.parser import parse
 
 
@@ -87,3 +92,101 @@ def test_durations_by_function_takes_completed_records_only() -> None:
     failed = CallRecord(id="s2", function="f", kind="inout", rank=1)
     failed.state, failed.start, failed.end = "Failed", 1.0, 3.0
     assert durations_by_function([done, failed]) == {"f": [0.5]}
+
+
+# ---------------------------------------------------------------- which costs a run uses
+
+
+@pytest.fixture
+def no_costs_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default as users get it (conftest pins LLMORCH_COSTS=declared for the other tests)."""
+    monkeypatch.delenv("LLMORCH_COSTS", raising=False)
+
+
+@pytest.mark.usefixtures("no_costs_env")
+def test_the_default_is_declared_until_there_is_a_history_then_history(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not has_history()
+    first = choose_costs(["detect"], api=False)
+    assert (first.source, first.why, first.costs) == ("declared", "no history yet", {})
+    remember({"detect": [1.5]})
+    assert has_history()
+    second = choose_costs(["detect", "average"], api=False)
+    assert (second.source, second.why, second.costs, second.origin) == ("history", "history exists", {"detect": 1.5}, {"detect": "local"})
+    assert second.describe(["detect", "average"]) == "history costs (detect 1.5 s; declared: average)"
+    # Opting out: given, or by the environment.
+    assert choose_costs(["detect"], "declared", api=False).source == "declared"
+    monkeypatch.setenv("LLMORCH_COSTS", "declared")
+    assert choose_costs(["detect"], api=False).why == "LLMORCH_COSTS"
+    monkeypatch.setenv("LLMORCH_COSTS", "guess")
+    with pytest.raises(ValueError, match="costs must be one of declared, history"):
+        choose_costs(["detect"])
+    with pytest.raises(ValueError, match="got 'learned'"):
+        check_costs("learned")
+
+
+def test_cached_rows_teach_no_cost() -> None:
+    from prefect_llmorch.engine.compiler import CallRecord
+
+    cached = CallRecord(id="s1", function="f", kind="inout", rank=1, cached=True)
+    cached.state, cached.start, cached.end = "Completed", 2.0, 2.0
+    assert durations_by_function([cached]) == {}
+
+
+def test_predict_simulates_the_plan_with_its_costs() -> None:
+    from prefect_llmorch.graph import FRG
+    from prefect_llmorch.schedule.simulator import simulate
+
+    # s1 alone is long; s2 -> s3 is a chain of short calls (all compute, P = 2).
+    frg = FRG.from_edges(["s1", "s2", "s3"], {"s3": ["s2"]}, costs={"s1": 4.0, "s2": 0.5, "s3": 0.5})
+    p = predict(frg, 2)
+    assert p.latency == simulate(frg, 2).makespan == 4.0
+    assert p.critical_path == ["s1"] and p.length == 4.0
+    assert p.calls == {"s1": (0.0, 4.0), "s2": (0.0, 0.5), "s3": (0.5, 1.0)}
+    unit = FRG.from_edges(["s1", "s2", "s3"], {"s3": ["s2"]})
+    assert critical_path_calls(unit) == ["s2", "s3"] and predict(unit, 1).latency == 3.0
+    assert predict(frg, 1).to_json()["critical_path"] == ["s1"]
+
+
+@compute
+def history_long(tag: str) -> str:
+    import time
+
+    time.sleep(0.5)
+    return tag
+
+
+@compute
+def history_short(tag: str) -> str:
+    return tag
+
+
+LEARN_TOOLBOX = Toolbox(history_long, history_short)
+# On P = 1 the critical-path policy starts the call heading the longest remaining path first.
+# With unit costs that is s2 (the chain s2 -> s3 costs 2, s1 costs 1); once the history has
+# s1's function at about 0.5 s and the other at a few ms, it is s1.
+LEARN_PLAN = 's1: history_long("L")\ns2: history_short("a")\ns3: history_short(s2)\n'
+
+
+def _order(calls: Any) -> list[str]:
+    return [cid for cid, _ in sorted(calls, key=lambda item: item[1])]
+
+
+@pytest.mark.usefixtures("prefect_harness", "no_costs_env")
+def test_learned_costs_feed_the_policy_and_the_report_predicts(home: Path) -> None:
+    from prefect_llmorch.flows.run import run_plan
+
+    # No history yet: declared (unit) costs.
+    declared = run_plan(LEARN_PLAN, LEARN_TOOLBOX, processors=1, concurrency_limit=None)
+    predicted = declared.predicted
+    assert predicted["costs"] == "declared" and predicted["latency"] == 3.0 and predicted["critical_path"] == ["s2", "s3"]
+    ran = _order((c.id, c.start) for c in declared.calls)
+    assert ran[0] == "s2" and ran == _order((cid, se[0]) for cid, se in predicted["calls"].items())
+    assert declared.to_json()["predicted"] == predicted and "predicted 3.000 (declared costs)" in declared.summary()
+    # The run wrote its measured durations: now there is a history, and the default uses it.
+    assert set(json.loads(history_file().read_text())) == {"history_long", "history_short"}
+    learned = run_plan(LEARN_PLAN, LEARN_TOOLBOX, processors=1, concurrency_limit=None)
+    predicted = learned.predicted
+    assert predicted["costs"] == "history" and predicted["critical_path"] == ["s1"]
+    ran = _order((c.id, c.start) for c in learned.calls)
+    assert ran[0] == "s1" and ran == _order((cid, se[0]) for cid, se in predicted["calls"].items())
+    assert 0.5 <= predicted["latency"] and "s (history costs)" in learned.summary()

@@ -21,8 +21,9 @@ from prefect_llmorch.flows.execute import Execution, current_llmorch_runner
 from prefect_llmorch.flows.planner import planner_task, resolve_client
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import Planning, RunReport, publish_artifacts
-from prefect_llmorch.flows.run import _simple, conclude, local_runner, resolve_toolbox, run_flow
-from prefect_llmorch.functions import Toolbox
+from prefect_llmorch.flows.history import check_costs, remember_records
+from prefect_llmorch.flows.run import _simple, conclude, learned_costs, local_runner, predicted, resolve_toolbox, run_flow
+from prefect_llmorch.functions import SELF, Toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
 
 __all__ = ["DEFAULT_TOOLBOX", "answer", "ask", "ask_query"]
@@ -43,6 +44,7 @@ def ask(
     cancel_running: bool = False,
     planner: str | None = None,
     cache: bool = True,
+    costs: str | None = None,
 ) -> RunReport:
     """Plan `query` with the LLM, run the plan on P processors, return the report.
 
@@ -60,10 +62,13 @@ def ask(
         planner: "text" (the plan language) or "json" (the JSON plan form under a JSON
             schema built from the toolbox); None: the endpoint block's `planner` setting.
         cache: reuse stored results of `cache=True` functions (False: run every call).
+        costs: `declared` or `history` (learned from Prefect's task-run history); None:
+            `history` once this machine has a history, else `declared`.
     """
     return answer(
         query, toolbox, processors=processors, policy=policy, endpoint=endpoint, attempts=attempts,
         recovery_rounds=recovery_rounds, cancel_running=cancel_running, planner=planner, cache=cache,
+        costs=costs,
     )
 
 
@@ -79,6 +84,7 @@ def answer(
     cancel_running: bool = False,
     planner: str | None = None,
     cache: bool = True,
+    costs: str | None = None,
 ) -> RunReport:
     """The body of `llmorch-ask` inside the current flow run (the deployable flows use it).
 
@@ -95,7 +101,12 @@ def answer(
     recovery = None
     if recovery_rounds > 0:
         recovery = RecoveryConfig(client, max_rounds=recovery_rounds, running="cancel" if cancel_running else "wait")
-    ex = Execution(tb, processors=P, self_fn=make_self_fn(client, tokens), recovery=recovery, runner=runner, cache=cache)
+    # The plan is not known yet: costs for every function of the toolbox (one lookup).
+    choice = learned_costs({name for name in tb if name != SELF}, costs)
+    ex = Execution(
+        tb, processors=P, self_fn=make_self_fn(client, tokens), recovery=recovery, runner=runner, cache=cache,
+        costs=choice.costs,
+    )
     try:
         inbox: "queue.Queue[Any]" = queue.Queue()
         ex.recorder.t0 = time.time()  # latency counts from the first LLM request
@@ -116,10 +127,13 @@ def answer(
         for attempt in result.attempts:
             tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
         ex.start(result.plan, kept=result.dispatched, planned_at=planned_at)
+        prediction = predicted(ex.frg, P, policy, choice, runner)
     except BaseException:
         ex.close()
         raise
     report = ex.finish()
+    report.predicted = prediction
+    remember_records(report.calls)
     report.planning = Planning(plan=result.text, attempts=len(result.attempts), tokens=tokens.to_dict())
     usage = (
         f"\n\n## LLM usage\n\nplanner attempts: {len(result.attempts)}; tokens: "
@@ -142,6 +156,7 @@ def ask_query(
     cancel_running: bool = False,
     planner: str | None = None,
     cache: bool = True,
+    costs: str | None = None,
 ) -> RunReport:
     """Run the `llmorch-ask` flow with a task runner for `processors` and `policy`.
 
@@ -149,11 +164,12 @@ def ask_query(
     Raises `PlanRunFailed` (with the report) when calls failed, `PlanningFailed` when no
     valid plan came, `LLMError` when the endpoint failed.
     """
+    check_costs(costs)
     P = processors or default_processors()
     runner = local_runner(toolbox, P, policy, concurrency_limit)
     parameters = {
         "query": query, "toolbox": toolbox, "processors": P, "policy": policy,
         "endpoint": endpoint, "attempts": attempts, "recovery_rounds": recovery_rounds,
-        "cancel_running": cancel_running, "planner": planner, "cache": cache,
+        "cancel_running": cancel_running, "planner": planner, "cache": cache, "costs": costs,
     }
     return run_flow(ask, runner, parameters, simple=_simple(toolbox, endpoint))

@@ -93,6 +93,10 @@ class RunParameters(BaseModel):
     cancel_running: bool = Field(
         default=False, description="On a failure, cancel running calls that recovery will re-run anyway (instead of waiting)"
     )
+    cache: bool = Field(default=True, description="Reuse stored results of cache=True functions (off: run every call)")
+    costs: Optional[Literal["declared", "history"]] = Field(
+        default=None, description="Costs for the policy: declared, or history (learned); default: history once there is one"
+    )
 
     @field_validator("toolbox")
     @classmethod
@@ -139,6 +143,10 @@ class AskParameters(BaseModel):
     planner: Optional[Literal["text", "json"]] = Field(
         default=None,
         description="How the LLM writes the plan: the plan language (text) or JSON under a schema (default: the endpoint's setting)",
+    )
+    cache: bool = Field(default=True, description="Reuse stored results of cache=True functions (off: run every call)")
+    costs: Optional[Literal["declared", "history"]] = Field(
+        default=None, description="Costs for the policy: declared, or history (learned); default: history once there is one"
     )
 
     @field_validator("toolbox")
@@ -188,7 +196,7 @@ def llmorch_run(parameters: RunParameters = RunParameters()) -> dict[str, Any]:
     report = orchestrate.fn(
         plan=text, toolbox=parameters.toolbox, processors=P, policy=parameters.policy,
         endpoint=parameters.endpoint, recovery_rounds=parameters.recovery_rounds,
-        cancel_running=parameters.cancel_running,
+        cancel_running=parameters.cancel_running, cache=parameters.cache, costs=parameters.costs,
     )
     return publish_result(report)
 
@@ -201,7 +209,7 @@ def llmorch_ask(parameters: AskParameters) -> dict[str, Any]:
         parameters.query, parameters.toolbox, processors=P, policy=parameters.policy,
         endpoint=parameters.endpoint, attempts=parameters.attempts,
         recovery_rounds=parameters.recovery_rounds, cancel_running=parameters.cancel_running,
-        planner=parameters.planner,
+        planner=parameters.planner, cache=parameters.cache, costs=parameters.costs,
     )
     return publish_result(report)
 

@@ -12,6 +12,15 @@ durations to `$PREFECT_HOME/llmorch/costs.json` after each run.
 
     costs = function_costs(["detect", "average"])      # {"detect": 1.02, "average": 0.51}
     frg = FRG.build(plan, toolbox, costs=call_costs(plan, costs))
+
+Which costs a run uses (`choose_costs`): `costs="declared"` or `"history"` when given; when
+not (`costs=None`, the default of `run_plan`, `ask_query`, the flows and the CLI), the
+environment variable `LLMORCH_COSTS` if set, else `history` once this machine has a history
+(the local file exists: one `stat`, no API query) and `declared` before the first run.
+
+`predict(frg, P)` simulates the plan with those costs (the runner's own Coordinator, through
+`schedule.simulator`): the predicted latency and the critical path that `llmorch plan` /
+`llmorch graph` print and the report sets beside the measured latency.
 """
 
 from __future__ import annotations
@@ -26,14 +35,24 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from dataclasses import dataclass, field
+
+from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.model import Plan
 
-__all__ = ["COST_SOURCES", "call_costs", "function_costs", "history_file", "local_costs", "remember"]
+__all__ = [
+    "COSTS_ENV", "COST_SOURCES", "CostChoice", "Prediction", "call_costs", "check_costs", "choose_costs",
+    "critical_path_calls", "durations_by_function", "function_costs", "has_history", "history_file",
+    "local_costs", "predict", "remember", "remember_records",
+]
 
 logger = logging.getLogger("prefect_llmorch.history")
 
 #: `costs=` of run_plan/ask_query and `--costs` of the CLI.
 COST_SOURCES = ("declared", "history")
+
+#: Environment variable: the cost source when none is given (`declared` or `history`).
+COSTS_ENV = "LLMORCH_COSTS"
 
 #: How many recent runs of a function its learned cost is the median of.
 RECENT = 20
@@ -41,12 +60,20 @@ RECENT = 20
 _lock = threading.Lock()
 
 
-def _name_pattern(function: str) -> re.Pattern[str]:
-    return re.compile(rf"^\S+ · {re.escape(function)}( \(repair \d+\))?$")
+#: Our task-run names: `s3 · detect`, `s3 · detect (repair 1)`; group 1 is the function.
+_TASK_NAME = re.compile(r"^\S+ · (\S+?)(?: \(repair \d+\))?$")
+
+#: At most this many task runs are read in the one history query.
+MAX_READ = 400
 
 
 def _api_durations(functions: Iterable[str], limit: int) -> dict[str, list[float]]:
-    """Running time of the most recent Completed (not Cached) task runs of each function."""
+    """Running time of the most recent Completed (not Cached) task runs of each function.
+
+    One query (a query per function cost 15-30 ms each on a quiet server, paid before the
+    first call starts): our most recent Completed task runs, `limit` per wanted function,
+    grouped by function. A function with no run in that window gets none here (the local
+    history has it if this machine ran it)."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         TaskRunFilter,
@@ -56,21 +83,26 @@ def _api_durations(functions: Iterable[str], limit: int) -> dict[str, list[float
     )
     from prefect.client.schemas.sorting import TaskRunSort
 
+    wanted = set(functions)
     found: dict[str, list[float]] = {}
+    if not wanted:
+        return found
     with get_client(sync_client=True) as client:
-        for fn in sorted(set(functions)):
-            runs = client.read_task_runs(
-                task_run_filter=TaskRunFilter(
-                    name=TaskRunFilterName(like_=f" · {fn}"),
-                    state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Completed"])),
-                ),
-                sort=TaskRunSort.END_TIME_DESC,
-                limit=limit * 3,  # `like_` also matches longer names; the pattern keeps ours
-            )
-            pattern = _name_pattern(fn)
-            durations = [r.total_run_time.total_seconds() for r in runs if pattern.match(r.name) and r.total_run_time]
-            if durations:
-                found[fn] = durations[:limit]
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(like_=" · "),
+                state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Completed"])),
+            ),
+            sort=TaskRunSort.END_TIME_DESC,
+            limit=min(MAX_READ, limit * len(wanted)),
+        )
+    for run in runs:
+        m = _TASK_NAME.match(run.name or "")
+        if m is None or m.group(1) not in wanted or not run.total_run_time:
+            continue
+        durations = found.setdefault(m.group(1), [])
+        if len(durations) < limit:
+            durations.append(run.total_run_time.total_seconds())
     return found
 
 
@@ -123,25 +155,101 @@ def local_costs(functions: Iterable[str]) -> dict[str, float]:
     return {fn: statistics.median(data[fn][:RECENT]) for fn in set(functions) if data.get(fn)}
 
 
-def function_costs(functions: Iterable[str], *, limit: int = RECENT) -> dict[str, float]:
+def function_costs(
+    functions: Iterable[str], *, limit: int = RECENT, api: bool = True, sources: dict[str, str] | None = None
+) -> dict[str, float]:
     """Learned cost (seconds) per function: the median of its recent Completed task runs.
 
     Reads Prefect's task-run history through the client (the current PREFECT_API_URL, or
     the ephemeral server); a function the API has no runs of, or every function when the
-    API cannot be read, falls back to the local history file. Functions with no history at
-    all are left out (the caller keeps their declared cost).
+    API cannot be read (or `api=False`), falls back to the local history file. Functions
+    with no history at all are left out (the caller keeps their declared cost). `sources`,
+    when given, is filled with where each cost came from (`api` or `local`).
     """
     wanted = set(functions)
     learned: dict[str, float] = {}
-    try:
-        for fn, durations in _api_durations(wanted, limit).items():
-            learned[fn] = statistics.median(durations)
-    except Exception as exc:  # an unreachable or failing API must not fail the run
-        logger.warning("task-run history unavailable (%s: %s); using the local cost history", type(exc).__name__, exc)
+    if api and wanted:
+        try:
+            for fn, durations in _api_durations(wanted, limit).items():
+                learned[fn] = statistics.median(durations)
+        except Exception as exc:  # an unreachable or failing API must not fail the run
+            logger.warning("task-run history unavailable (%s: %s); using the local cost history", type(exc).__name__, exc)
+    if sources is not None:
+        sources.update((fn, "api") for fn in learned)
     missing = wanted - set(learned)
     if missing:
-        learned.update(local_costs(missing))
+        local = local_costs(missing)
+        learned.update(local)
+        if sources is not None:
+            sources.update((fn, "local") for fn in local)
     return learned
+
+
+def has_history() -> bool:
+    """Whether this machine has a cost history: the local file exists (one `stat`; no API
+    query, so a first run pays nothing for looking)."""
+    try:
+        return history_file().stat().st_size > 2
+    except OSError:
+        return False
+
+
+def check_costs(costs: str | None) -> None:
+    """Raise ValueError unless `costs` is None or one of `COST_SOURCES`."""
+    if costs is not None and costs not in COST_SOURCES:
+        raise ValueError(f"costs must be one of {', '.join(COST_SOURCES)} (or None: history once there is one), got {costs!r}")
+
+
+@dataclass
+class CostChoice:
+    """The costs a run (or a prediction) uses.
+
+    Attributes:
+        source: `declared` or `history`.
+        costs: learned seconds per function (empty for `declared`; functions with no
+            history keep their declared cost).
+        origin: where each learned cost came from, by function: `api` or `local`.
+        why: how the source was chosen (`given`, `LLMORCH_COSTS`, `history exists`, `no history yet`).
+        seconds: how long choosing took (the history lookup), for the log.
+    """
+
+    source: str
+    costs: dict[str, float] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
+    why: str = "given"
+    seconds: float = 0.0
+
+    def describe(self, functions: Iterable[str] = ()) -> str:
+        """`history costs (detect 1.02 s, average 0.51 s; declared: chatbot)`, or `declared costs (...)`."""
+        if self.source == "declared":
+            return f"declared costs ({self.why})"
+        learned = ", ".join(f"{fn} {c:.3g} s" for fn, c in sorted(self.costs.items())) or "none of these functions yet"
+        rest = sorted(set(functions) - set(self.costs))
+        return f"history costs ({learned}" + (f"; declared: {', '.join(rest)}" if rest else "") + ")"
+
+
+def choose_costs(functions: Iterable[str], costs: str | None = None, *, api: bool = True) -> CostChoice:
+    """The costs to use for `functions`: `costs` when given, else `$LLMORCH_COSTS`, else
+    `history` once there is a history (`has_history`) and `declared` before."""
+    import time
+
+    started = time.perf_counter()
+    check_costs(costs)
+    why = "given"
+    if costs is None:
+        env = os.environ.get(COSTS_ENV, "").strip()
+        if env:
+            check_costs(env)
+            costs, why = env, COSTS_ENV
+        elif has_history():
+            costs, why = "history", "history exists"
+        else:
+            costs, why = "declared", "no history yet"
+    if costs == "declared":
+        return CostChoice("declared", why=why, seconds=time.perf_counter() - started)
+    origin: dict[str, str] = {}
+    learned = function_costs(functions, api=api, sources=origin)
+    return CostChoice("history", learned, origin, why, time.perf_counter() - started)
 
 
 def call_costs(plan: Plan, per_function: Mapping[str, float]) -> dict[str, float]:
@@ -150,9 +258,81 @@ def call_costs(plan: Plan, per_function: Mapping[str, float]) -> dict[str, float
 
 
 def durations_by_function(records: Iterable[Any]) -> dict[str, list[float]]:
-    """Completed calls' measured durations by function, from the recorder's `CallRecord`s."""
+    """Completed calls' measured durations by function, from the recorder's `CallRecord`s
+    (or the report's rows); calls answered from the cache did not run and are left out."""
     out: dict[str, list[float]] = {}
     for rec in records:
+        if getattr(rec, "cached", False):
+            continue
         if getattr(rec, "state", None) == "Completed" and rec.start is not None and rec.end is not None:
             out.setdefault(rec.function, []).append(max(0.0, rec.end - rec.start))
     return out
+
+
+def remember_records(records: Iterable[Any]) -> None:
+    """`remember` a run's measured durations (its report rows or records); never fails the run."""
+    try:
+        remember(durations_by_function(records))
+    except OSError as exc:  # a read-only home must not fail a run that completed
+        logger.warning("could not write the local cost history %s: %s", history_file(), exc)
+
+
+# ---------------------------------------------------------------- prediction (pure)
+
+
+@dataclass
+class Prediction:
+    """A plan's simulated schedule with the costs it was given.
+
+    Attributes:
+        latency: simulated makespan on `processors` with `policy`.
+        critical_path: the calls of the longest path by cost, in order.
+        length: that path's summed cost (`FRG.critical_path`).
+        calls: simulated (start, end) of each call.
+    """
+
+    latency: float
+    critical_path: list[str]
+    length: float
+    processors: int
+    policy: str
+    calls: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "latency": round(self.latency, 6), "critical_path": list(self.critical_path),
+            "critical_path_length": round(self.length, 6), "processors": self.processors, "policy": self.policy,
+            "calls": {cid: [round(a, 6), round(b, 6)] for cid, (a, b) in self.calls.items()},
+        }
+
+
+def critical_path_calls(frg: FRG) -> list[str]:
+    """The calls of a longest path by cost (plan order breaks ties), first to last.
+
+    >>> critical_path_calls(FRG.from_edges(["a", "b", "c"], {"c": ["a"]}, costs={"a": 2, "b": 2.5, "c": 1}))
+    ['a', 'c']
+    """
+    if not frg.ids:
+        return []
+    bl = frg.bottom_level
+    sources = [cid for cid in frg.ids if not frg.deps[cid]]
+    cur = max(sources, key=lambda c: (bl[c], -frg.index(c)))
+    path = [cur]
+    while frg.succs[cur]:
+        cur = max(frg.succs[cur], key=lambda c: (bl[c], -frg.index(c)))
+        path.append(cur)
+    return path
+
+
+def predict(
+    frg: FRG, processors: int, policy: str = "critical-path", *,
+    resources: Mapping[str, float] | None = None, gpus: Any = None,
+) -> Prediction:
+    """Simulate `frg` (its costs: learned or declared) on `processors` with `policy`."""
+    from prefect_llmorch.schedule.simulator import simulate
+
+    schedule = simulate(frg, processors, policy, resources=resources, gpus=gpus)
+    return Prediction(
+        latency=schedule.makespan, critical_path=critical_path_calls(frg), length=frg.critical_path,
+        processors=processors, policy=policy, calls={e.id: (e.start, e.end) for e in schedule.entries},
+    )

@@ -124,6 +124,9 @@ class RunReport:
     message: str = ""
     planning: Planning | None = None
     recovery: dict[str, Any] | None = None  # `RecoveryController.to_dict()`
+    #: the plan simulated with the costs the policy used (`flows.history.predict`): `latency`,
+    #: `critical_path`, `calls` (start, end), `costs` (`declared` or `history`); None: not made
+    predicted: dict[str, Any] | None = None
 
     @property
     def overhead(self) -> float:
@@ -168,16 +171,22 @@ class RunReport:
         }
         if self.message:
             out["message"] = self.message
+        if self.predicted is not None:
+            out["predicted"] = self.predicted
         out.update(self.extra)
         return out
 
     def summary(self) -> str:
         """One line for people: latency and where it went."""
         first = "-" if self.time_to_first_call is None else f"{self.time_to_first_call:.3f} s"
-        return (
+        line = (
             f"latency {self.latency:.3f} s (first call after {first}; best schedule {self.best:.3f} s, "
             f"overhead {self.overhead:.3f} s) | makespan {self.makespan:.3f} s | P = {self.processors}"
         )
+        if self.predicted is not None:  # declared costs are in the decorators' units, not seconds
+            unit = " s" if self.predicted.get("costs") == "history" else ""
+            line += f" | predicted {self.predicted['latency']:.3f}{unit} ({self.predicted.get('costs')} costs)"
+        return line
 
 
 class PlanRunFailed(RuntimeError):
@@ -354,6 +363,14 @@ def failure_message(report: RunReport) -> str:
     return f"{len(report.failed)} of {len(report.calls)} calls did not complete ({done} completed, results kept):\n" + "\n".join(lines)
 
 
+def _predicted_columns(report: RunReport, call_id: str) -> dict[str, Any]:
+    """The schedule artifact's `predicted start` / `predicted end` of a call (none without a prediction)."""
+    if report.predicted is None:
+        return {}
+    start, end = report.predicted.get("calls", {}).get(call_id, (None, None))
+    return {"predicted start": start, "predicted end": end}
+
+
 def publish_artifacts(frg: FRG, report: RunReport, extra_markdown: str = "") -> None:
     """The FRG as mermaid and the schedule as a table, shown on the flow run's page."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -368,6 +385,7 @@ def publish_artifacts(frg: FRG, report: RunReport, extra_markdown: str = "") -> 
             "call": c.id, "function": c.function, "kind": c.kind, "rank": c.rank,
             "processor": "" if c.processor is None else c.processor, "pid": c.pid,
             "start": c.start, "end": c.end, "state": c.state, "reason": c.reason or "",
+            **_predicted_columns(report, c.id),
         }
         for c in report.calls
     ]

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect_llmorch.engine.compiler import Recorder
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, execute
+from prefect_llmorch.flows.history import CostChoice, check_costs, choose_costs, predict, remember_records
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import PlanRunFailed, RunReport, publish_artifacts
 from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
@@ -60,7 +61,7 @@ def orchestrate(
     recovery_rounds: int = 0,
     cancel_running: bool = False,
     cache: bool = True,
-    costs: str = "declared",
+    costs: str | None = None,
 ) -> RunReport:
     """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
 
@@ -78,7 +79,8 @@ def orchestrate(
             anyway, instead of letting them end first.
         cache: reuse stored results of `cache=True` functions (False: run every call).
         costs: `declared` (the decorators' `cost=`) or `history` (learned from Prefect's
-            task-run history, `flows/history.py`, declared where there is none).
+            task-run history, `flows/history.py`, declared where there is none); None:
+            `history` once this machine has a history, else `declared` (`choose_costs`).
     """
     recorder = Recorder()  # t0: the flow starts executing, the plan is available
     logger = get_run_logger()
@@ -93,17 +95,20 @@ def orchestrate(
         logger.warning("task runner has %s processors, flow asked for %s: using the runner's", runner.processors, P)
         P = runner.processors
     logger.info("plan of %s calls on %s processors (policy %s)", len(parsed), P, policy)
-    learned = _learned_costs(parsed, costs)
+    choice = learned_costs({c.function for c in parsed.calls}, costs)
     ex = Execution(
         tb, processors=P, self_fn=self_fn, recorder=recorder, recovery=recovery, runner=runner,
-        cache=cache, costs=learned,
+        cache=cache, costs=choice.costs,
     )
     try:
         ex.start(parsed)
+        prediction = predicted(ex.frg, P, policy, choice, runner)
     except BaseException:
         ex.close()
         raise
     report = ex.finish()
+    report.predicted = prediction
+    remember_records(report.calls)
     publish_artifacts(ex.frg, report)
     return conclude(report)
 
@@ -128,16 +133,25 @@ def _llm_for(plan: Plan, endpoint: str | None, recovery_rounds: int, cancel_runn
     return client, make_self_fn(client, TokenCounter()), recovery
 
 
-def _learned_costs(plan: Plan, costs: str) -> dict[str, float]:
-    from prefect_llmorch.flows.history import COST_SOURCES, function_costs
+def learned_costs(functions: set[str], costs: str | None) -> CostChoice:
+    """`choose_costs` for these functions, logged on the flow run (which costs, and how long
+    choosing took)."""
+    choice = choose_costs(functions, costs)
+    get_run_logger().info("%s, chosen in %.1f ms", choice.describe(functions), choice.seconds * 1000)
+    return choice
 
-    if costs not in COST_SOURCES:
-        raise ValueError(f"costs must be one of {', '.join(COST_SOURCES)}, got {costs!r}")
-    if costs == "declared":
-        return {}
-    learned = function_costs({c.function for c in plan.calls})
-    get_run_logger().info("learned costs from history: %s", ", ".join(f"{k} {v:.3g} s" for k, v in sorted(learned.items())) or "none yet")
-    return learned
+
+def predicted(frg: Any, processors: int, policy: str, choice: CostChoice, runner: Any = None) -> dict[str, Any] | None:
+    """The report's `predicted`: the plan simulated with the costs the policy was given."""
+    try:
+        resources = getattr(runner, "resources", None)
+        gpus = getattr(runner, "gpus", None)
+        out = predict(frg, processors, policy, resources=resources or None, gpus=gpus or None).to_json()
+    except ValueError as exc:  # e.g. capacities the simulator cannot model: no prediction
+        get_run_logger().warning("no predicted latency: %s", exc)
+        return None
+    out["costs"] = choice.source
+    return out
 
 
 def run_plan(
@@ -152,7 +166,7 @@ def run_plan(
     recovery_rounds: int = 0,
     cancel_running: bool = False,
     cache: bool = True,
-    costs: str = "declared",
+    costs: str | None = None,
     resources: Mapping[str, float] | None = None,
     gpus: Any = None,
 ) -> RunReport:
@@ -173,11 +187,13 @@ def run_plan(
         cancel_running: when a call fails, cancel running calls that recovery will re-run
             anyway (killing their worker processes) instead of letting them end first.
         cache: reuse stored results of `cache=True` functions (False: `--no-cache`).
-        costs: `declared` or `history` (costs learned from Prefect's task-run history).
+        costs: `declared` or `history` (costs learned from Prefect's task-run history);
+            None (default): `history` once this machine has a history, else `declared`.
         resources: capacities of resource classes beyond processors (`{"search-api": 2}`);
             calls declaring `resources=` are admitted when their demand fits (local runner).
         gpus: GPU devices, `[{"id": 0, "mem_gb": 80}]`, for calls declaring `gpu_mem_gb`.
     """
+    check_costs(costs)  # before a flow run exists
     text = plan.to_text() if isinstance(plan, Plan) else plan
     P = processors or default_processors()
     runner = task_runner if task_runner is not None else local_runner(toolbox, P, policy, concurrency_limit, resources, gpus)
