@@ -190,3 +190,63 @@ def test_learned_costs_feed_the_policy_and_the_report_predicts(home: Path) -> No
     ran = _order((c.id, c.start) for c in learned.calls)
     assert ran[0] == "s1" and ran == _order((cid, se[0]) for cid, se in predicted["calls"].items())
     assert 0.5 <= predicted["latency"] and "s (history costs)" in learned.summary()
+
+
+# ---------------------------------------------------------------- llmorch plan / graph
+
+
+def _llmorch(*args: str, home: Path, extra: dict[str, str] | None = None) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LLMORCH_COSTS", "PREFECT_API_URL", "LLMORCH_DEBUG")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", **(extra or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "prefect_llmorch.cli", *args], capture_output=True, text=True, timeout=120, env=env,
+    )
+
+
+def test_graph_predicts_with_declared_costs_then_with_the_history(tmp_path: Path) -> None:
+    from prefect_llmorch.examples import open_plan_path
+    from prefect_llmorch.examples.toolbox import toolbox
+    from prefect_llmorch.graph import FRG
+
+    out = _llmorch("graph", "example:kitti", "-P", "2", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "predicted latency on P=2: 4.500 (critical-path policy, simulated with declared costs (no history yet))" in out.stdout
+    assert "critical path: s1 -> s9 -> s11 (1.500)" in out.stdout
+    # A history (as a run writes it): detect 2 s, average 0.1 s; chatbot has none.
+    (tmp_path / "llmorch").mkdir()
+    (tmp_path / "llmorch" / "costs.json").write_text(json.dumps({"detect": [2.0], "average": [0.1]}))
+    out = _llmorch("graph", "example:kitti", "-P", "2", "--json", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)["prediction"]
+    plan = parse(open_plan_path("example:kitti").read_text(), toolbox)
+    expected = predict(FRG.build(plan, toolbox, costs=call_costs(plan, {"detect": 2.0, "average": 0.1})), 2)
+    assert doc["costs"] == "history" and doc["learned"] == {"average": 0.1, "detect": 2.0}
+    # 8 frames on 2 processors, then the last average (0.1) and chatbot (declared 0.5)
+    assert doc["latency"] == expected.latency == 8 * 2.0 / 2 + 0.1 + 0.5
+    assert doc["critical_path"] == ["s1", "s9", "s11"] and doc["critical_path_length"] == 2.6
+    human = _llmorch("graph", "example:kitti", "-P", "2", home=tmp_path)
+    assert "simulated with history costs (average 0.1 s, detect 2 s; declared: chatbot)" in human.stdout
+    assert "declared costs (given)" in _llmorch("graph", "example:kitti", "--costs", "declared", home=tmp_path).stdout
+    bad = _llmorch("graph", "example:kitti", "--costs", "guess", home=tmp_path)
+    assert bad.returncode == 2 and "give --costs declared or --costs history" in bad.stderr
+
+
+def test_plan_prints_the_prediction_of_the_llms_plan(tmp_path: Path) -> None:
+    from llm_fixtures import KEY, MODEL
+    from prefect_llmorch.testing import FakeLLM
+
+    (tmp_path / "llmorch").mkdir()
+    (tmp_path / "llmorch" / "costs.json").write_text(json.dumps({"detect": [2.0]}))
+    plan = 's1: detect("a.png")\ns2: detect("b.png")\ns3: detect("c.png")\ns4: average([s1, s2, s3])\n'
+    with FakeLLM([plan], api_key=KEY, model=MODEL) as server:
+        env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY, "LLMORCH_MODEL": MODEL}
+        out = _llmorch("plan", "how busy are frames a-c?", "-P", "2", "--json", home=tmp_path, extra=env)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)["prediction"]
+    # 3 detects of 2 s on 2 processors, then average (its declared cost 0: no history of it).
+    assert doc["costs"] == "history" and doc["latency"] == 2.0 + 2.0 + 0.0
+    assert doc["critical_path"] == ["s1", "s4"] and doc["calls"]["s3"] == [2.0, 4.0]
