@@ -194,6 +194,16 @@ class Compiler:
     #: Reuse and store results of `cache=True` functions (`--no-cache` turns it off for a run).
     cache: bool = True
     _cancels: dict[tuple[str, int], Cancel] = field(default_factory=dict, repr=False)
+    #: Each call's text, rendered once (re-submissions for recovery reuse it), keyed by the
+    #: Call object's id; the Call is kept with it so the id cannot be reused.
+    _texts: dict[int, tuple[Call, str]] = field(default_factory=dict, repr=False)
+
+    def call_text(self, call: Call) -> str:
+        """The call as written (`_call_text`), rendered once per Call object."""
+        known = self._texts.get(id(call))
+        if known is None or known[0] is not call:
+            known = self._texts[id(call)] = (call, _call_text(call))
+        return known[1]
 
     def cancel(self, call_id: str, attempt: int, reason: str) -> None:
         """End attempt `attempt` of a call now: not started, it will not start; running,
@@ -382,7 +392,7 @@ class Compiler:
         for call in calls:
             task = self.task_for(call, attempt)
             inputs = {dep: futures[dep] for dep in sorted(call.deps)}
-            fut = task.submit(call_text=_call_text(call), inputs=inputs)
+            fut = task.submit(call_text=self.call_text(call), inputs=inputs)
             futures[call.id] = fut
             new[call.id] = fut
         return new

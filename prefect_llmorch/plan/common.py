@@ -14,13 +14,15 @@ other way round.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from typing import NamedTuple
 
 from .errors import ArgumentError, DuplicateIdError, PlanError, PlanReferenceError
 from .model import Arg, Call
 from .model import refs as _refs
 
-__all__ = ["Pos", "RawCall", "position", "context", "after_last_token", "one_of", "semantics"]
+__all__ = ["Pos", "RawCall", "position", "context", "line_text", "after_last_token", "one_of", "semantics"]
 
 
 class Pos(NamedTuple):
@@ -40,11 +42,28 @@ def position(text: str, offset: int) -> Pos:
     return Pos(line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
 
 
+@lru_cache(maxsize=2)
+def _line_starts(text: str) -> tuple[int, ...]:
+    # Cached: a plan with thousands of errors asks for the context of each one, and
+    # splitting the whole text every time made that quadratic.
+    return (0, *(m.end() for m in re.finditer("\n", text)))
+
+
+def line_text(text: str, line: int) -> str | None:
+    """Line `line` (1-based) of `text` without its newline; None if there is no such line."""
+    starts = _line_starts(text)
+    if not 1 <= line <= len(starts):
+        return None
+    begin = starts[line - 1]
+    end = starts[line] - 1 if line < len(starts) else len(text)
+    return text[begin:end]
+
+
 def context(text: str, pos: Pos, span: int = 60) -> str:
-    lines = text.split("\n")
-    if not 1 <= pos.line <= len(lines):
+    line = line_text(text, pos.line)
+    if line is None:
         return ""
-    line = lines[pos.line - 1].rstrip("\r")
+    line = line.rstrip("\r")
     start = 0 if len(line) <= 2 * span else max(0, pos.column - 1 - span)
     return line[start : pos.column - 1 + span] + "\n" + " " * (pos.column - 1 - start) + "^"
 
@@ -77,9 +96,10 @@ def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Cal
     for r in raw:
         where.setdefault(r.id, r.pos)
     defined: list[str] = []
+    known: set[str] = set()  # `defined` as a set: thousands of calls made the list scans quadratic
     calls: list[Call] = []
     for r in raw:
-        if r.id in defined:
+        if r.id in known:
             err(DuplicateIdError, f"duplicate id `{r.id}`; already used on line {where[r.id].line}",
                 *r.pos)
         seen_kw: set[str] = set()
@@ -91,7 +111,7 @@ def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Cal
                     err(ArgumentError, f"keyword argument `{arg.name}` repeated", *pos)
                 seen_kw.add(arg.name)
             for ref in _refs(arg.value):
-                if ref.id in defined:
+                if ref.id in known:
                     continue
                 if ref.id == r.id:
                     msg = f"call `{r.id}` refers to its own result `{ref.id}`"
@@ -101,10 +121,22 @@ def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Cal
                 elif ref.id in hidden:
                     continue  # its call had a syntax error, already reported
                 else:
-                    so_far = ", ".join(defined) if defined else "none"
-                    msg = f"undefined reference `{ref.id}`; defined so far: {so_far}"
+                    msg = f"undefined reference `{ref.id}`; defined so far: {_so_far(defined)}"
                 err(PlanReferenceError, msg, ref.line, ref.column)
-        if r.id not in defined:
+        if r.id not in known:
             defined.append(r.id)
+            known.add(r.id)
         calls.append(Call(r.id, r.function, tuple(a for a, _ in r.args), *r.pos))
     return calls, errors
+
+
+def _so_far(defined: list[str], show: int = 12) -> str:
+    """The ids defined so far, for an error message: all of them, or the first and last few
+    of a long plan (every error listing thousands of ids made the errors quadratic)."""
+    if not defined:
+        return "none"
+    if len(defined) <= show:
+        return ", ".join(defined)
+    half = show // 2
+    return (", ".join(defined[:half]) + ", ..., " + ", ".join(defined[-half:])
+            + f" ({len(defined)} calls)")

@@ -79,8 +79,14 @@ def _rebuild(cls: type, fields: dict) -> "PlanError":
     return err
 
 
+#: How many errors a `PlanErrors` keeps and reports; the rest are counted (`omitted`). A plan
+#: with thousands of broken references would otherwise make a message of hundreds of MB.
+MAX_REPORTED = 20
+
+
 class PlanErrors(PlanError):
-    """Several errors in one plan; behaves as the first, lists all in `errors`."""
+    """Several errors in one plan; behaves as the first, lists the first `MAX_REPORTED` in
+    `errors` and counts the others in `omitted` (`total` = both)."""
 
     def __init__(self, errors: list[PlanError]) -> None:
         if not errors:
@@ -95,15 +101,28 @@ class PlanErrors(PlanError):
             pointer=getattr(first, "pointer", ""),
         )
         self.kind = first.kind
-        self.errors = list(errors)
+        self.errors = list(errors[:MAX_REPORTED])
+        self.omitted = max(0, len(errors) - MAX_REPORTED)
+
+    @property
+    def total(self) -> int:
+        return len(self.errors) + getattr(self, "omitted", 0)
 
     def __str__(self) -> str:
         errors = getattr(self, "errors", None)
-        if not errors or len(errors) == 1:
+        if not errors or self.total == 1:
             return super().__str__()
-        return f"{len(errors)} errors in plan:\n" + "\n".join(
+        return f"{self.total} errors in plan:\n" + "\n".join(
             f"  {PlanError.__str__(e)}" for e in errors
-        )
+        ) + _more(self)
+
+    def report(self) -> str:
+        return super().report() + _more(self)
+
+
+def _more(err: PlanError) -> str:
+    omitted = getattr(err, "omitted", 0)
+    return f"\n  ... and {omitted} more error{'s' if omitted != 1 else ''}" if omitted else ""
 
 
 class PlanSyntaxError(PlanError):

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel
 
-from .model import BinOp, Call, DictExpr, Expr, ListExpr, Literal, Ref, Step, Template, describe_path
+from .model import BinOp, Call, DictExpr, Expr, ListExpr, Literal, Ref, Step, Template, chain, describe_path
 
 __all__ = ["evaluate", "resolve", "select", "EvaluationError", "MissingResultError", "AccessError"]
 
@@ -300,7 +300,11 @@ def evaluate(expr: Expr, results: Mapping[str, Any]) -> Any:
     if isinstance(expr, DictExpr):
         return {key: evaluate(value, results) for key, value in expr.items}
     if isinstance(expr, BinOp):
-        return _binop(expr.op, evaluate(expr.left, results), evaluate(expr.right, results))
+        first, rest = chain(expr)  # a loop, not recursion, along a flat chain
+        value = evaluate(first, results)
+        for op, right in rest:
+            value = _binop(op, value, evaluate(right, results))
+        return value
     raise TypeError(f"not a plan expression: {expr!r}")
 
 

@@ -79,13 +79,43 @@ class Template:
     parts: tuple[Union[str, Ref], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class BinOp:
-    """`left op right` for op in + - * /; evaluated by walking the tree, never `eval`."""
+    """`left op right` for op in + - * /; evaluated by walking the tree, never `eval`.
+
+    A flat chain `1 + 2 + ... + n` is a left-deep tree as deep as it is long, so equality,
+    hashing, repr and pickling walk the left spine in a loop (see `chain`): they would
+    otherwise hit Python's recursion limit at about a thousand terms.
+    """
 
     op: str
     left: "Expr"
     right: "Expr"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BinOp):
+            return NotImplemented
+        a, b = self, other
+        while isinstance(a, BinOp) and isinstance(b, BinOp):
+            if a is b:
+                return True
+            if a.op != b.op or a.right != b.right:
+                return False
+            a, b = a.left, b.left
+        return a == b
+
+    def __hash__(self) -> int:
+        first, rest = chain(self)
+        return hash((BinOp, first, rest))
+
+    def __repr__(self) -> str:
+        first, rest = chain(self)
+        head = "".join(f"BinOp(op={op!r}, left=" for op, _ in reversed(rest))
+        tail = "".join(f", right={right!r})" for _, right in rest)
+        return head + repr(first) + tail
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_from_chain, chain(self))
 
 
 Expr = Union[Ref, Literal, ListExpr, DictExpr, Template, BinOp]
@@ -187,8 +217,33 @@ def refs(expr: Expr) -> list[Ref]:
     if isinstance(expr, Template):
         return [p for p in expr.parts if isinstance(p, Ref)]
     if isinstance(expr, BinOp):
-        return refs(expr.left) + refs(expr.right)
+        first, rest = chain(expr)
+        out = refs(first)
+        for _, right in rest:
+            out += refs(right)
+        return out
     return []
+
+
+def chain(expr: BinOp) -> tuple["Expr", tuple[tuple[str, "Expr"], ...]]:
+    """A left-deep `BinOp` as its leftmost operand and the `(op, right)` pairs applied to it
+    in order: `1 + 2 - 3` is `(Literal(1), (("+", Literal(2)), ("-", Literal(3))))`. Walkers
+    loop over this, so a long flat chain costs no recursion; only nesting on the right
+    (parentheses) recurses."""
+    rest: list[tuple[str, Expr]] = []
+    node: Expr = expr
+    while isinstance(node, BinOp):
+        rest.append((node.op, node.right))
+        node = node.left
+    rest.reverse()
+    return node, tuple(rest)
+
+
+def _from_chain(first: "Expr", rest: tuple[tuple[str, "Expr"], ...]) -> "Expr":
+    node = first
+    for op, right in rest:
+        node = BinOp(op, node, right)
+    return node
 
 
 def describe_path(call_id: str, path: tuple[Step, ...] = ()) -> str:

@@ -36,7 +36,7 @@ import difflib
 import re
 from typing import Any, Mapping, NamedTuple
 
-from lark import Lark, Token, Transformer, Tree, v_args
+from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
 from lark.exceptions import (
     LarkError,
     LexError,
@@ -47,7 +47,7 @@ from lark.exceptions import (
 )
 
 from ..functions import ArgumentsInvalid, FunctionSpec
-from .common import Pos, RawCall, after_last_token, context, one_of, position, semantics
+from .common import Pos, RawCall, after_last_token, context, line_text, one_of, position, semantics
 from .errors import (
     ArgumentError,
     EmptyPlanError,
@@ -59,7 +59,7 @@ from .errors import (
 from .evaluate import EvaluationError, evaluate
 from .jsonplan import CallScanner, analyse
 from .model import (
-    Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template,
+    Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template, chain,
 )
 from .model import refs as _refs
 from .result_types import field_errors
@@ -124,47 +124,72 @@ def _norm_id(raw: str) -> str:
 
 
 def _scan_string(tok: Token, dialect: Dialect | None) -> Expr:
-    """Decode a STRING token; with a dialect, also find the references inside it."""
+    """Decode a STRING token; with a dialect, also find the references inside it.
+
+    Plain text between escapes and possible references is copied in slices, and positions
+    are computed only for the references found (a per-character loop made 1 MB strings slow).
+    """
     raw = str(tok)
     q = 3 if raw[:3] in ('"""', "'''") and len(raw) >= 6 else 1
-    body, offset = raw[q:-q], q
+    body = raw[q:-q]
     pattern = string_ref_pattern(dialect) if dialect else None
+    special = _SPECIAL_REF if pattern else _SPECIAL
     parts: list[str | Ref] = []
     text: list[str] = []
-    line, col = tok.line or 1, (tok.column or 1)
-    # position of body[0]
-    for ch in raw[:offset]:
-        line, col = (line + 1, 1) if ch == "\n" else (line, col + 1)
-    i = 0
-    while i < len(body):
-        ch = body[i]
-        if ch == "\\" and i + 1 < len(body):
-            nxt = body[i + 1]
-            if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2 : i + 6]):
-                text.append(chr(int(body[i + 2 : i + 6], 16)))
-                step = 6
+    # (line, column) of body[cur], advanced lazily; body[0] sits after the opening quotes.
+    cur, line, col = 0, tok.line or 1, (tok.column or 1) + q
+
+    def where(j: int) -> tuple[int, int]:
+        nonlocal cur, line, col
+        newlines = body.count("\n", cur, j)
+        if newlines:
+            line, col = line + newlines, j - body.rfind("\n", cur, j)
+        else:
+            col += j - cur
+        cur = j
+        return line, col
+
+    n, i = len(body), 0
+    while i < n:
+        m = special.search(body, i)
+        j = m.start() if m else n
+        if j > i:
+            text.append(body[i:j])
+        if m is None:
+            break
+        if body[j] == "\\":
+            if j + 1 >= n:
+                text.append("\\")
+                i = j + 1
+                continue
+            nxt = body[j + 1]
+            if nxt == "u" and _HEX4.fullmatch(body, j + 2, j + 6):
+                text.append(chr(int(body[j + 2 : j + 6], 16)))
+                i = j + 6
             else:
                 text.append(_ESCAPES.get(nxt, "\\" + nxt))
-                step = 2
+                i = j + 2
+            continue
+        ref = pattern.match(body, j) if pattern else None
+        if ref:
+            if text:
+                parts.append("".join(text))
+                text = []
+            parts.append(_string_ref(ref, *where(j)))
+            i = ref.end()
         else:
-            m = pattern.match(body, i) if pattern and ch in "{$" else None
-            if m:
-                if text:
-                    parts.append("".join(text))
-                    text = []
-                parts.append(_string_ref(m, line, col))
-                step = m.end() - i
-            else:
-                text.append(ch)
-                step = 1
-        for c in body[i : i + step]:
-            line, col = (line + 1, 1) if c == "\n" else (line, col + 1)
-        i += step
+            text.append(body[j])
+            i = j + 1
     if text or not parts:
         parts.append("".join(text))
     if len(parts) == 1:
         return parts[0] if isinstance(parts[0], Ref) else Literal(parts[0])
     return Template(tuple(parts))
+
+
+_SPECIAL = re.compile(r"\\")
+_SPECIAL_REF = re.compile(r"[\\{$]")
+_HEX4 = re.compile(r"[0-9a-fA-F]{4}")
 
 
 def _string_ref(m: re.Match[str], line: int, col: int) -> Ref:
@@ -193,8 +218,9 @@ def _steps_of(text: str) -> tuple[Step, ...]:
 
 
 @v_args(inline=True)
-class _Builder(Transformer):  # type: ignore[type-arg]
-    """Shapes the lark tree into model objects; strings need the plan's dialect."""
+class _Builder(Transformer_NonRecursive):  # type: ignore[type-arg]
+    """Shapes the lark tree into model objects; strings need the plan's dialect. Walks the
+    tree in a loop, not by recursion: a flat 10,000-term sum is a tree that deep."""
 
     def __init__(self, dialect: Dialect) -> None:
         super().__init__()
@@ -268,6 +294,27 @@ class _Builder(Transformer):  # type: ignore[type-arg]
     def list(self, *items: Expr) -> ListExpr:
         return ListExpr(tuple(items))
 
+    def literal_list(self, tok: Token) -> ListExpr:
+        # Equal literals are immutable, so one object serves every repeat of a text.
+        seen: dict[str, Literal] = dict(_CONSTANTS)
+        items: list[Expr] = []
+        append = items.append
+        for m in _LITERAL_ITEM.finditer(tok):
+            item = m.group(1)
+            if item is None:
+                continue  # a comment
+            lit = seen.get(item)
+            if lit is None:
+                if item[0] in "\"'":
+                    lit = Literal(item[1:-1])  # no escapes, braces or `$`: as written
+                elif m.group(2) is None:
+                    lit = Literal(int(item))
+                else:
+                    lit = Literal(float(item))
+                seen[item] = lit
+            append(lit)
+        return ListExpr(tuple(items))
+
     def dict(self, *pairs: tuple[Any, Expr]) -> DictExpr:
         return DictExpr(tuple(pairs))
 
@@ -282,6 +329,13 @@ class _Builder(Transformer):  # type: ignore[type-arg]
 
     def neg_number_key(self, tok: Token) -> int | float:
         return -_number(tok)
+
+
+# The items of a LITERAL_LIST token (see grammar.lark); comments are matched to be skipped.
+_LITERAL_ITEM = re.compile(r"""("[^"]*"|'[^']*'|-?\d+(\.\d+|(?=[eE]))?(?:[eE][+-]?\d+)?"""
+                           r"|true|True|false|False|null|None)|#[^\n]*")
+_CONSTANTS = {"true": Literal(True), "True": Literal(True), "false": Literal(False),
+              "False": Literal(False), "null": Literal(None), "None": Literal(None)}
 
 
 def _number(tok: Token) -> int | float:
@@ -454,6 +508,9 @@ def _analyse(text: str, collect: bool = True) -> _Result:
         if err.line and not err.context:
             err.context = context(text, Pos(err.line, err.column))
         return _Result([], dialect, errors + [err])
+    deep = _too_deep(raw, text)
+    if deep:
+        return _Result([], dialect, errors + deep)
     calls, semantic = semantics(raw, text, hidden)
     errors += semantic
     if not calls and not errors:
@@ -463,12 +520,45 @@ def _analyse(text: str, collect: bool = True) -> _Result:
     return _Result(calls, dialect, errors)
 
 
+#: How deeply an argument may nest (lists, dicts, operators on the right: `1 - (2 - (3 ...))`).
+#: The walkers of arguments (references, checks, evaluation, rendering) recurse per level;
+#: a flat chain `1 + 2 + ...` is not nesting and costs no levels.
+MAX_NESTING = 100
+
+
+def _too_deep(raw: list[RawCall], text: str) -> list[PlanError]:
+    """A clear error for each argument nested deeper than `MAX_NESTING` (found in a loop,
+    so the check itself cannot hit the recursion limit)."""
+    errors: list[PlanError] = []
+    for r in raw:
+        for arg, pos in r.args:
+            stack: list[tuple[Expr, int]] = [(arg.value, 0)]
+            deepest = 0
+            while stack and deepest <= MAX_NESTING:
+                expr, depth = stack.pop()
+                deepest = max(deepest, depth)
+                if isinstance(expr, ListExpr):
+                    stack.extend((e, depth + 1) for e in expr.items)
+                elif isinstance(expr, DictExpr):
+                    stack.extend((v, depth + 1) for _, v in expr.items)
+                elif isinstance(expr, BinOp):
+                    first, rest = chain(expr)
+                    stack.append((first, depth))
+                    stack.extend((right, depth + 1) for _, right in rest)
+            if deepest > MAX_NESTING:
+                errors.append(PlanSyntaxError(
+                    f"argument of `{r.function}` is nested more than {MAX_NESTING} levels deep "
+                    "(lists, dicts or parenthesised operators inside each other)",
+                    line=pos.line, column=pos.column, context=context(text, pos)))
+    return errors
+
+
 def _name_column(text: str, call: Call) -> int:
     """Column of the call's function name (the call's own column if it cannot be found)."""
-    lines = text.splitlines()
-    if not text or not 0 < call.line <= len(lines):
+    line = line_text(text, call.line)
+    if not text or line is None:
         return call.column
-    at = lines[call.line - 1].find(call.function + "(", max(call.column - 1, 0))
+    at = line.find(call.function + "(", max(call.column - 1, 0))
     return at + 1 if at >= 0 else call.column
 
 

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 from .model import (
     DIALECTS, Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template,
-    use_renderer,
+    chain, use_renderer,
 )
 from .jsonplan import _J, _NESTFUL_REF, _SHAPES, NESTFUL_RESULT, _Reader
 from .parser import _BRACE_REF
@@ -47,6 +47,9 @@ _PAPER_REF_START = re.compile(r"\$\{|" + _BRACE_REF.pattern)
 _LLMC_REF_START = re.compile(r"\$(\d|\{)")
 # Text right after a bare `$N` that would read as a step of it (`.name`, `[`).
 _STEP_START = re.compile(r"\.[A-Za-z_]|\[")
+# How much of the text after a string part is kept to decide its escaping: a reference
+# that starts in the part and ends further on than this would need an id this long.
+_AFTER = 4096
 _CHAR_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -104,7 +107,11 @@ def _rename(expr: Expr, mapping: Mapping[str, str]) -> Expr:
     if isinstance(expr, Template):
         return Template(tuple(p if isinstance(p, str) else _rename(p, mapping) for p in expr.parts))
     if isinstance(expr, BinOp):
-        return BinOp(expr.op, _rename(expr.left, mapping), _rename(expr.right, mapping))
+        first, rest = chain(expr)
+        node = _rename(first, mapping)
+        for op, right in rest:
+            node = BinOp(op, node, _rename(right, mapping))
+        return node
     return expr
 
 
@@ -135,7 +142,12 @@ class _Renderer:
         if isinstance(expr, Template):
             return self.template(expr.parts)
         if isinstance(expr, BinOp):
-            return f"{self.operand(expr.left)} {expr.op} {self.operand(expr.right)}"
+            # ((a + b) + c) + d, built in one pass along the left spine (no recursion there).
+            first, rest = chain(expr)
+            out = ["(" * (len(rest) - 1), self.operand(first)]
+            for n, (op, right) in enumerate(rest):
+                out.append(f" {op} {self.operand(right)}" + (")" if n < len(rest) - 1 else ""))
+            return "".join(out)
         raise TypeError(f"not a plan expression: {expr!r}")
 
     def operand(self, expr: Expr) -> str:
@@ -186,7 +198,9 @@ class _Renderer:
 
     def template(self, parts: tuple[str | Ref, ...]) -> str:
         out: list[str] = []
-        # Render right to left: a part's escaping depends on what is written after it.
+        # Render right to left: a part's escaping depends on what is written after it. Only
+        # the start of what follows can matter, so `after` keeps a bounded head of it (the
+        # whole of it made rendering quadratic in the template's length).
         after = ""
         for part in reversed(parts):
             if isinstance(part, Ref):
@@ -194,14 +208,15 @@ class _Renderer:
             else:
                 piece = self.text(part, after)
             out.append(piece)
-            after = piece + after
+            after = (piece[:_AFTER] + after)[:_AFTER]
         return '"' + "".join(reversed(out)) + '"'
 
     def text(self, text: str, after: str) -> str:
         pattern = _PAPER_REF_START if self.reads_as == "paper" else _LLMC_REF_START
         out = []
+        rest = None  # text + after, built once, at the first `$` or `{`
         for i, ch in enumerate(text):
-            if ch in "${" and pattern.match(text[i:] + after):
+            if ch in "${" and pattern.match(rest := rest if rest is not None else text + after, i):
                 out.append("\\" + ch)
             elif ch in _CHAR_ESCAPES:
                 out.append(_CHAR_ESCAPES[ch])
@@ -272,7 +287,11 @@ def _value(expr: Expr) -> Any:
     if isinstance(expr, Template):
         return {"template": [p if isinstance(p, str) else _value(p) for p in expr.parts]}
     if isinstance(expr, BinOp):
-        return {"op": expr.op, "left": _value(expr.left), "right": _value(expr.right)}
+        first, rest = chain(expr)
+        node = _value(first)
+        for op, right in rest:
+            node = {"op": op, "left": node, "right": _value(right)}
+        return node
     raise TypeError(f"not a plan expression: {expr!r}")
 
 
