@@ -111,3 +111,38 @@ def test_the_cli_takes_no_cache_and_costs(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 2 and "--costs declared or --costs history" in out.stderr
+
+
+def test_recovery_and_the_cache_agree(runs, tmp_path: Path) -> None:
+    """Trace-back recovery through the fake LLM (real HTTP): the repaired call's new arguments
+    make a new key (it runs, then is stored); the failed call's result is never stored (it
+    runs again next time, and fails again, and is repaired from the cache)."""
+    from llm_fixtures import KEY, MODEL
+    from prefect_llmorch.llm.client import LLMClient
+    from prefect_llmorch.testing import FakeLLM
+
+    L = runs.log  # in every call's arguments: keys unique to this test
+    plan = f's1: ticker("Aple", "{L}")\ns2: quote(s1, "{L}")\n'
+    repair = f's1: ticker("Apple", "{L}")'
+
+    def run_with_recovery() -> object:
+        with FakeLLM([repair], api_key=KEY, model=MODEL) as server:
+            client = LLMClient(server.base_url, MODEL, KEY, max_retries=0, timeout=20)
+            report = run_plan(plan, TOOLBOX, processors=1, concurrency_limit=None, endpoint=client, recovery_rounds=1)
+            assert len(server.chat_requests) == 1  # one repair asked for, each time
+        return report
+
+    first = run_with_recovery()
+    assert first.state == "Completed" and first.result == 190.0
+    (rnd,) = first.extra["recovery"]["rounds"]
+    assert rnd["recovery_points"] == ["s1"] and rnd["rerun"] == ["s1", "s2"]
+    ran = [line.split()[:2] for line in runs()]
+    # The repaired s1 ran (a new key, not the stored result of ticker("Aple")), then s2.
+    assert ran == [["ticker", "Aple"], ["quote", "?Aple"], ["ticker", "Apple"], ["quote", "AAPL"]]
+    assert not any(c.cached for c in first.calls)
+
+    second = run_with_recovery()
+    assert second.state == "Completed" and second.result == 190.0
+    # Only the call that failed ran again: ticker("Aple") and both repaired calls came from the cache.
+    assert [line.split()[:2] for line in runs()][4:] == [["quote", "?Aple"]]
+    assert {c.id for c in second.calls if c.cached} == {"s1", "s2"}

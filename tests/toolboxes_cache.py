@@ -48,9 +48,6 @@ def unstorable(x: int, log: str) -> object:
     return threading.Lock()  # cannot be pickled
 
 
-toolbox = Toolbox(square, lookup, send, flaky, unstorable)
-
-
 @inout(cache=True)
 def wait_while(flag: str, name: str, log: str) -> str:
     """Records its start, then waits while the file `flag` exists (a call still running when
@@ -63,4 +60,23 @@ def wait_while(flag: str, name: str, log: str) -> str:
     return name
 
 
-toolbox = Toolbox(square, lookup, send, flaky, unstorable, wait_while)
+TICKERS = {"Apple": "AAPL", "Microsoft": "MSFT"}
+
+
+@inout(cache=True)
+def ticker(company: str, log: str) -> str:
+    """The company's ticker symbol; `?name` for an unknown company (a bad value, not an error)."""
+    _log("ticker", company, log)
+    return TICKERS.get(company, "?" + company)
+
+
+@compute(cache=True)
+def quote(symbol: str, log: str) -> float:
+    """Fails on an unknown symbol: trace-back recovery then repairs the call that produced it."""
+    _log("quote", symbol, log)
+    if symbol.startswith("?"):
+        raise ValueError(f"unknown ticker symbol {symbol!r}")
+    return {"AAPL": 190.0, "MSFT": 410.0}[symbol]
+
+
+toolbox = Toolbox(square, lookup, send, flaky, unstorable, wait_while, ticker, quote)
