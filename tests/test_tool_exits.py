@@ -56,41 +56,48 @@ def test_an_inout_tool_s_systemexit_in_its_thread_is_a_toolexit() -> None:
 
 
 CTRL_C_CHILD = """
-import sys, threading
+import signal, sys, threading
 from prefect_llmorch.engine.compiler import _run_with_timeout
 from prefect_llmorch.engine.pool import Cancel
 from prefect_llmorch.engine.workers import ToolExit
 
-release = threading.Event()
+release, finished = threading.Event(), threading.Event()
+TO_THE_TOOL_THREAD = sys.argv[1] == "tool-thread"
 
 def tool():
     print("tool running", flush=True)
-    release.wait(120)
+    if TO_THE_TOOL_THREAD:  # the kernel may hand a process's SIGINT to any thread
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+    release.wait(20)
+    finished.set()
     return "late"
 
 try:
-    _run_with_timeout(tool, (), {}, None, "s1 · tool", Cancel())
+    print("returned:", _run_with_timeout(tool, (), {}, None, "s1 · tool", Cancel()), flush=True)
 except ToolExit as exc:
     print("converted:", exc, flush=True)
 except KeyboardInterrupt as exc:
-    print("user interrupt:", type(exc).__name__, flush=True)
+    print("user interrupt:", type(exc).__name__, "while the tool ran" if not finished.is_set() else "after the tool", flush=True)
     sys.exit(130)
 """
 
 
-def test_the_user_s_ctrl_c_in_the_main_thread_stays_a_keyboardinterrupt() -> None:
-    """A real SIGINT to a process whose main thread waits for an inout tool is the user's, not the tool's."""
+@pytest.mark.parametrize("to", ["process", "tool-thread"])
+def test_the_user_s_ctrl_c_in_the_main_thread_stays_a_keyboardinterrupt(to: str) -> None:
+    """A real SIGINT to a process whose main thread waits for an inout tool is the user's, not the
+    tool's; it interrupts the wait at once even when it lands in the tool's thread."""
     import subprocess
     import sys
 
-    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, to], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "tool running"
-        child.send_signal(signal.SIGINT)
+        if to == "process":
+            child.send_signal(signal.SIGINT)
         out, _ = child.communicate(timeout=60)
     finally:
         child.kill()
-    assert out.strip() == "user interrupt: KeyboardInterrupt" and child.returncode == 130
+    assert out.strip() == "user interrupt: KeyboardInterrupt while the tool ran" and child.returncode == 130
 
 
 def _api_states(run_id: uuid.UUID) -> tuple[str, dict[str, tuple[str, str]]]:

@@ -32,7 +32,7 @@ from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
 from prefect_llmorch.engine.caching import NotCacheable, task_cache_options
-from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool
+from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, wait_first
 from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
 #: Attribute a compiled task carries to name its call in the FRG.
@@ -148,7 +148,7 @@ def _run_with_timeout(
     t = threading.Thread(target=ctx.run, args=(target,), daemon=True, name=f"llmorch-{label}")
     t.start()
     if cancel is None:
-        concurrent.futures.wait([done], timeout)
+        wait_first([done], timeout)
     else:
         cancel.wait(done, timeout)
     if not done.done():

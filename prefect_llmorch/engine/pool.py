@@ -20,6 +20,7 @@ import contextvars
 
 import concurrent.futures
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
@@ -117,7 +118,32 @@ class Cancel:
 
     def wait(self, done: concurrent.futures.Future[Any], timeout: float | None) -> None:
         """Wait until `done` is done, the token is set, or `timeout` passes."""
-        concurrent.futures.wait([done, self._set], timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        wait_first([done, self._set], timeout)
+
+
+#: How long the main thread blocks at a time while it waits (see `wait_first`).
+_MAIN_THREAD_SLICE = 0.2
+
+
+def wait_first(fs: Iterable[concurrent.futures.Future[Any]], timeout: float | None) -> None:
+    """`concurrent.futures.wait(fs, timeout, FIRST_COMPLETED)` that Ctrl-C can always interrupt.
+
+    A SIGINT that the kernel hands to another thread (the tool's), or that arrives just
+    before the main thread blocks on a lock, does not interrupt the lock's wait, so its handler (KeyboardInterrupt, `flows/interrupt.py`) would
+    run only once the wait ends; in the main thread the wait is made of short slices instead.
+    """
+    fs = list(fs)
+    if threading.current_thread() is not threading.main_thread():
+        concurrent.futures.wait(fs, timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = _MAIN_THREAD_SLICE if deadline is None else min(_MAIN_THREAD_SLICE, deadline - time.monotonic())
+        if left <= 0:
+            return
+        done, _ = concurrent.futures.wait(fs, left, return_when=concurrent.futures.FIRST_COMPLETED)
+        if done:
+            return
 
 
 #: Environment variables set in the worker process for the compute call run from this context
