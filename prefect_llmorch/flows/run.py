@@ -19,6 +19,7 @@ from prefect_llmorch.engine.compiler import Recorder
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, execute
 from prefect_llmorch.flows.history import CostChoice, check_costs, choose_costs, predict, remember_records
+from prefect_llmorch.flows.planref import plan_parameter, plan_text
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import PlanRunFailed, RunReport, publish_artifacts
 from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
@@ -68,7 +69,9 @@ def orchestrate(
     Use `run_plan` from Python: it sets the task runner for `processors` and `policy`.
 
     Args:
-        plan: the plan text (either dialect).
+        plan: the plan text (either dialect), or a reference to a stored one: `run_plan`
+            passes plans over `flows.planref.PLAN_PARAMETER_LIMIT` that way (the API refuses
+            large parameters).
         toolbox: `module:attr` naming a `Toolbox`.
         processors: P; defaults to the machine's core count.
         policy: `critical-path` (default) or `paper`.
@@ -85,7 +88,7 @@ def orchestrate(
     recorder = Recorder()  # t0: the flow starts executing, the plan is available
     logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
-    parsed = parse(plan, tb)
+    parsed = parse(plan_text(plan), tb)  # a large plan comes as a reference (`flows/planref.py`)
     P = processors or default_processors()
     runner = current_llmorch_runner()
     if runner is not None:
@@ -197,12 +200,14 @@ def run_plan(
     text = plan.to_text() if isinstance(plan, Plan) else plan
     P = processors or default_processors()
     runner = task_runner if task_runner is not None else local_runner(toolbox, P, policy, concurrency_limit, resources, gpus)
+    simple = _simple(toolbox, endpoint)
     parameters: dict[str, Any] = {
-        "plan": text, "toolbox": toolbox, "processors": P, "policy": policy,
+        # Parameters go to the API (which refuses large ones) only when simple.
+        "plan": plan_parameter(text) if simple else text, "toolbox": toolbox, "processors": P, "policy": policy,
         "endpoint": endpoint, "recovery_rounds": recovery_rounds, "cancel_running": cancel_running,
         "cache": cache, "costs": costs,
     }
-    return run_flow(orchestrate, runner, parameters, simple=_simple(toolbox, endpoint))
+    return run_flow(orchestrate, runner, parameters, simple=simple)
 
 
 def local_runner(
