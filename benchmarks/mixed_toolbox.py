@@ -5,6 +5,8 @@ driving a device waits on it, while holding its processor.
 - `infer_small` / `infer_medium` / `infer_large`: models of 20, 40 and 60 GB on the GPU
   (`resources={"gpu_mem_gb": ...}`, plus the processor that drives the device);
 - `crunch`: CPU work (burns thread CPU time, as `bench_toolbox.burn_cpu`);
+- `crunch_wide`: a call declared to hold two cores (`resources={"processors": 2}`, as a
+  native library's two threads would); here it burns one thread's CPU while holding both;
 - `search`: a web search API allowing 2 calls at once (`resources={"search-api": 1}`, inout).
 
 Each call appends one JSON line to the file named by `LLMORCH_MIXED_LOG` when it is set:
@@ -72,6 +74,15 @@ def crunch(label: str, seconds: float = 1.0) -> str:
     return f"{label}: scored"
 
 
+@compute(cost=1.0, resources={"processors": 2})
+def crunch_wide(label: str, seconds: float = 1.0) -> str:
+    """Index a corpus holding two cores (`seconds` of CPU)."""
+    start = time.time()
+    burn_cpu(seconds)
+    _record("crunch_wide", start)
+    return f"{label}: indexed"
+
+
 @inout(cost=0.5, resources={"search-api": 1})
 def search(query: str, latency: float = 0.5) -> str:
     """Search the web (the API allows 2 calls at once)."""
@@ -81,4 +92,4 @@ def search(query: str, latency: float = 0.5) -> str:
     return f"results for {query!r}"
 
 
-toolbox = Toolbox(infer_small, infer_medium, infer_large, crunch, search)
+toolbox = Toolbox(infer_small, infer_medium, infer_large, crunch, crunch_wide, search)

@@ -21,6 +21,13 @@ on one thread (a SQLite server answers 503 "database is locked" to bursts of wri
   the server still knows it; by decrementing the slots when the lease died with its
   ephemeral server, which forgets leases but keeps the slots in its database). A run that
   waits for slots other flow runs hold says so, once.
+- **One limit per resource class.** Beside the processors' limit, each resource capacity
+  of the runner (`resources=`, `gpus=`) is guarded by its own global concurrency limit,
+  `llmorch-<resource>` (`llmorch-gpu_mem_gb-<device>` per GPU device; sizes and names from
+  `schedule.resources.global_limits`), created with the capacity if absent, held in leases
+  the same way (`configure` names them, `adjust(target, busy, name)` sizes each), cleared
+  the same way from the ledger when their holder is gone. A call takes whole slots:
+  `limit_slots` of its demand (2 of `llmorch-processors` for a call needing 2 processors).
 - **Tag-limit look-ups.** Prefect's task engine asks the API for slots of every tag of every
   task run (`tag:inout`, `tag:rank:2`, ...), caching "no limits" per tag set for 5 s. That
   request is a write; on a SQLite server it fails at once with "database is locked" when the
@@ -47,8 +54,9 @@ import threading
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 logger = logging.getLogger("prefect_llmorch.engine.leases")
 
@@ -61,6 +69,20 @@ _LEASE_SECONDS = 60.0
 #: How long Prefect trusts "this tag set has no concurrency limits" (its cache's TTL).
 _TAG_CACHE_TTL = 5.0
 
+#: The last tag-limit snapshot of each API server, shared by the runners of this process: a
+#: warm process's next run starts its first calls without waiting for a read (py-spy: that
+#: read, behind the server's backlog of the previous run's events, held first calls 0.7-7 s).
+_SHARED_TAG_LIMITS: dict[str, tuple[float, frozenset[str]]] = {}
+#: A snapshot younger than this lets a tag set start at once (its calls are primed with it
+#: until it is _TAG_CACHE_TTL old: a call found warm later than that would ask the API itself).
+_WARM_AGE = _TAG_CACHE_TTL / 2
+
+
+def _server_key() -> str:
+    from prefect.settings import get_current_settings
+
+    return str(get_current_settings().api.url or "ephemeral")
+
 #: How long a transient API failure (503, "database is locked", a dropped connection) is
 #: retried, with backoff, before the runner gives up on the guard and fails its compute calls.
 GUARD_PATIENCE_SECONDS = 60.0
@@ -69,11 +91,27 @@ GUARD_PATIENCE_SECONDS = 60.0
 FIRST_TAG_SETS = (frozenset({"inout", "rank:1"}), frozenset({"compute", "rank:1"}))
 
 
+@dataclass
+class _Guard:
+    """The slots this runner holds of one global concurrency limit."""
+
+    name: str
+    capacity: int | None  # the size to create it with (None: P, read when it is prepared)
+    held: list[tuple[Any, int]] = field(default_factory=list)  # (lease id, slots)
+    slots: int = 0
+    target: int = 0
+    busy: int = 0
+    acquiring: int = 0
+    size: int | None = None  # the limit's size, once read
+    told_waiting: bool = False
+
+
 class GlobalLimit:
-    """The global limit's slots and the tag-limit snapshot, kept by one API thread.
+    """The global limits' slots and the tag-limit snapshot, kept by one API thread.
 
     Args:
-        name: the global concurrency limit's name; None: no machine-wide guard (`slots` is P).
+        name: the processors' global concurrency limit; None: no machine-wide guard at all
+            (`slots` is P, `configure` adds nothing).
         processors: returns P now (a deployment may lower it before calls are submitted).
         wake: called (from this thread) when more slots are held or a tag set became warm:
             the runner starts what may start now.
@@ -94,34 +132,81 @@ class GlobalLimit:
         self._lock = threading.RLock()
         self._seq = itertools.count()
         self._jobs: "queue.PriorityQueue[tuple[tuple[int, ...], int, str, Any]]" = queue.PriorityQueue()
-        self._held: list[tuple[Any, int]] = []  # (lease id, slots)
+        self._guards: dict[str, _Guard] = {}
         self._lease_renewed: dict[Any, float] = {}
         self._client: Any = None  # this thread's own Prefect client
         self._holder_id: Any = None
-        self._acquiring = 0
-        self._slots = 0
-        self._target = 0
-        self._busy = 0
-        self.failed: str | None = None  # why the guard cannot be had: compute calls fail with it
-        self._told_waiting = False
-        self.limit_size: int | None = None  # the limit's size, once read
+        self.failures: dict[str, str] = {}  # limit -> why it cannot be had: calls needing it fail with it
         self._stopping = False
         self._warm: set[frozenset[str]] = set()
         # (monotonic time of the read, tags that have a `tag:` concurrency limit), or None.
-        self._tag_limits: tuple[float, frozenset[str]] | None = None
+        self._server = _server_key()
+        self._tag_limits: tuple[float, frozenset[str]] | None = _SHARED_TAG_LIMITS.get(self._server)
+        if name:
+            self._guards[name] = _Guard(name, None)
 
     # -- what the runner asks ---------------------------------------------------------
     @property
+    def failed(self) -> str | None:
+        """Why some limit cannot be had (the first one), or None."""
+        with self._lock:
+            return next(iter(self.failures.values()), None)
+
+    @property
     def slots(self) -> int:
-        """Compute calls the runner may run now: the slots held (P without a limit)."""
+        """Processors the runner may use now: the processors' limit slots held (P without a limit)."""
         if not self.name:
             return self._processors()
-        return self._slots
+        return self._guards[self.name].slots
 
     @property
     def held(self) -> int:
-        """Slots of the global limit held right now (0 without a limit)."""
-        return self._slots if self.name else 0
+        """Slots of the processors' limit held right now (0 without a limit)."""
+        return self._guards[self.name].slots if self.name else 0
+
+    @property
+    def limit_size(self) -> int | None:
+        """The processors' limit's size, once read."""
+        return self._guards[self.name].size if self.name else None
+
+    @property
+    def guarded(self) -> bool:
+        """Whether limits guard this runner machine-wide."""
+        return bool(self.name)
+
+    def names(self) -> list[str]:
+        """The limits guarded, the processors' first."""
+        with self._lock:
+            return list(self._guards)
+
+    def held_of(self, name: str) -> int | None:
+        """Slots of limit `name` held now; None when `name` is not guarded."""
+        with self._lock:
+            guard = self._guards.get(name)
+            return None if guard is None else guard.slots
+
+    def size_of(self, name: str) -> int | None:
+        """Limit `name`'s size once read (None before, or when it is not guarded)."""
+        with self._lock:
+            guard = self._guards.get(name)
+            return None if guard is None else guard.size
+
+    def failure_of(self, names: Iterable[str]) -> str | None:
+        """Why one of these limits cannot be had, or None."""
+        with self._lock:
+            return next((self.failures[n] for n in names if n in self.failures), None)
+
+    def configure(self, limits: Mapping[str, int]) -> None:
+        """Guard these limits too (name -> the size to create it with); names already
+        guarded keep their state. Nothing without a machine-wide guard (`name` None)."""
+        if not self.name:
+            return
+        with self._lock:
+            new = [n for n in limits if n not in self._guards]
+            for n in new:
+                self._guards[n] = _Guard(n, int(limits[n]))
+        for n in new:
+            self._job("prepare", n)
 
     def start(self, stack: ExitStack) -> None:
         """Start the API thread; `stack` stops it (giving every slot back) when closed."""
@@ -138,7 +223,7 @@ class GlobalLimit:
         for key in FIRST_TAG_SETS:
             self._job("warm", key)
         if self.name:
-            self._job("prepare", None)
+            self._job("prepare", self.name)
 
     def warm(self, tags: frozenset[str]) -> bool:
         """True when task runs with these tags may start now; else the look-up is queued and
@@ -149,7 +234,7 @@ class GlobalLimit:
             if tags in self._warm:
                 return True
             snapshot = self._tag_limits
-            if snapshot and time.monotonic() - snapshot[0] < _TAG_CACHE_TTL / 2:
+            if snapshot and time.monotonic() - snapshot[0] < _WARM_AGE:
                 self._warm.add(tags)  # the tag limits were read moments ago: nothing to wait for
                 self._job("warm", tags)  # but start the engine's service for the set early
                 return True
@@ -172,28 +257,33 @@ class GlobalLimit:
         with _cache_lock:
             _no_limits_cache[frozenset(f"tag:{t}" for t in tags)] = True
 
-    def adjust(self, target: int, busy: int) -> None:
-        """Hold `target` slots: take missing ones (one acquisition in flight at a time) and
-        give back idle leases beyond the target (`busy` slots are in use). Off the critical
-        path: the API calls happen on this object's thread."""
-        if not self.name:
+    def adjust(self, target: int, busy: int, name: str | None = None) -> None:
+        """Hold `target` slots of limit `name` (default: the processors'): take missing ones
+        (one acquisition in flight at a time) and give back idle leases beyond the target
+        (`busy` slots are in use). Off the critical path: the API calls happen on this
+        object's thread."""
+        name = name or self.name
+        if not name:
             return
         with self._lock:
-            target = min(target, self.limit_size or target)  # an existing smaller limit
-            self._target, self._busy = target, busy
-            if self.failed is not None or self._stopping:
+            guard = self._guards.get(name)
+            if guard is None:
                 return
-            missing = target - self._slots - self._acquiring
-            if missing > 0 and self._acquiring == 0:
-                self._acquiring = missing
-                self._job("acquire", missing)
-            while self._slots > target:
-                spare = min(self._slots - target, self._slots - busy)
-                lease = next((held for held in reversed(self._held) if held[1] <= spare), None)
+            target = min(target, guard.size if guard.size is not None else target)  # an existing smaller limit
+            guard.target, guard.busy = target, busy
+            if name in self.failures or self._stopping:
+                return
+            missing = target - guard.slots - guard.acquiring
+            if missing > 0 and guard.acquiring == 0:
+                guard.acquiring = missing
+                self._job("acquire", (name, missing))
+            while guard.slots > target:
+                spare = min(guard.slots - target, guard.slots - busy)
+                lease = next((held for held in reversed(guard.held) if held[1] <= spare), None)
                 if lease is None:
                     break
-                self._held.remove(lease)
-                self._slots -= lease[1]
+                guard.held.remove(lease)
+                guard.slots -= lease[1]
                 self._job("release", lease[0])
 
     # -- the thread -------------------------------------------------------------------
@@ -201,6 +291,9 @@ class GlobalLimit:
         if op == "warm":
             ranks = [int(t[5:]) for t in arg if t.startswith("rank:") and t[5:].isdigit()]
             priority: tuple[int, ...] = (1, 0 if "inout" in arg else 1, min(ranks, default=0))
+            snapshot = self._tag_limits
+            if snapshot is None or time.monotonic() - snapshot[0] >= _WARM_AGE:
+                priority = (0,)  # no fresh snapshot: the first calls wait for this read, not for slots
         else:
             # Slots before tag-set warm-ups: a lease is a write, and once the flow's first task
             # runs flood the server with state events a write waits seconds behind them.
@@ -283,45 +376,46 @@ class GlobalLimit:
             logger.debug("reading tag concurrency limits: %s", exc)
             self._tag_limits = None
             return
-        self._tag_limits = (started, frozenset(limited))
+        self._tag_limits = _SHARED_TAG_LIMITS[self._server] = (started, frozenset(limited))
 
-    def _do_prepare(self, _: Any) -> None:
-        """Create the global limit (limit P) if absent, clear slots of holders that are gone,
-        then take slots."""
+    def _do_prepare(self, name: str) -> None:
+        """Create limit `name` (with its capacity; P for the processors') if absent, clear
+        slots of holders that are gone, then let the runner take slots."""
+        guard = self._guards[name]
         try:
             from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
             from prefect.exceptions import ObjectNotFound
 
             client = self._api()  # also warms this thread's client before the first lease
-            processors = self._processors()
+            capacity = self._processors() if guard.capacity is None else guard.capacity
             try:
-                limit = _patient(client.read_global_concurrency_limit_by_name, self.name)
-                self.limit_size = limit.limit
-                if limit.limit < processors:
+                limit = _patient(client.read_global_concurrency_limit_by_name, name)
+                guard.size = limit.limit
+                if limit.limit < capacity:
                     logger.warning(
-                        "global concurrency limit %r has limit %s: this flow run uses at most %s of its %s processors",
-                        self.name, limit.limit, limit.limit, processors,
+                        "global concurrency limit %r has limit %s: this flow run uses at most %s of its %s",
+                        name, limit.limit, limit.limit, capacity,
                     )
             except ObjectNotFound:
                 try:
                     _patient(
                         client.create_global_concurrency_limit,
-                        GlobalConcurrencyLimitCreate(name=self.name, limit=processors),  # type: ignore[arg-type]
+                        GlobalConcurrencyLimitCreate(name=name, limit=capacity),  # type: ignore[arg-type]
                     )
                 except Exception:  # created meanwhile by another flow run
-                    self.limit_size = _patient(client.read_global_concurrency_limit_by_name, self.name).limit
-            self._clear_stale()
+                    guard.size = _patient(client.read_global_concurrency_limit_by_name, name).limit
+            self._clear_stale(name)
         except BaseException as exc:
-            self._give_up(exc)
+            self._give_up(exc, name)
             return
-        self._wake()  # the runner recomputes its target with the limit's size
+        self._wake()  # the runner recomputes its targets with the limit's size
 
-    def _clear_stale(self) -> None:
-        """Give back the slots of leases whose process is gone (see the module docstring)."""
+    def _clear_stale(self, name: str) -> None:
+        """Give back the slots of leases of `name` whose process is gone (see the module docstring)."""
         from prefect.exceptions import PrefectHTTPStatusError
 
         api = str(self._api().api_url)
-        gone = [e for e in _ledger_read() if e.get("limit") == self.name and not _alive(e)]
+        gone = [e for e in _ledger_read() if e.get("limit") == name and not _alive(e)]
         for entry in gone:
             how = "its lease"
             try:
@@ -334,55 +428,57 @@ class GlobalLimit:
                 else:  # the lease died with the server that granted it; its slots did not
                     how = "its slots (the server that granted the lease is gone)"
                     held_for = max(time.time() - float(entry.get("t") or 0.0), 0.001)
-                    _patient(self._api().release_concurrency_slots, [self.name], int(entry["slots"]), held_for)
+                    _patient(self._api().release_concurrency_slots, [name], int(entry["slots"]), held_for)
             else:
                 _patient(self._api().release_concurrency_slots_with_lease, entry["lease"])
             _ledger_remove(entry["lease"])
             if how:
                 logger.warning(
                     "global concurrency limit %r: cleared %s slot(s) left by process %s, which is gone (cleared %s)",
-                    self.name, entry["slots"], entry.get("pid"), how,
+                    name, entry["slots"], entry.get("pid"), how,
                 )
 
-    def _do_acquire(self, n: int) -> None:
-        """Take `n` slots in one lease (one API write); if they are not free together (other
-        flow runs hold some), take them one at a time."""
+    def _do_acquire(self, arg: tuple[str, int]) -> None:
+        """Take `n` slots of a limit in one lease (one API write); if they are not free
+        together (other flow runs hold some), take them one at a time."""
+        name, n = arg
+        guard = self._guards[name]
         with self._lock:
-            self._acquiring = 0
-            need = min(self._target, self.limit_size or self._target) - self._slots
-            if self._stopping or self.failed is not None or need <= 0:
+            guard.acquiring = 0
+            need = min(guard.target, guard.size if guard.size is not None else guard.target) - guard.slots
+            if self._stopping or name in self.failures or need <= 0:
                 return
             n = min(n, need)
         try:
-            lease = self._lease_request(n)
+            lease = self._lease_request(name, n)
         except BaseException as exc:  # limit deleted, API down for long: fail, never run unguarded
-            self._give_up(exc)
+            self._give_up(exc, name)
             return
         if lease is None:  # not free now (other flow runs hold them): ask again in a moment
-            if not self._told_waiting and self._slots == 0:
-                self._told_waiting = True
+            if not guard.told_waiting and guard.slots == 0:
+                guard.told_waiting = True
                 logger.warning(
                     "waiting for a slot of global concurrency limit %r (limit %s): other flow runs hold "
                     "them; `prefect gcl inspect %s` shows the limit, and slots a crashed run left on "
                     "another machine come back when its lease expires (%.0f s)",
-                    self.name, self.limit_size, self.name, _LEASE_SECONDS,
+                    name, guard.size, name, _LEASE_SECONDS,
                 )
             with self._lock:
-                self._acquiring = 1
-            retry = threading.Timer(_FULL_LIMIT_RETRY_SECONDS, self._job, args=("acquire", 1))
+                guard.acquiring = 1
+            retry = threading.Timer(_FULL_LIMIT_RETRY_SECONDS, self._job, args=("acquire", (name, 1)))
             retry.daemon = True
             retry.start()
             return
         with self._lock:
-            self._held.append((lease, n))
-            self._slots += n
-            target, busy = self._target, self._busy
+            guard.held.append((lease, n))
+            guard.slots += n
+            target, busy = guard.target, guard.busy
         self._wake()
-        self.adjust(target, busy)
+        self.adjust(target, busy, name)
 
-    def _lease_request(self, n: int) -> Any:
-        """One `increment-with-lease` write for `n` slots; the lease id, or None when the
-        limit has not `n` free slots."""
+    def _lease_request(self, name: str, n: int) -> Any:
+        """One `increment-with-lease` write for `n` slots of `name`; the lease id, or None
+        when the limit has not `n` free slots."""
         from prefect.client.schemas.objects import ConcurrencyLeaseHolder
         from prefect.exceptions import PrefectHTTPStatusError
 
@@ -391,7 +487,7 @@ class GlobalLimit:
         try:
             response = _patient(
                 client.increment_concurrency_slots_with_lease,
-                names=[self.name], slots=n, mode="concurrency",  # type: ignore[list-item]
+                names=[name], slots=n, mode="concurrency",  # type: ignore[list-item]
                 lease_duration=_LEASE_SECONDS, holder=holder,
             )
         except PrefectHTTPStatusError as exc:
@@ -400,9 +496,9 @@ class GlobalLimit:
             raise
         body = response.json()
         if not body.get("limits"):
-            raise LookupError(f"global concurrency limit {self.name!r} does not exist")
+            raise LookupError(f"global concurrency limit {name!r} does not exist")
         self._lease_renewed[body["lease_id"]] = time.monotonic()
-        _ledger_add({"limit": self.name, "lease": body["lease_id"], "slots": n, "api": str(client.api_url),
+        _ledger_add({"limit": name, "lease": body["lease_id"], "slots": n, "api": str(client.api_url),
                      "pid": os.getpid(), "started": _process_start(), "t": time.time()})
         return body["lease_id"]
 
@@ -416,15 +512,18 @@ class GlobalLimit:
                              patience=_LEASE_SECONDS / 4)
                     self._lease_renewed[lease_id] = now
                 except Exception as exc:  # expired meanwhile: the slots went back to the limit
-                    logger.warning("could not renew a lease of %s (%s); taking new slots", self.name, exc)
                     _ledger_remove(lease_id)
                     with self._lock:
                         self._lease_renewed.pop(lease_id, None)
-                        for held in [h for h in self._held if h[0] == lease_id]:
-                            self._held.remove(held)
-                            self._slots -= held[1]
-                        target, busy = self._target, self._busy
-                    self.adjust(target, busy)
+                        lost = []
+                        for guard in self._guards.values():
+                            for held in [h for h in guard.held if h[0] == lease_id]:
+                                guard.held.remove(held)
+                                guard.slots -= held[1]
+                                lost.append(guard)
+                    for guard in lost:
+                        logger.warning("could not renew a lease of %s (%s); taking new slots", guard.name, exc)
+                        self.adjust(guard.target, guard.busy, guard.name)
 
     def _api(self) -> Any:
         if self._client is None:
@@ -439,23 +538,24 @@ class GlobalLimit:
         _patient(self._api().release_concurrency_slots_with_lease, lease_id)
         _ledger_remove(lease_id)
 
-    def _give_up(self, exc: BaseException) -> None:
+    def _give_up(self, exc: BaseException, name: str) -> None:
         with self._lock:
-            first = self.failed is None
+            first = name not in self.failures
             if first:
-                self.failed = (
-                    f"global concurrency limit {self.name!r} cannot be used ({type(exc).__name__}: {exc}); "
-                    "compute calls do not run unguarded: retry when the Prefect API answers, or run "
+                self.failures[name] = (
+                    f"global concurrency limit {name!r} cannot be used ({type(exc).__name__}: {exc}); "
+                    "calls that need it do not run unguarded: retry when the Prefect API answers, or run "
                     "with guard='local' (llmorch --no-global-limit) to rely on this flow run's own bound"
                 )
         if first:
-            logger.error("%s", self.failed)
+            logger.error("%s", self.failures[name])
         self._wake()
 
     def _release_all(self) -> None:
         with self._lock:
-            held, self._held = self._held, []
-            self._slots = 0
+            held = [lease for guard in self._guards.values() for lease in guard.held]
+            for guard in self._guards.values():
+                guard.held, guard.slots = [], 0
         for lease_id, _ in held:
             try:
                 self._do_release(lease_id)

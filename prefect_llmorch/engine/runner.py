@@ -40,8 +40,12 @@ own runners.
 
 Machine-wide guard (`leases.GlobalLimit`): a Prefect global concurrency limit
 (`llmorch-processors`, created with limit P if absent) is held one slot per processor this
-flow run uses. A compute call the Coordinator passed out waits for a held slot (in the
-order passed out) when other flow runs hold the rest.
+flow run uses, and one limit per resource capacity (`llmorch-search-api`,
+`llmorch-gpu_mem_gb-<device>`, created with the capacity if absent) one slot per unit. A
+call the Coordinator passed out waits until the slots of its whole demand are held and free
+(`schedule.resources.limit_slots`: a call needing 2 processors takes 2 slots; GPU memory on
+the device it was placed on), in the order passed out, passing over calls that must wait
+for slots other flow runs hold.
 
 Nested tasks: a compute task's function runs in a worker process, outside the flow run, so
 it cannot submit tasks (the error says so). An async compute task runs on a thread of the
@@ -73,9 +77,9 @@ from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
 from prefect_llmorch.engine.leases import GlobalLimit
 from prefect_llmorch.engine.pool import CALL_ENV, CallCancelled, CallNotSent, Cancel
 from prefect_llmorch.engine.workers import take_pool
-from prefect_llmorch.graph import FRG
+from prefect_llmorch.graph import FRG, GPU_MEM, PROCESSORS, demand_of
 from prefect_llmorch.schedule.policy import Coordinator, check_policy
-from prefect_llmorch.schedule.resources import Capacities
+from prefect_llmorch.schedule.resources import Capacities, global_limits, limit_name, slots
 
 if TYPE_CHECKING:
     from prefect.tasks import Task
@@ -129,6 +133,7 @@ class _Submission:
     cost: float = 1.0
     demand: Any = None  # what a compiled call holds (`FRG.demand`), None: its kind's default
     tags: frozenset[str] = frozenset()
+    needs: dict[str, int] = field(default_factory=dict)  # slots it holds while it runs, by limit
     state: str = "pending"  # pending -> running -> done
     external: PrefectFuture[Any] | None = None  # an upstream future of somewhere else
     finished: bool = False  # external: its future is done
@@ -208,7 +213,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._subs: dict[str, _Submission] = {}  # node -> submission, in the current graph
         self._by_run: dict[uuid.UUID, str] = {}  # task run id -> node, in the current graph
         self._new: list[_Submission] = []  # submitted, not yet in the Coordinator's graph
-        self._held: deque[_Submission] = deque()  # passed out, waiting for a global-limit slot
+        self._held: deque[_Submission] = deque()  # passed out, waiting for global-limit slots
+        self._in_use: dict[str, int] = {}  # slots held by running calls, by limit (processors: their key)
+        self._unfinished: dict[str, float] = {}  # demand of calls submitted or announced, not finished
+        self._counted: dict[str, dict[str, float]] = {}  # node or announced call -> its demand in _unfinished
         self._frg: FRG | None = None
         self._expected: set[str] = set()  # calls of the announced FRG not submitted yet
         self._submitted_calls: set[str] = set()
@@ -295,7 +303,51 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         name = self.concurrency_limit if getattr(self, "guard", "global") == "global" else None
         self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch, self._has_work)
         self._limit.start(stack)
+        self._limit.configure(self._resource_limits())
         self._adjust_slots()
+
+    def _resource_limits(self) -> dict[str, int]:
+        """The global limits guarding the resource capacities (not the processors'), name -> size."""
+        caps = Capacities.of(max(self.processors, 1), self.resources, self.gpus)
+        return {n: size for n, size in global_limits(caps).items() if n != limit_name(PROCESSORS)}
+
+    @property
+    def _proc_key(self) -> str:
+        """The key processor slots are counted under: the processors' limit name, if any."""
+        return self._limit.name or PROCESSORS
+
+    def _limit_keys(self, resource: str) -> list[str]:
+        """The limits (keys) a resource's demand counts against before a call is placed."""
+        if resource == PROCESSORS:
+            return [self._proc_key]
+        if not self._limit.guarded:
+            return []
+        if resource == GPU_MEM and self.gpus:
+            return [limit_name(GPU_MEM, g["id"]) for g in self.gpus]
+        return [limit_name(resource)]
+
+    def _needs(self, sub: _Submission, device: Any) -> dict[str, int]:
+        """The slots a passed-out call holds while it runs (its whole demand, GPU memory on its device)."""
+        needs: dict[str, int] = {}
+        for r, amount in (sub.demand or demand_of(sub.kind)).items():
+            if r == GPU_MEM and self.gpus:
+                if self._limit.guarded and device is not None:
+                    needs[limit_name(GPU_MEM, device)] = slots(amount)
+                continue
+            for key in self._limit_keys(r):
+                needs[key] = slots(amount) if r != PROCESSORS else int(round(amount))
+        return needs
+
+    def _count(self, key: str, demand: Any, sign: int) -> None:
+        """Add (sign 1) or remove (sign -1) a call's demand from the unfinished demand."""
+        if sign > 0:
+            if key in self._counted:
+                return
+            self._counted[key] = dict(demand)
+        elif self._counted.pop(key, None) is None:
+            return
+        for r, amount in demand.items():
+            self._unfinished[r] = max(0.0, self._unfinished.get(r, 0.0) + sign * amount)
 
     def __exit__(self, *exc_info: Any) -> None:
         with _LIVE_LOCK:
@@ -358,12 +410,17 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         with self._lock:
             self._frg = frg
             self._expected = {cid for cid in frg.ids if cid not in self._submitted_calls}
+            for cid in self._expected:  # their demand is taken ahead, as P is
+                self._count(f"call:{cid}", frg.demand[cid], 1)
         self._safe_dispatch()
+        self._adjust_slots()
 
     def no_more_submissions(self) -> None:
         """Every call of the plan is submitted: slots not needed any more can go back."""
         with self._lock:
             self._expecting_more = False
+            for cid in self._expected:
+                self._count(f"call:{cid}", {}, -1)
             self._expected.clear()
         self._safe_dispatch()
         self._adjust_slots()
@@ -426,6 +483,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 if self._frg is not None and call_id in self._frg:
                     sub.cost = self._frg.cost[call_id]
                     sub.demand = self._frg.demand[call_id]
+                self._count(f"call:{call_id}", {}, -1)  # counted as announced: now as submitted
             deps: set[str] = set()
             for fut in upstream:
                 node = self._by_run.get(fut.task_run_id)
@@ -436,6 +494,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 deps.add(node)
             sub.deps = frozenset(deps)
             self._add(sub)
+            self._count(sub.node, sub.demand or demand_of(kind), 1)
             if kind == "compute":
                 self._unfinished_compute += 1
             if tags and not self._limit.warm(tags):
@@ -591,34 +650,71 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                             finished.append(node)
                         else:
                             sub.state = "running"
-                    elif sub.kind == "compute":
-                        if self.gpus:  # the worker runs the call with its device alone visible
-                            device = co.device_of(node)
-                            env = {"CUDA_VISIBLE_DEVICES": "" if device is None else str(device)}
-                            sub.context.run(CALL_ENV.set, env)
-                        self._held.append(sub)
                     else:
-                        sub.state = "running"
-                        start.append(sub)
+                        device = co.device_of(node)
+                        if sub.kind == "compute":
+                            self._placed(sub, device)
+                        sub.needs = self._needs(sub, device)
+                        if sub.needs:
+                            self._held.append(sub)
+                        else:
+                            sub.state = "running"
+                            start.append(sub)
                 if not finished:
                     break
                 co.done(*finished)
                 self.trace.append(("done", tuple(finished)))
-            free = self._limit.slots - self._running_compute
-            if self._limit.failed is not None:  # no guard to be had: fail, never run unguarded
-                free = len(self._held)
-                for sub in self._held:
-                    sub.task = _failing(sub.task, GuardUnavailable(self._limit.failed))
-            while self._held and free > 0:
-                sub = self._held.popleft()
-                sub.state = "running"
-                start.append(sub)
-                self._running_compute += 1
-                free -= 1
+            start.extend(self._admit_held())
             self.max_running_compute = max(self.max_running_compute, self._running_compute)
             executor = self._executor
         for s in start:
             executor.submit(s.context.run, self._run, s)
+
+    def _placed(self, sub: _Submission, device: Any) -> None:
+        """A compute call passed out, placed on `device` (None: no GPU memory): the worker runs
+        it with that device alone visible, when the run has devices."""
+        if self.gpus:
+            env = {"CUDA_VISIBLE_DEVICES": "" if device is None else str(device)}
+            sub.context.run(CALL_ENV.set, env)
+
+    def _available(self, key: str) -> int:
+        """Slots of a limit this runner may fill now (P for unguarded processors)."""
+        if key == PROCESSORS:
+            return self.processors if not self._limit.guarded else 0
+        held = self._limit.held_of(key)
+        return held if held is not None else 0
+
+    def _admit_held(self) -> list[_Submission]:
+        """Start the held calls whose slots are all held and free, in the order passed out
+        (a call that must wait does not stop later ones that fit); fail those that cannot
+        be guarded. Called with the lock held."""
+        start: list[_Submission] = []
+        waiting: deque[_Submission] = deque()
+        free = {key: self._available(key) - self._in_use.get(key, 0) for s in self._held for key in s.needs}
+        while self._held:
+            sub = self._held.popleft()
+            why = self._limit.failure_of(sub.needs)
+            if why is None:
+                sizes = {k: self._limit.size_of(k) for k in sub.needs}
+                too_big = next(((k, n) for k, n in sub.needs.items() if sizes[k] is not None and sizes[k] < n), None)
+                if too_big is not None:
+                    why = (f"global concurrency limit {too_big[0]!r} has limit {sizes[too_big[0]]} but {sub.node} "
+                           f"needs {too_big[1]} of its slots, and calls do not run unguarded: raise the limit "
+                           f"(prefect gcl update {too_big[0]} --limit {too_big[1]}) or run with guard='local'")
+            if why is not None:  # no guard to be had: fail, never run unguarded
+                sub.task = _failing(sub.task, GuardUnavailable(why))
+            elif any(free[k] < n for k, n in sub.needs.items()):
+                waiting.append(sub)
+                continue
+            for k, n in sub.needs.items():
+                free[k] -= n
+                self._in_use[k] = self._in_use.get(k, 0) + n
+            sub.state = "running"
+            start.append(sub)
+            if sub.kind == "compute":
+                self._running_compute += 1
+        self._held = waiting
+        return start
 
     def _run(self, sub: _Submission) -> None:
         from prefect.task_engine import run_task_async, run_task_sync
@@ -647,6 +743,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 _finish(sub.future, exc=RuntimeError(f"task run {sub.task.name} ended without a state"))
             with self._lock:
                 sub.state = "done"
+                for k, n in sub.needs.items():
+                    self._in_use[k] = self._in_use.get(k, 0) - n
+                self._count(sub.node, {}, -1)
                 if self._co is not None and sub.node in self._co.running:
                     self._co.done(sub.node)
                     self.trace.append(("done", (sub.node,)))
@@ -660,11 +759,29 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     # -- the global limit -------------------------------------------------------------
     def _adjust_slots(self) -> None:
+        """Size the held slots of every limit: all P while more calls may come (the
+        processors'), else what unfinished calls still demand; each resource's limit to
+        what submitted and announced calls still demand, up to its capacity."""
+        if not self._limit.guarded:
+            return
+        caps = Capacities.of(max(self.processors, 1), self.resources, self.gpus)
+        device_mem = {limit_name(GPU_MEM, d.id): d.mem_gb for d in caps.devices}
+        targets: list[tuple[str, int, int]] = []
         with self._lock:
-            most = min(self.processors, self._limit.limit_size or self.processors)
-            target = most if self._expecting_more else min(most, self._unfinished_compute)
-            busy = self._running_compute
-        self._limit.adjust(target, busy)
+            proc = self._proc_key
+            most = min(self.processors, self._limit.size_of(proc) or self.processors)
+            need = slots(self._unfinished.get(PROCESSORS, 0.0)) if self._unfinished.get(PROCESSORS, 0.0) > 0 else 0
+            targets.append((proc, most if self._expecting_more else min(most, need), self._in_use.get(proc, 0)))
+            for key in self._limit.names():
+                if key == proc:
+                    continue
+                resource = GPU_MEM if key in device_mem else key[len(limit_name("")):]
+                cap = int(device_mem.get(key, caps.amounts.get(resource, 0.0)))
+                demand = self._unfinished.get(resource, 0.0)
+                target = min(cap, slots(demand)) if demand > 0 else 0
+                targets.append((key, target, self._in_use.get(key, 0)))
+        for key, target, busy in targets:
+            self._limit.adjust(target, busy, key)
 
     @property
     def slots_held(self) -> int:
