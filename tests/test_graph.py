@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -204,13 +203,12 @@ def test_empty_graph():
     assert frg.work == 0 and frg.critical_path == 0 and frg.mutex == [] and frg.lower_bound(3) == 0
 
 
-def test_a_thousand_call_plan_builds_fast():
+def test_a_thousand_call_plan_builds():
+    """A long chain (1,000 ranks) builds without recursion; its speed is `benchmarks/graph_scale.py`'s."""
     calls = [Call(f"s{i}", "f", tuple(Arg(None, Ref(f"s{j}")) for j in (i - 1, i // 2) if 0 < j < i)) for i in range(1, 1001)]
     plan = Plan(tuple(calls))
-    t0 = time.perf_counter()
     frg = FRG.build(plan, kinds={c.id: "compute" for c in calls})
-    frg.mutex, frg.to_json(), frg.to_mermaid()
-    assert time.perf_counter() - t0 < 1.0
+    assert frg.mutex == [] and len(frg.to_json()["calls"]) == 1000 and frg.to_mermaid().count("-->") == sum(len(c.deps) for c in calls)
     assert frg.rank["s1000"] == 1000
 
 
