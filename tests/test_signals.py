@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM stop `llmorch run` (issue 13 item 2), in a subprocess with a real
-ephemeral server: no queued call starts, the running compute call's worker is killed, the
+ephemeral server (and, through `stop_with_signal`, against `prefect server start` in
+tests/test_deploy.py, which shares its server): no queued call starts, the running compute call's worker is killed, the
 report with the finished results is printed, the flow run ends Cancelled, exit 130 / 143.
 
 What happened is read from the tools' own records (tests/toolboxes_signals.py) and from the
@@ -74,14 +75,15 @@ def _flow_run_states(home: Path) -> list[tuple[str, str]]:
         con.close()
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_the_run(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+def stop_with_signal(tmp_path: Path, env: dict[str, str], sig: signal.Signals, code: int) -> dict:
+    """Start `llmorch run` of PLAN with `env` (its Prefect server), send `sig` once the calls
+    run, check what the user sees and what the tools did; return the report, the exit time."""
     plan = tmp_path / "long.plan"
     plan.write_text(PLAN)
-    log = tmp_path / "calls.log"
+    log = Path(env[LOG_ENV])
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect_llmorch.cli", "run", str(plan), "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
-        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
     def started() -> bool:
@@ -100,7 +102,8 @@ def test_signal_stops_the_run(tmp_path: Path, sig: signal.Signals, code: int) ->
         out, err = proc.communicate()
         pytest.fail(f"still running 60 s after {sig.name}:\n{err[-3000:]}")
     took = time.monotonic() - sent
-    print(f"\n{sig.name}: exited {proc.returncode} {took:.2f} s after the signal")
+    server = "a server" if env.get("PREFECT_API_URL") else "the ephemeral server"
+    print(f"\n{sig.name} ({server}): exited {proc.returncode} {took:.2f} s after the signal")
 
     assert proc.returncode == code, err[-3000:]
     report = json.loads(out)
@@ -110,12 +113,23 @@ def test_signal_stops_the_run(tmp_path: Path, sig: signal.Signals, code: int) ->
     assert rows["s1"]["state"] == "Completed" and report["result"] == {"s1": 2}
     assert all(rows[c]["state"] == "Cancelled" for c in ("s2", "s3", "s4", "s5", "s6"))
     assert "killed" in rows["s2"]["reason"]
+    # The killed call says when it ran: sent to its worker before the tool began, ended after.
+    spin_start = next(r[4] for r in records(str(log)) if r[:2] == ("start", "spin"))
+    assert rows["s2"]["start"] is not None and rows["s2"]["end"] is not None
+    assert report["t0"] + rows["s2"]["start"] - 1e-6 <= spin_start <= report["t0"] + rows["s2"]["end"] + 1e-6
+    assert rows["s2"]["pid"] == spin_pid
     # The long compute call's worker is gone; the queued calls never started (their own records).
     assert not psutil.pid_exists(spin_pid) or psutil.Process(spin_pid).status() == psutil.STATUS_ZOMBIE
     calls = records(str(log))
     assert [r[2] for r in calls if r[:2] == ("start", "quick")] == ["1"]
     assert not any(r[0] == "end" and r[1] in ("spin", "wait_io") for r in calls)
     assert "time: " in err and "Prefect start" in err  # where the wall time went, on stderr
+    return {"report": report, "took": took}
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_the_run(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    stop_with_signal(tmp_path, _env(tmp_path), sig, code)
     assert _flow_run_states(tmp_path / "home") == [("CANCELLED", "Cancelled")]
 
 

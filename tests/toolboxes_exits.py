@@ -7,6 +7,8 @@ The credentials block is `exits-secret` (secret `token`); tests save it before r
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 from prefect_llmorch import Toolbox, compute, inout
 
@@ -48,6 +50,15 @@ def interrupt_cpu() -> int:
     raise KeyboardInterrupt
 
 
+@compute
+def die_cpu(log: str) -> int:
+    """Append `start <pid> <time>` to `log`, then SIGKILL this worker process mid-call."""
+    with open(log, "a") as fh:
+        fh.write(f"start {os.getpid()} {time.time():.6f}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+
 def _leak(credentials: dict[str, str]) -> None:
     """`X from exc` where only `exc` (and a note, and the implicit context) hold the secret."""
     token = credentials["token"]
@@ -74,4 +85,4 @@ def leak_cpu(value: int, credentials: dict[str, str]) -> int:
     return value
 
 
-toolbox = Toolbox(echo, square, exit_io, interrupt_io, exit_cpu, interrupt_cpu, leak_io, leak_cpu)
+toolbox = Toolbox(echo, square, exit_io, interrupt_io, exit_cpu, interrupt_cpu, die_cpu, leak_io, leak_cpu)

@@ -259,6 +259,7 @@ class Worker:
     ) -> Outcome:
         """Run one call; raise its exception (remote traceback as cause), `CallTimeout`
         or `WorkerDied`. The caller replaces the worker after the last two."""
+        sent = time.time()  # before the send: the idle worker may begin before send_bytes returns
         try:
             self.conn.send_bytes(_dumps(("call", (fn, args, kwargs, env or {}))))
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -284,27 +285,34 @@ class Worker:
                     raise
         if not ready:
             self.kill()
-            raise CallTimeout(
+            raise _ran(CallTimeout(
                 f"{call} ran past its timeout of {timeout:g} s; worker process {self.pid} was killed",
                 call=call,
                 pid=self.pid,
-            )
+            ), sent)
         self.process.join(timeout=5)
         code = self.process.exitcode
         if self.cancelled:
-            raise CallCancelled(
+            raise _ran(CallCancelled(
                 f"{call} was cancelled ({self.cancelled}); worker process {self.pid} was killed", call=call, pid=self.pid
-            )
-        raise WorkerDied(
+            ), sent)
+        raise _ran(WorkerDied(
             f"{call}: worker process {self.pid} died while running it (exit code {code})",
             call=call,
             pid=self.pid,
-        )
+        ), sent)
 
     def warm(self, modules: list[str]) -> None:
         self.conn.send_bytes(_dumps(("import", modules)))
         if wait([self.conn, self.process.sentinel], 60) and self.conn.poll():
             self.conn.recv_bytes()
+
+
+def _ran(exc: WorkerError, sent: float) -> WorkerError:
+    """`exc` timed like a tool's failure (`llmorch_timing`): a call whose worker was killed
+    ran from when it was sent until its death was seen (the worker cannot say any more)."""
+    exc.llmorch_timing = (sent, time.time(), exc.pid)  # type: ignore[attr-defined]
+    return exc
 
 
 def _unpack(call: str, reply: tuple[Any, ...]) -> Outcome:
@@ -454,7 +462,10 @@ class WorkerPool:
             self._replace(worker)
             if worker.cancelled and not isinstance(exc, CallCancelled):
                 # killed by the cancel before or while the call was sent: a cancel, not a death
-                raise CallCancelled(f"{call} was cancelled ({worker.cancelled})", call=call, pid=exc.pid) from None
+                cancelled = CallCancelled(f"{call} was cancelled ({worker.cancelled})", call=call, pid=exc.pid)
+                if hasattr(exc, "llmorch_timing"):
+                    cancelled.llmorch_timing = exc.llmorch_timing  # type: ignore[attr-defined]
+                raise cancelled from None
             raise
         except BaseException:
             self._give_back(worker, cancel)
