@@ -114,6 +114,17 @@ def _resources(options: Optional[list[str]]) -> dict[str, float]:
         _fail(str(exc), exc)
 
 
+def _check_capacities(tb: Any, processors: int, capacities: dict[str, float]) -> None:
+    """Every function of the toolbox fits the capacities (`--resource`), or exit 2 saying
+    which function needs what: before the LLM plans a call that could never start."""
+    from prefect_llmorch.schedule.resources import Capacities, ResourceError, check_toolbox
+
+    try:
+        check_toolbox(tb, Capacities.of(processors, capacities or None))
+    except ResourceError as exc:
+        _fail(str(exc), exc)
+
+
 def _check_policy(name: str, baselines: bool = False) -> str:
     from prefect_llmorch.schedule.policy import POLICIES
     from prefect_llmorch.schedule.simulator import BASELINES
@@ -590,6 +601,7 @@ def _check_planner(name: Optional[str]) -> Optional[str]:
 def _ask_and_print(
     question: str, toolbox: str, processors: int, policy: str, client: Any, as_json: bool, attempts: int,
     cancel_running: bool = False, planner: Optional[str] = None, cache: bool = True, costs: Optional[str] = None,
+    resources: Optional[dict[str, float]] = None,
 ) -> None:
     from prefect_llmorch.flows.ask import ask_query
     from prefect_llmorch.llm.client import LLMError
@@ -603,7 +615,7 @@ def _ask_and_print(
         try:
             report = ask_query(
                 question, toolbox, processors=processors, policy=policy, endpoint=client, attempts=attempts,
-                cancel_running=cancel_running, planner=planner, cache=cache, costs=costs,
+                cancel_running=cancel_running, planner=planner, cache=cache, costs=costs, resources=resources or None,
             )
         except PlanRunFailed as exc:
             _print_report(exc.report, as_json)
@@ -649,18 +661,21 @@ def ask(
     planner: Optional[str] = typer.Option(None, "--planner", help=PLANNER_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
     costs: Optional[str] = typer.Option(None, "--costs", help=COSTS_HELP),
+    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2"),
 ) -> None:
     """Plan the question with the LLM, run the plan in parallel on Prefect, print the answer."""
     _prepare_env()
+    capacities = _resources(resource)
     P = _processors(processors, force_processors)
     _check_policy(policy)
     _check_planner(planner)
     _at_least("--attempts", attempts, 1)
     _check_costs(costs)
     with _json_stdout(as_json):
-        _toolbox(toolbox)
+        _check_capacities(_toolbox(toolbox), P, capacities)
         _ask_and_print(
             question, toolbox, P, policy, _endpoint(endpoint), as_json, attempts, cancel_running, planner, not no_cache, costs,
+            capacities,
         )
 
 
@@ -773,6 +788,7 @@ def serve(
     processors: Optional[int] = typer.Option(None, "--processors", "-P", help=PROCESSORS_HELP),
     force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help="most flow runs at once"),
+    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable): the served runs' default"),
 ) -> None:
     """Serve the `llmorch-run` and `llmorch-ask` deployments from this process (no work pool).
 
@@ -780,6 +796,7 @@ def serve(
     `prefect deployment run llmorch-run/llmorch-run`, or by the schedule.
     """
     _prepare_env()
+    capacities = _resources(resource)
     P = _processors(processors, force_processors)
     if cron and interval:
         _fail("give --cron or --interval, not both")
@@ -789,9 +806,11 @@ def serve(
         plan_file = str(_plan_path(plan_file).resolve())  # the served flow may run elsewhere
     else:
         _plan_path(plan_file)
-    _toolbox(toolbox)
+    _check_capacities(_toolbox(toolbox), P, capacities)
     # Read when prefect_llmorch.flows.deploy builds its task runner (on import, below).
     os.environ["LLMORCH_PROCESSORS"] = str(P)
+    if capacities:
+        os.environ["LLMORCH_RESOURCES"] = ",".join(f"{name}={amount!r}" for name, amount in capacities.items())
     from prefect import serve as prefect_serve
     from prefect_llmorch.flows import deploy
 

@@ -404,6 +404,27 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 _finish(s.future, _cancelled_state(f"{reason}; its thread is left to finish"))
 
     # -- what the flow tells us -------------------------------------------------------
+    def use_resources(self, resources: Any, gpus: Any = None) -> None:
+        """Capacities of resource classes for this flow run (`resources`; `gpus` when given,
+        else the runner's devices), before its calls are submitted: a deployment's runner
+        is built at import, the run's parameters say what it has. Their global limits are
+        prepared at once.
+
+        Raises:
+            ResourceError: bad capacities or devices (before anything runs).
+            RuntimeError: calls of the current graph are still unfinished.
+        """
+        caps = Capacities.of(max(self.processors, 1), resources, gpus if gpus is not None else (self.gpus or None))
+        with self._lock:
+            if self._co is not None and not self._co.is_finished():
+                raise RuntimeError("capacities can change only before the flow run's calls are submitted")
+            self.resources = {r: a for r, a in caps.amounts.items() if r != PROCESSORS and not (caps.devices and r == GPU_MEM)}
+            self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in caps.devices]
+            started = self._executor is not None
+        if started:
+            self._limit.configure(self._resource_limits())
+            self._adjust_slots()
+
     def use_graph(self, frg: FRG) -> None:
         """The FRG of the plan whose calls are being submitted: their costs, and which calls
         are still to come (nothing starts until they are submitted, or `no_more_submissions`)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from prefect import flow
 
@@ -45,6 +45,7 @@ def ask(
     planner: str | None = None,
     cache: bool = True,
     costs: str | None = None,
+    resources: dict[str, float] | None = None,
 ) -> RunReport:
     """Plan `query` with the LLM, run the plan on P processors, return the report.
 
@@ -64,11 +65,13 @@ def ask(
         cache: reuse stored results of `cache=True` functions (False: run every call).
         costs: `declared` or `history` (learned from Prefect's task-run history); None:
             `history` once this machine has a history, else `declared`.
+        resources: capacities of resource classes beyond processors (`{"search-api": 2,
+            "gpu_mem_gb": 80}`) for this run; None: the task runner's.
     """
     return answer(
         query, toolbox, processors=processors, policy=policy, endpoint=endpoint, attempts=attempts,
         recovery_rounds=recovery_rounds, cancel_running=cancel_running, planner=planner, cache=cache,
-        costs=costs,
+        costs=costs, resources=resources,
     )
 
 
@@ -85,9 +88,11 @@ def answer(
     planner: str | None = None,
     cache: bool = True,
     costs: str | None = None,
+    resources: dict[str, float] | None = None,
 ) -> RunReport:
     """The body of `llmorch-ask` inside the current flow run (the deployable flows use it).
 
+    `resources` (capacities of resource classes) replace the task runner's for this run.
     Raises `PlanRunFailed` (with the report) when calls failed, `PlanningFailed` when no
     valid plan came, `LLMError` when the endpoint failed.
     """
@@ -95,6 +100,10 @@ def answer(
     runner = current_llmorch_runner()
     if runner is not None:
         runner.policy = policy  # a deployment's runner is built at import: take the run's policy
+        if resources is not None:
+            runner.use_resources(resources)  # and the run's capacities
+    elif resources:
+        raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
     P = runner.processors if runner is not None else (processors or default_processors())
     client = resolve_client(endpoint)
     tokens = TokenCounter()
@@ -157,19 +166,25 @@ def ask_query(
     planner: str | None = None,
     cache: bool = True,
     costs: str | None = None,
+    resources: Mapping[str, float] | None = None,
+    gpus: Any = None,
 ) -> RunReport:
     """Run the `llmorch-ask` flow with a task runner for `processors` and `policy`.
 
     `endpoint` is a saved block's name, an `LLMEndpoint`, an `LLMClient`, or None (environment).
+    `resources` are capacities of resource classes (`{"search-api": 2}`), `gpus` GPU devices
+    (`[{"id": 0, "mem_gb": 80}]`): calls declaring `resources=` are admitted when their
+    demand fits (checked before anything runs).
     Raises `PlanRunFailed` (with the report) when calls failed, `PlanningFailed` when no
     valid plan came, `LLMError` when the endpoint failed.
     """
     check_costs(costs)
     P = processors or default_processors()
-    runner = local_runner(toolbox, P, policy, concurrency_limit)
+    runner = local_runner(toolbox, P, policy, concurrency_limit, resources, gpus)
     parameters = {
         "query": query, "toolbox": toolbox, "processors": P, "policy": policy,
         "endpoint": endpoint, "attempts": attempts, "recovery_rounds": recovery_rounds,
         "cancel_running": cancel_running, "planner": planner, "cache": cache, "costs": costs,
+        "resources": dict(resources) if resources else None,
     }
     return run_flow(ask, runner, parameters, simple=_simple(toolbox, endpoint))

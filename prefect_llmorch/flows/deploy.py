@@ -52,14 +52,39 @@ def _env_processors() -> int | None:
     return int(value) if value else None
 
 
+def _env_resources() -> dict[str, float] | None:
+    """`LLMORCH_RESOURCES`: capacities as `NAME=AMOUNT` separated by commas (`llmorch serve
+    --resource` sets it), e.g. `search-api=2,gpu_mem_gb=80`."""
+    from prefect_llmorch.schedule.resources import parse_resource_options
+
+    value = os.environ.get("LLMORCH_RESOURCES", "").strip()
+    return parse_resource_options(v for v in value.split(",") if v.strip()) if value else None
+
+
 def make_task_runner() -> LLMOrchTaskRunner:
-    """P = `LLMORCH_PROCESSORS` or the cores; the global limit is `LLMORCH_CONCURRENCY_LIMIT`
-    (default `llmorch-processors`; `none` turns it off)."""
+    """P = `LLMORCH_PROCESSORS` or the cores; capacities `LLMORCH_RESOURCES`; the global
+    limit is `LLMORCH_CONCURRENCY_LIMIT` (default `llmorch-processors`; `none` turns it off)."""
     limit = os.environ.get("LLMORCH_CONCURRENCY_LIMIT", "llmorch-processors").strip()
     return LLMOrchTaskRunner(
         processors=_env_processors(), preload=PRELOAD,
         concurrency_limit=None if limit.lower() in ("", "none", "off") else limit,
+        resources=_env_resources(),
     )
+
+
+def _check_resources(value: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+    if value is None:
+        return None
+    from prefect_llmorch.schedule.resources import Capacities
+
+    Capacities.of(1, value)  # a bad name or amount: the form says which
+    return {k: float(v) for k, v in value.items()}
+
+
+RESOURCES_HELP = (
+    "Capacities of resource classes for this run, e.g. {\"search-api\": 2, \"gpu_mem_gb\": 80} "
+    "(default: the worker's LLMORCH_RESOURCES)"
+)
 
 
 def _check_toolbox(value: str) -> str:
@@ -97,11 +122,17 @@ class RunParameters(BaseModel):
     costs: Optional[Literal["declared", "history"]] = Field(
         default=None, description="Costs for the policy: declared, or history (learned); default: history once there is one"
     )
+    resources: Optional[dict[str, float]] = Field(default=None, description=RESOURCES_HELP)
 
     @field_validator("toolbox")
     @classmethod
     def _toolbox_path(cls, value: str) -> str:
         return _check_toolbox(value)
+
+    @field_validator("resources")
+    @classmethod
+    def _capacities(cls, value: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+        return _check_resources(value)
 
     @model_validator(mode="after")
     def _has_plan(self) -> "RunParameters":
@@ -148,11 +179,17 @@ class AskParameters(BaseModel):
     costs: Optional[Literal["declared", "history"]] = Field(
         default=None, description="Costs for the policy: declared, or history (learned); default: history once there is one"
     )
+    resources: Optional[dict[str, float]] = Field(default=None, description=RESOURCES_HELP)
 
     @field_validator("toolbox")
     @classmethod
     def _toolbox_path(cls, value: str) -> str:
         return _check_toolbox(value)
+
+    @field_validator("resources")
+    @classmethod
+    def _capacities(cls, value: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+        return _check_resources(value)
 
 
 def fit_runner(processors: int | None, toolbox: str) -> int:
@@ -197,6 +234,7 @@ def llmorch_run(parameters: RunParameters = RunParameters()) -> dict[str, Any]:
         plan=text, toolbox=parameters.toolbox, processors=P, policy=parameters.policy,
         endpoint=parameters.endpoint, recovery_rounds=parameters.recovery_rounds,
         cancel_running=parameters.cancel_running, cache=parameters.cache, costs=parameters.costs,
+        resources=parameters.resources,
     )
     return publish_result(report)
 
@@ -210,6 +248,7 @@ def llmorch_ask(parameters: AskParameters) -> dict[str, Any]:
         endpoint=parameters.endpoint, attempts=parameters.attempts,
         recovery_rounds=parameters.recovery_rounds, cancel_running=parameters.cancel_running,
         planner=parameters.planner, cache=parameters.cache, costs=parameters.costs,
+        resources=parameters.resources,
     )
     return publish_result(report)
 

@@ -63,6 +63,7 @@ def orchestrate(
     cancel_running: bool = False,
     cache: bool = True,
     costs: str | None = None,
+    resources: dict[str, float] | None = None,
 ) -> RunReport:
     """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
 
@@ -84,6 +85,8 @@ def orchestrate(
         costs: `declared` (the decorators' `cost=`) or `history` (learned from Prefect's
             task-run history, `flows/history.py`, declared where there is none); None:
             `history` once this machine has a history, else `declared` (`choose_costs`).
+        resources: capacities of resource classes (`{"search-api": 2}`) for this run,
+            replacing the task runner's; None: the runner's.
     """
     recorder = Recorder()  # t0: the flow starts executing, the plan is available
     logger = get_run_logger()
@@ -93,6 +96,10 @@ def orchestrate(
     runner = current_llmorch_runner()
     if runner is not None:
         runner.policy = policy  # a deployment's runner is built at import: take the run's policy
+        if resources is not None:
+            runner.use_resources(resources)  # and the run's capacities
+    elif resources:
+        raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
     llm, self_fn, recovery = _llm_for(parsed, endpoint, recovery_rounds, cancel_running)
     if runner is not None and runner.processors != P:
         logger.warning("task runner has %s processors, flow asked for %s: using the runner's", runner.processors, P)
@@ -205,7 +212,7 @@ def run_plan(
         # Parameters go to the API (which refuses large ones) only when simple.
         "plan": plan_parameter(text) if simple else text, "toolbox": toolbox, "processors": P, "policy": policy,
         "endpoint": endpoint, "recovery_rounds": recovery_rounds, "cancel_running": cancel_running,
-        "cache": cache, "costs": costs,
+        "cache": cache, "costs": costs, "resources": dict(resources) if resources else None,
     }
     return run_flow(orchestrate, runner, parameters, simple=simple)
 
