@@ -144,6 +144,8 @@ def test_flat_ten_thousand_term_sum_parses_evaluates_renders_and_pickles() -> No
     assert parse(render(plan)) == plan
     assert parse(plan.to_text("llmcompiler"))["1"].args == plan["s1"].args
     assert pickle.loads(pickle.dumps(plan)) == plan
+    with pytest.raises(ValueError, match="nests too deeply for the JSON form"):
+        plan.to_text("json")  # nested {"op", "left", "right"} objects: a clear refusal
     assert hash(expr) == hash(parse(text)["s1"].args[0].value)
     assert repr(expr).count("BinOp(") == n - 1
 

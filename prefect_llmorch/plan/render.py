@@ -252,6 +252,14 @@ def render_json(plan: Plan, dialect: Dialect = "json") -> str:
     """
     if dialect == "nestful":
         return _render_nestful(plan)
+    try:
+        return _render_json(plan)
+    except RecursionError:  # json.dumps recurses per level of {"op", "left", "right"}
+        raise ValueError("the plan nests too deeply for the JSON form (a long operator chain, "
+                         "written there as nested objects); use the \"paper\" dialect") from None
+
+
+def _render_json(plan: Plan) -> str:
     lines = [json.dumps({k: v for k, v in (
         ("id", c.id), ("function", c.function),
         ("args", [_value(a.value) for a in c.args if a.name is None]),
