@@ -1,0 +1,41 @@
+"""The machine-wide guard holds under contention (issue 14 item 4): three flow runs of P = 2
+compute-heavy plans at once against one server never run more than 2 compute calls together.
+
+The evidence is what the tools wrote themselves (pid, start, end of each call, in worker
+processes of three different runners), not our bookkeeping; the limit's own state says every
+slot came back. benchmarks/guard.py repeats this 10 times.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+from toolboxes_guard import peak, three_runs_at_once
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_peak_counts_overlaps_not_touching_ends() -> None:
+    rows = [{"start": 0.0, "end": 1.0}, {"start": 1.0, "end": 2.0}, {"start": 0.5, "end": 1.5}]
+    assert peak(rows) == 2 and peak(rows[:2]) == 1 and peak([]) == 0
+
+
+@pytest.mark.slow
+def test_three_flow_runs_at_once_never_run_more_than_two_compute_calls_machine_wide(tmp_path, caplog) -> None:  # noqa: ANN001
+    limit = f"llmorch-test-guard-{uuid.uuid4().hex[:6]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=2))
+    log = tmp_path / "calls.jsonl"
+    reports, rows = three_runs_at_once(str(log), limit, calls=2, seconds=0.1)  # 2 each: 6 could run at once
+    assert [r.state for r in reports] == ["Completed"] * 3, [r.message for r in reports]
+    assert sorted(r["i"] for r in rows) == sorted(list(range(2)) * 3)  # every call ran once, and wrote its record
+    assert len({r["pid"] for r in rows}) >= 3  # three runners' own workers
+    assert peak(rows) <= 2
+    assert "cannot be used" not in caplog.text and "unguarded" not in caplog.text
+    with get_client(sync_client=True) as client:
+        state = client.read_global_concurrency_limit_by_name(limit)
+    assert state.limit == 2 and state.active_slots == 0  # never resized, every slot came back
