@@ -26,12 +26,20 @@ settled. Time to first call = first call start - the moment the flow was called.
 `--stalls N` instead runs ours N times on 100 no-op calls and prints the p50 and p99 of the
 wall time per run (a stall shows as p99 far above p50).
 
-Options: --calls N (200), --process-calls N (20), --repeat N (1), --stalls N (0).
+`--targets RUNS` instead checks issue 14's per-call targets: ours (`run_plan`) and
+ThreadPoolTaskRunner with plain tasks, one warm-up round each, then RUNS interleaved rounds of
+100 no-op calls: flow-process CPU per call (median, ours <= 1.2x ThreadPool's), time to first
+call from the flow's start (median <= 50 ms), and the wall time per run (p99 <= 2x p50: no
+stalls; p99 by nearest rank, so the slowest of 20). Each printed TARGET line says PASS or MISS.
+
+Options: --calls N (200), --process-calls N (20), --repeat N (1), --stalls N (0), --targets RUNS (0),
+--server harness|ephemeral|start (benchmarks/_servers.py).
 """
 
 from __future__ import annotations
 
 import _setup  # noqa: F401  (paths and Prefect settings, before Prefect is imported)
+import _servers  # noqa: E402
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -74,7 +82,9 @@ def run_ours(n: int, concurrency_limit: str | None) -> dict[str, float]:
     assert report.state == "Completed"
     starts = [_start(c) for c in report.calls]
     rt0 = getattr(report, "t0", None)  # epoch seconds the call times are relative to
-    return summarize(starts, wall, n, (rt0 + min(starts) - t0) if rt0 else None)
+    out = summarize(starts, wall, n, (rt0 + min(starts) - t0) if rt0 else None)
+    out["time_to_first_call"] = report.time_to_first_call  # from the plan's availability (the flow runs)
+    return out
 
 
 def run_compiled(task_runner: Any, n: int) -> dict[str, float]:
@@ -119,8 +129,11 @@ def run_plain(task_runner: Any, n: int) -> dict[str, float]:
     def noop_compute_t(i: int) -> tuple[float, float]:
         return _timed(tb.noop_compute, i)
 
+    started: list[float] = []
+
     @flow(name="overhead-plain", task_runner=task_runner)
     def overhead_plain() -> list[tuple[float, float]]:
+        started.append(time.time())  # the plan is available: the flow body runs
         half = n // 2
         futures = [noop_inout_t.submit(i) for i in range(half)]
         futures += [noop_compute_t.submit(i) for i in range(half, n)]
@@ -129,7 +142,9 @@ def run_plain(task_runner: Any, n: int) -> dict[str, float]:
     t0 = time.time()
     rows = overhead_plain()
     wall = time.time() - t0
-    return summarize([r[0] for r in rows], wall, n, min(r[0] for r in rows) - t0)
+    out = summarize([r[0] for r in rows], wall, n, min(r[0] for r in rows) - t0)
+    out["time_to_first_call"] = min(r[0] for r in rows) - started[0]
+    return out
 
 
 def measured(fn: Callable[[], dict[str, float]]) -> dict[str, Any]:
@@ -144,15 +159,75 @@ def measured(fn: Callable[[], dict[str, float]]) -> dict[str, Any]:
     return result
 
 
-def stalls(runs: int, calls: int = 100) -> None:
-    walls = []
+def _cpu(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    cpu0 = time.process_time()
+    result = dict(fn())
+    result["cpu"] = time.process_time() - cpu0
+    return result
+
+
+def _pct(values: list[float], q: float) -> float:
+    """The q-quantile by nearest rank (p99 of 20 runs is the slowest)."""
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, int(-(-q * len(values) // 1)) - 1))]
+
+
+def _load() -> str:
+    import os
+
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def targets(runs: int, calls: int = 100) -> list[tuple[str, str, bool]]:
+    """Issue 14's per-call targets: ours and ThreadPoolTaskRunner with plain tasks, `runs`
+    interleaved rounds of `calls` no-op calls each (after one warm-up round of each)."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    configs: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("ours (run_plan)", lambda: run_ours(calls, "llmorch-processors")),
+        ("ThreadPool, plain @task", lambda: run_plain(ThreadPoolTaskRunner(), calls)),
+    ]
+    for name, fn in configs:
+        fn()  # warm-up: imports, first flow run, first task runs of each tag set
+    print(f"  warm-up done; load average {_load()}", flush=True)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in configs}
     for i in range(runs):
-        walls.append(run_ours(calls, "llmorch-processors")["wall"])
-        print(f"  run {i + 1}/{runs}: {walls[-1]:.2f} s", flush=True)
-    walls.sort()
-    p50 = statistics.median(walls)
-    p99 = walls[min(len(walls) - 1, round(0.99 * (len(walls) - 1)))]
-    print(f"\nours, {runs} runs of {calls} no-op calls: p50 {p50:.2f} s, p99 {p99:.2f} s, p99/p50 {p99 / p50:.2f} (target <= 2)")
+        for name, fn in configs:
+            results[name].append(_cpu(fn))
+        ours, tp = results["ours (run_plan)"][-1], results["ThreadPool, plain @task"][-1]
+        print(
+            f"  round {i + 1}/{runs}: ours {ours['wall']:.2f} s, CPU {ours['cpu'] / calls * 1000:.1f} ms/call, first call"
+            f" {ours['time_to_first_call'] * 1000:.0f} ms | TP plain {tp['wall']:.2f} s, CPU {tp['cpu'] / calls * 1000:.1f}"
+            f" ms/call | load {_load()}", flush=True,
+        )
+    load = _load()
+
+    def stats(name: str, key: str, scale: float = 1.0) -> tuple[float, str]:
+        values = [r[key] * scale for r in results[name]]
+        return statistics.median(values), f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
+
+    print(f"\n{runs} interleaved rounds of {calls} no-op calls, median [min-max]; load average at the end {load}")
+    print(f"{'configuration':<25} {'CPU ms/call':>18} {'1st call ms':>18} {'wall s':>18} {'p50 s':>7} {'p99 s':>7} {'p99/p50':>8}")
+    for name in results:
+        walls = [r["wall"] for r in results[name]]
+        print(
+            f"{name:<25} {stats(name, 'cpu', 1000 / calls)[1]:>18} {stats(name, 'time_to_first_call', 1000)[1]:>18}"
+            f" {stats(name, 'wall')[1]:>18} {_pct(walls, 0.5):>7.2f} {_pct(walls, 0.99):>7.2f} {_pct(walls, 0.99) / _pct(walls, 0.5):>8.2f}"
+        )
+    ours_cpu, tp_cpu = stats("ours (run_plan)", "cpu")[0], stats("ThreadPool, plain @task", "cpu")[0]
+    first = stats("ours (run_plan)", "time_to_first_call", 1000)[0]
+    walls = [r["wall"] for r in results["ours (run_plan)"]]
+    p50, p99 = _pct(walls, 0.5), _pct(walls, 0.99)
+    out = [
+        (f"flow-process CPU per call <= 1.2x ThreadPoolTaskRunner's (plain @task), medians",
+         f"ours {ours_cpu / calls * 1000:.1f} ms, TP {tp_cpu / calls * 1000:.1f} ms: {ours_cpu / tp_cpu:.2f}x", ours_cpu <= 1.2 * tp_cpu),
+        ("time to first call <= 50 ms (warm process, from the flow's start), median", f"{first:.0f} ms", first <= 50),
+        (f"{runs} runs of {calls} no-op calls: p99 <= 2 x p50 (wall per run)",
+         f"p50 {p50:.2f} s, p99 {p99:.2f} s: {p99 / p50:.2f}x", p99 <= 2 * p50),
+    ]
+    for text, value, ok in out:
+        print(f"TARGET {text}: {value} {'PASS' if ok else 'MISS'} (load {load})")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,11 +236,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--process-calls", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--stalls", type=int, default=0)
+    parser.add_argument("--targets", type=int, default=0, metavar="RUNS",
+                        help="issue 14's per-call targets over RUNS interleaved rounds (20: the stall target's runs)")
+    parser.add_argument("--server", choices=_servers.KINDS, default="harness")
     args = parser.parse_args(argv)
     n, m = args.calls, args.process_calls
 
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
-    from prefect.testing.utilities import prefect_test_harness
 
     configs: list[tuple[str, Callable[[], dict[str, float]]]] = [
         ("ours (run_plan)", lambda: run_ours(n, "llmorch-processors")),
@@ -174,9 +251,11 @@ def main(argv: list[str] | None = None) -> None:
         ("ThreadPool, plain @task", lambda: run_plain(ThreadPoolTaskRunner(), n)),
         ("ProcessPool(2), plain @task", lambda: run_plain(ProcessPoolTaskRunner(max_workers=P), m)),
     ]
-    t = time.time()
-    with prefect_test_harness(server_startup_timeout=120):
-        print(f"server: prefect_test_harness (temporary SQLite), started in {time.time() - t:.1f} s")
+    with _servers.server(args.server) as description:
+        print(f"server: {description}; load average {_load()}", flush=True)
+        if args.targets:
+            targets(args.targets)
+            return
         if args.stalls:
             stalls(args.stalls)
             return
