@@ -339,3 +339,104 @@ def test_the_runner_copy_prefect_enters_on_a_worker_starts_nothing_until_used(pr
         assert seen["pid"] in worker_pids and seen["type"] == "LLMOrchDaskTaskRunner"
         assert (seen["started"], seen["pool"], seen["processors"], seen["slots"], seen["threads"]) == (False, False, 0, 0, [])
     assert used["started_after_use"] is True and used["child_pid"] in worker_pids
+
+
+# -- resources on Dask, a tool's exit, the live-runners registry (one cluster) ------------
+
+RESOURCE_PLAN = """\
+s1: search("a", latency=0.3)
+s2: search("b", latency=0.3)
+s3: infer_medium("m", seconds=0.6)
+s4: infer_small("x", seconds=0.6)
+s5: infer_small("y", seconds=0.6)
+s6: infer_medium("n", seconds=0.6)
+"""
+GPU_MEM = {"infer_small": 20, "infer_medium": 40, "infer_large": 60}
+
+
+def _peak(rows: list[dict], weight: Callable[[dict], float]) -> float:
+    events = sorted([(r["start"], weight(r)) for r in rows] + [(r["end"] - 1e-3, -weight(r)) for r in rows])
+    best = cur = 0.0
+    for _, w in events:
+        cur += w
+        best = max(best, cur)
+    return best
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_dask_workers_offer_resources_by_name_and_tool_exits_and_cancels_end_their_calls(prefect_harness, tmp_path):
+    """Workers offer `processor=2,gpu_mem_gb=40` each: the runner's capacities are their sums
+    (P = 4, 80 GB) plus its `search-api` class; Dask places each GPU call where its memory
+    is free, so no worker ever holds more than its 40 GB (the tools' own records, by worker
+    pid), while searches run one at a time in the flow process. A call needing more than
+    any worker offers fails before anything runs; a tool's SystemExit on a worker fails
+    only its call; the started runner is live, and cancelling it ends a running call."""
+    import json
+
+    import mixed_toolbox
+
+    from prefect_llmorch.engine.runner import live_runners
+    from prefect_llmorch.schedule.resources import DemandExceedsCapacity
+
+    log = Path(os.environ["LLMORCH_MIXED_LOG"])  # named in conftest, before the workers start
+    log.unlink(missing_ok=True)
+    marker = tmp_path / "started"
+    marker.mkdir()
+    with dask_cli_cluster(tmp_path, processors_per_worker=2, resources="gpu_mem_gb=40") as cluster:
+        def runner() -> LLMOrchDaskTaskRunner:
+            return LLMOrchDaskTaskRunner(address=cluster.address, concurrency_limit=None, resources={"search-api": 1},
+                                         preload=["mixed_toolbox", "toolboxes_dask"])
+
+        used = runner()
+        report = _run_bounded(lambda: run_plan(RESOURCE_PLAN, mixed_toolbox.toolbox, task_runner=used), timeout=180)
+        worker_pids = cluster.worker_pids()
+
+        with pytest.raises(DemandExceedsCapacity, match="call s1 needs gpu_mem_gb=60 but the largest Dask worker offers gpu_mem_gb=40"):
+            _run_bounded(lambda: run_plan('s1: infer_large("x", seconds=0.1)', mixed_toolbox.toolbox, task_runner=runner()), timeout=120)
+
+        with pytest.raises(PlanRunFailed) as info:
+            _run_bounded(lambda: run_plan("s1: stamp(0.1)\ns2: leave(3)\ns3: stamp(0.1)", toolbox, task_runner=runner()), timeout=120)
+        exits = {c["id"]: c for c in info.value.report.calls}
+
+        box: dict[str, Any] = {}
+
+        def long_run() -> None:
+            try:
+                box["report"] = run_plan(f's1: stamp(20, "{marker}")', toolbox, task_runner=runner())
+            except BaseException as exc:  # noqa: BLE001
+                box["error"] = exc
+
+        t = threading.Thread(target=long_run, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 120
+        while not any(marker.iterdir()):
+            assert time.monotonic() < deadline and t.is_alive(), "the long call never started"
+            time.sleep(0.05)
+        live = [r for r in live_runners() if isinstance(r, LLMOrchDaskTaskRunner)]
+        capacities = [(r.processors, dict(r.resources)) for r in live]
+        for r in live:
+            r.cancel_all()
+        t.join(60)
+        assert not t.is_alive(), "cancel_all did not end the run"
+
+    assert report.state == "Completed", report.message
+    assert report.processors == 4  # the GPU calls ran: the workers' gpu_mem_gb became a capacity
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(r["function"] for r in rows) == sorted(["search"] * 2 + ["infer_medium"] * 2 + ["infer_small"] * 2)
+    gpu = [r for r in rows if r["function"] in GPU_MEM]
+    assert {r["pid"] for r in gpu} <= set(worker_pids)
+    for w in set(worker_pids.values()):
+        on = [r for r in gpu if worker_pids[r["pid"]] == w]
+        assert _peak(on, lambda r: GPU_MEM[r["function"]]) <= 40, f"worker {w} held more than its 40 GB"
+    searches = [r for r in rows if r["function"] == "search"]
+    assert {r["pid"] for r in searches} == {os.getpid()} and _peak(searches, lambda r: 1) <= 1
+
+    assert (exits["s1"]["state"], exits["s2"]["state"], exits["s3"]["state"]) == ("Completed", "Failed", "Completed")
+    assert exits["s2"]["error"].startswith("ToolExit") and "SystemExit(3)" in exits["s2"]["error"]
+
+    assert capacities == [(4, {"gpu_mem_gb": 80.0, "search-api": 1.0})]  # the started runner was live
+    ended = box.get("report") or getattr(box.get("error"), "report", None)
+    assert ended is not None, box
+    (s1,) = ended.calls
+    assert s1["state"] == "Cancelled", s1

@@ -46,7 +46,13 @@ def reject(value: object) -> object:
     raise ValueError(f"cannot use {value!r}")
 
 
-toolbox = Toolbox(stamp, crunch, fetch, reject)
+@compute
+def leave(code: int) -> int:
+    """Exits on the Dask worker (`sys.exit`): a tool's SystemExit."""
+    raise SystemExit(code)
+
+
+toolbox = Toolbox(stamp, crunch, fetch, reject, leave)
 
 
 def free_port() -> int:
@@ -57,7 +63,7 @@ def free_port() -> int:
 
 def worker_env() -> dict[str, str]:
     env = dict(os.environ)
-    paths = [str(ROOT), str(ROOT / "tests")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -87,12 +93,15 @@ def kill_tree(proc: subprocess.Popen | psutil.Process) -> None:
 class DaskCLICluster:
     """A `dask scheduler` and `dask worker` processes started with the documented commands."""
 
-    def __init__(self, n_workers: int = 2, processors_per_worker: int = 1, nanny: bool = True) -> None:
+    def __init__(
+        self, n_workers: int = 2, processors_per_worker: int = 1, nanny: bool = True, resources: str = "",
+    ) -> None:
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.n_workers = n_workers
         self.processors_per_worker = processors_per_worker
         self.nanny = nanny
+        self.resources = resources  # more worker resources, e.g. "gpu_mem_gb=40"
         self.scheduler: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self.logs: list[Path] = []
@@ -111,8 +120,9 @@ class DaskCLICluster:
         )
         for i in range(self.n_workers):
             args = [
-                "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
-                "--resources", f"processor={self.processors_per_worker}", "--no-dashboard",
+                "worker", self.address, "--host", "127.0.0.1", "--nthreads", str(self.processors_per_worker),
+                "--resources", ",".join(filter(None, [f"processor={self.processors_per_worker}", self.resources])),
+                "--no-dashboard",
                 "--name", f"w{i}",
             ]
             if not self.nanny:

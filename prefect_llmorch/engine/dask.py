@@ -54,14 +54,37 @@ Worker loss: if a worker dies mid-call, Dask re-runs the call on another worker 
 for `no_worker_timeout` seconds, waiting calls fail with `WorkerDied` instead of hanging
 (Dask itself would wait for a worker forever).
 
+Resources (issue 16): a Dask worker offers resources by the names calls declare, with
+Dask's own worker resources (`dask worker ... --nthreads 2 --resources
+"processor=2,gpu_mem_gb=40"`). When the runner starts, each offered resource's capacity is
+the sum over the workers (`resources=` on the runner sets or overrides one: an inout class
+such as `search-api`, which no worker needs to offer). The Coordinator admits calls against
+those capacities as on one machine; a compute call is then sent to Dask asking for its whole
+demand among the resources workers offer (`processor` for `processors`, the others by
+name), so Dask starts it only on a worker that has all of it free: no worker ever holds
+more than it offers. A call needing more than the largest worker offers fails before
+anything runs (`DemandExceedsCapacity`, naming the call). With `gpus=` (devices every worker
+sees, e.g. one machine), a call demanding `gpu_mem_gb` is placed on a device and runs on the
+worker with `CUDA_VISIBLE_DEVICES` set to it for that call (set before the function runs,
+restored after; threads of one worker share the environment, so give GPU workers
+`--nthreads 1`, or let each worker offer its own device's `gpu_mem_gb` instead). Inout
+calls hold their classes in the flow process, as on one machine.
+
 Machine-wide guard: as with the local runner, the global concurrency limit
 `llmorch-processors` is created with limit P if absent and held one slot per processor in
-use; on a cluster it guards the cluster across flow runs that share the Prefect server.
+use, and each resource capacity's own limit (`llmorch-<resource>`); on a cluster they guard
+the cluster across flow runs that share the Prefect server.
+
+Cancellation: a started runner is one of `runner.live_runners()`, so Ctrl-C / SIGTERM
+(`flows/interrupt.py`) and flow cancellation (`cancel_all`) cancel its calls' Dask tasks.
+A tool's `SystemExit` / `KeyboardInterrupt` on a worker is that call's failure
+(`workers.ToolExit`), as in the local worker processes.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import importlib
 import logging
 import os
@@ -77,15 +100,24 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
 
-from prefect_llmorch.engine.runner import CALL_ATTR, LLMOrchTaskRunner
-from prefect_llmorch.engine.workers import CallCancelled, CallTimeout, Cancel, Outcome, WorkerDied, WorkerError
+from prefect_llmorch.engine.pool import CALL_ENV
+from prefect_llmorch.engine.runner import _LIVE, _LIVE_LOCK, CALL_ATTR, LLMOrchTaskRunner
+from prefect_llmorch.engine.workers import CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError
+from prefect_llmorch.graph import PROCESSORS
+from prefect_llmorch.schedule.resources import DemandExceedsCapacity
 
 __all__ = ["LLMOrchDaskTaskRunner", "DaskProcessorPool", "PROCESSOR", "cluster_processors"]
 
 logger = logging.getLogger("prefect_llmorch.engine.dask")
 
-#: The Dask worker resource a compute call takes one of.
+#: The Dask worker resource a compute call takes one of (per processor it needs).
 PROCESSOR = "processor"
+
+#: The Dask resources the compute call run from this context asks for (the runner sets it
+#: from the call's demand when it passes the call out); None: one `processor`.
+CALL_DASK_RESOURCES: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "llmorch_dask_resources", default=None
+)
 
 
 def cluster_processors(client: distributed.Client) -> dict[str, int]:
@@ -94,24 +126,46 @@ def cluster_processors(client: distributed.Client) -> dict[str, int]:
     return {addr: int(w.get("resources", {}).get(PROCESSOR, 0)) for addr, w in workers.items()}
 
 
-def _call_on_worker(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, float, float, int, str]:
-    """Runs on a Dask worker: the function call, with wall-clock start/end, pid and worker address."""
+def cluster_resources(client: distributed.Client) -> dict[str, dict[str, float]]:
+    """Every worker's Dask resources (`processor`, `gpu_mem_gb`, ...), by worker address."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return {addr: {k: float(v) for k, v in (w.get("resources") or {}).items()} for addr, w in workers.items()}
+
+
+def _call_on_worker(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: str = "", env: dict[str, str] | None = None,
+) -> tuple[Any, float, float, int, str]:
+    """Runs on a Dask worker: the function call, with wall-clock start/end, pid and worker
+    address; `env` is set in the worker's environment for the call (restored after). A
+    tool's SystemExit/KeyboardInterrupt becomes that call's `ToolExit`."""
     try:
         address = distributed.get_worker().address
     except ValueError:  # not on a worker (tests calling it directly)
         address = ""
     pid = os.getpid()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
     start = time.time()
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:
+        if not isinstance(exc, Exception):  # the tool's exit, not the worker's: a failed call
+            error = ToolExit(call or getattr(fn, "__name__", "call"), exc)
+            error.__cause__ = exc
+            exc = error
         # Exception attributes travel with the pickled exception: the compiler records them.
         try:
             exc.llmorch_timing = (start, time.time(), pid)  # type: ignore[attr-defined]
             exc.llmorch_worker_address = address  # type: ignore[attr-defined]
         except Exception:  # an exception type without a __dict__
             pass
-        raise
+        raise exc
+    finally:
+        for k, old in saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
     return value, start, time.time(), pid, address
 
 
@@ -177,7 +231,8 @@ class DaskProcessorPool:
         if cancel is not None and cancel.is_set():
             raise CallCancelled(f"{call} was cancelled before it started ({cancel.reason})", call=call)
         fut = self.client.submit(
-            _call_on_worker, fn, args, kwargs or {}, key=_key(call), pure=False, resources={PROCESSOR: 1}
+            _call_on_worker, fn, args, kwargs or {}, call, dict(CALL_ENV.get() or {}) or None,
+            key=_key(call), pure=False, resources=dict(CALL_DASK_RESOURCES.get() or {PROCESSOR: 1}),
         )
         # On cancel, the Dask task is cancelled; a thread already running on a worker runs on
         # (Dask cannot interrupt it) and keeps that worker's `processor` until it returns.
@@ -323,6 +378,10 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
         worker_timeout: seconds to wait at start for a worker offering a `processor`.
         no_worker_timeout: seconds a compute call waits with no such worker left before it
             fails (None: forever).
+        resources: capacities of resource classes (`{"search-api": 2}`), added to (and
+            overriding) what the workers offer, summed over them.
+        gpus: GPU devices the workers see (`[{"id": 0, "mem_gb": 80}]`): calls demanding
+            `gpu_mem_gb` are placed on one and run with `CUDA_VISIBLE_DEVICES` set to it.
 
     Attributes:
         dask_runner: the held `DaskTaskRunner` (a fresh one each time the runner starts).
@@ -366,6 +425,8 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
         preload: Iterable[str] = (),
         worker_timeout: float = 60.0,
         no_worker_timeout: float | None = 60.0,
+        resources: dict[str, float] | None = None,
+        gpus: Any = None,
     ) -> None:
         from prefect_llmorch.schedule.policy import check_policy
 
@@ -389,7 +450,12 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
         )
         # Validates the cluster settings now; constructing it connects to nothing.
         self.dask_runner = DaskTaskRunner(**self._dask_settings)
-        LLMOrchTaskRunner.__init__(self, processors=1, policy=policy, concurrency_limit=concurrency_limit, preload=preload)
+        LLMOrchTaskRunner.__init__(
+            self, processors=1, policy=policy, concurrency_limit=concurrency_limit, preload=preload,
+            resources=resources, gpus=gpus,
+        )
+        self._given_resources = dict(self.resources)  # what the settings say; the workers add theirs at start
+        self.worker_resources: dict[str, dict[str, float]] = {}
         self.worker_timeout = worker_timeout
         self.no_worker_timeout = no_worker_timeout
         self.processors = 0  # P: known once started (the workers' `processor` resources)
@@ -430,6 +496,8 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             preload=self.preload,
             worker_timeout=self.worker_timeout,
             no_worker_timeout=self.no_worker_timeout,
+            resources=dict(self._given_resources) or None,
+            gpus=[dict(g) for g in self.gpus] or None,
         )
 
     def duplicate(self) -> "LLMOrchDaskTaskRunner":
@@ -486,6 +554,7 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             self.dask_runner = dask_runner
             self.worker_processors = self._wait_for_processors(client)
             self.processors = sum(self.worker_processors.values())
+            self._offered(client)
             pool = DaskProcessorPool(client, no_worker_timeout=self.no_worker_timeout)
             for addr in sorted(self.worker_processors):
                 pool.worker_index(addr)
@@ -499,7 +568,55 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             self._executor = None
             raise
         self._stack = stack
+        with _LIVE_LOCK:  # Ctrl-C / SIGTERM cancel it (flows/interrupt.py)
+            _LIVE[id(self)] = self
         logger.info("Dask cluster %s: P = %s processors on %s workers", client, self.processors, len(self.worker_processors))
+
+    def _offered(self, client: distributed.Client) -> None:
+        """The resources the workers offer beyond `processor`, summed, become capacities
+        (those given to the runner win)."""
+        self.worker_resources = {a: r for a, r in cluster_resources(client).items() if r.get(PROCESSOR, 0) > 0}
+        offered: dict[str, float] = {}
+        for res in self.worker_resources.values():
+            for name, amount in res.items():
+                if name != PROCESSOR and amount > 0:
+                    offered[name] = offered.get(name, 0.0) + amount
+        if self.gpus:
+            offered.pop("gpu_mem_gb", None)  # the devices say how much there is
+        self._offered_capacities = offered
+        self.resources = {**offered, **self._given_resources}
+
+    def use_resources(self, resources: Any, gpus: Any = None) -> None:
+        """As `LLMOrchTaskRunner.use_resources`, on top of what the workers offer."""
+        LLMOrchTaskRunner.use_resources(self, {**getattr(self, "_offered_capacities", {}), **(resources or {})}, gpus)
+
+    def _dask_request(self, node: str, demand: Any) -> dict[str, float]:
+        """What a compute call asks Dask for: its demand among the resources workers offer
+        (`processor` for `processors`).
+
+        Raises:
+            DemandExceedsCapacity: no single worker offers that much (it could never start).
+        """
+        request: dict[str, float] = {}
+        for name, amount in (demand or {PROCESSORS: 1.0}).items():
+            dask_name = PROCESSOR if name == PROCESSORS else name
+            largest = max((r.get(dask_name, 0.0) for r in self.worker_resources.values()), default=0.0)
+            if name != PROCESSORS and largest <= 0:
+                continue  # no worker offers it: the Coordinator alone bounds it (resources=/gpus=)
+            if amount > largest + 1e-9:
+                exc = DemandExceedsCapacity(node, name, amount, largest)
+                exc.args = (
+                    f"call {node} needs {name}={amount:g} but the largest Dask worker offers {dask_name}={largest:g}; "
+                    "it could never start",
+                )
+                raise exc
+            request[dask_name] = amount
+        return request
+
+    def _placed(self, sub: Any, device: Any) -> None:
+        """A compute call passed out: its device (as the local runner) and its Dask request."""
+        LLMOrchTaskRunner._placed(self, sub, device)
+        sub.context.run(CALL_DASK_RESOURCES.set, self._dask_request(sub.node, sub.demand))
 
     def _start_deferred(self) -> None:
         with self._start_lock:
@@ -547,6 +664,10 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             raise RuntimeError("LLMOrchDaskTaskRunner is not started")
         if getattr(task, CALL_ATTR, None) is not None:
             # A compiled plan call: coordinated here, its compute body sent to Dask by `pool`.
+            call_id = getattr(task, CALL_ATTR)
+            frg = self._frg
+            if frg is not None and call_id in frg and frg.kind[call_id] == "compute":
+                self._dask_request(call_id, frg.demand[call_id])  # one that could never start fails now
             return LLMOrchTaskRunner.submit(self, task, parameters, wait_for, dependencies)
         from prefect.context import TagsContext
 
