@@ -9,9 +9,9 @@ Each system answers each workload's question through a real OpenAI-compatible HT
 (`FakeLLM`, with the config's latency and token delay) scripted with what that system needs
 to read, and runs the calls through Prefect flows (`baselines`).
 
-Printed per workload: each system's makespan (from the first LLM request to the end of the
+Printed per workload: each system's latency (from the first LLM request to the end of the
 last call), speedup vs ReAct-style, LLM round trips, tokens and their ratio vs ReAct-style,
-and our makespan / lower bound. The lower bound is for any system that receives the plan
+and our latency / lower bound. The lower bound is for any system that receives the plan
 by the same stream: each call is released when its line has streamed (latency + token delay
 x tokens up to the newline after it), and
 
@@ -194,7 +194,7 @@ def _with_releases(frg: Any, release: dict[str, float]) -> Any:
 
 
 def simulated(cfg: Config, wl: Workload, system: str, P: int) -> float:
-    """The makespan each system would have with no overheads (the fake LLM's timing, the
+    """The latency each system would have with no overheads (the fake LLM's timing, the
     configured call times; compute calls on threads share one core under the GIL)."""
     from baselines import script_for
     from prefect_llmorch.schedule.simulator import simulate, simulate_baseline
@@ -251,7 +251,7 @@ def measure(cfg: Config, wl: Workload, system: str, P: int) -> Any:
 def _row(run: Any) -> dict[str, Any]:
     z = run.zero()
     return {
-        "makespan": run.makespan, "wall": run.wall, "round_trips": len(run.llm),
+        "latency": run.latency, "makespan": run.makespan, "wall": run.wall, "round_trips": len(run.llm),
         "prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens,
         "llm": [(s - z, e - z) for s, e in run.llm],
         "calls": [{**c, "start": c["start"] - z, "end": c["end"] - z} for c in run.calls],
@@ -276,11 +276,11 @@ def run_all(cfg: Config, systems: list[str], names: list[str], repeat: int, log:
                 if P != cfg.main_p and system not in ("llmorch-paper", "llmorch-critical-path"):
                     continue  # the baselines do not use P (threads, one core for compute)
                 runs = [measure(cfg, wl, system, P) for _ in range(repeat)]
-                med = sorted(runs, key=lambda r: r.makespan)[len(runs) // 2]
+                med = sorted(runs, key=lambda r: r.latency)[len(runs) // 2]
                 row = _row(med)
-                row["all_makespans"] = [r.makespan for r in runs]
+                row["all_latencies"] = [r.latency for r in runs]
                 results[name].setdefault(str(P), {})[system] = row
-                log(f"  {wl.title:<34} P={P} {LABELS[system]:<21} makespan {row['makespan']:6.2f} s  "
+                log(f"  {wl.title:<34} P={P} {LABELS[system]:<21} latency {row['latency']:6.2f} s  "
                     f"(wall {row['wall']:5.2f} s, {row['round_trips']} LLM requests, "
                     f"{row['prompt_tokens'] + row['completion_tokens']} tokens)")
     assert set(systems) <= set(SYSTEMS)
@@ -304,13 +304,13 @@ def summarize(cfg: Config, results: dict[str, Any], systems: list[str]) -> list[
             tokens = r["prompt_tokens"] + r["completion_tokens"]
             rows.append({
                 "workload": name, "title": wl.title, "system": system, "P": P,
-                "makespan": r["makespan"],
-                "speedup": react["makespan"] / r["makespan"] if react else None,
+                "latency": r["latency"],
+                "speedup": react["latency"] / r["latency"] if react else None,
                 "round_trips": r["round_trips"], "tokens": tokens,
                 "token_ratio": tokens / (react["prompt_tokens"] + react["completion_tokens"]) if react else None,
                 "simulated": simulated(cfg, wl, system, P), "lower_bound": lb,
-                "vs_lb": r["makespan"] / lb if system.startswith("llmorch") else None,
-                "vs_lb_measured": r["makespan"] / measured_lower_bound(cfg, wl, r, P) if system.startswith("llmorch") else None,
+                "vs_lb": r["latency"] / lb if system.startswith("llmorch") else None,
+                "vs_lb_measured": r["latency"] / measured_lower_bound(cfg, wl, r, P) if system.startswith("llmorch") else None,
                 "compute_stretch": _stretch(wl, r),
             })
     return rows
@@ -343,23 +343,23 @@ def tables(cfg: Config, rows: list[dict[str, Any]], systems: list[str]) -> str:
     names = list(dict.fromkeys(r["workload"] for r in rows))
     by = {(r["workload"], r["system"]): r for r in rows}
     head = ["workload"] + [LABELS[s] for s in systems] + ["ours / LB", "ours / LB (measured call times)"]
-    out = [f"Speedup of makespan vs ReAct-style (measured, P = {P}; makespan in seconds in brackets):", "",
+    out = [f"Speedup of latency vs ReAct-style (measured, P = {P}; latency in seconds in brackets):", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in names:
         cells = [cfg.workloads[n].title]
         for s in systems:
             r = by[(n, s)]
-            cells.append(f"{_fmt(r['speedup'], '.2f', 'x')} ({r['makespan']:.2f})")
+            cells.append(f"{_fmt(r['speedup'], '.2f', 'x')} ({r['latency']:.2f})")
         ours = by.get((n, OURS))
         cells.append(_fmt(ours and ours["vs_lb"], ".3f"))
         cells.append(_fmt(ours and ours["vs_lb_measured"], ".3f"))
         out.append("| " + " | ".join(cells) + " |")
     out += ["", f"Every system, P = {P}:", "",
-            "| workload | system | makespan (s) | speedup vs ReAct | LLM requests | tokens | tokens / ReAct | simulated (s) | LB (s) | / LB | compute stretch |",
+            "| workload | system | latency (s) | speedup vs ReAct | LLM requests | tokens | tokens / ReAct | simulated (s) | LB (s) | / LB | compute stretch |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(
-            f"| {r['title']} | {LABELS[r['system']]} | {r['makespan']:.2f} | {_fmt(r['speedup'], '.2f', 'x')} | "
+            f"| {r['title']} | {LABELS[r['system']]} | {r['latency']:.2f} | {_fmt(r['speedup'], '.2f', 'x')} | "
             f"{r['round_trips']} | {r['tokens']} | {_fmt(r['token_ratio'], '.2f')} | {r['simulated']:.2f} | "
             f"{r['lower_bound']:.2f} | {_fmt(r['vs_lb'], '.3f')} | {_fmt(r['compute_stretch'], '.2f')} |"
         )
@@ -378,14 +378,14 @@ def claims(cfg: Config, rows: list[dict[str, Any]]) -> list[tuple[str, bool, str
         for other in ("llmcompiler", "parallel-fc"):
             if (name, other) in by:
                 o = by[(name, other)]
-                out.append((f"{title}: ours beats {LABELS[other]}", ours["makespan"] < o["makespan"],
-                            f"{ours['makespan']:.2f} s vs {o['makespan']:.2f} s"))
+                out.append((f"{title}: ours beats {LABELS[other]}", ours["latency"] < o["latency"],
+                            f"{ours['latency']:.2f} s vs {o['latency']:.2f} s"))
         out.append((f"{title}: ours within 10% of the lower bound", ours["vs_lb"] <= 1.10,
-                    f"{ours['makespan']:.2f} s / {ours['lower_bound']:.2f} s = {ours['vs_lb']:.3f}"))
+                    f"{ours['latency']:.2f} s / {ours['lower_bound']:.2f} s = {ours['vs_lb']:.3f}"))
         if (name, NOLIMIT) in by:
             n = by[(name, NOLIMIT)]
             out.append((f"{title} (diagnostic): ours without the global concurrency limit within 10% of the lower bound",
-                        n["vs_lb"] <= 1.10, f"{n['makespan']:.2f} s / {n['lower_bound']:.2f} s = {n['vs_lb']:.3f}"))
+                        n["vs_lb"] <= 1.10, f"{n['latency']:.2f} s / {n['lower_bound']:.2f} s = {n['vs_lb']:.3f}"))
     return out
 
 
@@ -414,14 +414,14 @@ def plot_speedup(cfg: Config, results: dict[str, Any], systems: list[str], path:
             for system, r in got.items():
                 if system == "react":
                     continue
-                ax.plot(int(p), react["makespan"] / r["makespan"], "o", color=colors[system], markersize=8,
+                ax.plot(int(p), react["latency"] / r["latency"], "o", color=colors[system], markersize=8,
                         markeredgecolor="black", label=None)
         ax.plot([], [], "o", color="white", markeredgecolor="black", label="measured on this machine (2 cores)")
         ax.axvspan(0.5, os.cpu_count() + 0.5, color="0.92", zorder=0)
         ax.text(os.cpu_count() + 0.6, ax.get_ylim()[0] + 0.05, "above the machine's cores:\nsimulated only", fontsize=8, va="bottom")
         ax.set_title(f"{wl.title}: speedup vs ReAct-style")
         ax.set_xlabel("processors P")
-        ax.set_ylabel("speedup of makespan vs ReAct-style")
+        ax.set_ylabel("speedup of latency vs ReAct-style")
         ax.set_xticks(Ps)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7.5, loc="upper left")
@@ -454,7 +454,7 @@ def plot_gantt(cfg: Config, results: dict[str, Any], systems: list[str], path: P
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels(rows, fontsize=6)
         ax.invert_yaxis()
-        ax.set_title(f"{LABELS[system]}: makespan {r['makespan']:.2f} s", fontsize=9, loc="left")
+        ax.set_title(f"{LABELS[system]}: latency {r['latency']:.2f} s", fontsize=9, loc="left")
         ax.grid(axis="x", alpha=0.3)
     axes[-1].set_xlabel("seconds from the first LLM request")
     fig.legend(handles=[Patch(color=color["llm"], label="LLM request (planner / step)"),
