@@ -6,7 +6,8 @@
 
 Calls finish in task threads; updating the artifact there would put an API round trip
 on the critical path of every call. The recorder's listener only notes that something
-changed; one daemon thread sends at most one update per `interval` seconds.
+changed; one daemon thread sends at most one update per `interval` seconds (1 s: each
+update is a database write on the server that the calls' own state events wait behind).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ARTIFACT_KEY = "llmorch-progress"
 class RunProgress:
     """Keeps the `llmorch-progress` artifact of the current flow run up to date."""
 
-    def __init__(self, recorder: Recorder, interval: float = 0.5) -> None:
+    def __init__(self, recorder: Recorder, interval: float = 1.0) -> None:
         self.recorder = recorder
         self.interval = interval
         self.artifact_id: UUID | None = None
@@ -38,7 +39,7 @@ class RunProgress:
         self._last: tuple[float, str] | None = None
 
     @classmethod
-    def start(cls, recorder: Recorder, interval: float = 0.5) -> "RunProgress":
+    def start(cls, recorder: Recorder, interval: float = 1.0) -> "RunProgress":
         """Listen to the recorder; the artifact (0 %) is created by the updater thread, so
         its API round trip is not on the way to the first call. Never raises."""
         self = cls(recorder, interval)
