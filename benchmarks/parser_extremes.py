@@ -4,7 +4,8 @@ pathological plans, each case in its own process.
     python benchmarks/parser_extremes.py            # every case
     python benchmarks/parser_extremes.py list sum   # some
 
-Cases: `list` (0.9 MB list of distinct ints), `list10` (1 MB list of 0-9), `mixed` (a 169 KB
+Cases: `list` (0.9 MB list of distinct ints), `list10` (1 MB list of 0-9), `dicts` (a list of
+25,000 small dicts of literals, 1 MB), `mixed` (a 169 KB
 list ending in a reference: the general list rule), `undef` (5,000 undefined references on
 one line), `undef_lines` (5,000 calls each with one), `sum` (a flat 10,000-term sum), `deep`
 (lists nested 3,000 deep: a clear error), `render` (parse and `to_text` of 1 MB of `{s1}`).
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 
-CASES = ("list", "list10", "mixed", "undef", "undef_lines", "sum", "deep", "render")
+CASES = ("list", "list10", "dicts", "mixed", "undef", "undef_lines", "sum", "deep", "render")
 
 
 def _texts(case: str) -> list[tuple[str, str, str]]:
@@ -29,6 +30,9 @@ def _texts(case: str) -> list[tuple[str, str, str]]:
     if case == "list10":
         body = ",".join(str(i % 10) for i in range(500_000))
         return [("list 1.0 MB (0-9)", f"s1: f([{body}])\n", "parse")]
+    if case == "dicts":
+        rows = ", ".join(f'{{"id": {i}, "name": "n{i}", "ok": true}}' for i in range(25_000))
+        return [("25,000 dicts, 1 MB", f"s1: f([{rows}])\n", "parse")]
     if case == "mixed":
         body = ",".join(str(i) for i in range(30_000))
         return [("list 169 KB + a ref", f"s0: g()\ns1: f([{body}, s0])\n", "parse")]

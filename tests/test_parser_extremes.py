@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefect_llmorch.plan.common import Pos, context, line_text
-from prefect_llmorch.plan.errors import MAX_REPORTED, PlanErrors, PlanReferenceError, PlanSyntaxError
+from prefect_llmorch.plan.errors import MAX_REPORTED, PlanError, PlanErrors, PlanReferenceError, PlanSyntaxError
 from prefect_llmorch.plan.evaluate import evaluate
-from prefect_llmorch.plan.model import Arg, Call, ListExpr, Literal, Plan, Ref, Template, chain
+from prefect_llmorch.plan.model import Arg, Call, DictExpr, ListExpr, Literal, Plan, Ref, Template, chain
 from prefect_llmorch.plan.parser import MAX_NESTING, _PARSER, parse
 from prefect_llmorch.plan.render import render
 
@@ -59,8 +59,8 @@ def test_literal_list_fast_path_reads_like_the_general_rule(items: list[tuple[st
     forced = f's0: g()\ns1: f([{body}{"" if not items or trailing else ","} s0])\n'
     try:
         fast = parse(plain)["s1"].args[0].value
-    except PlanSyntaxError:
-        with pytest.raises(PlanSyntaxError):
+    except PlanError:
+        with pytest.raises(PlanError):
             parse(forced)
         return
     slow = parse(forced)["s1"].args[0].value
@@ -68,6 +68,44 @@ def test_literal_list_fast_path_reads_like_the_general_rule(items: list[tuple[st
     assert slow.items[-1] == Ref("s0")
     assert fast.items == slow.items[:-1]
     assert [type(getattr(x, "value", x)) for x in fast.items] == [type(getattr(x, "value", x)) for x in slow.items[:-1]]
+
+
+_KEY = st.one_of(
+    st.integers(-10**6, 10**6).map(str),
+    st.sampled_from(["1.5", "-2e3", "007", "true", "- 1", '"a b"', "'c'", '"x\\ny"', '"{s0}"', "s0"]),
+    st.text(max_size=5).map(lambda s: '"' + s.replace("\\", "").replace('"', "") + '"'),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_KEY, _ITEM, _SEP), max_size=8), st.booleans())
+def test_literal_dict_fast_path_reads_like_the_general_rule(pairs: list[tuple[str, str, str]], trailing: bool) -> None:
+    body = "".join(f"{k}: {v}{sep}" for k, v, sep in pairs)
+    if pairs and not trailing:
+        body = body[: len(body) - len(pairs[-1][2])]
+    plain = f's0: g()\ns1: f({{{body}}})\n'
+    forced = f's0: g()\ns1: f({{{body}{"" if not pairs or trailing else ","} "zz": s0}})\n'
+    try:
+        fast = parse(plain)["s1"].args[0].value
+    except PlanError:
+        with pytest.raises(PlanError):
+            parse(forced)
+        return
+    slow = parse(forced)["s1"].args[0].value
+    assert isinstance(fast, DictExpr) and isinstance(slow, DictExpr)
+    assert slow.items[-1] == ("zz", Ref("s0"))
+    assert fast.items == slow.items[:-1]
+    assert [(type(k), type(getattr(v, "value", v))) for k, v in fast.items] == \
+        [(type(k), type(getattr(v, "value", v))) for k, v in slow.items[:-1]]
+
+
+def test_list_of_plain_dicts_is_one_token_per_dict() -> None:
+    rows = [f'{{"id": {i}, "name": "n{i}", "ok": true}}' for i in range(2000)]
+    text = f"s1: f([{', '.join(rows)}])\n"
+    kinds = [t.data for t in _PARSER.parse(text).iter_subtrees()]
+    assert kinds.count("literal_dict") == 2000 and "pair" not in kinds
+    value = parse(text)["s1"].args[0].value
+    assert value.items[7] == DictExpr((("id", Literal(7)), ("name", Literal("n7")), ("ok", Literal(True))))
 
 
 def test_index_step_is_not_a_literal_list() -> None:

@@ -295,25 +295,12 @@ class _Builder(Transformer_NonRecursive):  # type: ignore[type-arg]
         return ListExpr(tuple(items))
 
     def literal_list(self, tok: Token) -> ListExpr:
-        # Equal literals are immutable, so one object serves every repeat of a text.
-        seen: dict[str, Literal] = dict(_CONSTANTS)
-        items: list[Expr] = []
-        append = items.append
-        for m in _LITERAL_ITEM.finditer(tok):
-            item = m.group(1)
-            if item is None:
-                continue  # a comment
-            lit = seen.get(item)
-            if lit is None:
-                if item[0] in "\"'":
-                    lit = Literal(item[1:-1])  # no escapes, braces or `$`: as written
-                elif m.group(2) is None:
-                    lit = Literal(int(item))
-                else:
-                    lit = Literal(float(item))
-                seen[item] = lit
-            append(lit)
-        return ListExpr(tuple(items))
+        return ListExpr(tuple(_literal_items(tok)))
+
+    def literal_dict(self, tok: Token) -> DictExpr:
+        items = _literal_items(tok)  # key, value, key, value, ...
+        keys = [k.value for k in items[0::2]]  # type: ignore[union-attr]
+        return DictExpr(tuple(zip(keys, items[1::2])))
 
     def dict(self, *pairs: tuple[Any, Expr]) -> DictExpr:
         return DictExpr(tuple(pairs))
@@ -331,11 +318,35 @@ class _Builder(Transformer_NonRecursive):  # type: ignore[type-arg]
         return -_number(tok)
 
 
-# The items of a LITERAL_LIST token (see grammar.lark); comments are matched to be skipped.
+# The items of a LITERAL_LIST or LITERAL_DICT token (grammar.lark); comments are matched to
+# be skipped. A `:` or `,` is never inside an item, so the items come in order.
 _LITERAL_ITEM = re.compile(r"""("[^"]*"|'[^']*'|-?\d+(\.\d+|(?=[eE]))?(?:[eE][+-]?\d+)?"""
                            r"|true|True|false|False|null|None)|#[^\n]*")
 _CONSTANTS = {"true": Literal(True), "True": Literal(True), "false": Literal(False),
               "False": Literal(False), "null": Literal(None), "None": Literal(None)}
+
+
+def _literal_items(tok: Token) -> list[Literal]:
+    """The literals of a LITERAL_LIST or LITERAL_DICT token, in order. Equal literals are
+    immutable, so one object serves every repeat of a text."""
+    seen: dict[str, Literal] = dict(_CONSTANTS)
+    items: list[Literal] = []
+    append = items.append
+    for m in _LITERAL_ITEM.finditer(tok):
+        item = m.group(1)
+        if item is None:
+            continue  # a comment
+        lit = seen.get(item)
+        if lit is None:
+            if item[0] in "\"'":
+                lit = Literal(item[1:-1])  # no escapes, braces or `$`: as written
+            elif m.group(2) is None:
+                lit = Literal(int(item))
+            else:
+                lit = Literal(float(item))
+            seen[item] = lit
+        append(lit)
+    return items
 
 
 def _number(tok: Token) -> int | float:
