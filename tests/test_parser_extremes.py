@@ -173,23 +173,21 @@ def test_line_text_and_context() -> None:
 
 def test_flat_ten_thousand_term_sum_parses_evaluates_renders_and_pickles() -> None:
     n = 10_000
-    text = "s1: f(" + " + ".join(["1"] * n) + ")"
-    plan = parse(text)
+    plan = parse("s1: f(" + " + ".join(["1"] * n) + ")")
     expr = plan["s1"].args[0].value
     first, rest = chain(expr)
     assert first == Literal(1) and len(rest) == n - 1 and {op for op, _ in rest} == {"+"}
     assert evaluate(expr, {}) == n
-    assert parse(render(plan)) == plan
-    assert parse(plan.to_text("llmcompiler"))["1"].args == plan["s1"].args
+    back = parse(render(plan))  # ((1 + 1) + 1) ...: 10,000 parentheses, still no nesting
+    assert back == plan and hash(back["s1"].args[0].value) == hash(expr)
     assert pickle.loads(pickle.dumps(plan)) == plan
+    assert repr(expr).count("BinOp(") == n - 1
     with pytest.raises(ValueError, match="nests too deeply for the JSON form"):
         plan.to_text("json")  # nested {"op", "left", "right"} objects: a clear refusal
-    assert hash(expr) == hash(parse(text)["s1"].args[0].value)
-    assert repr(expr).count("BinOp(") == n - 1
 
 
 def test_long_mixed_chain_keeps_precedence_and_left_to_right_order() -> None:
-    terms = 3000
+    terms = 1500  # past Python's recursion limit along the spine
     text = "s0: g()\ns1: f(" + " - ".join(f"s0 * {i}" for i in range(terms)) + ")"
     expr = parse(text)["s1"].args[0].value
     assert evaluate(expr, {"s0": 2}) == 0 - sum(2 * i for i in range(1, terms))
