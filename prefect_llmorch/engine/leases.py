@@ -305,8 +305,18 @@ class GlobalLimit:
 
         # The client's own retries off once for this thread: `_quick` retries faster, and a
         # settings copy per request cost more flow-process CPU than the request (py-spy).
+        _waiting.between = self._keep_fresh
         with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
             self._serve()
+
+    def _keep_fresh(self) -> None:
+        """Between retries of a request the server refused (503 behind a backlog of writes):
+        re-read the tag limits when the snapshot is getting old, so calls started meanwhile are
+        still primed; unprimed, Prefect's engine asks for tag slots itself and a 503 there
+        fails the call (seen in benchmarks at load 4-6)."""
+        snapshot = self._tag_limits
+        if (snapshot is None or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL / 2) and self._active():
+            self._read_tag_limits()
 
     def _serve(self) -> None:
         while True:
@@ -582,8 +592,25 @@ def _quick(call: Any, *args: Any, **kwargs: Any) -> Any:
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code < 500 or time.monotonic() > deadline:
                 raise
+        _between_retries()
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
+
+
+_waiting = threading.local()  # the API thread's `between`: what to do while a request waits
+
+
+def _between_retries() -> None:
+    between = getattr(_waiting, "between", None)
+    if between is None or getattr(_waiting, "busy", False):
+        return
+    _waiting.busy = True  # its own requests retry without calling it again
+    try:
+        between()
+    except Exception as exc:  # best effort: the request's retry goes on
+        logger.debug("between retries: %s", exc)
+    finally:
+        _waiting.busy = False
 
 
 def _transient(exc: BaseException) -> bool:
@@ -610,6 +637,7 @@ def _patient(call: Any, *args: Any, patience: float | None = None, **kwargs: Any
             if not told:
                 told = True
                 logger.warning("the Prefect API is busy (%s); retrying for up to %.0f s", exc, deadline - time.monotonic())
+        _between_retries()
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
 
