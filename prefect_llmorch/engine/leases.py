@@ -28,6 +28,12 @@ on one thread (a SQLite server answers 503 "database is locked" to bursts of wri
   the same way (`configure` names them, `adjust(target, busy, name)` sizes each), cleared
   the same way from the ledger when their holder is gone. A call takes whole slots:
   `limit_slots` of its demand (2 of `llmorch-processors` for a call needing 2 processors).
+  Two flow runs could each hold part of what the other's waiting calls need (one all the
+  processors, the other the GPU memory; or one processor slot each for 2-processor calls),
+  and wait forever. So a runner never holds and waits: when none of its calls runs, some
+  wait, a limit they need is held by others (`blocked`) and it holds idle slots, it gives
+  them back and takes none for a random 0.5-2 s (`back_off`); one of the runs gets all it
+  needs first.
 - **Tag-limit look-ups.** Prefect's task engine asks the API for slots of every tag of every
   task run (`tag:inout`, `tag:rank:2`, ...), caching "no limits" per tag set for 5 s. That
   request is a write; on a SQLite server it fails at once with "database is locked" when the
@@ -50,6 +56,7 @@ import json
 import logging
 import os
 import queue
+import random
 import threading
 import time
 import uuid
@@ -104,6 +111,7 @@ class _Guard:
     acquiring: int = 0
     size: int | None = None  # the limit's size, once read
     told_waiting: bool = False
+    blocked: bool = False  # the last request found the slots held by other flow runs
 
 
 class GlobalLimit:
@@ -138,6 +146,7 @@ class GlobalLimit:
         self._holder_id: Any = None
         self.failures: dict[str, str] = {}  # limit -> why it cannot be had: calls needing it fail with it
         self._stopping = False
+        self._paused_until = 0.0  # backing off: no slot is taken before this (monotonic)
         self._warm: set[frozenset[str]] = set()
         # (monotonic time of the read, tags that have a `tag:` concurrency limit), or None.
         self._server = _server_key()
@@ -195,6 +204,44 @@ class GlobalLimit:
         """Why one of these limits cannot be had, or None."""
         with self._lock:
             return next((self.failures[n] for n in names if n in self.failures), None)
+
+    def blocked(self, names: Iterable[str]) -> bool:
+        """Whether one of these limits' last requests found its slots held by other flow runs."""
+        with self._lock:
+            return any(self._guards[n].blocked for n in names if n in self._guards)
+
+    def back_off(self) -> None:
+        """Give back every idle slot (none of the runner's calls holds it: `busy`) and take
+        none for a random 0.5-2 s, then take the targets again (see the module docstring).
+        Called by a runner whose waiting calls cannot start while it holds slots others need."""
+        with self._lock:
+            now = time.monotonic()
+            if self._stopping or now < self._paused_until or not any(g.slots > g.busy for g in self._guards.values()):
+                return  # nothing idle to give back: keep asking
+            pause = random.uniform(0.5, 2.0)
+            self._paused_until = now + pause
+            released = 0
+            for guard in self._guards.values():
+                while guard.slots > guard.busy:
+                    lease = next((h for h in reversed(guard.held) if h[1] <= guard.slots - guard.busy), None)
+                    if lease is None:
+                        break
+                    guard.held.remove(lease)
+                    guard.slots -= lease[1]
+                    released += lease[1]
+                    self._job("release", lease[0])
+        if released:
+            logger.info("gave back %s idle slot(s) for %.1f s: other flow runs hold what the waiting calls need", released, pause)
+        resume = threading.Timer(pause, self._resume)
+        resume.daemon = True
+        resume.start()
+
+    def _resume(self) -> None:
+        with self._lock:
+            self._paused_until = 0.0  # (a timer may fire a hair before the pause's end)
+            again = [(g.target, g.busy, g.name) for g in self._guards.values()]
+        for target, busy, name in again:
+            self.adjust(target, busy, name)
 
     def configure(self, limits: Mapping[str, int]) -> None:
         """Guard these limits too (name -> the size to create it with); names already
@@ -274,7 +321,7 @@ class GlobalLimit:
             if name in self.failures or self._stopping:
                 return
             missing = target - guard.slots - guard.acquiring
-            if missing > 0 and guard.acquiring == 0:
+            if missing > 0 and guard.acquiring == 0 and time.monotonic() >= self._paused_until:
                 guard.acquiring = missing
                 self._job("acquire", (name, missing))
             while guard.slots > target:
@@ -456,8 +503,8 @@ class GlobalLimit:
         with self._lock:
             guard.acquiring = 0
             need = min(guard.target, guard.size if guard.size is not None else guard.target) - guard.slots
-            if self._stopping or name in self.failures or need <= 0:
-                return
+            if self._stopping or name in self.failures or need <= 0 or time.monotonic() < self._paused_until:
+                return  # (backing off: `_resume` asks again)
             n = min(n, need)
         try:
             lease = self._lease_request(name, n)
@@ -465,6 +512,8 @@ class GlobalLimit:
             self._give_up(exc, name)
             return
         if lease is None:  # not free now (other flow runs hold them): ask again in a moment
+            guard.blocked = True
+            self._wake()  # the runner may need to back off
             if not guard.told_waiting and guard.slots == 0:
                 guard.told_waiting = True
                 logger.warning(
@@ -480,6 +529,7 @@ class GlobalLimit:
             retry.start()
             return
         with self._lock:
+            guard.blocked = False
             guard.held.append((lease, n))
             guard.slots += n
             target, busy = guard.target, guard.busy

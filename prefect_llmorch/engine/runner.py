@@ -686,6 +686,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 co.done(*finished)
                 self.trace.append(("done", tuple(finished)))
             start.extend(self._admit_held())
+            if self._held and not start and not any(self._in_use.values()):
+                # Nothing runs, calls wait, others hold what they need: never hold and wait.
+                if self._limit.blocked({k for s in self._held for k in s.needs}):
+                    self._limit.back_off()
             self.max_running_compute = max(self.max_running_compute, self._running_compute)
             executor = self._executor
         for s in start:
