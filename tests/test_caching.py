@@ -146,3 +146,30 @@ def test_recovery_and_the_cache_agree(runs, tmp_path: Path) -> None:
     # Only the call that failed ran again: ticker("Aple") and both repaired calls came from the cache.
     assert [line.split()[:2] for line in runs()][4:] == [["quote", "?Aple"]]
     assert {c.id for c in second.calls if c.cached} == {"s1", "s2"}
+
+
+def test_a_cached_compute_call_takes_no_processor(runs, tmp_path: Path) -> None:
+    """The runner asks whether a cache=True compute call's result is stored before the call
+    takes a slot: on the second run no compute call holds a processor (the runner's own
+    count) and none reaches a worker (the tools' records)."""
+    from prefect import flow
+
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.execute import current_llmorch_runner, execute
+    from prefect_llmorch.functions import load_toolbox
+    from prefect_llmorch.plan.parser import parse
+
+    tb = load_toolbox(TOOLBOX)
+    x, L = _unique(tmp_path), runs.log
+    plan = parse(f's1: square({x}, "{L}")\ns2: square(s1, "{L}")\ns3: square({x + 1}, "{L}")\n', tb)
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+    def twice() -> tuple[int, int, list[bool]]:
+        _, _, report = execute(plan, tb, processors=1)
+        runner = current_llmorch_runner()
+        return runner.max_running_compute, runner.cached_without_slot, [c.cached for c in report.calls]
+
+    assert twice() == (1, 0, [False, False, False])
+    assert len(runs()) == 3
+    assert twice() == (0, 3, [True, True, True])  # no call took a processor, s2 once s1 was done
+    assert len(runs()) == 3

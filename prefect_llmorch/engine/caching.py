@@ -14,6 +14,15 @@ the upstream results). Not in the key: the call's id, its position in the plan, 
 credentials passed at call time (never hashed, never stored). A repaired call has new
 arguments and so a new key; a failed call stores nothing (Prefect persists only Completed
 results).
+
+A cached compute call takes no processor: its compiled task carries a probe
+(`CACHE_PROBE_ATTR`, `cache_probe`) that the runner calls once the call's inputs are done and
+before the call takes a slot. The probe computes the key Prefect's engine will compute (this
+policy, on the resolved inputs) and asks the task's result store whether a record exists
+(`ResultStore.exists`, the check Prefect's transaction makes). On a hit the runner starts
+the task run at once, holding no slot; Prefect's engine then finds the same record and the
+task run ends `Cached`. (Should the record vanish between the two looks, the function runs,
+still on one of the pool's P worker processes, which it waits for.)
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import hashlib
 import inspect
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from prefect.cache_policies import CachePolicy
 from prefect.utilities.hashing import hash_objects
@@ -31,7 +40,11 @@ from prefect_llmorch.functions import FunctionSpec
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call
 
-__all__ = ["CallCache", "NotCacheable", "function_version", "task_cache_options"]
+__all__ = ["CACHE_PROBE_ATTR", "CallCache", "NotCacheable", "cache_probe", "function_version", "task_cache_options"]
+
+#: Attribute of a compiled `cache=True` compute task: `probe(parameters) -> bool`, whether
+#: its result is stored already (the runner then gives it no processor).
+CACHE_PROBE_ATTR = "llmorch_cache_probe"
 
 
 class NotCacheable(TypeError):
@@ -98,3 +111,30 @@ def task_cache_options(spec: FunctionSpec, call: Call, *, enabled: bool = True) 
         "persist_result": True,
         "cache_expiration": expiration if isinstance(expiration, timedelta) or expiration is None else timedelta(seconds=float(expiration)),
     }
+
+
+def cache_probe(task: Any) -> Callable[[Mapping[str, Any]], bool]:
+    """`probe(parameters)`: whether Prefect's engine will answer this task run from its cache.
+
+    `parameters` are the task's submitted parameters (`inputs`: upstream futures, done by
+    the time the runner asks). Any doubt (an input that failed, a key that cannot be made,
+    `refresh_cache`, a store that cannot be read) is a miss: the call takes its processor
+    as any other and Prefect's engine decides as usual."""
+
+    def probe(parameters: Mapping[str, Any]) -> bool:
+        from prefect.results import get_result_store
+        from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
+
+        policy = task.cache_policy
+        refresh = task.refresh_cache if task.refresh_cache is not None else PREFECT_TASKS_REFRESH_CACHE.value()
+        if not isinstance(policy, CallCache) or refresh:
+            return False
+        try:
+            upstream = parameters.get("inputs") or {}
+            inputs = {cid: fut.result(raise_on_failure=True) for cid, fut in upstream.items()}
+            key = policy.compute_key(None, {"inputs": inputs}, {})
+            return key is not None and bool(get_result_store().update_for_task(task).exists(key))
+        except Exception:
+            return False
+
+    return probe

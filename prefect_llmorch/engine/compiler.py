@@ -31,7 +31,7 @@ from prefect_llmorch.functions import CREDENTIALS_PARAM, SELF, FunctionSpec, Too
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
-from prefect_llmorch.engine.caching import NotCacheable, task_cache_options
+from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR, NotCacheable, cache_probe, task_cache_options
 from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, wait_first
 from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
@@ -257,6 +257,8 @@ class Compiler:
         )
         setattr(task, CALL_ATTR, call.id)
         setattr(task, CANCEL_ATTR, token)
+        if caching and kind == "compute":
+            setattr(task, CACHE_PROBE_ATTR, cache_probe(task))  # the runner looks before it takes a slot
         task.llmorch_call = call  # type: ignore[attr-defined]  # the Call itself (stale checks)
         recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
         return task

@@ -73,6 +73,7 @@ import psutil
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import TaskRunner
 
+from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR
 from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
 from prefect_llmorch.engine.leases import GlobalLimit
 from prefect_llmorch.engine.pool import CALL_ENV, CallCancelled, CallNotSent, Cancel
@@ -137,6 +138,9 @@ class _Submission:
     state: str = "pending"  # pending -> running -> done
     external: PrefectFuture[Any] | None = None  # an upstream future of somewhere else
     finished: bool = False  # external: its future is done
+    probe: Any = None  # a cache=True compute call: is its result stored? (`caching.cache_probe`)
+    device: Any = None  # where the Coordinator placed it (while its probe runs)
+    cached: bool = False  # the probe found its result: it runs holding no slot
 
 
 class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
@@ -225,6 +229,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._running_compute = 0
         self._unfinished_compute = 0
         self.max_running_compute = 0  # observed, for tests and reports
+        self.cached_without_slot = 0  # compute calls started without a slot: their result was stored
         self._closing = False
         self._cancelled = ""
         self.trace: list[tuple[str, tuple[str, ...]]] = []
@@ -488,6 +493,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             future=concurrent.futures.Future(),
             cancel=cancel,
             tags=tags,
+            probe=getattr(task, CACHE_PROBE_ATTR, None) if kind == "compute" else None,
         )
         foreign: list[_Submission] = []
         with self._lock:
@@ -645,6 +651,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         """Ask the Coordinator what starts now and start it (compute calls once a slot of
         the global limit is held for them)."""
         start: list[_Submission] = []
+        probing: list[_Submission] = []
         with self._lock:
             if self._executor is None or self._closing:
                 return
@@ -675,6 +682,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                         device = co.device_of(node)
                         if sub.kind == "compute":
                             self._placed(sub, device)
+                        if sub.probe is not None:  # a stored result needs no slot: look first, unlocked
+                            sub.device = device
+                            probing.append(sub)
+                            continue
                         sub.needs = self._needs(sub, device)
                         if sub.needs:
                             self._held.append(sub)
@@ -694,6 +705,31 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             executor = self._executor
         for s in start:
             executor.submit(s.context.run, self._run, s)
+        for s in probing:  # in a copy: on a miss, `_run` enters the call's own context elsewhere
+            executor.submit(s.context.copy().run, self._probe, s)
+
+    def _probe(self, sub: _Submission) -> None:
+        """A passed-out `cache=True` compute call: run it at once, holding no slot, when its
+        result is stored (Prefect's engine will answer it from the cache); else hold it for
+        its slots like any other."""
+        try:
+            hit = bool(sub.probe(sub.parameters))
+        except Exception:
+            hit = False
+        with self._lock:
+            sub.probe = None
+            if sub.state != "pending":  # cancelled meanwhile (`cancel_all`)
+                return
+            if hit:
+                sub.cached, sub.state = True, "running"
+                self.cached_without_slot += 1
+            else:
+                sub.needs = self._needs(sub, sub.device)
+                self._held.append(sub)
+        if hit:
+            self._run(sub)
+        else:
+            self._safe_dispatch()
 
     def _placed(self, sub: _Submission, device: Any) -> None:
         """A compute call passed out, placed on `device` (None: no GPU memory): the worker runs
@@ -775,7 +811,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     self._co.done(sub.node)
                     self.trace.append(("done", (sub.node,)))
                 if sub.kind == "compute":
-                    self._running_compute -= 1
+                    self._running_compute -= 0 if sub.cached else 1
                     self._unfinished_compute -= 1
         if state is not None:
             _finish(sub.future, state)
