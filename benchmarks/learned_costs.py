@@ -12,6 +12,9 @@ learned from earlier runs (`costs="history"`: the median Running time of each fu
 Completed task runs, `flows/history.py`) it starts s1 at once and fills the other processor
 with the short work: 4 s, the lower bound max(critical path, work / P) = max(4, 8 / 2).
 
+Each run also prints its prediction (`report.predicted`: the plan simulated with the costs
+the policy was given), beside the measured latency.
+
 One warm-up run teaches the history; then `declared` and `history` runs alternate
 (--repeat N each, default 5), all in this one process against ONE Prefect test server.
 Latency = from the flow starting to execute (the plan is available) to the last call's end.
@@ -67,7 +70,9 @@ def run(costs: str) -> tuple[float, str]:
     report = run_plan(PLAN, "learned_costs:toolbox", processors=P, costs=costs, concurrency_limit=None)
     assert report.state == "Completed", report.state
     s1 = next(c for c in report.calls if c.id == "s1")
-    return report.latency, f"s1 started at {s1.start:.2f} s"
+    predicted = report.predicted or {}
+    unit = " s" if predicted.get("costs") == "history" else " (unit costs)"
+    return report.latency, f"s1 started at {s1.start:.2f} s; predicted {predicted.get('latency', float('nan')):.2f}{unit}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -163,7 +163,7 @@ def _execute_as_a_worker(flow_run_id):  # noqa: ANN001, ANN202
 @pytest.mark.usefixtures("prefect_harness")
 def test_ui_retry_reruns_only_what_had_not_completed_executed_in_process(tmp_path: Path) -> None:
     """The UI's Retry (state Scheduled/AwaitingRetry through the API, force=False, as the
-    UI's client sends it) of a Failed `llmorch-run` deployment run, then the run executed
+    UI's client sends it) of a Crashed, then a Failed `llmorch-run` deployment run, each time executed
     again as a worker does, in this process (a served run's own process costs ~12 s here;
     the served version is `test_ui_retry_of_a_failed_served_run...`)."""
     from prefect import get_client
@@ -180,14 +180,19 @@ def test_ui_retry_reruns_only_what_had_not_completed_executed_in_process(tmp_pat
     deployment_id = llmorch_run.to_deployment(name=f"retry-{tmp_path.name}").apply()
     plan = f's1: lookup("retry", "{log}")\ns2: flaky(4, "{flag}", "{log}")\n'
     params = {"plan": plan, "toolbox": "toolboxes_cache:toolbox", "processors": 1}
+    retry = State(type=StateType.SCHEDULED, name="AwaitingRetry", message="Retry from the UI")
     with get_client(sync_client=True) as client:
         run = client.create_flow_run_from_deployment(deployment_id, parameters={"parameters": params})
         assert _execute_as_a_worker(run.id).is_failed()
         assert sorted(ran()) == ["flaky 4", "lookup retry"]
+        # Crashed, as a worker reports a flow process that died; the UI offers Retry there too.
+        client.set_flow_run_state(run.id, State(type=StateType.CRASHED, message="process died"), force=True)
+        assert client.set_flow_run_state(run.id, retry, force=False).status.value == "ACCEPT"
+        assert _execute_as_a_worker(run.id).is_failed()  # the flag is still there
+        assert ran()[2:] == ["flaky 4"]
         flag.unlink()
-        retry = State(type=StateType.SCHEDULED, name="AwaitingRetry", message="Retry from the UI")
         assert client.set_flow_run_state(run.id, retry, force=False).status.value == "ACCEPT"
         state = _execute_as_a_worker(run.id)
         assert state.is_completed(), state
-        assert ran()[2:] == ["flaky 4"]  # only the failed call ran again; s1 came from the cache
-        assert client.read_flow_run(run.id).run_count == 2
+        assert ran()[3:] == ["flaky 4"]  # only the failed call ran again; s1 came from the cache
+        assert client.read_flow_run(run.id).run_count == 3
