@@ -67,7 +67,7 @@ import uuid
 from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import psutil
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
@@ -75,6 +75,7 @@ from prefect.task_runners import TaskRunner
 
 from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR
 from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
+from prefect_llmorch.engine.devices import discover_gpus
 from prefect_llmorch.engine.leases import GlobalLimit
 from prefect_llmorch.engine.pool import CALL_ENV, CallCancelled, CallNotSent, Cancel
 from prefect_llmorch.engine.workers import take_pool
@@ -205,6 +206,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         caps = Capacities.of(self.processors, resources, gpus)
         self.resources = {r: a for r, a in caps.amounts.items() if r != "processors" and not (caps.devices and r == "gpu_mem_gb")}
         self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in caps.devices]
+        # Nobody declared devices: ask this machine's nvidia-smi when the runner starts.
+        self._discover_gpus = gpus is None and not (isinstance(resources, Mapping) and GPU_MEM in resources)
         self._init_state()
 
     def _init_state(self) -> None:
@@ -286,6 +289,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def __enter__(self) -> "LLMOrchTaskRunner":
         super().__enter__()
         self._init_state()  # a runner entered again after an exit starts clean
+        if getattr(self, "_discover_gpus", False) and not self.gpus:
+            self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in discover_gpus()]
         stack = ExitStack()
         try:
             # a pool `llmorch run` started while Prefect's server started, else a new one
@@ -419,7 +424,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             ResourceError: bad capacities or devices (before anything runs).
             RuntimeError: calls of the current graph are still unfinished.
         """
-        caps = Capacities.of(max(self.processors, 1), resources, gpus if gpus is not None else (self.gpus or None))
+        if gpus is None and not (getattr(self, "_discover_gpus", False) and isinstance(resources, Mapping) and GPU_MEM in resources):
+            gpus = self.gpus or None  # the runner's devices, unless discovered ones would contradict the run's
+        caps = Capacities.of(max(self.processors, 1), resources, gpus)
         with self._lock:
             if self._co is not None and not self._co.is_finished():
                 raise RuntimeError("capacities can change only before the flow run's calls are submitted")
