@@ -477,7 +477,7 @@ def run(
     force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
     policy: str = typer.Option("critical-path", "--policy", help="critical-path or paper"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (tools' prints go to stderr)"),
-    no_limit: bool = typer.Option(False, "--no-global-limit", help="do not use the llmorch-processors concurrency limit"),
+    no_limit: bool = typer.Option(False, "--no-global-limit", help="do not use the machine-wide llmorch-* concurrency limits (processors and resource classes): this run is bounded on its own only"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="LLMEndpoint block for `self` calls and recovery (default: environment)"),
     recover: int = typer.Option(0, "--recover", help="trace-back recovery rounds with the LLM when calls fail (0: off)"),
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
