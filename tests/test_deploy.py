@@ -364,16 +364,17 @@ def test_llmorch_serve(stack: dict[str, Any]) -> None:
         assert 0.15 < result < 0.5
 
 
-def test_ctrl_c_stops_a_run_on_this_server(stack: dict[str, Any], tmp_path: Path) -> None:
-    """SIGINT of `llmorch run` against `prefect server start` (issue 13 item 2): the checks of
-    tests/test_signals.py, and the flow run ends Cancelled on the server."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_run_on_this_server(stack: dict[str, Any], tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """SIGINT or SIGTERM of `llmorch run` against `prefect server start` (issue 13 item 2): the
+    checks of tests/test_signals.py, and the flow run ends Cancelled on the server."""
     from test_signals import LOG_ENV, stop_with_signal
 
     env = {**stack["env"], LOG_ENV: str(tmp_path / "calls.log"),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), stack["env"].get("PYTHONPATH", "")])}
     with _client(stack["url"]) as client:
         before = {r.id for r in client.read_flow_runs()}
-    stop_with_signal(tmp_path, env, signal.SIGINT, 130)
+    stop_with_signal(tmp_path, env, sig, code)
     with _client(stack["url"]) as client:
         new = [r for r in client.read_flow_runs() if r.id not in before]
         assert [(r.name is not None, r.state.type.value if r.state else None) for r in new] == [(True, "CANCELLED")]

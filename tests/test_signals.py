@@ -127,9 +127,10 @@ def stop_with_signal(tmp_path: Path, env: dict[str, str], sig: signal.Signals, c
     return {"report": report, "took": took}
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_the_run(tmp_path: Path, sig: signal.Signals, code: int) -> None:
-    stop_with_signal(tmp_path, _env(tmp_path), sig, code)
+def test_signal_stops_the_run(tmp_path: Path) -> None:
+    """Ctrl-C on the embedded default; SIGTERM is checked against `prefect server start`, in
+    tests/test_deploy.py (one server start fewer)."""
+    stop_with_signal(tmp_path, _env(tmp_path), signal.SIGINT, 130)
     assert _flow_run_states(tmp_path / "home") == [("CANCELLED", "Cancelled")]
 
 
