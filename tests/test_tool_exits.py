@@ -61,6 +61,9 @@ from prefect_llmorch.engine.compiler import _run_with_timeout
 from prefect_llmorch.engine.pool import Cancel
 from prefect_llmorch.engine.workers import ToolExit
 
+# A user's terminal process has Python's own SIGINT handler; a process started from a
+# non-interactive shell's background job inherits SIGINT ignored, so install it here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 release, finished = threading.Event(), threading.Event()
 TO_THE_TOOL_THREAD = sys.argv[1] == "tool-thread"
 
