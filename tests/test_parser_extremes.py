@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -47,6 +48,19 @@ _ITEM = st.one_of(
 _SEP = st.sampled_from([",", ", ", " ,\n  ", ",  # note, 5\n", ",\t"])
 
 
+def _fast_and_general(plain: str, forced: str) -> tuple[Any, Any] | None:
+    """s1's first argument parsed from `plain` (a plain literal: the one-token path) and from
+    `forced` (the same with a reference added: the general rule); None when `plain` is not a
+    plan, after checking that `forced` is not one either."""
+    try:
+        fast = parse(plain)["s1"].args[0].value
+    except PlanError:
+        with pytest.raises(PlanError):
+            parse(forced)
+        return None
+    return fast, parse(forced)["s1"].args[0].value
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(_ITEM, _SEP), max_size=12), st.booleans())
 def test_literal_list_fast_path_reads_like_the_general_rule(items: list[tuple[str, str]], trailing: bool) -> None:
@@ -55,15 +69,12 @@ def test_literal_list_fast_path_reads_like_the_general_rule(items: list[tuple[st
     body = "".join(item + sep for item, sep in items)
     if items and not trailing:
         body = body[: len(body) - len(items[-1][1])]
-    plain = f's0: g()\ns1: f([{body}])\n'
-    forced = f's0: g()\ns1: f([{body}{"" if not items or trailing else ","} s0])\n'
-    try:
-        fast = parse(plain)["s1"].args[0].value
-    except PlanError:
-        with pytest.raises(PlanError):
-            parse(forced)
+    both = _fast_and_general(
+        f's0: g()\ns1: f([{body}])\n', f's0: g()\ns1: f([{body}{"" if not items or trailing else ","} s0])\n'
+    )
+    if both is None:
         return
-    slow = parse(forced)["s1"].args[0].value
+    fast, slow = both
     assert isinstance(fast, ListExpr) and isinstance(slow, ListExpr)
     assert slow.items[-1] == Ref("s0")
     assert fast.items == slow.items[:-1]
@@ -83,15 +94,12 @@ def test_literal_dict_fast_path_reads_like_the_general_rule(pairs: list[tuple[st
     body = "".join(f"{k}: {v}{sep}" for k, v, sep in pairs)
     if pairs and not trailing:
         body = body[: len(body) - len(pairs[-1][2])]
-    plain = f's0: g()\ns1: f({{{body}}})\n'
-    forced = f's0: g()\ns1: f({{{body}{"" if not pairs or trailing else ","} "zz": s0}})\n'
-    try:
-        fast = parse(plain)["s1"].args[0].value
-    except PlanError:
-        with pytest.raises(PlanError):
-            parse(forced)
+    both = _fast_and_general(
+        f's0: g()\ns1: f({{{body}}})\n', f's0: g()\ns1: f({{{body}{"" if not pairs or trailing else ","} "zz": s0}})\n'
+    )
+    if both is None:
         return
-    slow = parse(forced)["s1"].args[0].value
+    fast, slow = both
     assert isinstance(fast, DictExpr) and isinstance(slow, DictExpr)
     assert slow.items[-1] == ("zz", Ref("s0"))
     assert fast.items == slow.items[:-1]
