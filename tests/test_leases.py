@@ -169,6 +169,49 @@ def test_a_run_says_once_that_it_waits_for_slots_others_hold_then_gets_them(capl
     assert active_slots(name) == 0
 
 
+def test_a_run_that_backed_off_asks_again_for_the_limit_that_blocked_it() -> None:
+    """Hold-and-wait avoidance: a runner whose waiting call needs a limit others hold gives its
+    idle slots back (`back_off`). Once the others let go, it must get that limit. It used to
+    livelock: the stale `blocked` flag made it back off again as soon as its first slot came
+    back, before the blocked limit was asked again (seen in CI as a run that never ended)."""
+    from contextlib import ExitStack
+
+    procs, api = (f"llmorch-test-{k}-{uuid.uuid4().hex[:6]}" for k in ("procs", "api"))
+    make_limit(procs, 2)
+    make_limit(api, 1)
+    with get_client(sync_client=True) as client:
+        other = client.increment_concurrency_slots_with_lease(
+            names=[api], slots=1, mode="concurrency", lease_duration=300,
+            holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4()),
+        ).json()["lease_id"]
+    backed_off = threading.Event()
+    limit: leases.GlobalLimit
+
+    def wake() -> None:  # what the runner does when nothing of its own runs and a call waits
+        if limit.held_of(api) == 0 and limit.blocked([api]):
+            limit.back_off()
+            backed_off.set()
+
+    limit = leases.GlobalLimit(procs, lambda: 2, lambda: None, lambda: True)
+    limit._wake = wake
+    with ExitStack() as stack:
+        limit.start(stack)
+        limit.configure({api: 1})
+        deadline = time.monotonic() + 60
+        while limit.size_of(api) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        limit.adjust(2, 0, procs)
+        limit.adjust(1, 0, api)
+        assert backed_off.wait(60), "the runner never found the limit held by others"
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(other)
+        deadline = time.monotonic() + 60  # a bound for a loaded machine; pauses are 0.5-2 s
+        while limit.held_of(api) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert limit.held_of(api) == 1, "the slot came free but the runner never took it"
+    assert active_slots(api) == 0 and active_slots(procs) == 0
+
+
 # -- the guard is never dropped silently ----------------------------------------------------
 
 

@@ -141,7 +141,8 @@ def test_two_flow_runs_on_one_server_never_exceed_a_class_or_the_processors_toge
     plan = parse(TWO_RUNS_PLAN, toolbox)
     reports: list = []
     barrier = threading.Barrier(2)
-    runs = [threading.Thread(target=_guarded_run, args=(plan, limit, reports, barrier)) for _ in range(2)]
+    # daemon: a run that never ends fails this test, not the whole session's exit
+    runs = [threading.Thread(target=_guarded_run, args=(plan, limit, reports, barrier), daemon=True) for _ in range(2)]
     for t in runs:
         t.start()
     for t in runs:

@@ -222,6 +222,10 @@ class GlobalLimit:
             self._paused_until = now + pause
             released = 0
             for guard in self._guards.values():
+                # What blocked us is re-learned by the first request after the pause. Kept, it
+                # made the runner back off again as soon as its first slot came back, before
+                # the blocked limit was asked again: a livelock (tests/test_leases.py).
+                guard.blocked = False
                 while guard.slots > guard.busy:
                     lease = next((h for h in reversed(guard.held) if h[1] <= guard.slots - guard.busy), None)
                     if lease is None:
@@ -459,6 +463,7 @@ class GlobalLimit:
                         client.create_global_concurrency_limit,
                         GlobalConcurrencyLimitCreate(name=name, limit=capacity),  # type: ignore[arg-type]
                     )
+                    guard.size = capacity
                 except Exception:  # created meanwhile by another flow run
                     guard.size = _patient(client.read_global_concurrency_limit_by_name, name).limit
             self._clear_stale(name)
