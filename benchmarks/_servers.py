@@ -10,23 +10,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
 KINDS = ("harness", "ephemeral", "start")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -48,36 +36,9 @@ def server(kind: str) -> Iterator[str]:
     elif kind == "start":
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        port = _free_port()
-        home = tempfile.mkdtemp(prefix="llmorch-bench-server-")
-        env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        env.pop("PREFECT_API_URL", None)
-        log = open(os.path.join(home, "server.log"), "wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}/api"
-        try:
-            deadline = time.time() + 180
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"prefect server start did not come up (see {home}/server.log)")
-                time.sleep(0.3)
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield f"`prefect server start` (SQLite, pid {proc.pid}) at {url}, started in {time.time() - t:.1f} s"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+        from prefect_llmorch.testing.server import prefect_server
+
+        with prefect_server() as srv, temporary_settings(updates={PREFECT_API_URL: srv.url}):
+            yield f"`prefect server start` (SQLite, pid {srv.pid}) at {srv.url}, started in {srv.seconds:.1f} s"
     else:
         raise ValueError(f"unknown server {kind!r}: one of {', '.join(KINDS)}")

@@ -60,6 +60,17 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One `prefect server start` (SQLite, its own PREFECT_HOME) for the session: `llmorch`
+    commands whose test is not about the embedded default run against it (set
+    `PREFECT_API_URL` to its `.url`) instead of each starting an ephemeral server."""
+    from prefect_llmorch.testing.server import prefect_server as start
+
+    with start() as server:
+        yield server
+
+
 @pytest.fixture(params=POLICIES)
 def policy(request) -> str:
     """Each coordination policy in turn."""

@@ -22,9 +22,13 @@ needs_shared = pytest.mark.skipif(
 
 def llmorch(
     *args: str, stdin: str | None = None, timeout: float = 240, cwd: Path = ROOT, python_flags: tuple[str, ...] = (),
+    api_url: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """`llmorch ARGS` in a subprocess; on the embedded default unless `api_url` (a server's)."""
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
     env.pop("LLMORCH_DEBUG", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     return subprocess.run(
         [sys.executable, *python_flags, "-m", "prefect_llmorch.cli", *args], cwd=cwd, input=stdin,
         capture_output=True, text=True, timeout=timeout, env=env,
@@ -237,11 +241,11 @@ toolbox = Toolbox(shout, crunch)
 
 
 @pytest.mark.slow
-def test_run_json_stays_parsable_when_tools_print_and_p_is_capped(tmp_path: Path) -> None:
+def test_run_json_stays_parsable_when_tools_print_and_p_is_capped(tmp_path: Path, prefect_server) -> None:  # noqa: ANN001
     (tmp_path / "noisy.py").write_text(NOISY_TOOLBOX)
     (tmp_path / "noisy.plan").write_text('s1: shout("hello")\ns2: crunch(s1)\n')
     cores = len(os.sched_getaffinity(0))
-    out = llmorch("run", "noisy.plan", "-t", "noisy:toolbox", "-P", str(cores + 1), "--json", cwd=tmp_path)
+    out = llmorch("run", "noisy.plan", "-t", "noisy:toolbox", "-P", str(cores + 1), "--json", cwd=tmp_path, api_url=prefect_server.url)
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads(out.stdout)
     assert doc["state"] == "Completed" and doc["result"] == 5 and doc["processors"] == cores
@@ -261,9 +265,9 @@ def test_run_json_executes_on_ephemeral_prefect() -> None:
 
 
 @pytest.mark.slow
-def test_run_with_a_failing_call_exits_1_with_a_failed_state() -> None:
+def test_run_with_a_failing_call_exits_1_with_a_failed_state(prefect_server) -> None:  # noqa: ANN001
     plan = 's1: search("Apple stock")\ns2: average([])\ns3: chatbot("{s2}")\n'
-    out = llmorch("run", "-", "-P", "1", "--json", stdin=plan)
+    out = llmorch("run", "-", "-P", "1", "--json", stdin=plan, api_url=prefect_server.url)
     assert out.returncode == 1
     doc = json.loads(out.stdout)
     assert doc["state"] == "Failed" and "average() of an empty list" in doc["message"]
@@ -272,8 +276,10 @@ def test_run_with_a_failing_call_exits_1_with_a_failed_state() -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_the_whole_loop_without_an_api_key() -> None:
-    out = llmorch("demo", "--json")
+def test_demo_runs_the_whole_loop_without_an_api_key(prefect_server) -> None:  # noqa: ANN001
+    # Against the session's server; the demo on the embedded default, as the README gives it,
+    # is tests/test_wheel.py's (from the installed wheel; .ci/run runs it before the tests).
+    out = llmorch("demo", "--json", api_url=prefect_server.url)
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads(out.stdout)
     assert doc["state"] == "Completed" and doc["attempts"] == 1

@@ -12,9 +12,9 @@ from test_cli import llmorch as _llmorch
 PLANS = Path(__file__).parent / "plans"
 
 
-def llmorch(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
+def llmorch(*args: str, stdin: str | None = None, api_url: str | None = None):  # type: ignore[no-untyped-def]
     """`llmorch` run from tests/, where the test toolbox module is."""
-    return _llmorch(*args, stdin=stdin, cwd=Path(__file__).parent)
+    return _llmorch(*args, stdin=stdin, cwd=Path(__file__).parent, api_url=api_url)
 TOOLBOX = "toolboxes_fields:toolbox"
 NESTFUL = ('[{"name": "find_airport", "arguments": {"query": "Paris"}, "label": "var1"},\n'
            ' {"name": "echo", "arguments": {"text": "$var1.name$"}, "label": "var2"},\n'
@@ -56,8 +56,8 @@ def test_unknown_planner_mode_is_refused() -> None:
 
 
 @pytest.mark.slow
-def test_demo_with_the_json_planner_runs_the_whole_loop() -> None:
-    out = llmorch("demo", "--planner", "json", "--json")
+def test_demo_with_the_json_planner_runs_the_whole_loop(prefect_server) -> None:  # noqa: ANN001
+    out = llmorch("demo", "--planner", "json", "--json", api_url=prefect_server.url)
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads(out.stdout)
     assert doc["state"] == "Completed" and doc["attempts"] == 1

@@ -13,11 +13,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from html import unescape
 from pathlib import Path
@@ -26,6 +24,8 @@ from typing import Any
 import psutil
 import pytest
 
+from prefect_llmorch.testing.server import free_port, wait_healthy
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,12 +33,6 @@ BIN = Path(sys.executable).parent
 PREFECT = str(BIN / "prefect") if (BIN / "prefect").exists() else "prefect"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 DEADLINE = 170.0  # seconds for both runs, from the start of the worker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Processes:
@@ -104,7 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     tmp = tmp_path_factory.mktemp("deploy")
     home = tmp / "prefect-home"
     home.mkdir()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     secret = f"e2e-SECRET-{uuid.uuid4().hex}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LLMORCH_", "OPENAI_"))}
@@ -124,16 +118,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     t0 = time.monotonic()
     try:
         procs.start("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
-        deadline = time.monotonic() + 150
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server did not start:\n" + procs.log("server")[-3000:]
-            time.sleep(0.5)
+        try:
+            wait_healthy(url, timeout=150)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}:\n" + procs.log("server")[-3000:]) from None
         timings["server"] = time.monotonic() - t0
 
         _run([PREFECT, "work-pool", "create", "llmorch", "--type", "process"], env)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_killed_run_resumes_from_the_cache(tmp_path: Path) -> None:
+def test_a_killed_run_resumes_from_the_cache(tmp_path: Path, prefect_server) -> None:  # noqa: ANN001
     log, flag = tmp_path / "runs.log", tmp_path / "hold"
     plan = tmp_path / "resume.plan"
     plan.write_text(
@@ -30,8 +30,8 @@ def test_a_killed_run_resumes_from_the_cache(tmp_path: Path) -> None:
         f's4: square(s1, "{log}")\n'
     )
     env = dict(os.environ)
-    env.pop("PREFECT_API_URL", None)
     env.update(
+        PREFECT_API_URL=prefect_server.url,  # the session's server; results are stored under PREFECT_HOME
         PREFECT_HOME=str(tmp_path / "home"), PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")]),
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )

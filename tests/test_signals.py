@@ -39,9 +39,12 @@ s6: quick(s2)
 """
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
+def _env(tmp_path: Path, api_url: str | None = None) -> dict[str, str]:
+    """The environment of `llmorch run`: the embedded default, or the server at `api_url`."""
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     env.update(
         PREFECT_HOME=str(tmp_path / "home"),
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
@@ -134,8 +137,9 @@ def test_signal_stops_the_run(tmp_path: Path) -> None:
     assert _flow_run_states(tmp_path / "home") == [("CANCELLED", "Cancelled")]
 
 
-def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
-    """The first SIGINT starts stopping; a second one exits at once with 130, no report."""
+def test_second_ctrl_c_exits_at_once(tmp_path: Path, prefect_server) -> None:  # noqa: ANN001
+    """The first SIGINT starts stopping; a second one exits at once with 130, no report.
+    Against the session's server: the first SIGINT on the embedded default is the test above."""
     plan = tmp_path / "long.plan"
     plan.write_text(PLAN)
     log = tmp_path / "calls.log"
@@ -143,7 +147,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     with open(errors, "w") as err_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect_llmorch.cli", "run", str(plan), "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
-            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=err_file, text=True,
+            cwd=tmp_path, env=_env(tmp_path, prefect_server.url), stdout=subprocess.PIPE, stderr=err_file, text=True,
         )
         _wait_for(lambda: any(r[:2] == ("start", "spin") for r in records(str(log))), 240, proc)
         proc.send_signal(signal.SIGINT)

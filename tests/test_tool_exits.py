@@ -158,15 +158,15 @@ def test_tools_that_exit_fail_their_calls_and_the_rest_of_the_plan_runs(prefect_
 
 
 @pytest.mark.slow
-def test_llmorch_run_exits_1_not_the_tool_s_code(tmp_path: Path) -> None:
+def test_llmorch_run_exits_1_not_the_tool_s_code(tmp_path: Path, prefect_server) -> None:  # noqa: ANN001
     import subprocess
     import sys
 
     plan = tmp_path / "exits.plan"
     plan.write_text(MIXED)
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PYTHONPATH=str(ROOT / "tests"))
-    env.pop("PREFECT_API_URL", None)
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PYTHONPATH=str(ROOT / "tests"),
+               PREFECT_API_URL=prefect_server.url)  # (the session's server: not a test of the embedded default)
     out = subprocess.run(
         [sys.executable, "-m", "prefect_llmorch.cli", "run", str(plan), "-t", "toolboxes_exits:toolbox", "-P", "2",
          "--no-global-limit", "--json"],
