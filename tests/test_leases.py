@@ -282,3 +282,26 @@ def test_a_killed_run_s_slots_come_back_for_the_next_run(tmp_path, caplog) -> No
     assert active_slots(name) == 0
     # cleared by the start, not by the lease running out meanwhile
     assert f"cleared 2 slot(s) left by process {proc.pid}, which is gone" in caplog.text
+
+
+def test_a_tagged_task_outside_our_runner_is_primed_only_when_its_tags_have_no_limit() -> None:
+    """`prime_tags` (the planner's task in a user's own flow): Prefect's engine is told that
+    `inout` has no limit, so it sends no slot request a busy server could refuse; once a
+    `tag:<name>` limit exists, the engine is left to enforce it."""
+    from prefect.concurrency.services import _cache_lock, _no_limits_cache
+
+    from prefect_llmorch.flows.planner import _PrimedTask, planner_task
+
+    tag = f"llmorch-test-tag-{uuid.uuid4().hex[:6]}"
+    key = frozenset({f"tag:{tag}"})
+    leases._SHARED_TAG_LIMITS.clear()
+    leases.prime_tags({tag})
+    with _cache_lock:
+        assert _no_limits_cache.get(key) is True
+        _no_limits_cache.pop(key, None)
+    make_limit(f"tag:{tag}", 1)
+    leases._SHARED_TAG_LIMITS.clear()
+    leases.prime_tags({tag})
+    with _cache_lock:
+        assert _no_limits_cache.get(key) is None
+    assert isinstance(planner_task, _PrimedTask) and planner_task.tags == {"inout"}

@@ -298,15 +298,7 @@ class GlobalLimit:
 
     def prime(self, tags: frozenset[str]) -> None:
         """Tell Prefect's engine that this tag set has no limits, when we know it (see above)."""
-        snapshot = self._tag_limits
-        if not tags or snapshot is None or tags & snapshot[1] or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL:
-            return
-        try:  # Prefect's own "no limits" cache (prefect.concurrency.services, Prefect >= 3.4)
-            from prefect.concurrency.services import _cache_lock, _no_limits_cache
-        except ImportError:
-            return
-        with _cache_lock:
-            _no_limits_cache[frozenset(f"tag:{t}" for t in tags)] = True
+        _prime(tags, self._tag_limits)
 
     def adjust(self, target: int, busy: int, name: str | None = None) -> None:
         """Hold `target` slots of limit `name` (default: the processors'): take missing ones
@@ -422,22 +414,13 @@ class GlobalLimit:
 
     def _read_tag_limits(self) -> None:
         """Read (never write) which tags have a `tag:` concurrency limit, active or not."""
-        started = time.monotonic()
-        limited: set[str] = set()
         try:
             client = self._api()
-            offset, page_size = 0, 200
-            while True:
-                page = _quick(client.read_global_concurrency_limits, limit=page_size, offset=offset)
-                limited.update(lim.name[4:] for lim in page if lim.name.startswith("tag:"))
-                if len(page) < page_size:
-                    break
-                offset += page_size
         except Exception as exc:  # unknown: the engine asks the API itself, as usual
             logger.debug("reading tag concurrency limits: %s", exc)
             self._tag_limits = None
             return
-        self._tag_limits = _SHARED_TAG_LIMITS[self._server] = (started, frozenset(limited))
+        self._tag_limits = _read_tag_limits(client, self._server)
 
     def _do_prepare(self, name: str) -> None:
         """Create limit `name` (with its capacity; P for the processors') if absent, clear
@@ -629,6 +612,59 @@ class GlobalLimit:
         if self._client is not None:
             client, self._client = self._client, None
             client.__exit__(None, None, None)
+
+
+def _read_tag_limits(client: Any, server: str) -> tuple[float, frozenset[str]] | None:
+    """(monotonic time of the read, the tags that have a `tag:` limit), shared by this
+    process's runners; None when it cannot be read (the engine then asks the API itself)."""
+    started = time.monotonic()
+    limited: set[str] = set()
+    try:
+        offset, page_size = 0, 200
+        while True:
+            page = _quick(client.read_global_concurrency_limits, limit=page_size, offset=offset)
+            limited.update(lim.name[4:] for lim in page if lim.name.startswith("tag:"))
+            if len(page) < page_size:
+                break
+            offset += page_size
+    except Exception as exc:
+        logger.debug("reading tag concurrency limits: %s", exc)
+        return None
+    snapshot = _SHARED_TAG_LIMITS[server] = (started, frozenset(limited))
+    return snapshot
+
+
+def _prime(tags: frozenset[str], snapshot: tuple[float, frozenset[str]] | None) -> None:
+    if not tags or snapshot is None or tags & snapshot[1] or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL:
+        return
+    try:  # Prefect's own "no limits" cache (prefect.concurrency.services, Prefect >= 3.4)
+        from prefect.concurrency.services import _cache_lock, _no_limits_cache
+    except ImportError:
+        return
+    with _cache_lock:
+        _no_limits_cache[frozenset(f"tag:{t}" for t in tags)] = True
+
+
+def prime_tags(tags: Iterable[str]) -> None:
+    """For a tagged task run that does not go through our runner (the planner's, in a user's
+    own flow): read which tag limits exist, when this process has not just read them, and
+    tell Prefect's engine that these tags have none, when they have none. Else the engine's
+    own slot request (a write) runs first, and a busy SQLite server's 503 fails the task."""
+    key = frozenset(tags)
+    if not key:
+        return
+    server = _server_key()
+    snapshot = _SHARED_TAG_LIMITS.get(server)
+    if snapshot is None or time.monotonic() - snapshot[0] > _WARM_AGE:
+        from prefect.client.orchestration import get_client
+
+        try:
+            with get_client(sync_client=True) as client:
+                snapshot = _read_tag_limits(client, server)
+        except Exception as exc:  # the engine asks the API itself, as usual
+            logger.debug("reading tag concurrency limits: %s", exc)
+            return
+    _prime(key, snapshot)
 
 
 def _quick(call: Any, *args: Any, **kwargs: Any) -> Any:

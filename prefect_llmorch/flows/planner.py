@@ -10,11 +10,12 @@ environment) into an `LLMClient`. The planning names are re-exported here.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from prefect import task
+from prefect import Task
 from prefect.cache_policies import NO_CACHE
 
+from prefect_llmorch.engine.leases import prime_tags
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.llm.client import LLMClient
 from prefect_llmorch.llm.planning import (
@@ -68,8 +69,6 @@ def _as_task_run(name: str, attempt: Callable[[], AttemptOutcome]) -> AttemptOut
 
     if TaskRunContext.get() is None:
         return attempt()
-    from prefect import Task
-
     box: dict[str, AttemptOutcome] = {}
 
     def body() -> int:
@@ -82,6 +81,7 @@ def _as_task_run(name: str, attempt: Callable[[], AttemptOutcome]) -> AttemptOut
         fn=body, name="planner attempt", task_run_name=name, tags={"inout"},
         cache_policy=NO_CACHE, persist_result=False, log_prints=False,
     )
+    prime_tags(task.tags)  # (see _PrimedTask)
     state = task(return_state=True)
     if "out" not in box:
         state.result()  # the attempt itself raised (e.g. LLMError): raise it here
@@ -104,8 +104,23 @@ def resolve_client(llm: "LLMClient | LLMEndpoint | str | None") -> LLMClient:
     raise TypeError(f"expected an LLMClient, LLMEndpoint or block name, got {type(llm).__name__}")
 
 
-@task(name="planner", task_run_name="planner", tags=["inout"], cache_policy=NO_CACHE, persist_result=False)
-def planner_task(
+class _PrimedTask(Task):  # type: ignore[type-arg]
+    """A tagged task that tells Prefect's engine its tags have no concurrency limits (when
+    they have none) before it starts: in a user's own flow, not run by our runner, the
+    engine's slot request for `tag:inout` is a write a busy SQLite server refuses with 503,
+    which fails the task (engine/leases.py `prime_tags`; our runner does this for every call)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        prime_tags(self.tags)
+        return super().__call__(*args, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        prime_tags(self.tags)
+        return super().submit(*args, **kwargs)
+
+
+def _planner(
+
     query: str,
     toolbox: Toolbox,
     llm: "LLMClient | LLMEndpoint | str | None" = None,
@@ -132,3 +147,6 @@ def planner_task(
         replan_temperature=replan_temperature, on_call=on_call,
         run_attempt=_as_task_run, log=_logger(), mode=mode,
     )
+
+
+planner_task = _PrimedTask(fn=_planner, name="planner", task_run_name="planner", tags={"inout"}, cache_policy=NO_CACHE, persist_result=False)
