@@ -77,6 +77,19 @@ def test_costs_are_learned_from_completed_task_runs(home: Path) -> None:
     assert "never_ran_xyz" not in learned
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_history_read_is_reused_and_kept_current_by_this_process_s_runs(home: Path) -> None:
+    """A warm process reads the task-run history once per `API_TTL_SECONDS` (the query sat
+    before the first call of every run); what its own runs measured joins what it read. The
+    source says so: `api` (the read, kept current), not `local` (the file's fallback)."""
+    fn = "history_cache_probe_xyz"  # no task run of it exists: the read finds none
+    sources: dict[str, str] = {}
+    assert function_costs([fn], sources=sources) == {} and sources == {}
+    remember({fn: [0.7]})
+    sources.clear()
+    assert function_costs([fn], sources=sources) == {fn: 0.7} and sources == {fn: "api"}
+
+
 def test_without_an_api_the_local_history_is_used(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # An API that cannot be reached: nothing listens on this port.
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")

@@ -67,6 +67,36 @@ _TASK_NAME = re.compile(r"^\S+ · (\S+?)(?: \(repair \d+\))?$")
 MAX_READ = 400
 
 
+#: How long this process trusts the task-run history it read (other processes' runs show
+#: after this); its own runs are added as they finish (`remember`).
+API_TTL_SECONDS = 60.0
+#: API server -> function -> (monotonic time of the read, durations, most recent first).
+_api_cache: dict[str, dict[str, tuple[float, list[float]]]] = {}
+
+
+def _server() -> str:
+    from prefect.settings import get_current_settings
+
+    return str(get_current_settings().api.url or "ephemeral")
+
+
+def _cached_durations(functions: Iterable[str], limit: int) -> dict[str, list[float]]:
+    """`_api_durations`, read once per `API_TTL_SECONDS` per server: a warm process's next run
+    does not wait for the query before its first call (it was most of the time to first call)."""
+    import time
+
+    wanted, now = set(functions), time.monotonic()
+    with _lock:
+        known = _api_cache.setdefault(_server(), {})
+        fresh = {fn: known[fn][1] for fn in wanted if fn in known and now - known[fn][0] < API_TTL_SECONDS}
+    if len(fresh) == len(wanted):
+        return {fn: ds[:limit] for fn, ds in fresh.items() if ds}
+    found = _api_durations(wanted, limit)
+    with _lock:
+        known.update((fn, (now, list(found.get(fn, [])))) for fn in wanted)
+    return found
+
+
 def _api_durations(functions: Iterable[str], limit: int) -> dict[str, list[float]]:
     """Running time of the most recent Completed (not Cached) task runs of each function.
 
@@ -138,6 +168,10 @@ def remember(durations: Mapping[str, Iterable[float]]) -> None:
         return
     path = history_file()
     with _lock:
+        known = _api_cache.get(_server(), {})  # what this process read stays current with its own runs
+        for fn, ds in new.items():
+            if fn in known:
+                known[fn] = (known[fn][0], (ds[::-1] + known[fn][1])[:RECENT])
         data = _read_local()
         for fn, ds in new.items():
             data[fn] = (ds[::-1] + data.get(fn, []))[:RECENT]  # most recent first
@@ -170,7 +204,7 @@ def function_costs(
     learned: dict[str, float] = {}
     if api and wanted:
         try:
-            for fn, durations in _api_durations(wanted, limit).items():
+            for fn, durations in _cached_durations(wanted, limit).items():
                 learned[fn] = statistics.median(durations)
         except Exception as exc:  # an unreachable or failing API must not fail the run
             logger.warning("task-run history unavailable (%s: %s); using the local cost history", type(exc).__name__, exc)
