@@ -305,3 +305,26 @@ def test_a_tagged_task_outside_our_runner_is_primed_only_when_its_tags_have_no_l
     with _cache_lock:
         assert _no_limits_cache.get(key) is None
     assert isinstance(planner_task, _PrimedTask) and planner_task.tags == {"inout"}
+
+
+def test_back_to_back_runs_of_one_process_pass_the_slots_on_then_give_them_back(monkeypatch) -> None:  # noqa: ANN001
+    """The processors' slots a run gives back are kept a few seconds for this process's next
+    run (`LLMORCH_KEEP_SLOTS_SECONDS`): its first compute call waits for no lease write. The
+    evidence is the server's limit and the ledger of leases: the second run takes no new
+    lease, and the slots come back once nobody takes them."""
+    monkeypatch.setenv("LLMORCH_KEEP_SLOTS_SECONDS", "3")
+    name = f"llmorch-test-keep-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+
+    def leases_of_limit() -> set[str]:
+        return {e["lease"] for e in leases._ledger_read() if e.get("limit") == name}
+
+    assert run(plan_of(2), name).state == "Completed"
+    first = leases_of_limit()
+    assert first and active_slots(name) > 0  # kept, not given back yet
+    assert run(plan_of(2), name).state == "Completed"
+    assert leases_of_limit() <= first  # the second run wrote no lease of its own
+    deadline = time.monotonic() + 60
+    while active_slots(name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert active_slots(name) == 0 and not leases_of_limit()

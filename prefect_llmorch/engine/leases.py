@@ -50,6 +50,7 @@ on one thread (a SQLite server answers 503 "database is locked" to bursts of wri
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import itertools
 import json
@@ -89,6 +90,95 @@ def _server_key() -> str:
     from prefect.settings import get_current_settings
 
     return str(get_current_settings().api.url or "ephemeral")
+
+#: Slots of the processors' limit a runner gives back at its end are kept this long for the
+#: next runner of this process (`LLMORCH_KEEP_SLOTS_SECONDS`; 0: give them back at once). Back
+#: to back runs in a warm process then start their first compute call without a lease write,
+#: which a SQLite server still writing the previous run's events held for seconds.
+KEEP_SLOTS_SECONDS = 5.0
+
+
+def _keep_seconds() -> float:
+    try:
+        return max(float(os.environ.get("LLMORCH_KEEP_SLOTS_SECONDS", KEEP_SLOTS_SECONDS)), 0.0)
+    except ValueError:
+        return KEEP_SLOTS_SECONDS
+
+
+@dataclass
+class _Kept:
+    lease: Any
+    slots: int
+    renewed: float  # monotonic time of its last renewal
+    url: str | None  # the API it was taken from (None: the default), to give it back
+
+
+#: (API server, limit) -> leases kept for this process's next runner.
+_KEPT: dict[tuple[str, str], list[_Kept]] = {}
+_kept_lock = threading.Lock()
+
+
+def _keep(server: str, name: str, leases: list[tuple[Any, int, float]]) -> None:
+    """Keep these leases for the next runner of this process; give back what none takes."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    kept = [_Kept(lease, n, renewed, url) for lease, n, renewed in leases]
+    with _kept_lock:
+        if not _KEPT:
+            atexit.register(_give_back_all_kept)
+        _KEPT.setdefault((server, name), []).extend(kept)
+    for k in kept:
+        timer = threading.Timer(_keep_seconds(), _give_back_kept, args=(server, name, k.lease))
+        timer.daemon = True
+        timer.start()
+
+
+def _adopt(server: str, name: str, most: int) -> list[_Kept]:
+    """Kept leases of `name` (at most `most` slots in all) for a runner that needs slots."""
+    taken: list[_Kept] = []
+    with _kept_lock:
+        kept = _KEPT.get((server, name), [])
+        for k in list(kept):
+            if k.slots <= most and time.monotonic() - k.renewed < _LEASE_SECONDS * 2 / 3:
+                kept.remove(k)
+                taken.append(k)
+                most -= k.slots
+    return taken
+
+
+def _give_back_kept(server: str, name: str, lease: Any | None = None) -> None:
+    """Give back a kept lease (or all of them) that no runner took."""
+    with _kept_lock:
+        kept = _KEPT.get((server, name), [])
+        mine = [k for k in kept if lease is None or k.lease == lease]
+        for k in mine:
+            kept.remove(k)
+    for k in mine:  # in a context of its own: none of a finished flow run's (closed) clients
+        contextvars.Context().run(_release_lease, k.lease, k.url)
+
+
+def _release_lease(lease: Any, url: str | None) -> None:
+    from contextlib import nullcontext
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}) if url else nullcontext():
+            with get_client(sync_client=True) as client:
+                _patient(client.release_concurrency_slots_with_lease, lease, patience=10.0)
+        _ledger_remove(lease)
+    except BaseException as exc:  # it expires on its own; the ledger entry then clears it
+        logger.debug("giving back a kept lease: %s", exc)
+
+
+def _give_back_all_kept() -> None:
+    """At exit. Registered with the first kept lease: after Prefect registered the stop of an
+    ephemeral server it started, so this runs first, while that server still answers."""
+    for server, name in list(_KEPT):
+        _give_back_kept(server, name)
+
 
 #: How long a transient API failure (503, "database is locked", a dropped connection) is
 #: retried, with backoff, before the runner gives up on the guard and fails its compute calls.
@@ -327,7 +417,10 @@ class GlobalLimit:
                     break
                 guard.held.remove(lease)
                 guard.slots -= lease[1]
-                self._job("release", lease[0])
+                if name == self.name and _keep_seconds() > 0:
+                    self._job("keep", lease)  # for this process's next runner, for a few seconds
+                else:
+                    self._job("release", lease[0])
 
     # -- the thread -------------------------------------------------------------------
     def _job(self, op: str, arg: Any) -> None:
@@ -340,7 +433,7 @@ class GlobalLimit:
         else:
             # Slots before tag-set warm-ups: a lease is a write, and once the flow's first task
             # runs flood the server with state events a write waits seconds behind them.
-            priority = {"stop": (-1,), "prepare": (0,), "release": (0,), "acquire": (0,)}[op]
+            priority = {"stop": (-1,), "prepare": (0,), "release": (0,), "keep": (0,), "acquire": (0,)}[op]
         self._jobs.put((priority, next(self._seq), op, arg))
 
     def _loop(self) -> None:
@@ -390,7 +483,9 @@ class GlobalLimit:
                 _, _, op, arg = self._jobs.get_nowait()
             except queue.Empty:
                 return
-            if op == "release":
+            if op == "keep":
+                self._do_keep(arg)
+            elif op == "release":
                 try:
                     self._do_release(arg)
                 except BaseException as exc:  # the lease expires on its own
@@ -494,6 +589,19 @@ class GlobalLimit:
             if self._stopping or name in self.failures or need <= 0 or time.monotonic() < self._paused_until:
                 return  # (backing off: `_resume` asks again)
             n = min(n, need)
+        if name == self.name:
+            adopted = _adopt(self._server, name, n)
+            if adopted:  # slots the previous runner of this process kept: no API write
+                with self._lock:
+                    for k in adopted:
+                        guard.held.append((k.lease, k.slots))
+                        guard.slots += k.slots
+                        self._lease_renewed[k.lease] = k.renewed
+                    guard.blocked = False
+                    target, busy = guard.target, guard.busy
+                self._wake()
+                self.adjust(target, busy, name)
+                return
         try:
             lease = self._lease_request(name, n)
         except BaseException as exc:  # limit deleted, API down for long: fail, never run unguarded
@@ -581,6 +689,9 @@ class GlobalLimit:
             self._client.__enter__()
         return self._client
 
+    def _do_keep(self, lease: tuple[Any, int]) -> None:
+        _keep(self._server, self.name, [(lease[0], lease[1], self._lease_renewed.pop(lease[0], 0.0))])  # type: ignore[arg-type]
+
     def _do_release(self, lease_id: Any) -> None:
         self._lease_renewed.pop(lease_id, None)
         _patient(self._api().release_concurrency_slots_with_lease, lease_id)
@@ -601,9 +712,15 @@ class GlobalLimit:
 
     def _release_all(self) -> None:
         with self._lock:
+            keep: list[tuple[Any, int, float]] = []
+            if _keep_seconds() > 0 and self.name and self.name not in self.failures:
+                keep = [(lease, n, self._lease_renewed.pop(lease, 0.0)) for lease, n in self._guards[self.name].held]
+                self._guards[self.name].held = []
             held = [lease for guard in self._guards.values() for lease in guard.held]
             for guard in self._guards.values():
                 guard.held, guard.slots = [], 0
+        if keep:
+            _keep(self._server, self.name, keep)  # type: ignore[arg-type]
         for lease_id, _ in held:
             try:
                 self._do_release(lease_id)
