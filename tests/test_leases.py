@@ -58,6 +58,15 @@ def active_slots(name: str) -> int:
         return client.read_global_concurrency_limit_by_name(name).active_slots
 
 
+def hold_a_slot(name: str) -> str:
+    """One slot of limit `name` held by another (made-up) flow run for 300 s; its lease id."""
+    with get_client(sync_client=True) as client:
+        return client.increment_concurrency_slots_with_lease(
+            names=[name], slots=1, mode="concurrency", lease_duration=300,
+            holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4()),
+        ).json()["lease_id"]
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -149,11 +158,7 @@ def test_a_lease_of_a_dead_process_on_this_server_is_released_at_start() -> None
 def test_a_run_says_once_that_it_waits_for_slots_others_hold_then_gets_them(caplog) -> None:  # noqa: ANN001
     name = f"llmorch-test-wait-{uuid.uuid4().hex[:6]}"
     make_limit(name, 1)
-    with get_client(sync_client=True) as client:
-        lease = client.increment_concurrency_slots_with_lease(
-            names=[name], slots=1, mode="concurrency", lease_duration=300,
-            holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4()),
-        ).json()["lease_id"]
+    lease = hold_a_slot(name)
     reports = []
     worker = threading.Thread(target=lambda: reports.append(run(plan_of(2), name)))
     with caplog.at_level("WARNING", logger="prefect_llmorch.engine.leases"):
@@ -179,11 +184,7 @@ def test_a_run_that_backed_off_asks_again_for_the_limit_that_blocked_it() -> Non
     procs, api = (f"llmorch-test-{k}-{uuid.uuid4().hex[:6]}" for k in ("procs", "api"))
     make_limit(procs, 2)
     make_limit(api, 1)
-    with get_client(sync_client=True) as client:
-        other = client.increment_concurrency_slots_with_lease(
-            names=[api], slots=1, mode="concurrency", lease_duration=300,
-            holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4()),
-        ).json()["lease_id"]
+    other = hold_a_slot(api)
     backed_off = threading.Event()
     limit: leases.GlobalLimit
 

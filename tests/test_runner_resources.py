@@ -198,17 +198,14 @@ def test_a_call_needing_two_processors_waits_for_two_slots_of_the_processors_lim
     import uuid
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+    from test_leases import hold_a_slot
 
     log = Path(os.environ["LLMORCH_MIXED_LOG"])
     log.unlink(missing_ok=True)
     limit = f"llmorch-test-wide-{uuid.uuid4().hex[:6]}"
     _ensure_limit(limit, 2)
-    with get_client(sync_client=True) as client:
-        lease = client.increment_concurrency_slots_with_lease(
-            names=[limit], slots=1, mode="concurrency", lease_duration=300,
-            holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4()),
-        ).json()["lease_id"]
+    lease = hold_a_slot(limit)
     plan = parse('s1: crunch_wide("w", seconds=0.1)\n', toolbox)
     reports: list = []
     t = threading.Thread(target=_guarded_run, args=(plan, limit, reports), daemon=True)
