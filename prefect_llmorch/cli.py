@@ -501,6 +501,10 @@ def run(
         with interrupt.stop_on_signals():
             _prestart_workers(toolbox, P)
             clock = _Clock(_start_prefect())
+            if not no_limit:  # the slots' lease write off the first compute call's path
+                from prefect_llmorch.engine.leases import take_ahead
+
+                take_ahead("llmorch-processors", P)
             try:
                 report = run_plan(
                     text, toolbox, processors=P, policy=policy,

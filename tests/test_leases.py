@@ -329,3 +329,19 @@ def test_back_to_back_runs_of_one_process_pass_the_slots_on_then_give_them_back(
     while active_slots(name) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert active_slots(name) == 0 and not leases_of_limit()
+
+
+def test_slots_taken_ahead_are_what_the_run_uses(monkeypatch) -> None:  # noqa: ANN001
+    """`take_ahead` (what `llmorch run` does while Prefect creates the flow run): the run's
+    first compute call finds the slots held; it writes no lease of its own."""
+    monkeypatch.setenv("LLMORCH_KEEP_SLOTS_SECONDS", "3")
+    name = f"llmorch-test-ahead-{uuid.uuid4().hex[:6]}"
+    leases.take_ahead(name, 2).join(60)
+    ahead = {e["lease"] for e in leases._ledger_read() if e.get("limit") == name}
+    assert ahead and active_slots(name) == 2  # the limit was created with P and both are held
+    assert run(plan_of(2), name).state == "Completed"
+    assert {e["lease"] for e in leases._ledger_read() if e.get("limit") == name} <= ahead
+    deadline = time.monotonic() + 60
+    while active_slots(name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert active_slots(name) == 0  # and nobody took them: given back

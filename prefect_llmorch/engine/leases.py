@@ -118,8 +118,9 @@ _KEPT: dict[tuple[str, str], list[_Kept]] = {}
 _kept_lock = threading.Lock()
 
 
-def _keep(server: str, name: str, leases: list[tuple[Any, int, float]]) -> None:
-    """Keep these leases for the next runner of this process; give back what none takes."""
+def _keep(server: str, name: str, leases: list[tuple[Any, int, float]], seconds: float | None = None) -> None:
+    """Keep these leases for the next runner of this process, for `seconds` (default
+    `_keep_seconds()`); give back what none takes."""
     from prefect.settings import get_current_settings
 
     url = get_current_settings().api.url
@@ -129,7 +130,7 @@ def _keep(server: str, name: str, leases: list[tuple[Any, int, float]]) -> None:
             atexit.register(_give_back_all_kept)
         _KEPT.setdefault((server, name), []).extend(kept)
     for k in kept:
-        timer = threading.Timer(_keep_seconds(), _give_back_kept, args=(server, name, k.lease))
+        timer = threading.Timer(_keep_seconds() if seconds is None else seconds, _give_back_kept, args=(server, name, k.lease))
         timer.daemon = True
         timer.start()
 
@@ -147,7 +148,7 @@ def _adopt(server: str, name: str, most: int) -> list[_Kept]:
     return taken
 
 
-def _give_back_kept(server: str, name: str, lease: Any | None = None) -> None:
+def _give_back_kept(server: str, name: str, lease: Any | None = None, patience: float = 3.0) -> None:
     """Give back a kept lease (or all of them) that no runner took."""
     with _kept_lock:
         kept = _KEPT.get((server, name), [])
@@ -155,10 +156,10 @@ def _give_back_kept(server: str, name: str, lease: Any | None = None) -> None:
         for k in mine:
             kept.remove(k)
     for k in mine:  # in a context of its own: none of a finished flow run's (closed) clients
-        contextvars.Context().run(_release_lease, k.lease, k.url)
+        contextvars.Context().run(_release_lease, k.lease, k.url, patience)
 
 
-def _release_lease(lease: Any, url: str | None) -> None:
+def _release_lease(lease: Any, url: str | None, patience: float) -> None:
     from contextlib import nullcontext
 
     from prefect.client.orchestration import get_client
@@ -167,17 +168,47 @@ def _release_lease(lease: Any, url: str | None) -> None:
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}) if url else nullcontext():
             with get_client(sync_client=True) as client:
-                _patient(client.release_concurrency_slots_with_lease, lease, patience=10.0)
+                _patient(client.release_concurrency_slots_with_lease, lease, patience=patience)
         _ledger_remove(lease)
     except BaseException as exc:  # it expires on its own; the ledger entry then clears it
         logger.debug("giving back a kept lease: %s", exc)
+
+
+def take_ahead(name: str, processors: int, keep_for: float = 30.0, wait: float = 10.0) -> threading.Thread:
+    """Take up to `processors` slots of limit `name` now, on a thread of its own, and keep
+    them (up to `keep_for` seconds) for this process's next runner: `llmorch run` calls it
+    while Prefect creates the flow run, so the first compute call does not wait for the lease
+    write (on a fresh ephemeral server it waited ~2.4 s). Creating the limit, clearing slots
+    of dead holders and the tag-limit read happen here too. Best effort: on any failure the
+    runner takes its slots itself, as it would have."""
+
+    def take() -> None:
+        got = threading.Event()
+        limit = GlobalLimit(name, lambda: processors, got.set, lambda: False)
+        limit.keep_for = keep_for
+        deadline = time.monotonic() + wait
+        with ExitStack() as stack:
+            limit.start(stack)
+            while limit.limit_size is None and not limit.failed and time.monotonic() < deadline:
+                got.wait(0.05)
+                got.clear()
+            limit.adjust(processors, 0)
+            while not limit.failed and time.monotonic() < deadline:
+                if limit.held >= min(processors, limit.limit_size or processors):
+                    break
+                got.wait(0.05)
+                got.clear()
+
+    thread = threading.Thread(target=take, daemon=True, name="llmorch-take-ahead")
+    thread.start()
+    return thread
 
 
 def _give_back_all_kept() -> None:
     """At exit. Registered with the first kept lease: after Prefect registered the stop of an
     ephemeral server it started, so this runs first, while that server still answers."""
     for server, name in list(_KEPT):
-        _give_back_kept(server, name)
+        _give_back_kept(server, name, patience=0.0)  # one try: exit is not held up
 
 
 #: How long a transient API failure (503, "database is locked", a dropped connection) is
@@ -236,6 +267,7 @@ class GlobalLimit:
         self._holder_id: Any = None
         self.failures: dict[str, str] = {}  # limit -> why it cannot be had: calls needing it fail with it
         self._stopping = False
+        self.keep_for: float | None = None  # how long slots it holds at stop are kept (None: the default)
         self._paused_until = 0.0  # backing off: no slot is taken before this (monotonic)
         self._warm: set[frozenset[str]] = set()
         # (monotonic time of the read, tags that have a `tag:` concurrency limit), or None.
@@ -720,7 +752,7 @@ class GlobalLimit:
             for guard in self._guards.values():
                 guard.held, guard.slots = [], 0
         if keep:
-            _keep(self._server, self.name, keep)  # type: ignore[arg-type]
+            _keep(self._server, self.name, keep, self.keep_for)  # type: ignore[arg-type]
         for lease_id, _ in held:
             try:
                 self._do_release(lease_id)
