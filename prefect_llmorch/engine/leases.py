@@ -21,6 +21,12 @@ on one thread (a SQLite server answers 503 "database is locked" to bursts of wri
   the server still knows it; by decrementing the slots when the lease died with its
   ephemeral server, which forgets leases but keeps the slots in its database). A run that
   waits for slots other flow runs hold says so, once.
+- **Slots passed on within a process.** The processors' slots a runner gives back are kept
+  a few seconds (`LLMORCH_KEEP_SLOTS_SECONDS`, 5) for the next runner of this process, which
+  takes them without a lease write (on a SQLite server still writing the previous run's
+  events that write waited seconds); `take_ahead` takes them for `llmorch run` while Prefect
+  creates the flow run. Kept leases are still in the ledger, and go back when their time is
+  up or at exit. A back-off (below) gives its slots back for real.
 - **One limit per resource class.** Beside the processors' limit, each resource capacity
   of the runner (`resources=`, `gpus=`) is guarded by its own global concurrency limit,
   `llmorch-<resource>` (`llmorch-gpu_mem_gb-<device>` per GPU device; sizes and names from
