@@ -553,7 +553,7 @@ class GlobalLimit:
             logger.debug("reading tag concurrency limits: %s", exc)
             self._tag_limits = None
             return
-        self._tag_limits = _read_tag_limits(client, self._server)
+        self._tag_limits = _tag_snapshot(client, self._server)
 
     def _do_prepare(self, name: str) -> None:
         """Create limit `name` (with its capacity; P for the processors') if absent, clear
@@ -769,7 +769,7 @@ class GlobalLimit:
             client.__exit__(None, None, None)
 
 
-def _read_tag_limits(client: Any, server: str) -> tuple[float, frozenset[str]] | None:
+def _tag_snapshot(client: Any, server: str) -> tuple[float, frozenset[str]] | None:
     """(monotonic time of the read, the tags that have a `tag:` limit), shared by this
     process's runners; None when it cannot be read (the engine then asks the API itself)."""
     started = time.monotonic()
@@ -815,7 +815,7 @@ def prime_tags(tags: Iterable[str]) -> None:
 
         try:
             with get_client(sync_client=True) as client:
-                snapshot = _read_tag_limits(client, server)
+                snapshot = _tag_snapshot(client, server)
         except Exception as exc:  # the engine asks the API itself, as usual
             logger.debug("reading tag concurrency limits: %s", exc)
             return
