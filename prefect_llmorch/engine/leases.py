@@ -92,7 +92,9 @@ _SHARED_TAG_LIMITS: dict[str, tuple[float, frozenset[str]]] = {}
 _WARM_AGE = _TAG_CACHE_TTL / 2
 
 
-def _server_key() -> str:
+def server_key() -> str:
+    """Which Prefect API this process talks to now: its URL, or "ephemeral" (Prefect's default);
+    the key of what is remembered per server (tag limits, kept slots, the cost history)."""
     from prefect.settings import get_current_settings
 
     return str(get_current_settings().api.url or "ephemeral")
@@ -277,7 +279,7 @@ class GlobalLimit:
         self._paused_until = 0.0  # backing off: no slot is taken before this (monotonic)
         self._warm: set[frozenset[str]] = set()
         # (monotonic time of the read, tags that have a `tag:` concurrency limit), or None.
-        self._server = _server_key()
+        self._server = server_key()
         self._tag_limits: tuple[float, frozenset[str]] | None = _SHARED_TAG_LIMITS.get(self._server)
         if name:
             self._guards[name] = _Guard(name, None)
@@ -808,7 +810,7 @@ def prime_tags(tags: Iterable[str]) -> None:
     key = frozenset(tags)
     if not key:
         return
-    server = _server_key()
+    server = server_key()
     snapshot = _SHARED_TAG_LIMITS.get(server)
     if snapshot is None or time.monotonic() - snapshot[0] > _WARM_AGE:
         from prefect.client.orchestration import get_client

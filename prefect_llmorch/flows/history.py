@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping
 
 from dataclasses import dataclass, field
 
+from prefect_llmorch.engine.leases import server_key
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.model import Plan
 
@@ -74,12 +75,6 @@ API_TTL_SECONDS = 60.0
 _api_cache: dict[str, dict[str, tuple[float, list[float]]]] = {}
 
 
-def _server() -> str:
-    from prefect.settings import get_current_settings
-
-    return str(get_current_settings().api.url or "ephemeral")
-
-
 def _cached_durations(functions: Iterable[str], limit: int) -> dict[str, list[float]]:
     """`_api_durations`, read once per `API_TTL_SECONDS` per server: a warm process's next run
     does not wait for the query before its first call (it was most of the time to first call)."""
@@ -87,7 +82,7 @@ def _cached_durations(functions: Iterable[str], limit: int) -> dict[str, list[fl
 
     wanted, now = set(functions), time.monotonic()
     with _lock:
-        known = _api_cache.setdefault(_server(), {})
+        known = _api_cache.setdefault(server_key(), {})
         fresh = {fn: known[fn][1] for fn in wanted if fn in known and now - known[fn][0] < API_TTL_SECONDS}
     if len(fresh) == len(wanted):
         return {fn: ds[:limit] for fn, ds in fresh.items() if ds}
@@ -168,7 +163,7 @@ def remember(durations: Mapping[str, Iterable[float]]) -> None:
         return
     path = history_file()
     with _lock:
-        known = _api_cache.get(_server(), {})  # what this process read stays current with its own runs
+        known = _api_cache.get(server_key(), {})  # what this process read stays current with its own runs
         for fn, ds in new.items():
             if fn in known:
                 known[fn] = (known[fn][0], (ds[::-1] + known[fn][1])[:RECENT])

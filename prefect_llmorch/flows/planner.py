@@ -77,11 +77,10 @@ def _as_task_run(name: str, attempt: Callable[[], AttemptOutcome]) -> AttemptOut
             raise PlanErrors(list(out[2]))  # the task run ends Failed, listing the errors
         return len(out[1] or ())
 
-    task = Task(
+    task = _PrimedTask(
         fn=body, name="planner attempt", task_run_name=name, tags={"inout"},
         cache_policy=NO_CACHE, persist_result=False, log_prints=False,
     )
-    prime_tags(task.tags)  # (see _PrimedTask)
     state = task(return_state=True)
     if "out" not in box:
         state.result()  # the attempt itself raised (e.g. LLMError): raise it here
@@ -120,7 +119,6 @@ class _PrimedTask(Task):  # type: ignore[type-arg]
 
 
 def _planner(
-
     query: str,
     toolbox: Toolbox,
     llm: "LLMClient | LLMEndpoint | str | None" = None,
