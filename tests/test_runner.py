@@ -4,6 +4,7 @@ from recorded start/end times and process ids, never from wall-clock thresholds.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 import time
 
 import pytest
@@ -462,3 +463,45 @@ def test_cancel_all_ends_a_running_plan_s_compute_and_inout_calls_cancelled() ->
     assert states["slow"] == "Cancelled" and states["wait"] == "Cancelled", states
     assert states["after"] not in ("Running", "Completed"), states  # never started
     assert not calls or calls["after"]["start"] is None
+
+
+# -- a plan announced before its calls are submitted (`use_graph`) --------------------------
+def _announced_flow(submit_second: bool):  # noqa: ANN202
+    """A flow that announces `s1: fetch(0)` and `s2: fetch(0)`, submits s1 alone and waits
+    for it to end before it submits s2 (or never submits s2)."""
+    from prefect import flow
+
+    from prefect_llmorch.engine.compiler import Compiler, Recorder
+    from prefect_llmorch.flows.execute import current_llmorch_runner
+    from prefect_llmorch.graph import FRG
+    from prefect_llmorch.plan.parser import parse
+    from toolboxes import toolbox
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+    def announced() -> tuple[str, list[Any]]:
+        plan = parse("s1: fetch(0, 1)\ns2: fetch(0, 2)", toolbox)
+        frg = FRG.build(plan, toolbox)
+        runner = current_llmorch_runner()
+        runner.use_graph(frg)
+        compiler = Compiler(frg=frg, toolbox=toolbox, recorder=Recorder(), pool=runner.pool)
+        futures: dict[str, Any] = {}
+        compiler.submit([plan.calls[0]], futures)
+        futures["s1"].wait(timeout=60)  # before: nothing started until s2 was submitted too
+        first = futures["s1"].state.name
+        if submit_second:
+            compiler.submit([plan.calls[1]], futures)
+        runner.no_more_submissions()
+        return first, [f.result() for f in futures.values()]
+
+    return announced
+
+
+def test_a_call_of_an_announced_plan_starts_before_the_rest_of_the_plan_is_submitted() -> None:
+    first, results = _announced_flow(submit_second=True)()
+    assert first == "Completed"
+    assert results == [1, 2]
+
+
+def test_an_announced_call_never_submitted_does_not_hold_the_run() -> None:
+    first, results = _announced_flow(submit_second=False)()
+    assert (first, results) == ("Completed", [1])

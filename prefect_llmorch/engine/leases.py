@@ -212,6 +212,34 @@ def take_ahead(name: str, processors: int, keep_for: float = 30.0, wait: float =
     return thread
 
 
+def read_tags_ahead() -> threading.Thread | None:
+    """Re-read which tags have concurrency limits now, on a thread of its own, when this
+    process has read them from this server before (a warm process: the server is up): called
+    while Prefect creates a flow run, so the run's first calls find the snapshot fresh and
+    start without waiting for that read. None when there is nothing to refresh."""
+    server = server_key()
+    snapshot = _SHARED_TAG_LIMITS.get(server)
+    if snapshot is None or time.monotonic() - snapshot[0] < _FRESH_ENOUGH:
+        return None
+
+    def read() -> None:
+        from prefect.client.orchestration import get_client
+
+        try:
+            with get_client(sync_client=True) as client:
+                _tag_snapshot(client, server)
+        except Exception as exc:  # the runner reads them itself, as it would have
+            logger.debug("reading tag concurrency limits ahead: %s", exc)
+
+    thread = threading.Thread(target=read, daemon=True, name="llmorch-tags-ahead")
+    thread.start()
+    return thread
+
+
+#: A snapshot younger than this is not read again ahead of a flow run.
+_FRESH_ENOUGH = 0.5
+
+
 def _give_back_all_kept() -> None:
     """At exit. Registered with the first kept lease: after Prefect registered the stop of an
     ephemeral server it started, so this runs first, while that server still answers."""
@@ -280,9 +308,22 @@ class GlobalLimit:
         self._warm: set[frozenset[str]] = set()
         # (monotonic time of the read, tags that have a `tag:` concurrency limit), or None.
         self._server = server_key()
-        self._tag_limits: tuple[float, frozenset[str]] | None = _SHARED_TAG_LIMITS.get(self._server)
+        self._own_tag_limits: tuple[float, frozenset[str]] | None = None
         if name:
             self._guards[name] = _Guard(name, None)
+
+    @property
+    def _tag_limits(self) -> tuple[float, frozenset[str]] | None:
+        """The latest tag-limit snapshot: this object's read, or the process's (another
+        runner's, or `read_tags_ahead`'s while Prefect created the flow run)."""
+        own, shared = self._own_tag_limits, _SHARED_TAG_LIMITS.get(self._server)
+        if own is None or (shared is not None and shared[0] > own[0]):
+            return shared
+        return own
+
+    @_tag_limits.setter
+    def _tag_limits(self, value: tuple[float, frozenset[str]] | None) -> None:
+        self._own_tag_limits = value
 
     # -- what the runner asks ---------------------------------------------------------
     @property

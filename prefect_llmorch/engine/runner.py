@@ -30,9 +30,12 @@ task run is named `name~N` and costs 1. The Coordinator's graph grows as submiss
 (`Coordinator.grow`) and starts afresh once everything in it is done. So a plan submitted
 whole (`run_plan`) is one graph, equal to `FRG.build(plan)`: the runner starts its calls in
 exactly the order the simulator would for the same completion order (`trace` records the
-protocol; tests/test_runner.py replays it). While the FRG announced by `use_graph` still has
-calls to come, or a new tag set is being looked up (see `leases.py`), nothing starts: those
-few milliseconds keep the start order independent of submission order.
+protocol; tests/test_runner.py replays it). A whole plan announced by `use_graph` before its
+calls are submitted goes into the Coordinator's graph at once: a call it passes out before its
+submission arrives starts when it arrives, so the first calls start while the rest are still
+being submitted, in the order the simulator decides. Otherwise, while the announced FRG still
+has calls to come, or a new tag set is being looked up (see `leases.py`), nothing starts:
+those few milliseconds keep the start order independent of submission order.
 
 Which task runs finish is all the Coordinator hears (`done` after any final state): what a
 downstream run does with a failed input is Prefect's engine's business, as with Prefect's
@@ -142,6 +145,9 @@ class _Submission:
     probe: Any = None  # a cache=True compute call: is its result stored? (`caching.cache_probe`)
     device: Any = None  # where the Coordinator placed it (while its probe runs)
     cached: bool = False  # the probe found its result: it runs holding no slot
+    announced: bool = False  # a call of the announced FRG, not submitted yet (`use_graph`)
+    passed: bool = False  # announced and already passed out: it starts when it is submitted
+    abandoned: bool = False  # announced, never submitted (`no_more_submissions`): done at once
 
 
 class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
@@ -226,6 +232,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._counted: dict[str, dict[str, float]] = {}  # node or announced call -> its demand in _unfinished
         self._frg: FRG | None = None
         self._expected: set[str] = set()  # calls of the announced FRG not submitted yet
+        self._announced: dict[str, _Submission] = {}  # of those, the ones already in the graph
+        self._arrived: list[_Submission] = []  # passed out before they were submitted, now submitted
         self._submitted_calls: set[str] = set()
         self._cold: set[frozenset[str]] = set()  # tag sets being looked up
         self._expecting_more = True
@@ -445,8 +453,30 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._expected = {cid for cid in frg.ids if cid not in self._submitted_calls}
             for cid in self._expected:  # their demand is taken ahead, as P is
                 self._count(f"call:{cid}", frg.demand[cid], 1)
+            if len(self._expected) == len(frg) and self._idle():
+                self._announce(frg)
         self._safe_dispatch()
         self._adjust_slots()
+
+    def _idle(self) -> bool:
+        """Nothing of this runner is unfinished or waiting to join the graph."""
+        return not self._new and (self._co is None or self._co.is_finished())
+
+    def _announce(self, frg: FRG) -> None:
+        """A whole new plan is announced before its calls are submitted: the Coordinator
+        gets its graph now and decides as the simulator would; a call it passes out before
+        its submission arrives starts when it arrives. So the first calls start while the
+        rest are still being submitted, in the same order. Called with the lock held."""
+        for cid in frg.ids:
+            sub = _Submission(
+                node=cid, task=None, kind=frg.kind[cid], call_id=cid,  # type: ignore[arg-type]
+                task_run_id=None, parameters={}, wait_for=[], dependencies=None,  # type: ignore[arg-type]
+                context=contextvars.Context(), future=concurrent.futures.Future(), cancel=Cancel(),
+                deps=frozenset(frg.deps[cid]), cost=frg.cost[cid], demand=frg.demand[cid], announced=True,
+            )
+            self._announced[cid] = sub
+            self._subs[cid] = sub
+            self._new.append(sub)
 
     def no_more_submissions(self) -> None:
         """Every call of the plan is submitted: slots not needed any more can go back."""
@@ -455,6 +485,13 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             for cid in self._expected:
                 self._count(f"call:{cid}", {}, -1)
             self._expected.clear()
+            for sub in self._announced.values():  # announced, never submitted: nothing to run
+                sub.abandoned = True
+                if sub.passed:
+                    sub.state = "done"
+                    self._co.done(sub.node)  # type: ignore[union-attr]
+                    self.trace.append(("done", (sub.node,)))
+            self._announced.clear()
         self._safe_dispatch()
         self._adjust_slots()
 
@@ -507,7 +544,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             if self._closing:
                 raise RuntimeError(f"LLMOrchTaskRunner is shutting down ({self._cancelled or 'its flow run ended'})")
             seq = next(self._seq)
-            if call_id is not None and call_id not in self._subs:
+            announced = self._announced.pop(call_id, None) if call_id is not None else None
+            if announced is not None:
+                sub = self._arrive(announced, sub)
+            elif call_id is not None and call_id not in self._subs:
                 sub.node = call_id
             else:
                 sub.node = f"{call_id or task.name}~{seq}"
@@ -526,8 +566,11 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     foreign.append(ext)
                     node = ext.node
                 deps.add(node)
-            sub.deps = frozenset(deps)
-            self._add(sub)
+            if announced is None:
+                sub.deps = frozenset(deps)
+                self._add(sub)
+            else:  # in the graph already, with the plan's deps (Prefect's engine waits for its inputs)
+                self._by_run[sub.task_run_id] = sub.node
             self._count(sub.node, sub.demand or demand_of(kind), 1)
             if kind == "compute":
                 self._unfinished_compute += 1
@@ -539,6 +582,17 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._dispatch()
         self._adjust_slots()
         return PrefectConcurrentFuture(task_run_id=sub.task_run_id, wrapped_future=sub.future)
+
+    def _arrive(self, announced: _Submission, sub: _Submission) -> _Submission:
+        """The submission of an announced call: it takes the call's place in the graph (and
+        starts at the next dispatch if it was passed out already). Called with the lock held."""
+        for name in ("task", "kind", "task_run_id", "parameters", "wait_for", "dependencies", "context",
+                     "future", "cancel", "tags", "probe"):
+            setattr(announced, name, getattr(sub, name))
+        announced.announced = False
+        if announced.passed:
+            self._arrived.append(announced)
+        return announced
 
     def _refuse_nested_compute(self, task: "Task[Any, Any]") -> None:
         from prefect.context import TaskRunContext
@@ -607,6 +661,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 stuck = [s for s in self._subs.values() if s.state == "pending" and s.external is None]
                 for s in stuck:
                     s.state = "done"
+                self._announced.clear()  # their submissions join as new nodes, and fail the same way
             for s in stuck:
                 if not s.future.done():
                     s.future.set_exception(exc)
@@ -664,13 +719,16 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 return
             if self._cold:
                 self._cold = {t for t in self._cold if not self._limit.is_warm(t)}
-            if self._expected or self._cold:
+            if self._expected.difference(self._announced) or self._cold:
                 return
             if self._worth_growing():
                 self._grow()
             co = self._co
             if co is None:
                 return
+            arrived, self._arrived = self._arrived, []
+            for sub in arrived:
+                self._pass_out(sub, sub.device, start, probing)
             while True:
                 ready = co.get_ready()
                 if not ready:
@@ -679,26 +737,16 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 finished = []
                 for node in ready:
                     sub = self._subs[node]
-                    if sub.external is not None:
-                        if sub.finished:
+                    if sub.external is not None or sub.abandoned:
+                        if sub.finished or sub.abandoned:
                             sub.state = "done"
                             finished.append(node)
                         else:
                             sub.state = "running"
+                    elif sub.announced:  # not submitted yet: it starts when it arrives
+                        sub.passed, sub.device = True, co.device_of(node)
                     else:
-                        device = co.device_of(node)
-                        if sub.kind == "compute":
-                            self._placed(sub, device)
-                        if sub.probe is not None:  # a stored result needs no slot: look first, unlocked
-                            sub.device = device
-                            probing.append(sub)
-                            continue
-                        sub.needs = self._needs(sub, device)
-                        if sub.needs:
-                            self._held.append(sub)
-                        else:
-                            sub.state = "running"
-                            start.append(sub)
+                        self._pass_out(sub, co.device_of(node), start, probing)
                 if not finished:
                     break
                 co.done(*finished)
@@ -714,6 +762,22 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             executor.submit(s.context.run, self._run, s)
         for s in probing:  # in a copy: on a miss, `_run` enters the call's own context elsewhere
             executor.submit(s.context.copy().run, self._probe, s)
+
+    def _pass_out(self, sub: _Submission, device: Any, start: list[_Submission], probing: list[_Submission]) -> None:
+        """A call the Coordinator passed out: to start now, to hold for its global-limit slots,
+        or (a `cache=True` compute call) to probe for a stored result first. Lock held."""
+        if sub.kind == "compute":
+            self._placed(sub, device)
+        if sub.probe is not None:  # a stored result needs no slot: look first, unlocked
+            sub.device = device
+            probing.append(sub)
+            return
+        sub.needs = self._needs(sub, device)
+        if sub.needs:
+            self._held.append(sub)
+        else:
+            sub.state = "running"
+            start.append(sub)
 
     def _probe(self, sub: _Submission) -> None:
         """A passed-out `cache=True` compute call: run it at once, holding no slot, when its

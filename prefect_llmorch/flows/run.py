@@ -11,6 +11,8 @@ with `llmorch-ask`) is `prefect_llmorch.flows.execute`; the report `prefect_llmo
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from typing import Any, Mapping
 
 from prefect import flow, get_run_logger
@@ -91,7 +93,7 @@ def orchestrate(
     recorder = Recorder()  # t0: the flow starts executing, the plan is available
     logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
-    parsed = parse(plan_text(plan), tb)  # a large plan comes as a reference (`flows/planref.py`)
+    parsed = _parsed(plan_text(plan), tb)  # a large plan comes as a reference (`flows/planref.py`)
     P = processors or default_processors()
     runner = current_llmorch_runner()
     if runner is not None:
@@ -121,6 +123,43 @@ def orchestrate(
     remember_records(report.calls)
     publish_artifacts(ex.frg, report)
     return conclude(report)
+
+
+#: Plans `run_plan` is parsing while Prefect creates their flow runs, by (text, toolbox).
+_AHEAD: dict[tuple[str, int], concurrent.futures.Future[Plan]] = {}
+_AHEAD_LOCK = threading.Lock()
+
+
+def _parse_ahead(text: str, toolbox: Toolbox | str) -> tuple[str, int] | None:
+    """Start parsing `text` on a thread while Prefect creates the flow run (mostly waiting on
+    the API); the flow's body takes the result (`_parsed`), an error included, so a bad plan
+    still fails its flow run with the parser's message. Returns the key to drop it by."""
+    try:
+        tb = resolve_toolbox(toolbox)
+    except Exception:  # the flow reports it, as it would have
+        return None
+    key = (text, id(tb))
+    future: concurrent.futures.Future[Plan] = concurrent.futures.Future()
+
+    def work() -> None:
+        try:
+            future.set_result(parse(text, tb))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    with _AHEAD_LOCK:
+        if key in _AHEAD:
+            return None
+        _AHEAD[key] = future
+    threading.Thread(target=work, daemon=True, name="llmorch-parse-ahead").start()
+    return key
+
+
+def _parsed(text: str, tb: Toolbox) -> Plan:
+    """The plan parsed ahead by `run_plan` for this text and toolbox, else parsed now."""
+    with _AHEAD_LOCK:
+        future = _AHEAD.pop((text, id(tb)), None)
+    return future.result() if future is not None else parse(text, tb)
 
 
 def _llm_for(plan: Plan, endpoint: str | None, recovery_rounds: int, cancel_running: bool = False) -> tuple[Any, Any, RecoveryConfig | None]:
@@ -214,7 +253,13 @@ def run_plan(
         "endpoint": endpoint, "recovery_rounds": recovery_rounds, "cancel_running": cancel_running,
         "cache": cache, "costs": costs, "resources": dict(resources) if resources else None,
     }
-    return run_flow(orchestrate, runner, parameters, simple=simple)
+    ahead = _parse_ahead(text, toolbox)
+    try:
+        return run_flow(orchestrate, runner, parameters, simple=simple)
+    finally:
+        if ahead is not None:
+            with _AHEAD_LOCK:
+                _AHEAD.pop(ahead, None)  # the flow never got to it
 
 
 def local_runner(
@@ -241,6 +286,9 @@ def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: 
     Objects (a `Toolbox`, an `LLMClient`) are never sent to the API as flow-run parameters:
     then the flow's function runs inside an unparameterised flow of the same name.
     """
+    from prefect_llmorch.engine.leases import read_tags_ahead
+
+    read_tags_ahead()  # while Prefect creates the flow run: its first calls need not wait for it
     if simple:
         state = flow_obj.with_options(task_runner=runner)(**parameters, return_state=True)
     else:
