@@ -221,23 +221,26 @@ def read_tags_ahead() -> threading.Thread | None:
     snapshot = _SHARED_TAG_LIMITS.get(server)
     if snapshot is None or time.monotonic() - snapshot[0] < _FRESH_ENOUGH:
         return None
-
-    def read() -> None:
-        from prefect.client.orchestration import get_client
-
-        try:
-            with get_client(sync_client=True) as client:
-                _tag_snapshot(client, server)
-        except Exception as exc:  # the runner reads them itself, as it would have
-            logger.debug("reading tag concurrency limits ahead: %s", exc)
-
-    thread = threading.Thread(target=read, daemon=True, name="llmorch-tags-ahead")
+    thread = threading.Thread(target=_read_tag_snapshot, args=(server,), daemon=True, name="llmorch-tags-ahead")
     thread.start()
     return thread
 
 
 #: A snapshot younger than this is not read again ahead of a flow run.
 _FRESH_ENOUGH = 0.5
+
+
+def _read_tag_snapshot(server: str) -> tuple[float, frozenset[str]] | None:
+    """`_tag_snapshot` with a client of its own (outside a runner's API thread); None when
+    it cannot be read (the engine, or the runner, then asks the API itself, as usual)."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return _tag_snapshot(client, server)
+    except Exception as exc:
+        logger.debug("reading tag concurrency limits: %s", exc)
+        return None
 
 
 def _give_back_all_kept() -> None:
@@ -854,14 +857,7 @@ def prime_tags(tags: Iterable[str]) -> None:
     server = server_key()
     snapshot = _SHARED_TAG_LIMITS.get(server)
     if snapshot is None or time.monotonic() - snapshot[0] > _WARM_AGE:
-        from prefect.client.orchestration import get_client
-
-        try:
-            with get_client(sync_client=True) as client:
-                snapshot = _tag_snapshot(client, server)
-        except Exception as exc:  # the engine asks the API itself, as usual
-            logger.debug("reading tag concurrency limits: %s", exc)
-            return
+        snapshot = _read_tag_snapshot(server)
     _prime(key, snapshot)
 
 
