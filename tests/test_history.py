@@ -90,6 +90,29 @@ def test_the_history_read_is_reused_and_kept_current_by_this_process_s_runs(home
     assert function_costs([fn], sources=sources) == {fn: 0.7} and sources == {fn: "api"}
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_past_its_ttl_the_history_read_is_used_at_once_and_read_again_behind(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run past the TTL does not wait for the query: it takes what this process read, and
+    the read runs again on a thread (here it finds no task run of the function, and says so)."""
+    import time
+
+    from prefect_llmorch.engine.leases import server_key
+    from prefect_llmorch.flows import history
+
+    fn = "history_stale_probe_xyz"
+    function_costs([fn])  # read once: none
+    remember({fn: [0.9]})  # this process's own run joins the read
+    monkeypatch.setattr(history, "API_TTL_SECONDS", 0.0)  # every read is stale from now on
+    server = server_key()
+    read_at = history._api_cache[server][fn][0]
+    assert function_costs([fn]) == {fn: 0.9}  # at once, from what was read
+    deadline = time.monotonic() + 30
+    while server in history._refreshing and time.monotonic() < deadline:
+        time.sleep(0.02)
+    at, durations = history._api_cache[server][fn]
+    assert at > read_at and durations == []  # read again: the API has no run of it
+
+
 def test_without_an_api_the_local_history_is_used(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # An API that cannot be reached: nothing listens on this port.
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")

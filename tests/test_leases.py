@@ -345,3 +345,26 @@ def test_slots_taken_ahead_are_what_the_run_uses(monkeypatch) -> None:  # noqa: 
     while active_slots(name) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert active_slots(name) == 0  # and nobody took them: given back
+
+
+def test_kept_slots_are_held_the_moment_a_runner_asks_without_its_api_thread() -> None:
+    """A warm process's next runner holds the slots its previous runner kept as soon as it
+    sizes its slots (`adjust`, at `__enter__`), in that thread: its first compute call does
+    not wait for the API thread to start and answer. Here no API thread runs at all."""
+    name = f"llmorch-test-adopt-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    with get_client(sync_client=True) as client:
+        lease = client.increment_concurrency_slots_with_lease(
+            names=[name], slots=2, mode="concurrency", lease_duration=60,
+            holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4()),
+        ).json()["lease_id"]
+    leases._keep(leases.server_key(), name, [(uuid.UUID(lease), 2, time.monotonic())], seconds=30)
+    woken: list[int] = []
+    limit = leases.GlobalLimit(name, lambda: 2, lambda: woken.append(1), lambda: True)  # never started
+    limit.adjust(2, 0)
+    try:
+        assert limit.held == 2 and woken == [1]
+        assert limit._jobs.empty()  # nothing asked of the API
+    finally:
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(uuid.UUID(lease))

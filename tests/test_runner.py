@@ -505,3 +505,66 @@ def test_a_call_of_an_announced_plan_starts_before_the_rest_of_the_plan_is_submi
 def test_an_announced_call_never_submitted_does_not_hold_the_run() -> None:
     first, results = _announced_flow(submit_second=False)()
     assert (first, results) == ("Completed", [1])
+
+
+# -- a call's processor goes back when its body succeeds, not when its run ends ----------------
+def test_the_next_compute_call_starts_while_prefect_still_finishes_the_one_before(tmp_path: Any) -> None:
+    """P = 1, two independent compute calls. Each one's on_completion hook (Prefect's engine,
+    after the body) waits for the other call's own record: the second starts on the freed
+    processor while the first's hook still waits. Before, the processor came back only when
+    the first's whole task run ended: its hook waited out its 20 s, the second started after."""
+    import json
+    import os
+    import threading
+
+    from prefect import flow
+
+    from prefect_llmorch.engine.compiler import Compiler
+    from prefect_llmorch.flows.execute import current_llmorch_runner
+    from prefect_llmorch.graph import FRG
+    from prefect_llmorch.plan.parser import parse
+    from toolboxes_guard import plan_text, toolbox as guard_toolbox
+
+    log = str(tmp_path / "records.jsonl")
+    hook_end: dict[int, float] = {}
+
+    def records() -> dict[int, dict[str, Any]]:
+        if not os.path.exists(log):
+            return {}
+        return {r["i"]: r for r in map(json.loads, open(log).read().splitlines())}
+
+    def waiting_for(other: int) -> Any:
+        def hold(task: Any, task_run: Any, state: Any) -> None:
+            deadline = time.monotonic() + 20
+            while other not in records() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            hook_end[1 - other] = time.time()
+
+        return hold
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+    def two() -> tuple[list[int], int]:
+        plan = parse(plan_text(log, calls=2, seconds=0.05), guard_toolbox)
+        frg = FRG.build(plan, guard_toolbox)
+        runner = current_llmorch_runner()
+        runner.use_graph(frg)
+        compiler = Compiler(frg=frg, toolbox=guard_toolbox, recorder=Recorder(), pool=runner.pool)
+        futures = {}
+        for i, call in enumerate(plan.calls):
+            t = compiler.task_for(call)
+            t.on_completion_hooks.append(waiting_for(1 - i))
+            futures[call.id] = t.submit(call_text=compiler.call_text(call), inputs={})
+        runner.no_more_submissions()
+        results = [f.result() for f in futures.values()]
+        return results, runner.max_running_compute
+
+    out: list[Any] = []
+    worker = threading.Thread(target=lambda: out.append(two()), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert out, "the flow run did not end"
+    assert out[0] == ([0, 1], 1)
+    rows = records()
+    first, second = sorted(rows, key=lambda i: rows[i]["start"])
+    assert rows[second]["start"] >= rows[first]["end"]  # one processor: never together
+    assert rows[second]["start"] < hook_end[first], "the second call waited for the first's task run to end"

@@ -32,7 +32,7 @@ from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
 from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR, NotCacheable, cache_probe, task_cache_options
-from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, wait_first
+from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, body_done, wait_first
 from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
 #: Attribute a compiled task carries to name its call in the FRG.
@@ -237,6 +237,8 @@ class Compiler:
                 value = self._execute(call, spec, inputs, token)
                 if caching:
                     self._check_storable(call, value)
+                else:  # final: nothing after the body can run it again (a result write could)
+                    body_done()
                 return value
             except CallCancelled as exc:
                 return Cancelled(message=str(exc))

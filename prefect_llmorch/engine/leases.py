@@ -491,6 +491,8 @@ class GlobalLimit:
             if name in self.failures or self._stopping:
                 return
             missing = target - guard.slots - guard.acquiring
+            adopted = self._adopt_kept(guard, missing) if missing > 0 and guard.acquiring == 0 else 0
+            missing -= adopted
             if missing > 0 and guard.acquiring == 0 and time.monotonic() >= self._paused_until:
                 guard.acquiring = missing
                 self._job("acquire", (name, missing))
@@ -505,6 +507,24 @@ class GlobalLimit:
                     self._job("keep", lease)  # for this process's next runner, for a few seconds
                 else:
                     self._job("release", lease[0])
+        if adopted:
+            self._wake()  # the runner starts what these slots allow
+
+    def _adopt_kept(self, guard: "_Guard", most: int) -> int:
+        """Hold slots of the processors' limit that this process's previous runner kept (at
+        most `most`), here, in the caller's thread: no API call, so a warm process's first
+        compute call does not wait for the API thread (its start and its first requests,
+        behind the flow run's own). Returns how many. Called with the lock held."""
+        if guard.name != self.name or self._stopping or time.monotonic() < self._paused_until:
+            return 0
+        adopted = _adopt(self._server, guard.name, most)
+        for k in adopted:
+            guard.held.append((k.lease, k.slots))
+            guard.slots += k.slots
+            self._lease_renewed[k.lease] = k.renewed
+        if adopted:
+            guard.blocked = False
+        return sum(k.slots for k in adopted)
 
     # -- the thread -------------------------------------------------------------------
     def _job(self, op: str, arg: Any) -> None:

@@ -151,6 +151,19 @@ def wait_first(fs: Iterable[concurrent.futures.Future[Any]], timeout: float | No
 #: or to "" for a call without GPU memory when the run has devices).
 CALL_ENV: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("llmorch_call_env", default=None)
 
+#: Set by the runner for the task run in this context: called once the call's body has
+#: succeeded (its function returned and nothing after it can run it again), so its
+#: processor and slots go back, and its dependents may start, while Prefect's engine is
+#: still finishing the run (its state, its hooks). Unset: nothing to tell.
+BODY_DONE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("llmorch_body_done", default=None)
+
+
+def body_done() -> None:
+    """Tell the runner (if any) that this context's call has finished its body."""
+    release = BODY_DONE.get()
+    if release is not None:
+        release()
+
 
 @runtime_checkable
 class ProcessorPool(Protocol):

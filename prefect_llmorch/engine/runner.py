@@ -80,7 +80,7 @@ from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR
 from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
 from prefect_llmorch.engine.devices import discover_gpus
 from prefect_llmorch.engine.leases import GlobalLimit
-from prefect_llmorch.engine.pool import CALL_ENV, CallCancelled, CallNotSent, Cancel
+from prefect_llmorch.engine.pool import BODY_DONE, CALL_ENV, CallCancelled, CallNotSent, Cancel
 from prefect_llmorch.engine.workers import take_pool
 from prefect_llmorch.graph import FRG, GPU_MEM, PROCESSORS, demand_of
 from prefect_llmorch.schedule.policy import Coordinator, check_policy
@@ -148,6 +148,7 @@ class _Submission:
     announced: bool = False  # a call of the announced FRG, not submitted yet (`use_graph`)
     passed: bool = False  # announced and already passed out: it starts when it is submitted
     abandoned: bool = False  # announced, never submitted (`no_more_submissions`): done at once
+    released: bool = False  # its body succeeded: its processor and slots are back (`_release`)
 
 
 class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
@@ -860,6 +861,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             dependencies=sub.dependencies,
         )
         self._limit.prime(sub.tags)
+        BODY_DONE.set(functools.partial(self._release, sub))  # this thread's context is the run's
         state = None
         try:
             if sub.task.isasync:
@@ -875,19 +877,39 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 _finish(sub.future, exc=RuntimeError(f"task run {sub.task.name} ended without a state"))
             with self._lock:
                 sub.state = "done"
-                for k, n in sub.needs.items():
-                    self._in_use[k] = self._in_use.get(k, 0) - n
-                self._count(sub.node, {}, -1)
-                if self._co is not None and sub.node in self._co.running:
-                    self._co.done(sub.node)
-                    self.trace.append(("done", (sub.node,)))
+                self._give_back(sub)
                 if sub.kind == "compute":
-                    self._running_compute -= 0 if sub.cached else 1
                     self._unfinished_compute -= 1
         if state is not None:
             _finish(sub.future, state)
         self._safe_dispatch()
         self._adjust_slots()
+
+    def _release(self, sub: _Submission) -> None:
+        """A call's body succeeded (`pool.body_done`): its processor and slots go back and
+        the Coordinator hears it is done now, not once Prefect's engine has finished the run
+        (its state, hooks): the next call of that processor starts without waiting for
+        them. A dependent's engine still waits for this run's future, as Prefect's does."""
+        with self._lock:
+            if sub.state != "running":
+                return
+            self._give_back(sub)
+        self._safe_dispatch()
+        self._adjust_slots()
+
+    def _give_back(self, sub: _Submission) -> None:
+        """What a running call held goes back, once. Called with the lock held."""
+        if sub.released:
+            return
+        sub.released = True
+        for k, n in sub.needs.items():
+            self._in_use[k] = self._in_use.get(k, 0) - n
+        self._count(sub.node, {}, -1)
+        if self._co is not None and sub.node in self._co.running:
+            self._co.done(sub.node)
+            self.trace.append(("done", (sub.node,)))
+        if sub.kind == "compute":
+            self._running_compute -= 0 if sub.cached else 1
 
     # -- the global limit -------------------------------------------------------------
     def _adjust_slots(self) -> None:

@@ -75,21 +75,55 @@ API_TTL_SECONDS = 60.0
 _api_cache: dict[str, dict[str, tuple[float, list[float]]]] = {}
 
 
+#: Servers whose history is being re-read in the background (`_cached_durations`).
+_refreshing: set[str] = set()
+
+
 def _cached_durations(functions: Iterable[str], limit: int) -> dict[str, list[float]]:
     """`_api_durations`, read once per `API_TTL_SECONDS` per server: a warm process's next run
-    does not wait for the query before its first call (it was most of the time to first call)."""
+    does not wait for the query before its first call (it was most of the time to first call).
+    Past the TTL, what this process read (kept current by its own runs) is used at once and
+    the query runs again on a thread, for the runs after; only functions never read wait."""
     import time
 
-    wanted, now = set(functions), time.monotonic()
+    wanted, now, server = set(functions), time.monotonic(), server_key()
     with _lock:
-        known = _api_cache.setdefault(server_key(), {})
-        fresh = {fn: known[fn][1] for fn in wanted if fn in known and now - known[fn][0] < API_TTL_SECONDS}
-    if len(fresh) == len(wanted):
-        return {fn: ds[:limit] for fn, ds in fresh.items() if ds}
+        known = _api_cache.setdefault(server, {})
+        have = {fn: known[fn] for fn in wanted if fn in known}
+        stale = any(now - at >= API_TTL_SECONDS for at, _ in have.values())
+        refresh = stale and len(have) == len(wanted) and server not in _refreshing
+        if refresh:
+            _refreshing.add(server)
+    if len(have) == len(wanted):
+        if refresh:
+            _refresh_later(server, wanted, limit)
+        return {fn: ds[:limit] for fn, (_, ds) in have.items() if ds}
     found = _api_durations(wanted, limit)
     with _lock:
         known.update((fn, (now, list(found.get(fn, [])))) for fn in wanted)
     return found
+
+
+def _refresh_later(server: str, functions: set[str], limit: int) -> None:
+    """Re-read the history of `functions` on a thread (in the caller's context: its settings
+    and API), off the run's way to its first call."""
+    import contextvars
+    import time
+
+    def work() -> None:
+        try:
+            now = time.monotonic()
+            found = _api_durations(functions, limit)
+            with _lock:
+                _api_cache.setdefault(server, {}).update((fn, (now, list(found.get(fn, [])))) for fn in functions)
+        except Exception as exc:  # the old read stays; the next run tries again
+            logger.debug("re-reading the task-run history: %s", exc)
+        finally:
+            with _lock:
+                _refreshing.discard(server)
+
+    ctx = contextvars.copy_context()
+    threading.Thread(target=ctx.run, args=(work,), daemon=True, name="llmorch-history").start()
 
 
 def _api_durations(functions: Iterable[str], limit: int) -> dict[str, list[float]]:
