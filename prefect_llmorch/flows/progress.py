@@ -6,8 +6,9 @@
 
 Calls finish in task threads; updating the artifact there would put an API round trip
 on the critical path of every call. The recorder's listener only notes that something
-changed; one daemon thread sends at most one update per `interval` seconds (1 s: each
-update is a database write on the server that the calls' own state events wait behind).
+changed; one daemon thread sends at most one update per `interval` seconds (5 s). Each
+update is a database write on the server, which shares the cores with the compute calls:
+a run shorter than `interval` gets its artifact once, from `close`, with the final count.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ logger = logging.getLogger("prefect_llmorch.flows.progress")
 
 FINAL = ("Completed", "Failed", "Cancelled", "NotReady", "Crashed")
 ARTIFACT_KEY = "llmorch-progress"
+#: Seconds between two updates of the artifact, and before it is first created.
+INTERVAL = 5.0
 
 
 class RunProgress:
     """Keeps the `llmorch-progress` artifact of the current flow run up to date."""
 
-    def __init__(self, recorder: Recorder, interval: float = 1.0) -> None:
+    def __init__(self, recorder: Recorder, interval: float | None = None) -> None:
         self.recorder = recorder
-        self.interval = interval
+        self.interval = INTERVAL if interval is None else interval
         self.artifact_id: UUID | None = None
         self._changed = threading.Event()
         self._stop = threading.Event()
@@ -39,9 +42,10 @@ class RunProgress:
         self._last: tuple[float, str] | None = None
 
     @classmethod
-    def start(cls, recorder: Recorder, interval: float = 1.0) -> "RunProgress":
-        """Listen to the recorder; the artifact (0 %) is created by the updater thread, so
-        its API round trip is not on the way to the first call. Never raises."""
+    def start(cls, recorder: Recorder, interval: float | None = None) -> "RunProgress":
+        """Listen to the recorder; the artifact is created by the updater thread once the run
+        has lasted `interval` (by `close` if it ends before), so its API round trip is never
+        on the way to a call. Never raises."""
         self = cls(recorder, interval)
         recorder.listeners.append(self._on_change)
         ctx = contextvars.copy_context()  # the flow's settings, run and client context
@@ -50,16 +54,23 @@ class RunProgress:
         return self
 
     def _run(self) -> None:
+        if self._stop.wait(self.interval):
+            return  # a short run: `close` creates the artifact, with the final count
+        if self._create():
+            self._loop()
+
+    def _create(self) -> bool:
+        """Create the artifact with the numbers so far; False (and a warning) if it cannot be."""
+        snap = self.snapshot()
         try:
             from prefect.artifacts import create_progress_artifact
 
-            self.artifact_id = create_progress_artifact(
-                progress=0.0, key=ARTIFACT_KEY, description="0 calls finished"
-            )
+            self.artifact_id = create_progress_artifact(progress=snap[0], key=ARTIFACT_KEY, description=snap[1])
         except Exception as exc:  # progress is a nicety: never fail a run for it
             logger.warning("could not create the progress artifact: %s", exc)
-            return
-        self._loop()
+            return False
+        self._last = snap
+        return True
 
     def snapshot(self) -> tuple[float, str]:
         records = list(self.recorder.records.values())
@@ -112,7 +123,10 @@ class RunProgress:
         self._changed.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._send()
+        if self.artifact_id is None:
+            self._create()
+        else:
+            self._send()
 
     def __enter__(self) -> "RunProgress":
         return self
