@@ -29,6 +29,10 @@ os.environ.setdefault("LLMORCH_COSTS", "declared")
 # Slots given back at a run's end, not kept for the process's next run (leases.KEEP_SLOTS_SECONDS):
 # tests check that every slot came back as each run ends; tests/test_leases.py tests keeping.
 os.environ.setdefault("LLMORCH_KEEP_SLOTS_SECONDS", "0")
+# Worker processes shut down at a run's end, not kept for the process's next run
+# (workers.KEEP_WORKERS_SECONDS): each test's runs start their own (tests/test_workers.py
+# tests the keeping).
+os.environ.setdefault("LLMORCH_KEEP_WORKERS_SECONDS", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 # Test toolboxes (`toolboxes:...`) import from tests/; the baselines live with the benchmarks.

@@ -568,3 +568,25 @@ def test_the_next_compute_call_starts_while_prefect_still_finishes_the_one_befor
     first, second = sorted(rows, key=lambda i: rows[i]["start"])
     assert rows[second]["start"] >= rows[first]["end"]  # one processor: never together
     assert rows[second]["start"] < hook_end[first], "the second call waited for the first's task run to end"
+
+
+def test_back_to_back_runs_of_one_process_start_no_worker_process_the_second_time(monkeypatch: Any) -> None:
+    """The runner's pool is kept for the process's next runner (`LLMORCH_KEEP_WORKERS_SECONDS`):
+    the second run's compute calls run in processes that existed before it started (their
+    pids, as the workers report them)."""
+    import psutil
+
+    from prefect_llmorch.engine import workers
+    from prefect_llmorch.flows.run import run_plan
+
+    monkeypatch.setenv("LLMORCH_KEEP_WORKERS_SECONDS", "30")
+    plan = "\n".join(f"c{i}: crunch(0.05)" for i in range(4))
+    try:
+        first = run_plan(plan, "toolboxes:toolbox", processors=2, concurrency_limit=None)
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        second = run_plan(plan, "toolboxes:toolbox", processors=2, concurrency_limit=None)
+        assert first.state == second.state == "Completed"
+        used = {c.pid for c in second.calls}
+        assert used and used <= before
+    finally:
+        workers._discard_at_exit()  # the kept pool is this test's: no other test takes it

@@ -233,3 +233,63 @@ def test_a_prestarted_pool_is_taken_by_the_runner_with_the_same_settings_only() 
     assert take_pool(1).shutdown() is None  # nothing prestarted any more: a fresh pool
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+# -- a runner's pool kept for the process's next runner ------------------------------------
+def test_a_kept_pool_is_the_next_pool_of_the_same_settings_then_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import psutil
+
+    from prefect_llmorch.engine.workers import keep_pool, take_pool
+
+    monkeypatch.setenv("LLMORCH_KEEP_WORKERS_SECONDS", "30")
+    first = take_pool(2)
+    pids = first.pids
+    keep_pool(first)
+    again = take_pool(2, preload=["toolboxes"])  # the kept pool: no worker starts
+    assert again is first and again.pids == pids and "toolboxes" in again._preload
+    assert again.run("a", add, (1, 2)).value == 3
+    keep_pool(again)
+    other = take_pool(3)  # other settings: a new pool, and the kept one is shut down
+    try:
+        assert len(other.pids) == 3 and not set(other.pids) & set(pids)
+    finally:
+        other.shutdown()
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    monkeypatch.setenv("LLMORCH_KEEP_WORKERS_SECONDS", "0.2")
+    short = take_pool(1)
+    (pid,) = short.pids
+    keep_pool(short)  # nobody takes it: shut down after 0.2 s
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    fresh = take_pool(1)
+    try:
+        assert fresh.pids != [pid]
+    finally:
+        fresh.shutdown()
+
+
+def test_a_kept_pool_with_a_dead_worker_or_a_cancel_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect_llmorch.engine.workers import keep_pool, take_pool
+
+    monkeypatch.setenv("LLMORCH_KEEP_WORKERS_SECONDS", "30")
+    pool = take_pool(2)
+    keep_pool(pool)
+    os.kill(pool.pids[0], 9)  # dies while kept (e.g. the OOM killer)
+    for w in list(pool._workers.values()):
+        w.process.join(timeout=10) if w.pid == pool.pids[0] else None
+    fresh = take_pool(2)
+    try:
+        assert fresh is not pool and not set(fresh.pids) & set(pool.pids)
+        fresh.cancel_all("the flow run was cancelled")
+        keep_pool(fresh)  # cancelled: shut down, not kept
+        after = take_pool(2)
+        assert after is not fresh
+        after.shutdown()
+    finally:
+        fresh.shutdown()

@@ -123,6 +123,8 @@ class _Kept:
 
 #: (API server, limit) -> leases kept for this process's next runner.
 _KEPT: dict[tuple[str, str], list[_Kept]] = {}
+#: (API server, limit) -> (monotonic time, size): the limits this process read or created.
+_KNOWN_LIMITS: dict[tuple[str, str], tuple[float, int]] = {}
 _kept_lock = threading.Lock()
 
 
@@ -625,6 +627,18 @@ class GlobalLimit:
         """Create limit `name` (with its capacity; P for the processors') if absent, clear
         slots of holders that are gone, then let the runner take slots."""
         guard = self._guards[name]
+        known = _KNOWN_LIMITS.get((self._server, name))
+        if known is not None and guard.slots > 0 and time.monotonic() - known[0] < _LEASE_SECONDS:
+            # Slots the previous runner kept are held already (`_adopt_kept`): the limit
+            # exists, and this process read its size moments ago. No API read before calls.
+            guard.size = known[1]
+            try:
+                self._clear_stale(name)
+            except BaseException as exc:
+                self._give_up(exc, name)
+                return
+            self._wake()
+            return
         try:
             from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
             from prefect.exceptions import ObjectNotFound
@@ -648,6 +662,7 @@ class GlobalLimit:
                     guard.size = capacity
                 except Exception:  # created meanwhile by another flow run
                     guard.size = _patient(client.read_global_concurrency_limit_by_name, name).limit
+            _KNOWN_LIMITS[(self._server, name)] = (time.monotonic(), int(guard.size))  # type: ignore[arg-type]
             self._clear_stale(name)
         except BaseException as exc:
             self._give_up(exc, name)
@@ -658,8 +673,10 @@ class GlobalLimit:
         """Give back the slots of leases of `name` whose process is gone (see the module docstring)."""
         from prefect.exceptions import PrefectHTTPStatusError
 
-        api = str(self._api().api_url)
         gone = [e for e in _ledger_read() if e.get("limit") == name and not _alive(e)]
+        if not gone:
+            return
+        api = str(self._api().api_url)
         for entry in gone:
             how = "its lease"
             try:

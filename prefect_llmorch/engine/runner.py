@@ -81,7 +81,7 @@ from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
 from prefect_llmorch.engine.devices import discover_gpus
 from prefect_llmorch.engine.leases import GlobalLimit
 from prefect_llmorch.engine.pool import BODY_DONE, CALL_ENV, CallCancelled, CallNotSent, Cancel
-from prefect_llmorch.engine.workers import take_pool
+from prefect_llmorch.engine.workers import keep_pool, take_pool
 from prefect_llmorch.graph import FRG, GPU_MEM, PROCESSORS, demand_of
 from prefect_llmorch.schedule.policy import Coordinator, check_policy
 from prefect_llmorch.schedule.resources import Capacities, global_limits, limit_name, slots
@@ -302,8 +302,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in discover_gpus()]
         stack = ExitStack()
         try:
-            # a pool `llmorch run` started while Prefect's server started, else a new one
-            self.pool = stack.enter_context(take_pool(self.processors, pin=self.pin, preload=self.preload))
+            # a pool `llmorch run` started while Prefect's server started, or the one this
+            # process's last runner kept, else a new one; at the end kept for the next runner
+            self.pool = take_pool(self.processors, pin=self.pin, preload=self.preload)
+            stack.callback(keep_pool, self.pool)
             self._start_threads(stack)
         except BaseException:
             stack.close()

@@ -15,6 +15,7 @@ No Prefect here.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib
 import multiprocessing as mp
@@ -415,6 +416,14 @@ class WorkerPool:
 
         threading.Thread(target=_all, daemon=True).start()
 
+    def healthy(self, idle: bool = False) -> bool:
+        """Open, not cancelled, all P workers alive (and, with `idle`, none running a call)."""
+        with self._lock:
+            if self._closed or self._cancelled_all or len(self._workers) != self.processors or (idle and self._running):
+                return False
+            workers = list(self._workers.values())
+        return all(w.alive() for w in workers)
+
     @property
     def pids(self) -> list[int]:
         with self._lock:
@@ -537,50 +546,119 @@ class WorkerPool:
         self.shutdown()
 
 
-# -- a pool started ahead of its runner ---------------------------------------------------
+# -- a pool started ahead of its runner, or kept after it ---------------------------------
+
+#: Seconds a runner's pool is kept, at its end, for this process's next runner with the same
+#: P and pinning (`LLMORCH_KEEP_WORKERS_SECONDS`; 0: shut down at once). Back-to-back runs in
+#: a warm process then start no worker processes: the start and the toolbox import in each
+#: worker sat before the first compute call and took cores from the first calls.
+KEEP_WORKERS_SECONDS = 30.0
+
+
+def _keep_workers_seconds() -> float:
+    try:
+        return max(float(os.environ.get("LLMORCH_KEEP_WORKERS_SECONDS", KEEP_WORKERS_SECONDS)), 0.0)
+    except ValueError:
+        return KEEP_WORKERS_SECONDS
+
+
+@dataclass(eq=False)
+class _Spare:
+    """The pool waiting for this process's next runner: being started (`thread`), or kept
+    from the last runner (`timer` shuts it down if nobody takes it)."""
+
+    settings: tuple[int, bool]  # (P, pin)
+    box: list["WorkerPool"]  # the pool, once started
+    thread: threading.Thread | None = None
+    timer: threading.Timer | None = None
+
+    def pool(self) -> "WorkerPool | None":
+        if self.thread is not None:
+            self.thread.join()
+        if self.timer is not None:
+            self.timer.cancel()
+        return self.box[0] if self.box else None
+
 
 _PRESTARTED_LOCK = threading.Lock()
-_prestarted: "tuple[tuple[int, bool], threading.Thread, list[WorkerPool]] | None" = None
+_prestarted: _Spare | None = None
 
 
 def prestart_pool(processors: int, *, pin: bool = False, preload: Iterable[str] = ()) -> None:
     """Start a `WorkerPool` now, in the background, for the next `take_pool` of this process
     (`llmorch run` starts it while Prefect's server starts). One at a time: a second call
     shuts the first pool down."""
-    global _prestarted
     box: list[WorkerPool] = []
     modules = list(preload)
     thread = threading.Thread(
         target=lambda: box.append(WorkerPool(processors, pin=pin, preload=modules)),
         daemon=True, name="llmorch-prestart",
     )
-    with _PRESTARTED_LOCK:
-        previous, _prestarted = _prestarted, ((processors, pin), thread, box)
     thread.start()
+    _offer(_Spare((processors, pin), box, thread=thread))
+
+
+def _offer(spare: _Spare) -> None:
+    global _prestarted
+    with _PRESTARTED_LOCK:
+        previous, _prestarted = _prestarted, spare
     if previous is not None:
         _discard(previous)
 
 
 def take_pool(processors: int, *, pin: bool = False, preload: Iterable[str] = ()) -> WorkerPool:
-    """The pool `prestart_pool` started, when it has these settings (modules it has not
-    imported yet are warmed now); otherwise a new `WorkerPool`."""
+    """The pool `prestart_pool` started or the last runner kept (`keep_pool`), when it has
+    these settings and every worker is alive (modules it has not imported yet are warmed
+    now); otherwise a new `WorkerPool`."""
     global _prestarted
     with _PRESTARTED_LOCK:
         taken, _prestarted = _prestarted, None
     if taken is not None:
-        settings, thread, box = taken
-        if settings == (processors, pin):
-            thread.join()
-            if box:
-                box[0].warm(preload)
-                return box[0]
-        else:
-            _discard(taken)
+        if taken.settings == (processors, pin):
+            pool = taken.pool()
+            if pool is not None and pool.healthy():
+                pool.warm(preload)
+                return pool
+        _discard(taken)
     return WorkerPool(processors, pin=pin, preload=preload)
 
 
-def _discard(taken: "tuple[tuple[int, bool], threading.Thread, list[WorkerPool]]") -> None:
-    _, thread, box = taken
-    thread.join()
-    for pool in box:
+def keep_pool(pool: WorkerPool) -> None:
+    """A runner's pool at its end: kept `LLMORCH_KEEP_WORKERS_SECONDS` for this process's
+    next `take_pool` when every worker is idle and alive, else shut down."""
+    seconds = _keep_workers_seconds()
+    if seconds <= 0 or not pool.healthy(idle=True):
         pool.shutdown()
+        return
+    spare = _Spare((pool.processors, pool._pin), [pool])
+    spare.timer = threading.Timer(seconds, _expire, args=(spare,))
+    spare.timer.daemon = True
+    spare.timer.start()
+    _offer(spare)
+
+
+def _expire(spare: _Spare) -> None:
+    """A kept pool nobody took: shut it down."""
+    global _prestarted
+    with _PRESTARTED_LOCK:
+        if _prestarted is not spare:
+            return
+        _prestarted = None
+    _discard(spare)
+
+
+def _discard(spare: _Spare) -> None:
+    pool = spare.pool()
+    if pool is not None:
+        pool.shutdown()
+
+
+def _discard_at_exit() -> None:
+    global _prestarted
+    with _PRESTARTED_LOCK:
+        spare, _prestarted = _prestarted, None
+    if spare is not None:
+        _discard(spare)
+
+
+atexit.register(_discard_at_exit)
