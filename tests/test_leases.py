@@ -368,3 +368,17 @@ def test_kept_slots_are_held_the_moment_a_runner_asks_without_its_api_thread() -
     finally:
         with get_client(sync_client=True) as client:
             client.release_concurrency_slots_with_lease(uuid.UUID(lease))
+
+
+def test_a_cold_tag_set_is_warmed_by_any_fresh_read_of_its_server() -> None:
+    """A tag set asked for while the process's tag-limit snapshot is stale waits for a read;
+    the read `read_tags_ahead` makes while Prefect creates the flow run (another thread than
+    the runner's API thread, which may not have started yet) warms it and wakes the runner."""
+    server = leases.server_key()
+    leases._SHARED_TAG_LIMITS[server] = (time.monotonic() - 100.0, frozenset())  # stale
+    woken: list[int] = []
+    limit = leases.GlobalLimit(None, lambda: 2, lambda: woken.append(1), lambda: True)  # never started
+    tags = frozenset({"inout", f"rank:{uuid.uuid4().int % 1000}"})
+    assert not limit.warm(tags) and not limit.is_warm(tags)
+    assert leases._read_tag_snapshot(server) is not None  # e.g. read_tags_ahead's thread
+    assert limit.is_warm(tags) and woken == [1]

@@ -67,6 +67,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,10 @@ _SHARED_TAG_LIMITS: dict[str, tuple[float, frozenset[str]]] = {}
 #: A snapshot younger than this lets a tag set start at once (its calls are primed with it
 #: until it is _TAG_CACHE_TTL old: a call found warm later than that would ask the API itself).
 _WARM_AGE = _TAG_CACHE_TTL / 2
+#: The limits of this process waiting for a tag-limit read (a tag set came cold): any read of
+#: their server (`read_tags_ahead`'s, another runner's) warms them, not only their own thread's.
+_COLD_WAITERS: "weakref.WeakSet[GlobalLimit]" = weakref.WeakSet()
+_cold_lock = threading.Lock()
 
 
 def server_key() -> str:
@@ -311,6 +316,7 @@ class GlobalLimit:
         self.keep_for: float | None = None  # how long slots it holds at stop are kept (None: the default)
         self._paused_until = 0.0  # backing off: no slot is taken before this (monotonic)
         self._warm: set[frozenset[str]] = set()
+        self._cold_sets: set[frozenset[str]] = set()  # asked for before a fresh read: waiting for one
         # (monotonic time of the read, tags that have a `tag:` concurrency limit), or None.
         self._server = server_key()
         self._own_tag_limits: tuple[float, frozenset[str]] | None = None
@@ -465,8 +471,23 @@ class GlobalLimit:
                 self._warm.add(tags)  # the tag limits were read moments ago: nothing to wait for
                 self._job("warm", tags)  # but start the engine's service for the set early
                 return True
+            self._cold_sets.add(tags)
+        with _cold_lock:
+            _COLD_WAITERS.add(self)
         self._job("warm", tags)
         return False
+
+    def _snapshot_read(self, snapshot: tuple[float, frozenset[str]]) -> None:
+        """A fresh tag-limit read of this server landed (any thread's): the cold tag sets may
+        start now (each is primed, or asks Prefect's engine, by that snapshot)."""
+        with self._lock:
+            if time.monotonic() - snapshot[0] >= _WARM_AGE or self._stopping:
+                return
+            cold = [t for t in self._cold_sets if t not in self._warm]
+            self._warm.update(cold)
+            self._cold_sets.clear()
+        if cold:
+            self._wake()
 
     def is_warm(self, tags: frozenset[str]) -> bool:
         with self._lock:
@@ -610,6 +631,7 @@ class GlobalLimit:
         with self._lock:
             was_cold = key not in self._warm
             self._warm.add(key)
+            self._cold_sets.discard(key)
         if was_cold:
             self._wake()
 
@@ -869,6 +891,12 @@ def _tag_snapshot(client: Any, server: str) -> tuple[float, frozenset[str]] | No
         logger.debug("reading tag concurrency limits: %s", exc)
         return None
     snapshot = _SHARED_TAG_LIMITS[server] = (started, frozenset(limited))
+    with _cold_lock:
+        waiting = [w for w in _COLD_WAITERS if w._server == server]
+        for w in waiting:
+            _COLD_WAITERS.discard(w)
+    for w in waiting:
+        w._snapshot_read(snapshot)
     return snapshot
 
 
