@@ -124,10 +124,13 @@ class NestedComputeSubmit(RuntimeError):
 @dataclass(eq=False)
 class _Submission:
     node: str  # its id in the Coordinator's graph
-    task: "Task[Any, Any]"  # what the engine runs (a plain compute task's copy runs in the pool)
+    # What the engine runs (a plain compute task's copy runs in the pool). None, and no task
+    # run id, for a node that is not a task run of ours (yet): an announced call not submitted
+    # yet (`_announce`; `_arrive` fills them in) or an upstream future of somewhere else.
+    task: "Task[Any, Any] | None"
     kind: str
     call_id: str | None
-    task_run_id: uuid.UUID
+    task_run_id: uuid.UUID | None
     parameters: dict[str, Any]
     wait_for: list[PrefectFuture[Any]]
     dependencies: dict[str, Any] | None
@@ -472,8 +475,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         rest are still being submitted, in the same order. Called with the lock held."""
         for cid in frg.ids:
             sub = _Submission(
-                node=cid, task=None, kind=frg.kind[cid], call_id=cid,  # type: ignore[arg-type]
-                task_run_id=None, parameters={}, wait_for=[], dependencies=None,  # type: ignore[arg-type]
+                node=cid, task=None, kind=frg.kind[cid], call_id=cid,
+                task_run_id=None, parameters={}, wait_for=[], dependencies=None,
                 context=contextvars.Context(), future=concurrent.futures.Future(), cancel=Cancel(),
                 deps=frozenset(frg.deps[cid]), cost=frg.cost[cid], demand=frg.demand[cid], announced=True,
             )
@@ -608,7 +611,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             holder = self._subs.get(node) if node is not None else None
         if holder is not None and holder.kind == "compute":
             raise NestedComputeSubmit(
-                f"compute task {task.name!r} was submitted from inside compute task {holder.task.name!r}: "
+                f"compute task {task.name!r} was submitted from inside compute task {getattr(holder.task, 'name', holder.node)!r}: "
                 "a compute task holds a processor while it waits, so nested compute tasks can wait "
                 "forever once the waiting parents hold every processor. Submit it from the flow or "
                 "from an inout task (which holds no processor while it waits)."
@@ -617,7 +620,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def _external(self, fut: PrefectFuture[Any], seq: int) -> _Submission:
         ext = _Submission(
             node=f"~upstream {fut.task_run_id}~{seq}",
-            task=None,  # type: ignore[arg-type]
+            task=None,
             kind="inout",
             call_id=None,
             task_run_id=fut.task_run_id,
@@ -866,6 +869,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         BODY_DONE.set(functools.partial(self._release, sub))  # this thread's context is the run's
         state = None
         try:
+            assert sub.task is not None, f"{sub.node} started before it was submitted"  # _pass_out starts submissions only
             if sub.task.isasync:
                 import asyncio
 
@@ -876,7 +880,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             _finish(sub.future, exc=exc)
         finally:
             if state is None:
-                _finish(sub.future, exc=RuntimeError(f"task run {sub.task.name} ended without a state"))
+                _finish(sub.future, exc=RuntimeError(f"task run {getattr(sub.task, 'name', sub.node)} ended without a state"))
             with self._lock:
                 sub.state = "done"
                 self._give_back(sub)
