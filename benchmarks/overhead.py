@@ -31,8 +31,9 @@ ThreadPoolTaskRunner with plain tasks, one warm-up round each, then RUNS interle
 100 no-op calls: flow-process CPU per call (median, ours <= 1.2x ThreadPool's), time to first
 call from the flow's start (median <= 50 ms), and the wall time per run (p99 <= 2x p50: no
 stalls; p99 by nearest rank, so the slowest of 20). Each printed TARGET line says PASS or MISS.
-Beside them, not a target: ThreadPoolTaskRunner with the same plain tasks tagged as our compiled
-calls are (`inout`, `rank:0`), and the time to first call from the moment the flow was called.
+Also ThreadPoolTaskRunner with the same plain tasks tagged as our compiled calls are (`inout`,
+`rank:0`): Prefect's engine costs more per tagged task run, so the CPU target is printed against
+it too (like for like); and the time to first call from the moment the flow was called.
 
 Options: --calls N (200), --process-calls N (20), --repeat N (1), --stalls N (0), --targets RUNS (0),
 --server harness|ephemeral|start (benchmarks/_servers.py).
@@ -240,8 +241,15 @@ def targets(runs: int, calls: int = 100) -> list[tuple[str, str, bool]]:
          f" TP {failed['ThreadPool, plain @task']}", p99 <= 2 * p50 and not failed["ours (run_plan)"]),
     ]
     tagged = stats("ThreadPool, tagged @task", "cpu")[0]
-    print(f"(beside: ours / ThreadPool with the same tags: {ours_cpu / tagged:.2f}x CPU per call; '1st call' is from the"
-          " flow's start, 'from the call' from the moment the flow was called, flow-run creation included)")
+    # Like for like: Prefect's engine costs more per tagged task run (its tag-concurrency
+    # context), and our compiled calls carry the `inout`/`compute` and `rank:N` tags.
+    out.insert(1, (
+        "flow-process CPU per call <= 1.2x ThreadPoolTaskRunner's with tasks tagged as ours are, medians",
+        f"ours {ours_cpu / calls * 1000:.1f} ms, TP tagged {tagged / calls * 1000:.1f} ms: {ours_cpu / tagged:.2f}x",
+        ours_cpu <= 1.2 * tagged,
+    ))
+    print("('1st call' is from the flow's start, 'from the call' from the moment the flow was called, flow-run"
+          " creation included)")
     for text, value, ok in out:
         print(f"TARGET {text}: {value} {'PASS' if ok else 'MISS'} (load {load})")
     return out

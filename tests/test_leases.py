@@ -382,3 +382,18 @@ def test_a_cold_tag_set_is_warmed_by_any_fresh_read_of_its_server() -> None:
     assert not limit.warm(tags) and not limit.is_warm(tags)
     assert leases._read_tag_snapshot(server) is not None  # e.g. read_tags_ahead's thread
     assert limit.is_warm(tags) and woken == [1]
+
+
+def test_the_client_s_retries_are_turned_off_with_one_settings_copy_per_settings() -> None:
+    """`_no_client_retries` (what `_quick` and the API thread use) is `temporary_settings`
+    with the copy made once: a second use builds no new Settings."""
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    outside = PREFECT_CLIENT_MAX_RETRIES.value()
+    assert outside > 0
+    with leases._no_client_retries():
+        assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
+        first = leases._NO_RETRIES[1]
+    assert PREFECT_CLIENT_MAX_RETRIES.value() == outside
+    with leases._no_client_retries():
+        assert PREFECT_CLIENT_MAX_RETRIES.value() == 0 and leases._NO_RETRIES[1] is first
