@@ -58,11 +58,11 @@ def active_slots(name: str) -> int:
         return client.read_global_concurrency_limit_by_name(name).active_slots
 
 
-def hold_a_slot(name: str) -> str:
-    """One slot of limit `name` held by another (made-up) flow run for 300 s; its lease id."""
+def hold_a_slot(name: str, slots: int = 1, seconds: float = 300) -> str:
+    """`slots` slots of limit `name` held by another (made-up) flow run for `seconds`; its lease id."""
     with get_client(sync_client=True) as client:
         return client.increment_concurrency_slots_with_lease(
-            names=[name], slots=1, mode="concurrency", lease_duration=300,
+            names=[name], slots=slots, mode="concurrency", lease_duration=seconds,
             holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4()),
         ).json()["lease_id"]
 
@@ -353,11 +353,7 @@ def test_kept_slots_are_held_the_moment_a_runner_asks_without_its_api_thread() -
     not wait for the API thread to start and answer. Here no API thread runs at all."""
     name = f"llmorch-test-adopt-{uuid.uuid4().hex[:6]}"
     make_limit(name, 2)
-    with get_client(sync_client=True) as client:
-        lease = client.increment_concurrency_slots_with_lease(
-            names=[name], slots=2, mode="concurrency", lease_duration=60,
-            holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4()),
-        ).json()["lease_id"]
+    lease = hold_a_slot(name, slots=2, seconds=60)
     leases._keep(leases.server_key(), name, [(uuid.UUID(lease), 2, time.monotonic())], seconds=30)
     woken: list[int] = []
     limit = leases.GlobalLimit(name, lambda: 2, lambda: woken.append(1), lambda: True)  # never started
