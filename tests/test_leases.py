@@ -393,3 +393,26 @@ def test_the_client_s_retries_are_turned_off_with_one_settings_copy_per_settings
     assert PREFECT_CLIENT_MAX_RETRIES.value() == outside
     with leases._no_client_retries():
         assert PREFECT_CLIENT_MAX_RETRIES.value() == 0 and leases._NO_RETRIES[1] is first
+
+
+def test_a_run_started_while_its_slots_are_taken_ahead_waits_for_them_not_for_a_lease_of_its_own(monkeypatch, caplog) -> None:  # noqa: ANN001
+    """`run_plan` takes the slots ahead (`take_ahead_unless_kept`) when the process keeps none:
+    one take-ahead at a time per limit, and a runner that starts while it is under way takes
+    its slots when it is done, without a lease of its own and without saying others hold them."""
+    import logging
+
+    monkeypatch.setenv("LLMORCH_KEEP_SLOTS_SECONDS", "3")
+    name = f"llmorch-test-ahead2-{uuid.uuid4().hex[:6]}"
+    first = leases.take_ahead_unless_kept(name, 2)
+    assert first is not None and leases.take_ahead_unless_kept(name, 2) is first  # one at a time
+    with caplog.at_level(logging.WARNING, logger="prefect_llmorch.engine.leases"):
+        assert run(plan_of(2), name).state == "Completed"
+    first.join(30)
+    ledger = {e["lease"] for e in leases._ledger_read() if e.get("limit") == name}
+    assert len(ledger) <= 1  # the take-ahead's lease only
+    assert "waiting for a slot" not in caplog.text
+    assert leases.take_ahead_unless_kept(name, 2) is None  # kept for the next run: nothing to take
+    deadline = time.monotonic() + 60
+    while active_slots(name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert active_slots(name) == 0

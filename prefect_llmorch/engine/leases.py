@@ -189,6 +189,28 @@ def _release_lease(lease: Any, url: str | None, patience: float) -> None:
         logger.debug("giving back a kept lease: %s", exc)
 
 
+#: (API server, limit) -> the `take_ahead` thread of this process still taking its slots.
+_TAKING: dict[tuple[str, str], threading.Thread] = {}
+
+
+def kept_slots(name: str) -> int:
+    """Slots of limit `name` this process keeps for its next runner (fresh enough to be taken)."""
+    now = time.monotonic()
+    with _kept_lock:
+        return sum(k.slots for k in _KEPT.get((server_key(), name), []) if now - k.renewed < _LEASE_SECONDS * 2 / 3)
+
+
+def take_ahead_unless_kept(name: str, processors: int) -> threading.Thread | None:
+    """`take_ahead` for a warm process's next run (`run_plan` calls it while Prefect creates
+    the flow run) when it keeps no slots of `name` any more: runs further apart than
+    `LLMORCH_KEEP_SLOTS_SECONDS` then do not wait for their lease write at the first compute
+    call. Nothing when keeping is off (`LLMORCH_KEEP_SLOTS_SECONDS=0`), when slots are kept,
+    or while another take-ahead of the limit is under way."""
+    if _keep_seconds() <= 0 or kept_slots(name) > 0:
+        return None
+    return take_ahead(name, processors, keep_for=max(_keep_seconds(), 10.0))
+
+
 def take_ahead(name: str, processors: int, keep_for: float = 30.0, wait: float = 10.0) -> threading.Thread:
     """Take up to `processors` slots of limit `name` now, on a thread of its own, and keep
     them (up to `keep_for` seconds) for this process's next runner: `llmorch run` calls it
@@ -201,6 +223,7 @@ def take_ahead(name: str, processors: int, keep_for: float = 30.0, wait: float =
         got = threading.Event()
         limit = GlobalLimit(name, lambda: processors, got.set, lambda: False)
         limit.keep_for = keep_for
+        limit.ahead = True
         deadline = time.monotonic() + wait
         with ExitStack() as stack:
             limit.start(stack)
@@ -214,7 +237,21 @@ def take_ahead(name: str, processors: int, keep_for: float = 30.0, wait: float =
                 got.wait(0.05)
                 got.clear()
 
-    thread = threading.Thread(target=take, daemon=True, name="llmorch-take-ahead")
+    key = (server_key(), name)
+
+    def take_once() -> None:
+        try:
+            take()
+        finally:
+            with _kept_lock:
+                if _TAKING.get(key) is threading.current_thread():
+                    del _TAKING[key]
+
+    with _kept_lock:
+        running = _TAKING.get(key)
+        if running is not None and running.is_alive():
+            return running  # one at a time: a second would wait for the first's slots
+        thread = _TAKING[key] = threading.Thread(target=take_once, daemon=True, name="llmorch-take-ahead")
     thread.start()
     return thread
 
@@ -314,6 +351,7 @@ class GlobalLimit:
         self.failures: dict[str, str] = {}  # limit -> why it cannot be had: calls needing it fail with it
         self._stopping = False
         self.keep_for: float | None = None  # how long slots it holds at stop are kept (None: the default)
+        self.ahead = False  # `take_ahead`'s own: it never waits for a take-ahead
         self._paused_until = 0.0  # backing off: no slot is taken before this (monotonic)
         self._warm: set[frozenset[str]] = set()
         self._cold_sets: set[frozenset[str]] = set()  # asked for before a fresh read: waiting for one
@@ -731,6 +769,9 @@ class GlobalLimit:
                 return  # (backing off: `_resume` asks again)
             n = min(n, need)
         if name == self.name:
+            taking = None if self.ahead else _TAKING.get((self._server, name))
+            if taking is not None:  # this process is taking them ahead for us: no lease of our own
+                taking.join(timeout=15.0)
             adopted = _adopt(self._server, name, n)
             if adopted:  # slots the previous runner of this process kept: no API write
                 with self._lock:

@@ -254,6 +254,10 @@ def run_plan(
         "cache": cache, "costs": costs, "resources": dict(resources) if resources else None,
     }
     ahead = _parse_ahead(text, toolbox)
+    if task_runner is None and concurrency_limit:
+        from prefect_llmorch.engine.leases import take_ahead_unless_kept
+
+        take_ahead_unless_kept(concurrency_limit, P)  # the lease write while Prefect creates the flow run
     try:
         return run_flow(orchestrate, runner, parameters, simple=simple)
     finally:
