@@ -770,8 +770,15 @@ class GlobalLimit:
             n = min(n, need)
         if name == self.name:
             taking = None if self.ahead else _TAKING.get((self._server, name))
-            if taking is not None:  # this process is taking them ahead for us: no lease of our own
-                taking.join(timeout=15.0)
+            if taking is not None and taking.is_alive():
+                # This process is taking them ahead for us: no lease of our own. Ask again in a
+                # moment, without holding up this thread's other jobs (tag look-ups, renewals).
+                with self._lock:
+                    guard.acquiring = n
+                again = threading.Timer(0.05, self._job, args=("acquire", (name, n)))
+                again.daemon = True
+                again.start()
+                return
             adopted = _adopt(self._server, name, n)
             if adopted:  # slots the previous runner of this process kept: no API write
                 with self._lock:
