@@ -380,19 +380,30 @@ def test_a_cold_tag_set_is_warmed_by_any_fresh_read_of_its_server() -> None:
     assert limit.is_warm(tags) and woken == [1]
 
 
-def test_the_client_s_retries_are_turned_off_with_one_settings_copy_per_settings() -> None:
+def test_the_client_s_retries_are_turned_off_with_one_settings_copy_per_settings(monkeypatch) -> None:  # noqa: ANN001
     """`_no_client_retries` (what `_quick` and the API thread use) is `temporary_settings`
-    with the copy made once: a second use builds no new Settings."""
+    with the copy made once per settings object: a second use, a use nested in another (the
+    API thread's requests) and uses alternating between the two build no new Settings."""
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+    from prefect.settings.models.root import Settings
 
+    copies: list[object] = []
+    real = Settings.copy_with_update
+
+    def counted(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        copies.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Settings, "copy_with_update", counted)
     outside = PREFECT_CLIENT_MAX_RETRIES.value()
     assert outside > 0
-    with leases._no_client_retries():
-        assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
-        first = leases._NO_RETRIES[1]
-    assert PREFECT_CLIENT_MAX_RETRIES.value() == outside
-    with leases._no_client_retries():
-        assert PREFECT_CLIENT_MAX_RETRIES.value() == 0 and leases._NO_RETRIES[1] is first
+    for _ in range(3):
+        with leases._no_client_retries():
+            assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
+            with leases._no_client_retries():  # nested: already a copy
+                assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
+        assert PREFECT_CLIENT_MAX_RETRIES.value() == outside
+    assert len(copies) <= 1  # none when an earlier test already made this settings' copy
 
 
 def test_a_run_started_while_its_slots_are_taken_ahead_waits_for_them_not_for_a_lease_of_its_own(monkeypatch, caplog) -> None:  # noqa: ANN001

@@ -993,11 +993,15 @@ def _quick(call: Any, *args: Any, **kwargs: Any) -> Any:
         delay = min(delay * 2, 0.5)
 
 
-#: (the settings it was made from, a copy with the client's retries off): made once per
-#: settings object, not per request or per runner. Prefect's `temporary_settings` validates a
-#: whole new Settings each time: py-spy found those copies at ~10% of the flow process's
-#: GIL time in runs of 100 no-op calls.
-_NO_RETRIES: tuple[Any, Any] | None = None
+#: settings object id -> (that settings object, a copy with the client's retries off), the
+#: copies themselves included (mapped to themselves: a nested `_no_client_retries` enters
+#: nothing new). Made once per settings object, not per request or per runner: Prefect's
+#: `temporary_settings` validates a whole new Settings each time, and py-spy found those
+#: copies at ~10% of the flow process's GIL time in runs of 100 no-op calls. Keyed by every
+#: settings object seen, not only the last: the API thread (inside a copy) and the runner's
+#: threads (outside) alternate, and a one-entry cache remade the copy at each switch.
+_NO_RETRIES: dict[int, tuple[Any, Any]] = {}
+_NO_RETRIES_MAX = 16  # settings objects are few (a profile, a test's temporary settings)
 _no_retries_lock = threading.Lock()
 
 
@@ -1005,15 +1009,22 @@ _no_retries_lock = threading.Lock()
 def _no_client_retries() -> Iterator[None]:
     """The current settings with `PREFECT_CLIENT_MAX_RETRIES` 0, as `temporary_settings`
     would enter them, but copied once per settings object (Prefect's `SettingsContext`)."""
-    global _NO_RETRIES
     import prefect.context
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
 
     current = prefect.context.get_settings_context()
+    settings = current.settings
     with _no_retries_lock:
-        made = _NO_RETRIES
-        if made is None or made[0] is not current.settings:
-            made = _NO_RETRIES = (current.settings, current.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0}))
+        made = _NO_RETRIES.get(id(settings))
+        if made is None or made[0] is not settings:  # new, or an id reused by a new object
+            copy = settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
+            if len(_NO_RETRIES) >= _NO_RETRIES_MAX:
+                _NO_RETRIES.clear()
+            made = _NO_RETRIES[id(settings)] = (settings, copy)
+            _NO_RETRIES[id(copy)] = (copy, copy)
+    if made[1] is settings:  # already inside a copy
+        yield
+        return
     with prefect.context.SettingsContext(profile=current.profile, settings=made[1]):
         yield
 
