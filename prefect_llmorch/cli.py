@@ -442,6 +442,25 @@ class _Clock:
         )
 
 
+def _no_report(state: str, message: str) -> dict[str, Any]:
+    """The JSON report of a run that ended before any call finished (planning failed, the
+    LLM unreachable, the flow run crashed): the same keys as a report, nothing finished."""
+    return {"state": state, "message": message, "result": {}, "calls": [], "latency": None}
+
+
+def _ended_without_report(exc: BaseException, as_json: bool, state: str = "Crashed") -> NoReturn:
+    """A run that ended with an error of its own instead of a report: the report that says
+    so (JSON with `--json`), one line on stderr otherwise, exit 1."""
+    message = f"{type(exc).__name__}: {exc}" if state == "Crashed" else str(exc)
+    if _state["debug"]:
+        traceback.print_exception(exc, file=sys.stderr)
+    if as_json:
+        _emit_json(_no_report(state, message))
+    else:
+        err_console.print(f"the run {'crashed' if state == 'Crashed' else 'failed'}: {message}", markup=False)
+    raise typer.Exit(1)
+
+
 def _interrupted_without_report(exc: BaseException, as_json: bool) -> NoReturn:
     """A Ctrl-C / SIGTERM run that ended with an error instead of a report (e.g. before the
     plan came): say so and exit with the signal's code."""
@@ -451,7 +470,7 @@ def _interrupted_without_report(exc: BaseException, as_json: bool) -> NoReturn:
     if _state["debug"]:
         traceback.print_exception(exc, file=sys.stderr)
     if as_json:
-        _emit_json({"state": "Cancelled", "message": message})
+        _emit_json(_no_report("Cancelled", message))
     else:
         err_console.print(message, markup=False)
     _exit_now(interrupt.exit_code())
@@ -519,11 +538,15 @@ def run(
             except RuntimeError as exc:  # e.g. the plan calls `self` and no LLM is configured
                 if interrupt.received():
                     _interrupted_without_report(exc, as_json)
+                if as_json:
+                    _emit_json(_no_report("Failed", str(exc)))
                 _fail(str(exc), exc)
             except BaseException as exc:
                 if interrupt.received():
                     _interrupted_without_report(exc, as_json)
-                raise
+                if not isinstance(exc, Exception):
+                    raise
+                _ended_without_report(exc, as_json)
             if interrupt.received():
                 _print_report(report, as_json)
                 clock.report(report)
@@ -626,16 +649,15 @@ def _ask_and_print(
             clock.report(exc.report)
             raise typer.Exit(1) from None
         except (PlanningFailed, LLMError) as exc:
-            if as_json:
-                _emit_json({"state": "Failed", "message": str(exc)})
-            else:
-                err_console.print(str(exc), markup=False)
-            clock.report(None)
-            raise typer.Exit(1) from None
+            if interrupt.received():
+                _interrupted_without_report(exc, as_json)
+            _ended_without_report(exc, as_json, state="Failed")
         except BaseException as exc:  # e.g. stopped before the plan came: no report to print
-            if not interrupt.received():
+            if interrupt.received():
+                _interrupted_without_report(exc, as_json)
+            if not isinstance(exc, Exception):
                 raise
-            _interrupted_without_report(exc, as_json)
+            _ended_without_report(exc, as_json)
         if interrupt.received():
             if not as_json:
                 console.print(report.extra.get("plan", ""), markup=False, highlight=False)

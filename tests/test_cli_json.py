@@ -63,3 +63,24 @@ def test_demo_with_the_json_planner_runs_the_whole_loop(prefect_server) -> None:
     assert doc["state"] == "Completed" and doc["attempts"] == 1
     assert json.loads(doc["plan"])["calls"][2]["kwargs"]["a"] == {"ref": "s1", "path": ["summary"]}
     assert "AAPL 1.2% vs MSFT -0.4%" in doc["result"]
+
+
+def test_ask_with_an_unreachable_llm_prints_a_json_report(prefect_server) -> None:  # noqa: ANN001
+    """`--json` means a JSON report on standard output for every outcome: an LLM that
+    cannot be reached included (state Failed, the reason, nothing finished), exit 1."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PREFECT_API_URL=prefect_server.url, OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
+               OPENAI_API_KEY="sk-test", LLMORCH_MODEL="m", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    out = subprocess.run([sys.executable, "-m", "prefect_llmorch.cli", "ask", "Did Apple do better?", "--json"],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 1, out.stderr[-3000:]
+    doc = json.loads(out.stdout)
+    assert doc["state"] == "Failed" and "refused" in doc["message"] and doc["calls"] == []
+    assert "sk-test" not in out.stdout + out.stderr

@@ -374,6 +374,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._unfinished[r] = max(0.0, self._unfinished.get(r, 0.0) + sign * amount)
 
     def __exit__(self, *exc_info: Any) -> None:
+        if exc_info and exc_info[0] is not None and not issubclass(exc_info[0], Exception):
+            # A script's Ctrl-C (KeyboardInterrupt) or exit: stop the calls rather than wait
+            # for them (compute workers ignore SIGINT, and are killed here).
+            self.cancel_all()
         with _LIVE_LOCK:
             _LIVE.pop(id(self), None)
         with self._lock:
@@ -547,6 +551,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         )
         foreign: list[_Submission] = []
         with self._lock:
+            if self._cancelled:  # stopped (Ctrl-C) before this call was submitted: it never starts
+                _finish(sub.future, _cancelled_state(f"not started: {self._cancelled}"))
+                return PrefectConcurrentFuture(task_run_id=sub.task_run_id, wrapped_future=sub.future)
             if self._closing:
                 raise RuntimeError(f"LLMOrchTaskRunner is shutting down ({self._cancelled or 'its flow run ended'})")
             seq = next(self._seq)

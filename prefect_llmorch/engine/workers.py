@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -151,6 +152,9 @@ def _without_main(name: str) -> dict[str, Any]:
 
 def _worker_main(conn: Connection, affinity: list[int] | None) -> None:
     """Worker loop: receive (fn, args, kwargs) or ("import", modules); reply."""
+    # A terminal's Ctrl-C reaches the whole process group: the parent decides what stops
+    # (it kills the worker of a cancelled call), so the tool must not see a KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if affinity:
         try:
             import psutil

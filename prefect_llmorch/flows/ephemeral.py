@@ -1,27 +1,43 @@
-"""The embedded (ephemeral) Prefect server: started up front, and never outliving its process.
+"""The embedded Prefect server: one per process, in a session of its own, never outliving it.
 
-Without `PREFECT_API_URL`, Prefect starts a temporary API server (uvicorn + SQLite) as a
-child process the first time the API is used, and stops it when this process exits
-normally. A `kill -9` (or an OOM kill) of this process gives it no chance to: the server
-would run on, orphaned, holding its port and its database. `start_ephemeral_server()`
-starts it now (so the command can say how long Prefect's start took) and hands its pid to a
-watchdog process that ends it as soon as this process is gone, however it went.
+Without `PREFECT_API_URL`, Prefect would start a temporary API server (uvicorn + SQLite) as a
+child process on first use of the API. That child shares our process group, so a terminal's
+Ctrl-C (SIGINT to the whole foreground group) stops it at the moment our run needs it most:
+to record the cancelled states and publish the report. It also inherits our standard output
+(a script's `| tee log` never closes while it runs on) and, started by two threads at once,
+it started twice on one SQLite file.
 
-    started = start_ephemeral_server()      # None when PREFECT_API_URL names a server
-    started.seconds, started.pids
+`ensure_server()` starts the same app Prefect's temporary server runs
+(`prefect.server.api.server:create_app`, UI off), once per process, under a lock in
+PREFECT_HOME (two processes on a fresh home would both run the database migrations):
+
+- in a new session (`start_new_session`): a signal to our process group never reaches it;
+- with its output in `PREFECT_HOME/llmorch-server.log`, not ours;
+- pointed at by this process: `PREFECT_API_URL` is set in the environment and Prefect's
+  global settings are refreshed (`prefect.context.refresh_global_settings_context`), so every
+  thread and every child process (compute workers) uses this one server;
+- stopped when this process exits normally (atexit, after the runner gave its slots back),
+  and by a watchdog, in a session of its own too, when this process is killed (`kill -9`).
+
+    server = ensure_server()      # None when PREFECT_API_URL names a server
+    server.url, server.pid, server.seconds
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["EphemeralServer", "ephemeral_server_pids", "reap_when_gone", "start_ephemeral_server"]
+__all__ = ["EmbeddedServer", "embedded_server", "ensure_server", "reap_when_gone", "start_ephemeral_server"]
 
-#: How Prefect's temporary server shows in its command line.
+#: How Prefect's temporary server shows in its command line (ours runs the same app).
 SERVER_APP = "prefect.server.api.server:create_app"
 
 # Runs in its own session (so a Ctrl-C or a kill of our process group spares it): waits for
@@ -61,25 +77,33 @@ for p in alive:
 
 
 @dataclass(frozen=True)
-class EphemeralServer:
-    """The temporary server this process started: its pids and how long the start took."""
+class EmbeddedServer:
+    """The Prefect API server this process started: its URL, pid and how long the start took."""
 
-    pids: tuple[int, ...]
+    url: str
+    pid: int
     seconds: float
+    log: Path
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return (self.pid,)
 
 
-def ephemeral_server_pids() -> list[int]:
-    """Pids of this process's children that are Prefect's temporary API server."""
-    import psutil
+_lock = threading.Lock()
+_server: EmbeddedServer | None = None
+_process: subprocess.Popen[bytes] | None = None
 
-    found = []
-    for child in psutil.Process().children(recursive=False):
-        try:
-            if any(SERVER_APP in part for part in child.cmdline()):
-                found.append(child.pid)
-        except psutil.Error:
-            continue
-    return found
+
+def embedded_server() -> EmbeddedServer | None:
+    """The server `ensure_server` started in this process, if any."""
+    return _server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def reap_when_gone(pids: list[int]) -> subprocess.Popen[bytes] | None:
@@ -104,25 +128,106 @@ def reap_when_gone(pids: list[int]) -> subprocess.Popen[bytes] | None:
     )
 
 
-def start_ephemeral_server() -> EphemeralServer | None:
-    """Start Prefect's temporary server now (when no `PREFECT_API_URL` is set) and guard it.
+def _stop() -> None:
+    """Stop the server this process started (at exit: the runners have given their slots back)."""
+    global _process
+    proc, _process = _process, None
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
-    Returns None when a server is configured (nothing to start). Raises whatever Prefect
-    raises when the server cannot start (e.g. its start-up timeout).
-    """
+
+def _home() -> Path:
     from prefect.settings import get_current_settings
 
-    if get_current_settings().api.url:
-        return None
-    from prefect import get_client
+    home = Path(get_current_settings().home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
 
-    t0 = time.perf_counter()
-    with get_client(sync_client=True) as client:
-        problem = client.api_healthcheck()  # returns the exception rather than raising it
-    if problem is not None:
-        raise problem
-    seconds = time.perf_counter() - t0
-    pids = ephemeral_server_pids()
-    if pids:
-        reap_when_gone(pids)
-    return EphemeralServer(pids=tuple(pids), seconds=seconds)
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"the embedded Prefect server exited with code {proc.returncode} while starting "
+                                   f"(its log: {log}):\n{tail}")
+            try:
+                if client.get(f"{url}/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the embedded Prefect server did not answer within {timeout:.0f} s (its log: {log}); "
+                                   "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or set PREFECT_API_URL")
+            time.sleep(0.05)
+
+
+def ensure_server() -> EmbeddedServer | None:
+    """Start this process's embedded Prefect server, once, when no `PREFECT_API_URL` is set.
+
+    Returns None when a server is configured (nothing to start), else the server (the same
+    one on every call). Raises `RuntimeError` when it cannot start, with its log's tail.
+    """
+    global _server, _process
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
+
+    with _lock:
+        if _server is not None and _process is not None and _process.poll() is None:
+            return _server
+        if get_current_settings().api.url:
+            return None
+        import fcntl
+
+        import prefect.context
+
+        t0 = time.perf_counter()
+        home = _home()
+        log = home / "llmorch-server.log"
+        # Serialised per PREFECT_HOME: two servers starting on one fresh SQLite file both
+        # run Prefect's migrations, and one fails.
+        with open(home / "llmorch-server.lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                port = _free_port()
+                url = f"http://127.0.0.1:{port}/api"
+                env = {
+                    **os.environ,
+                    **get_current_settings().to_environment_variables(exclude_unset=True),
+                    # what Prefect's own temporary server runs with: no UI, no background services
+                    "PREFECT_UI_ENABLED": "0",
+                    "PREFECT__SERVER_EPHEMERAL": "1",
+                    "PREFECT__SERVER_FINAL": "1",
+                }
+                env.pop("PREFECT_API_URL", None)
+                with open(log, "ab") as out:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "uvicorn", "--factory", SERVER_APP, "--host", "127.0.0.1",
+                         "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+                        env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                        start_new_session=True, close_fds=True,
+                    )
+                reap_when_gone([proc.pid])
+                _wait_healthy(proc, url, log, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+        _process = proc
+        _server = EmbeddedServer(url=url, pid=proc.pid, seconds=time.perf_counter() - t0, log=log)
+        atexit.register(_stop)
+        os.environ["PREFECT_API_URL"] = url
+        prefect.context.refresh_global_settings_context()
+        return _server
+
+
+def start_ephemeral_server() -> EmbeddedServer | None:
+    """`ensure_server()` (the name the CLI has used)."""
+    return ensure_server()

@@ -171,7 +171,7 @@ class Execution:
         self.compiler.stale.update(id(c) for c in self._adopted)
         if self.runner is not None:
             self.runner.no_more_submissions()
-        wait(list(self.futures.values()))
+        _wait_all(list(self.futures.values()))
         self.close()
 
     # -- finishing ----------------------------------------------------------------------
@@ -188,7 +188,7 @@ class Execution:
                 self.frg = self.controller.run(self.futures)  # resubmits repaired calls into futures
             # Bounded when recovery gave up waiting on a round: never hang on a stuck call.
             timed_out = self.controller is not None and self.controller.outcome == "timed out"
-            wait(list(self.futures.values()), timeout=0 if timed_out else None)
+            _wait_all(list(self.futures.values()), timeout=0 if timed_out else None)
             report = build_report(self.frg, self.recorder, self.processors, self.futures, self.release)
         finally:
             self.close()
@@ -248,3 +248,14 @@ def execute(
         raise
     report = ex.finish()
     return ex.frg, ex.recorder, report
+
+
+def _wait_all(futures: list[PrefectFuture[Any]], timeout: float | None = None) -> None:
+    """Prefect's `wait`, in short slices when `timeout` is None: a Ctrl-C that the kernel
+    hands to another thread does not wake a main thread blocked on a lock, so a script's
+    KeyboardInterrupt would wait for the slowest call."""
+    if timeout is not None:
+        wait(futures, timeout=timeout)
+        return
+    while wait(futures, timeout=0.2).not_done:
+        pass

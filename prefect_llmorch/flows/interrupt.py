@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -61,13 +62,22 @@ def exit_code() -> int:
 
 
 def _cancel_live_runners() -> None:
+    """Cancel every live runner, and every one that starts later while the guard is active:
+    a signal that comes while Prefect is still starting (before the flow run's runner
+    exists) must stop that runner as soon as it does."""
     from prefect_llmorch.engine.runner import live_runners
 
-    for runner in live_runners():
-        try:
-            runner.cancel_all()
-        except Exception as exc:  # never let one runner keep the others running
-            _say(f"llmorch: cancelling a task runner failed: {exc}\n")
+    done: set[int] = set()
+    while _guard.active:
+        for runner in live_runners():
+            if id(runner) in done:
+                continue
+            done.add(id(runner))
+            try:
+                runner.cancel_all()
+            except Exception as exc:  # never let one runner keep the others running
+                _say(f"llmorch: cancelling a task runner failed: {exc}\n")
+        time.sleep(0.05)
 
 
 def _say(text: str) -> None:

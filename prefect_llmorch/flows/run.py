@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 from prefect_llmorch.engine.compiler import Recorder
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, execute
+from prefect_llmorch.flows.ephemeral import ensure_server
 from prefect_llmorch.flows.history import CostChoice, check_costs, choose_costs, predict, remember_records
 from prefect_llmorch.flows.planref import plan_parameter, plan_text
 from prefect_llmorch.flows.recovery import RecoveryConfig
@@ -243,6 +244,7 @@ def run_plan(
         gpus: GPU devices, `[{"id": 0, "mem_gb": 80}]`, for calls declaring `gpu_mem_gb`.
     """
     check_costs(costs)  # before a flow run exists
+    ensure_server()  # one server for everything below (the take-ahead's client, the flow run)
     text = plan.to_text() if isinstance(plan, Plan) else plan
     P = processors or default_processors()
     runner = task_runner if task_runner is not None else local_runner(toolbox, P, policy, concurrency_limit, resources, gpus)
@@ -292,6 +294,7 @@ def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: 
     """
     from prefect_llmorch.engine.leases import read_tags_ahead
 
+    ensure_server()
     read_tags_ahead()  # while Prefect creates the flow run: its first calls need not wait for it
     if simple:
         state = flow_obj.with_options(task_runner=runner)(**parameters, return_state=True)

@@ -1,0 +1,250 @@
+"""How users end runs, checked from their seat (issue 26, items 1 and 4).
+
+- A terminal's Ctrl-C is SIGINT to the whole foreground process group, not to one pid: the
+  embedded server and the compute workers get it too. `llmorch run` must still print its
+  report (with `--json`: the JSON report) and exit 130 soon after, leaving no process.
+- A script that calls `run_plan` without `PREFECT_API_URL` starts one server and leaves no
+  process when it ends, however it ends; its piped standard output closes when it ends
+  (`python agent.py | tee log` returns).
+
+"No process left" is read from the system, not from our code: every process whose
+environment names the test's PREFECT_HOME (workers, the server, its watchdog inherit it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from toolboxes_signals import LOG_ENV, records
+
+pytestmark = pytest.mark.slow
+
+TESTS = Path(__file__).parent
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "home"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
+        **{LOG_ENV: str(tmp_path / "calls.log")},
+    )
+    return env
+
+
+def _left(home: Path, grace: float = 10.0) -> list[str]:
+    """Processes still running with PREFECT_HOME=`home`, after up to `grace` seconds."""
+    deadline = time.monotonic() + grace
+    while True:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("PREFECT_HOME") == str(home) and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+            except psutil.Error:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _kill_left(home: Path) -> None:
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("PREFECT_HOME") == str(home):
+                proc.kill()
+        except psutil.Error:
+            continue
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"exited early ({proc.returncode})")
+        time.sleep(0.1)
+    pytest.fail("timed out waiting for the calls to start")
+
+
+PLAN = "s1: quick(1)\ns2: spin(120.0)\ns3: wait_io(120.0)\ns4: quick(s2)\n"
+
+
+def test_ctrl_c_as_a_terminal_sends_it_reports_and_leaves_nothing(tmp_path: Path) -> None:
+    """SIGINT to the process group while a compute and an inout call run: exit 130 with the JSON
+    report (s1's result kept, the rest Cancelled), and nothing left running."""
+    env = _env(tmp_path)
+    home = Path(env["PREFECT_HOME"])
+    (tmp_path / "long.plan").write_text(PLAN)
+    log = tmp_path / "calls.log"
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect_llmorch.cli", "run", "long.plan", "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
+        )
+        try:
+            _wait_for(lambda: {("end", "quick"), ("start", "spin")} <= {r[:2] for r in records(str(log))}, 240, proc)
+            sent = time.monotonic()
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+            out, _ = proc.communicate(timeout=60)
+            print(f"\nexited {proc.returncode} {time.monotonic() - sent:.2f} s after SIGINT to the group")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    errors = (tmp_path / "err.txt").read_text()
+    assert proc.returncode == 130, errors[-3000:]
+    report = json.loads(out)
+    assert report["state"] == "Cancelled" and "SIGINT" in report["message"]
+    assert report["result"] == {"s1": 2}
+    states = {c["id"]: c["state"] for c in report["calls"]}
+    assert states == {"s1": "Completed", "s2": "Cancelled", "s3": "Cancelled", "s4": "Cancelled"}
+    assert "KeyboardInterrupt" not in errors  # the workers left the signal to their parent
+    assert not any(r[0] == "end" and r[1] == "spin" for r in records(str(log)))
+    left = _left(home)
+    _kill_left(home)
+    assert not left, left
+
+
+def test_ctrl_c_while_prefect_starts_still_ends_the_run(tmp_path: Path) -> None:
+    """A Ctrl-C before the flow run's runner exists stops it as soon as it does: no call
+    starts, exit 130 with a JSON report on standard output, nothing left."""
+    env = _env(tmp_path)
+    home = Path(env["PREFECT_HOME"])
+    (tmp_path / "long.plan").write_text(PLAN)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect_llmorch.cli", "run", "long.plan", "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        # the server is being started: its log file exists, the flow has not begun
+        deadline = time.monotonic() + 120
+        while not (home / "llmorch-server.log").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    report = json.loads(out)
+    assert report["state"] == "Cancelled"
+    assert records(str(tmp_path / "calls.log")) == []
+    left = _left(home)
+    _kill_left(home)
+    assert not left, left
+
+
+AGENT = textwrap.dedent(
+    """
+    import os, sys, time
+    from prefect_llmorch import run_plan
+    how = sys.argv[1]
+    print("started", flush=True)
+    if how == "raise":
+        report = run_plan("s1: quick(1)", "toolboxes_signals:toolbox", processors=1)
+        raise SystemExit(f"the script fails after its run: {report.result}")
+    if how == "normal":
+        report = run_plan("s1: quick(1)\\ns2: quick(s1)", "toolboxes_signals:toolbox", processors=1)
+        print("result", report.result, flush=True)
+    else:  # killed while a compute call runs
+        run_plan("s1: spin(120.0)", "toolboxes_signals:toolbox", processors=1)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["normal", "raise", "SIGINT", "SIGTERM", "SIGKILL"])
+def test_a_script_calling_run_plan_leaves_no_process_and_closes_its_pipe(tmp_path: Path, how: str) -> None:
+    env = _env(tmp_path)
+    home = Path(env["PREFECT_HOME"])
+    (tmp_path / "agent.py").write_text(AGENT)
+    proc = subprocess.Popen(
+        [sys.executable, "agent.py", how if how in ("normal", "raise") else "kill"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        if how not in ("normal", "raise"):
+            _wait_for(lambda: any(r[:2] == ("start", "spin") for r in records(str(tmp_path / "calls.log"))), 240, proc)
+            proc.send_signal(getattr(signal, how))
+        # the pipe closes when the script ends: communicate returns (a leaked child would hold it)
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _kill_left(home)
+        pytest.fail(f"the script's piped output did not close ({how})")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if how == "normal":
+        assert proc.returncode == 0, err[-3000:]
+        assert "result 3" in out
+    elif how == "raise":
+        assert proc.returncode == 1 and "the script fails after its run" in err
+    log = home / "llmorch-server.log"
+    assert log.exists()  # one server was started, by us, with its own log
+    for problem in ("address already in use", "database is locked", "Traceback"):
+        assert problem not in log.read_text(), log.read_text()[-3000:]
+    left = _left(home)
+    _kill_left(home)
+    assert not left, left
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "server gone"])
+def test_slots_never_stick_after_a_run_is_killed(tmp_path: Path, how: str) -> None:
+    """A run killed while it holds the processors' slots (kill -9 of the command, or its
+    embedded server killed under it): the next run on that PREFECT_HOME gets them back
+    within seconds and completes, by the tools' own records."""
+    env = _env(tmp_path)
+    home = Path(env["PREFECT_HOME"])
+    (tmp_path / "long.plan").write_text("s1: spin(120.0)\ns2: spin(120.0)\n")
+    (tmp_path / "short.plan").write_text("s1: quick(1)\ns2: quick(2)\n")
+    log = tmp_path / "calls.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect_llmorch.cli", "run", "long.plan", "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: sum(r[:2] == ("start", "spin") for r in records(str(log))) == 2, 240, proc)
+        if how == "SIGKILL":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # the server dies first: the run fails its calls, then ends on its own
+            for p in psutil.process_iter():
+                try:
+                    if p.environ().get("PREFECT_HOME") == str(home) and "uvicorn" in " ".join(p.cmdline()):
+                        p.kill()
+                except psutil.Error:
+                    continue
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _left(home)  # the watchdog ends the orphaned server
+    _kill_left(home)
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "prefect_llmorch.cli", "run", "short.plan", "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    print(f"\nnext run after {how}: exit {out.returncode} in {time.monotonic() - started:.1f} s")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout)["state"] == "Completed"
+    assert sorted(r[2] for r in records(str(log)) if r[:2] == ("end", "quick")) == ["1", "2"]
+    left = _left(home)
+    _kill_left(home)
+    assert not left, left
