@@ -244,7 +244,44 @@ def test_slots_never_stick_after_a_run_is_killed(tmp_path: Path, how: str) -> No
     print(f"\nnext run after {how}: exit {out.returncode} in {time.monotonic() - started:.1f} s")
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout)["state"] == "Completed"
+    assert "waiting for a slot" not in out.stderr  # the dead run's slots were cleared first
     assert sorted(r[2] for r in records(str(log)) if r[:2] == ("end", "quick")) == ["1", "2"]
+    left = _left(home)
+    _kill_left(home)
+    assert not left, left
+
+
+@pytest.mark.skipif(not __import__("shutil").which("tmux"), reason="tmux is not installed")
+def test_ctrl_c_in_a_real_terminal(tmp_path: Path) -> None:
+    """`llmorch run` in a tmux pane, Ctrl-C typed with `send-keys C-c` once the compute call
+    runs: the command exits 130 and the pane's shell gets its prompt back, nothing left."""
+    env = _env(tmp_path)
+    home = Path(env["PREFECT_HOME"])
+    (tmp_path / "long.plan").write_text(PLAN)
+    script = tmp_path / "cmd.sh"
+    script.write_text(
+        "".join(f"export {k}={__import__('shlex').quote(v)}\n" for k, v in env.items() if k.isidentifier())
+        + f"cd {tmp_path}\n{sys.executable} -m prefect_llmorch.cli run long.plan -t toolboxes_signals:toolbox -P 2\n"
+        + f"echo $? > {tmp_path / 'exit.txt'}\n"
+    )
+    session = f"llmorch-test-{os.getpid()}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", f"bash {script}; sleep 600"], check=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(r[:2] == ("start", "spin") for r in records(str(tmp_path / "calls.log"))):
+            assert time.monotonic() < deadline, "the calls never started"
+            time.sleep(0.2)
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "exit.txt").exists():
+            assert time.monotonic() < deadline, subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout[-3000:]
+            time.sleep(0.1)
+        pane = subprocess.run(["tmux", "capture-pane", "-p", "-S", "-200", "-t", session], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert (tmp_path / "exit.txt").read_text().strip() == "130", pane[-3000:]
+    assert "stopped by SIGINT" in pane
     left = _left(home)
     _kill_left(home)
     assert not left, left

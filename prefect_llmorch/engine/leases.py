@@ -801,11 +801,16 @@ class GlobalLimit:
             self._wake()  # the runner may need to back off
             if not guard.told_waiting and guard.slots == 0:
                 guard.told_waiting = True
+                holders = sorted({int(e.get("pid") or 0) for e in _ledger_read() if e.get("limit") == name and _alive(e)})
                 logger.warning(
-                    "waiting for a slot of global concurrency limit %r (limit %s): other flow runs hold "
-                    "them; `prefect gcl inspect %s` shows the limit, and slots a crashed run left on "
-                    "another machine come back when its lease expires (%.0f s)",
-                    name, guard.size, name, _LEASE_SECONDS,
+                    "waiting for a slot of global concurrency limit %r (limit %s): held by %s. "
+                    "`prefect gcl inspect %s` shows the limit; slots a crashed run left on another machine "
+                    "come back when its lease expires (%.0f s); if nothing should hold them, "
+                    "`prefect gcl update %s --active-slots 0` frees them, or run with --no-global-limit",
+                    name, guard.size,
+                    ("llmorch processes " + ", ".join(map(str, holders))) if holders
+                    else "no llmorch process on this machine (another machine, or a Prefect flow of yours)",
+                    name, _LEASE_SECONDS, name,
                 )
             with self._lock:
                 guard.acquiring = 1
@@ -856,8 +861,12 @@ class GlobalLimit:
                     _patient(self._api().renew_concurrency_lease, lease_id, lease_duration=_LEASE_SECONDS,
                              patience=_LEASE_SECONDS / 4)
                     self._lease_renewed[lease_id] = now
-                except Exception as exc:  # expired meanwhile: the slots went back to the limit
-                    _ledger_remove(lease_id)
+                except Exception as exc:
+                    # The server said the lease is gone (expired: its slots went back, or it
+                    # died with the server that granted it), or the server cannot be reached.
+                    # The ledger entry stays: once this process is gone, the next runner
+                    # clears what it still holds (`_clear_stale`); removing it here left
+                    # slots held with nothing to say by whom.
                     with self._lock:
                         self._lease_renewed.pop(lease_id, None)
                         lost = []
