@@ -166,18 +166,19 @@ def _prediction(frg: Any, plan: Any, toolbox: Any, processors: int, costs: Optio
 
 
 def _print_prediction(prediction: Any, choice: Any, functions: Any) -> None:
-    unit = " s" if choice.source == "history" else ""
+    from prefect_llmorch.flows.report import estimate
+
     path = " -> ".join(prediction.critical_path)
     console.print(
-        f"predicted latency on P={prediction.processors}: {prediction.latency:.3f}{unit} ({prediction.policy} policy, "
+        f"predicted latency on P={prediction.processors}: {estimate(prediction.latency)} ({prediction.policy} policy, "
         f"simulated with {choice.describe(functions)})", markup=False, highlight=False, soft_wrap=True,
     )
-    console.print(f"critical path: {path} ({prediction.length:.3f}{unit})", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"critical path: {path} ({estimate(prediction.length)})", markup=False, highlight=False, soft_wrap=True)
 
 
 def _prediction_json(prediction: Any, choice: Any) -> dict[str, Any]:
     out = prediction.to_json()
-    out.update(costs=choice.source, learned=dict(sorted(choice.costs.items())))
+    out.update(costs=choice.used(), learned=dict(sorted(choice.costs.items())))
     return out
 
 
@@ -344,7 +345,7 @@ def graph(
         tb = _toolbox(toolbox)
         parsed = _parse(text, tb, as_json)
         frg = FRG.build(parsed, tb)
-        if not (mermaid or dot):
+        if as_json or not (mermaid or dot):  # (--json wins over --mermaid/--dot)
             frg, prediction, choice = _prediction(frg, parsed, tb, P, costs)
         if as_json:
             _emit_json({**frg.to_json(), "prediction": _prediction_json(prediction, choice)})
@@ -365,7 +366,13 @@ def graph(
     for cid in frg.ids:
         table.add_row(cid, frg.function[cid], frg.kind[cid], str(frg.rank[cid]), ", ".join(frg.ordered(frg.deps[cid])), groups.get(cid, ""))
     console.print(table)
-    console.print(f"work {frg.work:g}, critical path {frg.critical_path:g}, lower bound on P={P}: {frg.lower_bound(P):g}")
+    from prefect_llmorch.flows.report import estimate
+
+    console.print(  # the same costs as the prediction below, which is never under this bound
+        f"work {estimate(frg.work)}, critical path {estimate(frg.critical_path)}, "
+        f"lower bound on P={P}: {estimate(frg.lower_bound(P))} ({choice.used()} costs)",
+        markup=False, highlight=False, soft_wrap=True,
+    )
     _print_prediction(prediction, choice, {c.function for c in parsed.calls})
 
 
@@ -385,10 +392,7 @@ def _print_report(report: Any, as_json: bool) -> None:
         if c.reason:
             console.print(f"{c.id}: {c.state}: {c.reason}", markup=False, highlight=False)
     console.print(report.summary(), markup=False, highlight=False)
-    console.print(
-        f"lower bound {report.lower_bound:.3f} s | sum of call times {report.sequential:.3f} s | "
-        f"speedup {report.speedup:.2f}x (call times / latency)", markup=False, highlight=False,
-    )
+    console.print(report.measured_line(), markup=False, highlight=False)
     if report.message:
         err_console.print(report.message, markup=False)
     console.print(f"result: {report.result!r}", markup=False, highlight=False)

@@ -125,7 +125,8 @@ class RunReport:
     planning: Planning | None = None
     recovery: dict[str, Any] | None = None  # `RecoveryController.to_dict()`
     #: the plan simulated with the costs the policy used (`flows.history.predict`): `latency`,
-    #: `critical_path`, `calls` (start, end), `costs` (`declared` or `history`); None: not made
+    #: `critical_path`, `calls` (start, end), `costs` (`declared` or `history`: `history` only
+    #: when learned costs were used; then `declared` lists functions that had none); None: not made
     predicted: dict[str, Any] | None = None
 
     @property
@@ -183,10 +184,38 @@ class RunReport:
             f"latency {self.latency:.3f} s (first call after {first}; best schedule {self.best:.3f} s, "
             f"overhead {self.overhead:.3f} s) | makespan {self.makespan:.3f} s | P = {self.processors}"
         )
-        if self.predicted is not None:  # declared costs are in the decorators' units, not seconds
-            unit = " s" if self.predicted.get("costs") == "history" else ""
-            line += f" | predicted {self.predicted['latency']:.3f}{unit} ({self.predicted.get('costs')} costs)"
+        if self.predicted is not None:  # an estimate, from costs (not the measured times)
+            line += f" | predicted {estimate(self.predicted['latency'])} ({costs_used(self.predicted)})"
         return line
+
+    def measured_line(self) -> str:
+        """The second line for people: what the measured call times allow (the lower bound is
+        from measured times, the prediction from costs: each says which it uses)."""
+        return (
+            f"lower bound {self.lower_bound:.3f} s (measured call times) | sum of call times {self.sequential:.3f} s | "
+            f"speedup {self.speedup:.2f}x (call times / latency)"
+        )
+
+
+def estimate(seconds: float) -> str:
+    """An estimate in seconds, 3 significant digits: `4.50 s`, `0.125 s`, `1.30 s`, `123 s`.
+
+    >>> estimate(6.88496), estimate(1.30073), estimate(4.5), estimate(1234.5), estimate(0)
+    ('6.88 s', '1.30 s', '4.50 s', '1234 s', '0 s')
+    """
+    if seconds == 0:
+        return "0 s"
+    if abs(seconds) >= 100:
+        return f"{seconds:.0f} s"
+    return f"{seconds:#.3g} s"
+
+
+def costs_used(predicted: Mapping[str, Any]) -> str:
+    """`declared costs`, `history costs`, or `history costs; declared: chatbot`."""
+    text = f"{predicted.get('costs', 'declared')} costs"
+    if predicted.get("declared"):
+        text += f"; declared: {', '.join(predicted['declared'])}"
+    return text
 
 
 class PlanRunFailed(RuntimeError):

@@ -199,7 +199,11 @@ def predicted(frg: Any, processors: int, policy: str, choice: CostChoice, runner
     except ValueError as exc:  # e.g. capacities the simulator cannot model: no prediction
         get_run_logger().warning("no predicted latency: %s", exc)
         return None
-    out["costs"] = choice.source
+    out["costs"] = choice.used()  # `history` only when a learned cost was really used
+    if out["costs"] == "history":
+        declared = sorted({f for f in frg.function.values()} - set(choice.costs))
+        if declared:
+            out["declared"] = declared  # functions with no history: their declared cost
     return out
 
 
