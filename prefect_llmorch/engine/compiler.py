@@ -384,6 +384,14 @@ class Compiler:
                 finally:
                     end = time.time()
         except BaseException as exc:
+            stopped = _cancelled_instead(exc, cancel, label)
+            if stopped is not None:  # the run stopped it: a cancel, reported without a traceback
+                recorder.update(
+                    call.id, state="Cancelled", error=f"{type(stopped).__name__}: {stopped}",
+                    start=recorder.rel(start) if start else None, end=recorder.rel(end) if end else None,
+                    pid=pid, processor=processor,
+                )
+                raise stopped from None
             # A secret anywhere in the chain (causes, contexts, notes, a worker's traceback):
             # replace the whole exception, so nothing that formats it (Prefect's logger, the
             # state, the report) ever sees the original.
@@ -448,6 +456,26 @@ class Compiler:
             futures[call.id] = fut
             new[call.id] = fut
         return new
+
+
+#: How long a call whose tool ended in `KeyboardInterrupt` waits for its run's cancel before
+#: that counts as the tool's failure: a terminal's Ctrl-C reaches the worker processes and the
+#: flow's process together, and a worker's reply can arrive before the flow's signal handler has
+#: cancelled the run's calls (`flows/interrupt.py` does that on a thread).
+INTERRUPT_GRACE = 0.5
+
+
+def _cancelled_instead(exc: BaseException, cancel: Cancel, label: str) -> CallCancelled | None:
+    """The `CallCancelled` a call's failure stands for, when its run cancelled it: whatever it
+    ended with once its cancel was set (a `KeyboardInterrupt` from the same Ctrl-C, a worker
+    killed by it) is the cancel's doing, not the tool's failure. None: a failure as it is."""
+    if isinstance(exc, CallCancelled):
+        return None  # already one, with the pool's words
+    if not cancel.is_set() and isinstance(exc, ToolExit) and exc.raised == "KeyboardInterrupt":
+        cancel.wait(concurrent.futures.Future(), INTERRUPT_GRACE)
+    if not cancel.is_set():
+        return None
+    return CallCancelled(f"{label} was cancelled ({cancel.reason})", call=label, pid=getattr(exc, "pid", None))
 
 
 class _Body:
