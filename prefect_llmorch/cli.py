@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 from prefect_llmorch import __version__
-from prefect_llmorch.examples import DEFAULT_TOOLBOX, example_names, open_plan_path
+from prefect_llmorch.examples import DEFAULT_TOOLBOX, example_names, examples_help, open_plan_path
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Parallel LLM function calling on Prefect (LLMOrch).",
 )
 console = Console()
@@ -301,13 +301,13 @@ def _parse(text: str, tb: Any, as_json: bool) -> Any:
         _plan_errors(exc, as_json)
 
 
-PLAN_HELP = "plan file (text, or JSON: NESTFUL or ours), example:NAME (a shipped example), or - for stdin"
+PLAN_HELP = f"plan file (text, or JSON: NESTFUL or ours), example:NAME (a shipped example), or - for stdin; {examples_help()}"
 TOOLBOX_HELP = "module:attr naming a Toolbox (or a function `() -> Toolbox`)"
 
 
 @app.command()
 def check(
-    plan: str = typer.Argument(..., help=PLAN_HELP),
+    plan: str = typer.Argument(..., help=PLAN_HELP, metavar="PLAN"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     as_json: bool = typer.Option(False, "--json", help="print a JSON object"),
 ) -> None:
@@ -324,7 +324,7 @@ def check(
 
 @app.command()
 def graph(
-    plan: str = typer.Argument(..., help=PLAN_HELP),
+    plan: str = typer.Argument(..., help=PLAN_HELP, metavar="PLAN"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     mermaid: bool = typer.Option(False, "--mermaid", help="print the FRG as mermaid"),
     dot: bool = typer.Option(False, "--dot", help="print the FRG as Graphviz DOT"),
@@ -475,7 +475,7 @@ def _exit_now(code: int) -> NoReturn:
 
 @app.command()
 def run(
-    plan: str = typer.Argument(..., help=PLAN_HELP),
+    plan: str = typer.Argument(..., help=PLAN_HELP, metavar="PLAN"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     processors: Optional[int] = typer.Option(None, "--processors", "-P", help=PROCESSORS_HELP),
     force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
@@ -590,8 +590,15 @@ def _endpoint(endpoint: Optional[str]) -> Any:
 
     try:
         return resolve_client(endpoint)
-    except (LLMConfigError, LLMError, ValueError) as exc:
+    except LLMConfigError as exc:
+        _fail(f"{exc}. {NO_LLM_HINT}", exc)
+    except (LLMError, ValueError) as exc:
         _fail(str(exc), exc)
+
+
+#: What a newcomer without an LLM can do instead (`llmorch plan` / `ask` with none configured).
+NO_LLM_HINT = ("No LLM at hand: `llmorch demo` runs the whole loop with no API key (a scripted local LLM), "
+               "and the README section \"Offline, with a real model\" runs a local model")
 
 
 PLANNER_HELP = ("how plans are asked for: text (the plan language) or json (the JSON plan form under a "
