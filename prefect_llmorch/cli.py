@@ -356,16 +356,7 @@ def graph(
     if dot:
         print(frg.to_dot())
         return
-    groups: dict[str, str] = {}
-    for cid in frg.ids:
-        if frg.kind[cid] == "compute":
-            groups[cid] = f"rank {frg.rank[cid]}" if any(cid in pair for pair in frg.mutex) else ""
-    table = Table(title=f"FRG: {len(frg)} calls")
-    for col in ("call", "function", "kind", "rank", "deps", "mutex group"):
-        table.add_column(col)
-    for cid in frg.ids:
-        table.add_row(cid, frg.function[cid], frg.kind[cid], str(frg.rank[cid]), ", ".join(frg.ordered(frg.deps[cid])), groups.get(cid, ""))
-    console.print(table)
+    _print_frg(frg)
     from prefect_llmorch.flows.report import estimate
 
     console.print(  # the same costs as the prediction below, which is never under this bound
@@ -374,6 +365,16 @@ def graph(
         markup=False, highlight=False, soft_wrap=True,
     )
     _print_prediction(prediction, choice, {c.function for c in parsed.calls})
+
+
+def _print_frg(frg: Any) -> None:
+    """The FRG as a table (`FRG.rows`: the UI's `llmorch-frg` artifact has the same)."""
+    table = Table(title=f"FRG: {len(frg)} calls")
+    for col in frg.COLUMNS:
+        table.add_column(col)
+    for row in frg.rows():
+        table.add_row(*(row[c] for c in frg.COLUMNS))
+    console.print(table, markup=False, highlight=False)
 
 
 def _print_report(report: Any, as_json: bool) -> None:
@@ -733,7 +734,7 @@ def plan_cmd(
             })
             return
     console.print(result.text, markup=False, highlight=False)
-    console.print(frg.to_mermaid(), markup=False, highlight=False)
+    _print_frg(frg)
     console.print(f"planner attempts: {len(result.attempts)} | tokens: {result.prompt_tokens} prompt + {result.completion_tokens} completion")
     _print_prediction(prediction, choice, {c.function for c in result.plan.calls})
 

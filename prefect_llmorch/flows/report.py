@@ -401,13 +401,14 @@ def _predicted_columns(report: RunReport, call_id: str) -> dict[str, Any]:
 
 
 def publish_artifacts(frg: FRG, report: RunReport, extra_markdown: str = "") -> None:
-    """The FRG as mermaid and the schedule as a table, shown on the flow run's page."""
+    """The FRG and the schedule as tables, shown on the flow run's page (Prefect's UI renders
+    markdown but not mermaid: `llmorch graph PLAN --mermaid` prints the graph as mermaid)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     create_markdown_artifact(
         key="llmorch-frg",
-        markdown="## Function-call Relation Graph\n\n```mermaid\n" + frg.to_mermaid() + "\n```\n" + extra_markdown,
-        description="The plan's FRG: def-use edges, ranks, mutual exclusion of compute calls",
+        markdown="## Function-call Relation Graph\n\n" + frg.to_markdown() + "\n" + extra_markdown,
+        description="The plan's FRG: each call's rank, kind, inputs (deps) and mutual-exclusion group",
     )
     rows = [
         {
