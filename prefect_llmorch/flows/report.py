@@ -30,7 +30,8 @@ from prefect_llmorch.schedule.simulator import simulate
 
 __all__ = [
     "CallRow", "Planning", "PlanRunFailed", "RunReport",
-    "best_schedule", "build_report", "failure_message", "jsonable", "measured_lower_bound", "publish_artifacts",
+    "best_schedule", "build_report", "failure_message", "jsonable", "measured_lower_bound", "plan_failed",
+    "publish_artifacts",
 ]
 
 #: Keys of one call in `--json` (in this order); `reason` only when it did not complete.
@@ -227,6 +228,22 @@ class PlanRunFailed(RuntimeError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (PlanRunFailed, (str(self), self.report))
+
+
+def plan_failed(error: Exception) -> Any:
+    """The `Failed` final state of a flow whose plan is wrong (a `PlanError`): its message is
+    the errors alone, each with line and column (what the UI shows: no traceback, no class
+    name), and its result the error, which `run_plan` raises."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+    from prefect.states import Failed
+
+    try:  # the run's log gets each error with its line and a caret (no traceback either)
+        report = getattr(error, "report", None)
+        get_run_logger().error("the plan cannot run:\n%s", report() if callable(report) else error)
+    except MissingContextError:
+        pass
+    return Failed(message=str(error), data=error)
 
 
 def jsonable(value: Any) -> Any:

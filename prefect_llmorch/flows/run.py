@@ -23,9 +23,10 @@ from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, exe
 from prefect_llmorch.flows.history import CostChoice, check_costs, choose_costs, predict, remember_records
 from prefect_llmorch.flows.planref import plan_parameter, plan_text
 from prefect_llmorch.flows.recovery import RecoveryConfig
-from prefect_llmorch.flows.report import PlanRunFailed, RunReport, publish_artifacts
+from prefect_llmorch.flows.report import PlanRunFailed, RunReport, plan_failed, publish_artifacts
 from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
+from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.model import Plan
 from prefect_llmorch.plan.parser import parse
 
@@ -93,7 +94,10 @@ def orchestrate(
     recorder = Recorder()  # t0: the flow starts executing, the plan is available
     logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
-    parsed = _parsed(plan_text(plan), tb)  # a large plan comes as a reference (`flows/planref.py`)
+    try:
+        parsed = _parsed(plan_text(plan), tb)  # a large plan comes as a reference (`flows/planref.py`)
+    except PlanError as err:
+        return plan_failed(err)
     P = processors or default_processors()
     runner = current_llmorch_runner()
     if runner is not None:
