@@ -14,6 +14,7 @@ from prefect_llmorch.flows.history import (
     call_costs, check_costs, choose_costs, critical_path_calls, durations_by_function, function_costs, has_history,
     history_file, local_costs, predict, remember,
 )
+from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.parser import parse
 
 
@@ -147,6 +148,19 @@ def test_a_history_of_other_functions_is_named_declared_costs(home: Path) -> Non
     assert choice.used() == "declared"
     assert choice.describe(["chatbot"]) == "declared costs (no history of these functions yet)"
     assert choose_costs(["detect", "chatbot"], api=False).used() == "history"
+
+
+def test_the_prediction_says_history_only_for_a_plan_whose_functions_have_one() -> None:
+    from prefect_llmorch.flows.history import CostChoice
+    from prefect_llmorch.flows.run import predicted
+
+    frg = FRG.from_edges(["s1", "s2"], {"s2": ["s1"]}, functions={"s1": "detect", "s2": "chatbot"})
+    # ask looks up the whole toolbox: a history of `search` only says nothing about this plan
+    assert predicted(frg, 2, "critical-path", CostChoice("history", {"search": 1.0}))["costs"] == "declared"
+    mixed = predicted(frg, 2, "critical-path", CostChoice("history", {"detect": 2.0, "search": 1.0}))
+    assert (mixed["costs"], mixed["declared"]) == ("history", ["chatbot"])
+    assert "declared" not in predicted(frg, 2, "critical-path", CostChoice("history", {"detect": 2.0, "chatbot": 1.0}))
+    assert predicted(frg, 2, "critical-path", CostChoice("declared"))["costs"] == "declared"
 
 
 def test_the_report_names_the_costs_of_the_prediction_and_of_the_lower_bound() -> None:

@@ -203,11 +203,13 @@ def predicted(frg: Any, processors: int, policy: str, choice: CostChoice, runner
     except ValueError as exc:  # e.g. capacities the simulator cannot model: no prediction
         get_run_logger().warning("no predicted latency: %s", exc)
         return None
-    out["costs"] = choice.used()  # `history` only when a learned cost was really used
-    if out["costs"] == "history":
-        declared = sorted({f for f in frg.function.values()} - set(choice.costs))
-        if declared:
-            out["declared"] = declared  # functions with no history: their declared cost
+    # `history` only when a function of this plan had a learned cost (ask looks up the whole
+    # toolbox's), and then which of its functions kept their declared cost
+    functions = set(frg.function.values())
+    learned = functions & set(choice.costs) if choice.source == "history" else set()
+    out["costs"] = "history" if learned else "declared"
+    if learned and functions - learned:
+        out["declared"] = sorted(functions - learned)
     return out
 
 
