@@ -14,7 +14,8 @@ from prefect_llmorch.examples import DEFAULT_TOOLBOX, example_names, example_too
 from prefect_llmorch.functions import load_toolbox
 from prefect_llmorch.plan.parser import parse
 
-COMMANDS = [c.name or c.callback.__name__ for c in app.registered_commands]
+COMMANDS = [[c.name or c.callback.__name__] for c in app.registered_commands]
+COMMANDS += [[g.name, c.name or c.callback.__name__] for g in app.registered_groups for c in g.typer_instance.registered_commands]
 
 
 def _help(*args: str) -> str:
@@ -23,7 +24,7 @@ def _help(*args: str) -> str:
     return out.output
 
 
-@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])
+@pytest.mark.parametrize("command", [[]] + COMMANDS, ids=lambda c: " ".join(c) or "llmorch")
 def test_help_shows_flags_without_a_type(command: list[str]) -> None:
     text = _help(*command)
     assert "<bool>" not in text and "--help" in text
