@@ -71,6 +71,8 @@ def orchestrate(
     """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
 
     Use `run_plan` from Python: it sets the task runner for `processors` and `policy`.
+    A plan with errors ends the flow run `Failed` with every error as its message and the
+    `PlanError` as its result (`report.plan_failed`), which `run_plan` raises.
 
     Args:
         plan: the plan text (either dialect), or a reference to a stored one: `run_plan`
