@@ -382,7 +382,7 @@ def _print_report(report: Any, as_json: bool) -> None:
         _emit_json(report.to_json())
         return
     table = Table(title=f"{report.state}: schedule on P = {report.processors}")
-    for col in ("call", "function", "kind", "rank", "processor", "start", "end", "state"):
+    for col in ("call", "function", "kind", "rank", "processor", "start (s)", "end (s)", "state"):
         table.add_column(col)
     for c in report.calls:
         fmt = lambda t: "" if t is None else f"{t:.3f}"  # noqa: E731
