@@ -592,14 +592,18 @@ def _endpoint(endpoint: Optional[str]) -> Any:
     try:
         return resolve_client(endpoint)
     except LLMConfigError as exc:
-        _fail(f"{exc}. {NO_LLM_HINT}", exc)
+        _fail(f"{exc}. {_no_llm_hint()}", exc)
     except (LLMError, ValueError) as exc:
         _fail(str(exc), exc)
 
 
-#: What a newcomer without an LLM can do instead (`llmorch plan` / `ask` with none configured).
-NO_LLM_HINT = ("No LLM at hand: `llmorch demo` runs the whole loop with no API key (a scripted local LLM), "
-               "and the README section \"Offline, with a real model\" runs a local model")
+def _no_llm_hint() -> str:
+    """What a newcomer without an LLM can do instead (`llmorch plan` / `ask` with none
+    configured); names `llmorch local-llm start` when this CLI has that command."""
+    local = 'the README section "Offline, with a real model" runs a real model on this machine'
+    if any(group.name == "local-llm" for group in app.registered_groups):
+        local = "`llmorch local-llm start` serves a real model on this machine (" + local.removeprefix("the ") + ")"
+    return f"No LLM at hand: `llmorch demo` runs the whole loop with no API key (a scripted local LLM), and {local}"
 
 
 PLANNER_HELP = ("how plans are asked for: text (the plan language) or json (the JSON plan form under a "
