@@ -34,7 +34,7 @@ from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
 from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR, NotCacheable, cache_probe, task_cache_options
-from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, body_done, wait_first
+from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done, wait_first
 from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
 #: Attribute a compiled task carries to name its call in the FRG.
@@ -458,10 +458,10 @@ class Compiler:
         return new
 
 
-#: How long a call whose tool ended in `KeyboardInterrupt` waits for its run's cancel before
-#: that counts as the tool's failure: a terminal's Ctrl-C reaches the worker processes and the
-#: flow's process together, and a worker's reply can arrive before the flow's signal handler has
-#: cancelled the run's calls (`flows/interrupt.py` does that on a thread).
+#: How long a call whose tool ended in `KeyboardInterrupt` (or whose worker died) waits for its
+#: run's cancel before that counts as the call's failure: a terminal's Ctrl-C reaches the worker
+#: processes and the flow's process together, and a worker's reply can arrive before the flow's
+#: signal handler has cancelled the run's calls (`flows/interrupt.py` does that on a thread).
 INTERRUPT_GRACE = 0.5
 
 
@@ -471,7 +471,8 @@ def _cancelled_instead(exc: BaseException, cancel: Cancel, label: str) -> CallCa
     killed by it) is the cancel's doing, not the tool's failure. None: a failure as it is."""
     if isinstance(exc, CallCancelled):
         return None  # already one, with the pool's words
-    if not cancel.is_set() and isinstance(exc, ToolExit) and exc.raised == "KeyboardInterrupt":
+    interrupted = isinstance(exc, ToolExit) and exc.raised == "KeyboardInterrupt"
+    if not cancel.is_set() and (interrupted or isinstance(exc, WorkerDied)):  # the same Ctrl-C, maybe
         cancel.wait(concurrent.futures.Future(), INTERRUPT_GRACE)
     if not cancel.is_set():
         return None
