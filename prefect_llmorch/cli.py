@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 from prefect_llmorch import __version__
-from prefect_llmorch.examples import DEFAULT_TOOLBOX, example_names, open_plan_path
+from prefect_llmorch.examples import DEFAULT_TOOLBOX, example_names, examples_help, open_plan_path
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Parallel LLM function calling on Prefect (LLMOrch).",
 )
 console = Console()
@@ -166,18 +166,19 @@ def _prediction(frg: Any, plan: Any, toolbox: Any, processors: int, costs: Optio
 
 
 def _print_prediction(prediction: Any, choice: Any, functions: Any) -> None:
-    unit = " s" if choice.source == "history" else ""
+    from prefect_llmorch.flows.report import estimate
+
     path = " -> ".join(prediction.critical_path)
     console.print(
-        f"predicted latency on P={prediction.processors}: {prediction.latency:.3f}{unit} ({prediction.policy} policy, "
+        f"predicted latency on P={prediction.processors}: {estimate(prediction.latency)} ({prediction.policy} policy, "
         f"simulated with {choice.describe(functions)})", markup=False, highlight=False, soft_wrap=True,
     )
-    console.print(f"critical path: {path} ({prediction.length:.3f}{unit})", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"critical path: {path} ({estimate(prediction.length)})", markup=False, highlight=False, soft_wrap=True)
 
 
 def _prediction_json(prediction: Any, choice: Any) -> dict[str, Any]:
     out = prediction.to_json()
-    out.update(costs=choice.source, learned=dict(sorted(choice.costs.items())))
+    out.update(costs=choice.used(), learned=dict(sorted(choice.costs.items())))
     return out
 
 
@@ -300,13 +301,13 @@ def _parse(text: str, tb: Any, as_json: bool) -> Any:
         _plan_errors(exc, as_json)
 
 
-PLAN_HELP = "plan file (text, or JSON: NESTFUL or ours), example:NAME (a shipped example), or - for stdin"
+PLAN_HELP = f"plan file (text, or JSON: NESTFUL or ours), example:NAME (a shipped example), or - for stdin; {examples_help()}"
 TOOLBOX_HELP = "module:attr naming a Toolbox (or a function `() -> Toolbox`)"
 
 
 @app.command()
 def check(
-    plan: str = typer.Argument(..., help=PLAN_HELP),
+    plan: str = typer.Argument(..., help=PLAN_HELP, metavar="PLAN"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     as_json: bool = typer.Option(False, "--json", help="print a JSON object"),
 ) -> None:
@@ -323,7 +324,7 @@ def check(
 
 @app.command()
 def graph(
-    plan: str = typer.Argument(..., help=PLAN_HELP),
+    plan: str = typer.Argument(..., help=PLAN_HELP, metavar="PLAN"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     mermaid: bool = typer.Option(False, "--mermaid", help="print the FRG as mermaid"),
     dot: bool = typer.Option(False, "--dot", help="print the FRG as Graphviz DOT"),
@@ -344,7 +345,7 @@ def graph(
         tb = _toolbox(toolbox)
         parsed = _parse(text, tb, as_json)
         frg = FRG.build(parsed, tb)
-        if not (mermaid or dot):
+        if as_json or not (mermaid or dot):  # (--json wins over --mermaid/--dot)
             frg, prediction, choice = _prediction(frg, parsed, tb, P, costs)
         if as_json:
             _emit_json({**frg.to_json(), "prediction": _prediction_json(prediction, choice)})
@@ -355,18 +356,25 @@ def graph(
     if dot:
         print(frg.to_dot())
         return
-    groups: dict[str, str] = {}
-    for cid in frg.ids:
-        if frg.kind[cid] == "compute":
-            groups[cid] = f"rank {frg.rank[cid]}" if any(cid in pair for pair in frg.mutex) else ""
-    table = Table(title=f"FRG: {len(frg)} calls")
-    for col in ("call", "function", "kind", "rank", "deps", "mutex group"):
-        table.add_column(col)
-    for cid in frg.ids:
-        table.add_row(cid, frg.function[cid], frg.kind[cid], str(frg.rank[cid]), ", ".join(frg.ordered(frg.deps[cid])), groups.get(cid, ""))
-    console.print(table)
-    console.print(f"work {frg.work:g}, critical path {frg.critical_path:g}, lower bound on P={P}: {frg.lower_bound(P):g}")
+    _print_frg(frg)
+    from prefect_llmorch.flows.report import estimate
+
+    console.print(  # the same costs as the prediction below, which is never under this bound
+        f"work {estimate(frg.work)}, critical path {estimate(frg.critical_path)}, "
+        f"lower bound on P={P}: {estimate(frg.lower_bound(P))} ({choice.used()} costs)",
+        markup=False, highlight=False, soft_wrap=True,
+    )
     _print_prediction(prediction, choice, {c.function for c in parsed.calls})
+
+
+def _print_frg(frg: Any) -> None:
+    """The FRG as a table (`FRG.rows`: the UI's `llmorch-frg` artifact has the same)."""
+    table = Table(title=f"FRG: {len(frg)} calls")
+    for col in frg.COLUMNS:
+        table.add_column(col)
+    for row in frg.rows():
+        table.add_row(*(row[c] for c in frg.COLUMNS))
+    console.print(table, markup=False, highlight=False)
 
 
 def _print_report(report: Any, as_json: bool) -> None:
@@ -374,7 +382,7 @@ def _print_report(report: Any, as_json: bool) -> None:
         _emit_json(report.to_json())
         return
     table = Table(title=f"{report.state}: schedule on P = {report.processors}")
-    for col in ("call", "function", "kind", "rank", "processor", "start", "end", "state"):
+    for col in ("call", "function", "kind", "rank", "processor", "start (s)", "end (s)", "state"):
         table.add_column(col)
     for c in report.calls:
         fmt = lambda t: "" if t is None else f"{t:.3f}"  # noqa: E731
@@ -385,10 +393,7 @@ def _print_report(report: Any, as_json: bool) -> None:
         if c.reason:
             console.print(f"{c.id}: {c.state}: {c.reason}", markup=False, highlight=False)
     console.print(report.summary(), markup=False, highlight=False)
-    console.print(
-        f"lower bound {report.lower_bound:.3f} s | sum of call times {report.sequential:.3f} s | "
-        f"speedup {report.speedup:.2f}x (call times / latency)", markup=False, highlight=False,
-    )
+    console.print(report.measured_line(), markup=False, highlight=False)
     if report.message:
         err_console.print(report.message, markup=False)
     console.print(f"result: {report.result!r}", markup=False, highlight=False)
@@ -490,7 +495,7 @@ def _exit_now(code: int) -> NoReturn:
 
 @app.command()
 def run(
-    plan: str = typer.Argument(..., help=PLAN_HELP),
+    plan: str = typer.Argument(..., help=PLAN_HELP, metavar="PLAN"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     processors: Optional[int] = typer.Option(None, "--processors", "-P", help=PROCESSORS_HELP),
     force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
@@ -609,8 +614,19 @@ def _endpoint(endpoint: Optional[str]) -> Any:
 
     try:
         return resolve_client(endpoint)
-    except (LLMConfigError, LLMError, ValueError) as exc:
+    except LLMConfigError as exc:
+        _fail(f"{exc}. {_no_llm_hint()}", exc)
+    except (LLMError, ValueError) as exc:
         _fail(str(exc), exc)
+
+
+def _no_llm_hint() -> str:
+    """What a newcomer without an LLM can do instead (`llmorch plan` / `ask` with none
+    configured); names `llmorch local-llm start` when this CLI has that command."""
+    local = 'the README section "Offline, with a real model" shows how to run a real model on this machine'
+    if any(group.name == "local-llm" for group in app.registered_groups):
+        local = '`llmorch local-llm start` serves a real model on this machine (README: "Offline, with a real model")'
+    return f"No LLM at hand: `llmorch demo` runs the whole loop with no API key (a scripted local LLM), and {local}"
 
 
 PLANNER_HELP = ("how plans are asked for: text (the plan language) or json (the JSON plan form under a "
@@ -744,7 +760,7 @@ def plan_cmd(
             })
             return
     console.print(result.text, markup=False, highlight=False)
-    console.print(frg.to_mermaid(), markup=False, highlight=False)
+    _print_frg(frg)
     console.print(f"planner attempts: {len(result.attempts)} | tokens: {result.prompt_tokens} prompt + {result.completion_tokens} completion")
     _print_prediction(prediction, choice, {c.function for c in result.plan.calls})
 

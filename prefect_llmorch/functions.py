@@ -379,14 +379,29 @@ def spec_of(fn: Callable[..., Any] | FunctionSpec) -> FunctionSpec:
 class Toolbox(Mapping[str, FunctionSpec]):
     """The functions a plan may call, by name. `self` is always there (built in).
 
+    A plan names the functions by their Python names (or `name=` of the decorator); the
+    CLI and the flows find a toolbox by its `module:attr` path (`load_toolbox`).
+
+        >>> @inout
+        ... def search(query: str) -> str: return query
+        >>> Toolbox(search)
+        Toolbox(search, self)
+
     Args:
-        *functions: functions decorated with `@inout` or `@compute` (or their specs).
+        *functions: functions decorated with `@inout` or `@compute` (or their specs), as
+            separate arguments: `Toolbox(search, detect)`, not a list.
         include_self: offer the built-in `self` (ask the LLM). Default True.
+
+    Raises:
+        TypeError: an argument is not a decorated function (a list of them included).
+        ValueError: two functions have the same name.
     """
 
     def __init__(self, *functions: Callable[..., Any] | FunctionSpec, include_self: bool = True) -> None:
         self._specs: dict[str, FunctionSpec] = {}
         for fn in functions:
+            if isinstance(fn, (list, tuple, set)):
+                raise TypeError(f"Toolbox takes the functions as arguments: Toolbox(f, g) or Toolbox(*functions), not a {type(fn).__name__}")
             spec = spec_of(fn)
             if spec.name in self._specs or (include_self and spec.name == SELF):
                 raise ValueError(f"two functions are named {spec.name!r}")

@@ -550,6 +550,52 @@ class FRG:
             ]
         return out
 
+    #: Columns of `rows` / `to_markdown` (and of `llmorch graph`'s table).
+    COLUMNS = ("call", "function", "kind", "rank", "deps", "mutex group")
+
+    def rows(self) -> list[dict[str, str]]:
+        """One row per call, in plan order, for people: the `COLUMNS`, as text.
+
+        `mutex group` names the calls a call is mutually exclusive with: compute calls of one
+        rank (`rank 2`) compete for the processors, so the pairs `mutex` lists are the pairs
+        of each group (a table row per call, not a line per pair); "" when it has no partner.
+
+        >>> FRG.from_edges(["a", "b", "c"], {"c": ["a"]}).rows()[0]
+        {'call': 'a', 'function': 'task', 'kind': 'compute', 'rank': '1', 'deps': '', 'mutex group': 'rank 1'}
+        """
+        paired = {cid for pair in self.mutex for cid in pair}
+        return [
+            {
+                "call": cid, "function": self.function[cid], "kind": self.kind[cid], "rank": str(self.rank[cid]),
+                "deps": ", ".join(self.ordered(self.deps[cid])),
+                "mutex group": f"rank {self.rank[cid]}" if cid in paired else "",
+            }
+            for cid in self.ids
+        ]
+
+    def to_markdown(self) -> str:
+        """The calls as a markdown table (`rows`), then one line of totals: what Prefect's UI
+        shows for the FRG (it renders markdown, not mermaid: `to_mermaid` is for `llmorch
+        graph --mermaid`).
+
+        >>> print(FRG.from_edges(["s1", "s2"], {"s2": ["s1"]}).to_markdown())
+        | call | function | kind | rank | deps | mutex group |
+        |---|---|---|---|---|---|
+        | s1 | task | compute | 1 |  |  |
+        | s2 | task | compute | 2 | s1 |  |
+        <BLANKLINE>
+        2 calls, 1 def-use edge, 0 mutually exclusive pairs.
+        """
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|")
+
+        lines = ["| " + " | ".join(self.COLUMNS) + " |", "|" + "---|" * len(self.COLUMNS)]
+        lines += ["| " + " | ".join(cell(row[c]) for c in self.COLUMNS) + " |" for row in self.rows()]
+        edges, pairs = self.n_edges, len(self.mutex)
+        lines += ["", f"{len(self)} call{'s' * (len(self) != 1)}, {edges} def-use edge{'s' * (edges != 1)}, "
+                      f"{pairs} mutually exclusive pair{'s' * (pairs != 1)}."]
+        return "\n".join(lines)
+
     def _demand_text(self, cid: str) -> str:
         """A call's demand beyond its kind's default, for node labels ("" when default)."""
         d = self.demand[cid]

@@ -210,7 +210,7 @@ def test_api_triggered_run(stack: dict[str, Any]) -> None:
         assert {ids[i.id] for i in tasks["s7 · audit_digest"].task_inputs["inputs"]} == {"s5 · upload", "s6 · upload"}
         arts = _artifacts(client, run.id)
         assert {"llmorch-frg", "llmorch-schedule", "llmorch-progress", "llmorch-result"} <= set(arts)
-        assert "```mermaid" in str(arts["llmorch-frg"].data) and "s3 · seal" in str(arts["llmorch-frg"].data)
+        assert "| s3 | seal | compute | 2 | s1 | rank 2 |" in str(arts["llmorch-frg"].data)  # a table: the UI renders no mermaid
         assert float(arts["llmorch-progress"].data) == 100.0
         assert arts["llmorch-progress"].description.startswith("7 of 7 calls finished")
         rows = {r["call"]: r for r in json.loads(arts["llmorch-schedule"].data)}

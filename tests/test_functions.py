@@ -187,3 +187,12 @@ def test_a_module_that_fails_on_import_is_reported_with_what_it_raised(toolbox_m
 def test_a_missing_attribute_lists_the_toolboxes_the_module_has(toolbox_modules) -> None:
     with pytest.raises(ToolboxNotFound, match="has no attribute 'tb'; it has: breaks, lies, make, make_with_default"):
         load_toolbox("tb_factories:tb")
+
+
+def test_a_list_of_functions_is_refused_with_how_to_pass_them() -> None:
+    @inout
+    def lookup(q: str) -> str:
+        return q
+
+    with pytest.raises(TypeError, match=r"Toolbox takes the functions as arguments: Toolbox\(f, g\)"):
+        Toolbox([lookup])  # type: ignore[list-item]

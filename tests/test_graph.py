@@ -369,3 +369,21 @@ def test_mutex_is_exactly_the_equal_rank_pairs_whose_demands_exceed_a_unit(dag, 
     pairs = [tuple(p) for p in frg.to_json(gpus=GPU80)["mutex"]]
     assert set(pairs) == expected and len(pairs) == len(expected)
     assert pairs == sorted(pairs, key=lambda p: (frg.index(p[0]), frg.index(p[1])))
+
+
+def test_the_markdown_table_has_a_row_per_call_and_the_mutex_groups_not_the_pairs() -> None:
+    frg = kitti()
+    text = frg.to_markdown()
+    lines = text.splitlines()
+    assert lines[0] == "| call | function | kind | rank | deps | mutex group |"
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert len(rows) == len(frg) == 11  # one row per call, not one line per mutex pair (28)
+    assert rows[0] == "| s1 | detect | compute | 1 |  | rank 1 |"
+    assert rows[8] == "| s9 | avg | inout | 2 | s1, s2, s3, s4 |  |"
+    assert lines[-1] == f"11 calls, {frg.n_edges} def-use edges, {len(frg.mutex)} mutually exclusive pairs."
+    assert [r["mutex group"] for r in frg.rows()] == ["rank 1"] * 8 + [""] * 3
+
+
+def test_a_lone_compute_call_of_its_rank_has_no_mutex_group() -> None:
+    frg = FRG.from_edges(["a", "b", "c"], {"c": ["a"]})  # c is the only compute call of rank 2
+    assert [r["mutex group"] for r in frg.rows()] == ["rank 1", "rank 1", ""]

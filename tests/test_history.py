@@ -14,6 +14,7 @@ from prefect_llmorch.flows.history import (
     call_costs, check_costs, choose_costs, critical_path_calls, durations_by_function, function_costs, has_history,
     history_file, local_costs, predict, remember,
 )
+from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.parser import parse
 
 
@@ -140,6 +141,40 @@ def no_costs_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("no_costs_env")
+def test_a_history_of_other_functions_is_named_declared_costs(home: Path) -> None:
+    remember({"detect": [1.5]})
+    choice = choose_costs(["chatbot"], api=False)
+    assert (choice.source, choice.costs) == ("history", {})  # looked up: nothing for this plan
+    assert choice.used() == "declared"
+    assert choice.describe(["chatbot"]) == "declared costs (no history of these functions yet)"
+    assert choose_costs(["detect", "chatbot"], api=False).used() == "history"
+
+
+def test_the_prediction_says_history_only_for_a_plan_whose_functions_have_one() -> None:
+    from prefect_llmorch.flows.history import CostChoice
+    from prefect_llmorch.flows.run import predicted
+
+    frg = FRG.from_edges(["s1", "s2"], {"s2": ["s1"]}, functions={"s1": "detect", "s2": "chatbot"})
+    # ask looks up the whole toolbox: a history of `search` only says nothing about this plan
+    assert predicted(frg, 2, "critical-path", CostChoice("history", {"search": 1.0}))["costs"] == "declared"
+    mixed = predicted(frg, 2, "critical-path", CostChoice("history", {"detect": 2.0, "search": 1.0}))
+    assert (mixed["costs"], mixed["declared"]) == ("history", ["chatbot"])
+    assert "declared" not in predicted(frg, 2, "critical-path", CostChoice("history", {"detect": 2.0, "chatbot": 1.0}))
+    assert predicted(frg, 2, "critical-path", CostChoice("declared"))["costs"] == "declared"
+
+
+def test_the_report_names_the_costs_of_the_prediction_and_of_the_lower_bound() -> None:
+    from prefect_llmorch.flows.report import RunReport
+
+    report = RunReport(state="Completed", processors=2, calls=[], result=None, latency=4.61, lower_bound=4.567,
+                       sequential=9.0, predicted={"latency": 4.5, "costs": "declared"})
+    assert report.summary().endswith("| predicted 4.50 s (declared costs)")
+    assert report.measured_line().startswith("lower bound 4.567 s (measured call times) |")
+    report.predicted = {"latency": 12.3456, "costs": "history", "declared": ["chatbot"]}
+    assert report.summary().endswith("| predicted 12.3 s (history costs; declared: chatbot)")
+
+
+@pytest.mark.usefixtures("no_costs_env")
 def test_the_default_is_declared_until_there_is_a_history_then_history(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not has_history()
     first = choose_costs(["detect"], api=False)
@@ -217,7 +252,7 @@ def test_learned_costs_feed_the_policy_and_the_report_predicts(home: Path) -> No
     assert predicted["costs"] == "declared" and predicted["latency"] == 3.0 and predicted["critical_path"] == ["s2", "s3"]
     ran = _order((c.id, c.start) for c in declared.calls)
     assert ran[0] == "s2" and ran == _order((cid, se[0]) for cid, se in predicted["calls"].items())
-    assert declared.to_json()["predicted"] == predicted and "predicted 3.000 (declared costs)" in declared.summary()
+    assert declared.to_json()["predicted"] == predicted and "predicted 3.00 s (declared costs)" in declared.summary()
     # The run wrote its measured durations: now there is a history, and the default uses it.
     assert set(json.loads(history_file().read_text())) == {"history_long", "history_short"}
     learned = run_plan(LEARN_PLAN, LEARN_TOOLBOX, processors=1, concurrency_limit=None)
@@ -250,8 +285,8 @@ def test_graph_predicts_with_declared_costs_then_with_the_history(tmp_path: Path
 
     out = _llmorch("graph", "example:kitti", "-P", "2", home=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "predicted latency on P=2: 4.500 (critical-path policy, simulated with declared costs (no history yet))" in out.stdout
-    assert "critical path: s1 -> s9 -> s11 (1.500)" in out.stdout
+    assert "predicted latency on P=2: 4.50 s (critical-path policy, simulated with declared costs (no history yet))" in out.stdout
+    assert "critical path: s1 -> s9 -> s11 (1.50 s)" in out.stdout
     # A history (as a run writes it): detect 2 s, average 0.1 s; chatbot has none.
     (tmp_path / "llmorch").mkdir()
     (tmp_path / "llmorch" / "costs.json").write_text(json.dumps({"detect": [2.0], "average": [0.1]}))

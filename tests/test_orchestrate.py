@@ -24,6 +24,10 @@ def test_completed_run_publishes_the_frg_the_schedule_and_its_progress() -> None
     for a in artifacts:
         latest.setdefault(a.key, a)
     assert {"llmorch-frg", "llmorch-schedule", "llmorch-progress"} <= set(latest)
+    # the FRG as a markdown table (the UI renders no mermaid)
+    frg = latest["llmorch-frg"].data
+    assert "| call | function | kind | rank | deps | mutex group |" in frg and "| s2 | add | compute | 2 | s1 |  |" in frg
+    assert "mermaid" not in frg
     # the progress artifact is created off the flow's thread, and closed with the final count
     assert float(latest["llmorch-progress"].data) == 100.0
     assert latest["llmorch-progress"].description == "2 of 2 calls finished"

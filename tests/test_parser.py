@@ -3,6 +3,8 @@ toolbox checks, streaming, and fuzzing (parse raises nothing but PlanError)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -474,3 +476,15 @@ def test_fuzz_mutated_valid_plans_raise_only_plan_errors(base: str, edits: list[
         i = where % (len(text) + 1)
         text = text[:i] + text[i + 1:] if delete else text[:i] + piece + text[i:]
     _assert_only_plan_errors(text)
+
+
+def test_no_grammar_token_name_reaches_an_error_message() -> None:
+    from prefect_llmorch.plan.parser import _PARSER, _readable
+
+    for terminal in _PARSER.terminals:
+        for words in _readable({terminal.name}):
+            assert not re.fullmatch(r"[A-Z_$]+", words), (terminal.name, words)
+    with pytest.raises(PlanSyntaxError) as info:
+        parse("s1: f(0.1, value=)")
+    assert info.value.expected[0].startswith("a value (a string, a number, a list, a dict")
+    assert "LITERAL" not in str(info.value)

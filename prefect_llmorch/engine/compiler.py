@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import logging
+import re
 import threading
 import time
 import traceback
@@ -32,7 +34,7 @@ from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
 from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR, NotCacheable, cache_probe, task_cache_options
-from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, body_done, wait_first
+from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done, wait_first
 from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
 #: Attribute a compiled task carries to name its call in the FRG.
@@ -40,6 +42,50 @@ CALL_ATTR = "llmorch_call_id"
 
 #: Attribute a compiled task carries: the `Cancel` token of this attempt of its call.
 CANCEL_ATTR = "llmorch_cancel"
+
+#: Name prefix of the Prefect hooks we attach to compiled tasks (`own_hook`): Prefect's task
+#: engine logs two INFO lines around every hook it runs, which for ours is bookkeeping noise
+#: (33 lines on a 16-call plan); `QuietOwnHooks` drops exactly those lines.
+HOOK_PREFIX = "llmorch_"
+
+#: Prefect's task engine logs hooks on this logger (`prefect.logging.loggers.task_run_logger`).
+TASK_RUN_LOGGER = "prefect.task_runs"
+
+
+class QuietOwnHooks(logging.Filter):
+    """Drops Prefect's `Running hook 'llmorch_...' in response to entering state ...` and
+    `Hook 'llmorch_...' finished running successfully` INFO lines (our hooks only: a user's
+    hooks, and an error raised by any hook, are still logged). Installed on Prefect's
+    `prefect.task_runs` logger when this module is imported (in the flow's process, and in a
+    Dask worker, which imports it to unpickle a compiled task)."""
+
+    _OURS = re.compile(r"^(Running hook|Hook) '" + re.escape(HOOK_PREFIX))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or not isinstance(record.msg, str):
+            return True
+        return not self._OURS.match(record.msg)
+
+
+def quiet_own_hooks() -> None:
+    """Install `QuietOwnHooks` on Prefect's task-run logger, once per process."""
+    logger = logging.getLogger(TASK_RUN_LOGGER)
+    if not any(isinstance(f, QuietOwnHooks) for f in logger.filters):
+        logger.addFilter(QuietOwnHooks())
+
+
+quiet_own_hooks()
+
+
+def own_hook(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """`fn` as a Prefect hook named `llmorch_<name>` (Prefect logs hooks by `__name__`: the
+    name says what the hook is for, and `QuietOwnHooks` recognises it)."""
+
+    def hook(task: Any, task_run: Any, state: Any) -> Any:
+        return fn(task, task_run, state)
+
+    hook.__name__ = hook.__qualname__ = HOOK_PREFIX + name
+    return hook
 
 
 @dataclass
@@ -169,7 +215,8 @@ class Compiler:
         self_fn: the body of the built-in `self` (ask the LLM), if the plan uses it.
         secrets: loaded credentials by block name, passed to functions that declare them
             (never through task parameters).
-        on_failure: extra Prefect `on_failure` hooks for every task (recovery uses them).
+        on_failure: extra Prefect `on_failure` hooks for every task (recovery uses them;
+            name them with `own_hook` so Prefect's log lines about them are dropped).
         gates: called with each call just before its function would run; a gate that
             returns a Prefect `State` ends the task run in that state instead (trace-back
             recovery cancels calls it is going to re-run anyway).
@@ -254,7 +301,8 @@ class Compiler:
             retry_delay_seconds=spec.retry_delay,
             log_prints=False,
             on_failure=list(self.on_failure),
-            on_completion=[self._on_cached(call)],
+            # only a cached call can end Cached: no hook (and no hook log lines) otherwise
+            on_completion=[self._on_cached(call)] if caching else [],
             **cache_options,
         )
         setattr(task, CALL_ATTR, call.id)
@@ -286,7 +334,7 @@ class Compiler:
         """An `on_completion` hook: a call Prefect answered from its cache (the body never
         ran) is recorded as Completed and cached, with its stored result."""
 
-        def hook(task: Any, task_run: Any, state: Any) -> None:
+        def record_cached(task: Any, task_run: Any, state: Any) -> None:
             if state.name != "Cached":
                 return
             records = _RecordsOf(self, call)  # ignores stale calls
@@ -294,7 +342,7 @@ class Compiler:
             records.set_result(call.id, state.result(raise_on_failure=False))
             records.update(call.id, state="Completed", start=now, end=now, cached=True)
 
-        return hook
+        return own_hook(record_cached, "record_cached")
 
     def _execute(self, call: Call, spec: FunctionSpec, inputs: Mapping[str, Any], cancel: Cancel) -> Any:
         recorder = _RecordsOf(self, call)
@@ -336,6 +384,14 @@ class Compiler:
                 finally:
                     end = time.time()
         except BaseException as exc:
+            stopped = _cancelled_instead(exc, cancel, label)
+            if stopped is not None:  # the run stopped it: a cancel, reported without a traceback
+                recorder.update(
+                    call.id, state="Cancelled", error=f"{type(stopped).__name__}: {stopped}",
+                    start=recorder.rel(start) if start else None, end=recorder.rel(end) if end else None,
+                    pid=pid, processor=processor,
+                )
+                raise stopped from None
             # A secret anywhere in the chain (causes, contexts, notes, a worker's traceback):
             # replace the whole exception, so nothing that formats it (Prefect's logger, the
             # state, the report) ever sees the original.
@@ -400,6 +456,27 @@ class Compiler:
             futures[call.id] = fut
             new[call.id] = fut
         return new
+
+
+#: How long a call whose tool ended in `KeyboardInterrupt` (or whose worker died) waits for its
+#: run's cancel before that counts as the call's failure: a terminal's Ctrl-C reaches the worker
+#: processes and the flow's process together, and a worker's reply can arrive before the flow's
+#: signal handler has cancelled the run's calls (`flows/interrupt.py` does that on a thread).
+INTERRUPT_GRACE = 0.5
+
+
+def _cancelled_instead(exc: BaseException, cancel: Cancel, label: str) -> CallCancelled | None:
+    """The `CallCancelled` a call's failure stands for, when its run cancelled it: whatever it
+    ended with once its cancel was set (a `KeyboardInterrupt` from the same Ctrl-C, a worker
+    killed by it) is the cancel's doing, not the tool's failure. None: a failure as it is."""
+    if isinstance(exc, CallCancelled):
+        return None  # already one, with the pool's words
+    interrupted = isinstance(exc, ToolExit) and exc.raised == "KeyboardInterrupt"
+    if not cancel.is_set() and (interrupted or isinstance(exc, WorkerDied)):  # the same Ctrl-C, maybe
+        cancel.wait(concurrent.futures.Future(), INTERRUPT_GRACE)
+    if not cancel.is_set():
+        return None
+    return CallCancelled(f"{label} was cancelled ({cancel.reason})", call=label, pid=getattr(exc, "pid", None))
 
 
 class _Body:

@@ -16,9 +16,35 @@ PREFIX = "example:"
 DEFAULT_TOOLBOX = "prefect_llmorch.examples.toolbox:toolbox"
 
 
+#: The toolbox of each shipped example whose functions are not all in the default toolbox
+#: (tests/test_cli.py checks every example against its toolbox).
+EXAMPLE_TOOLBOXES = {
+    "agnews": "prefect_llmorch.examples.agnews:toolbox",
+    "e2e": "prefect_llmorch.examples.e2e:toolbox",
+    "seo_audit": "prefect_llmorch.examples.seo:toolbox",
+}
+
+
 def example_names() -> list[str]:
     """The shipped example plans, as `example:NAME`."""
     return sorted(PREFIX + p.stem for p in EXAMPLES_DIR.glob("*.plan"))
+
+
+def example_toolbox(name: str) -> str:
+    """The `--toolbox` an example (`example:NAME`) runs with."""
+    return EXAMPLE_TOOLBOXES.get(name[len(PREFIX):] if name.startswith(PREFIX) else name, DEFAULT_TOOLBOX)
+
+
+def examples_help() -> str:
+    """The shipped examples for `--help`: those of the default toolbox, then the others with their `-t`.
+
+    >>> examples_help().startswith("shipped examples: example:kitti")
+    True
+    """
+    names = example_names()
+    plain = [n for n in names if example_toolbox(n) == DEFAULT_TOOLBOX]
+    other = [f"{n} (-t {example_toolbox(n)})" for n in names if example_toolbox(n) != DEFAULT_TOOLBOX]
+    return "shipped examples: " + ", ".join(sorted(plain, key=lambda n: (n != "example:kitti", n)) + other)
 
 
 def open_plan_path(name: str) -> Path:

@@ -1,7 +1,11 @@
 """The built-in example toolbox: real waiting for inout calls, real CPU work for compute calls.
 
-Used by the README's main job (`llmorch run prefect_llmorch/examples/kitti.plan`), the tests and the
-benchmarks. Everything is local and deterministic: no network, no API key.
+The CLI's default `--toolbox` (`prefect_llmorch.examples.toolbox:toolbox`), used by the README's
+main job (`llmorch run example:kitti -P 2`), the shipped plans `example:kitti`, `example:seo` and
+`example:parallelqa`, `llmorch demo`, the tests and the benchmarks. Everything is local and
+deterministic: no network, no API key (only a plan's `self` calls ask an LLM). The declared
+`cost=` of each function is its estimated seconds (the critical-path policy's, until a history
+of measured durations replaces it).
 
 `quote` returns a structured result (a pydantic model), so a plan selects its fields:
 `s3: compare(s1.summary, s2.summary)`; a field `Quote` does not have is a plan error

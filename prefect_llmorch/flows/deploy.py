@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from prefect import flow, get_run_logger  # noqa: E402
+from prefect import State, flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors  # noqa: E402
@@ -87,11 +87,33 @@ RESOURCES_HELP = (
 )
 
 
-def _check_toolbox(value: str) -> str:
+def _check_toolbox(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # pydantic says "should be a valid string"
     module, sep, attr = value.partition(":")
     if not sep or not module.strip() or not attr.strip():
         raise ValueError(f"toolbox must be `module:attr`, e.g. {DEFAULT_TOOLBOX!r}; got {value!r}")
     return value.strip()
+
+
+#: `module:attr` for the form: Prefect checks a deployment's parameters against their JSON
+#: schema (the UI's form too), which knows patterns but not our validators.
+TOOLBOX_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+TOOLBOX_HELP = f"`module:attr` naming a Toolbox, e.g. {DEFAULT_TOOLBOX}"
+
+
+def _bound_beside_null(schema: dict[str, Any]) -> None:
+    """The JSON schema of an optional number with its bound beside `anyOf`, not inside the
+    number's branch: 0 for `processors` then fails the bound ("0 is less than the minimum of
+    1" in the UI's form) instead of every branch ("0 is not valid under any of the given
+    schemas"), and an empty field (null) stays valid."""
+    for branch in schema.get("anyOf", []):
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            if key in branch:
+                schema[key] = branch.pop(key)
+
+
+PROCESSORS_HELP = "P, at least 1 (empty: the worker's LLMORCH_PROCESSORS or cores)"
 
 
 class RunParameters(BaseModel):
@@ -107,8 +129,8 @@ class RunParameters(BaseModel):
         title="Plan file",
         description="A shipped example (`example:NAME`) or a plan file, relative to the repository root; used when `plan` is empty.",
     )
-    toolbox: str = Field(default=DEFAULT_TOOLBOX, description="`module:attr` naming a Toolbox")
-    processors: Optional[int] = Field(default=None, ge=1, description="P (default: the worker's LLMORCH_PROCESSORS or cores)")
+    toolbox: str = Field(default=DEFAULT_TOOLBOX, pattern=TOOLBOX_PATTERN, description=TOOLBOX_HELP)
+    processors: Optional[int] = Field(default=None, ge=1, description=PROCESSORS_HELP, json_schema_extra=_bound_beside_null)
     policy: Policy = Field(default="critical-path", description="Which ready compute call starts first")
     endpoint: Optional[str] = Field(
         default=None,
@@ -124,9 +146,9 @@ class RunParameters(BaseModel):
     )
     resources: Optional[dict[str, float]] = Field(default=None, description=RESOURCES_HELP)
 
-    @field_validator("toolbox")
+    @field_validator("toolbox", mode="before")  # before the pattern: our message, not the regex
     @classmethod
-    def _toolbox_path(cls, value: str) -> str:
+    def _toolbox_path(cls, value: Any) -> Any:
         return _check_toolbox(value)
 
     @field_validator("resources")
@@ -159,8 +181,8 @@ class AskParameters(BaseModel):
     """Ask a question: the LLM plans function calls, which run in parallel."""
 
     query: str = Field(..., min_length=1, description="The question to answer")
-    toolbox: str = Field(default=DEFAULT_TOOLBOX, description="`module:attr` naming a Toolbox")
-    processors: Optional[int] = Field(default=None, ge=1, description="P (default: the worker's LLMORCH_PROCESSORS or cores)")
+    toolbox: str = Field(default=DEFAULT_TOOLBOX, pattern=TOOLBOX_PATTERN, description=TOOLBOX_HELP)
+    processors: Optional[int] = Field(default=None, ge=1, description=PROCESSORS_HELP, json_schema_extra=_bound_beside_null)
     policy: Policy = Field(default="critical-path", description="Which ready compute call starts first")
     endpoint: Optional[str] = Field(
         default=None,
@@ -181,9 +203,9 @@ class AskParameters(BaseModel):
     )
     resources: Optional[dict[str, float]] = Field(default=None, description=RESOURCES_HELP)
 
-    @field_validator("toolbox")
+    @field_validator("toolbox", mode="before")  # before the pattern: our message, not the regex
     @classmethod
-    def _toolbox_path(cls, value: str) -> str:
+    def _toolbox_path(cls, value: Any) -> Any:
         return _check_toolbox(value)
 
     @field_validator("resources")
@@ -226,7 +248,7 @@ def publish_result(report: RunReport) -> dict[str, Any]:
 
 
 @flow(name="llmorch-run", task_runner=make_task_runner(), log_prints=False, persist_result=True)
-def llmorch_run(parameters: RunParameters = RunParameters()) -> dict[str, Any]:
+def llmorch_run(parameters: RunParameters = RunParameters()) -> dict[str, Any] | State:
     """Run a plan (text or file) on P processors; the UI shows its FRG, schedule and progress."""
     text = parameters.plan_text()
     P = fit_runner(parameters.processors, parameters.toolbox)
@@ -236,6 +258,8 @@ def llmorch_run(parameters: RunParameters = RunParameters()) -> dict[str, Any]:
         cancel_running=parameters.cancel_running, cache=parameters.cache, costs=parameters.costs,
         resources=parameters.resources,
     )
+    if isinstance(report, State):
+        return report  # a plan with errors: Failed, with its errors as the message (`plan_failed`)
     return publish_result(report)
 
 

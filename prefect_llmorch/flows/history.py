@@ -282,10 +282,18 @@ class CostChoice:
     why: str = "given"
     seconds: float = 0.0
 
+    def used(self) -> str:
+        """The costs the policy really got: `history` when at least one function has a learned
+        cost, else `declared` (a history of other functions only changes nothing)."""
+        return "history" if self.source == "history" and self.costs else "declared"
+
     def describe(self, functions: Iterable[str] = ()) -> str:
-        """`history costs (detect 1.02 s, average 0.51 s; declared: chatbot)`, or `declared costs (...)`."""
+        """`history costs (detect 1.02 s, average 0.51 s; declared: chatbot)`, or `declared costs (...)`
+        (also when the history has none of these functions: then that is what was used)."""
         if self.source == "declared":
             return f"declared costs ({self.why})"
+        if not self.costs:
+            return "declared costs (no history of these functions yet)"
         learned = ", ".join(f"{fn} {c:.3g} s" for fn, c in sorted(self.costs.items())) or "none of these functions yet"
         rest = sorted(set(functions) - set(self.costs))
         return f"history costs ({learned}" + (f"; declared: {', '.join(rest)}" if rest else "") + ")"

@@ -45,7 +45,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from prefect_llmorch.engine.compiler import final_state
+from prefect_llmorch.engine.compiler import final_state, own_hook
 from prefect_llmorch.engine.runner import CALL_ATTR
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.graph import FRG
@@ -183,7 +183,7 @@ class RecoveryController:
         self._failed_now: list[str] = []
         self._own: set[str] = set()  # failed on a field their input lacks: repair them, not it
         self._doomed: frozenset[str] = frozenset()
-        compiler.on_failure.append(self._on_failure)
+        compiler.on_failure.append(own_hook(self._on_failure, "recovery"))
         compiler.gates.append(self._gate)
         compiler.interruptible = config.running == "cancel"
 

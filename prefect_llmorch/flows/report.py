@@ -30,7 +30,8 @@ from prefect_llmorch.schedule.simulator import simulate
 
 __all__ = [
     "CallRow", "Planning", "PlanRunFailed", "RunReport",
-    "best_schedule", "build_report", "failure_message", "jsonable", "measured_lower_bound", "publish_artifacts",
+    "best_schedule", "build_report", "failure_message", "jsonable", "measured_lower_bound", "plan_failed",
+    "publish_artifacts",
 ]
 
 #: Keys of one call in `--json` (in this order); `reason` only when it did not complete.
@@ -125,7 +126,8 @@ class RunReport:
     planning: Planning | None = None
     recovery: dict[str, Any] | None = None  # `RecoveryController.to_dict()`
     #: the plan simulated with the costs the policy used (`flows.history.predict`): `latency`,
-    #: `critical_path`, `calls` (start, end), `costs` (`declared` or `history`); None: not made
+    #: `critical_path`, `calls` (start, end), `costs` (`declared` or `history`: `history` only
+    #: when learned costs were used; then `declared` lists functions that had none); None: not made
     predicted: dict[str, Any] | None = None
 
     @property
@@ -183,10 +185,38 @@ class RunReport:
             f"latency {self.latency:.3f} s (first call after {first}; best schedule {self.best:.3f} s, "
             f"overhead {self.overhead:.3f} s) | makespan {self.makespan:.3f} s | P = {self.processors}"
         )
-        if self.predicted is not None:  # declared costs are in the decorators' units, not seconds
-            unit = " s" if self.predicted.get("costs") == "history" else ""
-            line += f" | predicted {self.predicted['latency']:.3f}{unit} ({self.predicted.get('costs')} costs)"
+        if self.predicted is not None:  # an estimate, from costs (not the measured times)
+            line += f" | predicted {estimate(self.predicted['latency'])} ({costs_used(self.predicted)})"
         return line
+
+    def measured_line(self) -> str:
+        """The second line for people: what the measured call times allow (the lower bound is
+        from measured times, the prediction from costs: each says which it uses)."""
+        return (
+            f"lower bound {self.lower_bound:.3f} s (measured call times) | sum of call times {self.sequential:.3f} s | "
+            f"speedup {self.speedup:.2f}x (call times / latency)"
+        )
+
+
+def estimate(seconds: float) -> str:
+    """An estimate in seconds, 3 significant digits: `4.50 s`, `0.125 s`, `1.30 s`, `123 s`.
+
+    >>> estimate(6.88496), estimate(1.30073), estimate(4.5), estimate(1234.5), estimate(0)
+    ('6.88 s', '1.30 s', '4.50 s', '1234 s', '0 s')
+    """
+    if seconds == 0:
+        return "0 s"
+    if abs(seconds) >= 100:
+        return f"{seconds:.0f} s"
+    return f"{seconds:#.3g} s"
+
+
+def costs_used(predicted: Mapping[str, Any]) -> str:
+    """`declared costs`, `history costs`, or `history costs; declared: chatbot`."""
+    text = f"{predicted.get('costs', 'declared')} costs"
+    if predicted.get("declared"):
+        text += f"; declared: {', '.join(predicted['declared'])}"
+    return text
 
 
 class PlanRunFailed(RuntimeError):
@@ -198,6 +228,22 @@ class PlanRunFailed(RuntimeError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (PlanRunFailed, (str(self), self.report))
+
+
+def plan_failed(error: Exception) -> Any:
+    """The `Failed` final state of a flow whose plan is wrong (a `PlanError`): its message is
+    the errors alone, each with line and column (what the UI shows: no traceback, no class
+    name), and its result the error, which `run_plan` raises."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+    from prefect.states import Failed
+
+    try:  # the run's log gets each error with its line and a caret (no traceback either)
+        report = getattr(error, "report", None)
+        get_run_logger().error("the plan cannot run:\n%s", report() if callable(report) else error)
+    except MissingContextError:
+        pass
+    return Failed(message=str(error), data=error)
 
 
 def jsonable(value: Any) -> Any:
@@ -372,13 +418,14 @@ def _predicted_columns(report: RunReport, call_id: str) -> dict[str, Any]:
 
 
 def publish_artifacts(frg: FRG, report: RunReport, extra_markdown: str = "") -> None:
-    """The FRG as mermaid and the schedule as a table, shown on the flow run's page."""
+    """The FRG and the schedule as tables, shown on the flow run's page (Prefect's UI renders
+    markdown but not mermaid: `llmorch graph PLAN --mermaid` prints the graph as mermaid)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     create_markdown_artifact(
         key="llmorch-frg",
-        markdown="## Function-call Relation Graph\n\n```mermaid\n" + frg.to_mermaid() + "\n```\n" + extra_markdown,
-        description="The plan's FRG: def-use edges, ranks, mutual exclusion of compute calls",
+        markdown="## Function-call Relation Graph\n\n" + frg.to_markdown() + "\n" + extra_markdown,
+        description="The plan's FRG: each call's rank, kind, inputs (deps) and mutual-exclusion group",
     )
     rows = [
         {

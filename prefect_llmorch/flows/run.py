@@ -24,9 +24,10 @@ from prefect_llmorch.flows.ephemeral import ensure_server
 from prefect_llmorch.flows.history import CostChoice, check_costs, choose_costs, predict, remember_records
 from prefect_llmorch.flows.planref import plan_parameter, plan_text
 from prefect_llmorch.flows.recovery import RecoveryConfig
-from prefect_llmorch.flows.report import PlanRunFailed, RunReport, publish_artifacts
+from prefect_llmorch.flows.report import PlanRunFailed, RunReport, plan_failed, publish_artifacts
 from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
+from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.model import Plan
 from prefect_llmorch.plan.parser import parse
 
@@ -71,6 +72,8 @@ def orchestrate(
     """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
 
     Use `run_plan` from Python: it sets the task runner for `processors` and `policy`.
+    A plan with errors ends the flow run `Failed` with every error as its message and the
+    `PlanError` as its result (`report.plan_failed`), which `run_plan` raises.
 
     Args:
         plan: the plan text (either dialect), or a reference to a stored one: `run_plan`
@@ -94,7 +97,10 @@ def orchestrate(
     recorder = Recorder()  # t0: the flow starts executing, the plan is available
     logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
-    parsed = _parsed(plan_text(plan), tb)  # a large plan comes as a reference (`flows/planref.py`)
+    try:
+        parsed = _parsed(plan_text(plan), tb)  # a large plan comes as a reference (`flows/planref.py`)
+    except PlanError as err:
+        return plan_failed(err)
     P = processors or default_processors()
     runner = current_llmorch_runner()
     if runner is not None:
@@ -200,7 +206,13 @@ def predicted(frg: Any, processors: int, policy: str, choice: CostChoice, runner
     except ValueError as exc:  # e.g. capacities the simulator cannot model: no prediction
         get_run_logger().warning("no predicted latency: %s", exc)
         return None
-    out["costs"] = choice.source
+    # `history` only when a function of this plan had a learned cost (ask looks up the whole
+    # toolbox's), and then which of its functions kept their declared cost
+    functions = set(frg.function.values())
+    learned = functions & set(choice.costs) if choice.source == "history" else set()
+    out["costs"] = "history" if learned else "declared"
+    if learned and functions - learned:
+        out["declared"] = sorted(functions - learned)
     return out
 
 

@@ -75,7 +75,7 @@ class PlanError(ValueError):
 def _rebuild(cls: type, fields: dict) -> "PlanError":
     err = cls.__new__(cls)
     err.__dict__.update(fields)
-    Exception.__init__(err, PlanError.__str__(err))
+    Exception.__init__(err, cls.__str__(err))  # PlanErrors: all of them, as before pickling
     return err
 
 
@@ -103,6 +103,7 @@ class PlanErrors(PlanError):
         self.kind = first.kind
         self.errors = list(errors[:MAX_REPORTED])
         self.omitted = max(0, len(errors) - MAX_REPORTED)
+        self.args = (self.__str__(),)  # every error in repr() and logs, not only the first
 
     @property
     def total(self) -> int:

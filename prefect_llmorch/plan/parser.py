@@ -108,7 +108,16 @@ _READABLE = {
     "NAME": "a name", "INT_LABEL": "a call label like `1.`", "NUMBER": "a number",
     "STRING": "a string", "DOLLAR_REF": "a reference like `$1`", "THOUGHT": "`Thought:`",
     "END_MARK": "`<END_OF_PLAN>`", "$END": "the end of the plan",
+    "LITERAL_LIST": "a list", "LITERAL_DICT": "a dict",
 }
+
+#: What can start a value (an argument, a list item): lark names each of them as expected;
+#: when a value as a whole would be valid, the message says so once (`_VALUE`).
+_VALUE_STARTS = frozenset({
+    "a string", "a number", "a name", "a list", "a dict", "a reference like `$1`",
+    "`[`", "`{`", "`(`", "`-`", "`True`", "`False`", "`None`", "`true`", "`false`", "`null`",
+})
+_VALUE = "a value (a string, a number, a list, a dict, true, false, null, or a reference)"
 
 
 def string_ref_pattern(dialect: Dialect) -> re.Pattern[str]:
@@ -382,7 +391,11 @@ def _readable(names: set[str] | frozenset[str]) -> list[str]:
         except (KeyError, LarkError):
             out.add(name)
             continue
-        out.add(f"`{pattern.value}`" if pattern.type == "str" else name)
+        # a pattern terminal without a readable name would show the grammar's token name:
+        # say "a value" rather than that (tests/test_parser.py checks every terminal has one)
+        out.add(f"`{pattern.value}`" if pattern.type == "str" else "a value")
+    if {"a string", "a number", "a name"} <= out:
+        return [_VALUE] + sorted(out - _VALUE_STARTS)
     return sorted(out)
 
 
