@@ -125,7 +125,7 @@ def answer(
             query, tb, client, attempts=attempts, on_call=lambda c: inbox.put((c, time.time())), mode=planner
         )
         planning.add_done_callback(lambda _f: inbox.put((_DONE, time.time())))
-        while (item := inbox.get())[0] is not _DONE:
+        while (item := _next(inbox))[0] is not _DONE:
             ex.adopt(item[0], at=item[1])  # streaming dispatch, from the flow's thread
         planned_at = item[1]
         planning.wait()
@@ -188,3 +188,14 @@ def ask_query(
         "resources": dict(resources) if resources else None,
     }
     return run_flow(ask, runner, parameters, simple=_simple(toolbox, endpoint))
+
+
+def _next(inbox: "queue.Queue[Any]") -> Any:
+    """`inbox.get()` in short slices: a Ctrl-C the kernel hands to another thread does not
+    wake a main thread blocked on a lock, and a script's KeyboardInterrupt would wait for
+    the planner's LLM to finish writing."""
+    while True:
+        try:
+            return inbox.get(timeout=0.2)
+        except queue.Empty:
+            continue
