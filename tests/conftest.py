@@ -139,6 +139,13 @@ def prefect_api(request: pytest.FixtureRequest) -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def prefect_server_url(request: pytest.FixtureRequest) -> str:
+    """The API URL of a `prefect server start` of the session, on each database in turn, for
+    `llmorch` commands (`PREFECT_API_URL`)."""
+    return request.getfixturevalue("prefect_server" if request.param == "sqlite" else "prefect_server_postgres").url
+
+
 @pytest.fixture(params=POLICIES)
 def policy(request) -> str:
     """Each coordination policy in turn."""
