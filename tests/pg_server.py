@@ -148,3 +148,13 @@ def _stop(owner: list[str], bin_: Path, data: Path) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.1)
+
+
+if __name__ == "__main__":  # .ci/run: can the tests on PostgreSQL run here? (exit 0 either way)
+    try:
+        with postgres_cluster() as cluster:
+            print(f"CI: PostgreSQL ({cluster.bin}) starts here: the tests on PostgreSQL run")
+    except PostgresUnavailable as exc:
+        print(f"CI: PostgreSQL cannot be started here: {exc}; the tests on PostgreSQL will be skipped")
+    except RuntimeError as exc:
+        print(f"CI: PostgreSQL is installed but did not start; the tests on PostgreSQL will fail:\n{exc}")
