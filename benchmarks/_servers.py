@@ -5,7 +5,9 @@
 - `ephemeral`: Prefect's default without `PREFECT_API_URL`: the temporary server Prefect
   starts itself on first use (started here up front, as `llmorch run` does);
 - `start`: a `prefect server start` this script starts (its own PREFECT_HOME and SQLite
-  database, a free port), reached through `PREFECT_API_URL`, stopped at the end.
+  database, a free port), reached through `PREFECT_API_URL`, stopped at the end;
+- `postgres`: the same on a temporary PostgreSQL cluster (tests/pg_server.py), the production
+  database; both stopped at the end.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-KINDS = ("harness", "ephemeral", "start")
+KINDS = ("harness", "ephemeral", "start", "postgres")
 
 
 @contextmanager
@@ -40,5 +42,22 @@ def server(kind: str) -> Iterator[str]:
 
         with prefect_server() as srv, temporary_settings(updates={PREFECT_API_URL: srv.url}):
             yield f"`prefect server start` (SQLite, pid {srv.pid}) at {srv.url}, started in {srv.seconds:.1f} s"
+    elif kind == "postgres":
+        import os
+        import sys
+        from pathlib import Path
+
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from prefect_llmorch.testing.server import prefect_server
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from pg_server import postgres_cluster
+
+        with postgres_cluster() as cluster:
+            env = {k: v for k, v in os.environ.items() if not (k.startswith("PREFECT_") and "DATABASE" in k)}
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = cluster.create_database("prefect")
+            with prefect_server(env) as srv, temporary_settings(updates={PREFECT_API_URL: srv.url}):
+                yield f"`prefect server start` on PostgreSQL (pid {srv.pid}) at {srv.url}, started in {srv.seconds:.1f} s"
     else:
         raise ValueError(f"unknown server {kind!r}: one of {', '.join(KINDS)}")

@@ -9,7 +9,7 @@ without the guard), and whether every run completed with the guard held (no loca
 fallback exists: `guard="global"`; the limit's active slots are 0 afterwards).
 tests/test_guard.py is one repetition of this, as a slow test.
 
-Options: --repeat N (10), --server harness|ephemeral|start (benchmarks/_servers.py).
+Options: --repeat N (10), --server harness|ephemeral|start|postgres (benchmarks/_servers.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ import uuid  # noqa: E402
 
 sys.path.insert(0, str(_setup.ROOT / "tests"))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(_setup.ROOT / "tests"), os.environ["PYTHONPATH"]])
+# Slots given back as each run ends, not kept for this process's next run (as in the tests):
+# "slots left 0" checks that every slot came back, which kept slots would hide for 5 s.
+os.environ.setdefault("LLMORCH_KEEP_SLOTS_SECONDS", "0")
 
 
 def main(argv: list[str] | None = None) -> bool:

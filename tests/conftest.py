@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import threading
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -76,6 +77,73 @@ def prefect_server():
 
     with start() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A temporary PostgreSQL cluster on 127.0.0.1 (tests/pg_server.py) for the session. Tests
+    that use it skip, saying why, when PostgreSQL cannot be started on this machine."""
+    from pg_server import PostgresUnavailable, postgres_cluster
+
+    with ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(postgres_cluster())
+        except PostgresUnavailable as exc:
+            pytest.skip(f"PostgreSQL cannot be started here: {exc}")
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def prefect_server_postgres(postgres):  # noqa: ANN001
+    """One `prefect server start` on a database of the session's PostgreSQL cluster (what
+    docs/deploy.md shows for production), its own PREFECT_HOME, until the session ends."""
+    from prefect_llmorch.testing.server import prefect_server as start
+
+    # No other database setting of ours may win over this one.
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("PREFECT_") and "DATABASE" in k)}
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.create_database("prefect")
+    with start(env) as server:
+        yield server
+
+
+@contextmanager
+def _flows_against(url: str) -> Iterator[None]:
+    """This thread's flow runs (and the threads they start in its context) use the Prefect
+    API at `url`. Events go through one process-wide worker per kind of client, made with the
+    API URL of the moment: drained before (it may point at the session's SQLite server) and
+    after, so each server learns its own runs' task states."""
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    EventsWorker.drain_all()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        EventsWorker.drain_all()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def prefect_api(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's flow runs run against each database in turn: Prefect's test server on SQLite
+    (the session's `prefect_harness`), then `prefect server start` on PostgreSQL. Yields the
+    API URL."""
+    from prefect.settings import PREFECT_API_URL
+
+    if request.param == "sqlite":
+        request.getfixturevalue("prefect_harness")
+        yield str(PREFECT_API_URL.value())
+        return
+    server = request.getfixturevalue("prefect_server_postgres")
+    with _flows_against(server.url):
+        yield server.url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def prefect_server_url(request: pytest.FixtureRequest) -> str:
+    """The API URL of a `prefect server start` of the session, on each database in turn, for
+    `llmorch` commands (`PREFECT_API_URL`)."""
+    return request.getfixturevalue("prefect_server" if request.param == "sqlite" else "prefect_server_postgres").url
 
 
 @pytest.fixture(params=POLICIES)

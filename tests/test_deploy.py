@@ -1,9 +1,10 @@
-"""End to end on a real Prefect server: deploy from flows/prefect.yaml, a process worker,
-one run triggered through the API and one by a schedule, the UI in headless Chromium.
+"""End to end on a real Prefect server, on SQLite and on PostgreSQL: deploy from
+flows/prefect.yaml, a process worker, one run triggered through the API and one by a schedule,
+the UI in headless Chromium.
 
 One module fixture starts everything (`prefect server start`, work pool, blocks from the
 environment, `prefect deploy`, `prefect worker start`), waits for both runs and stops every
-process it started (process trees, by pid). Budget: ~2-3 minutes on 2 cores.
+process it started (process trees, by pid). Budget: ~2-3 minutes per database on 2 cores.
 """
 
 from __future__ import annotations
@@ -93,9 +94,11 @@ def _fingerprint(secret: str) -> str:
     return fingerprint(secret)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("deploy")
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The whole deployment, on the server's default database (SQLite in its PREFECT_HOME) and
+    then on a database of the session's PostgreSQL cluster, the production setup (docs/deploy.md)."""
+    tmp = tmp_path_factory.mktemp(f"deploy-{request.param}")
     home = tmp / "prefect-home"
     home.mkdir()
     port = free_port()
@@ -113,6 +116,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
         LLMORCH_REPO=str(ROOT),
         LLMORCH_PROCESSORS="2",
     )
+    if request.param == "postgres":
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = request.getfixturevalue("postgres").create_database(f"deploy_{uuid.uuid4().hex[:8]}")
     procs = Processes(tmp)
     timings: dict[str, float] = {}
     t0 = time.monotonic()

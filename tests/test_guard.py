@@ -3,21 +3,22 @@ compute-heavy plans at once against one server never run more than 2 compute cal
 
 The evidence is what the tools wrote themselves (pid, start, end of each call, in worker
 processes of three different runners), not our bookkeeping; the limit's own state says every
-slot came back. benchmarks/guard.py repeats this 10 times.
+slot came back; on Prefect's test server (SQLite) and on `prefect server start` on PostgreSQL.
+benchmarks/guard.py repeats this 10 times.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timezone
 
 import pytest
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
 from prefect_llmorch.engine import leases
 from toolboxes_guard import peak, three_runs_at_once
-
-pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_peak_counts_overlaps_not_touching_ends() -> None:
@@ -57,8 +58,9 @@ def test_a_request_the_busy_server_refuses_keeps_the_tag_snapshot_fresh_between_
 
 
 @pytest.mark.slow
-def test_three_flow_runs_at_once_never_run_more_than_two_compute_calls_machine_wide(tmp_path, caplog) -> None:  # noqa: ANN001
+def test_three_flow_runs_at_once_never_run_more_than_two_compute_calls_machine_wide(tmp_path, caplog, prefect_api) -> None:  # noqa: ANN001
     limit = f"llmorch-test-guard-{uuid.uuid4().hex[:6]}"
+    since = datetime.now(timezone.utc)
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=2))
     log = tmp_path / "calls.jsonl"
@@ -68,6 +70,12 @@ def test_three_flow_runs_at_once_never_run_more_than_two_compute_calls_machine_w
     assert len({r["pid"] for r in rows}) >= 3  # three runners' own workers
     assert peak(rows) <= 2
     assert "cannot be used" not in caplog.text and "unguarded" not in caplog.text
-    with get_client(sync_client=True) as client:
+    # Read from the server under test by its URL: the limit and the three runs lived there.
+    with SyncPrefectClient(api=prefect_api) as client:
         state = client.read_global_concurrency_limit_by_name(limit)
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["guard-three-runs"])),
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
+        )
     assert state.limit == 2 and state.active_slots == 0  # never resized, every slot came back
+    assert sorted(r.state_name for r in runs) == ["Completed"] * 3

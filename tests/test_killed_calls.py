@@ -10,7 +10,7 @@ import pytest
 from prefect_llmorch.flows.report import PlanRunFailed
 from prefect_llmorch.flows.run import run_plan
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_api")  # on SQLite and on PostgreSQL
 
 ROUNDING = 1e-6  # report times are rounded to microseconds
 

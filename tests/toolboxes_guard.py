@@ -57,6 +57,7 @@ def three_runs_at_once(
     """`runs` flow runs of a P = `processors` compute-heavy plan, started together (threads
     of this process, each its own flow run, runner and leases) against the current server,
     guarded by global concurrency limit `limit`. Returns (reports, the tools' records)."""
+    import contextvars
     import threading
 
     from prefect import flow
@@ -84,7 +85,8 @@ def three_runs_at_once(
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=one) for _ in range(runs)]
+    # Each thread in a copy of the caller's context: its Prefect settings (which API) too.
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(one,)) for _ in range(runs)]
     for t in threads:
         t.start()
     for t in threads:
