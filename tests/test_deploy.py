@@ -206,9 +206,8 @@ def test_api_triggered_run(stack: dict[str, Any]) -> None:
         assert run.auto_scheduled is False
         tasks = {t.name: t for t in _task_runs(client, run.id, 7)}
         assert set(tasks) == {"s1 · fetch_public_key", "s2 · fetch_public_key", "s3 · seal", "s4 · seal", "s5 · upload", "s6 · upload", "s7 · audit_digest"}
-        assert set(tasks["s3 · seal"].tags) == {"compute", "rank:2"}
-        assert set(tasks["s5 · upload"].tags) == {"inout", "rank:3"}
-        assert set(tasks["s7 · audit_digest"].tags) == {"compute", "rank:4"}
+        # untagged: Prefect's engine made no tag-slot write for any call (engine/compiler.py)
+        assert all(not t.tags for t in tasks.values())
         assert all(t.state is not None and t.state.is_completed() for t in tasks.values())
         # FRG edges: s7 uses s5 and s6
         ids = {t.id: name for name, t in tasks.items()}
@@ -239,9 +238,7 @@ def test_scheduled_run(stack: dict[str, Any]) -> None:
         assert run.parameters["parameters"]["plan_file"] == "example:kitti"
         tasks = {t.name: t for t in _task_runs(client, run.id, 11)}
         assert len(tasks) == 11
-        assert set(tasks["s1 · detect"].tags) == {"compute", "rank:1"}
-        assert set(tasks["s9 · average"].tags) == {"inout", "rank:2"}
-        assert set(tasks["s11 · chatbot"].tags) == {"inout", "rank:3"}
+        assert all(not t.tags for t in tasks.values())
         arts = _artifacts(client, run.id)
         assert {"llmorch-frg", "llmorch-schedule", "llmorch-progress", "llmorch-result"} <= set(arts)
         assert float(arts["llmorch-progress"].data) == 100.0

@@ -285,29 +285,6 @@ def test_a_killed_run_s_slots_come_back_for_the_next_run(tmp_path, caplog) -> No
     assert f"cleared 2 slot(s) left by process {proc.pid}, which is gone" in caplog.text
 
 
-def test_a_tagged_task_outside_our_runner_is_primed_only_when_its_tags_have_no_limit() -> None:
-    """`prime_tags` (the planner's task in a user's own flow): Prefect's engine is told that
-    `inout` has no limit, so it sends no slot request a busy server could refuse; once a
-    `tag:<name>` limit exists, the engine is left to enforce it."""
-    from prefect.concurrency.services import _cache_lock, _no_limits_cache
-
-    from prefect_llmorch.flows.planner import _PrimedTask, planner_task
-
-    tag = f"llmorch-test-tag-{uuid.uuid4().hex[:6]}"
-    key = frozenset({f"tag:{tag}"})
-    leases._SHARED_TAG_LIMITS.clear()
-    leases.prime_tags({tag})
-    with _cache_lock:
-        assert _no_limits_cache.get(key) is True
-        _no_limits_cache.pop(key, None)
-    make_limit(f"tag:{tag}", 1)
-    leases._SHARED_TAG_LIMITS.clear()
-    leases.prime_tags({tag})
-    with _cache_lock:
-        assert _no_limits_cache.get(key) is None
-    assert isinstance(planner_task, _PrimedTask) and planner_task.tags == {"inout"}
-
-
 def test_back_to_back_runs_of_one_process_pass_the_slots_on_then_give_them_back(monkeypatch) -> None:  # noqa: ANN001
     """The processors' slots a run gives back are kept a few seconds for this process's next
     run (`LLMORCH_KEEP_SLOTS_SECONDS`): its first compute call waits for no lease write. The
@@ -364,20 +341,6 @@ def test_kept_slots_are_held_the_moment_a_runner_asks_without_its_api_thread() -
     finally:
         with get_client(sync_client=True) as client:
             client.release_concurrency_slots_with_lease(uuid.UUID(lease))
-
-
-def test_a_cold_tag_set_is_warmed_by_any_fresh_read_of_its_server() -> None:
-    """A tag set asked for while the process's tag-limit snapshot is stale waits for a read;
-    the read `read_tags_ahead` makes while Prefect creates the flow run (another thread than
-    the runner's API thread, which may not have started yet) warms it and wakes the runner."""
-    server = leases.server_key()
-    leases._SHARED_TAG_LIMITS[server] = (time.monotonic() - 100.0, frozenset())  # stale
-    woken: list[int] = []
-    limit = leases.GlobalLimit(None, lambda: 2, lambda: woken.append(1), lambda: True)  # never started
-    tags = frozenset({"inout", f"rank:{uuid.uuid4().int % 1000}"})
-    assert not limit.warm(tags) and not limit.is_warm(tags)
-    assert leases._read_tag_snapshot(server) is not None  # e.g. read_tags_ahead's thread
-    assert limit.is_warm(tags) and woken == [1]
 
 
 def test_the_client_s_retries_are_turned_off_with_one_settings_copy_per_settings(monkeypatch) -> None:  # noqa: ANN001

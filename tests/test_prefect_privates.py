@@ -20,25 +20,16 @@ def test_uuid7_makes_time_ordered_task_run_ids() -> None:
     assert first.bytes[:6] <= second.bytes[:6]  # the millisecond timestamp leads
 
 
-def test_the_no_limits_cache_is_keyed_by_the_frozenset_of_tag_names_for_task_run_holders() -> None:
-    """`GlobalLimit.prime` writes `_no_limits_cache[frozenset({"tag:inout", ...})] = True`
-    under `_cache_lock`; the engine must read exactly that key, for task-run holders."""
-    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-    from prefect.concurrency import services
+def test_an_untagged_task_run_makes_no_tag_slot_request() -> None:
+    """The design of engine/compiler.py: our task runs carry no tags because Prefect's task
+    engine asks for `tag:<name>` slots (a write) only for the tags a task run has, and its
+    `concurrency` returns at once for no names. If either changes, calls pay that write again."""
+    from prefect import task_engine
+    from prefect.concurrency import _sync
 
-    assert hasattr(services._no_limits_cache, "__setitem__") and hasattr(services._no_limits_cache, "ttl")
-    assert isinstance(services._cache_lock, type(threading.Lock()))
-    source = inspect.getsource(services)
-    assert "cache_key = frozenset(self.concurrency_limit_names)" in source
-    assert "_no_limits_cache.get(cache_key" in source
-    holder = ConcurrencyLeaseHolder(type="task_run", id=uuid.uuid4())
-    assert services._should_use_cache(["tag:inout", "tag:rank:1"], holder)
-
-
-def test_the_lease_acquisition_service_can_be_started_per_tag_set() -> None:
-    from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
-
-    assert callable(getattr(ConcurrencySlotAcquisitionWithLeaseService, "instance", None))
+    assert 'names=[f"tag:{tag}" for tag in self.task_run.tags]' in inspect.getsource(task_engine)
+    source = inspect.getsource(_sync.concurrency)
+    assert "if not names:" in source and source.index("if not names:") < source.index("acquire_concurrency_slots_with_lease(")
 
 
 def test_run_task_sync_and_async_take_what_the_runner_passes() -> None:

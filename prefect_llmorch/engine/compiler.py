@@ -1,7 +1,6 @@
 """Compile an FRG into Prefect task runs: one task run per call.
 
-Each call becomes a Prefect task named `s3 · python`, tagged `inout`/`compute` and
-`rank:N`, whose parameters are the call's text and the futures of the calls it uses, so
+Each call becomes a Prefect task named `s3 · python`, whose parameters are the call's text and the futures of the calls it uses, so
 Prefect resolves upstream results and draws the FRG edges in the UI graph. The body
 resolves the call's arguments from those results (walking the plan tree, never `eval`),
 checks them against the function's signature, and runs the function: compute calls on the
@@ -9,9 +8,15 @@ checks them against the function's signature, and runs the function: compute cal
 processes; without one, in the task's thread), inout calls in a helper thread of the task's
 thread (so a cancel can abandon them).
 
-Each compiled task carries its call's id (`CALL_ATTR`) and its `Cancel` token (`CANCEL_ATTR`),
-which the runner reads at submit time (to name the call in its graph, and to cancel it in
-`cancel_all`); the compiler never imports the runner.
+Each compiled task carries its call's identity (`CallIdentity`: id, kind, rank, attempt; at
+`CALL_ATTR`) and its `Cancel` token (`CANCEL_ATTR`), which the runner reads at submit time (to
+name the call in its graph, to give it a processor or not, and to cancel it in `cancel_all`);
+the compiler never imports the runner.
+
+Compiled tasks carry no Prefect tags. Prefect's task engine asks the API for the slots of
+every tag of every task run (`tag:<name>` limits): a write, on the critical path of each
+call, that a busy SQLite server refuses with 503, crashing the call. Untagged task runs never
+ask. Kind and rank are in the identity, the run's FRG artifact and the report instead.
 """
 
 from __future__ import annotations
@@ -37,8 +42,19 @@ from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR, NotCacheable, cache
 from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done, wait_first
 from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
-#: Attribute a compiled task carries to name its call in the FRG.
-CALL_ATTR = "llmorch_call_id"
+#: Attribute a compiled task carries: its `CallIdentity`.
+CALL_ATTR = "llmorch_identity"
+
+
+@dataclass(frozen=True)
+class CallIdentity:
+    """Which call of the plan a compiled task runs, attached once (at `CALL_ATTR`)."""
+
+    call_id: str
+    kind: str  # "inout" or "compute"
+    rank: int
+    attempt: int = 0  # 0: the plan's own; N: the Nth repair
+    call: Call | None = field(default=None, compare=False, repr=False)  # the Call object (stale checks)
 
 #: Attribute a compiled task carries: the `Cancel` token of this attempt of its call.
 CANCEL_ATTR = "llmorch_cancel"
@@ -296,7 +312,6 @@ class Compiler:
             fn=_Body(body, f"llmorch_{spec.name}"),
             name=task_name(call, attempt),
             task_run_name=task_name(call, attempt),
-            tags={kind, f"rank:{rank}"},
             retries=spec.retries,
             retry_delay_seconds=spec.retry_delay,
             log_prints=False,
@@ -305,11 +320,10 @@ class Compiler:
             on_completion=[self._on_cached(call)] if caching else [],
             **cache_options,
         )
-        setattr(task, CALL_ATTR, call.id)
+        setattr(task, CALL_ATTR, CallIdentity(call.id, kind, rank, attempt, call))
         setattr(task, CANCEL_ATTR, token)
         if caching and kind == "compute":
             setattr(task, CACHE_PROBE_ATTR, cache_probe(task))  # the runner looks before it takes a slot
-        task.llmorch_call = call  # type: ignore[attr-defined]  # the Call itself (stale checks)
         recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
         return task
 

@@ -560,7 +560,7 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
                 pool.worker_index(addr)
             self.pool = stack.enter_context(pool)  # type: ignore[assignment]
             threading.Thread(target=pool.warm, args=(self.preload,), daemon=True, name="llmorch-dask-warm").start()
-            # The same task-run threads, tag look-ups and limit handling as the local runner, with P from the cluster.
+            # The same task-run threads and limit handling as the local runner, with P from the cluster.
             self._start_threads(stack)
         except BaseException:
             stack.close()
@@ -664,7 +664,7 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             raise RuntimeError("LLMOrchDaskTaskRunner is not started")
         if getattr(task, CALL_ATTR, None) is not None:
             # A compiled plan call: coordinated here, its compute body sent to Dask by `pool`.
-            call_id = getattr(task, CALL_ATTR)
+            call_id = getattr(task, CALL_ATTR).call_id
             frg = self._frg
             if frg is not None and call_id in frg and frg.kind[call_id] == "compute":
                 self._dask_request(call_id, frg.demand[call_id])  # one that could never start fails now

@@ -1,4 +1,4 @@
-"""The runner's Prefect API thread: the global limit's slots and tag-limit look-ups.
+"""The runner's Prefect API thread: the global limits' slots.
 
 `GlobalLimit` makes every Prefect API call of an `LLMOrchTaskRunner` itself, one at a time,
 on one thread (a SQLite server answers 503 "database is locked" to bursts of writes):
@@ -40,18 +40,10 @@ on one thread (a SQLite server answers 503 "database is locked" to bursts of wri
   wait, a limit they need is held by others (`blocked`) and it holds idle slots, it gives
   them back and takes none for a random 0.5-2 s (`back_off`); one of the runs gets all it
   needs first.
-- **Tag-limit look-ups.** Prefect's task engine asks the API for slots of every tag of every
-  task run (`tag:inout`, `tag:rank:2`, ...), caching "no limits" per tag set for 5 s. That
-  request is a write; on a SQLite server it fails at once with "database is locked" when the
-  server's own writes (the task-run states our engines emit) land in between, the server
-  answers 503 and the client retries 2 s later: a stall between engine start and function
-  body, on the critical path, for every new tag set and again after the cache's 5 s.
-  Untagged tasks never ask. So this thread *reads* which `tag:` limits exist (a read never
-  hits the lock), every 2.5 s while the runner has work, and `prime(tags)` marks a tag set as
-  limit-free in Prefect's own cache just before a task run's engine starts, when none of its
-  tags has a limit (as Prefect itself would after asking). A tag limit that exists is still
-  enforced by the engine itself. Prefect private names used here are listed in
-  CONTRIBUTING.md ("Prefect private names") and guarded by tests/test_prefect_privates.py.
+- **No tag-limit look-ups.** The task runs this project creates carry no Prefect tags
+  (engine/compiler.py), so Prefect's engine never asks the API for tag slots for them: that
+  request is a write, which a busy SQLite server refused with 503 and crashed the call. A
+  user's own tagged task on our runner asks, as on any Prefect runner.
 """
 
 from __future__ import annotations
@@ -67,7 +59,6 @@ import random
 import threading
 import time
 import uuid
-import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,25 +72,11 @@ _FULL_LIMIT_RETRY_SECONDS = 0.5
 #: Lease of the global limit's slots; renewed every third of it while held.
 _LEASE_SECONDS = 60.0
 
-#: How long Prefect trusts "this tag set has no concurrency limits" (its cache's TTL).
-_TAG_CACHE_TTL = 5.0
-
-#: The last tag-limit snapshot of each API server, shared by the runners of this process: a
-#: warm process's next run starts its first calls without waiting for a read (py-spy: that
-#: read, behind the server's backlog of the previous run's events, held first calls 0.7-7 s).
-_SHARED_TAG_LIMITS: dict[str, tuple[float, frozenset[str]]] = {}
-#: A snapshot younger than this lets a tag set start at once (its calls are primed with it
-#: until it is _TAG_CACHE_TTL old: a call found warm later than that would ask the API itself).
-_WARM_AGE = _TAG_CACHE_TTL / 2
-#: The limits of this process waiting for a tag-limit read (a tag set came cold): any read of
-#: their server (`read_tags_ahead`'s, another runner's) warms them, not only their own thread's.
-_COLD_WAITERS: "weakref.WeakSet[GlobalLimit]" = weakref.WeakSet()
-_cold_lock = threading.Lock()
 
 
 def server_key() -> str:
     """Which Prefect API this process talks to now: its URL, or "ephemeral" (Prefect's default);
-    the key of what is remembered per server (tag limits, kept slots, the cost history)."""
+    the key of what is remembered per server (kept slots, the cost history)."""
     from prefect.settings import get_current_settings
 
     return str(get_current_settings().api.url or "ephemeral")
@@ -216,7 +193,7 @@ def take_ahead(name: str, processors: int, keep_for: float = 30.0, wait: float =
     them (up to `keep_for` seconds) for this process's next runner: `llmorch run` calls it
     while Prefect creates the flow run, so the first compute call does not wait for the lease
     write (on a fresh ephemeral server it waited ~2.4 s). Creating the limit, clearing slots
-    of dead holders and the tag-limit read happen here too. Best effort: on any failure the
+    of dead holders happen here too. Best effort: on any failure the
     runner takes its slots itself, as it would have."""
 
     def take() -> None:
@@ -256,37 +233,6 @@ def take_ahead(name: str, processors: int, keep_for: float = 30.0, wait: float =
     return thread
 
 
-def read_tags_ahead() -> threading.Thread | None:
-    """Re-read which tags have concurrency limits now, on a thread of its own, when this
-    process has read them from this server before (a warm process: the server is up): called
-    while Prefect creates a flow run, so the run's first calls find the snapshot fresh and
-    start without waiting for that read. None when there is nothing to refresh."""
-    server = server_key()
-    snapshot = _SHARED_TAG_LIMITS.get(server)
-    if snapshot is None or time.monotonic() - snapshot[0] < _FRESH_ENOUGH:
-        return None
-    thread = threading.Thread(target=_read_tag_snapshot, args=(server,), daemon=True, name="llmorch-tags-ahead")
-    thread.start()
-    return thread
-
-
-#: A snapshot younger than this is not read again ahead of a flow run.
-_FRESH_ENOUGH = 0.5
-
-
-def _read_tag_snapshot(server: str) -> tuple[float, frozenset[str]] | None:
-    """`_tag_snapshot` with a client of its own (outside a runner's API thread); None when
-    it cannot be read (the engine, or the runner, then asks the API itself, as usual)."""
-    from prefect.client.orchestration import get_client
-
-    try:
-        with get_client(sync_client=True) as client:
-            return _tag_snapshot(client, server)
-    except Exception as exc:
-        logger.debug("reading tag concurrency limits: %s", exc)
-        return None
-
-
 def _give_back_all_kept() -> None:
     """At exit. Registered with the first kept lease: after Prefect registered the stop of an
     ephemeral server it started, so this runs first, while that server still answers."""
@@ -297,10 +243,6 @@ def _give_back_all_kept() -> None:
 #: How long a transient API failure (503, "database is locked", a dropped connection) is
 #: retried, with backoff, before the runner gives up on the guard and fails its compute calls.
 GUARD_PATIENCE_SECONDS = 60.0
-
-#: Tag sets warmed when the runner starts: those of the first calls of any compiled plan.
-FIRST_TAG_SETS = (frozenset({"inout", "rank:1"}), frozenset({"compute", "rank:1"}))
-
 
 @dataclass
 class _Guard:
@@ -319,15 +261,15 @@ class _Guard:
 
 
 class GlobalLimit:
-    """The global limits' slots and the tag-limit snapshot, kept by one API thread.
+    """The global limits' slots, kept by one API thread.
 
     Args:
         name: the processors' global concurrency limit; None: no machine-wide guard at all
             (`slots` is P, `configure` adds nothing).
         processors: returns P now (a deployment may lower it before calls are submitted).
-        wake: called (from this thread) when more slots are held or a tag set became warm:
-            the runner starts what may start now.
-        active: returns whether the runner has unfinished work (keeps the snapshot fresh).
+        wake: called (from this thread) when more slots are held: the runner starts what may
+            start now.
+        active: returns whether the runner has unfinished work.
     """
 
     def __init__(
@@ -353,26 +295,9 @@ class GlobalLimit:
         self.keep_for: float | None = None  # how long slots it holds at stop are kept (None: the default)
         self.ahead = False  # `take_ahead`'s own: it never waits for a take-ahead
         self._paused_until = 0.0  # backing off: no slot is taken before this (monotonic)
-        self._warm: set[frozenset[str]] = set()
-        self._cold_sets: set[frozenset[str]] = set()  # asked for before a fresh read: waiting for one
-        # (monotonic time of the read, tags that have a `tag:` concurrency limit), or None.
         self._server = server_key()
-        self._own_tag_limits: tuple[float, frozenset[str]] | None = None
         if name:
             self._guards[name] = _Guard(name, None)
-
-    @property
-    def _tag_limits(self) -> tuple[float, frozenset[str]] | None:
-        """The latest tag-limit snapshot: this object's read, or the process's (another
-        runner's, or `read_tags_ahead`'s while Prefect created the flow run)."""
-        own, shared = self._own_tag_limits, _SHARED_TAG_LIMITS.get(self._server)
-        if own is None or (shared is not None and shared[0] > own[0]):
-            return shared
-        return own
-
-    @_tag_limits.setter
-    def _tag_limits(self, value: tuple[float, frozenset[str]] | None) -> None:
-        self._own_tag_limits = value
 
     # -- what the runner asks ---------------------------------------------------------
     @property
@@ -491,49 +416,8 @@ class GlobalLimit:
         thread.start()
         stack.callback(thread.join, 15)
         stack.callback(self._job, "stop", None)  # the thread gives every slot back, then ends
-        for key in FIRST_TAG_SETS:
-            self._job("warm", key)
         if self.name:
             self._job("prepare", self.name)
-
-    def warm(self, tags: frozenset[str]) -> bool:
-        """True when task runs with these tags may start now; else the look-up is queued and
-        `wake()` is called once it is done."""
-        if not tags:
-            return True
-        with self._lock:
-            if tags in self._warm:
-                return True
-            snapshot = self._tag_limits
-            if snapshot and time.monotonic() - snapshot[0] < _WARM_AGE:
-                self._warm.add(tags)  # the tag limits were read moments ago: nothing to wait for
-                self._job("warm", tags)  # but start the engine's service for the set early
-                return True
-            self._cold_sets.add(tags)
-        with _cold_lock:
-            _COLD_WAITERS.add(self)
-        self._job("warm", tags)
-        return False
-
-    def _snapshot_read(self, snapshot: tuple[float, frozenset[str]]) -> None:
-        """A fresh tag-limit read of this server landed (any thread's): the cold tag sets may
-        start now (each is primed, or asks Prefect's engine, by that snapshot)."""
-        with self._lock:
-            if time.monotonic() - snapshot[0] >= _WARM_AGE or self._stopping:
-                return
-            cold = [t for t in self._cold_sets if t not in self._warm]
-            self._warm.update(cold)
-            self._cold_sets.clear()
-        if cold:
-            self._wake()
-
-    def is_warm(self, tags: frozenset[str]) -> bool:
-        with self._lock:
-            return not tags or tags in self._warm
-
-    def prime(self, tags: frozenset[str]) -> None:
-        """Tell Prefect's engine that this tag set has no limits, when we know it (see above)."""
-        _prime(tags, self._tag_limits)
 
     def adjust(self, target: int, busy: int, name: str | None = None) -> None:
         """Hold `target` slots of limit `name` (default: the processors'): take missing ones
@@ -589,33 +473,14 @@ class GlobalLimit:
 
     # -- the thread -------------------------------------------------------------------
     def _job(self, op: str, arg: Any) -> None:
-        if op == "warm":
-            ranks = [int(t[5:]) for t in arg if t.startswith("rank:") and t[5:].isdigit()]
-            priority: tuple[int, ...] = (1, 0 if "inout" in arg else 1, min(ranks, default=0))
-            snapshot = self._tag_limits
-            if snapshot is None or time.monotonic() - snapshot[0] >= _WARM_AGE:
-                priority = (0,)  # no fresh snapshot: the first calls wait for this read, not for slots
-        else:
-            # Slots before tag-set warm-ups: a lease is a write, and once the flow's first task
-            # runs flood the server with state events a write waits seconds behind them.
-            priority = {"stop": (-1,), "prepare": (0,), "release": (0,), "keep": (0,), "acquire": (0,)}[op]
+        priority = {"stop": (-1,), "prepare": (0,), "release": (0,), "keep": (0,), "acquire": (0,)}[op]
         self._jobs.put((priority, next(self._seq), op, arg))
 
     def _loop(self) -> None:
         # The client's own retries off once for this thread: `_quick` retries faster, and a
         # settings copy per request cost more flow-process CPU than the request (py-spy).
-        _waiting.between = self._keep_fresh
         with _no_client_retries():
             self._serve()
-
-    def _keep_fresh(self) -> None:
-        """Between retries of a request the server refused (503 behind a backlog of writes):
-        re-read the tag limits when the snapshot is getting old, so calls started meanwhile are
-        still primed; unprimed, Prefect's engine asks for tag slots itself and a 503 there
-        fails the call (seen in benchmarks at load 4-6)."""
-        snapshot = self._tag_limits
-        if (snapshot is None or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL / 2) and self._active():
-            self._read_tag_limits()
 
     def _serve(self) -> None:
         while True:
@@ -623,9 +488,6 @@ class GlobalLimit:
                 _, _, op, arg = self._jobs.get(timeout=1.0)
             except queue.Empty:
                 op = arg = None
-            snapshot = self._tag_limits
-            if (snapshot is None or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL / 2) and self._active():
-                self._read_tag_limits()  # keep the snapshot fresh while calls remain
             self._renew_leases()
             if op is None:
                 continue
@@ -653,33 +515,6 @@ class GlobalLimit:
                     self._do_release(arg)
                 except BaseException as exc:  # the lease expires on its own
                     logger.debug("releasing a lease: %s", exc)
-
-    def _do_warm(self, key: frozenset[str]) -> None:
-        snapshot = self._tag_limits
-        if key not in self._warm and (snapshot is None or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL / 2):
-            self._read_tag_limits()
-        try:  # start the engine's acquisition service of this tag set now (~0.1 s the first time)
-            from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
-
-            ConcurrencySlotAcquisitionWithLeaseService.instance(frozenset(f"tag:{t}" for t in key))
-        except Exception as exc:
-            logger.debug("tag set %s: %s", sorted(key), exc)
-        with self._lock:
-            was_cold = key not in self._warm
-            self._warm.add(key)
-            self._cold_sets.discard(key)
-        if was_cold:
-            self._wake()
-
-    def _read_tag_limits(self) -> None:
-        """Read (never write) which tags have a `tag:` concurrency limit, active or not."""
-        try:
-            client = self._api()
-        except Exception as exc:  # unknown: the engine asks the API itself, as usual
-            logger.debug("reading tag concurrency limits: %s", exc)
-            self._tag_limits = None
-            return
-        self._tag_limits = _tag_snapshot(client, self._server)
 
     def _do_prepare(self, name: str) -> None:
         """Create limit `name` (with its capacity; P for the processors') if absent, clear
@@ -772,7 +607,7 @@ class GlobalLimit:
             taking = None if self.ahead else _TAKING.get((self._server, name))
             if taking is not None and taking.is_alive():
                 # This process is taking them ahead for us: no lease of our own. Ask again in a
-                # moment, without holding up this thread's other jobs (tag look-ups, renewals).
+                # moment, without holding up this thread's other jobs (renewals, releases).
                 with self._lock:
                     guard.acquiring = n
                 again = threading.Timer(0.05, self._job, args=("acquire", (name, n)))
@@ -929,58 +764,6 @@ class GlobalLimit:
             client.__exit__(None, None, None)
 
 
-def _tag_snapshot(client: Any, server: str) -> tuple[float, frozenset[str]] | None:
-    """(monotonic time of the read, the tags that have a `tag:` limit), shared by this
-    process's runners; None when it cannot be read (the engine then asks the API itself)."""
-    started = time.monotonic()
-    limited: set[str] = set()
-    try:
-        offset, page_size = 0, 200
-        while True:
-            page = _quick(client.read_global_concurrency_limits, limit=page_size, offset=offset)
-            limited.update(lim.name[4:] for lim in page if lim.name.startswith("tag:"))
-            if len(page) < page_size:
-                break
-            offset += page_size
-    except Exception as exc:
-        logger.debug("reading tag concurrency limits: %s", exc)
-        return None
-    snapshot = _SHARED_TAG_LIMITS[server] = (started, frozenset(limited))
-    with _cold_lock:
-        waiting = [w for w in _COLD_WAITERS if w._server == server]
-        for w in waiting:
-            _COLD_WAITERS.discard(w)
-    for w in waiting:
-        w._snapshot_read(snapshot)
-    return snapshot
-
-
-def _prime(tags: frozenset[str], snapshot: tuple[float, frozenset[str]] | None) -> None:
-    if not tags or snapshot is None or tags & snapshot[1] or time.monotonic() - snapshot[0] > _TAG_CACHE_TTL:
-        return
-    try:  # Prefect's own "no limits" cache (prefect.concurrency.services, Prefect >= 3.4)
-        from prefect.concurrency.services import _cache_lock, _no_limits_cache
-    except ImportError:
-        return
-    with _cache_lock:
-        _no_limits_cache[frozenset(f"tag:{t}" for t in tags)] = True
-
-
-def prime_tags(tags: Iterable[str]) -> None:
-    """For a tagged task run that does not go through our runner (the planner's, in a user's
-    own flow): read which tag limits exist, when this process has not just read them, and
-    tell Prefect's engine that these tags have none, when they have none. Else the engine's
-    own slot request (a write) runs first, and a busy SQLite server's 503 fails the task."""
-    key = frozenset(tags)
-    if not key:
-        return
-    server = server_key()
-    snapshot = _SHARED_TAG_LIMITS.get(server)
-    if snapshot is None or time.monotonic() - snapshot[0] > _WARM_AGE:
-        snapshot = _read_tag_snapshot(server)
-    _prime(key, snapshot)
-
-
 def _quick(call: Any, *args: Any, **kwargs: Any) -> Any:
     """An API call with our own fast retries (20 ms doubling, for up to 3 s) instead of the
     client's 2 s wait after a SQLite server's 503 "database is locked"."""
@@ -997,7 +780,6 @@ def _quick(call: Any, *args: Any, **kwargs: Any) -> Any:
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code < 500 or time.monotonic() > deadline:
                 raise
-        _between_retries()
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
 
@@ -1038,22 +820,6 @@ def _no_client_retries() -> Iterator[None]:
         yield
 
 
-_waiting = threading.local()  # the API thread's `between`: what to do while a request waits
-
-
-def _between_retries() -> None:
-    between = getattr(_waiting, "between", None)
-    if between is None or getattr(_waiting, "busy", False):
-        return
-    _waiting.busy = True  # its own requests retry without calling it again
-    try:
-        between()
-    except Exception as exc:  # best effort: the request's retry goes on
-        logger.debug("between retries: %s", exc)
-    finally:
-        _waiting.busy = False
-
-
 def _transient(exc: BaseException) -> bool:
     """A failure worth retrying: the server busy (5xx, "database is locked"), the connection lost."""
     import httpx
@@ -1078,7 +844,6 @@ def _patient(call: Any, *args: Any, patience: float | None = None, **kwargs: Any
             if not told:
                 told = True
                 logger.warning("the Prefect API is busy (%s); retrying for up to %.0f s", exc, deadline - time.monotonic())
-        _between_retries()
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
 

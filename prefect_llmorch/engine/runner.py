@@ -34,8 +34,7 @@ protocol; tests/test_runner.py replays it). A whole plan announced by `use_graph
 calls are submitted goes into the Coordinator's graph at once: a call it passes out before its
 submission arrives starts when it arrives, so the first calls start while the rest are still
 being submitted, in the order the simulator decides. Otherwise, while the announced FRG still
-has calls to come, or a new tag set is being looked up (see `leases.py`), nothing starts:
-those few milliseconds keep the start order independent of submission order.
+has calls to come, nothing starts: those few milliseconds keep the start order independent of submission order.
 
 Which task runs finish is all the Coordinator hears (`done` after any final state): what a
 downstream run does with a failed input is Prefect's engine's business, as with Prefect's
@@ -239,7 +238,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._announced: dict[str, _Submission] = {}  # of those, the ones already in the graph
         self._arrived: list[_Submission] = []  # passed out before they were submitted, now submitted
         self._submitted_calls: set[str] = set()
-        self._cold: set[frozenset[str]] = set()  # tag sets being looked up
         self._expecting_more = True
         self._running_compute = 0
         self._unfinished_compute = 0
@@ -524,10 +522,11 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         from prefect.context import TagsContext
 
         tags = frozenset(set(task.tags) | set(TagsContext.get().current_tags))
-        kind = "compute" if "compute" in tags else "inout"
+        identity = getattr(task, CALL_ATTR, None)  # a compiled call's (untagged); else the tags say
+        kind = identity.kind if identity is not None else ("compute" if "compute" in tags else "inout")
         if kind == "compute":
             self._refuse_nested_compute(task)
-        call_id = getattr(task, CALL_ATTR, None)
+        call_id = identity.call_id if identity is not None else None
         cancel = getattr(task, CANCEL_ATTR, None) or Cancel()
         wait_list = list(wait_for or [])
         upstream = wait_list + _futures_in(parameters)
@@ -587,8 +586,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._count(sub.node, sub.demand or demand_of(kind), 1)
             if kind == "compute":
                 self._unfinished_compute += 1
-            if tags and not self._limit.warm(tags):
-                self._cold.add(tags)
         for ext in foreign:
             assert ext.external is not None
             ext.external.add_done_callback(lambda _f, e=ext: self._external_done(e))
@@ -730,9 +727,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         with self._lock:
             if self._executor is None or self._closing:
                 return
-            if self._cold:
-                self._cold = {t for t in self._cold if not self._limit.is_warm(t)}
-            if self._expected.difference(self._announced) or self._cold:
+            if self._expected.difference(self._announced):
                 return
             if self._worth_growing():
                 self._grow()
@@ -872,7 +867,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             return_type="state",
             dependencies=sub.dependencies,
         )
-        self._limit.prime(sub.tags)
         BODY_DONE.set(functools.partial(self._release, sub))  # this thread's context is the run's
         state = None
         try:

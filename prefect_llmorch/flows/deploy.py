@@ -5,8 +5,8 @@ LLM, then run it), each taking one pydantic model so the Prefect UI shows a form
     llmorch serve                                             # or: serve both, no work pool
 
 They are thin: they check the parameters, fit the task runner to them and call the
-library (`orchestrate` / `answer`), which compiles the plan into task runs (FRG edges, tags
-`inout`/`compute`/`rank:N`), loads the tool credentials blocks the plan's functions
+library (`orchestrate` / `answer`), which compiles the plan into task runs (FRG edges; kind and rank
+in each call's identity, not in Prefect tags), loads the tool credentials blocks the plan's functions
 declare, and publishes the FRG, schedule, progress and result artifacts.
 
 The task runner is built when this file is imported (a deployment's flow is loaded by the

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from prefect import Task
 from prefect.cache_policies import NO_CACHE
 
-from prefect_llmorch.engine.leases import prime_tags
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.llm.client import LLMClient
 from prefect_llmorch.llm.planning import (
@@ -77,8 +76,8 @@ def _as_task_run(name: str, attempt: Callable[[], AttemptOutcome]) -> AttemptOut
             raise PlanErrors(list(out[2]))  # the task run ends Failed, listing the errors
         return len(out[1] or ())
 
-    task = _PrimedTask(
-        fn=body, name="planner attempt", task_run_name=name, tags={"inout"},
+    task = Task(
+        fn=body, name="planner attempt", task_run_name=name,
         cache_policy=NO_CACHE, persist_result=False, log_prints=False,
     )
     state = task(return_state=True)
@@ -103,21 +102,6 @@ def resolve_client(llm: "LLMClient | LLMEndpoint | str | None") -> LLMClient:
     raise TypeError(f"expected an LLMClient, LLMEndpoint or block name, got {type(llm).__name__}")
 
 
-class _PrimedTask(Task):  # type: ignore[type-arg]
-    """A tagged task that tells Prefect's engine its tags have no concurrency limits (when
-    they have none) before it starts: in a user's own flow, not run by our runner, the
-    engine's slot request for `tag:inout` is a write a busy SQLite server refuses with 503,
-    which fails the task (engine/leases.py `prime_tags`; our runner does this for every call)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        prime_tags(self.tags)
-        return super().__call__(*args, **kwargs)
-
-    def submit(self, *args: Any, **kwargs: Any) -> Any:
-        prime_tags(self.tags)
-        return super().submit(*args, **kwargs)
-
-
 def _planner(
     query: str,
     toolbox: Toolbox,
@@ -130,7 +114,8 @@ def _planner(
     on_call: OnCall | None = None,
     mode: str | None = None,
 ) -> PlannerResult:
-    """Prefect task (`planner`, tagged `inout`) around `plan_query` (`mode`: "text",
+    """Prefect task (`planner`; untagged, so Prefect's engine makes no tag-slot request
+    for it: see engine/compiler.py) around `plan_query` (`mode`: "text",
     "json", or None for the endpoint's `planner` setting).
 
     `llm` is an `LLMClient`, an `LLMEndpoint` block, the name of a saved one, or None for
@@ -147,4 +132,4 @@ def _planner(
     )
 
 
-planner_task = _PrimedTask(fn=_planner, name="planner", task_run_name="planner", tags={"inout"}, cache_policy=NO_CACHE, persist_result=False)
+planner_task = Task(fn=_planner, name="planner", task_run_name="planner", cache_policy=NO_CACHE, persist_result=False)

@@ -204,10 +204,13 @@ class RecoveryController:
             if self._held is not None:
                 self._held.append((task, task_run, state))
                 return
-        if id(getattr(task, "llmorch_call", None)) in self.compiler.stale:
+        identity = getattr(task, CALL_ATTR, None)
+        if identity is None:
+            return
+        if id(identity.call) in self.compiler.stale:
             return  # a call of a draft plan, replaced by the planner: not the plan's failure
-        cid = getattr(task, CALL_ATTR, None)
-        if cid is None or cid not in self._calls:
+        cid = identity.call_id
+        if cid not in self._calls:
             return
         call = self._calls[cid]
         rec = self.recorder.records.get(cid)

@@ -304,10 +304,7 @@ def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: 
     Objects (a `Toolbox`, an `LLMClient`) are never sent to the API as flow-run parameters:
     then the flow's function runs inside an unparameterised flow of the same name.
     """
-    from prefect_llmorch.engine.leases import read_tags_ahead
-
     ensure_server()
-    read_tags_ahead()  # while Prefect creates the flow run: its first calls need not wait for it
     if simple:
         state = flow_obj.with_options(task_runner=runner)(**parameters, return_state=True)
     else:
