@@ -403,7 +403,8 @@ class TestPrefectsTaskRunnerTests:
     def test_cancel_all(self, kind: str) -> None:
         # Prefect asserts `runner._executor is None`: the executor is shut down, so the
         # runner takes no more work. Here the same through the public surface.
-        with _one() as runner:
+        runner = _one()
+        with runner:
             running = runner.submit(_of_kind(_slow, kind), {"duration": 1.0})
             queued = runner.submit(_of_kind(_slow, kind), {"duration": 1.0})
             runner.cancel_all()
@@ -413,6 +414,8 @@ class TestPrefectsTaskRunnerTests:
             assert final_state(queued).is_cancelled()
             if kind == "compute":  # its worker process was killed; an inout thread runs on
                 assert final_state(running).is_cancelled()
+        with runner:  # entered again, it has a new executor (as Prefect's runners)
+            assert runner.submit(_of_kind(_add_one, kind), {"x": 1}).result() == 2
 
     def test_executor_shutdown_on_exit(self) -> None:
         runner = _one()

@@ -51,7 +51,8 @@ the device it was placed on), in the order passed out, passing over calls that m
 for slots other flow runs hold.
 
 Nested tasks: a compute task's function runs in a worker process, outside the flow run, so
-it cannot submit tasks (the error says so). An async compute task runs on a thread of the
+it cannot submit tasks (the error says so; docs/tasks.md). It sees the tags of the context it
+was submitted from, as on Prefect's runners (`call_context.py`), and no run context. An async compute task runs on a thread of the
 flow process, holding its processor; a compute task submitted from inside a running compute
 task is refused at once (it could wait forever for a processor its parents hold). Submit
 children from an `inout` task (it holds no processor while it waits) or from the flow.
