@@ -445,8 +445,10 @@ def test_dask_workers_offer_resources_by_name_and_tool_exits_and_cancels_end_the
 
 # -- ported from prefect-dask's tests (what `DaskTaskRunner` offers) ------------------------
 # src/integrations/prefect-dask/tests/test_task_runners.py in PrefectHQ/prefect: the same
-# settings and cluster behaviours on LLMOrchDaskTaskRunner. Clusters here are in-process
-# (`processes=False`): threads of this process, started in about a second.
+# settings and cluster behaviours on LLMOrchDaskTaskRunner. Clusters that run no task are
+# in-process (`processes=False`: threads of this process, started in about a second); task
+# runs go to worker processes, as in production (in-process workers would share this
+# process's Prefect services with the tests before, see the lead's notes on leases.py).
 
 IN_PROCESS = {"processes": False, "dashboard_address": None}
 
@@ -514,6 +516,7 @@ def test_dask_cluster_adapt_is_properly_called(prefect_harness, adapt):
         assert runner.processors == 1  # the subclass of LocalCluster got the processor resource
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_an_adaptive_cluster_with_no_worker_yet_grows_to_run_compute_tasks(prefect_harness):
     """`adapt_kwargs` with a finite `maximum` on a LocalCluster: P is what the cluster may
@@ -526,7 +529,8 @@ def test_an_adaptive_cluster_with_no_worker_yet_grows_to_run_compute_tasks(prefe
         return x * x
 
     runner = LLMOrchDaskTaskRunner(
-        cluster_kwargs={**IN_PROCESS, "n_workers": 0}, adapt_kwargs={"minimum": 0, "maximum": 2}, concurrency_limit=None
+        cluster_kwargs={"dashboard_address": None, "n_workers": 0}, adapt_kwargs={"minimum": 0, "maximum": 2},
+        concurrency_limit=None,
     )
 
     @flow(task_runner=runner)
@@ -540,13 +544,27 @@ def test_an_adaptive_cluster_with_no_worker_yet_grows_to_run_compute_tasks(prefe
     assert values == [0, 1, 4, 9] and processors == 2
 
 
+@pytest.fixture(scope="module")
+def two_processor_cluster() -> Any:
+    """prefect-dask's `cluster` fixture: one LocalCluster for the module, two worker processes
+    of one `processor` each; runners connect by address."""
+    import distributed
+
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, resources={PROCESSOR: 1}, dashboard_address=None
+    ) as cluster:
+        yield cluster
+
+
+@pytest.mark.slow
 class TestPrefectDasksFlowTests:
-    """prefect-dask's `TestDaskTaskRunner` flow tests on an in-process cluster: plain tasks
-    (sent to Dask by the held `DaskTaskRunner`) and compute ones (with a `processor`)."""
+    """prefect-dask's `TestDaskTaskRunner` flow tests (its `dask_task_runner_with_existing_
+    cluster_address` fixture): plain tasks (sent to Dask by the held `DaskTaskRunner`) and
+    compute ones (with a `processor`)."""
 
     @pytest.fixture
-    def task_runner(self) -> LLMOrchDaskTaskRunner:
-        return LLMOrchDaskTaskRunner(cluster_kwargs={**IN_PROCESS, "n_workers": 2}, concurrency_limit=None)
+    def task_runner(self, two_processor_cluster: Any) -> LLMOrchDaskTaskRunner:
+        return LLMOrchDaskTaskRunner(address=two_processor_cluster.scheduler_address, concurrency_limit=None)
 
     @pytest.mark.timeout(180)
     def test_successful_flow_run(self, prefect_harness, task_runner):
