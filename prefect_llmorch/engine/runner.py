@@ -51,11 +51,12 @@ the device it was placed on), in the order passed out, passing over calls that m
 for slots other flow runs hold.
 
 Nested tasks: a compute task's function runs in a worker process, outside the flow run, so
-it cannot submit tasks (the error says so; docs/tasks.md). It sees the tags of the context it
-was submitted from, as on Prefect's runners (`call_context.py`), and no run context. An async compute task runs on a thread of the
-flow process, holding its processor; a compute task submitted from inside a running compute
-task is refused at once (it could wait forever for a processor its parents hold). Submit
-children from an `inout` task (it holds no processor while it waits) or from the flow.
+it cannot submit tasks (the error says so; docs/tasks.md). It sees the tags of the context
+it was submitted from, as on Prefect's runners (`call_context.py`), and no run context. An
+async compute task runs on a thread of the flow process, holding its processor; a compute
+task submitted from inside a running compute task is refused at once (it could wait forever
+for a processor its parents hold). Submit children from an `inout` task (it holds no
+processor while it waits) or from the flow.
 """
 
 from __future__ import annotations
@@ -435,8 +436,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._held.clear()
             executor, self._executor = self._executor, None
         if executor is not None:
-            # No wait: running inout threads cannot be stopped (`__exit__` joins them).
-            executor.shutdown(wait=False, cancel_futures=True)
+            # No wait: running inout threads cannot be stopped (`__exit__` joins them). Calls
+            # already handed to it still run `_run`, which ends them (their tokens are set).
+            executor.shutdown(wait=False)
         for s in queued:
             s.cancel.set(reason)
             _finish(s.future, _cancelled_state(f"not started: {reason}"))
@@ -801,6 +803,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             with self._lock:
                 sub.state = "done"
                 self._give_back(sub)
+                if sub.kind == "compute":
+                    self._unfinished_compute -= 1
             _finish(sub.future, _cancelled_state(f"not started: {self._cancelled}"))
 
     def _pass_out(self, sub: _Submission, device: Any, start: list[_Submission], probing: list[_Submission]) -> None:
