@@ -664,3 +664,19 @@ class TestPrefectDasksFlowTests:
 
         a_time, b_time = _run_bounded(test_flow, timeout=150)
         assert b_time > a_time
+
+    @pytest.mark.timeout(180)
+    @pytest.mark.parametrize("compute", [False, True])
+    def test_submit_sync_task_receives_context(self, prefect_harness, task_runner, compute):
+        """Prefect's `test_submit_sync_task_receives_context` (tests/test_task_runners.py) on
+        this runner: the task's function, on a Dask worker, sees the submitting tags."""
+        from prefect import tags, task
+        from prefect.context import TagsContext
+
+        def context_matters() -> set[str]:
+            return set(TagsContext.get().current_tags)
+
+        context_task = task(context_matters, tags={"compute"} if compute else None)
+        with tags("tag1", "tag2"):
+            with task_runner:
+                assert task_runner.submit(context_task, {}).result(timeout=120) == {"tag1", "tag2"}
