@@ -50,8 +50,9 @@ def test_duplicate_equals_and_survives_cloudpickle():
 
 def test_submit_before_start_names_the_runner():
     runner = LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786")
-    with pytest.raises(RuntimeError, match="LLMOrchDaskTaskRunner is not started"):
+    with pytest.raises(RuntimeError, match="Task runner is not started") as info:
         runner.submit(object(), {})
+    assert "The task runner must be started before submitting work: use LLMOrchDaskTaskRunner" in str(info.value)
 
 
 def _llmorch_threads() -> set[str]:
@@ -440,3 +441,242 @@ def test_dask_workers_offer_resources_by_name_and_tool_exits_and_cancels_end_the
     assert ended is not None, box
     (s1,) = ended.calls
     assert s1["state"] == "Cancelled", s1
+
+
+# -- ported from prefect-dask's tests (what `DaskTaskRunner` offers) ------------------------
+# src/integrations/prefect-dask/tests/test_task_runners.py in PrefectHQ/prefect: the same
+# settings and cluster behaviours on LLMOrchDaskTaskRunner. Clusters that run no task are
+# in-process (`processes=False`: threads of this process, started in about a second); task
+# runs go to worker processes, as in production (in-process workers would share this
+# process's Prefect services with the tests before, see the lead's notes on leases.py).
+
+IN_PROCESS = {"processes": False, "dashboard_address": None}
+
+
+def test_duplicate_and_eq_follow_dask_task_runner_s_settings():
+    """`__eq__` compares the Dask settings as `DaskTaskRunner.__eq__` does (defaults it fills in
+    are equal to leaving them out) plus ours; `duplicate()` is equal, not started."""
+    runner = LLMOrchDaskTaskRunner(cluster_kwargs={"n_workers": 2}, adapt_kwargs={"minimum": 1, "maximum": 2})
+    new = runner.duplicate()
+    assert new == runner and new is not runner and hash(new) == hash(runner)
+    assert new.adapt_kwargs == {"minimum": 1, "maximum": 2}
+    assert LLMOrchDaskTaskRunner(address="tcp://h:1", adapt_kwargs=None) == LLMOrchDaskTaskRunner(address="tcp://h:1")
+    assert LLMOrchDaskTaskRunner(address="tcp://h:1", client_kwargs={"set_as_default": False}) == LLMOrchDaskTaskRunner(
+        address="tcp://h:1"
+    )
+    assert runner != LLMOrchDaskTaskRunner(cluster_kwargs={"n_workers": 2}, adapt_kwargs={"minimum": 1, "maximum": 3})
+    assert runner != LLMOrchDaskTaskRunner(cluster_kwargs={"n_workers": 2}, adapt_kwargs={"minimum": 1, "maximum": 2}, policy="paper")
+
+
+def test_client_of_a_runner_not_started_says_to_start_it():
+    with pytest.raises(RuntimeError, match="Task runner is not started"):
+        LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:9").client
+
+
+@pytest.mark.timeout(180)
+def test_client_is_the_started_runner_s_dask_client(prefect_harness):
+    import distributed
+
+    runner = LLMOrchDaskTaskRunner(cluster_kwargs={**IN_PROCESS, "n_workers": 1}, concurrency_limit=None)
+    with runner:
+        client = runner.client
+        assert isinstance(client, distributed.Client) and client is runner.client
+        assert client is runner.dask_runner.client
+        assert sum(w["resources"].get(PROCESSOR, 0) for w in client.scheduler_info()["workers"].values()) == 1
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("adapt", ["sync", "async"])
+def test_dask_cluster_adapt_is_properly_called(prefect_harness, adapt):
+    """prefect-dask's test: a cluster class whose `adapt` is synchronous (as
+    dask_kubernetes.classic.KubeCluster) or a coroutine (dask_kubernetes.operator.KubeCluster)
+    is adapted with `adapt_kwargs` when the runner starts. (Prefect's mock takes no cluster
+    kwargs; a cluster class takes ours: `threads_per_worker`, `resources`.)"""
+    import distributed
+
+    calls: list[dict[str, Any]] = []
+
+    class MockDaskCluster(distributed.LocalCluster):
+        def adapt(self, **kwargs: Any) -> None:  # type: ignore[override]
+            calls.append(kwargs)
+
+    class AsyncMockDaskCluster(distributed.LocalCluster):
+        async def adapt(self, **kwargs: Any) -> None:  # type: ignore[override]
+            calls.append(kwargs)
+
+    runner = LLMOrchDaskTaskRunner(
+        cluster_class=MockDaskCluster if adapt == "sync" else AsyncMockDaskCluster,
+        cluster_kwargs={**IN_PROCESS, "n_workers": 1},
+        adapt_kwargs={"minimum": 1, "maximum": 1},
+        concurrency_limit=None,
+    )
+    with runner:
+        runner.client  # as in prefect-dask's test (here the cluster started on entering)
+        assert calls == [{"minimum": 1, "maximum": 1}]
+        assert runner.processors == 1  # the subclass of LocalCluster got the processor resource
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_an_adaptive_cluster_with_no_worker_yet_grows_to_run_compute_tasks(prefect_harness):
+    """`adapt_kwargs` with a finite `maximum` on a LocalCluster: P is what the cluster may
+    grow to (maximum x processors per worker), known before any worker exists; Dask's
+    adaptive scaling starts workers for the waiting calls."""
+    from prefect import flow, task
+
+    @task(tags={"compute"})
+    def square(x: int) -> int:
+        return x * x
+
+    runner = LLMOrchDaskTaskRunner(
+        cluster_kwargs={"dashboard_address": None, "n_workers": 0}, adapt_kwargs={"minimum": 0, "maximum": 2},
+        concurrency_limit=None,
+    )
+
+    @flow(task_runner=runner)
+    def squares() -> tuple[list[int], int]:
+        from prefect.context import FlowRunContext
+
+        used = FlowRunContext.get().task_runner
+        return [f.result() for f in [square.submit(i) for i in range(4)]], used.processors
+
+    values, processors = _run_bounded(squares, timeout=200)
+    assert values == [0, 1, 4, 9] and processors == 2
+
+
+@pytest.fixture(scope="module")
+def two_processor_cluster() -> Any:
+    """prefect-dask's `cluster` fixture: one LocalCluster for the module, two worker processes
+    of one `processor` each; runners connect by address."""
+    import distributed
+
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, resources={PROCESSOR: 1}, dashboard_address=None
+    ) as cluster:
+        yield cluster
+
+
+@pytest.mark.slow
+class TestPrefectDasksFlowTests:
+    """prefect-dask's `TestDaskTaskRunner` flow tests (its `dask_task_runner_with_existing_
+    cluster_address` fixture): plain tasks (sent to Dask by the held `DaskTaskRunner`) and
+    compute ones (with a `processor`)."""
+
+    @pytest.fixture
+    def task_runner(self, two_processor_cluster: Any) -> LLMOrchDaskTaskRunner:
+        return LLMOrchDaskTaskRunner(address=two_processor_cluster.scheduler_address, concurrency_limit=None)
+
+    @pytest.mark.timeout(180)
+    def test_successful_flow_run(self, prefect_harness, task_runner):
+        from prefect import flow, task
+
+        @task
+        def task_a():  # noqa: ANN202
+            return "a"
+
+        @task(tags={"compute"})
+        def task_b():  # noqa: ANN202
+            return "b"
+
+        @task
+        def task_c(b: str):  # noqa: ANN202
+            return b + "c"
+
+        @flow(version="test", task_runner=task_runner)
+        def test_flow():  # noqa: ANN202
+            a = task_a.submit()
+            b = task_b.submit()
+            c = task_c.submit(b)
+            return a.result(), b.result(), c.result()
+
+        assert _run_bounded(test_flow, timeout=150) == ("a", "b", "bc")
+
+    @pytest.mark.timeout(180)
+    def test_failing_flow_run(self, prefect_harness, task_runner):
+        from prefect import flow, task
+
+        @task
+        def task_a():  # noqa: ANN202
+            raise RuntimeError("This task fails!")
+
+        @task(tags={"compute"})
+        def task_b():  # noqa: ANN202
+            raise ValueError("This task fails and passes data downstream!")
+
+        @task
+        def task_c(b: str):  # noqa: ANN202
+            return b + "c"
+
+        @flow(version="test", task_runner=task_runner)
+        def test_flow():  # noqa: ANN202
+            a = task_a.submit()
+            b = task_b.submit()
+            c = task_c.submit(b)
+            d = task_c.submit(c)
+            return a, b, c, d
+
+        state = _run_bounded(lambda: test_flow(return_state=True), timeout=150)
+        assert state.is_failed()
+        a, b, c, d = state.result(raise_on_failure=False)
+        with pytest.raises(RuntimeError, match="This task fails!"):
+            a.result()
+        with pytest.raises(ValueError, match="This task fails and passes data downstream"):
+            b.result()
+        assert c.is_pending() and c.name == "NotReady"
+        assert f"Upstream task run '{b.state_details.task_run_id}' did not reach a 'COMPLETED' state" in c.message
+        assert d.is_pending() and d.name == "NotReady"
+
+    @pytest.mark.timeout(180)
+    def test_nested_task_submission(self, prefect_harness, task_runner):
+        from prefect import flow, task
+
+        @task
+        def nested_task():  # noqa: ANN202
+            return "nested task"
+
+        @task
+        def parent_task():  # noqa: ANN202
+            return nested_task.submit().result()
+
+        @flow(task_runner=task_runner)
+        def umbrella_flow():  # noqa: ANN202
+            return parent_task.submit().result()
+
+        assert _run_bounded(umbrella_flow, timeout=150) == "nested task"
+
+    @pytest.mark.timeout(180)
+    def test_state_dependencies_via_wait_for(self, prefect_harness, task_runner):
+        from prefect import flow, task
+
+        @task
+        def task_a():  # noqa: ANN202
+            return time.time()
+
+        @task(tags={"compute"})
+        def task_b():  # noqa: ANN202
+            return time.time()
+
+        @flow(task_runner=task_runner)
+        def test_flow():  # noqa: ANN202
+            a = task_a.submit()
+            b = task_b.submit(wait_for=[a])
+            return a.result(), b.result()
+
+        a_time, b_time = _run_bounded(test_flow, timeout=150)
+        assert b_time > a_time
+
+    @pytest.mark.timeout(180)
+    @pytest.mark.parametrize("compute", [False, True])
+    def test_submit_sync_task_receives_context(self, prefect_harness, task_runner, compute):
+        """Prefect's `test_submit_sync_task_receives_context` (tests/test_task_runners.py) on
+        this runner: the task's function, on a Dask worker, sees the submitting tags."""
+        from prefect import tags, task
+        from prefect.context import TagsContext
+
+        def context_matters() -> set[str]:
+            return set(TagsContext.get().current_tags)
+
+        context_task = task(context_matters, tags={"compute"} if compute else None)
+        with tags("tag1", "tag2"):
+            with task_runner:
+                assert task_runner.submit(context_task, {}).result(timeout=120) == {"tag1", "tag2"}

@@ -357,7 +357,8 @@ def test_a_compute_task_cannot_submit_tasks_and_says_so_instead_of_hanging() -> 
     states = f()
     assert all(s.is_failed() for s in states)
     message = str(states[0].result(raise_on_failure=False))
-    assert "runs in a worker process, outside the flow run: it cannot submit tasks" in message
+    assert "runs its function in a worker process, outside the flow run" in message
+    assert "Submit the child tasks from the flow" in message and "tag this task inout" in message
 
 
 def test_an_async_compute_task_submitting_a_compute_task_is_refused_at_once() -> None:

@@ -13,7 +13,10 @@ machine `dask worker tcp://HOST:8786 --nthreads 1 --resources processor=1`):
     run_plan(plan, "prefect_llmorch.examples.toolbox:toolbox", task_runner=runner)
 
 P is the sum of the workers' `processor` resources, asked of the scheduler when the runner
-starts (`runner.processors`). A compute call takes one `processor`, an inout call none.
+starts (`runner.processors`); with `adapt_kwargs` and a finite `maximum` on a `LocalCluster`,
+what the cluster may grow to (`maximum` workers' `processor`). A compute call takes one
+`processor`, an inout call none. As `DaskTaskRunner`, the started runner offers its Dask
+`client`.
 
 How the two kinds of task runs go:
 
@@ -101,7 +104,7 @@ from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
 
 from prefect_llmorch.engine.pool import CALL_ENV
-from prefect_llmorch.engine.runner import _LIVE, _LIVE_LOCK, CALL_ATTR, LLMOrchTaskRunner
+from prefect_llmorch.engine.runner import _LIVE, _LIVE_LOCK, CALL_ATTR, LLMOrchTaskRunner, not_started
 from prefect_llmorch.engine.workers import CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError
 from prefect_llmorch.graph import PROCESSORS
 from prefect_llmorch.schedule.resources import DemandExceedsCapacity
@@ -332,6 +335,20 @@ class DaskProcessorPool:
         self.shutdown()
 
 
+def _is_local_cluster(cluster_class: Any) -> bool:
+    """Whether the runner would start a `LocalCluster` (or a subclass, which takes its kwargs)."""
+    if cluster_class is None:
+        return True
+    if isinstance(cluster_class, str):
+        from prefect.utilities.importtools import from_qualified_name
+
+        try:
+            cluster_class = from_qualified_name(cluster_class)
+        except Exception:  # DaskTaskRunner reports a bad name itself
+            return False
+    return isinstance(cluster_class, type) and issubclass(cluster_class, distributed.LocalCluster)
+
+
 def _on_dask_worker() -> bool:
     """True in a thread of a Dask worker (where Prefect enters a copy of the flow's runner)."""
     try:
@@ -385,7 +402,9 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
 
     Attributes:
         dask_runner: the held `DaskTaskRunner` (a fresh one each time the runner starts).
-        processors: P, the workers' `processor` resources (0 until started).
+        client: the started runner's Dask client (`dask_runner.client`).
+        processors: P, the workers' `processor` resources (0 until started); with
+            `adapt_kwargs` (a finite `maximum`, a `LocalCluster`), what the cluster may grow to.
 
     Raises:
         ValueError: conflicting cluster settings (as `DaskTaskRunner`), an unknown policy,
@@ -435,7 +454,7 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             raise ValueError(f"worker_timeout must be positive, got {worker_timeout}")
         if no_worker_timeout is not None and no_worker_timeout <= 0:
             raise ValueError(f"no_worker_timeout must be positive or None, got {no_worker_timeout}")
-        if not address and cluster is None and cluster_class in (None, distributed.LocalCluster, "distributed.LocalCluster"):
+        if not address and cluster is None and _is_local_cluster(cluster_class):
             cluster_kwargs = dict(cluster_kwargs or {})
             threads = cluster_kwargs.setdefault("threads_per_worker", 1)
             cluster_kwargs.setdefault("resources", {PROCESSOR: threads})
@@ -488,6 +507,23 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
     def performance_report_path(self) -> str | None:
         return self._dask_settings["performance_report_path"]
 
+    @property
+    def client(self) -> distributed.Client:
+        """The Dask client of the started runner (its `DaskTaskRunner`'s `client`): submit
+        your own Dask work to the same cluster, or read `client.cluster`.
+
+        Unlike `DaskTaskRunner.client`, it does not start a cluster on a runner that is not
+        started (a cluster nobody would close): enter the runner, or use it in a flow.
+
+        Raises:
+            RuntimeError: the runner is not started.
+        """
+        if self._deferred:  # the copy Prefect enters on a Dask worker starts when used
+            self._start_deferred()
+        if not self._started or self.pool is None:
+            raise not_started(self)
+        return self.dask_runner.client
+
     def _init_kwargs(self) -> dict[str, Any]:
         return dict(
             self._dask_settings,
@@ -506,9 +542,13 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LLMOrchDaskTaskRunner):
             return False
+        # The Dask settings as `DaskTaskRunner.__eq__` compares them (settings, not cluster
+        # objects; the defaults it fills in equal to leaving them out), then ours.
         mine, theirs = self._init_kwargs(), other._init_kwargs()
-        mine.pop("cluster"), theirs.pop("cluster")  # as DaskTaskRunner.__eq__: settings, not objects
-        return mine == theirs
+        for settings in (mine, theirs):
+            for name in ("cluster", "address", "cluster_class", "cluster_kwargs", "adapt_kwargs", "client_kwargs"):
+                settings.pop(name)
+        return self.dask_runner == other.dask_runner and mine == theirs
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.address, self.policy, self.concurrency_limit, self.preload))
@@ -552,11 +592,16 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             stack.enter_context(dask_runner)
             client = dask_runner.client  # public: creates the cluster if asked, connects
             self.dask_runner = dask_runner
-            self.worker_processors = self._wait_for_processors(client)
+            grows_to = self._adaptive_workers()
+            if grows_to is None:
+                self.worker_processors = self._wait_for_processors(client)
+                self._offered(cluster_resources(client))
+            else:  # adaptive: P and capacities are what the cluster may grow to
+                self.worker_processors = {a: int(r[PROCESSOR]) for a, r in grows_to.items()}
+                self._offered(grows_to)
             self.processors = sum(self.worker_processors.values())
-            self._offered(client)
             pool = DaskProcessorPool(client, no_worker_timeout=self.no_worker_timeout)
-            for addr in sorted(self.worker_processors):
+            for addr in sorted(self.worker_processors) if grows_to is None else ():
                 pool.worker_index(addr)
             self.pool = stack.enter_context(pool)  # type: ignore[assignment]
             threading.Thread(target=pool.warm, args=(self.preload,), daemon=True, name="llmorch-dask-warm").start()
@@ -572,10 +617,23 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             _LIVE[id(self)] = self
         logger.info("Dask cluster %s: P = %s processors on %s workers", client, self.processors, len(self.worker_processors))
 
-    def _offered(self, client: distributed.Client) -> None:
+    def _adaptive_workers(self) -> dict[str, dict[str, float]] | None:
+        """With `adapt_kwargs` on a cluster this runner creates, a finite `maximum` and worker
+        resources the settings give (a `LocalCluster`'s defaults): the resources of the
+        `maximum` workers the cluster may grow to, by made-up name. None otherwise: P is then
+        what the workers present at start offer."""
+        maximum = self.adapt_kwargs.get("maximum")
+        per_worker = (self.cluster_kwargs or {}).get("resources") or {}
+        if not self.adapt_kwargs or self.address or self._dask_settings["cluster"] is not None:
+            return None
+        if not isinstance(maximum, (int, float)) or not 1 <= maximum < float("inf") or per_worker.get(PROCESSOR, 0) <= 0:
+            return None
+        return {f"adaptive worker {i}": {k: float(v) for k, v in per_worker.items()} for i in range(int(maximum))}
+
+    def _offered(self, workers: dict[str, dict[str, float]]) -> None:
         """The resources the workers offer beyond `processor`, summed, become capacities
         (those given to the runner win)."""
-        self.worker_resources = {a: r for a, r in cluster_resources(client).items() if r.get(PROCESSOR, 0) > 0}
+        self.worker_resources = {a: r for a, r in workers.items() if r.get(PROCESSOR, 0) > 0}
         offered: dict[str, float] = {}
         for res in self.worker_resources.values():
             for name, amount in res.items():
@@ -633,10 +691,14 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
                 return {a: n for a, n in found.items() if n > 0}
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                adaptive = (
+                    "; with adapt_kwargs, give a finite `maximum` and the workers' `resources` in cluster_kwargs "
+                    "(P is then what the cluster may grow to), or a `minimum` of at least 1"
+                ) if self.adapt_kwargs else ""
                 raise ValueError(
                     f"no Dask worker at {where} offers a `{PROCESSOR}` resource after "
                     f"{self.worker_timeout:g} s ({len(found)} workers without it); start workers with "
-                    f"`dask worker <scheduler> --nthreads 1 --resources {PROCESSOR}=1`"
+                    f"`dask worker <scheduler> --nthreads 1 --resources {PROCESSOR}=1`{adaptive}"
                 )
             try:  # wait for one more worker to arrive, not a fixed sleep
                 client.wait_for_workers(len(found) + 1, timeout=min(remaining, 5.0))
@@ -657,11 +719,11 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
         dependencies: dict[str, Any] | None = None,
     ) -> PrefectFuture[Any]:
         if not self._started:
-            raise RuntimeError("LLMOrchDaskTaskRunner is not started")
+            raise not_started(self)
         if self._deferred:
             self._start_deferred()
         if self._executor is None:
-            raise RuntimeError("LLMOrchDaskTaskRunner is not started")
+            raise not_started(self, self._cancelled and f"cancelled: {self._cancelled}")
         if getattr(task, CALL_ATTR, None) is not None:
             # A compiled plan call: coordinated here, its compute body sent to Dask by `pool`.
             call_id = getattr(task, CALL_ATTR).call_id

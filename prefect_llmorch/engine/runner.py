@@ -50,10 +50,12 @@ the device it was placed on), in the order passed out, passing over calls that m
 for slots other flow runs hold.
 
 Nested tasks: a compute task's function runs in a worker process, outside the flow run, so
-it cannot submit tasks (the error says so). An async compute task runs on a thread of the
-flow process, holding its processor; a compute task submitted from inside a running compute
-task is refused at once (it could wait forever for a processor its parents hold). Submit
-children from an `inout` task (it holds no processor while it waits) or from the flow.
+it cannot submit tasks (the error says so; docs/tasks.md). It sees the tags of the context
+it was submitted from, as on Prefect's runners (`call_context.py`), and no run context. An
+async compute task runs on a thread of the flow process, holding its processor; a compute
+task submitted from inside a running compute task is refused at once (it could wait forever
+for a processor its parents hold). Submit children from an `inout` task (it holds no
+processor while it waits) or from the flow.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import TaskRunner
 
 from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR
+from prefect_llmorch.engine.call_context import call_with_tags
 from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
 from prefect_llmorch.engine.devices import discover_gpus
 from prefect_llmorch.engine.leases import GlobalLimit
@@ -96,6 +99,18 @@ logger = logging.getLogger("prefect_llmorch.engine.runner")
 
 #: Prefect's error when `task.submit()` runs outside a flow run (here: in a worker process).
 _PREFECT_NO_RUNNER = "Unable to determine task runner"
+
+
+def not_started(runner: object, why: str = "") -> RuntimeError:
+    """The error of `submit` on a runner that is not started, in Prefect's words: the
+    ThreadPool/ProcessPool runners' "Task runner is not started" and the base `map`'s and
+    DaskTaskRunner's "The task runner must be started before submitting work."."""
+    name = type(runner).__name__
+    return RuntimeError(
+        f"Task runner is not started{f' ({why})' if why else ''}. The task runner must be started before "
+        f"submitting work: use {name} as a flow's task runner (`@flow(task_runner={name}(...))`) or "
+        "enter it (`with runner: runner.submit(...)`)."
+    )
 
 
 #: Runners entered and not yet exited in this process: Prefect runs a duplicate of the
@@ -404,7 +419,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         cancelled, their worker processes killed; compiled inout calls abandon their thread;
         all of those end Cancelled. A plain inout task already running cannot be stopped (a
         thread cannot be killed): its future ends Cancelled at once and its thread is left.
-        Safe to call several times.
+        As Prefect's ThreadPoolTaskRunner, the runner's executor is shut down: the runner
+        takes no more work (`submit` raises "Task runner is not started") until it is
+        entered again. Unlike it, this does not wait for the left threads (flows/interrupt.py
+        calls it on Ctrl-C). Safe to call several times.
         """
         reason = "the flow run was cancelled"
         with self._lock:
@@ -418,6 +436,11 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             for s in queued:
                 s.state = "done"
             self._held.clear()
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            # No wait: running inout threads cannot be stopped (`__exit__` joins them). Calls
+            # already handed to it still run `_run`, which ends them (their tokens are set).
+            executor.shutdown(wait=False)
         for s in queued:
             s.cancel.set(reason)
             _finish(s.future, _cancelled_state(f"not started: {reason}"))
@@ -518,7 +541,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         dependencies: dict[str, Any] | None = None,
     ) -> PrefectConcurrentFuture[Any]:
         if not self._started or self._executor is None:
-            raise RuntimeError("LLMOrchTaskRunner is not started")
+            raise not_started(self, self._cancelled and f"cancelled: {self._cancelled}")
         from prefect.context import TagsContext
 
         tags = frozenset(set(task.tags) | set(TagsContext.get().current_tags))
@@ -767,9 +790,24 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self.max_running_compute = max(self.max_running_compute, self._running_compute)
             executor = self._executor
         for s in start:
-            executor.submit(s.context.run, self._run, s)
+            self._start_on(executor, s, s.context.run, self._run)
         for s in probing:  # in a copy: on a miss, `_run` enters the call's own context elsewhere
-            executor.submit(s.context.copy().run, self._probe, s)
+            self._start_on(executor, s, s.context.copy().run, self._probe)
+
+    def _start_on(self, executor: concurrent.futures.ThreadPoolExecutor, sub: _Submission, run: Any, fn: Any) -> None:
+        """Start a call on a task-run thread; `cancel_all` may have shut the executor down
+        since the call was chosen: it then ends Cancelled instead of never ending."""
+        try:
+            executor.submit(run, fn, sub)
+        except RuntimeError:  # "cannot schedule new futures after shutdown"
+            if not self._cancelled:
+                raise
+            with self._lock:
+                sub.state = "done"
+                self._give_back(sub)
+                if sub.kind == "compute":
+                    self._unfinished_compute -= 1
+            _finish(sub.future, _cancelled_state(f"not started: {self._cancelled}"))
 
     def _pass_out(self, sub: _Submission, device: Any, start: list[_Submission], probing: list[_Submission]) -> None:
         """A call the Coordinator passed out: to start now, to hold for its global-limit slots,
@@ -957,8 +995,14 @@ def _in_pool(task: "Task[Any, Any]", pool: Any, cancel: Cancel) -> "Task[Any, An
 
     @functools.wraps(fn)  # Prefect binds parameters by the wrapped function's signature
     def in_worker(*args: Any, **kwargs: Any) -> Any:
+        from prefect.context import TagsContext
+
+        # Run in the task run's thread, whose context is the submitting one: its tags go
+        # with the call, as Prefect's runners give them to a task's function.
+        current = tuple(sorted(TagsContext.get().current_tags))
+        call, call_args = (call_with_tags, (current, fn, *args)) if current else (fn, args)
         try:
-            return pool.run(label, fn, args, kwargs, timeout=task.timeout_seconds, cancel=cancel).value
+            return pool.run(label, call, call_args, kwargs, timeout=task.timeout_seconds, cancel=cancel).value
         except CallCancelled as exc:
             return _cancelled_state(str(exc))
         except CallNotSent as exc:
@@ -972,9 +1016,11 @@ def _in_pool(task: "Task[Any, Any]", pool: Any, cancel: Cancel) -> "Task[Any, An
         except RuntimeError as exc:
             if _PREFECT_NO_RUNNER in str(exc):
                 raise NestedComputeSubmit(
-                    f"task {label!r} is tagged compute, so its function runs in a worker process, outside "
-                    "the flow run: it cannot submit tasks. Tag it inout (it then holds no processor "
-                    "while it waits) and tag its children compute."
+                    f"task {label!r} is tagged compute, so LLMOrchTaskRunner runs its function in a worker "
+                    "process, outside the flow run, where Prefect has no task runner to submit tasks to. "
+                    "Submit the child tasks from the flow (pass them this task's result), or tag this task "
+                    "inout: its function then runs on a thread of the flow process, holds no processor "
+                    "while it waits, and can submit compute children."
                 ) from exc
             raise
 
