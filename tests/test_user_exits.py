@@ -159,8 +159,8 @@ AGENT = textwrap.dedent(
     if how == "normal":
         report = run_plan("s1: quick(1)\\ns2: quick(s1)", "toolboxes_signals:toolbox", processors=1)
         print("result", report.result, flush=True)
-    else:  # killed while a compute call runs
-        run_plan("s1: spin(120.0)", "toolboxes_signals:toolbox", processors=1)
+    else:  # killed while a compute call and an inout call run
+        run_plan("s1: spin(120.0)\\ns2: wait_io(120.0)", "toolboxes_signals:toolbox", processors=1)
     """
 )
 
@@ -176,7 +176,7 @@ def test_a_script_calling_run_plan_leaves_no_process_and_closes_its_pipe(tmp_pat
     )
     try:
         if how not in ("normal", "raise"):
-            _wait_for(lambda: any(r[:2] == ("start", "spin") for r in records(str(tmp_path / "calls.log"))), 240, proc)
+            _wait_for(lambda: {("start", "spin"), ("start", "wait_io")} <= {r[:2] for r in records(str(tmp_path / "calls.log"))}, 240, proc)
             proc.send_signal(getattr(signal, how))
         # the pipe closes when the script ends: communicate returns (a leaked child would hold it)
         out, err = proc.communicate(timeout=120)

@@ -61,6 +61,7 @@ processor while it waits) or from the flow.
 from __future__ import annotations
 
 import concurrent.futures
+import enum
 import contextvars
 import copy
 import functools
@@ -135,6 +136,38 @@ class NestedComputeSubmit(RuntimeError):
     """A compute task tried to submit a compute task: it holds a processor while it waits."""
 
 
+class CallState(enum.Enum):
+    """Where a submission is, from the runner's side. The only moves (`_move`):
+
+    - PENDING -> RUNNING: the Coordinator passed it out and its slots are held (or it needs
+      none: an inout call, a compute call whose result is stored); its engine starts.
+    - PENDING -> DONE: it never starts (cancelled, the flow run ended, announced and never
+      submitted, an upstream future that ended before it was passed out).
+    - RUNNING -> DONE: its task run reached a final state (or its future ended).
+
+    Orthogonal facts stay fields of `_Submission`: `announced`/`passed`/`abandoned` (a call of
+    an announced FRG before its submission), `cached`, `released` (its body succeeded: its
+    processor and slots are back before Prefect's engine finishes).
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+
+
+_MOVES = {CallState.PENDING: {CallState.RUNNING, CallState.DONE}, CallState.RUNNING: {CallState.DONE}, CallState.DONE: set()}
+
+
+def _move(sub: "_Submission", to: CallState) -> None:
+    """The one transition function of a submission's state (a move to where it already is
+    is nothing); any other move is a bug in the runner and fails at once, naming the call."""
+    if to is sub.state:
+        return
+    if to not in _MOVES[sub.state]:
+        raise AssertionError(f"runner bug: {sub.node} cannot move from {sub.state.name} to {to.name}")
+    sub.state = to
+
+
 @dataclass(eq=False)
 class _Submission:
     node: str  # its id in the Coordinator's graph
@@ -156,7 +189,7 @@ class _Submission:
     demand: Any = None  # what a compiled call holds (`FRG.demand`), None: its kind's default
     tags: frozenset[str] = frozenset()
     needs: dict[str, int] = field(default_factory=dict)  # slots it holds while it runs, by limit
-    state: str = "pending"  # pending -> running -> done
+    state: "CallState" = field(default_factory=lambda: CallState.PENDING)  # moved only by `_move`
     external: PrefectFuture[Any] | None = None  # an upstream future of somewhere else
     finished: bool = False  # external: its future is done
     probe: Any = None  # a cache=True compute call: is its result stored? (`caching.cache_probe`)
@@ -334,9 +367,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def _start_threads(self, stack: ExitStack) -> None:
         """The task-run threads and the API thread (also used by the Dask runner)."""
-        self._executor = stack.enter_context(
-            concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
-        )
+        executor = self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
+        # At close: wait for the task-run threads, unless the run was cancelled (an inout
+        # call's thread cannot be stopped; a script's Ctrl-C must not wait for it).
+        stack.callback(lambda: executor.shutdown(wait=not self._cancelled))
         name = self.concurrency_limit if getattr(self, "guard", "global") == "global" else None
         self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch, self._has_work)
         self._limit.start(stack)
@@ -395,9 +429,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             _LIVE.pop(id(self), None)
         with self._lock:
             self._closing = True  # nothing starts from now on
-            queued = [s for s in self._subs.values() if s.state == "pending" and s.external is None]
+            queued = [s for s in self._subs.values() if s.state is CallState.PENDING and s.external is None]
             for s in queued:
-                s.state = "done"
+                _move(s, CallState.DONE)
             executor, cancelled = self._executor, bool(self._cancelled)
         for s in queued:
             _finish(s.future, _cancelled_state("not started: the flow run ended first"))
@@ -431,10 +465,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._cancelled = reason
             self._closing = True
             subs = [s for s in self._subs.values() if s.external is None]
-            queued = [s for s in subs if s.state == "pending"]
-            running = [s for s in subs if s.state == "running"]
+            queued = [s for s in subs if s.state is CallState.PENDING]
+            running = [s for s in subs if s.state is CallState.RUNNING]
             for s in queued:
-                s.state = "done"
+                _move(s, CallState.DONE)
             self._held.clear()
             executor, self._executor = self._executor, None
         if executor is not None:
@@ -519,7 +553,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             for sub in self._announced.values():  # announced, never submitted: nothing to run
                 sub.abandoned = True
                 if sub.passed:
-                    sub.state = "done"
+                    _move(sub, CallState.DONE)
                     self._co.done(sub.node)  # type: ignore[union-attr]
                     self.trace.append(("done", (sub.node,)))
             self._announced.clear()
@@ -540,6 +574,12 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
         dependencies: dict[str, Any] | None = None,
     ) -> PrefectConcurrentFuture[Any]:
+        if self._cancelled and getattr(task, CALL_ATTR, None) is not None:
+            # A call of the plan submitted after a Ctrl-C: it never starts, and the run's
+            # report shows it Cancelled (a plain task gets Prefect's not-started error).
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            _finish(future, _cancelled_state(f"not started: {self._cancelled}"))
+            return PrefectConcurrentFuture(task_run_id=_new_task_run_id(), wrapped_future=future)
         if not self._started or self._executor is None:
             raise not_started(self, self._cancelled and f"cancelled: {self._cancelled}")
         from prefect.context import TagsContext
@@ -672,15 +712,15 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def _external_done(self, ext: _Submission) -> None:
         with self._lock:
             ext.finished = True
-            if ext.state == "running" and self._co is not None:
-                ext.state = "done"
+            if ext.state is CallState.RUNNING and self._co is not None:
+                _move(ext, CallState.DONE)
                 self._co.done(ext.node)
                 self.trace.append(("done", (ext.node,)))
         self._safe_dispatch()
 
     def _has_work(self) -> bool:
         with self._lock:
-            return any(s.state != "done" for s in self._subs.values())
+            return any(s.state is not CallState.DONE for s in self._subs.values())
 
     # -- dispatch ---------------------------------------------------------------------
     def _safe_dispatch(self) -> None:
@@ -691,9 +731,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         except BaseException as exc:
             logger.error("LLMOrchTaskRunner could not start ready task runs: %s", exc)
             with self._lock:
-                stuck = [s for s in self._subs.values() if s.state == "pending" and s.external is None]
+                stuck = [s for s in self._subs.values() if s.state is CallState.PENDING and s.external is None]
                 for s in stuck:
-                    s.state = "done"
+                    _move(s, CallState.DONE)
                 self._announced.clear()  # their submissions join as new nodes, and fail the same way
             for s in stuck:
                 if not s.future.done():
@@ -738,7 +778,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         for sub in self._new:
             if sub.external is not None:
                 return True
-            if (sub.kind == "inout" or free) and all(self._subs[d].state == "done" for d in sub.deps):
+            if (sub.kind == "inout" or free) and all(self._subs[d].state is CallState.DONE for d in sub.deps):
                 return True
         return False
 
@@ -770,10 +810,10 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     sub = self._subs[node]
                     if sub.external is not None or sub.abandoned:
                         if sub.finished or sub.abandoned:
-                            sub.state = "done"
+                            _move(sub, CallState.DONE)
                             finished.append(node)
                         else:
-                            sub.state = "running"
+                            _move(sub, CallState.RUNNING)
                     elif sub.announced:  # not submitted yet: it starts when it arrives
                         sub.passed, sub.device = True, co.device_of(node)
                     else:
@@ -803,7 +843,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             if not self._cancelled:
                 raise
             with self._lock:
-                sub.state = "done"
+                _move(sub, CallState.DONE)
                 self._give_back(sub)
                 if sub.kind == "compute":
                     self._unfinished_compute -= 1
@@ -822,7 +862,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         if sub.needs:
             self._held.append(sub)
         else:
-            sub.state = "running"
+            _move(sub, CallState.RUNNING)
             start.append(sub)
 
     def _probe(self, sub: _Submission) -> None:
@@ -835,10 +875,11 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             hit = False
         with self._lock:
             sub.probe = None
-            if sub.state != "pending":  # cancelled meanwhile (`cancel_all`)
+            if sub.state is not CallState.PENDING:  # cancelled meanwhile (`cancel_all`)
                 return
             if hit:
-                sub.cached, sub.state = True, "running"
+                sub.cached = True
+                _move(sub, CallState.RUNNING)
                 self.cached_without_slot += 1
             else:
                 sub.needs = self._needs(sub, sub.device)
@@ -887,7 +928,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             for k, n in sub.needs.items():
                 free[k] -= n
                 self._in_use[k] = self._in_use.get(k, 0) + n
-            sub.state = "running"
+            _move(sub, CallState.RUNNING)
             start.append(sub)
             if sub.kind == "compute":
                 self._running_compute += 1
@@ -921,7 +962,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             if state is None:
                 _finish(sub.future, exc=RuntimeError(f"task run {getattr(sub.task, 'name', sub.node)} ended without a state"))
             with self._lock:
-                sub.state = "done"
+                _move(sub, CallState.DONE)
                 self._give_back(sub)
                 if sub.kind == "compute":
                     self._unfinished_compute -= 1
@@ -936,7 +977,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         (its state, hooks): the next call of that processor starts without waiting for
         them. A dependent's engine still waits for this run's future, as Prefect's does."""
         with self._lock:
-            if sub.state != "running":
+            if sub.state is not CallState.RUNNING:
                 return
             self._give_back(sub)
         self._safe_dispatch()
