@@ -402,20 +402,12 @@ def _print_report(report: Any, as_json: bool) -> None:
 # ---------------------------------------------------------------- running flows
 
 
-def _prestart_workers(toolbox: str, processors: int) -> None:
-    """Start the compute worker pool now, in the background: it warms up (the toolbox
-    imported) while Prefect's server starts, and the run's runner takes it."""
-    from prefect_llmorch.engine.workers import prestart_pool
+def _start_prefect(toolbox: str, processors: int) -> Any:
+    """The process's embedded Prefect server when no PREFECT_API_URL is set (the workers warm
+    up meanwhile), None when a server is configured: the library's `prepare`."""
+    from prefect_llmorch.flows.run import prepare
 
-    prestart_pool(processors, preload=[toolbox.split(":", 1)[0]])  # as flows.run.local_runner
-
-
-def _start_prefect() -> Any:
-    """Start the embedded Prefect server now when no PREFECT_API_URL is set (guarded so it
-    never outlives this process); None when a server is configured."""
-    from prefect_llmorch.flows.ephemeral import start_ephemeral_server
-
-    return start_ephemeral_server()
+    return prepare(toolbox, processors)
 
 
 class _Clock:
@@ -523,12 +515,7 @@ def run(
         from prefect_llmorch.flows.run import PlanRunFailed, run_plan
 
         with interrupt.stop_on_signals():
-            _prestart_workers(toolbox, P)
-            clock = _Clock(_start_prefect())
-            if not no_limit:  # the slots' lease write off the first compute call's path
-                from prefect_llmorch.engine.leases import take_ahead
-
-                take_ahead("llmorch-processors", P)
+            clock = _Clock(_start_prefect(toolbox, P))
             try:
                 report = run_plan(
                     text, toolbox, processors=P, policy=policy,
@@ -654,7 +641,7 @@ def _ask_and_print(
     from prefect_llmorch.flows import interrupt
 
     with interrupt.stop_on_signals():
-        clock = _Clock(_start_prefect())
+        clock = _Clock(_start_prefect(toolbox, processors))
         try:
             report = ask_query(
                 question, toolbox, processors=processors, policy=policy, endpoint=client, attempts=attempts,

@@ -22,7 +22,7 @@ from prefect_llmorch.flows.planner import planner_task, resolve_client
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import Planning, RunReport, publish_artifacts
 from prefect_llmorch.flows.history import check_costs, remember_records
-from prefect_llmorch.flows.run import _simple, conclude, learned_costs, local_runner, predicted, resolve_toolbox, run_flow
+from prefect_llmorch.flows.run import _simple, conclude, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow
 from prefect_llmorch.functions import SELF, Toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
 
@@ -180,6 +180,7 @@ def ask_query(
     """
     check_costs(costs)
     P = processors or default_processors()
+    prepare(toolbox, P)
     runner = local_runner(toolbox, P, policy, concurrency_limit, resources, gpus)
     parameters = {
         "query": query, "toolbox": toolbox, "processors": P, "policy": policy,

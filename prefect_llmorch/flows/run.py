@@ -16,11 +16,12 @@ import threading
 from typing import Any, Mapping
 
 from prefect import flow, get_run_logger
+from prefect.settings import get_current_settings
 
 from prefect_llmorch.engine.compiler import Recorder
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, execute
-from prefect_llmorch.flows.ephemeral import ensure_server
+from prefect_llmorch.flows.ephemeral import EmbeddedServer, embedded_server, ensure_server
 from prefect_llmorch.flows.history import CostChoice, check_costs, choose_costs, predict, remember_records
 from prefect_llmorch.flows.planref import plan_parameter, plan_text
 from prefect_llmorch.flows.recovery import RecoveryConfig
@@ -256,7 +257,10 @@ def run_plan(
         gpus: GPU devices, `[{"id": 0, "mem_gb": 80}]`, for calls declaring `gpu_mem_gb`.
     """
     check_costs(costs)  # before a flow run exists
-    ensure_server()  # one server for everything below (the take-ahead's client, the flow run)
+    if task_runner is None:
+        prepare(toolbox, processors or default_processors())
+    else:
+        ensure_server()  # one server for everything below (the take-ahead's client, the flow run)
     text = plan.to_text() if isinstance(plan, Plan) else plan
     P = processors or default_processors()
     runner = task_runner if task_runner is not None else local_runner(toolbox, P, policy, concurrency_limit, resources, gpus)
@@ -278,6 +282,18 @@ def run_plan(
         if ahead is not None:
             with _AHEAD_LOCK:
                 _AHEAD.pop(ahead, None)  # the flow never got to it
+
+
+def prepare(toolbox: Toolbox | str, processors: int) -> EmbeddedServer | None:
+    """Before a process's first run: start its embedded Prefect server (when no
+    `PREFECT_API_URL` is set) and, meanwhile, the compute workers the run's runner will take
+    (they import the toolbox while the server starts). Nothing to start later: a no-op.
+    Returns the embedded server (None when a server is configured)."""
+    if embedded_server() is None and not get_current_settings().api.url:
+        from prefect_llmorch.engine.workers import prestart_pool
+
+        prestart_pool(processors, preload=[toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else [])
+    return ensure_server()
 
 
 def local_runner(
