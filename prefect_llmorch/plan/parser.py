@@ -62,6 +62,7 @@ from .model import (
     Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template, chain,
 )
 from .model import refs as _refs
+from .ref_types import reference_type_errors
 from .result_types import field_errors
 
 __all__ = ["parse", "check", "PlanStream", "UNKNOWN"]
@@ -603,8 +604,9 @@ def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, 
             problems.insert(0, f"{call.function}(): cannot check arguments: {exc}")
         for problem in problems:
             errors.append(ArgumentError(problem, line=call.line, column=call.column, context=ctx))
-    errors += field_errors(calls, toolbox,
-                           (lambda ln, col: context(text, Pos(ln, col))) if text else None)
+    at = (lambda ln, col: context(text, Pos(ln, col))) if text else None
+    errors += field_errors(calls, toolbox, at)
+    errors += reference_type_errors(calls, toolbox, at)
     return errors
 
 
@@ -668,8 +670,10 @@ def parse(text: str, toolbox: Mapping[str, FunctionSpec] | None = None) -> Plan:
 
 
 def check(plan: Plan, toolbox: Mapping[str, FunctionSpec]) -> None:
-    """Check a plan's calls against a toolbox: known functions, arity, keyword names and
-    the types of arguments known before running (values from other calls are skipped).
+    """Check a plan's calls against a toolbox: known functions, arity, keyword names, the
+    types of arguments known before running, the fields references select from declared
+    result types, and references' declared types against the parameters they are passed to
+    (`ref_types`; a reference to a call outside the plan is skipped).
 
     Raises:
         UnknownFunctionError: with "did you mean ..." when a name is close.
