@@ -87,7 +87,8 @@ class LocalLLM:
     @property
     def env(self) -> dict[str, str]:
         """The environment `LLMClient.from_env` and the CLI read to use this server."""
-        return {"OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": API_KEY, "LLMORCH_MODEL": MODEL_ALIAS}
+        return {"OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": API_KEY, "LLMORCH_MODEL": MODEL_ALIAS,
+                "LLMORCH_LLM_TIMEOUT": "300"}
 
     def client(self, timeout: float = 300.0, temperature: float = 0.0) -> Any:
         """An `LLMClient` for this server (a slow CPU model: a long default timeout)."""
@@ -304,7 +305,8 @@ def start(port: int | None = None, n_ctx: int = DEFAULT_N_CTX, timeout: float = 
 
 def stop(port: int = DEFAULT_PORT, grace: float = 10.0) -> int | None:
     """End the server `start` started on the port (SIGTERM, then SIGKILL after `grace`
-    seconds); returns its pid, or None when there was none of ours."""
+    seconds) and remove its pid file and log; returns its pid, or None when there was
+    none of ours."""
     pid = _our_pid(port)
     if pid is None:
         _pid_file(port).unlink(missing_ok=True)  # stale: its process is gone
@@ -318,6 +320,7 @@ def stop(port: int = DEFAULT_PORT, grace: float = 10.0) -> int | None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     _pid_file(port).unlink(missing_ok=True)
+    _log_file(port).unlink(missing_ok=True)  # per port: free ports would pile them up
     return pid
 
 
