@@ -43,8 +43,11 @@ def local_llm() -> Iterator[local.LocalLLM]:
     if available < MEMORY_NEEDED:
         pytest.skip(f"the local model needs {MEMORY_NEEDED / 1e9:.1f} GB of free memory, "
                     f"{available / 1e9:.1f} GB are free")
+    # llama.cpp's threads wait for each other at every step: on cores other work keeps busy
+    # (a shared machine) one thread writes several times faster than two
+    threads = None if os.environ.get("LLMORCH_LOCAL_LLM_THREADS") or os.getloadavg()[0] < os.cpu_count() else 1
     try:
-        server = local.start(port=0, timeout=300)
+        server = local.start(port=0, timeout=300, threads=threads)
     except local.LocalLLMUnavailable as exc:
         pytest.skip(f"the local model cannot start here: {exc}")
     try:
