@@ -26,7 +26,8 @@ from prefect_llmorch.llm.planning import plan_query
 from prefect_llmorch.plan.model import Literal, Ref
 from prefect_llmorch.plan.parser import parse
 
-pytestmark = [pytest.mark.real_llm, pytest.mark.slow]
+# a planner answer takes minutes on cores other work keeps busy: more than the suite's 300 s
+pytestmark = [pytest.mark.real_llm, pytest.mark.slow, pytest.mark.timeout(900)]
 
 TESTS = Path(__file__).resolve().parent
 MEMORY_NEEDED = 2.5e9  # the model's 1.1 GB, its context and llama.cpp's buffers
