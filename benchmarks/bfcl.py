@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prefect_llmorch.functions import FunctionSpec, Toolbox  # noqa: E402
 from prefect_llmorch.llm.client import LLMClient  # noqa: E402
 from prefect_llmorch.llm.planning import PlanningFailed, plan_query  # noqa: E402
-from prefect_llmorch.plan.model import Literal as LiteralExpr  # noqa: E402
 from prefect_llmorch.plan.parser import UNKNOWN, _static  # noqa: E402
 
 MODEL_NAME = "llmorch-bench"
