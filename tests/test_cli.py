@@ -266,7 +266,7 @@ def test_run_json_executes_on_ephemeral_prefect() -> None:
 
 @pytest.mark.slow
 def test_run_with_a_failing_call_exits_1_with_a_failed_state(prefect_server) -> None:  # noqa: ANN001
-    plan = 's1: search("Apple stock")\ns2: average([])\ns3: chatbot("{s2}")\n'
+    plan = 's1: search("Apple stock")\ns2: average([])\ns3: chatbot("Mean: {s2}")\n'
     out = llmorch("run", "-", "-P", "1", "--json", stdin=plan, api_url=prefect_server.url)
     assert out.returncode == 1
     doc = json.loads(out.stdout)

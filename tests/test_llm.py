@@ -202,3 +202,17 @@ def test_from_env_builds_a_working_client(monkeypatch, fake_llm):
     base_url, key, model = read_env()
     assert (base_url, model) == (fake_llm.base_url, MODEL)
     assert isinstance(key, SecretStr) and KEY not in repr(key)
+
+
+def test_from_env_reads_the_timeout(monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("LLMORCH_MODEL", MODEL)
+    monkeypatch.delenv("LLMORCH_LLM_TIMEOUT", raising=False)
+    assert LLMClient.from_env().timeout == 60.0
+    monkeypatch.setenv("LLMORCH_LLM_TIMEOUT", "300")
+    assert LLMClient.from_env().timeout == 300.0
+    assert LLMClient.from_env(timeout=5).timeout == 5.0
+    monkeypatch.setenv("LLMORCH_LLM_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="LLMORCH_LLM_TIMEOUT"):
+        LLMClient.from_env()

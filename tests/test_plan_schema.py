@@ -71,7 +71,7 @@ def test_one_branch_per_function_with_required_parameters_from_the_signature() -
 @pytest.mark.parametrize("text", [
     's1: search_airport(query="Oslo")\ns2: total(values=[1, 2.5], scale=2)',
     's1: search_airport(query="Oslo")\ns2: search_airport(query="{s1.skyId} area", near=s1)',
-    's1: total(values=[1])\ns2: total(values=[s1, 3, s1])\ns3: tag(name="x", color="{s2}")',
+    's1: total(values=[1])\ns2: total(values=[s1, 3, s1])\ns3: tag(name="x", color="{s2} units")',  # a template: text (a bare "{s2}" is the float)
     's1: search_airport(query="a")\ns2: self(prompt="Summarize {s1.entityId}")',
 ])
 def test_plans_written_by_name_fit_the_schema(text: str) -> None:

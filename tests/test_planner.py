@@ -188,6 +188,20 @@ def test_repairs_within_a_replan_use_the_replan_temperature(fake_llm, llm):
     assert fake_llm.chat_requests[3].messages[-1]["content"].startswith("Your plan cannot run")
 
 
+def test_a_repair_that_repeats_the_plan_is_followed_by_repairs_at_the_replan_temperature(fake_llm, llm):
+    fake_llm.add(BROKEN, BROKEN, BROKEN_2, GOOD)
+    result = plan_query(QUERY, TOOLBOX, llm, attempts=4, replans=0, replan_temperature=0.7)
+    assert [r.temperature for r in fake_llm.chat_requests] == [0.0, 0.0, 0.7, 0.7]
+    assert [a.temperature for a in result.attempts] == [0.0, 0.0, 0.7, 0.7]
+    assert result.plan == parse(GOOD, TOOLBOX)
+
+
+def test_a_repair_that_changes_the_plan_keeps_the_temperature(fake_llm, llm):
+    fake_llm.add(BROKEN, BROKEN_2, GOOD)
+    plan_query(QUERY, TOOLBOX, llm, attempts=3, replans=0, replan_temperature=0.7)
+    assert [r.temperature for r in fake_llm.chat_requests] == [0.0, 0.0, 0.0]
+
+
 def test_always_broken_raises_planning_failed_listing_every_attempt(fake_llm, llm):
     fake_llm.default = BROKEN
     fake_llm.add(BROKEN_2)

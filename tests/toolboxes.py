@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import NoReturn
 
 from prefect_llmorch import Toolbox, compute, inout
 
@@ -48,7 +49,8 @@ def hang(seconds: float = 30.0) -> None:
 
 
 @inout
-def fail(message: str = "boom") -> None:
+def fail(message: str = "boom") -> NoReturn:
+    # NoReturn, not None: plans pass its (never given) result on, which a None would not type-check
     raise ValueError(message)
 
 

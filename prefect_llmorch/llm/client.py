@@ -161,12 +161,21 @@ class LLMClient:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "LLMClient":
-        """Build from `OPENAI_BASE_URL`, `OPENAI_API_KEY` and `LLMORCH_MODEL`.
+        """Build from `OPENAI_BASE_URL`, `OPENAI_API_KEY` and `LLMORCH_MODEL`, and the
+        request timeout in seconds from `LLMORCH_LLM_TIMEOUT` when set (a model on this
+        machine's CPU may take minutes to read a long prompt).
 
         Raises:
             LLMConfigError: naming every variable that is not set.
+            ValueError: `LLMORCH_LLM_TIMEOUT` is not a positive number.
         """
         base_url, api_key, model = read_env()
+        timeout = os.environ.get("LLMORCH_LLM_TIMEOUT", "").strip()
+        if timeout and "timeout" not in overrides:
+            try:
+                overrides["timeout"] = float(timeout)
+            except ValueError:
+                raise ValueError(f"LLMORCH_LLM_TIMEOUT must be a number of seconds, got {timeout!r}") from None
         return cls(base_url, model, api_key, **overrides)
 
     @property

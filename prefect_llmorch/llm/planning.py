@@ -516,7 +516,9 @@ def plan_query(
         attempts: answers per round: the first plan plus up to `attempts - 1` repairs.
         replans: rounds of planning from scratch at `replan_temperature` after the first.
         temperature: temperature of the first round.
-        replan_temperature: temperature of the re-plan rounds (and their repairs).
+        replan_temperature: temperature of the re-plan rounds (and their repairs), and of
+            the repairs after one that gave back the very plan it was to repair (at the
+            same temperature the same prompt would get the same answer again).
         on_call: called with each call of the first answer as soon as its line is
             complete (see the module docstring for the exact rule). Its exceptions
             propagate and stop planning.
@@ -592,6 +594,12 @@ def plan_query(
                 "planner %s\n(%s; %d of at most %d attempts)\n--- plan ---\n%s",
                 attempt.describe(len(history)), tokens, len(history), total, text,
             )
+            if i and temp < replan_temperature and text.strip() == history[-2].text.strip():
+                # The repair gave back the plan it was asked to repair: the next repair prompt
+                # is that same prompt, and at this temperature it gets that same answer.
+                log.warning("planner: the repair repeated the plan; the next repairs use temperature %g",
+                            replan_temperature)
+                temp = replan_temperature
             messages = repair_messages(query, toolbox, text, errors, system=system, mode=mode)
 
     failure = PlanningFailed(query, history, dispatcher.calls)

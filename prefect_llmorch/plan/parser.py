@@ -62,6 +62,7 @@ from .model import (
     Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Plan, Ref, Step, Template, chain,
 )
 from .model import refs as _refs
+from .ref_types import reference_type_errors
 from .result_types import field_errors
 
 __all__ = ["parse", "check", "PlanStream", "UNKNOWN"]
@@ -132,8 +133,10 @@ def _norm_id(raw: str) -> str:
 # --------------------------------------------------------------------------- strings
 
 
-def _scan_string(tok: Token, dialect: Dialect | None) -> Expr:
-    """Decode a STRING token; with a dialect, also find the references inside it.
+def _scan_string(tok: Token, dialect: Dialect | None,
+                 arithmetic: list[tuple[int, int, str]] | None = None) -> Expr:
+    """Decode a STRING token; with a dialect, also find the references inside it, and (paper
+    dialect, into `arithmetic`) the (line, column, text) of each unescaped `{a / b}`.
 
     Plain text between escapes and possible references is copied in slices, and positions
     are computed only for the references found (a per-character loop made 1 MB strings slow).
@@ -187,6 +190,8 @@ def _scan_string(tok: Token, dialect: Dialect | None) -> Expr:
             parts.append(_string_ref(ref, *where(j)))
             i = ref.end()
         else:
+            if arithmetic is not None and body[j] == "{" and (calc := _BRACE_ARITHMETIC.match(body, j)):
+                arithmetic.append((*where(j), " ".join(calc.group(1).split())))
             text.append(body[j])
             i = j + 1
     if text or not parts:
@@ -234,6 +239,8 @@ class _Builder(Transformer_NonRecursive):  # type: ignore[type-arg]
     def __init__(self, dialect: Dialect) -> None:
         super().__init__()
         self.dialect = dialect
+        #: (line, column, text) of `{s1 / s2}` in strings: checked against the ids once known
+        self.arithmetic: list[tuple[int, int, str]] = []
 
     def start(self, *items: Any) -> list[RawCall]:
         return [i for i in items if isinstance(i, RawCall)]
@@ -268,7 +275,7 @@ class _Builder(Transformer_NonRecursive):  # type: ignore[type-arg]
         return Literal(_number(tok))
 
     def string(self, tok: Token) -> Expr:
-        return _scan_string(tok, self.dialect)
+        return _scan_string(tok, self.dialect, self.arithmetic if self.dialect == "paper" else None)
 
     def name_ref(self, tok: Token, *steps: Step) -> Ref:
         return Ref(str(tok), tok.line, tok.column, tuple(steps))
@@ -524,8 +531,9 @@ def _analyse(text: str, collect: bool = True) -> _Result:
     if tree is None:
         return _Result([], "paper", errors)
     dialect = _dialect_of(tree)
+    builder = _Builder(dialect)
     try:
-        raw: list[RawCall] = _Builder(dialect).transform(tree)
+        raw: list[RawCall] = builder.transform(tree)
     except VisitError as exc:
         orig = exc.orig_exc
         err = orig if isinstance(orig, PlanError) else PlanSyntaxError(f"cannot read plan: {orig}")
@@ -537,11 +545,36 @@ def _analyse(text: str, collect: bool = True) -> _Result:
         return _Result([], dialect, errors + deep)
     calls, semantic = semantics(raw, text, hidden)
     errors += semantic
+    errors += _arithmetic_in_strings(builder.arithmetic, {r.id for r in raw}, text)
     if not calls and not errors:
         errors.append(EmptyPlanError("the plan has no function calls; write calls like "
                                      + ("`1. search(\"...\")`" if dialect == "llmcompiler"
                                         else "`s1: search(\"...\")`")))
     return _Result(calls, dialect, errors)
+
+
+# `{s1 / s2}`, `{s1.price * 100}`, `{2 * s3}` inside a string: arithmetic in braces, which
+# the paper dialect leaves as text (only `{id}` with fields is a reference).
+_OPERAND = r"(?:(?:" + _ID + r")(?:" + _STEP + r")*|\d+(?:\.\d+)?)"
+_BRACE_ARITHMETIC = re.compile(r"\{[ \t]*(" + _OPERAND + r"(?:[ \t]*[-+*/][ \t]*" + _OPERAND + r")+)[ \t]*\}")
+
+
+def _arithmetic_in_strings(found: list[tuple[int, int, str]], ids: set[str], text: str) -> list[PlanError]:
+    """An error for each `{s1 / s2}` in a string over a call's result: the function would
+    get that text, not a number (an escaped `\\{` is text, as written)."""
+    errors: list[PlanError] = []
+    for line, column, inner in found:
+        operands = re.split(r"[ \t]*[-+*/][ \t]*", inner)
+        results = [o for o in operands if re.split(r"[.\[]", o, maxsplit=1)[0] in ids]
+        if not results:
+            continue  # text that only looks like arithmetic: `{a + b}`
+        values = " and ".join(f"{{{o}}}" for o in results)
+        errors.append(ArgumentError(
+            f"`{{{inner}}}` in a string is not computed: only a reference like `{{s1}}` is filled in, so the "
+            f"function would get the text `{{{inner}}}`; compute it with a function and insert that call's "
+            f"result, or insert the values themselves ({values})",
+            line=line, column=column, context=context(text, Pos(line, column))))
+    return errors
 
 
 #: How deeply an argument may nest (lists, dicts, operators on the right: `1 - (2 - (3 ...))`).
@@ -616,8 +649,9 @@ def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, 
             problems.insert(0, f"{call.function}(): cannot check arguments: {exc}")
         for problem in problems:
             errors.append(ArgumentError(problem, line=call.line, column=call.column, context=ctx))
-    errors += field_errors(calls, toolbox,
-                           (lambda ln, col: context(text, Pos(ln, col))) if text else None)
+    at = (lambda ln, col: context(text, Pos(ln, col))) if text else None
+    errors += field_errors(calls, toolbox, at)
+    errors += reference_type_errors(calls, toolbox, at)
     return errors
 
 
@@ -681,8 +715,10 @@ def parse(text: str, toolbox: Mapping[str, FunctionSpec] | None = None) -> Plan:
 
 
 def check(plan: Plan, toolbox: Mapping[str, FunctionSpec]) -> None:
-    """Check a plan's calls against a toolbox: known functions, arity, keyword names and
-    the types of arguments known before running (values from other calls are skipped).
+    """Check a plan's calls against a toolbox: known functions, arity, keyword names, the
+    types of arguments known before running, the fields references select from declared
+    result types, and references' declared types against the parameters they are passed to
+    (`ref_types`; a reference to a call outside the plan is skipped).
 
     Raises:
         UnknownFunctionError: with "did you mean ..." when a name is close.

@@ -35,7 +35,7 @@ from .model import (
     chain, use_renderer,
 )
 from .jsonplan import _J, _NESTFUL_REF, _SHAPES, NESTFUL_RESULT, _Reader
-from .parser import _BRACE_REF
+from .parser import _BRACE_ARITHMETIC, _BRACE_REF
 
 __all__ = ["render", "render_json"]
 
@@ -43,7 +43,9 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEYWORDS = {"true", "false", "null", "True", "False", "None"}
 _SIMPLE_ID = re.compile(r"[A-Za-z0-9_]+\Z")
 # What would start a reference inside a string (see parser module docstring).
-_PAPER_REF_START = re.compile(r"\$\{|" + _BRACE_REF.pattern)
+# what the paper dialect reads specially after `{`: a reference, or arithmetic the parser
+# rejects (`{s1 / 2}`); text like it is written escaped
+_PAPER_REF_START = re.compile(r"\$\{|" + _BRACE_REF.pattern + "|" + _BRACE_ARITHMETIC.pattern)
 _LLMC_REF_START = re.compile(r"\$(\d|\{)")
 # Text right after a bare `$N` that would read as a step of it (`.name`, `[`).
 _STEP_START = re.compile(r"\.[A-Za-z_]|\[")

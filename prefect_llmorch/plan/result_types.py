@@ -28,6 +28,7 @@ import types
 import typing
 from typing import Any, Mapping, Sequence
 
+import typing_extensions
 from pydantic import BaseModel
 
 from .errors import FieldError, PlanError
@@ -55,7 +56,8 @@ def result_type(spec: Any) -> Any:
 
 def _structured(tp: Any) -> bool:
     return isinstance(tp, type) and (
-        issubclass(tp, BaseModel) or typing.is_typeddict(tp) or dataclasses.is_dataclass(tp)
+        # typing_extensions' test knows both TypedDicts (pydantic wants its on Python < 3.12)
+        issubclass(tp, BaseModel) or typing_extensions.is_typeddict(tp) or dataclasses.is_dataclass(tp)
     )
 
 
