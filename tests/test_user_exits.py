@@ -25,23 +25,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from toolboxes_signals import LOG_ENV, records
+from test_signals import _env  # the same environment: the embedded default, a log of the calls
+from toolboxes_signals import records
 
 pytestmark = pytest.mark.slow
-
-TESTS = Path(__file__).parent
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(
-        PREFECT_HOME=str(tmp_path / "home"),
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
-        **{LOG_ENV: str(tmp_path / "calls.log")},
-    )
-    return env
 
 
 def _left(home: Path, grace: float = 10.0) -> list[str]:
