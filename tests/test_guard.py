@@ -26,37 +26,6 @@ def test_peak_counts_overlaps_not_touching_ends() -> None:
     assert peak(rows) == 2 and peak(rows[:2]) == 1 and peak([]) == 0
 
 
-def test_a_request_the_busy_server_refuses_keeps_the_tag_snapshot_fresh_between_retries() -> None:
-    """While the API thread retries a refused write it runs its `between` (the tag-limit
-    re-read), once per wait, never from inside itself."""
-    import httpx
-    from prefect.exceptions import PrefectHTTPStatusError
-
-    request = httpx.Request("POST", "http://127.0.0.1/api/v2/concurrency_limits/increment-with-lease")
-    busy = PrefectHTTPStatusError.from_httpx_error(
-        httpx.HTTPStatusError("x", request=request, response=httpx.Response(503, request=request, text="database is locked"))
-    )
-    answers: list = [busy, busy, "held"]
-    seen: list[int] = []
-
-    def call() -> str:
-        answer = answers.pop(0)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
-
-    def between() -> None:
-        seen.append(len(answers))
-        leases._between_retries()  # a re-entry does nothing
-
-    leases._waiting.between = between
-    try:
-        assert leases._patient(call, patience=30) == "held"
-    finally:
-        del leases._waiting.between
-    assert seen == [2, 1]  # after each refusal, before the retry
-
-
 @pytest.mark.slow
 def test_three_flow_runs_at_once_never_run_more_than_two_compute_calls_machine_wide(tmp_path, caplog, prefect_api) -> None:  # noqa: ANN001
     limit = f"llmorch-test-guard-{uuid.uuid4().hex[:6]}"
