@@ -150,8 +150,31 @@ def _without_main(name: str) -> dict[str, Any]:
     return data
 
 
-def _worker_main(conn: Connection, affinity: list[int] | None) -> None:
+def _exit_with(owner: int) -> None:
+    """End this worker when the process that owns it is gone (`kill -9` of a script or of
+    `llmorch`): a tool running then would run to its end, holding a processor and the
+    owner's standard output (`python agent.py | tee log` would not return)."""
+    import select
+
+    try:
+        fd = os.pidfd_open(owner)
+        select.select([fd], [], [])
+    except (AttributeError, OSError):  # no pidfd: poll
+        while True:
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass
+            time.sleep(0.5)
+    os._exit(1)
+
+
+def _worker_main(conn: Connection, affinity: list[int] | None, owner: int | None = None) -> None:
     """Worker loop: receive (fn, args, kwargs) or ("import", modules); reply."""
+    if owner is not None:
+        threading.Thread(target=_exit_with, args=(owner,), daemon=True, name="llmorch-owner").start()
     # A terminal's Ctrl-C reaches the whole process group: the parent decides what stops
     # (it kills the worker of a cancelled call), so the tool must not see a KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -230,7 +253,7 @@ class Worker:
         parent, child = ctx.Pipe(duplex=True)
         self.conn: Connection = parent
         self.process = ctx.Process(
-            target=_worker_main, args=(child, affinity), name=f"llmorch-worker-{index}", daemon=True
+            target=_worker_main, args=(child, affinity, os.getpid()), name=f"llmorch-worker-{index}", daemon=True
         )
         _start_without_main(self.process)
         child.close()
