@@ -114,3 +114,14 @@ def test_a_settings_copy_can_be_entered_as_temporary_settings_does() -> None:
     copy = current.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
     with prefect.context.SettingsContext(profile=current.profile, settings=copy):
         assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
+
+
+def test_the_server_app_reads_the_ephemeral_and_final_flags_from_the_environment() -> None:
+    """`flows/ephemeral.py` starts `create_app` as Prefect's own temporary server does, with
+    `PREFECT__SERVER_EPHEMERAL=1` (no background services) and `PREFECT__SERVER_FINAL=1`."""
+    from prefect.server.api import server
+
+    source = inspect.getsource(server.create_app)
+    assert 'os.getenv("PREFECT__SERVER_EPHEMERAL")' in source
+    assert 'os.getenv("PREFECT__SERVER_FINAL")' in source
+    assert "prefect.server.api.server:create_app" in inspect.getsource(server.SubprocessASGIServer)

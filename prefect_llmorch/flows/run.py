@@ -320,7 +320,6 @@ def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: 
     Objects (a `Toolbox`, an `LLMClient`) are never sent to the API as flow-run parameters:
     then the flow's function runs inside an unparameterised flow of the same name.
     """
-    ensure_server()
     if simple:
         state = flow_obj.with_options(task_runner=runner)(**parameters, return_state=True)
     else:
