@@ -30,7 +30,7 @@ def server(kind: str) -> Iterator[str]:
     elif kind == "ephemeral":
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from prefect_llmorch.flows.ephemeral import start_ephemeral_server
+        from prefect_llmorch.host.server import start_ephemeral_server
 
         with temporary_settings(updates={PREFECT_API_URL: None}):
             started = start_ephemeral_server()

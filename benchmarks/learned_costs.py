@@ -9,7 +9,7 @@ A plan whose functions declare no cost (every call counts 1) on P = 2 processors
 With unit costs the critical-path policy sees s2..s5 heading paths of 2 calls and s1 a path
 of 1, so it runs the short chains first and s1 last: about 2 + 4 = 6 s. With the costs
 learned from earlier runs (`costs="history"`: the median Running time of each function's
-Completed task runs, `flows/history.py`) it starts s1 at once and fills the other processor
+Completed task runs, `storage/history.py`) it starts s1 at once and fills the other processor
 with the short work: 4 s, the lower bound max(critical path, work / P) = max(4, 8 / 2).
 
 Each run also prints its prediction (`report.predicted`: the plan simulated with the costs
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                 latency, note = run(costs)
                 results[costs].append(latency)
                 print(f"  {costs:<8} run {i + 1}: latency {latency:.2f} s ({note})", flush=True)
-        from prefect_llmorch.flows.history import function_costs
+        from prefect_llmorch.storage.history import function_costs
 
         print(f"learned costs: { {k: round(v, 2) for k, v in sorted(function_costs(['long_job', 'short_job', 'short_step']).items())} }")
     print()

@@ -155,7 +155,8 @@ def _prediction(frg: Any, plan: Any, toolbox: Any, processors: int, costs: Optio
 
     Reads the Prefect API only when PREFECT_API_URL is set (no server is started for
     this); else the local history file, which every local run writes."""
-    from prefect_llmorch.flows.history import call_costs, choose_costs, predict
+    from prefect_llmorch.schedule.predict import predict
+    from prefect_llmorch.storage.history import call_costs, choose_costs
     from prefect_llmorch.graph import FRG
 
     functions = {c.function for c in plan.calls}
@@ -461,7 +462,7 @@ def _ended_without_report(exc: BaseException, as_json: bool, state: str = "Crash
 def _interrupted_without_report(exc: BaseException, as_json: bool) -> NoReturn:
     """A Ctrl-C / SIGTERM run that ended with an error instead of a report (e.g. before the
     plan came): say so and exit with the signal's code."""
-    from prefect_llmorch.flows import interrupt
+    from prefect_llmorch.host import interrupt
 
     message = f"stopped by {interrupt.received()}; the run ended without a report: {type(exc).__name__}: {exc}"
     if _state["debug"]:
@@ -511,7 +512,7 @@ def run(
     text = _read_plan(plan)
     with _json_stdout(as_json):
         _parse(text, _toolbox(toolbox), as_json)  # every error before Prefect starts
-        from prefect_llmorch.flows import interrupt
+        from prefect_llmorch.host import interrupt
         from prefect_llmorch.flows.run import PlanRunFailed, run_plan
 
         with interrupt.stop_on_signals():
@@ -638,7 +639,7 @@ def _ask_and_print(
     from prefect_llmorch.flows.run import PlanRunFailed
     from prefect_llmorch.flows.planner import PlanningFailed
 
-    from prefect_llmorch.flows import interrupt
+    from prefect_llmorch.host import interrupt
 
     with interrupt.stop_on_signals():
         clock = _Clock(_start_prefect(toolbox, processors))

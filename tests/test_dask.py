@@ -377,7 +377,7 @@ def test_dask_workers_offer_resources_by_name_and_tool_exits_and_cancels_end_the
 
     import mixed_toolbox
 
-    from prefect_llmorch.engine.runner import live_runners
+    from prefect_llmorch.host.interrupt import live_runners
     from prefect_llmorch.schedule.resources import DemandExceedsCapacity
 
     log = Path(os.environ["LLMORCH_MIXED_LOG"])  # named in conftest, before the workers start

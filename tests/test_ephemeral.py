@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from prefect_llmorch.flows.ephemeral import start_ephemeral_server
+    from prefect_llmorch.host.server import start_ephemeral_server
     started = start_ephemeral_server()
     print(" ".join(map(str, started.pids)), flush=True)
     time.sleep(600)
@@ -55,7 +55,7 @@ def test_with_a_configured_server_nothing_is_started(tmp_path) -> None:
     env = _env(tmp_path)
     env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
     out = subprocess.run(
-        [sys.executable, "-c", "from prefect_llmorch.flows.ephemeral import start_ephemeral_server as s; print(s())"],
+        [sys.executable, "-c", "from prefect_llmorch.host.server import start_ephemeral_server as s; print(s())"],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr

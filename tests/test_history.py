@@ -10,11 +10,12 @@ import pytest
 from typing import Any
 
 from prefect_llmorch import Toolbox, compute, inout
-from prefect_llmorch.flows.history import (
-    call_costs, check_costs, choose_costs, critical_path_calls, durations_by_function, function_costs, has_history,
-    history_file, local_costs, predict, remember,
-)
 from prefect_llmorch.graph import FRG
+from prefect_llmorch.schedule.predict import critical_path_calls, predict
+from prefect_llmorch.storage.history import (
+    call_costs, check_costs, choose_costs, durations_by_function, function_costs, has_history, history_file,
+    local_costs, remember,
+)
 from prefect_llmorch.plan.parser import parse
 
 
@@ -97,8 +98,8 @@ def test_past_its_ttl_the_history_read_is_used_at_once_and_read_again_behind(hom
     the read runs again on a thread (here it finds no task run of the function, and says so)."""
     import time
 
-    from prefect_llmorch.engine.leases import server_key
-    from prefect_llmorch.flows import history
+    from prefect_llmorch.host.server import server_key
+    from prefect_llmorch.storage import history
 
     fn = "history_stale_probe_xyz"
     function_costs([fn])  # read once: none
@@ -151,7 +152,7 @@ def test_a_history_of_other_functions_is_named_declared_costs(home: Path) -> Non
 
 
 def test_the_prediction_says_history_only_for_a_plan_whose_functions_have_one() -> None:
-    from prefect_llmorch.flows.history import CostChoice
+    from prefect_llmorch.storage.history import CostChoice
     from prefect_llmorch.flows.run import predicted
 
     frg = FRG.from_edges(["s1", "s2"], {"s2": ["s1"]}, functions={"s1": "detect", "s2": "chatbot"})

@@ -1,6 +1,7 @@
 """The layout is the architecture: imports go one way, and the pure layers stay pure.
 
-plan -> graph -> schedule -> engine -> flows -> cli (llm beside engine, used by flows),
+plan -> graph -> schedule -> host -> storage -> engine -> flows -> cli (llm beside engine,
+used by flows),
 read from every module's own source with `ast` (function-local imports included, imports
 under `if TYPE_CHECKING:` left out: they never run).
 """
@@ -28,12 +29,14 @@ LAYERS: dict[str, int] = {
     "examples": 1,
     "graph": 2,
     "schedule": 3,
-    "engine": 4,
-    "llm": 4,
-    "blocks": 5,
-    "credentials": 6,
-    "flows": 7,
-    "cli": 8,
+    "host": 4,
+    "storage": 5,
+    "engine": 6,
+    "llm": 6,
+    "blocks": 7,
+    "credentials": 8,
+    "flows": 9,
+    "cli": 10,
 }
 
 #: Parts that are pure (no Prefect, no LLM client, no cluster), and what they must not import.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_llmorch.flows.planref import PLAN_PARAMETER_LIMIT, PlanReferenceError, plan_parameter, plan_text
+from prefect_llmorch.storage.planref import PLAN_PARAMETER_LIMIT, PlanReferenceError, plan_parameter, plan_text
 from prefect_llmorch.flows.run import run_plan
 
 

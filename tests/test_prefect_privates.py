@@ -117,7 +117,7 @@ def test_a_settings_copy_can_be_entered_as_temporary_settings_does() -> None:
 
 
 def test_the_server_app_reads_the_ephemeral_and_final_flags_from_the_environment() -> None:
-    """`flows/ephemeral.py` starts `create_app` as Prefect's own temporary server does, with
+    """`host/server.py` starts `create_app` as Prefect's own temporary server does, with
     `PREFECT__SERVER_EPHEMERAL=1` (no background services) and `PREFECT__SERVER_FINAL=1`."""
     from prefect.server.api import server
 

@@ -475,7 +475,7 @@ class Compiler:
 #: How long a call whose tool ended in `KeyboardInterrupt` (or whose worker died) waits for its
 #: run's cancel before that counts as the call's failure: a terminal's Ctrl-C reaches the worker
 #: processes and the flow's process together, and a worker's reply can arrive before the flow's
-#: signal handler has cancelled the run's calls (`flows/interrupt.py` does that on a thread).
+#: signal handler has cancelled the run's calls (`host/interrupt.py` does that on a thread).
 INTERRUPT_GRACE = 0.5
 
 

@@ -78,8 +78,8 @@ Machine-wide guard: as with the local runner, the global concurrency limit
 use, and each resource capacity's own limit (`llmorch-<resource>`); on a cluster they guard
 the cluster across flow runs that share the Prefect server.
 
-Cancellation: a started runner is one of `runner.live_runners()`, so Ctrl-C / SIGTERM
-(`flows/interrupt.py`) and flow cancellation (`cancel_all`) cancel its calls' Dask tasks.
+Cancellation: a started runner is one of `host.interrupt.live_runners()`, so Ctrl-C / SIGTERM
+(`host/interrupt.py`) and flow cancellation (`cancel_all`) cancel its calls' Dask tasks.
 A tool's `SystemExit` / `KeyboardInterrupt` on a worker is that call's failure
 (`workers.ToolExit`), as in the local worker processes.
 """
@@ -104,9 +104,10 @@ from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
 
 from prefect_llmorch.engine.pool import CALL_ENV
-from prefect_llmorch.engine.runner import _LIVE, _LIVE_LOCK, CALL_ATTR, LLMOrchTaskRunner, not_started
+from prefect_llmorch.engine.runner import CALL_ATTR, LLMOrchTaskRunner, not_started
 from prefect_llmorch.engine.workers import CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError
 from prefect_llmorch.graph import PROCESSORS
+from prefect_llmorch.host import interrupt
 from prefect_llmorch.schedule.resources import DemandExceedsCapacity
 
 __all__ = ["LLMOrchDaskTaskRunner", "DaskProcessorPool", "PROCESSOR", "cluster_processors"]
@@ -613,8 +614,7 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             self._executor = None
             raise
         self._stack = stack
-        with _LIVE_LOCK:  # Ctrl-C / SIGTERM cancel it (flows/interrupt.py)
-            _LIVE[id(self)] = self
+        interrupt.register(self)  # Ctrl-C / SIGTERM cancel it
         logger.info("Dask cluster %s: P = %s processors on %s workers", client, self.processors, len(self.worker_processors))
 
     def _adaptive_workers(self) -> dict[str, dict[str, float]] | None:

@@ -64,6 +64,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from prefect_llmorch.host.server import server_key
+
 logger = logging.getLogger("prefect_llmorch.engine.leases")
 
 #: How long to wait before asking again for a slot of a full global limit.
@@ -73,13 +75,6 @@ _FULL_LIMIT_RETRY_SECONDS = 0.5
 _LEASE_SECONDS = 60.0
 
 
-
-def server_key() -> str:
-    """Which Prefect API this process talks to now: its URL, or "ephemeral" (Prefect's default);
-    the key of what is remembered per server (kept slots, the cost history)."""
-    from prefect.settings import get_current_settings
-
-    return str(get_current_settings().api.url or "ephemeral")
 
 #: Slots of the processors' limit a runner gives back at its end are kept this long for the
 #: next runner of this process (`LLMORCH_KEEP_SLOTS_SECONDS`; 0: give them back at once). Back

@@ -129,7 +129,7 @@ def wait_first(fs: Iterable[concurrent.futures.Future[Any]], timeout: float | No
     """`concurrent.futures.wait(fs, timeout, FIRST_COMPLETED)` that Ctrl-C can always interrupt.
 
     A SIGINT that the kernel hands to another thread (the tool's), or that arrives just
-    before the main thread blocks on a lock, does not interrupt the lock's wait, so its handler (KeyboardInterrupt, `flows/interrupt.py`) would
+    before the main thread blocks on a lock, does not interrupt the lock's wait, so its handler (KeyboardInterrupt, `host/interrupt.py`) would
     run only once the wait ends; in the main thread the wait is made of short slices instead.
     """
     fs = list(fs)

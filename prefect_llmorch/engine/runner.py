@@ -86,6 +86,7 @@ from prefect_llmorch.engine.leases import GlobalLimit
 from prefect_llmorch.engine.pool import BODY_DONE, CALL_ENV, CallCancelled, CallNotSent, Cancel
 from prefect_llmorch.engine.workers import keep_pool, take_pool
 from prefect_llmorch.graph import FRG, GPU_MEM, PROCESSORS, demand_of
+from prefect_llmorch.host import interrupt
 from prefect_llmorch.schedule.policy import Coordinator, check_policy
 from prefect_llmorch.schedule.resources import Capacities, global_limits, limit_name, slots
 
@@ -93,7 +94,7 @@ if TYPE_CHECKING:
     from prefect.tasks import Task
 
 __all__ = [
-    "LLMOrchTaskRunner", "NestedComputeSubmit", "GuardUnavailable", "CALL_ATTR", "default_processors", "live_runners",
+    "LLMOrchTaskRunner", "NestedComputeSubmit", "GuardUnavailable", "CALL_ATTR", "default_processors",
 ]
 
 logger = logging.getLogger("prefect_llmorch.engine.runner")
@@ -112,19 +113,6 @@ def not_started(runner: object, why: str = "") -> RuntimeError:
         f"submitting work: use {name} as a flow's task runner (`@flow(task_runner={name}(...))`) or "
         "enter it (`with runner: runner.submit(...)`)."
     )
-
-
-#: Runners entered and not yet exited in this process: Prefect runs a duplicate of the
-#: flow's runner, so a signal handler finds the live one here (`flows/interrupt.py`).
-#: Keyed by id: runners compare equal by their settings.
-_LIVE: "dict[int, LLMOrchTaskRunner]" = {}
-_LIVE_LOCK = threading.Lock()
-
-
-def live_runners() -> "list[LLMOrchTaskRunner]":
-    """The runners of this process that are started now (between `__enter__` and `__exit__`)."""
-    with _LIVE_LOCK:
-        return list(_LIVE.values())
 
 
 def default_processors() -> int:
@@ -361,8 +349,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._started = False
             raise
         self._stack = stack
-        with _LIVE_LOCK:
-            _LIVE[id(self)] = self
+        interrupt.register(self)
         return self
 
     def _start_threads(self, stack: ExitStack) -> None:
@@ -425,8 +412,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             # A script's Ctrl-C (KeyboardInterrupt) or exit: stop the calls rather than wait
             # for them (compute workers ignore SIGINT, and are killed here).
             self.cancel_all()
-        with _LIVE_LOCK:
-            _LIVE.pop(id(self), None)
+        interrupt.unregister(self)
         with self._lock:
             self._closing = True  # nothing starts from now on
             queued = [s for s in self._subs.values() if s.state is CallState.PENDING and s.external is None]
@@ -455,7 +441,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         thread cannot be killed): its future ends Cancelled at once and its thread is left.
         As Prefect's ThreadPoolTaskRunner, the runner's executor is shut down: the runner
         takes no more work (`submit` raises "Task runner is not started") until it is
-        entered again. Unlike it, this does not wait for the left threads (flows/interrupt.py
+        entered again. Unlike it, this does not wait for the left threads (host/interrupt.py
         calls it on Ctrl-C). Safe to call several times.
         """
         reason = "the flow run was cancelled"

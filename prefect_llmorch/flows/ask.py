@@ -21,7 +21,7 @@ from prefect_llmorch.flows.execute import Execution, current_llmorch_runner
 from prefect_llmorch.flows.planner import planner_task, resolve_client
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import Planning, RunReport, publish_artifacts
-from prefect_llmorch.flows.history import check_costs, remember_records
+from prefect_llmorch.storage.history import check_costs, remember_records
 from prefect_llmorch.flows.run import _simple, conclude, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow
 from prefect_llmorch.functions import SELF, Toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn

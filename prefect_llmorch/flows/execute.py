@@ -25,7 +25,7 @@ from prefect.futures import PrefectFuture, wait
 
 from prefect_llmorch.credentials import CredentialStore
 from prefect_llmorch.engine.compiler import Compiler, Recorder
-from prefect_llmorch.flows import interrupt
+from prefect_llmorch.host import interrupt
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import RecoveryConfig, RecoveryController
 from prefect_llmorch.flows.report import RunReport, build_report, failure_message
@@ -70,7 +70,7 @@ class Execution:
         recovery: trace-back recovery settings; None: a failed call fails the run.
         runner: the `LLMOrchTaskRunner` (or one like it); default: the flow run's, if ours.
         cache: reuse and store results of `cache=True` functions (False: `--no-cache`).
-        costs: seconds per function (learned: `flows.history.function_costs`) for the
+        costs: seconds per function (learned: `storage.history.function_costs`) for the
             critical-path policy, over the toolbox's declared costs.
     """
 

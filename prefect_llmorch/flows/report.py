@@ -125,7 +125,7 @@ class RunReport:
     message: str = ""
     planning: Planning | None = None
     recovery: dict[str, Any] | None = None  # `RecoveryController.to_dict()`
-    #: the plan simulated with the costs the policy used (`flows.history.predict`): `latency`,
+    #: the plan simulated with the costs the policy used (`schedule.predict.predict`): `latency`,
     #: `critical_path`, `calls` (start, end), `costs` (`declared` or `history`: `history` only
     #: when learned costs were used; then `declared` lists functions that had none); None: not made
     predicted: dict[str, Any] | None = None

@@ -21,9 +21,10 @@ from prefect.settings import get_current_settings
 from prefect_llmorch.engine.compiler import Recorder
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, execute
-from prefect_llmorch.flows.ephemeral import EmbeddedServer, embedded_server, ensure_server
-from prefect_llmorch.flows.history import CostChoice, check_costs, choose_costs, predict, remember_records
-from prefect_llmorch.flows.planref import plan_parameter, plan_text
+from prefect_llmorch.host.server import EmbeddedServer, embedded_server, ensure_server
+from prefect_llmorch.schedule.predict import predict
+from prefect_llmorch.storage.history import CostChoice, check_costs, choose_costs, remember_records
+from prefect_llmorch.storage.planref import plan_parameter, plan_text
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import PlanRunFailed, RunReport, plan_failed, publish_artifacts
 from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
@@ -49,7 +50,7 @@ def conclude(report: RunReport) -> Any:
     A run stopped by Ctrl-C / SIGTERM (`interrupt.mark`) returns a `Cancelled` state
     instead, whose result is the report."""
     if report.state == "Cancelled":
-        from prefect_llmorch.flows.interrupt import cancelled
+        from prefect_llmorch.host.interrupt import cancelled
 
         return cancelled(report)
     if report.failed:
@@ -78,7 +79,7 @@ def orchestrate(
 
     Args:
         plan: the plan text (either dialect), or a reference to a stored one: `run_plan`
-            passes plans over `flows.planref.PLAN_PARAMETER_LIMIT` that way (the API refuses
+            passes plans over `storage.planref.PLAN_PARAMETER_LIMIT` that way (the API refuses
             large parameters).
         toolbox: `module:attr` naming a `Toolbox`.
         processors: P; defaults to the machine's core count.
@@ -90,7 +91,7 @@ def orchestrate(
             anyway, instead of letting them end first.
         cache: reuse stored results of `cache=True` functions (False: run every call).
         costs: `declared` (the decorators' `cost=`) or `history` (learned from Prefect's
-            task-run history, `flows/history.py`, declared where there is none); None:
+            task-run history, `storage/history.py`, declared where there is none); None:
             `history` once this machine has a history, else `declared` (`choose_costs`).
         resources: capacities of resource classes (`{"search-api": 2}`) for this run,
             replacing the task runner's; None: the runner's.
@@ -99,7 +100,7 @@ def orchestrate(
     logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
     try:
-        parsed = _parsed(plan_text(plan), tb)  # a large plan comes as a reference (`flows/planref.py`)
+        parsed = _parsed(plan_text(plan), tb)  # a large plan comes as a reference (`storage/planref.py`)
     except PlanError as err:
         return plan_failed(err)
     P = processors or default_processors()

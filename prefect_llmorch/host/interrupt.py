@@ -3,7 +3,7 @@
 The CLI wraps the flow call in `stop_on_signals()`. On the first SIGINT or SIGTERM:
 
 - the signal is recorded (`received()`), and a thread calls `cancel_all()` on every live
-  `LLMOrchTaskRunner` of this process (`engine.runner.live_runners()`: Prefect runs a
+  `LLMOrchTaskRunner` of this process (`live_runners()`, where each runner registers itself: Prefect runs a
   duplicate of the flow's runner, so the registry is how the handler finds it): no queued
   call starts, running compute calls are killed in their workers, inout calls are
   abandoned, and every call's future ends;
@@ -30,7 +30,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 __all__ = ["cancelled", "exit_code", "mark", "rearm", "received", "stop_on_signals"]
 
@@ -61,12 +61,37 @@ def exit_code() -> int:
     return 128 + _guard.signum if received() is not None and _guard.signum is not None else 0
 
 
+class Cancellable(Protocol):
+    def cancel_all(self) -> None: ...
+
+
+#: The task runners started in this process and not yet left (one per flow run), each
+#: registered by the runner itself: Prefect runs a flow's runner in the flow's own thread,
+#: so a signal handler finds the live ones here.
+_LIVE: dict[int, Cancellable] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def register(runner: Cancellable) -> None:
+    with _LIVE_LOCK:
+        _LIVE[id(runner)] = runner
+
+
+def unregister(runner: Cancellable) -> None:
+    with _LIVE_LOCK:
+        _LIVE.pop(id(runner), None)
+
+
+def live_runners() -> list[Any]:
+    """The task runners of this process that have started and not yet been left."""
+    with _LIVE_LOCK:
+        return list(_LIVE.values())
+
+
 def _cancel_live_runners() -> None:
     """Cancel every live runner, and every one that starts later while the guard is active:
     a signal that comes while Prefect is still starting (before the flow run's runner
     exists) must stop that runner as soon as it does."""
-    from prefect_llmorch.engine.runner import live_runners
-
     done: set[int] = set()
     while _guard.active:
         for runner in live_runners():

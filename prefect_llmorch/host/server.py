@@ -231,3 +231,11 @@ def ensure_server() -> EmbeddedServer | None:
 def start_ephemeral_server() -> EmbeddedServer | None:
     """`ensure_server()` (the name the CLI has used)."""
     return ensure_server()
+
+
+def server_key() -> str:
+    """Which Prefect API this process talks to now: its URL, or "ephemeral" (Prefect's default);
+    the key of what is remembered per server (kept slots, the cost history)."""
+    from prefect.settings import get_current_settings
+
+    return str(get_current_settings().api.url or "ephemeral")

@@ -18,7 +18,7 @@ not (`costs=None`, the default of `run_plan`, `ask_query`, the flows and the CLI
 environment variable `LLMORCH_COSTS` if set, else `history` once this machine has a history
 (the local file exists: one `stat`, no API query) and `declared` before the first run.
 
-`predict(frg, P)` simulates the plan with those costs (the runner's own Coordinator, through
+`schedule.predict.predict(frg, P)` simulates the plan with those costs (the runner's own Coordinator, through
 `schedule.simulator`): the predicted latency and the critical path that `llmorch plan` /
 `llmorch graph` print and the report sets beside the measured latency.
 """
@@ -37,8 +37,7 @@ from typing import Any, Iterable, Mapping
 
 from dataclasses import dataclass, field
 
-from prefect_llmorch.engine.leases import server_key
-from prefect_llmorch.graph import FRG
+from prefect_llmorch.host.server import server_key
 from prefect_llmorch.plan.model import Plan
 
 __all__ = [
@@ -346,64 +345,3 @@ def remember_records(records: Iterable[Any]) -> None:
         remember(durations_by_function(records))
     except OSError as exc:  # a read-only home must not fail a run that completed
         logger.warning("could not write the local cost history %s: %s", history_file(), exc)
-
-
-# ---------------------------------------------------------------- prediction (pure)
-
-
-@dataclass
-class Prediction:
-    """A plan's simulated schedule with the costs it was given.
-
-    Attributes:
-        latency: simulated makespan on `processors` with `policy`.
-        critical_path: the calls of the longest path by cost, in order.
-        length: that path's summed cost (`FRG.critical_path`).
-        calls: simulated (start, end) of each call.
-    """
-
-    latency: float
-    critical_path: list[str]
-    length: float
-    processors: int
-    policy: str
-    calls: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "latency": round(self.latency, 6), "critical_path": list(self.critical_path),
-            "critical_path_length": round(self.length, 6), "processors": self.processors, "policy": self.policy,
-            "calls": {cid: [round(a, 6), round(b, 6)] for cid, (a, b) in self.calls.items()},
-        }
-
-
-def critical_path_calls(frg: FRG) -> list[str]:
-    """The calls of a longest path by cost (plan order breaks ties), first to last.
-
-    >>> critical_path_calls(FRG.from_edges(["a", "b", "c"], {"c": ["a"]}, costs={"a": 2, "b": 2.5, "c": 1}))
-    ['a', 'c']
-    """
-    if not frg.ids:
-        return []
-    bl = frg.bottom_level
-    sources = [cid for cid in frg.ids if not frg.deps[cid]]
-    cur = max(sources, key=lambda c: (bl[c], -frg.index(c)))
-    path = [cur]
-    while frg.succs[cur]:
-        cur = max(frg.succs[cur], key=lambda c: (bl[c], -frg.index(c)))
-        path.append(cur)
-    return path
-
-
-def predict(
-    frg: FRG, processors: int, policy: str = "critical-path", *,
-    resources: Mapping[str, float] | None = None, gpus: Any = None,
-) -> Prediction:
-    """Simulate `frg` (its costs: learned or declared) on `processors` with `policy`."""
-    from prefect_llmorch.schedule.simulator import simulate
-
-    schedule = simulate(frg, processors, policy, resources=resources, gpus=gpus)
-    return Prediction(
-        latency=schedule.makespan, critical_path=critical_path_calls(frg), length=frg.critical_path,
-        processors=processors, policy=policy, calls={e.id: (e.start, e.end) for e in schedule.entries},
-    )
