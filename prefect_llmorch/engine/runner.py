@@ -40,7 +40,7 @@ Which task runs finish is all the Coordinator hears (`done` after any final stat
 downstream run does with a failed input is Prefect's engine's business, as with Prefect's
 own runners.
 
-Machine-wide guard (`leases.GlobalLimit`): a Prefect global concurrency limit
+Machine-wide guard (`guard.GlobalLimit`): a Prefect global concurrency limit
 (`llmorch-processors`, created with limit P if absent) is held one slot per processor this
 flow run uses, and one limit per resource capacity (`llmorch-search-api`,
 `llmorch-gpu_mem_gb-<device>`, created with the capacity if absent) one slot per unit. A
@@ -82,7 +82,7 @@ from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR
 from prefect_llmorch.engine.call_context import call_with_tags
 from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
 from prefect_llmorch.engine.devices import discover_gpus
-from prefect_llmorch.engine.leases import GlobalLimit
+from prefect_llmorch.engine.guard import GlobalLimit
 from prefect_llmorch.engine.pool import BODY_DONE, CALL_ENV, CallCancelled, CallNotSent, Cancel
 from prefect_llmorch.engine.workers import keep_pool, take_pool
 from prefect_llmorch.graph import FRG, GPU_MEM, PROCESSORS, demand_of
@@ -202,7 +202,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         pin: pin worker i to core i (psutil).
         preload: modules the workers import at start (e.g. your toolbox module).
         guard: `"global"` (default): hold the global limit's slots; when they cannot be had
-            (the limit deleted, the API down past `leases.GUARD_PATIENCE_SECONDS`), compute
+            (the limit deleted, the API down past `guard.GUARD_PATIENCE_SECONDS`), compute
             calls fail with a message saying so, never run unguarded. `"local"`: no global
             limit, only this flow run's own bound of P (as `concurrency_limit=None`).
 

@@ -274,7 +274,7 @@ def run_plan(
     }
     ahead = _parse_ahead(text, toolbox)
     if task_runner is None and concurrency_limit:
-        from prefect_llmorch.engine.leases import take_ahead_unless_kept
+        from prefect_llmorch.engine.guard import take_ahead_unless_kept
 
         take_ahead_unless_kept(concurrency_limit, P)  # the lease write while Prefect creates the flow run
     try:
