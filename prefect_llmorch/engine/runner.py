@@ -125,30 +125,48 @@ class NestedComputeSubmit(RuntimeError):
 
 
 class CallState(enum.Enum):
-    """Where a submission is, from the runner's side. The only moves (`_move`):
+    """Where a call is, from the runner's side. The only moves (`_move`):
 
-    - PENDING -> RUNNING: the Coordinator passed it out and its slots are held (or it needs
-      none: an inout call, a compute call whose result is stored); its engine starts.
-    - PENDING -> DONE: it never starts (cancelled, the flow run ended, announced and never
-      submitted, an upstream future that ended before it was passed out).
-    - RUNNING -> DONE: its task run reached a final state (or its future ended).
+    - ANNOUNCED: a call of a plan announced before its submission (`use_graph`); the
+      Coordinator may pass it out already. -> PASSED when it does; -> PENDING when its
+      submission arrives first; -> ABANDONED when no submission will come.
+    - PASSED: passed out before its submission: it starts the moment it arrives (-> PENDING,
+      then straight to RUNNING) or is done at once if none will come (-> DONE).
+    - ABANDONED: announced, never submitted: done at once when the Coordinator passes it out.
+    - PENDING: submitted, waiting for its inputs or for its slots (held).
+    - RUNNING: the Coordinator passed it out and its slots are held (or it needs none); its
+      engine runs it.
+    - DONE: its task run reached a final state (or its future ended), or it never starts
+      (cancelled, the flow run ended, an upstream future that ended before it was passed out).
 
-    Orthogonal facts stay fields of `_Submission`: `announced`/`passed`/`abandoned` (a call of
-    an announced FRG before its submission), `cached`, `released` (its body succeeded: its
-    processor and slots are back before Prefect's engine finishes).
+    Orthogonal facts stay fields of `_Submission`: `cached`, `released` (its body succeeded:
+    its processor and slots are back before Prefect's engine finishes).
     """
 
+    ANNOUNCED = "announced"
+    PASSED = "passed"
+    ABANDONED = "abandoned"
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
 
 
-_MOVES = {CallState.PENDING: {CallState.RUNNING, CallState.DONE}, CallState.RUNNING: {CallState.DONE}, CallState.DONE: set()}
+#: Waiting states: not started, not done (what cancelling or an ending flow run finishes).
+WAITING = frozenset({CallState.ANNOUNCED, CallState.PASSED, CallState.ABANDONED, CallState.PENDING})
+
+_MOVES = {
+    CallState.ANNOUNCED: {CallState.PASSED, CallState.PENDING, CallState.ABANDONED, CallState.DONE},
+    CallState.PASSED: {CallState.PENDING, CallState.DONE},
+    CallState.ABANDONED: {CallState.DONE},
+    CallState.PENDING: {CallState.RUNNING, CallState.DONE},
+    CallState.RUNNING: {CallState.DONE},
+    CallState.DONE: set(),
+}
 
 
 def _move(sub: "_Submission", to: CallState) -> None:
-    """The one transition function of a submission's state (a move to where it already is
-    is nothing); any other move is a bug in the runner and fails at once, naming the call."""
+    """The one transition function of a call's state (a move to where it already is is
+    nothing); any other move is a bug in the runner and fails at once, naming the call."""
     if to is sub.state:
         return
     if to not in _MOVES[sub.state]:
@@ -183,9 +201,6 @@ class _Submission:
     probe: Any = None  # a cache=True compute call: is its result stored? (`caching.cache_probe`)
     device: Any = None  # where the Coordinator placed it (while its probe runs)
     cached: bool = False  # the probe found its result: it runs holding no slot
-    announced: bool = False  # a call of the announced FRG, not submitted yet (`use_graph`)
-    passed: bool = False  # announced and already passed out: it starts when it is submitted
-    abandoned: bool = False  # announced, never submitted (`no_more_submissions`): done at once
     released: bool = False  # its body succeeded: its processor and slots are back (`_release`)
 
 
@@ -415,7 +430,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         interrupt.unregister(self)
         with self._lock:
             self._closing = True  # nothing starts from now on
-            queued = [s for s in self._subs.values() if s.state is CallState.PENDING and s.external is None]
+            queued = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
             for s in queued:
                 _move(s, CallState.DONE)
             executor, cancelled = self._executor, bool(self._cancelled)
@@ -451,7 +466,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._cancelled = reason
             self._closing = True
             subs = [s for s in self._subs.values() if s.external is None]
-            queued = [s for s in subs if s.state is CallState.PENDING]
+            queued = [s for s in subs if s.state in WAITING]
             running = [s for s in subs if s.state is CallState.RUNNING]
             for s in queued:
                 _move(s, CallState.DONE)
@@ -523,7 +538,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 node=cid, task=None, kind=frg.kind[cid], call_id=cid,
                 task_run_id=None, parameters={}, wait_for=[], dependencies=None,
                 context=contextvars.Context(), future=concurrent.futures.Future(), cancel=Cancel(),
-                deps=frozenset(frg.deps[cid]), cost=frg.cost[cid], demand=frg.demand[cid], announced=True,
+                deps=frozenset(frg.deps[cid]), cost=frg.cost[cid], demand=frg.demand[cid], state=CallState.ANNOUNCED,
             )
             self._announced[cid] = sub
             self._subs[cid] = sub
@@ -537,8 +552,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 self._count(f"call:{cid}", {}, -1)
             self._expected.clear()
             for sub in self._announced.values():  # announced, never submitted: nothing to run
-                sub.abandoned = True
-                if sub.passed:
+                if sub.state is CallState.ANNOUNCED:
+                    _move(sub, CallState.ABANDONED)
+                elif sub.state is CallState.PASSED:
                     _move(sub, CallState.DONE)
                     self._co.done(sub.node)  # type: ignore[union-attr]
                     self.trace.append(("done", (sub.node,)))
@@ -648,9 +664,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         for name in ("task", "kind", "task_run_id", "parameters", "wait_for", "dependencies", "context",
                      "future", "cancel", "tags", "probe"):
             setattr(announced, name, getattr(sub, name))
-        announced.announced = False
-        if announced.passed:
+        if announced.state is CallState.PASSED:
             self._arrived.append(announced)
+        _move(announced, CallState.PENDING)
         return announced
 
     def _refuse_nested_compute(self, task: "Task[Any, Any]") -> None:
@@ -717,7 +733,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         except BaseException as exc:
             logger.error("LLMOrchTaskRunner could not start ready task runs: %s", exc)
             with self._lock:
-                stuck = [s for s in self._subs.values() if s.state is CallState.PENDING and s.external is None]
+                stuck = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
                 for s in stuck:
                     _move(s, CallState.DONE)
                 self._announced.clear()  # their submissions join as new nodes, and fail the same way
@@ -794,14 +810,15 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 finished = []
                 for node in ready:
                     sub = self._subs[node]
-                    if sub.external is not None or sub.abandoned:
-                        if sub.finished or sub.abandoned:
+                    if sub.external is not None or sub.state is CallState.ABANDONED:
+                        if sub.finished or sub.state is CallState.ABANDONED:
                             _move(sub, CallState.DONE)
                             finished.append(node)
                         else:
                             _move(sub, CallState.RUNNING)
-                    elif sub.announced:  # not submitted yet: it starts when it arrives
-                        sub.passed, sub.device = True, co.device_of(node)
+                    elif sub.state is CallState.ANNOUNCED:  # not submitted yet: it starts when it arrives
+                        _move(sub, CallState.PASSED)
+                        sub.device = co.device_of(node)
                     else:
                         self._pass_out(sub, co.device_of(node), start, probing)
                 if not finished:
