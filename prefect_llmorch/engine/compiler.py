@@ -9,7 +9,7 @@ processes; without one, in the task's thread), inout calls in a helper thread of
 thread (so a cancel can abandon them).
 
 Each compiled task carries its call's identity (`CallIdentity`: id, kind, rank, attempt; at
-`CALL_ATTR`) and its `Cancel` token (`CANCEL_ATTR`), which the runner reads at submit time (to
+`CALL_ATTR`, with its `Cancel` token and, for a cached compute call, its cache probe), which the runner reads at submit time (to
 name the call in its graph, to give it a processor or not, and to cancel it in `cancel_all`);
 the compiler never imports the runner.
 
@@ -38,7 +38,7 @@ from prefect_llmorch.functions import CREDENTIALS_PARAM, SELF, FunctionSpec, Too
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
-from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR, NotCacheable, cache_probe, task_cache_options
+from prefect_llmorch.engine.caching import NotCacheable, cache_probe, task_cache_options
 from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done, wait_first
 from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
@@ -55,9 +55,10 @@ class CallIdentity:
     rank: int
     attempt: int = 0  # 0: the plan's own; N: the Nth repair
     call: Call | None = field(default=None, compare=False, repr=False)  # the Call object (stale checks)
+    cancel: Cancel | None = field(default=None, compare=False, repr=False)  # this attempt's token
+    #: a `cache=True` compute call's `cache_probe(task)`: the runner looks before it takes a slot
+    probe: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
-#: Attribute a compiled task carries: the `Cancel` token of this attempt of its call.
-CANCEL_ATTR = "llmorch_cancel"
 
 #: Name prefix of the Prefect hooks we attach to compiled tasks (`own_hook`): Prefect's task
 #: engine logs two INFO lines around every hook it runs, which for ours is bookkeeping noise
@@ -320,10 +321,8 @@ class Compiler:
             on_completion=[self._on_cached(call)] if caching else [],
             **cache_options,
         )
-        setattr(task, CALL_ATTR, CallIdentity(call.id, kind, rank, attempt, call))
-        setattr(task, CANCEL_ATTR, token)
-        if caching and kind == "compute":
-            setattr(task, CACHE_PROBE_ATTR, cache_probe(task))  # the runner looks before it takes a slot
+        probe = cache_probe(task) if caching and kind == "compute" else None
+        setattr(task, CALL_ATTR, CallIdentity(call.id, kind, rank, attempt, call, token, probe))
         recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
         return task
 

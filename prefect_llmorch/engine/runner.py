@@ -78,9 +78,8 @@ import psutil
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import TaskRunner
 
-from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR
 from prefect_llmorch.engine.call_context import call_with_tags
-from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
+from prefect_llmorch.engine.compiler import CALL_ATTR
 from prefect_llmorch.engine.devices import discover_gpus
 from prefect_llmorch.engine.guard import GlobalLimit
 from prefect_llmorch.engine.pool import BODY_DONE, CALL_ENV, CallCancelled, CallNotSent, Cancel
@@ -592,7 +591,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         if kind == "compute":
             self._refuse_nested_compute(task)
         call_id = identity.call_id if identity is not None else None
-        cancel = getattr(task, CANCEL_ATTR, None) or Cancel()
+        cancel = (identity.cancel if identity is not None else None) or Cancel()
         wait_list = list(wait_for or [])
         upstream = wait_list + _futures_in(parameters)
         run_task = task
@@ -611,7 +610,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             future=concurrent.futures.Future(),
             cancel=cancel,
             tags=tags,
-            probe=getattr(task, CACHE_PROBE_ATTR, None) if kind == "compute" else None,
+            probe=identity.probe if identity is not None and kind == "compute" else None,
         )
         foreign: list[_Submission] = []
         with self._lock:
