@@ -609,12 +609,9 @@ def _endpoint(endpoint: Optional[str]) -> Any:
 
 
 def _no_llm_hint() -> str:
-    """What a newcomer without an LLM can do instead (`llmorch plan` / `ask` with none
-    configured); names `llmorch local-llm start` when this CLI has that command."""
-    local = 'the README section "Offline, with a real model" shows how to run a real model on this machine'
-    if any(group.name == "local-llm" for group in app.registered_groups):
-        local = '`llmorch local-llm start` serves a real model on this machine (README: "Offline, with a real model")'
-    return f"No LLM at hand: `llmorch demo` runs the whole loop with no API key (a scripted local LLM), and {local}"
+    """What a newcomer without an LLM can do instead (`llmorch plan` / `ask` with none configured)."""
+    return ("No LLM at hand: `llmorch demo` runs the whole loop with no API key (a scripted local LLM), and "
+            '`llmorch local-llm start` serves a real model on this machine (README: "Offline, with a real model")')
 
 
 PLANNER_HELP = ("how plans are asked for: text (the plan language) or json (the JSON plan form under a "

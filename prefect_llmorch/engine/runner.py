@@ -575,14 +575,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
         dependencies: dict[str, Any] | None = None,
     ) -> PrefectConcurrentFuture[Any]:
-        if self._cancelled and getattr(task, CALL_ATTR, None) is not None:
-            # A call of the plan submitted after a Ctrl-C: it never starts, and the run's
-            # report shows it Cancelled (a plain task gets Prefect's not-started error).
-            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            _finish(future, _cancelled_state(f"not started: {self._cancelled}"))
-            return PrefectConcurrentFuture(task_run_id=_new_task_run_id(), wrapped_future=future)
-        if not self._started or self._executor is None:
-            raise not_started(self, self._cancelled and f"cancelled: {self._cancelled}")
+        if self._cancelled or not self._started or self._executor is None:
+            return self._refuse(task)
         from prefect.context import TagsContext
 
         tags = frozenset(set(task.tags) | set(TagsContext.get().current_tags))
@@ -614,9 +608,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         )
         foreign: list[_Submission] = []
         with self._lock:
-            if self._cancelled:  # stopped (Ctrl-C) before this call was submitted: it never starts
-                _finish(sub.future, _cancelled_state(f"not started: {self._cancelled}"))
-                return PrefectConcurrentFuture(task_run_id=sub.task_run_id, wrapped_future=sub.future)
+            if self._cancelled:  # stopped (Ctrl-C) while this call was being submitted
+                return self._refuse(task)
             if self._closing:
                 raise RuntimeError(f"LLMOrchTaskRunner is shutting down ({self._cancelled or 'its flow run ended'})")
             seq = next(self._seq)
@@ -656,6 +649,16 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._dispatch()
         self._adjust_slots()
         return PrefectConcurrentFuture(task_run_id=sub.task_run_id, wrapped_future=sub.future)
+
+    def _refuse(self, task: "Task[Any, Any]") -> PrefectConcurrentFuture[Any]:
+        """A submission to a runner that is cancelled or not started. A call of the plan
+        submitted after a Ctrl-C never starts and ends Cancelled (the run's report shows it);
+        anything else gets Prefect's not-started error, as from any task runner."""
+        if self._cancelled and getattr(task, CALL_ATTR, None) is not None:
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            _finish(future, _cancelled_state(f"not started: {self._cancelled}"))
+            return PrefectConcurrentFuture(task_run_id=_new_task_run_id(), wrapped_future=future)
+        raise not_started(self, self._cancelled and f"cancelled: {self._cancelled}")
 
     def _arrive(self, announced: _Submission, sub: _Submission) -> _Submission:
         """The submission of an announced call: it takes the call's place in the graph (and
