@@ -130,7 +130,7 @@ def guard_through(stub: _StubAPI, name: str, seconds: float = 60) -> tuple[str |
     # The client's own retries off: the guard's asking again is what is tested (the client
     # still sleeps 2 s after a 503 before it gives up).
     with temporary_settings(updates={PREFECT_API_URL: stub.url, PREFECT_CLIENT_MAX_RETRIES: 0}), ExitStack() as stack:
-        limit = guard.GlobalLimit(name, lambda: 2, lambda: None, lambda: True)
+        limit = guard.GlobalLimit(name, lambda: 2, lambda: None)
         limit.start(stack)
         limit.adjust(2, 0)
         deadline = time.monotonic() + seconds
@@ -256,7 +256,7 @@ def test_a_run_that_backed_off_asks_again_for_the_limit_that_blocked_it() -> Non
             limit.back_off()
             backed_off.set()
 
-    limit = guard.GlobalLimit(procs, lambda: 2, lambda: None, lambda: True)
+    limit = guard.GlobalLimit(procs, lambda: 2, lambda: None)
     limit._wake = wake
     with ExitStack() as stack:
         limit.start(stack)
@@ -396,7 +396,7 @@ def test_kept_slots_are_held_the_moment_a_runner_asks_without_its_api_thread() -
     lease = hold_a_slot(name, slots=2, seconds=60)
     guard._keep(name, [guard._Lease(lease, 2, None)], seconds=30)
     woken: list[int] = []
-    limit = guard.GlobalLimit(name, lambda: 2, lambda: woken.append(1), lambda: True)  # its thread never started
+    limit = guard.GlobalLimit(name, lambda: 2, lambda: woken.append(1))  # its thread never started
     limit.adjust(2, 0)
     try:
         assert limit.held == 2 and woken == [1]

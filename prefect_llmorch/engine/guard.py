@@ -201,7 +201,7 @@ def take_ahead_unless_kept(name: str, processors: int, wait: float = 10.0) -> th
 
     def take() -> None:
         got = threading.Event()
-        limit = GlobalLimit(name, lambda: processors, got.set, lambda: False, keep_for=max(_keep_seconds(), 10.0), ahead=True)
+        limit = GlobalLimit(name, lambda: processors, got.set, keep_for=max(_keep_seconds(), 10.0), ahead=True)
         deadline = time.monotonic() + wait
         with ExitStack() as stack:
             limit.start(stack)
@@ -232,7 +232,6 @@ class GlobalLimit:
         name: the processors' limit; None: no machine-wide guard (`slots` is P).
         processors: returns P now (a deployment may lower it before calls come).
         wake: called (from this object's thread) when more slots are held.
-        active: whether the runner has unfinished work.
         keep_for: how long the processors' slots held at the end are kept for this
             process's next runner (default `LLMORCH_KEEP_SLOTS_SECONDS`).
         ahead: this is `take_ahead_unless_kept`'s own (it waits for no take-ahead).
@@ -240,12 +239,11 @@ class GlobalLimit:
 
     def __init__(
         self, name: str | None, processors: Callable[[], int], wake: Callable[[], None],
-        active: Callable[[], bool], keep_for: float | None = None, ahead: bool = False,
+        keep_for: float | None = None, ahead: bool = False,
     ) -> None:
         self.name = name
         self._processors = processors
         self._wake = wake
-        self._active = active
         self._keep_for = keep_for
         self._ahead = ahead
         self._cond = threading.Condition(threading.RLock())

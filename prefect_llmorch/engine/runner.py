@@ -290,13 +290,12 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._submitted_calls: set[str] = set()
         self._expecting_more = True
         self._running_compute = 0
-        self._unfinished_compute = 0
         self.max_running_compute = 0  # observed, for tests and reports
         self.cached_without_slot = 0  # compute calls started without a slot: their result was stored
         self._closing = False
         self._cancelled = ""
         self.trace: list[tuple[str, tuple[str, ...]]] = []
-        self._limit = GlobalLimit(None, lambda: self.processors, self._safe_dispatch, self._has_work)
+        self._limit = GlobalLimit(None, lambda: self.processors, self._safe_dispatch)
 
     # -- settings ---------------------------------------------------------------------
     @property
@@ -373,7 +372,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         # call's thread cannot be stopped; a script's Ctrl-C must not wait for it).
         stack.callback(lambda: executor.shutdown(wait=not self._cancelled))
         name = self.concurrency_limit if getattr(self, "guard", "global") == "global" else None
-        self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch, self._has_work)
+        self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch)
         self._limit.start(stack)
         self._limit.configure(self._resource_limits())
         self._adjust_slots()
@@ -641,8 +640,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             else:  # in the graph already, with the plan's deps (Prefect's engine waits for its inputs)
                 self._by_run[sub.task_run_id] = sub.node
             self._count(sub.node, sub.demand or demand_of(kind), 1)
-            if kind == "compute":
-                self._unfinished_compute += 1
         for ext in foreign:
             assert ext.external is not None
             ext.external.add_done_callback(lambda _f, e=ext: self._external_done(e))
@@ -850,8 +847,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             with self._lock:
                 _move(sub, CallState.DONE)
                 self._give_back(sub)
-                if sub.kind == "compute":
-                    self._unfinished_compute -= 1
             _finish(sub.future, _cancelled_state(f"not started: {self._cancelled}"))
 
     def _pass_out(self, sub: _Submission, device: Any, start: list[_Submission], probing: list[_Submission]) -> None:
@@ -969,8 +964,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             with self._lock:
                 _move(sub, CallState.DONE)
                 self._give_back(sub)
-                if sub.kind == "compute":
-                    self._unfinished_compute -= 1
         if state is not None:
             _finish(sub.future, state)
         self._safe_dispatch()
