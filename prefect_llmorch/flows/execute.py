@@ -212,6 +212,7 @@ class Execution:
         if not self._closed:
             self._closed = True
             self.progress.close()
+            _close_mcp_sessions(self.toolbox)
 
     # -- helpers ------------------------------------------------------------------------
     def _use_graph(self, frg: FRG) -> None:
@@ -223,6 +224,14 @@ class Execution:
     def _require(self, calls: list[Call]) -> None:
         if self._store is not None:  # fails early, naming the block, if one is missing
             self._store.require(calls)
+
+
+def _close_mcp_sessions(toolbox: Toolbox) -> None:
+    """End this flow run's sessions with the MCP servers its toolbox's tools come from."""
+    if any(getattr(spec.fn, "__llmorch_mcp__", None) is not None for spec in toolbox.values()):
+        from prefect_llmorch.mcp import close_run_sessions
+
+        close_run_sessions(toolbox)
 
 
 def execute(
