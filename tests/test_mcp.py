@@ -194,3 +194,23 @@ def test_plans_run_in_parallel_through_stdio_and_http_servers_with_a_failure_and
 
 
 PY = Toolbox(shout, include_self=False)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_credentials_come_from_a_tool_credentials_block_as_headers_and_are_not_logged(
+    http_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prefect_llmorch.blocks import ToolCredentials
+    from prefect_llmorch.flows.run import run_plan
+
+    token = "Bearer mcp-s3cret-7f3a"
+    ToolCredentials(secrets={"Authorization": token}).save("mcp-test-http", overwrite=True)
+    server = MCPServer(http_server, credentials="mcp-test-http", prefix="c_")
+    tb = Toolbox.from_mcp(server)  # the listing loads the block too
+    assert tb["c_whoami"].credentials == "mcp-test-http"
+    assert token not in repr(server) and token not in repr(tb["c_whoami"])
+    with caplog.at_level("DEBUG"):
+        report = run_plan("s1: c_whoami()\n", tb, processors=1, cache=False)
+    assert report.results["s1"] == token  # the server got it as its Authorization header
+    assert token not in caplog.text
+    server.close(all_runs=True)
