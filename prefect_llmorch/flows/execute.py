@@ -25,6 +25,7 @@ from prefect.futures import PrefectFuture, wait
 
 from prefect_llmorch.credentials import CredentialStore
 from prefect_llmorch.engine.compiler import Compiler, Recorder
+from prefect_llmorch.engine.rates import rates_of
 from prefect_llmorch.host import interrupt
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import RecoveryConfig, RecoveryController
@@ -99,6 +100,7 @@ class Execution:
             secrets=self._store if self._store is not None else secrets,
             pool=getattr(self.runner, "pool", None),  # compute calls run on the runner's processors
             cache=cache,
+            rates=rates_of(getattr(self.runner, "resources", None)),  # paced at the call, machine-wide
         )
         self.futures: dict[str, PrefectFuture[Any]] = {}
         #: seconds after `t0` at which each call became known (ask: streamed calls)
