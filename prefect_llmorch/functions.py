@@ -602,7 +602,7 @@ def _composite_toolbox(path: str) -> Toolbox:
         if part.startswith("mcp:"):
             try:
                 mcp = _mcp()
-                items.append(mcp.parse_server(part[len("mcp:"):]))
+                items.append(mcp.server_for(part[len("mcp:"):]))
             except (ImportError, ValueError) as exc:
                 raise ToolboxNotFound(path, f"{part}: {exc}", "e.g. mcp:python server.py or mcp:http://localhost:8000/mcp") from exc
         else:

@@ -6,8 +6,9 @@ from prefect_llmorch.mcp.client import (
     MCPUnavailable,
     close_run_sessions,
     parse_server,
+    server_for,
     server_of,
     tool_specs,
 )
 
-__all__ = ["MCPCallFailed", "MCPServer", "MCPUnavailable", "close_run_sessions", "parse_server", "server_of", "tool_specs"]
+__all__ = ["MCPCallFailed", "MCPServer", "MCPUnavailable", "close_run_sessions", "parse_server", "server_for", "server_of", "tool_specs"]

@@ -38,7 +38,10 @@ from typing import Any, Callable, Mapping, Sequence
 from prefect_llmorch.functions import CREDENTIALS_PARAM, FunctionSpec, check_resources
 from prefect_llmorch.mcp.schema import result_type_of, signature_of, unwrap_result
 
-__all__ = ["MCPCallFailed", "MCPServer", "MCPUnavailable", "close_run_sessions", "parse_server", "server_of", "tool_specs"]
+__all__ = [
+    "MCPCallFailed", "MCPServer", "MCPUnavailable", "close_run_sessions", "parse_server", "server_for", "server_of",
+    "tool_specs",
+]
 
 #: Attribute an MCP tool's function carries: its `MCPServer`.
 SERVER_ATTR = "__llmorch_mcp__"
@@ -416,6 +419,10 @@ def close_run_sessions(specs: Mapping[str, FunctionSpec] | Sequence[FunctionSpec
     key = run_id if run_id is not None else _run_key()
     for server in servers.values():
         server.close(key)
+    if key is not None:  # the run is over: its servers made from text are not reused
+        with _Loop._lock:
+            for entry in [k for k in _BY_TEXT if k[1] == key]:
+                _BY_TEXT.pop(entry, None)
 
 
 #: Every server made in this process, closed at exit (their stdio processes end with them).
@@ -431,6 +438,24 @@ def _close_all() -> None:
 
 
 atexit.register(_close_all)
+
+
+#: Servers made from `mcp:` toolbox text, by (text, flow run): a process that loads the same
+#: toolbox text several times in one run (the CLI's checks, the flow's parameter) lists each
+#: server's tools once for that run, and once outside runs.
+_BY_TEXT: dict[tuple[str, str | None], MCPServer] = {}
+
+
+def server_for(text: str) -> MCPServer:
+    """The `MCPServer` for `mcp:` toolbox text (`parse_server`), one per flow run."""
+    key = (text, _run_key())
+    with _Loop._lock:
+        server = _BY_TEXT.get(key)
+    if server is None:
+        server = parse_server(text)
+        with _Loop._lock:
+            server = _BY_TEXT.setdefault(key, server)
+    return server
 
 
 def parse_server(text: str) -> MCPServer:
