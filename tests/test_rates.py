@@ -29,6 +29,9 @@ def test_rates_parse_in_every_unit_and_bad_ones_say_what_is_expected() -> None:
     assert parse_resource_options(["api=10/s", "db=4,2/s", "gpu_mem_gb=80"]) == {"api": "10/s", "db": "4,2/s", "gpu_mem_gb": 80.0}
     with pytest.raises(BadResource, match="--resource 'api=10/week'"):
         parse_resource_options(["api=10/week"])
+    assert parse_resource_options(["api=4", "api=10/s"]) == {"api": "4,10/s"}  # a capacity and a rate
+    with pytest.raises(BadResource, match="given twice"):
+        parse_resource_options(["api=10/s", "api=5/s"])
 
 
 def test_a_rate_alone_is_a_known_resource_without_a_capacity_and_both_can_be_given() -> None:

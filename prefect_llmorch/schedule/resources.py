@@ -567,15 +567,17 @@ def _whole(resource: str, amount: float) -> int:
 
 def parse_resource_options(options: Iterable[str]) -> dict[str, float | str]:
     """Parse repeated `--resource NAME=AMOUNT` options into capacities; an amount may be a
-    rate (`10/s`, `500/min`) or a capacity and a rate (`4,10/s`), kept as text.
+    rate (`10/s`, `500/min`), kept as text; a name given once with a number and once with a
+    rate has both (`"4,10/s"`).
 
-    >>> parse_resource_options(["gpu_mem_gb=80", "search-api=2", "geo=10/s"])
-    {'gpu_mem_gb': 80.0, 'search-api': 2.0, 'geo': '10/s'}
+    >>> parse_resource_options(["gpu_mem_gb=80", "search-api=2", "geo=10/s", "search-api=5/min"])
+    {'gpu_mem_gb': 80.0, 'search-api': '2,5/min', 'geo': '10/s'}
 
     Raises:
         BadResource: an option without `=`, a name that is not a word (letters, digits,
-            `_ . -`), an amount that is not a number > 0, a name given twice, or
-            `processors` (it has its own option, `--processors`).
+            `_ . -`), an amount that is not a number > 0 or a rate, a name given twice
+            but not as one capacity and one rate, or `processors` (it has its own option,
+            `--processors`).
     """
     out: dict[str, float] = {}
     for option in options:
@@ -587,22 +589,27 @@ def parse_resource_options(options: Iterable[str]) -> dict[str, float | str]:
             raise BadResource(name, f"--resource {option!r}: the name must be a word of letters, digits, _ . -")
         if name == PROCESSORS:
             raise BadResource(name, f"--resource {option!r}: give processors with --processors")
-        if name in out:
-            raise BadResource(name, f"--resource {name} is given twice")
+        value: float | str
         if "/" in text:  # a rate, `10/s`, or a capacity and a rate, `4,10/s`
             try:
                 Capacities.of(1, {name: text})
             except BadResource as exc:
                 raise BadResource(name, f"--resource {option!r}: {exc.problem}") from None
-            out[name] = text
-            continue
-        try:
-            amount = float(text)
-        except ValueError:
-            raise BadResource(name, f"--resource {option!r}: {text!r} is not a number (or a rate: 10/s)") from None
-        if not _positive(amount):
-            raise BadResource(name, f"--resource {option!r}: the amount must be a number > 0")
-        out[name] = amount
+            value = text
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                raise BadResource(name, f"--resource {option!r}: {text!r} is not a number (or a rate: 10/s)") from None
+            if not _positive(value):
+                raise BadResource(name, f"--resource {option!r}: the amount must be a number > 0")
+        if name in out:
+            # given twice: once a capacity and once a rate (`--resource api=4 --resource api=10/s`)
+            both = sorted([out[name], value], key=lambda v: isinstance(v, str))
+            if not (isinstance(both[0], float) and isinstance(both[1], str) and "," not in both[1]):
+                raise BadResource(name, f"--resource {name} is given twice (give a capacity once and a rate once)")
+            value = f"{both[0]:g},{both[1]}"
+        out[name] = value
     return out
 
 
