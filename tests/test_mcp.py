@@ -205,12 +205,14 @@ def test_credentials_come_from_a_tool_credentials_block_as_headers_and_are_not_l
 
     token = "Bearer mcp-s3cret-7f3a"
     ToolCredentials(secrets={"Authorization": token}).save("mcp-test-http", overwrite=True)
-    server = MCPServer(http_server, credentials="mcp-test-http", prefix="c_")
+    # resource=: how many calls the server takes at once is a resource class of the run
+    server = MCPServer(http_server, credentials="mcp-test-http", prefix="c_", resource="mcp-c")
     tb = Toolbox.from_mcp(server)  # the listing loads the block too
     assert tb["c_whoami"].credentials == "mcp-test-http"
+    assert tb["c_whoami"].resources == {"mcp-c": 1.0}
     assert token not in repr(server) and token not in repr(tb["c_whoami"])
     with caplog.at_level("DEBUG"):
-        report = run_plan("s1: c_whoami()\n", tb, processors=1, cache=False)
+        report = run_plan("s1: c_whoami()\n", tb, processors=1, cache=False, resources={"mcp-c": 1})
     assert report.results["s1"] == token  # the server got it as its Authorization header
     assert token not in caplog.text
     server.close(all_runs=True)
