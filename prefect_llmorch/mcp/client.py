@@ -144,6 +144,10 @@ class MCPServer:
     _opening: dict[str | None, "asyncio.Future[Any]"] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("fastmcp") is None:
+            raise ImportError('MCP servers need the `mcp` extra: pip install "prefect-llmorch[mcp]" (no module named fastmcp)')
         if isinstance(self.target, str):
             text = self.target.strip()
             if not text:
@@ -313,10 +317,15 @@ def _reason(exc: BaseException) -> str:
 
 def _is_transport_error(exc: BaseException) -> bool:
     import anyio
-    import httpx2
 
-    transport = (ConnectionError, EOFError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream,
-                 httpx2.TransportError)
+    transport: tuple[type[BaseException], ...] = (
+        ConnectionError, EOFError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream,
+    )
+    for http in ("httpx2", "httpx"):  # FastMCP 4 uses httpx2; the MCP SDK's transports httpx
+        try:
+            transport += (__import__(http).TransportError,)
+        except (ImportError, AttributeError):
+            pass
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, transport) or "connection closed" in str(seen).lower():
