@@ -104,7 +104,7 @@ def _processors(value: Optional[int], force: bool) -> int:
     return value
 
 
-def _resources(options: Optional[list[str]]) -> dict[str, float]:
+def _resources(options: Optional[list[str]]) -> dict[str, float | str]:
     """`--resource NAME=AMOUNT` options as capacities (exit 2 on a bad one)."""
     from prefect_llmorch.schedule.resources import parse_resource_options
 
@@ -303,7 +303,10 @@ def _parse(text: str, tb: Any, as_json: bool) -> Any:
 
 
 PLAN_HELP = f"plan file (text, or JSON: NESTFUL or ours), example:NAME (a shipped example), or - for stdin; {examples_help()}"
-TOOLBOX_HELP = "module:attr naming a Toolbox (or a function `() -> Toolbox`)"
+TOOLBOX_HELP = (
+    "module:attr naming a Toolbox (or a function `() -> Toolbox`); mcp:COMMAND or mcp:URL for an MCP "
+    "server's tools; several joined with ' + ' (docs/mcp.md)"
+)
 
 
 @app.command()
@@ -499,7 +502,7 @@ def run(
     recover: int = typer.Option(0, "--recover", help="trace-back recovery rounds with the LLM when calls fail (0: off)"),
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
     no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
-    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2"),
+    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity or rate of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2, search-api=10/s, search-api=2,10/s"),
     costs: Optional[str] = typer.Option(None, "--costs", help=COSTS_HELP),
 ) -> None:
     """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
@@ -559,7 +562,7 @@ def simulate(
     policy: str = typer.Option("critical-path", "--policy", help="critical-path, paper, or a baseline: sequential, eager, rank-barrier"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help="for plan files"),
     as_json: bool = typer.Option(False, "--json"),
-    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable)"),
+    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity or rate of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=10/s"),
 ) -> None:
     """Simulate a schedule (no execution): makespan, lower bound and their ratio."""
     _prepare_env()
@@ -688,7 +691,7 @@ def ask(
     planner: Optional[str] = typer.Option(None, "--planner", help=PLANNER_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
     costs: Optional[str] = typer.Option(None, "--costs", help=COSTS_HELP),
-    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2"),
+    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity or rate of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2, search-api=10/s, search-api=2,10/s"),
 ) -> None:
     """Plan the question with the LLM, run the plan in parallel on Prefect, print the answer."""
     _prepare_env()

@@ -39,6 +39,8 @@ from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
 from prefect_llmorch.engine.caching import NotCacheable, cache_probe, task_cache_options
+from prefect_llmorch.engine.rates import pace
+from prefect_llmorch.schedule.resources import Rate
 from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done, wait_first
 from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
@@ -257,6 +259,9 @@ class Compiler:
     pool: ProcessorPool | None = None
     #: Reuse and store results of `cache=True` functions (`--no-cache` turns it off for a run).
     cache: bool = True
+    #: Rates of resource classes (`engine/rates.py`): a call demanding one waits for Prefect's
+    #: rate limit right before its function runs.
+    rates: Mapping[str, Rate] = field(default_factory=dict)
     _cancels: dict[tuple[str, int], Cancel] = field(default_factory=dict, repr=False)
     #: Each call's text, rendered once (re-submissions for recovery reuse it), keyed by the
     #: Call object's id; the Call is kept with it so the id cannot be reused.
@@ -298,6 +303,8 @@ class Compiler:
                     verdict = gate(call)
                     if verdict is not None:
                         return verdict
+                if self.rates and spec.resources:  # a rated resource: wait for the machine-wide pace
+                    pace(spec.resources, self.rates)
                 value = self._execute(call, spec, inputs, token)
                 if caching:
                     self._check_storable(call, value)

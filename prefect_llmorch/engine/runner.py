@@ -263,7 +263,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self.preload = tuple(preload)
         # Bad capacities fail here, before anything runs (Capacities.of checks them).
         caps = Capacities.of(self.processors, resources, gpus)
-        self.resources = {r: a for r, a in caps.amounts.items() if r != "processors" and not (caps.devices and r == "gpu_mem_gb")}
+        # capacities and rates (`"10/s"`, `"4,10/s"`: rates are paced at the call, engine/rates.py)
+        self.resources = {r: a for r, a in caps.settings().items() if not (caps.devices and r == "gpu_mem_gb")}
         self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in caps.devices]
         # Nobody declared devices: ask this machine's nvidia-smi when the runner starts.
         self._discover_gpus = gpus is None and not (isinstance(resources, Mapping) and GPU_MEM in resources)
@@ -401,6 +402,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         """The slots a passed-out call holds while it runs (its whole demand, GPU memory on its device)."""
         needs: dict[str, int] = {}
         for r, amount in (sub.demand or demand_of(sub.kind)).items():
+            setting = self.resources.get(r)
+            if isinstance(setting, str) and "," not in setting:  # a rate, no capacity: nothing to hold
+                continue
             if r == GPU_MEM and self.gpus:
                 if self._limit.guarded and device is not None:
                     needs[limit_name(GPU_MEM, device)] = slots(amount)
@@ -502,7 +506,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         with self._lock:
             if self._co is not None and not self._co.is_finished():
                 raise RuntimeError("capacities can change only before the flow run's calls are submitted")
-            self.resources = {r: a for r, a in caps.amounts.items() if r != PROCESSORS and not (caps.devices and r == GPU_MEM)}
+            self.resources = {r: a for r, a in caps.settings().items() if not (caps.devices and r == GPU_MEM)}
             self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in caps.devices]
             started = self._executor is not None
         if started:

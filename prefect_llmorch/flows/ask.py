@@ -45,7 +45,7 @@ def ask(
     planner: str | None = None,
     cache: bool = True,
     costs: str | None = None,
-    resources: dict[str, float] | None = None,
+    resources: dict[str, float | str] | None = None,
 ) -> RunReport:
     """Plan `query` with the LLM, run the plan on P processors, return the report.
 
@@ -88,7 +88,7 @@ def answer(
     planner: str | None = None,
     cache: bool = True,
     costs: str | None = None,
-    resources: dict[str, float] | None = None,
+    resources: dict[str, float | str] | None = None,
 ) -> RunReport:
     """The body of `llmorch-ask` inside the current flow run (the deployable flows use it).
 
@@ -166,7 +166,7 @@ def ask_query(
     planner: str | None = None,
     cache: bool = True,
     costs: str | None = None,
-    resources: Mapping[str, float] | None = None,
+    resources: Mapping[str, float | str] | None = None,
     gpus: Any = None,
 ) -> RunReport:
     """Run the `llmorch-ask` flow with a task runner for `processors` and `policy`.

@@ -25,6 +25,7 @@ from prefect.futures import PrefectFuture, wait
 
 from prefect_llmorch.credentials import CredentialStore
 from prefect_llmorch.engine.compiler import Compiler, Recorder
+from prefect_llmorch.engine.rates import rates_of
 from prefect_llmorch.host import interrupt
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import RecoveryConfig, RecoveryController
@@ -99,6 +100,7 @@ class Execution:
             secrets=self._store if self._store is not None else secrets,
             pool=getattr(self.runner, "pool", None),  # compute calls run on the runner's processors
             cache=cache,
+            rates=rates_of(getattr(self.runner, "resources", None)),  # paced at the call, machine-wide
         )
         self.futures: dict[str, PrefectFuture[Any]] = {}
         #: seconds after `t0` at which each call became known (ask: streamed calls)
@@ -212,6 +214,7 @@ class Execution:
         if not self._closed:
             self._closed = True
             self.progress.close()
+            _close_mcp_sessions(self.toolbox)
 
     # -- helpers ------------------------------------------------------------------------
     def _use_graph(self, frg: FRG) -> None:
@@ -223,6 +226,14 @@ class Execution:
     def _require(self, calls: list[Call]) -> None:
         if self._store is not None:  # fails early, naming the block, if one is missing
             self._store.require(calls)
+
+
+def _close_mcp_sessions(toolbox: Toolbox) -> None:
+    """End this flow run's sessions with the MCP servers its toolbox's tools come from."""
+    if any(getattr(spec.fn, "__llmorch_mcp__", None) is not None for spec in toolbox.values()):
+        from prefect_llmorch.mcp import close_run_sessions
+
+        close_run_sessions(toolbox)
 
 
 def execute(

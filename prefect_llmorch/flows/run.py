@@ -69,7 +69,7 @@ def orchestrate(
     cancel_running: bool = False,
     cache: bool = True,
     costs: str | None = None,
-    resources: dict[str, float] | None = None,
+    resources: dict[str, float | str] | None = None,
 ) -> RunReport:
     """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
 
@@ -231,7 +231,7 @@ def run_plan(
     cancel_running: bool = False,
     cache: bool = True,
     costs: str | None = None,
-    resources: Mapping[str, float] | None = None,
+    resources: Mapping[str, float | str] | None = None,
     gpus: Any = None,
 ) -> RunReport:
     """Run a plan as an `llmorch-run` flow; returns the report, raises `PlanRunFailed`.
@@ -299,7 +299,7 @@ def prepare(toolbox: Toolbox | str, processors: int) -> EmbeddedServer | None:
 
 def local_runner(
     toolbox: Toolbox | str, processors: int, policy: str, concurrency_limit: str | None,
-    resources: Mapping[str, float] | None = None, gpus: Any = None,
+    resources: Mapping[str, float | str] | None = None, gpus: Any = None,
 ) -> LLMOrchTaskRunner:
     """The runner `run_plan` and `ask_query` use; a toolbox path is imported in the workers
     before the plan arrives."""
