@@ -187,6 +187,13 @@ class RecoveryController:
         compiler.gates.append(self._gate)
         compiler.interruptible = config.running == "cancel"
 
+    def hold(self) -> None:
+        """A continuation of the plan starts streaming (the join step): hold failures again
+        until `release` gives the final plan."""
+        with self._lock:
+            if self._held is None:
+                self._held = []
+
     def release(self, plan: Plan, frg: FRG) -> None:
         """The plan is final: act on the failures held while it streamed, except those of
         draft calls the planner replaced (the compiler's `stale` calls)."""

@@ -171,10 +171,15 @@ def _examples_text(mode: str = "text") -> str:
     return "\n\n".join(parts)
 
 
-def build_system_prompt(toolbox: Toolbox, mode: str = "text") -> str:
+def build_system_prompt(toolbox: Toolbox, mode: str = "text", *, join: bool = False) -> str:
     """The system message: role, plan language (or, for `mode="json"`, the JSON plan
-    form), the toolbox's functions, examples."""
+    form), the toolbox's functions, examples. `join`: the joiner follows the plan, so the
+    planner may end a plan with `join()` (`prefect_llmorch.llm.joining.JOIN_HINT`)."""
     language = _JSON_LANGUAGE if mode == "json" else _LANGUAGE
+    if join and mode != "json":
+        from prefect_llmorch.llm.joining import JOIN_HINT
+
+        language += "\n" + JOIN_HINT
     parts = [_INTRO, language, _examples_text(mode), "The functions you may call:\n" + toolbox.describe()]
     results = describe_results(toolbox)
     if results:
@@ -506,6 +511,7 @@ def plan_query(
     run_attempt: AttemptRunner | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,  # type: ignore[type-arg]
     mode: str | None = None,
+    join: bool = False,
 ) -> PlannerResult:
     """Ask the LLM for a plan that answers `query` with the functions of `toolbox`.
 
@@ -530,6 +536,8 @@ def plan_query(
             under a JSON schema built from the toolbox (`response_format`), streams
             calls as their objects close, and repairs the same way. None: the client's
             `planner` setting (from the `LLMEndpoint` block), else "text".
+        join: a join step follows the plan: the prompt lets the planner end it with
+            `join()` when what comes next depends on results (text mode).
 
     Returns:
         The plan, its text, every attempt, and which dispatched calls are kept or stale.
@@ -548,7 +556,7 @@ def plan_query(
         raise ValueError(f"mode must be one of {', '.join(PLANNER_MODES)}, got {mode!r}")
     log = log if log is not None else logging.getLogger(__name__)
     run = run_attempt or (lambda _name, attempt: attempt())
-    system = build_system_prompt(toolbox, mode)
+    system = build_system_prompt(toolbox, mode, join=join)
     dispatcher = _Dispatcher(toolbox, on_call)
     history: list[Attempt] = []
     total = attempts * (replans + 1)
