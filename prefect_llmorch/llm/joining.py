@@ -62,8 +62,8 @@ JOINER_MODES = ("off", "auto", "always")
 JOIN_HINT = (
     "- If which calls come next depends on a result you cannot know yet (a condition such as "
     "the weather, a name that a lookup returns, a count that decides how many calls follow), "
-    "write only the calls you can make now and end the plan with a line `join()`: you will "
-    "see their results and write the next calls then."
+    "write only the calls you can make now and end the plan with `join()` under the next id "
+    "(e.g. `s3: join()` after s2): you will see their results and write the next calls then."
 )
 
 _JOIN_LINE = re.compile(r"^\s*(?:[\w$]+\s*[:.]\s*)?join\(\s*\)\s*(?:<END_OF_PLAN>)?\s*$", re.M)
@@ -90,7 +90,8 @@ When the result of one call already is the whole answer, write only its id, e.g.
 Plan:
 <calls, one per line, ids continuing from the id you are given>
 Use earlier results by their ids (`s1`, `s2.field`, "{{s3}}"); do not repeat calls that \
-already ran. End with the call whose result answers the question (usually `self`).
+already ran. End with the call whose result answers the question (usually `self`), or, \
+when what comes after depends on these new results, with `join()` under the next id.
 
 {language}
 
