@@ -221,9 +221,8 @@ def join_rounds(
                 rounds.stopped = f"{'max_rounds' if forced == 'rounds' else 'token budget'} reached: the joiner answered"
             break
         assert jr.plan is not None
-        text = Plan(jr.continuation).to_text("paper")
-        rounds.plans.append(text)
-        needs = settings.joiner == "always" or has_join_marker(text)
+        rounds.plans.append(jr.text.strip())
+        needs = settings.joiner == "always" or has_join_marker(jr.text)
     ex.settle()
     return rounds
 

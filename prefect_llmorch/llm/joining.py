@@ -216,6 +216,7 @@ class JoinResult:
         forced: why it could only answer (`rounds`, `tokens`), or None.
         skipped: no LLM request was made (the token budget was spent): `answer` is the
             result of the plan's last call that completed.
+        text: the reply after its first line (a continuation as written, `join()` included).
     """
 
     round: int
@@ -229,6 +230,7 @@ class JoinResult:
     stale: tuple[Call, ...] = ()
     forced: str | None = None
     skipped: bool = False
+    text: str = ""  # the usable reply's text after its first line (a continuation as written)
 
     @property
     def prompt_tokens(self) -> int:
@@ -500,7 +502,7 @@ def join_query(
             if outcome.stale:
                 log.warning("joiner · round %d: streamed calls %s are not in the repaired continuation: "
                             "their results are ignored", round, ", ".join(c.id for c in outcome.stale))
-            return replace(outcome, attempts=tuple(history), forced=forced)
+            return replace(outcome, attempts=tuple(history), forced=forced, text=reply.text)
         log.warning("joiner · round %d: reply %d cannot be used (%s): %s\n--- reply ---\n%s",
                     round, i + 1, tokens, "; ".join(errors), reply.text)
         messages = [*messages[:2], {"role": "assistant", "content": completion.text},
