@@ -153,3 +153,23 @@ def _trips():
     from prefect_llmorch.examples.trips import toolbox
 
     return toolbox
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_trace_back_recovery_reaches_across_rounds(fake_llm, llm) -> None:  # noqa: F811
+    # the continuation's s2 fails on the value round 1's s1 produced: recovery repairs s1
+    fake_llm.add(
+        's1: fetch(0.1, value="boom")\ns2: join()\n',
+        "Plan:\ns2: fail(s1)\ns3: add(2, 2)\n",
+        's1: fetch(0.1, value="fine")',  # the repair of the recovery point s1 (round 1)
+    )
+    from prefect_llmorch.flows.run import PlanRunFailed
+
+    with pytest.raises(PlanRunFailed) as info:  # fail() always raises: s2 fails again
+        ask_query("q", "toolboxes:toolbox", processors=1, endpoint=llm, recovery_rounds=1)
+    report = info.value.report
+    (rnd,) = report.extra["recovery"]["rounds"]
+    assert rnd["recovery_points"] == ["s1"] and rnd["rerun"] == ["s1", "s2"]
+    assert "boom" in fake_llm.chat_requests[2].messages[-1]["content"]
+    assert report.results["s1"] == "fine" and report.results["s3"] == 4.0
+    assert [j["decision"] for j in report.extra["joiner"]["joins"]] == ["continue"]
