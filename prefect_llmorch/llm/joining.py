@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.llm.client import LLMClient, Message
-from prefect_llmorch.llm.planning import _LANGUAGE, _FenceFilter
+from prefect_llmorch.llm.planning import _LANGUAGE, JOIN_HINT, _FenceFilter
 from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.model import Call, Plan
 from prefect_llmorch.plan.parser import PlanStream, check
@@ -57,14 +57,6 @@ __all__ = [
 
 #: When the join step runs: never, when the plan ends with `join()`, after every plan.
 JOINER_MODES = ("off", "auto", "always")
-
-#: Added to the planner's plan language when the joiner is on (`plan_query(join=True)`).
-JOIN_HINT = (
-    "- If which calls come next depends on a result you cannot know yet (a condition such as "
-    "the weather, a name that a lookup returns, a count that decides how many calls follow), "
-    "write only the calls you can make now and end the plan with `join()` under the next id "
-    "(e.g. `s3: join()` after s2): you will see their results and write the next calls then."
-)
 
 _JOIN_LINE = re.compile(r"^\s*(?:[\w$]+\s*[:.]\s*)?join\(\s*\)\s*(?:<END_OF_PLAN>)?\s*$", re.M)
 _ANSWER = re.compile(r"^\W*answer\W*?:\s*(.*)$", re.I | re.S)

@@ -94,6 +94,15 @@ result of the last call is the answer, so end with the call that produces the an
 Both are called the same way.
 - Output only the plan: no explanations, no numbering, no code fences."""
 
+#: Added to the planner's plan language when the joiner is on (`plan_query(join=True)`): the joiner
+#: (`prefect_llmorch.llm.joining`) follows the plan.
+JOIN_HINT = (
+    "- If which calls come next depends on a result you cannot know yet (a condition such as "
+    "the weather, a name that a lookup returns, a count that decides how many calls follow), "
+    "write only the calls you can make now and end the plan with `join()` under the next id "
+    "(e.g. `s3: join()` after s2): you will see their results and write the next calls then."
+)
+
 #: Few-shot examples: (functions, question, plan), written for this project, paper dialect.
 EXAMPLES: tuple[tuple[str, str, str], ...] = (
     (
@@ -174,11 +183,9 @@ def _examples_text(mode: str = "text") -> str:
 def build_system_prompt(toolbox: Toolbox, mode: str = "text", *, join: bool = False) -> str:
     """The system message: role, plan language (or, for `mode="json"`, the JSON plan
     form), the toolbox's functions, examples. `join`: the joiner follows the plan, so the
-    planner may end a plan with `join()` (`prefect_llmorch.llm.joining.JOIN_HINT`)."""
+    planner may end a plan with `join()` (`JOIN_HINT`; the joiner: `llm/joining.py`)."""
     language = _JSON_LANGUAGE if mode == "json" else _LANGUAGE
     if join and mode != "json":
-        from prefect_llmorch.llm.joining import JOIN_HINT
-
         language += "\n" + JOIN_HINT
     parts = [_INTRO, language, _examples_text(mode), "The functions you may call:\n" + toolbox.describe()]
     results = describe_results(toolbox)
