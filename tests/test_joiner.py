@@ -104,6 +104,20 @@ def test_a_condition_is_answered_by_a_streamed_continuation_in_the_same_flow_run
     assert report.extra["plan"].splitlines()[0] == 's1: forecast("Oslo", "tomorrow")'
     names = {r.name for r in _latest_task_runs()}
     assert {"planner · round 1", "joiner · round 1", "s1 · forecast", "s2 · museums"} <= names
+    frg = _latest_artifact("llmorch-frg")  # the FRG across rounds, every round's plan, the tokens
+    assert "s2" in frg.split("## Rounds")[0] and "### Round 2 (written by joiner · round 1)" in frg
+    assert "museums(s1.city)" in frg and f"{report.extra['tokens']['prompt']} prompt" in frg
+
+
+def _latest_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                       sort=ArtifactSort.CREATED_DESC, limit=1)
+    return str(art.data)
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -173,3 +187,28 @@ def test_trace_back_recovery_reaches_across_rounds(fake_llm, llm) -> None:  # no
     assert "boom" in fake_llm.chat_requests[2].messages[-1]["content"]
     assert report.results["s1"] == "fine" and report.results["s3"] == 4.0
     assert [j["decision"] for j in report.extra["joiner"]["joins"]] == ["continue"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_retried_flow_run_replays_each_rounds_plan_and_join_without_asking_again(fake_llm, llm) -> None:  # noqa: F811
+    from prefect import flow
+
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.ask import answer
+
+    fake_llm.add('s1: forecast("Oslo", "tomorrow")\ns2: join()\n', "Plan:\ns2: museums(s1.city)\n")
+    reports: list = []
+
+    @flow(retries=1, task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+    def crashes_once():  # the process dies after the rounds, the run is retried (same flow run id)
+        reports.append(answer(RAIN, TRIPS, endpoint=llm))
+        if len(reports) == 1:
+            raise RuntimeError("crashed after the rounds")
+        return reports[-1]
+
+    report = crashes_once()
+    assert len(reports) == 2 and len(fake_llm.chat_requests) == 2  # the retry asked nothing
+    assert report.result == report.results["s2"] == ["Munch Museum", "Viking Ship Museum", "National Museum"]
+    assert report.extra["plan"] == reports[0].extra["plan"]
+    cached = {r.name for r in _latest_task_runs(crashes_once.name) if r.state.is_completed() and r.state.name == "Cached"}
+    assert {"planner · round 1", "joiner · round 1"} <= cached

@@ -15,11 +15,12 @@ import time
 from typing import Any, Mapping
 
 from prefect import flow
+from prefect.cache_policies import CacheKeyFnPolicy
 
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner
 from prefect_llmorch.flows.planner import planner_task, resolve_client
-from prefect_llmorch.flows.joiner import JoinSettings, check_joiner, join_rounds
+from prefect_llmorch.flows.joiner import JoinSettings, check_joiner, join_rounds, replay_key
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import Planning, RunReport, publish_artifacts
 from prefect_llmorch.storage.history import check_costs, remember_records
@@ -141,7 +142,13 @@ def answer(
         # Each call is stamped when the planner hands it over: what the flow's thread adds
         # after that (waking up, submitting) counts as our overhead, not as the LLM's time.
         join = joining.joiner != "off"
-        planning = planner_task.with_options(task_run_name="planner · round 1" if join else "planner").submit(
+        planning = planner_task.with_options(
+            task_run_name="planner · round 1" if join else "planner",
+            # a retry of this flow run replays the plan (and `join_rounds` each join decision)
+            cache_policy=CacheKeyFnPolicy(
+                cache_key_fn=replay_key("planner", "query", "toolbox", "llm", "attempts", "mode", "join")),
+            persist_result=True,
+        ).submit(
             query, tb, client, attempts=attempts, on_call=lambda c: inbox.put((c, time.time())), mode=planner,
             join=join,
         )

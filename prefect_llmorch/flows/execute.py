@@ -144,7 +144,9 @@ class Execution:
         """
         if self.plan is not None:
             raise RuntimeError("start() was called already")
-        keep = set(kept)
+        # Only calls adopted here are running: a replayed (cached) planner result names
+        # calls that streamed in an earlier attempt of this flow run.
+        keep = set(kept) & {c.id for c in self._adopted}
         stale = [c for c in self._adopted if c.id not in keep]
         if stale:
             self.compiler.stale.update(id(c) for c in stale)

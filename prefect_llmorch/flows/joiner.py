@@ -19,6 +19,7 @@ completion tokens) when the plan already answered.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import time
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from prefect import Task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.llm.client import LLMClient
@@ -44,7 +45,7 @@ from prefect_llmorch.plan.model import Call, Plan
 if TYPE_CHECKING:
     from prefect_llmorch.flows.execute import Execution
 
-__all__ = ["JoinSettings", "Rounds", "check_joiner", "join_rounds", "joiner_task"]
+__all__ = ["JoinSettings", "Rounds", "check_joiner", "join_rounds", "joiner_task", "replay_key"]
 
 _DONE = object()
 
@@ -158,7 +159,41 @@ def _joiner(
     )
 
 
+def replay_key(kind: str, *names: str) -> Callable[[Any, dict[str, Any]], str | None]:
+    """A Prefect `cache_key_fn` for an LLM decision (`planner`, `joiner`) that holds within
+    one flow run: its key is the flow run's id and a digest of the named parameters (objects
+    by their text: a `Plan` by its plan text, a `Toolbox` by its description, a client by its
+    endpoint and model). A retried flow run (the UI's Retry, a flow's `retries=`) keeps its
+    id, so it replays each round's plan and join decision instead of asking the LLM again,
+    and its calls get the same arguments (so `cache=True` calls are answered from the
+    cache); a new run of the same question asks again."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, Plan):
+            return value.to_text("paper")
+        if isinstance(value, Toolbox):
+            return value.describe()
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k!r}: {text(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))) + "}"
+        return repr(value)
+
+    def key(context: Any, parameters: dict[str, Any]) -> str | None:
+        run = getattr(getattr(context, "task_run", None), "flow_run_id", None)
+        if run is None:
+            return None  # outside a flow run: nothing to replay
+        digest = hashlib.sha256("\x00".join(text(parameters.get(n)) for n in names).encode()).hexdigest()[:32]
+        return f"llmorch-{kind}-{run}-{digest}"
+
+    return key
+
+
 joiner_task = Task(fn=_joiner, name="joiner", task_run_name="joiner", cache_policy=NO_CACHE, persist_result=False)
+#: The joiner as `join_rounds` runs it: its decision replayed by a retry of the same flow run.
+replayed_joiner = joiner_task.with_options(
+    cache_policy=CacheKeyFnPolicy(cache_key_fn=replay_key(
+        "joiner", "query", "toolbox", "llm", "plan", "results", "round", "failed", "must_answer")),
+    persist_result=True,
+)
 
 
 def _failed(ex: "Execution", plan: Plan) -> dict[str, str]:
@@ -234,7 +269,7 @@ def _one_join(
 ) -> JoinResult:
     """One join task run; continuation calls are adopted as they stream, then started."""
     inbox: "queue.Queue[Any]" = queue.Queue()
-    future = joiner_task.with_options(task_run_name=f"joiner · round {number}").submit(
+    future = replayed_joiner.with_options(task_run_name=f"joiner · round {number}").submit(
         query, toolbox, client, plan, results, round=number, failed=failed,
         must_answer=forced is not None, forced=forced, attempts=settings.attempts,
         value_chars=settings.value_chars, on_call=lambda c: inbox.put((c, time.time())),

@@ -83,7 +83,8 @@ Plan:
 <calls, one per line, ids continuing from the id you are given>
 Use earlier results by their ids (`s1`, `s2.field`, "{{s3}}"); do not repeat calls that \
 already ran. End with the call whose result answers the question (usually `self`), or, \
-when what comes after depends on these new results, with `join()` under the next id.
+when what comes after depends on these new results, with `join()` under the next id. \
+Write nothing after the calls.
 
 {language}
 

@@ -100,7 +100,9 @@ JOIN_HINT = (
     "- If which calls come next depends on a result you cannot know yet (a condition such as "
     "the weather, a name that a lookup returns, a count that decides how many calls follow), "
     "write only the calls you can make now and end the plan with `join()` under the next id "
-    "(e.g. `s3: join()` after s2): you will see their results and write the next calls then."
+    "(e.g. `s3: join()` after s2): you will see their results and write the next calls then. "
+    "There is no `if`: for \"if it snows in Bergen list ski shops, else cafés\" the plan is "
+    "`s1: weather(\"Bergen\")` and `s2: join()`."
 )
 
 #: Few-shot examples: (functions, question, plan), written for this project, paper dialect.
