@@ -212,3 +212,17 @@ def test_a_retried_flow_run_replays_each_rounds_plan_and_join_without_asking_aga
     assert report.extra["plan"] == reports[0].extra["plan"]
     cached = {r.name for r in _latest_task_runs(crashes_once.name) if r.state.is_completed() and r.state.name == "Cached"}
     assert {"planner · round 1", "joiner · round 1"} <= cached
+
+
+def test_the_cli_refuses_bad_join_settings_before_anything_runs() -> None:
+    from typer.testing import CliRunner
+
+    from prefect_llmorch.cli import app
+
+    for args, message in (
+        (["--joiner", "maybe"], "--joiner 'maybe': must be auto, always or off"),
+        (["--rounds", "-1"], "--rounds -1: must be at least 0"),
+        (["--max-tokens", "0"], "--max-tokens 0: must be at least 1"),
+    ):
+        result = CliRunner().invoke(app, ["ask", "q?", *args])
+        assert result.exit_code != 0 and message in result.output, result.output

@@ -39,7 +39,7 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from prefect_llmorch.functions import Toolbox
@@ -437,7 +437,7 @@ def join_query(
     dispatched: list[Call] = []
     for i in range(attempts):
         began = time.monotonic()
-        reply = _Reply(plan, toolbox, on_call if i == 0 else None)
+        reply = _Reply(plan, toolbox, on_call if i == 0 and not must_answer else None)
         lines = _FenceFilter()
         with client.stream(messages, temperature=temperature) as chunks:
             for chunk in chunks:
@@ -450,13 +450,14 @@ def join_query(
         outcome: JoinResult | None = None
         if reply.form == "answer":
             text = reply.text.strip()
+            ref = text.strip("`'\" .")  # `Answer: s5.` and `Answer: `s5`` name s5 too
             if not text:
                 errors.append("`Answer:` with nothing after it")
-            elif text in plan.ids:
-                if text not in results:
-                    errors.append(f"`Answer: {text}`: {text} has no result")
+            elif ref in plan.ids:
+                if ref not in results:
+                    errors.append(f"`Answer: {ref}`: {ref} has no result")
                 else:
-                    outcome = JoinResult(round, True, results[text], answer_ref=text)
+                    outcome = JoinResult(round, True, results[ref], answer_ref=ref)
             else:
                 outcome = JoinResult(round, True, text)
         elif reply.form == "plan" and must_answer:
@@ -474,12 +475,12 @@ def join_query(
                 else:
                     kept, stale = _reconcile(dispatched, whole, plan)
                     outcome = JoinResult(round, False, plan=whole, continuation=new, dispatched=kept, stale=stale)
+        elif reply.text.strip():
+            first = reply.text.strip().splitlines()[0][:80]
+            forms = "`Answer:`" if must_answer else "`Answer:` or `Plan:`"
+            errors.append(f"the reply must start with {forms}; it starts with {first!r}")
         else:
-            errors.append(
-                "the reply must start with `Answer:`" + ("" if must_answer else " or `Plan:`")
-                + f"; it starts with {reply.text.strip().splitlines()[0][:80]!r}" if reply.text.strip()
-                else "the reply is empty"
-            )
+            errors.append("the reply is empty")
         attempt = JoinAttempt(
             text=reply.text, errors=tuple(errors), prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens, seconds=time.monotonic() - began, repair=i > 0,
@@ -487,8 +488,6 @@ def join_query(
         history.append(attempt)
         tokens = f"{attempt.prompt_tokens}+{attempt.completion_tokens} tokens, {attempt.seconds:.2f} s"
         if outcome is not None:
-            from dataclasses import replace
-
             how = (f"answered{' with ' + outcome.answer_ref if outcome.answer_ref else ''}" if outcome.answered
                    else f"continued with {len(outcome.continuation)} calls")
             log.info("joiner · round %d: %s (%s)", round, how, tokens)
