@@ -187,6 +187,7 @@ def test_trace_back_recovery_reaches_across_rounds(fake_llm, llm) -> None:  # no
     assert "boom" in fake_llm.chat_requests[2].messages[-1]["content"]
     assert report.results["s1"] == "fine" and report.results["s3"] == 4.0
     assert [j["decision"] for j in report.extra["joiner"]["joins"]] == ["continue"]
+    assert report.extra["tokens"] == _spent(fake_llm)  # the repair request counts too
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -226,3 +227,21 @@ def test_the_cli_refuses_bad_join_settings_before_anything_runs() -> None:
     ):
         result = CliRunner().invoke(app, ["ask", "q?", *args])
         assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_the_json_form_continues_or_answers_under_a_schema(fake_llm, llm) -> None:  # noqa: F811
+    tb = _trips()
+    plan = parse('s1: forecast("Oslo", "tomorrow")', tb)
+    results = {"s1": {"city": "Oslo", "rain": True}}
+    fake_llm.add(
+        '{"calls": [{"id": "s2", "function": "museums", "kwargs": {"city": {"ref": "s1", "path": ["city"]}}}]}',
+        '{"answer": "s1"}',
+    )
+    jr = join_query(RAIN, tb, llm, plan, results, mode="json")
+    assert [c.id for c in jr.continuation] == ["s2"] and jr.plan is not None and jr.plan["s2"].deps == {"s1"}
+    request = fake_llm.chat_requests[0]  # the server checked the reply against this schema
+    assert request.body["response_format"]["json_schema"]["name"] == "llmorch_join"
+    assert '"function": "forecast"' in request.messages[-1]["content"]  # the plan that ran, as JSON
+    jr = join_query(RAIN, tb, llm, plan, results, mode="json", must_answer=True)
+    assert jr.answered and jr.answer_ref == "s1" and jr.answer == results["s1"]
+    assert fake_llm.chat_requests[1].body["response_format"]["json_schema"]["schema"]["required"] == ["answer"]

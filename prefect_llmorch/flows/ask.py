@@ -129,7 +129,9 @@ def answer(
     tokens = TokenCounter()
     recovery = None
     if recovery_rounds > 0:
-        recovery = RecoveryConfig(client, max_rounds=recovery_rounds, running="cancel" if cancel_running else "wait")
+        recovery = RecoveryConfig(
+            client, max_rounds=recovery_rounds, running="cancel" if cancel_running else "wait", tokens=tokens,
+        )
     # The plan is not known yet: costs for every function of the toolbox (one lookup).
     choice = learned_costs({name for name in tb if name != SELF}, costs)
     ex = Execution(
@@ -165,7 +167,9 @@ def answer(
             tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
         ex.start(result.plan, kept=result.dispatched, planned_at=planned_at)
         prediction = predicted(ex.frg, P, policy, choice, runner)
-        rounds = join_rounds(ex, query, tb, client, result.text, joining, tokens, _next)
+        rounds = join_rounds(
+            ex, query, tb, client, result.text, joining, tokens, _next, mode=planner or client.planner or "text",
+        )
     except BaseException:
         ex.close()
         raise

@@ -151,11 +151,12 @@ def _joiner(
     attempts: int = 2,
     value_chars: int = 1500,
     on_call: Callable[[Call], Any] | None = None,
+    mode: str = "text",
 ) -> JoinResult:
     """Prefect task (`joiner`, run as `joiner · round N`; untagged) around `join_query`."""
     return join_query(
         query, toolbox, llm, plan, results, round=round, failed=failed, must_answer=must_answer,
-        forced=forced, attempts=attempts, value_chars=value_chars, on_call=on_call, log=_logger(),
+        forced=forced, attempts=attempts, value_chars=value_chars, on_call=on_call, log=_logger(), mode=mode,
     )
 
 
@@ -191,7 +192,7 @@ joiner_task = Task(fn=_joiner, name="joiner", task_run_name="joiner", cache_poli
 #: The joiner as `join_rounds` runs it: its decision replayed by a retry of the same flow run.
 replayed_joiner = joiner_task.with_options(
     cache_policy=CacheKeyFnPolicy(cache_key_fn=replay_key(
-        "joiner", "query", "toolbox", "llm", "plan", "results", "round", "failed", "must_answer")),
+        "joiner", "query", "toolbox", "llm", "plan", "results", "round", "failed", "must_answer", "mode")),
     persist_result=True,
 )
 
@@ -216,6 +217,7 @@ def _last_result(plan: Plan, results: dict[str, Any]) -> tuple[str | None, Any]:
 def join_rounds(
     ex: "Execution", query: str, toolbox: Toolbox, client: LLMClient, first_text: str,
     settings: JoinSettings, tokens: TokenCounter, next_item: Callable[["queue.Queue[Any]"], Any],
+    mode: str = "text",
 ) -> Rounds:
     """Join after the plan `ex` has started (`first_text` is its text), continue while the
     joiner continues, and return the rounds; `ex` is settled, ready to `finish`.
@@ -236,7 +238,7 @@ def join_rounds(
             used = tokens.prompt + tokens.completion
             need = sum(estimate_tokens(m["content"]) for m in join_messages(
                 query, toolbox, plan, results, failed=failed, must_answer=forced is not None,
-                value_chars=settings.value_chars))
+                value_chars=settings.value_chars, mode=mode))
             if used + need > settings.max_tokens:
                 ref, value = _last_result(plan, results)
                 rounds.joins.append(JoinResult(number, True, value, answer_ref=ref, forced="tokens", skipped=True))
@@ -247,7 +249,7 @@ def join_rounds(
                 break
             if forced is None and used + 2 * need > settings.max_tokens:
                 forced = "tokens"  # no budget for a continuation and its join: answer now
-        jr = _one_join(ex, query, toolbox, client, plan, results, failed, number, forced, settings, next_item)
+        jr = _one_join(ex, query, toolbox, client, plan, results, failed, number, forced, settings, next_item, mode)
         rounds.joins.append(jr)
         tokens.add(jr.prompt_tokens, jr.completion_tokens)
         if jr.answered:
@@ -265,14 +267,14 @@ def join_rounds(
 def _one_join(
     ex: "Execution", query: str, toolbox: Toolbox, client: LLMClient, plan: Plan, results: dict[str, Any],
     failed: dict[str, str], number: int, forced: str | None, settings: JoinSettings,
-    next_item: Callable[["queue.Queue[Any]"], Any],
+    next_item: Callable[["queue.Queue[Any]"], Any], mode: str = "text",
 ) -> JoinResult:
     """One join task run; continuation calls are adopted as they stream, then started."""
     inbox: "queue.Queue[Any]" = queue.Queue()
     future = replayed_joiner.with_options(task_run_name=f"joiner · round {number}").submit(
         query, toolbox, client, plan, results, round=number, failed=failed,
         must_answer=forced is not None, forced=forced, attempts=settings.attempts,
-        value_chars=settings.value_chars, on_call=lambda c: inbox.put((c, time.time())),
+        value_chars=settings.value_chars, on_call=lambda c: inbox.put((c, time.time())), mode=mode,
     )
     future.add_done_callback(lambda _f: inbox.put((_DONE, time.time())))
     continuing = False

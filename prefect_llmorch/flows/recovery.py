@@ -105,6 +105,8 @@ class RecoveryConfig:
     temperature: float | None = None
     max_value_chars: int = 300
     running: str = "wait"
+    #: where repair requests' tokens are summed (an ask's budget counts them); None: nowhere
+    tokens: Any = None
 
     def __post_init__(self) -> None:
         if self.max_rounds < 0:
@@ -346,6 +348,9 @@ class RecoveryController:
                 repair.rejections.append(f"LLM error: {exc}")
                 rnd.outcome = "llm error"
                 return None
+            finally:
+                if self.config.tokens is not None:
+                    self.config.tokens.add(repair.prompt_tokens, repair.completion_tokens)
             if call is None:
                 rnd.outcome = "repair rejected"
                 return None

@@ -43,15 +43,16 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from prefect_llmorch.functions import Toolbox
-from prefect_llmorch.llm.client import LLMClient, Message
+from prefect_llmorch.llm.client import PLANNER_MODES, LLMClient, Message
 from prefect_llmorch.llm.planning import _LANGUAGE, JOIN_HINT, _FenceFilter
 from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.model import Call, Plan
-from prefect_llmorch.plan.parser import PlanStream, check
+from prefect_llmorch.plan.parser import PlanStream, check, parse
 from prefect_llmorch.plan.result_types import describe_results
+from prefect_llmorch.plan.schema import JSON_FORM_HELP, plan_schema, with_keywords
 
 __all__ = [
-    "JOIN_HINT", "JOINER_MODES", "JoinAttempt", "JoinFailed", "JoinResult",
+    "JOIN_HINT", "JOINER_MODES", "join_response_format", "JoinAttempt", "JoinFailed", "JoinResult",
     "estimate_tokens", "has_join_marker", "join_messages", "join_query", "next_id", "render_results",
 ]
 
@@ -100,6 +101,54 @@ Reply with one line:
 Answer: <the final answer>
 When the result of one call already is the whole answer, write only its id, e.g. \
 `Answer: s5`."""
+
+
+_SYSTEM_JSON = """\
+You are the joiner of a parallel function-calling system. A plan of function calls ran to \
+answer a question; you see the plan and each call's result. Either answer the question from \
+the results, or, when the results show that more calls are needed (a condition is now \
+decided, a lookup named what to look up next, a count says how many calls follow), write \
+the next calls.
+
+Reply with one JSON object, in one of two forms:
+1. The answer: {{"answer": "<the final answer>"}}; when the result of one call already is \
+the whole answer, only its id: {{"answer": "s5"}}.
+2. More calls: {{"calls": [call, ...]}} with ids continuing from the id you are given. Use \
+earlier results by their ids. End with the call whose result answers the question.
+
+{language}
+
+The functions you may call:
+{functions}"""
+
+_SYSTEM_JSON_ANSWER_ONLY = """\
+You are the joiner of a parallel function-calling system. A plan of function calls ran to \
+answer a question; you see the plan and each call's result. Answer the question from these \
+results; no more calls can be made. Reply with one JSON object: {"answer": "<the final \
+answer>"}; when the result of one call already is the whole answer, only its id: \
+{"answer": "s5"}."""
+
+_ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "description": "the answer, or the id of the call whose result is it"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+def join_response_format(toolbox: Toolbox, *, must_answer: bool = False) -> dict[str, Any]:
+    """`response_format` of a JSON join request: `{"answer": ...}` or the plan schema's
+    `{"calls": [...]}` (only the answer when `must_answer`).
+
+    >>> join_response_format(Toolbox(), must_answer=True)["json_schema"]["schema"]["required"]
+    ['answer']
+    """
+    if must_answer:
+        schema: dict[str, Any] = dict(_ANSWER_SCHEMA)
+    else:
+        plan = dict(plan_schema(toolbox))
+        schema = {"$defs": plan.pop("$defs", {}), "anyOf": [_ANSWER_SCHEMA, plan]}
+    return {"type": "json_schema", "json_schema": {"name": "llmorch_join", "schema": schema}}
 
 
 def has_join_marker(text: str) -> bool:
@@ -160,21 +209,29 @@ def join_messages(
     failed: Mapping[str, str] | None = None,
     must_answer: bool = False,
     value_chars: int = 1500,
+    mode: str = "text",
 ) -> list[dict[str, str]]:
     """The join request: the system message (the two forms, the plan language, the
-    functions), then the question, the plan that ran and its results."""
+    functions), then the question, the plan that ran and its results. `mode="json"`: the
+    forms and the plan as JSON objects (the request carries `join_response_format`)."""
+    json_mode = mode == "json"
     if must_answer:
-        system = _SYSTEM_ANSWER_ONLY
-        ask = "Reply with `Answer:` and the answer."
+        system = _SYSTEM_JSON_ANSWER_ONLY if json_mode else _SYSTEM_ANSWER_ONLY
+        ask = 'Reply with {"answer": ...}.' if json_mode else "Reply with `Answer:` and the answer."
     else:
         functions = toolbox.describe()
         fields = describe_results(toolbox)
         if fields:
             functions += "\nResults with fields (select them, e.g. `s1.field`; only these fields exist):\n" + fields
-        system = _SYSTEM.format(language=_LANGUAGE, functions=functions)
-        ask = f"Reply with `Answer:` and the answer, or with `Plan:` and calls starting at {next_id(plan)}."
+        if json_mode:
+            system = _SYSTEM_JSON.format(language=JSON_FORM_HELP, functions=functions)
+            ask = f'Reply with {{"answer": ...}}, or with {{"calls": [...]}} starting at {next_id(plan)}.'
+        else:
+            system = _SYSTEM.format(language=_LANGUAGE, functions=functions)
+            ask = f"Reply with `Answer:` and the answer, or with `Plan:` and calls starting at {next_id(plan)}."
+    shown = with_keywords(plan, toolbox).to_text("json") if json_mode else plan.to_text("paper")
     user = (
-        f"Question: {query}\n\nThe plan that ran:\n{plan.to_text('paper')}\n\n"
+        f"Question: {query}\n\nThe plan that ran:\n{shown}\n\n"
         f"Results:\n{render_results(plan, results, failed, value_chars=value_chars)}\n\n{ask}"
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -380,10 +437,14 @@ def _reconcile(dispatched: Sequence[Call], plan: Plan, base: Plan) -> tuple[tupl
     return tuple(kept), tuple(stale)
 
 
-def _fix_message(errors: Sequence[str], must_answer: bool, start: str) -> str:
+def _fix_message(errors: Sequence[str], must_answer: bool, start: str, mode: str = "text") -> str:
     listing = "\n".join(f"- {e}" for e in errors)
-    form = ("Reply with `Answer:` and the answer." if must_answer else
-            f"Reply again in one of the two forms: `Answer: ...`, or `Plan:` then calls starting at {start}.")
+    if mode == "json":
+        form = ('Reply with {"answer": ...}.' if must_answer else
+                f'Reply again with one JSON object: {{"answer": ...}}, or {{"calls": [...]}} starting at {start}.')
+    else:
+        form = ("Reply with `Answer:` and the answer." if must_answer else
+                f"Reply again in one of the two forms: `Answer: ...`, or `Plan:` then calls starting at {start}.")
     return f"Your reply cannot be used:\n{listing}\n\n{form}"
 
 
@@ -403,6 +464,7 @@ def join_query(
     value_chars: int = 1500,
     on_call: Callable[[Call], Any] | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,  # type: ignore[type-arg]
+    mode: str = "text",
 ) -> JoinResult:
     """Ask the LLM to answer from `plan`'s `results` or to continue the plan.
 
@@ -421,6 +483,9 @@ def join_query(
         value_chars: longest text of one result shown; longer ones are cut with a note.
         on_call: called with each continuation call of the first reply as soon as its line
             is complete and its inputs are known (as `plan_query`'s).
+        mode: "text" (`Answer:` / `Plan:` replies, streamed) or "json" (`{"answer": ...}` /
+            `{"calls": [...]}` under `join_response_format`, for the JSON planner's
+            endpoints; its calls are read once the reply is complete).
 
     Raises:
         JoinFailed: no usable reply after `attempts` replies.
@@ -429,60 +494,40 @@ def join_query(
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     log = log if log is not None else logging.getLogger(__name__)
+    if mode not in PLANNER_MODES:
+        raise ValueError(f"mode must be one of {', '.join(PLANNER_MODES)}, got {mode!r}")
     messages: list[Message] = list(join_messages(
-        query, toolbox, plan, results, failed=failed, must_answer=must_answer, value_chars=value_chars,
+        query, toolbox, plan, results, failed=failed, must_answer=must_answer, value_chars=value_chars, mode=mode,
     ))
     start = next_id(plan)
+    json_mode = mode == "json"
     history: list[JoinAttempt] = []
     dispatched: list[Call] = []
     for i in range(attempts):
         began = time.monotonic()
-        reply = _Reply(plan, toolbox, on_call if i == 0 and not must_answer else None)
-        lines = _FenceFilter()
-        with client.stream(messages, temperature=temperature) as chunks:
-            for chunk in chunks:
-                reply.feed(lines.feed(chunk))
-            completion = chunks.completion
-        reply.feed(lines.flush())
-        reply.close()
-        dispatched += reply.dispatched
-        errors: list[str] = []
-        outcome: JoinResult | None = None
-        if reply.form == "answer":
-            text = reply.text.strip()
-            ref = text.strip("`'\" .")  # `Answer: s5.` and `Answer: `s5`` name s5 too
-            if not text:
-                errors.append("`Answer:` with nothing after it")
-            elif ref in plan.ids:
-                if ref not in results:
-                    errors.append(f"`Answer: {ref}`: {ref} has no result")
-                else:
-                    outcome = JoinResult(round, True, results[ref], answer_ref=ref)
-            else:
-                outcome = JoinResult(round, True, text)
-        elif reply.form == "plan" and must_answer:
-            errors.append("no more calls can be made: answer from the results")
-        elif reply.form == "plan":
-            assert reply.stream is not None
-            try:
-                whole = _close(reply)
-            except PlanError as exc:
-                errors += [str(e) for e in exc.errors]
-            else:
-                new = tuple(c for c in whole.calls if c.id not in set(plan.ids))
-                if not new:
-                    errors.append("`Plan:` with no new calls")
-                else:
-                    kept, stale = _reconcile(dispatched, whole, plan)
-                    outcome = JoinResult(round, False, plan=whole, continuation=new, dispatched=kept, stale=stale)
-        elif reply.text.strip():
-            first = reply.text.strip().splitlines()[0][:80]
-            forms = "`Answer:`" if must_answer else "`Answer:` or `Plan:`"
-            errors.append(f"the reply must start with {forms}; it starts with {first!r}")
+        if json_mode:  # answered whole, under the schema: its calls start once it is read
+            completion = client.complete(
+                messages, temperature=temperature, response_format=join_response_format(toolbox, must_answer=must_answer),
+            )
+            text = completion.text
+            outcome, errors = _json_reply(text, plan, toolbox, results, round, must_answer)
         else:
-            errors.append("the reply is empty")
+            reply = _Reply(plan, toolbox, on_call if i == 0 and not must_answer else None)
+            lines = _FenceFilter()
+            with client.stream(messages, temperature=temperature) as chunks:
+                for chunk in chunks:
+                    reply.feed(lines.feed(chunk))
+                completion = chunks.completion
+            reply.feed(lines.flush())
+            reply.close()
+            dispatched += reply.dispatched
+            text = reply.text
+            outcome, errors = _text_reply(reply, plan, results, round, must_answer)
+            if outcome is not None and not outcome.answered:
+                kept, stale = _reconcile(dispatched, outcome.plan, plan)  # type: ignore[arg-type]
+                outcome = replace(outcome, dispatched=kept, stale=stale)
         attempt = JoinAttempt(
-            text=reply.text, errors=tuple(errors), prompt_tokens=completion.prompt_tokens,
+            text=text, errors=tuple(errors), prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens, seconds=time.monotonic() - began, repair=i > 0,
         )
         history.append(attempt)
@@ -494,22 +539,86 @@ def join_query(
             if outcome.stale:
                 log.warning("joiner · round %d: streamed calls %s are not in the repaired continuation: "
                             "their results are ignored", round, ", ".join(c.id for c in outcome.stale))
-            return replace(outcome, attempts=tuple(history), forced=forced, text=reply.text)
+            return replace(outcome, attempts=tuple(history), forced=forced, text=text)
         log.warning("joiner · round %d: reply %d cannot be used (%s): %s\n--- reply ---\n%s",
-                    round, i + 1, tokens, "; ".join(errors), reply.text)
+                    round, i + 1, tokens, "; ".join(errors), text)
         messages = [*messages[:2], {"role": "assistant", "content": completion.text},
-                    {"role": "user", "content": _fix_message(errors, must_answer, start)}]
+                    {"role": "user", "content": _fix_message(errors, must_answer, start, mode)}]
     failure = JoinFailed(round, history, dispatched)
     log.error("%s", failure)
     raise failure
+
+
+def _answered(text: str, plan: Plan, results: Mapping[str, Any], round: int) -> tuple[JoinResult | None, list[str]]:
+    """The answer `text`, or the result of the call it names (`s5`, `s5.`, `` `s5` ``)."""
+    text = text.strip()
+    ref = text.strip("`'\" .")
+    if not text:
+        return None, ["the answer is empty"]
+    if ref in plan.ids:
+        if ref not in results:
+            return None, [f"the answer names {ref}, which has no result"]
+        return JoinResult(round, True, results[ref], answer_ref=ref), []
+    return JoinResult(round, True, text), []
+
+
+def _continued(whole: Plan, plan: Plan, round: int) -> tuple[JoinResult | None, list[str]]:
+    new = tuple(c for c in whole.calls if c.id not in set(plan.ids))
+    if not new:
+        return None, ["a plan with no new calls"]
+    return JoinResult(round, False, plan=whole, continuation=new), []
+
+
+def _text_reply(
+    reply: _Reply, plan: Plan, results: Mapping[str, Any], round: int, must_answer: bool
+) -> tuple[JoinResult | None, list[str]]:
+    if reply.form == "answer":
+        return _answered(reply.text, plan, results, round)
+    if reply.form == "plan" and must_answer:
+        return None, ["no more calls can be made: answer from the results"]
+    if reply.form == "plan":
+        try:
+            whole = _close(reply)
+        except PlanError as exc:
+            return None, [str(e) for e in exc.errors]
+        return _continued(whole, plan, round)
+    if reply.text.strip():
+        first = reply.text.strip().splitlines()[0][:80]
+        forms = "`Answer:`" if must_answer else "`Answer:` or `Plan:`"
+        return None, [f"the reply must start with {forms}; it starts with {first!r}"]
+    return None, ["the reply is empty"]
+
+
+def _json_reply(
+    text: str, plan: Plan, toolbox: Toolbox, results: Mapping[str, Any], round: int, must_answer: bool
+) -> tuple[JoinResult | None, list[str]]:
+    """A JSON join reply: `{"answer": ...}`, or `{"calls": [...]}` read after the plan that
+    ran (one JSON plan, so references, fields and types are checked as in one plan)."""
+    body = "\n".join(line for line in text.splitlines() if not line.strip().startswith("```"))
+    try:
+        obj = json.loads(body)
+    except ValueError as exc:
+        return None, [f"the reply is not a JSON object: {exc}"]
+    if not isinstance(obj, dict) or not ({"answer", "calls"} & set(obj)):
+        return None, ['the reply must be {"answer": ...} or {"calls": [...]}']
+    if "calls" not in obj:
+        return _answered(str(obj["answer"]), plan, results, round)
+    if must_answer:
+        return None, ["no more calls can be made: answer from the results"]
+    if not isinstance(obj["calls"], list):
+        return None, ['"calls" must be a list of calls']
+    ran = json.loads(with_keywords(plan, toolbox).to_text("json"))["calls"]
+    try:
+        whole = parse(json.dumps({"calls": ran + obj["calls"]}, ensure_ascii=False), toolbox)
+    except PlanError as exc:
+        return None, [str(e) for e in exc.errors]
+    return _continued(whole, plan, round)
 
 
 def _close(reply: _Reply) -> Plan:
     """The whole plan (the one that ran, then the continuation), or the reply's errors."""
     assert reply.stream is not None
     if reply.broken is not None:
-        from prefect_llmorch.plan.parser import parse
-
         # raises with every error (lines counted from the plan that ran, shown first)
         return parse(reply.base.to_text("paper") + "\n" + reply.text, reply.toolbox)
     return reply.stream.close()
