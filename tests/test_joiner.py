@@ -243,5 +243,5 @@ def test_the_json_form_continues_or_answers_under_a_schema(fake_llm, llm) -> Non
     assert request.body["response_format"]["json_schema"]["name"] == "llmorch_join"
     assert '"function": "forecast"' in request.messages[-1]["content"]  # the plan that ran, as JSON
     jr = join_query(RAIN, tb, llm, plan, results, mode="json", must_answer=True)
-    assert jr.answered and jr.answer_ref == "s1" and jr.answer == results["s1"]
+    assert jr.answered and jr.answer_ref == "s1" and jr.value(results) == results["s1"]
     assert fake_llm.chat_requests[1].body["response_format"]["json_schema"]["schema"]["required"] == ["answer"]

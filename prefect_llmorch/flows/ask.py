@@ -182,7 +182,7 @@ def answer(
     if rounds.joins or rounds.continued:
         report.joiner = rounds.to_dict()
         if not report.failed and rounds.answered is not None:
-            report.result = rounds.answered.answer
+            report.result = rounds.answered.value(report.results)
         elif not report.failed:  # the last continuation's last call answers
             report.result = report.results.get(ex.plan.calls[-1].id)
     usage = (

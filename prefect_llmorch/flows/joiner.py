@@ -206,12 +206,9 @@ def _failed(ex: "Execution", plan: Plan) -> dict[str, str]:
     return out
 
 
-def _last_result(plan: Plan, results: dict[str, Any]) -> tuple[str | None, Any]:
-    """The last call of `plan` that has a result, and that result ("what it has")."""
-    for call in reversed(plan.calls):
-        if call.id in results:
-            return call.id, results[call.id]
-    return None, None
+def _last_result(plan: Plan, results: dict[str, Any]) -> str | None:
+    """The last call of `plan` that has a result: "what it has"."""
+    return next((c.id for c in reversed(plan.calls) if c.id in results), None)
 
 
 def join_rounds(
@@ -240,8 +237,8 @@ def join_rounds(
                 query, toolbox, plan, results, failed=failed, must_answer=forced is not None,
                 value_chars=settings.value_chars, mode=mode))
             if used + need > settings.max_tokens:
-                ref, value = _last_result(plan, results)
-                rounds.joins.append(JoinResult(number, True, value, answer_ref=ref, forced="tokens", skipped=True))
+                ref = _last_result(plan, results)
+                rounds.joins.append(JoinResult(number, True, None, answer_ref=ref, forced="tokens", skipped=True))
                 rounds.answered = rounds.joins[-1]
                 rounds.stopped = (f"token budget: {used} of {settings.max_tokens} tokens used, a join needs about "
                                   f"{need}: answered with the result of {ref}")

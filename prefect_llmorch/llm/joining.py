@@ -256,8 +256,9 @@ class JoinResult:
     Attributes:
         round: the round whose results it saw (1: the planner's plan).
         answered: True when it answered (`answer`); False when it continued (`plan`).
-        answer: the answer: the text after `Answer:`, or the result of the call it named.
-        answer_ref: the call id when the answer was `Answer: sN`.
+        answer: the answer's text (after `Answer:`); None when it named a call.
+        answer_ref: the call id when the answer was `Answer: sN`: that call's result is the
+            answer (`value`).
         plan: the whole plan so far with the continuation (when it continued).
         continuation: the continuation's calls, in order.
         attempts: every reply, in order.
@@ -281,6 +282,10 @@ class JoinResult:
     forced: str | None = None
     skipped: bool = False
     text: str = ""  # the usable reply's text after its first line (a continuation as written)
+
+    def value(self, results: Mapping[str, Any]) -> Any:
+        """The answer: the named call's result in `results`, else the answer's text."""
+        return results.get(self.answer_ref) if self.answer_ref is not None else self.answer
 
     @property
     def prompt_tokens(self) -> int:
@@ -558,7 +563,8 @@ def _answered(text: str, plan: Plan, results: Mapping[str, Any], round: int) -> 
     if ref in plan.ids:
         if ref not in results:
             return None, [f"the answer names {ref}, which has no result"]
-        return JoinResult(round, True, results[ref], answer_ref=ref), []
+        # by reference: the result itself stays out of the (persisted) decision
+        return JoinResult(round, True, None, answer_ref=ref), []
     return JoinResult(round, True, text), []
 
 
