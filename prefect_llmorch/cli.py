@@ -633,11 +633,13 @@ def _ask_and_print(
     question: str, toolbox: str, processors: int, policy: str, client: Any, as_json: bool, attempts: int,
     cancel_running: bool = False, planner: Optional[str] = None, cache: bool = True, costs: Optional[str] = None,
     resources: Optional[dict[str, float]] = None,
+    joiner: Optional[str] = None, rounds: Optional[int] = None, max_tokens: Optional[int] = None,
 ) -> None:
     from prefect_llmorch.flows.ask import ask_query
     from prefect_llmorch.llm.client import LLMError
     from prefect_llmorch.flows.run import PlanRunFailed
     from prefect_llmorch.flows.planner import PlanningFailed
+    from prefect_llmorch.llm.joining import JoinFailed
 
     from prefect_llmorch.host import interrupt
 
@@ -647,12 +649,13 @@ def _ask_and_print(
             report = ask_query(
                 question, toolbox, processors=processors, policy=policy, endpoint=client, attempts=attempts,
                 cancel_running=cancel_running, planner=planner, cache=cache, costs=costs, resources=resources or None,
+                joiner=joiner, max_rounds=rounds, max_tokens=max_tokens,
             )
         except PlanRunFailed as exc:
             _print_report(exc.report, as_json)
             clock.report(exc.report)
             raise typer.Exit(1) from None
-        except (PlanningFailed, LLMError) as exc:
+        except (PlanningFailed, LLMError, JoinFailed) as exc:
             if interrupt.received():
                 _interrupted_without_report(exc, as_json)
             _ended_without_report(exc, as_json, state="Failed")
@@ -673,6 +676,11 @@ def _ask_and_print(
         console.print(report.extra.get("plan", ""), markup=False, highlight=False)
         tokens = report.extra.get("tokens", {})
         console.print(f"planner attempts: {report.extra.get('attempts')} | tokens: {tokens.get('prompt', 0)} prompt + {tokens.get('completion', 0)} completion")
+        joined = report.extra.get("joiner")
+        if joined:
+            decisions = ", ".join(f"round {j['round']}: {j['decision']}" for j in joined["joins"]) or "none"
+            console.print(f"joiner ({joined['mode']}): {decisions}" + (f" | {joined['stopped']}" if joined["stopped"] else ""),
+                          markup=False, highlight=False)
     _print_report(report, as_json)
     clock.report(report)
 
@@ -692,6 +700,9 @@ def ask(
     no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
     costs: Optional[str] = typer.Option(None, "--costs", help=COSTS_HELP),
     resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity or rate of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2, search-api=10/s, search-api=2,10/s"),
+    joiner: Optional[str] = typer.Option(None, "--joiner", help="the join step after a plan: auto (when the plan ends with join()), always, off (default: the endpoint block's, else auto)"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="continuations the joiner may write (default: the block's, else 2)"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="token budget of the whole ask (planner, repairs, self calls, joins); at the budget the joiner answers with what it has"),
 ) -> None:
     """Plan the question with the LLM, run the plan in parallel on Prefect, print the answer."""
     _prepare_env()
@@ -701,11 +712,15 @@ def ask(
     _check_planner(planner)
     _at_least("--attempts", attempts, 1)
     _check_costs(costs)
+    if joiner is not None and joiner not in ("off", "auto", "always"):
+        _fail(f"--joiner {joiner!r}: must be auto, always or off")
+    _at_least("--rounds", rounds, 0)
+    _at_least("--max-tokens", max_tokens, 1)
     with _json_stdout(as_json):
         _check_capacities(_toolbox(toolbox), P, capacities)
         _ask_and_print(
             question, toolbox, P, policy, _endpoint(endpoint), as_json, attempts, cancel_running, planner, not no_cache, costs,
-            capacities,
+            capacities, joiner, rounds, max_tokens,
         )
 
 

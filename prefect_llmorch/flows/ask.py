@@ -15,10 +15,12 @@ import time
 from typing import Any, Mapping
 
 from prefect import flow
+from prefect.cache_policies import CacheKeyFnPolicy
 
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner
 from prefect_llmorch.flows.planner import planner_task, resolve_client
+from prefect_llmorch.flows.joiner import JoinSettings, check_joiner, join_rounds, replay_key
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import Planning, RunReport, publish_artifacts
 from prefect_llmorch.storage.history import check_costs, remember_records
@@ -46,6 +48,9 @@ def ask(
     cache: bool = True,
     costs: str | None = None,
     resources: dict[str, float | str] | None = None,
+    joiner: str | None = None,
+    max_rounds: int | None = None,
+    max_tokens: int | None = None,
 ) -> RunReport:
     """Plan `query` with the LLM, run the plan on P processors, return the report.
 
@@ -67,11 +72,18 @@ def ask(
             `history` once this machine has a history, else `declared`.
         resources: capacities of resource classes beyond processors (`{"search-api": 2,
             "gpu_mem_gb": 80}`) for this run; None: the task runner's.
+        joiner: the join step after the plan (`flows/joiner.py`): "auto" (when the plan
+            ends with `join()`), "always" (after every plan) or "off"; None: the endpoint
+            block's `joiner`, else "auto".
+        max_rounds: continuations the joiner may write (None: the block's, else 2).
+        max_tokens: token budget of the whole ask, prompt + completion over planner,
+            repairs, `self` calls and joins; at the budget the joiner answers with what
+            it has (None: the block's `ask_max_tokens`, else no budget).
     """
     return answer(
         query, toolbox, processors=processors, policy=policy, endpoint=endpoint, attempts=attempts,
         recovery_rounds=recovery_rounds, cancel_running=cancel_running, planner=planner, cache=cache,
-        costs=costs, resources=resources,
+        costs=costs, resources=resources, joiner=joiner, max_rounds=max_rounds, max_tokens=max_tokens,
     )
 
 
@@ -89,6 +101,9 @@ def answer(
     cache: bool = True,
     costs: str | None = None,
     resources: dict[str, float | str] | None = None,
+    joiner: str | None = None,
+    max_rounds: int | None = None,
+    max_tokens: int | None = None,
 ) -> RunReport:
     """The body of `llmorch-ask` inside the current flow run (the deployable flows use it).
 
@@ -105,11 +120,18 @@ def answer(
     elif resources:
         raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
     P = runner.processors if runner is not None else (processors or default_processors())
+    if isinstance(endpoint, str):  # the block once: its join settings and its client
+        from prefect_llmorch.blocks import LLMEndpoint
+
+        endpoint = LLMEndpoint.load(endpoint)
+    joining = JoinSettings.resolve(endpoint, joiner, max_rounds, max_tokens)
     client = resolve_client(endpoint)
     tokens = TokenCounter()
     recovery = None
     if recovery_rounds > 0:
-        recovery = RecoveryConfig(client, max_rounds=recovery_rounds, running="cancel" if cancel_running else "wait")
+        recovery = RecoveryConfig(
+            client, max_rounds=recovery_rounds, running="cancel" if cancel_running else "wait", tokens=tokens,
+        )
     # The plan is not known yet: costs for every function of the toolbox (one lookup).
     choice = learned_costs({name for name in tb if name != SELF}, costs)
     ex = Execution(
@@ -121,8 +143,16 @@ def answer(
         ex.recorder.t0 = time.time()  # latency counts from the first LLM request
         # Each call is stamped when the planner hands it over: what the flow's thread adds
         # after that (waking up, submitting) counts as our overhead, not as the LLM's time.
-        planning = planner_task.submit(
-            query, tb, client, attempts=attempts, on_call=lambda c: inbox.put((c, time.time())), mode=planner
+        join = joining.joiner != "off"
+        planning = planner_task.with_options(
+            task_run_name="planner · round 1" if join else "planner",
+            # a retry of this flow run replays the plan (and `join_rounds` each join decision)
+            cache_policy=CacheKeyFnPolicy(
+                cache_key_fn=replay_key("planner", "query", "toolbox", "llm", "attempts", "mode", "join")),
+            persist_result=True,
+        ).submit(
+            query, tb, client, attempts=attempts, on_call=lambda c: inbox.put((c, time.time())), mode=planner,
+            join=join,
         )
         planning.add_done_callback(lambda _f: inbox.put((_DONE, time.time())))
         while (item := _next(inbox))[0] is not _DONE:
@@ -137,17 +167,30 @@ def answer(
             tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
         ex.start(result.plan, kept=result.dispatched, planned_at=planned_at)
         prediction = predicted(ex.frg, P, policy, choice, runner)
+        rounds = join_rounds(
+            ex, query, tb, client, result.text, joining, tokens, _next, mode=planner or client.planner or "text",
+        )
     except BaseException:
         ex.close()
         raise
     report = ex.finish()
     report.predicted = prediction
     remember_records(report.calls)
-    report.planning = Planning(plan=result.text, attempts=len(result.attempts), tokens=tokens.to_dict())
+    assert ex.plan is not None
+    whole = ex.plan.to_text("paper") if rounds.continued else result.text
+    report.planning = Planning(plan=whole, attempts=len(result.attempts), tokens=tokens.to_dict())
+    if rounds.joins or rounds.continued:
+        report.joiner = rounds.to_dict()
+        if not report.failed and rounds.answered is not None:
+            report.result = rounds.answered.value(report.results)
+        elif not report.failed:  # the last continuation's last call answers
+            report.result = report.results.get(ex.plan.calls[-1].id)
     usage = (
         f"\n\n## LLM usage\n\nplanner attempts: {len(result.attempts)}; tokens: "
         f"{tokens.prompt} prompt + {tokens.completion} completion\n\n```text\n{result.text}\n```\n"
     )
+    if rounds.joins:
+        usage += rounds.to_markdown(tokens)
     publish_artifacts(ex.frg, report, extra_markdown=usage)
     return conclude(report)
 
@@ -168,6 +211,9 @@ def ask_query(
     costs: str | None = None,
     resources: Mapping[str, float | str] | None = None,
     gpus: Any = None,
+    joiner: str | None = None,
+    max_rounds: int | None = None,
+    max_tokens: int | None = None,
 ) -> RunReport:
     """Run the `llmorch-ask` flow with a task runner for `processors` and `policy`.
 
@@ -175,10 +221,12 @@ def ask_query(
     `resources` are capacities of resource classes (`{"search-api": 2}`), `gpus` GPU devices
     (`[{"id": 0, "mem_gb": 80}]`): calls declaring `resources=` are admitted when their
     demand fits (checked before anything runs).
+    `joiner`, `max_rounds`, `max_tokens`: the join step and the ask's token budget (see `ask`).
     Raises `PlanRunFailed` (with the report) when calls failed, `PlanningFailed` when no
     valid plan came, `LLMError` when the endpoint failed.
     """
     check_costs(costs)
+    check_joiner(joiner or "auto", 2 if max_rounds is None else max_rounds, max_tokens)  # before a flow run exists
     P = processors or default_processors()
     prepare(toolbox, P)
     runner = local_runner(toolbox, P, policy, concurrency_limit, resources, gpus)
@@ -187,6 +235,7 @@ def ask_query(
         "endpoint": endpoint, "attempts": attempts, "recovery_rounds": recovery_rounds,
         "cancel_running": cancel_running, "planner": planner, "cache": cache, "costs": costs,
         "resources": dict(resources) if resources else None,
+        "joiner": joiner, "max_rounds": max_rounds, "max_tokens": max_tokens,
     }
     return run_flow(ask, runner, parameters, simple=_simple(toolbox, endpoint))
 

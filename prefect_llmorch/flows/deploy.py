@@ -202,6 +202,14 @@ class AskParameters(BaseModel):
         default=None, description="Costs for the policy: declared, or history (learned); default: history once there is one"
     )
     resources: Optional[dict[str, float]] = Field(default=None, description=RESOURCES_HELP)
+    joiner: Optional[Literal["off", "auto", "always"]] = Field(
+        default=None, description="The join step after a plan: auto (when the plan ends with join()), always, off "
+        "(default: the endpoint's setting, else auto)",
+    )
+    max_rounds: Optional[int] = Field(default=None, ge=0, le=10, description="Continuations the joiner may write (default: 2)")
+    max_tokens: Optional[int] = Field(
+        default=None, ge=1, description="Token budget of the whole ask (planner, repairs, self calls, joins; default: none)",
+    )
 
     @field_validator("toolbox", mode="before")  # before the pattern: our message, not the regex
     @classmethod
@@ -272,7 +280,8 @@ def llmorch_ask(parameters: AskParameters) -> dict[str, Any]:
         endpoint=parameters.endpoint, attempts=parameters.attempts,
         recovery_rounds=parameters.recovery_rounds, cancel_running=parameters.cancel_running,
         planner=parameters.planner, cache=parameters.cache, costs=parameters.costs,
-        resources=parameters.resources,
+        resources=parameters.resources, joiner=parameters.joiner, max_rounds=parameters.max_rounds,
+        max_tokens=parameters.max_tokens,
     )
     return publish_result(report)
 
