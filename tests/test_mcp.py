@@ -189,7 +189,10 @@ def test_plans_run_in_parallel_through_stdio_and_http_servers_with_a_failure_and
     assert rows["s3"].state == rows["s4"].state == "Completed"
     assert failed.value.report.results["s4"]["value"] == "SLOW"
     assert failed.value.report.results["s4"]["pid"] != report.results["s1"]["pid"]  # a new server process
-    assert len(stdio.openings) == 4 and stdio.openings[2] == stdio.openings[3]  # run 2 and its reconnect
+    # Run 2's sessions (its reconnect included) are run 2's own; how many there were depends on
+    # when the SDK saw the server gone (under load the crash can come before s2's session
+    # opens): the reconnect itself is shown by s4's new server process above.
+    assert len(stdio.openings) >= 3 and set(stdio.openings[2:]) == {stdio.openings[2]}
     assert len(http.openings) == 3  # run 2: one session
 
 
