@@ -197,6 +197,28 @@ def test_slots_a_dead_process_left_on_a_server_that_forgot_its_lease_are_cleared
     assert all(e["lease"] != lease for e in guard._ledger_read())
 
 
+def test_slots_of_a_dead_server_that_had_this_url_are_cleared_at_start() -> None:
+    """Embedded servers of one PREFECT_HOME share its database and may reuse a port: a lease
+    granted by an earlier server at this very URL died with it, and its slots did not."""
+    from prefect.settings import PREFECT_API_URL
+
+    name = f"llmorch-test-port-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    with get_client(sync_client=True) as client:
+        client.increment_concurrency_slots(names=[name], slots=2, mode="concurrency")
+        api = str(client.api_url)
+    assert str(PREFECT_API_URL.value()).rstrip("/") in api
+    lease = str(uuid.uuid4())
+    guard._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": api, "server": f"{api}#pid={dead_pid()}",
+                       "pid": dead_pid(), "started": 0.0})
+
+    report = run(plan_of(3), name)
+
+    assert report.state == "Completed"
+    assert active_slots(name) == 0
+    assert all(e["lease"] != lease for e in guard._ledger_read())
+
+
 def test_a_lease_of_a_dead_process_on_this_server_is_released_at_start() -> None:
     name = f"llmorch-test-dead-{uuid.uuid4().hex[:6]}"
     make_limit(name, 2)

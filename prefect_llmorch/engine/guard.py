@@ -19,7 +19,8 @@ than P compute calls together; each resource class has a limit of its own (`llmo
   slots back for a random 0.5-2 s (`back_off`).
 - **Slots always come back.** Leases expire unless renewed; the runner gives its slots back
   on every way out it lives through; a killed process cannot, so each lease is also written
-  to a ledger in PREFECT_HOME (`llmorch-leases.json`: limit, lease, slots, API, pid), and the
+  to a ledger in PREFECT_HOME (`llmorch-leases.json`: limit, lease, slots, API and which
+  server answered there, pid), and the
   next runner clears the leases whose process is gone (by lease while the server knows it;
   by decrementing the slots when the lease died with an embedded server, which forgets
   leases and keeps slots).
@@ -52,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from prefect_llmorch.host.server import server_key
+from prefect_llmorch.host.server import server_instance, server_key
 
 logger = logging.getLogger("prefect_llmorch.engine.guard")
 
@@ -473,7 +474,8 @@ class GlobalLimit:
                 raise LookupError(f"global concurrency limit {limit.name!r} does not exist")
             lease = _Lease(str(body["lease_id"]), want, str(client.api_url))
             _ledger_add({"limit": limit.name, "lease": lease.id, "slots": want, "api": lease.api,
-                         "pid": os.getpid(), "started": _process_start(), "t": time.time()})
+                         "server": server_instance(lease.api), "pid": os.getpid(), "started": _process_start(),
+                         "t": time.time()})
             with self._cond:
                 limit.leases.append(lease)
                 limit.blocked = False
@@ -578,7 +580,7 @@ class GlobalLimit:
         """Give back the slots of leases of `name` whose process is gone."""
         from prefect.exceptions import PrefectHTTPStatusError
 
-        api = str(self._api().api_url)
+        here = server_instance(str(self._api().api_url))
         for entry in [e for e in _ledger_read() if e.get("limit") == name and not _alive(e)]:
             how = "its lease"
             try:
@@ -586,7 +588,7 @@ class GlobalLimit:
             except PrefectHTTPStatusError as exc:
                 if exc.response.status_code not in (404, 410):
                     raise
-                if entry.get("api") == api:
+                if entry.get("server", entry.get("api")) == here:
                     how = ""  # this server expired the lease itself: its slots are back already
                 else:  # the lease died with the server that granted it; its slots did not
                     how = "its slots (the server that granted the lease is gone)"
