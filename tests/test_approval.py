@@ -222,7 +222,7 @@ def test_recovery_plans_around_a_rejected_call(tmp_path: Path) -> None:
         prompt = server.chat_requests[0].text
     report = box["report"]
     assert report.state == "Completed", report.message
-    assert report.result["s2"] == "EVE"
+    assert report.results["s2"] == "EVE" and report.results["s1"] == "EVE"
     assert "rejected by the user" in prompt
     assert [r["function"] for r in ta.records(log)] == ["lookup", "lookup"]
 
