@@ -231,3 +231,38 @@ def test_approve_refuses_cache() -> None:
     with pytest.raises(ValueError, match="approve=True cannot be cache=True"):
         inout(approve=True, cache=True)(lambda x: x)
     assert TB["send"].approve and TB["wipe"].approve and not TB["crunch"].approve
+
+
+def test_the_runner_graph_puts_an_approval_node_before_each_call_that_needs_one() -> None:
+    """The runner's graph: `s1~approval` (inout, cost 0, holding nothing) with the call's deps,
+    and the call after it; calls without approval are as in the plan's FRG."""
+    from prefect_llmorch.engine.compiler import Compiler, Recorder
+    from prefect_llmorch.graph import FRG
+    from prefect_llmorch.plan.parser import parse
+
+    plan = parse('s1: lookup("a", "l")\ns2: wipe(1, "l")\ns3: send(s1, "l")\ns4: crunch(s2, "l")\n', TB)
+    frg = FRG.build(plan, TB)
+    graph = Compiler(frg=frg, toolbox=TB, recorder=Recorder()).runner_graph(frg)
+    assert graph.ids == ("s1", "s2~approval", "s2", "s3~approval", "s3", "s4")
+    assert graph.deps["s2~approval"] == frozenset() and graph.deps["s2"] == {"s2~approval"}
+    assert graph.deps["s3~approval"] == {"s1"} and graph.deps["s3"] == {"s1", "s3~approval"}
+    assert graph.deps["s4"] == {"s2"}
+    assert graph.kind["s2~approval"] == "inout" and dict(graph.demand["s2~approval"]) == {} and graph.cost["s2~approval"] == 0
+    assert graph.kind["s2"] == "compute" and dict(graph.demand["s2"]) == {"processors": 1.0}
+    plain = FRG.build(parse('s1: lookup("a", "l")\n', TB), TB)
+    assert Compiler(frg=plain, toolbox=TB, recorder=Recorder()).runner_graph(plain) is plain  # nothing to ask
+
+
+def test_a_request_never_shows_a_loaded_secret() -> None:
+    from prefect_llmorch.engine.approval import describe, shown
+    from prefect_llmorch.engine.compiler import Compiler, Recorder
+    from prefect_llmorch.graph import FRG
+    from prefect_llmorch.plan.parser import parse
+
+    frg = FRG.build(parse('s1: lookup("a", "l")\n', TB), TB)
+    compiler = Compiler(frg=frg, toolbox=TB, recorder=Recorder(), secrets={"mail": {"token": "tok-SECRET-42"}})
+    args = shown({"to": "bob", "body": "use tok-SECRET-42 | now", "blob": "x" * 2000}, compiler._scrub)
+    assert args["to"] == "'bob'" and args["body"] == "'use *** | now'"
+    assert len(args["blob"]) == 500 and args["blob"].endswith("…")
+    text = describe("s1 · send", args, 60)
+    assert "tok-SECRET" not in text and "| `body` | `'use *** \\| now'` |" in text
