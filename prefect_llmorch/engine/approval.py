@@ -52,7 +52,7 @@ from prefect.input import RunInput
 from prefect_llmorch.engine.pool import Cancel
 
 __all__ = [
-    "ApprovalInput", "ApprovalRejected", "ApprovalTimeout", "Verdict", "approval_timeout",
+    "ApprovalInput", "ApprovalRejected", "ApprovalTimeout", "ApprovalUnavailable", "Verdict", "approval_timeout",
     "request_approval", "pending_approvals", "terminal_prompts", "APPROVAL_FLOW",
 ]
 
@@ -101,13 +101,18 @@ class ApprovalTimeout(RuntimeError):
     """Nobody approved the call in time: it did not run."""
 
 
+class ApprovalUnavailable(RuntimeError):
+    """The approval could not be asked (the API refused the pause, ...): the call did not run."""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What became of one approval request.
 
     Attributes:
         outcome: `approved`, `rejected`, `timed out`, `cancelled` (the run stopped it while
-            it waited), or `skipped` (no request was made: see `note`).
+            it waited), `unavailable` (it could not be asked: see `note`), or `skipped` (no
+            request was made: the call will not run, or fails on its arguments by itself).
         by: who answered (`ui`: the Prefect UI or API, `terminal`), or "".
         note: the person's note, or why there was no request.
         flow_run_id: the `llmorch-approval` flow run, if one was made.

@@ -522,9 +522,15 @@ class Compiler:
             except Exception as exc:  # the call itself fails with this, without asking anybody
                 return approval.Verdict("skipped", note=f"its arguments are invalid: {type(exc).__name__}").to_dict()
             _RecordsOf(self, call).update(call.id, state="AwaitingApproval")
-            verdict = approval.request_approval(
-                call.id, call.function, approval.shown(validated, self._scrub), timeout=timeout, cancel=token,
-            )
+            try:
+                verdict = approval.request_approval(
+                    call.id, call.function, approval.shown(validated, self._scrub), timeout=timeout, cancel=token,
+                )
+            except Exception as exc:  # the API refused the pause, ...: the call fails saying so
+                verdict = approval.Verdict("unavailable", note=self._scrub(f"{type(exc).__name__}: {exc}"))
+            records = _RecordsOf(self, call)
+            if self.recorder.records[call.id].state == "AwaitingApproval":
+                records.update(call.id, state="Pending")  # answered: the call's own task run takes it on
             return verdict.to_dict()
 
         name = f"approve {task_name(call, attempt)}"
@@ -593,13 +599,15 @@ def _check_verdict(label: str, verdict: approval.Verdict) -> None:
         raise approval.ApprovalRejected(f"{label} was rejected by the user{by}{note}; it did not run")
     if verdict.outcome == "timed out":
         raise approval.ApprovalTimeout(f"{label} was not approved in time ({verdict.note}); it did not run")
+    if verdict.outcome == "unavailable":
+        raise approval.ApprovalUnavailable(f"{label}: its approval could not be asked ({verdict.note}); it did not run")
     raise CallCancelled(f"{label} was cancelled while it waited for approval ({verdict.note})", call=label)
 
 
 def _not_refused(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect's `retry_condition_fn`: retry, unless a person refused the call (or did not answer)."""
     exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, (approval.ApprovalRejected, approval.ApprovalTimeout))
+    return not isinstance(exc, (approval.ApprovalRejected, approval.ApprovalTimeout, approval.ApprovalUnavailable))
 
 
 class _Body:
