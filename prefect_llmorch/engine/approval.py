@@ -207,11 +207,16 @@ def _prompt_loop() -> None:
 
         sent = (str(entry.flow_run_id), answer)
         terminal_answers.append(sent)  # before the run resumes: it reads who answered
-        try:
-            resume_flow_run(entry.flow_run_id, run_input={"approve": answer, "note": ""})
-        except Exception as exc:  # not paused any more: answered in the UI, or timed out
-            terminal_answers.remove(sent)
-            print(f"{entry.label}: too late ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+        for attempt in range(10):  # the question is asked as the run pauses: a quick answer may come first
+            try:
+                resume_flow_run(entry.flow_run_id, run_input={"approve": answer, "note": ""})
+                break
+            except Exception as exc:  # not paused (yet, or any more: answered in the UI, timed out)
+                if entry.decided.is_set() or attempt == 9:
+                    terminal_answers.remove(sent)
+                    print(f"{entry.label}: too late ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+                    break
+                entry.decided.wait(0.3)
         entry.decided.set()
 
 
