@@ -75,6 +75,15 @@ def _prepare_env() -> None:
         sys.path.insert(0, os.getcwd())
 
 
+def _terminal_approvals() -> None:
+    """Calls of `approve=True` functions are asked y/n on this terminal when standard input is
+    one (the Prefect UI can answer too); otherwise only in the UI or through the API."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        from prefect_llmorch.engine.approval import terminal_prompts
+
+        terminal_prompts(True)
+
+
 # ---------------------------------------------------------------- checking arguments
 
 
@@ -518,6 +527,7 @@ def run(
         from prefect_llmorch.host import interrupt
         from prefect_llmorch.flows.run import PlanRunFailed, run_plan
 
+        _terminal_approvals()
         with interrupt.stop_on_signals():
             clock = _Clock(_start_prefect(toolbox, P))
             try:
@@ -643,6 +653,7 @@ def _ask_and_print(
 
     from prefect_llmorch.host import interrupt
 
+    _terminal_approvals()
     with interrupt.stop_on_signals():
         clock = _Clock(_start_prefect(toolbox, processors))
         try:

@@ -74,6 +74,9 @@ class FunctionSpec:
         effects: the function has side effects: never cached, never retried automatically;
             trace-back recovery re-runs it only through the LLM's repair.
         version: part of the cache key; defaults to a hash of the function's source.
+        approve: each call runs only after a person approves it, with its arguments, in the
+            Prefect UI or on the terminal (engine/approval.py); a rejection or a timeout is
+            the call's failure. An MCP tool with `destructiveHint` sets it.
     """
 
     name: str
@@ -90,6 +93,7 @@ class FunctionSpec:
     cache_expiration: timedelta | None = None
     effects: bool = False
     version: str | None = None
+    approve: bool = False
     _signature: inspect.Signature | None = field(default=None, repr=False)
 
     @cached_property
@@ -272,6 +276,7 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
         cache_expiration: timedelta | None = None,
         effects: bool = False,
         version: str | None = None,
+        approve: bool = False,
     ) -> Callable[[F], F]: ...
 
     def deco(
@@ -290,11 +295,14 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
         cache_expiration: timedelta | None = None,
         effects: bool = False,
         version: str | None = None,
+        approve: bool = False,
     ) -> F | Callable[[F], F]:
         if cost < 0:
             raise ValueError(f"cost must be >= 0, got {cost}")
         if cache and effects:
             raise ValueError("a function with effects=True cannot be cache=True: its calls must really run")
+        if approve and cache:
+            raise ValueError("a function with approve=True cannot be cache=True: a stored result would skip the person's approval")
         if effects and retries:
             raise ValueError("a function with effects=True is never retried automatically: drop retries=")
         if cache_expiration is not None and not isinstance(cache_expiration, timedelta):
@@ -328,6 +336,7 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
                 cache_expiration=cache_expiration,
                 effects=bool(effects),
                 version=version,
+                approve=bool(approve),
             )
             f.__llmorch__ = spec  # type: ignore[attr-defined]
             return f
@@ -338,7 +347,7 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
     deco.__doc__ = (
         f"Mark a function as `{kind}`. Use bare (`@{kind}`) or with options "
         "(`name`, `description`, `cost`, `timeout`, `retries`, `retry_delay`, `credentials`, `cache`, `cache_expiration`, `effects`, `version`, "
-        "`resources`)."
+        "`resources`, `approve`)."
     )
     return deco
 

@@ -254,7 +254,7 @@ class Execution:
         self.frg = frg
         self.compiler.frg = frg
         if self.runner is not None:
-            self.runner.use_graph(frg)
+            self.runner.use_graph(self.compiler.runner_graph(frg))  # with approval nodes, if any
 
     def _require(self, calls: list[Call]) -> None:
         if self._store is not None:  # fails early, naming the block, if one is missing

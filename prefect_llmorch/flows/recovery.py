@@ -396,7 +396,7 @@ class RecoveryController:
         for cid in rerun:
             self.recorder.results.pop(cid, None)
         if self.runner is not None:
-            self.runner.use_graph(frg)
+            self.runner.use_graph(self.compiler.runner_graph(frg))  # with approval nodes, if any
             self.runner.expect_more()
         self.compiler.submit([c for c in calls if c.id in rerun], futures, attempt=rnd.number)
         if self.runner is not None:

@@ -330,7 +330,7 @@ def _row(rec: CallRecord, future: Any, rows: Mapping[str, CallRow], frg: FRG, re
     if row.state == "Completed":
         return row
     ended = _ended(future)
-    if row.state in ("Pending", "Running") and ended is not None and not ended.is_completed():
+    if row.state in ("Pending", "Running", "AwaitingApproval") and ended is not None and not ended.is_completed():
         row.state = ended.name or ended.type.value.title()  # what Prefect says: NotReady, Crashed...
     if row.state in ("Failed", "Cancelled") and row.error:
         row.reason = row.error
