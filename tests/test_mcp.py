@@ -121,7 +121,8 @@ def test_tools_become_inout_functions_with_descriptions_and_hints(stdio_toolbox:
     assert str(lookup.signature).startswith("(key: str, delay: float = 0.0)")
     assert "Look a key up" in tb.describe() and "lookup(key: str" in tb.describe()
     assert (lookup.cache, lookup.effects) == (True, False)  # readOnlyHint
-    assert (delete.cache, delete.effects) == (False, True)  # destructiveHint
+    assert (delete.cache, delete.effects, delete.approve) == (False, True, True)  # destructiveHint: a person approves
+    assert lookup.approve is False
     assert tb["crash"].effects is False  # no hint: neither
 
 

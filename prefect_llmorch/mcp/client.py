@@ -383,8 +383,8 @@ def tool_specs(server: MCPServer) -> list[FunctionSpec]:
     """An `@inout` `FunctionSpec` per tool of `server` (listing its tools if not done yet).
 
     `readOnlyHint` makes a tool `cache=True` (its result is reused for the same arguments),
-    `destructiveHint` (given as true) `effects=True`: never cached, never retried
-    automatically, and what a person's approval applies to.
+    `destructiveHint` (given as true) `effects=True` and `approve=True`: never cached, never
+    retried automatically, and each call runs only after a person approves it (docs/approval.md).
     """
     import inspect
 
@@ -407,7 +407,7 @@ def tool_specs(server: MCPServer) -> list[FunctionSpec]:
         specs.append(FunctionSpec(
             name=name, kind="inout", fn=fn, description=description, timeout=server.timeout,
             credentials=server.credentials, resources={server.resource: 1.0} if server.resource else {},
-            cache=read_only, effects=destructive, version=version,
+            cache=read_only, effects=destructive, approve=destructive, version=version,
             _signature=inspect.Signature(
                 list(signature.parameters.values()), return_annotation=returns
             ),
