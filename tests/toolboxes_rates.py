@@ -7,7 +7,7 @@ import json
 import os
 import time
 
-from prefect_llmorch import Toolbox, inout
+from prefect_llmorch import Toolbox, compute, inout
 
 
 @inout(resources={"search-api": 1})
@@ -22,7 +22,34 @@ def fetch(run: int, i: int, log: str) -> int:
     return i
 
 
-toolbox = Toolbox(fetch)
+def _record(log: str, tag: str, start: float) -> None:
+    line = json.dumps({"tag": tag, "start": start, "end": time.time(), "pid": os.getpid()}) + "\n"
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+@compute(resources={"search-api": 1})
+def rated_burn(tag: str, log: str) -> str:
+    """A compute call of a rate-limited resource: records its own start and end."""
+    start = time.time()
+    time.sleep(0.2)
+    _record(log, tag, start)
+    return tag
+
+
+@compute
+def plain_burn(tag: str, log: str) -> str:
+    """A compute call of no resource class: records its own start and end."""
+    start = time.time()
+    time.sleep(0.2)
+    _record(log, tag, start)
+    return tag
+
+
+toolbox = Toolbox(fetch, rated_burn, plain_burn)
 
 
 def most_in_any_window(starts: list[float], window: float) -> int:

@@ -68,6 +68,7 @@ import functools
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections import deque
 from contextlib import ExitStack
@@ -294,6 +295,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self.max_running_compute = 0  # observed, for tests and reports
         self.cached_without_slot = 0  # compute calls started without a slot: their result was stored
         self._closing = False
+        self._rate_wake: tuple[float, threading.Timer] | None = None  # next dispatch for a rate
         self._cancelled = ""
         self.trace: list[tuple[str, tuple[str, ...]]] = []
         self._limit = GlobalLimit(None, lambda: self.processors, self._safe_dispatch)
@@ -805,8 +807,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             arrived, self._arrived = self._arrived, []
             for sub in arrived:
                 self._pass_out(sub, sub.device, start, probing)
+            now = time.monotonic()
             while True:
-                ready = co.get_ready()
+                ready = co.get_ready(now=now)  # a call on a rated resource starts when its rate allows
                 if not ready:
                     break
                 self.trace.append(("start", ready))
@@ -828,6 +831,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     break
                 co.done(*finished)
                 self.trace.append(("done", tuple(finished)))
+            self._wake_at(co.next_admission(now))
             start.extend(self._admit_held())
             if self._held and not start and not any(self._in_use.values()):
                 # Nothing runs, calls wait, others hold what they need: never hold and wait.
@@ -839,6 +843,21 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._start_on(executor, s, s.context.run, self._run)
         for s in probing:  # in a copy: on a miss, `_run` enters the call's own context elsewhere
             self._start_on(executor, s, s.context.copy().run, self._probe)
+
+    def _wake_at(self, when: float | None) -> None:
+        """Dispatch again at `when` (monotonic), when a ready call waits only for its rate;
+        one timer, the earliest. Called with the lock held."""
+        if when is None or (self._rate_wake is not None and self._rate_wake[0] <= when):
+            return
+        timer = threading.Timer(max(when - time.monotonic(), 0.0), self._rate_due)
+        timer.daemon = True
+        self._rate_wake = (when, timer)
+        timer.start()
+
+    def _rate_due(self) -> None:
+        with self._lock:
+            self._rate_wake = None
+        self._safe_dispatch()
 
     def _start_on(self, executor: concurrent.futures.ThreadPoolExecutor, sub: _Submission, run: Any, fn: Any) -> None:
         """Start a call on a task-run thread; `cancel_all` may have shut the executor down
