@@ -9,9 +9,10 @@ and no window of `per` seconds holds more than `calls` starts. The limit is name
 `llmorch-rate-<resource>` (`schedule.resources.rate_limit_name`) and created, or set to the
 rate, when a run first needs it.
 
-The Coordinator and the simulator apply the same rate with the same rule (`RateGate`) when
-they are given the time; the runner's Coordinator leaves it to this module (its calls are paced
-here, where the clock that counts is: the Prefect server's).
+The Coordinator and the simulator apply the same rate with the same rule (`RateGate`), given
+the time: the runner's Coordinator holds a call back until its rate allows (so a waiting
+compute call holds no processor), and this module paces it machine-wide, on the clock that
+counts across flow runs: the Prefect server's.
 """
 
 from __future__ import annotations
