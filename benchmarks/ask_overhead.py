@@ -15,7 +15,8 @@ OpenAI-compatible fake server, real HTTP) and 3 independent I/O calls of 0.3 s
 Prints the median, min and max of each over `--repeat` rounds (default 7). Targets (issue 27):
 ask to planner request <= 50 ms, last call end to return <= 100 ms.
 
-Options: --repeat N, --server ephemeral|harness|start (benchmarks/_servers.py), --profile FILE
+Options: --repeat N, --server embedded (default: this process's embedded server, as `llmorch`
+and scripts without PREFECT_API_URL have it) or ephemeral|harness|start (benchmarks/_servers.py), --profile FILE
 (pyinstrument, if installed: three extra asks, as HTML for a `.html` name, else as text).
 """
 
@@ -27,7 +28,8 @@ import _servers  # noqa: E402
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from typing import Callable  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from typing import Callable, Iterator  # noqa: E402
 
 TOOLBOX = "wait_toolbox:toolbox"
 PLAN = "s1: wait(1)\ns2: wait(2)\ns3: wait(3)\n"
@@ -80,10 +82,28 @@ def measure(rounds: int, fn: Callable[[], tuple[float, float]]) -> tuple[list[fl
     return firsts, lasts
 
 
+@contextmanager
+def _server(kind: str) -> Iterator[str]:
+    """`embedded`: what `llmorch` and a script without PREFECT_API_URL get (this process's
+    embedded server, `host/server.py`); else `_servers.server(kind)`."""
+    if kind != "embedded":
+        with _servers.server(kind) as description:
+            yield description
+        return
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        raise SystemExit("--server embedded needs PREFECT_API_URL unset")
+    from prefect_llmorch.host.server import ensure_server
+
+    started = ensure_server()
+    yield f"embedded (no PREFECT_API_URL), started in {getattr(started, 'seconds', 0):.1f} s"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--server", default="ephemeral", choices=_servers.KINDS)
+    parser.add_argument("--server", default="embedded", choices=("embedded",) + _servers.KINDS)
     parser.add_argument("--profile", default=None, help="write a pyinstrument HTML profile of one ask here")
     parser.add_argument("--only", choices=("ask", "run"), default=None)
     args = parser.parse_args(argv)
@@ -91,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect_llmorch.llm.client import LLMClient
     from prefect_llmorch.testing.fake_llm import FakeLLM
 
-    with _servers.server(args.server) as description, FakeLLM(default="done") as llm:
+    with _server(args.server) as description, FakeLLM(default="done") as llm:
         print(f"server: {description}", flush=True)
         client = LLMClient(llm.base_url, "fake-llm", api_key="bench-key-not-secret")
         if args.only != "run":
