@@ -15,7 +15,7 @@ OpenAI-compatible fake server, real HTTP) and 3 independent I/O calls of 0.3 s
 Prints the median, min and max of each over `--repeat` rounds (default 7). Targets (issue 27):
 ask to planner request <= 50 ms, last call end to return <= 100 ms.
 
-Options: --repeat N, --server embedded (default: this process's embedded server, as `llmorch`
+Options: --repeat N, --only ask|run, --no-global-limit, --server embedded (default: this process's embedded server, as `llmorch`
 and scripts without PREFECT_API_URL have it) or ephemeral|harness|start (benchmarks/_servers.py), --profile FILE
 (pyinstrument, if installed: three extra asks, as HTML for a `.html` name, else as text).
 """
@@ -35,6 +35,10 @@ TOOLBOX = "wait_toolbox:toolbox"
 PLAN = "s1: wait(1)\ns2: wait(2)\ns3: wait(3)\n"
 
 
+#: `--no-global-limit`: the runs' `concurrency_limit` (None: no machine-wide limit).
+LIMIT: dict[str, str | None] = {"name": "llmorch-processors"}
+
+
 def ask_round(llm: object, client: object) -> tuple[float, float]:
     import wait_toolbox
 
@@ -45,7 +49,7 @@ def ask_round(llm: object, client: object) -> tuple[float, float]:
     wait_toolbox.STARTS.clear()
     wait_toolbox.ENDS.clear()
     t0 = time.monotonic()
-    ask_query("wait three times", TOOLBOX, processors=2, endpoint=client, recovery_rounds=0)
+    ask_query("wait three times", TOOLBOX, processors=2, endpoint=client, recovery_rounds=0, concurrency_limit=LIMIT["name"])
     t1 = time.monotonic()
     request = [r for r in llm.requests[seen:] if r.path.endswith("/chat/completions")][0]  # type: ignore[attr-defined]
     return request.received_at - t0, t1 - max(wait_toolbox.ENDS)
@@ -59,7 +63,7 @@ def run_round() -> tuple[float, float]:
     wait_toolbox.STARTS.clear()
     wait_toolbox.ENDS.clear()
     t0 = time.monotonic()
-    run_plan(PLAN, TOOLBOX, processors=2)
+    run_plan(PLAN, TOOLBOX, processors=2, concurrency_limit=LIMIT["name"])
     t1 = time.monotonic()
     return min(wait_toolbox.STARTS) - t0, t1 - max(wait_toolbox.ENDS)
 
@@ -106,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", default="embedded", choices=("embedded",) + _servers.KINDS)
     parser.add_argument("--profile", default=None, help="write a pyinstrument HTML profile of one ask here")
     parser.add_argument("--only", choices=("ask", "run"), default=None)
+    parser.add_argument("--no-global-limit", action="store_true", help="runs without the machine-wide limit (`llmorch-processors`)")
     args = parser.parse_args(argv)
+    if args.no_global_limit:
+        LIMIT["name"] = None
 
     from prefect_llmorch.llm.client import LLMClient
     from prefect_llmorch.testing.fake_llm import FakeLLM
