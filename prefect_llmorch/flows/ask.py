@@ -82,7 +82,8 @@ def answer(query: str, toolbox: str | Toolbox, options: AskOptions | None = None
     )
     try:
         inbox: "queue.Queue[Any]" = queue.Queue()
-        ex.recorder.t0 = time.time()  # latency counts from the first LLM request
+        # latency counts from the first LLM request: sent ahead by `ask_query` (`llm/ahead.py`), or now
+        ex.recorder.t0 = getattr(client, "sent_at", None) or time.time()
         # Each call is stamped when the planner hands it over: what the flow's thread adds
         # after that (waking up, submitting) counts as our overhead, not as the LLM's time.
         planning = planner_task.submit(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from typing import Any, Sequence
 
 from prefect_llmorch.functions import Toolbox
@@ -56,6 +57,8 @@ class PlanningAhead(LLMClient):
         self._taken = False
         self._lock = threading.Lock()
         self._ahead: concurrent.futures.Future[CompletionStream] = concurrent.futures.Future()
+        #: `time.time()` just before the request was sent: where an ask's latency counts from.
+        self.sent_at = time.time()
         threading.Thread(target=self._send, daemon=True, name="llmorch-plan-ahead").start()
 
     def _send(self) -> None:
