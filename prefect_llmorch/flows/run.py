@@ -83,7 +83,9 @@ def orchestrate(plan: str, toolbox: str, options: RunOptions = RunOptions()) -> 
     text = plan_text(plan)  # a large plan comes as a reference (`storage/planref.py`)
     given = handed()
     try:
-        parsed = given.parsed(text, tb) or parse(text, tb)  # parsed once: by the caller, if it did
+        parsed = given.parsed(text, tb)  # parsed once: by the caller, if it did
+        if parsed is None:
+            parsed = parse(text, tb)
     except PlanError as err:
         return plan_failed(err)
     P = options.processors or default_processors()
