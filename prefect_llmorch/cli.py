@@ -166,7 +166,9 @@ def _options(kind: str, **given: Any) -> Any:
         err = exc.errors()[0]
         name = str(err["loc"][0]) if err.get("loc") else ""
         flag, value, ctx = FLAGS.get(name, name), values.get(name), err.get("ctx") or {}
-        if err["type"] == "value_error":
+        if name == "costs":
+            message = f"unknown --costs {value!r}; give --costs declared or --costs history"
+        elif err["type"] == "value_error":
             message = str(ctx.get("error", err["msg"])).replace("; valid: ", f"; give {flag} with one of: ")
         elif "ge" in ctx or "le" in ctx:
             message = f"{flag} {value}: must be at {'least' if 'ge' in ctx else 'most'} {ctx.get('ge', ctx.get('le'))}"
