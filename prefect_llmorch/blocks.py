@@ -55,6 +55,11 @@ class LLMEndpoint(Block):
         planner: "text" (plans in the plan language) or "json" (the JSON plan form,
             asked for under a JSON schema built from the toolbox; for endpoints that
             honour `response_format`, e.g. OpenAI, vLLM, Ollama, llama.cpp).
+        joiner: the join step of `llmorch ask` after a plan: "auto" (when the plan ends
+            with `join()`), "always" or "off" (`prefect_llmorch.flows.joiner`).
+        joiner_rounds: continuations the joiner may write per ask.
+        ask_max_tokens: token budget of one ask (prompt + completion over planner,
+            repairs, `self` calls and joins; None: none).
 
     Examples:
         Load a saved endpoint and ask it something:
@@ -98,6 +103,16 @@ class LLMEndpoint(Block):
         default="text",
         description="How plans are asked for: text (the plan language) or json (the JSON plan "
         "form under a JSON schema; needs an endpoint that honours response_format).",
+    )
+    joiner: Literal["off", "auto", "always"] = Field(
+        default="auto",
+        description="The join step after a plan: auto (when the plan ends with join()), always, or off.",
+    )
+    joiner_rounds: int = Field(default=2, ge=0, description="Continuations the joiner may write per ask.")
+    ask_max_tokens: int | None = Field(
+        default=None, gt=0,
+        description="Token budget of one ask: prompt + completion over planner, repairs, self calls and "
+        "joins (empty: no budget); at the budget the joiner answers with what it has.",
     )
 
     @field_validator("base_url", "model")

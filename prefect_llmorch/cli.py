@@ -75,6 +75,15 @@ def _prepare_env() -> None:
         sys.path.insert(0, os.getcwd())
 
 
+def _terminal_approvals() -> None:
+    """Calls of `approve=True` functions are asked y/n on this terminal when standard input is
+    one (the Prefect UI can answer too); otherwise only in the UI or through the API."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        from prefect_llmorch.engine.approval import terminal_prompts
+
+        terminal_prompts(True)
+
+
 # ---------------------------------------------------------------- checking arguments
 
 
@@ -104,7 +113,7 @@ def _processors(value: Optional[int], force: bool) -> int:
     return value
 
 
-def _resources(options: Optional[list[str]]) -> dict[str, float]:
+def _resources(options: Optional[list[str]]) -> dict[str, float | str]:
     """`--resource NAME=AMOUNT` options as capacities (exit 2 on a bad one)."""
     from prefect_llmorch.schedule.resources import parse_resource_options
 
@@ -148,7 +157,8 @@ COSTS_HELP = ("declared (the decorators' cost=) or history (learned from Prefect
 FLAGS = {
     "processors": "-P", "policy": "--policy", "endpoint": "--endpoint", "recovery_rounds": "--recover",
     "cancel_running": "--cancel-running", "cache": "--no-cache", "costs": "--costs", "resources": "--resource",
-    "attempts": "--attempts", "planner": "--planner",
+    "attempts": "--attempts", "planner": "--planner", "joiner": "--joiner", "max_rounds": "--rounds",
+    "max_tokens": "--max-tokens",
 }
 
 
@@ -168,6 +178,8 @@ def _options(kind: str, **given: Any) -> Any:
         flag, value, ctx = FLAGS.get(name, name), values.get(name), err.get("ctx") or {}
         if name == "costs":
             message = f"unknown --costs {value!r}; give --costs declared or --costs history"
+        elif name == "joiner":
+            message = f"--joiner {value!r}: must be auto, always or off"
         elif err["type"] == "value_error":
             message = str(ctx.get("error", err["msg"])).replace("; valid: ", f"; give {flag} with one of: ")
         elif "ge" in ctx or "le" in ctx:
@@ -330,7 +342,10 @@ def _parse(text: str, tb: Any, as_json: bool) -> Any:
 
 
 PLAN_HELP = f"plan file (text, or JSON: NESTFUL or ours), example:NAME (a shipped example), or - for stdin; {examples_help()}"
-TOOLBOX_HELP = "module:attr naming a Toolbox (or a function `() -> Toolbox`)"
+TOOLBOX_HELP = (
+    "module:attr naming a Toolbox (or a function `() -> Toolbox`); mcp:COMMAND or mcp:URL for an MCP "
+    "server's tools; several joined with ' + ' (docs/mcp.md)"
+)
 
 
 @app.command()
@@ -526,7 +541,7 @@ def run(
     recover: Optional[int] = typer.Option(None, "--recover", help="trace-back recovery rounds with the LLM when calls fail (default 0: off)"),
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
     no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
-    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2"),
+    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity or rate of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2, search-api=10/s, search-api=2,10/s"),
     costs: Optional[str] = typer.Option(None, "--costs", help=COSTS_HELP),
 ) -> None:
     """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
@@ -543,6 +558,7 @@ def run(
         from prefect_llmorch.flows.run import PlanRunFailed, run_plan
         from prefect_llmorch.options import DEFAULT_LIMIT
 
+        _terminal_approvals()
         with interrupt.stop_on_signals():
             clock = _Clock(_start_prefect(toolbox, P))
             try:
@@ -583,7 +599,7 @@ def simulate(
     policy: str = typer.Option("critical-path", "--policy", help="critical-path, paper, or a baseline: sequential, eager, rank-barrier"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help="for plan files"),
     as_json: bool = typer.Option(False, "--json"),
-    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable)"),
+    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity or rate of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=10/s"),
 ) -> None:
     """Simulate a schedule (no execution): makespan, lower bound and their ratio."""
     _prepare_env()
@@ -633,12 +649,9 @@ def _endpoint(endpoint: Optional[str]) -> Any:
 
 
 def _no_llm_hint() -> str:
-    """What a newcomer without an LLM can do instead (`llmorch plan` / `ask` with none
-    configured); names `llmorch local-llm start` when this CLI has that command."""
-    local = 'the README section "Offline, with a real model" shows how to run a real model on this machine'
-    if any(group.name == "local-llm" for group in app.registered_groups):
-        local = '`llmorch local-llm start` serves a real model on this machine (README: "Offline, with a real model")'
-    return f"No LLM at hand: `llmorch demo` runs the whole loop with no API key (a scripted local LLM), and {local}"
+    """What a newcomer without an LLM can do instead (`llmorch plan` / `ask` with none configured)."""
+    return ("No LLM at hand: `llmorch demo` runs the whole loop with no API key (a scripted local LLM), and "
+            '`llmorch local-llm start` serves a real model on this machine (README: "Offline, with a real model")')
 
 
 PLANNER_HELP = ("how plans are asked for: text (the plan language) or json (the JSON plan form under a "
@@ -650,9 +663,11 @@ def _ask_and_print(question: str, toolbox: str, options: Any, client: Any, as_js
     from prefect_llmorch.llm.client import LLMError
     from prefect_llmorch.flows.run import PlanRunFailed
     from prefect_llmorch.flows.planner import PlanningFailed
+    from prefect_llmorch.llm.joining import JoinFailed
 
     from prefect_llmorch.host import interrupt
 
+    _terminal_approvals()
     with interrupt.stop_on_signals():
         clock = _Clock(_start_prefect(toolbox, options.processors))
         try:
@@ -661,7 +676,7 @@ def _ask_and_print(question: str, toolbox: str, options: Any, client: Any, as_js
             _print_report(exc.report, as_json)
             clock.report(exc.report)
             raise typer.Exit(1) from None
-        except (PlanningFailed, LLMError) as exc:
+        except (PlanningFailed, LLMError, JoinFailed) as exc:
             if interrupt.received():
                 _interrupted_without_report(exc, as_json)
             _ended_without_report(exc, as_json, state="Failed")
@@ -682,6 +697,11 @@ def _ask_and_print(question: str, toolbox: str, options: Any, client: Any, as_js
         console.print(report.extra.get("plan", ""), markup=False, highlight=False)
         tokens = report.extra.get("tokens", {})
         console.print(f"planner attempts: {report.extra.get('attempts')} | tokens: {tokens.get('prompt', 0)} prompt + {tokens.get('completion', 0)} completion")
+        joined = report.extra.get("joiner")
+        if joined:
+            decisions = ", ".join(f"round {j['round']}: {j['decision']}" for j in joined["joins"]) or "none"
+            console.print(f"joiner ({joined['mode']}): {decisions}" + (f" | {joined['stopped']}" if joined["stopped"] else ""),
+                          markup=False, highlight=False)
     _print_report(report, as_json)
     clock.report(report)
 
@@ -700,7 +720,10 @@ def ask(
     planner: Optional[str] = typer.Option(None, "--planner", help=PLANNER_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
     costs: Optional[str] = typer.Option(None, "--costs", help=COSTS_HELP),
-    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2"),
+    resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity or rate of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2, search-api=10/s, search-api=2,10/s"),
+    joiner: Optional[str] = typer.Option(None, "--joiner", help="the join step after a plan: auto (when the plan ends with join()), always, off (default: the endpoint block's, else auto)"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="continuations the joiner may write (default: the block's, else 2)"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="token budget of the whole ask (planner, repairs, self calls, joins); at the budget the joiner answers with what it has"),
 ) -> None:
     """Plan the question with the LLM, run the plan in parallel on Prefect, print the answer."""
     _prepare_env()
@@ -709,6 +732,7 @@ def ask(
     options = _options(
         "AskOptions", processors=P, policy=policy, attempts=attempts, cancel_running=cancel_running,
         planner=planner, cache=not no_cache, costs=costs, resources=capacities or None,
+        joiner=joiner, max_rounds=rounds, max_tokens=max_tokens,
     )
     with _json_stdout(as_json):
         _check_capacities(_toolbox(toolbox), P, capacities)

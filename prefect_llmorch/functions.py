@@ -74,6 +74,9 @@ class FunctionSpec:
         effects: the function has side effects: never cached, never retried automatically;
             trace-back recovery re-runs it only through the LLM's repair.
         version: part of the cache key; defaults to a hash of the function's source.
+        approve: each call runs only after a person approves it, with its arguments, in the
+            Prefect UI or on the terminal (engine/approval.py); a rejection or a timeout is
+            the call's failure. An MCP tool with `destructiveHint` sets it.
     """
 
     name: str
@@ -90,6 +93,7 @@ class FunctionSpec:
     cache_expiration: timedelta | None = None
     effects: bool = False
     version: str | None = None
+    approve: bool = False
     _signature: inspect.Signature | None = field(default=None, repr=False)
 
     @cached_property
@@ -272,6 +276,7 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
         cache_expiration: timedelta | None = None,
         effects: bool = False,
         version: str | None = None,
+        approve: bool = False,
     ) -> Callable[[F], F]: ...
 
     def deco(
@@ -290,11 +295,14 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
         cache_expiration: timedelta | None = None,
         effects: bool = False,
         version: str | None = None,
+        approve: bool = False,
     ) -> F | Callable[[F], F]:
         if cost < 0:
             raise ValueError(f"cost must be >= 0, got {cost}")
         if cache and effects:
             raise ValueError("a function with effects=True cannot be cache=True: its calls must really run")
+        if approve and cache:
+            raise ValueError("a function with approve=True cannot be cache=True: a stored result would skip the person's approval")
         if effects and retries:
             raise ValueError("a function with effects=True is never retried automatically: drop retries=")
         if cache_expiration is not None and not isinstance(cache_expiration, timedelta):
@@ -328,6 +336,7 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
                 cache_expiration=cache_expiration,
                 effects=bool(effects),
                 version=version,
+                approve=bool(approve),
             )
             f.__llmorch__ = spec  # type: ignore[attr-defined]
             return f
@@ -338,7 +347,7 @@ def _decorator(kind: Kind):  # type: ignore[no-untyped-def]
     deco.__doc__ = (
         f"Mark a function as `{kind}`. Use bare (`@{kind}`) or with options "
         "(`name`, `description`, `cost`, `timeout`, `retries`, `retry_delay`, `credentials`, `cache`, `cache_expiration`, `effects`, `version`, "
-        "`resources`)."
+        "`resources`, `approve`)."
     )
     return deco
 
@@ -402,10 +411,12 @@ class Toolbox(Mapping[str, FunctionSpec]):
         for fn in functions:
             if isinstance(fn, (list, tuple, set)):
                 raise TypeError(f"Toolbox takes the functions as arguments: Toolbox(f, g) or Toolbox(*functions), not a {type(fn).__name__}")
-            spec = spec_of(fn)
-            if spec.name in self._specs or (include_self and spec.name == SELF):
-                raise ValueError(f"two functions are named {spec.name!r}")
-            self._specs[spec.name] = spec
+            # a tool source (an `MCPServer`) gives several functions
+            source = getattr(fn, "function_specs", None)
+            for spec in source() if callable(source) and not isinstance(fn, FunctionSpec) else [spec_of(fn)]:
+                if spec.name in self._specs or (include_self and spec.name == SELF):
+                    raise ValueError(f"two functions are named {spec.name!r}")
+                self._specs[spec.name] = spec
         if include_self:
             self._specs[SELF] = SELF_SPEC
 
@@ -436,6 +447,49 @@ class Toolbox(Mapping[str, FunctionSpec]):
     @classmethod
     def from_functions(cls, functions: Iterable[Callable[..., Any]]) -> "Toolbox":
         return cls(*functions)
+
+    @classmethod
+    def from_mcp(cls, *sources: Any, include_self: bool = True, **server_options: Any) -> "Toolbox":
+        """A toolbox of MCP servers' tools, mixed with Python functions if given.
+
+            >>> Toolbox.from_mcp("python weather.py", "http://localhost:8000/mcp", search)  # doctest: +SKIP
+
+        Args:
+            *sources: MCP servers (an `MCPServer`, a streamable-HTTP URL, or the command
+                that starts a stdio server), and `@inout`/`@compute` functions.
+            include_self: offer the built-in `self`.
+            **server_options: `MCPServer` settings for the servers given as text
+                (`credentials=`, `resource=`, `timeout=`, ...).
+
+        Each server's tools are listed once, here (`MCPServer.function_specs`); needs the
+        `mcp` extra (`pip install "prefect-llmorch[mcp]"`).
+
+        Raises:
+            ImportError: the `mcp` extra is not installed.
+            MCPUnavailable: a server cannot be reached (`prefect_llmorch.mcp`).
+            ValueError: two tools or functions have the same name (give a server `prefix=`).
+        """
+        items: list[Any] = []
+        for source in sources:
+            if isinstance(source, str) or (isinstance(source, (list, tuple)) and all(isinstance(a, str) for a in source)):
+                items.append(_mcp().MCPServer(source, **server_options))
+            else:
+                items.append(source)
+        return cls(*items, include_self=include_self)
+
+
+def _mcp() -> Any:
+    """`prefect_llmorch.mcp`, named by string: the MCP client does I/O and lives in a higher
+    layer (tests/test_imports.py); this pure module only hands it text, as `load_toolbox`
+    hands a module path to `importlib`."""
+    import importlib
+
+    try:
+        return importlib.import_module("prefect_llmorch.mcp")
+    except ImportError as exc:
+        raise ImportError(
+            f"MCP toolboxes need the `mcp` extra: pip install \"prefect-llmorch[mcp]\" ({exc})"
+        ) from exc
 
 
 class ToolboxNotFound(ValueError):
@@ -513,6 +567,8 @@ def load_toolbox(path: str) -> Toolbox:
             `module:attr`, the module is missing or raises on import, the attribute is
             missing, not a Toolbox, or a factory that fails or returns something else.
     """
+    if " + " in path or path.startswith("mcp:"):
+        return _composite_toolbox(path)
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name.strip() or not attr.strip():
         raise ToolboxNotFound(path, f"toolbox must be given as module:attr, got {path!r}", "e.g. --toolbox mytools:toolbox")
@@ -538,3 +594,31 @@ def load_toolbox(path: str) -> Toolbox:
     if not isinstance(made, Toolbox):
         raise ToolboxNotFound(path, f"toolbox factory {path} returned a {type(made).__name__}, not a Toolbox", fix)
     return made
+
+
+#: Separates the parts of a toolbox path that mixes MCP servers and Python toolboxes.
+TOOLBOX_SEPARATOR = " + "
+
+
+def _composite_toolbox(path: str) -> Toolbox:
+    """`mytools:toolbox + mcp:python server.py + mcp:http://host/mcp#credentials=gh`: the
+    functions of every part in one toolbox (an `mcp:` part is one MCP server, in
+    `parse_server`'s form; a `module:attr` part a toolbox, whose `self` is not repeated)."""
+    items: list[Any] = []
+    for part in (p.strip() for p in path.split(TOOLBOX_SEPARATOR)):
+        if not part:
+            raise ToolboxNotFound(path, f"empty part in toolbox {path!r}", f"separate parts with {TOOLBOX_SEPARATOR!r}")
+        if part.startswith("mcp:"):
+            try:
+                mcp = _mcp()
+                items.append(mcp.server_for(part[len("mcp:"):]))
+            except (ImportError, ValueError) as exc:
+                raise ToolboxNotFound(path, f"{part}: {exc}", "e.g. mcp:python server.py or mcp:http://localhost:8000/mcp") from exc
+        else:
+            items.extend(spec for name, spec in load_toolbox(part).items() if name != SELF)
+    try:
+        return Toolbox(*items)
+    except ValueError as exc:
+        raise ToolboxNotFound(path, str(exc), "give a server a prefix (mcp:...#prefix=gh_) or rename a function") from exc
+    except ConnectionError as exc:  # an MCP server that cannot be reached for its tool list
+        raise ToolboxNotFound(path, str(exc), "start the server, or check its command or URL") from exc

@@ -17,7 +17,7 @@ parts of the package, no Prefect.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -60,7 +60,8 @@ def _bound_beside_null(schema: dict[str, Any]) -> None:
 
 
 RESOURCES_HELP = (
-    "Capacities of resource classes for this run, e.g. {\"search-api\": 2, \"gpu_mem_gb\": 80} "
+    "Capacities of resource classes for this run, e.g. {\"search-api\": 2, \"gpu_mem_gb\": 80}, or rates "
+    "(\"10/s\", \"4,10/min\": both) "
     "(default: the task runner's; a deployment's: the worker's LLMORCH_RESOURCES)"
 )
 
@@ -91,7 +92,7 @@ class Options(BaseModel):
     costs: Optional[Literal["declared", "history"]] = Field(
         default=None, description="Costs for the policy: declared, or history (learned); default: history once there is one"
     )
-    resources: Optional[dict[str, float]] = Field(default=None, description=RESOURCES_HELP)
+    resources: Optional[dict[str, Union[float, str]]] = Field(default=None, description=RESOURCES_HELP)
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -109,13 +110,13 @@ class Options(BaseModel):
 
     @field_validator("resources")
     @classmethod
-    def _capacities(cls, value: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+    def _capacities(cls, value: Optional[dict[str, Union[float, str]]]) -> Optional[dict[str, Union[float, str]]]:
         if not value:
             return None  # {} and None both mean the task runner's
         from prefect_llmorch.schedule.resources import Capacities
 
-        Capacities.of(1, value)  # a bad name or amount: the message says which
-        return {k: float(v) for k, v in value.items()}
+        Capacities.of(1, value)  # type: ignore[arg-type]  # a bad name, amount or rate ("10/s"): the message says which
+        return {k: v if isinstance(v, str) else float(v) for k, v in value.items()}
 
     @property
     def running(self) -> Literal["wait", "cancel"]:
@@ -140,6 +141,15 @@ class AskOptions(Options):
     planner: Optional[Literal["text", "json"]] = Field(
         default=None,
         description="How the LLM writes the plan: the plan language (text) or JSON under a schema (default: the endpoint's setting)",
+    )
+
+    joiner: Optional[Literal["off", "auto", "always"]] = Field(
+        default=None, description="The join step after a plan: auto (when the plan ends with join()), always, off "
+        "(default: the endpoint's setting, else auto)",
+    )
+    max_rounds: Optional[int] = Field(default=None, ge=0, le=10, description="Continuations the joiner may write (default: 2)")
+    max_tokens: Optional[int] = Field(
+        default=None, ge=1, description="Token budget of the whole ask (planner, repairs, self calls, joins; default: none)",
     )
 
     @field_validator("planner", mode="before")

@@ -27,7 +27,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # Declared costs unless a test asks for others: runs of other tests must not reorder a test's
 # schedule through the learned-cost history (tests/test_history.py tests the default).
 os.environ.setdefault("LLMORCH_COSTS", "declared")
-# Slots given back at a run's end, not kept for the process's next run (leases.KEEP_SLOTS_SECONDS):
+# Slots given back at a run's end, not kept for the process's next run (guard.KEEP_SLOTS_SECONDS):
 # tests check that every slot came back as each run ends; tests/test_leases.py tests keeping.
 os.environ.setdefault("LLMORCH_KEEP_SLOTS_SECONDS", "0")
 # Worker processes shut down at a run's end, not kept for the process's next run

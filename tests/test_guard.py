@@ -17,7 +17,6 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-from prefect_llmorch.engine import leases
 from toolboxes_guard import peak, three_runs_at_once
 
 

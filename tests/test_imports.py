@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "llm": 6,
     "blocks": 7,
     "credentials": 8,
+    "mcp": 8,
     "flows": 9,
     "cli": 10,
 }

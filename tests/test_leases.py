@@ -1,4 +1,4 @@
-"""The machine-wide guard (`engine/leases.py`): slots always come back, a busy API is retried,
+"""The machine-wide guard (`engine/guard.py`): slots always come back, a busy API is retried,
 the guard is never dropped silently. Against the session's test server; the evidence is the
 limit's own state (active slots, leases) and the calls' records."""
 
@@ -18,7 +18,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import PrefectHTTPStatusError
 
-from prefect_llmorch.engine import leases
+from prefect_llmorch.engine import guard
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 from prefect_llmorch.flows.run import execute
 from prefect_llmorch.plan.model import Arg, Call, Literal, Plan
@@ -73,43 +73,106 @@ def dead_pid() -> int:
     return proc.pid
 
 
-# -- a busy API is retried, a broken one is not --------------------------------------------
+# -- a busy API is asked again, a broken one is not -----------------------------------------
 
 
-def test_a_transient_503_is_retried_until_the_call_succeeds() -> None:
-    answers = [http_error(503), http_error(503), "held"]
+class _StubAPI:
+    """An HTTP server in front of the test's Prefect API: answers the first `fail` requests
+    with `status` ("database is locked" for 503, as a busy SQLite server does), then passes
+    requests on to the real API (none when `forward` is false)."""
 
-    def call() -> str:
-        answer = answers.pop(0)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
+    def __init__(self, status: int, fail: int, forward: bool = True) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    assert leases._patient(call, patience=30) == "held" and answers == []
+        from prefect.settings import PREFECT_API_URL
+
+        real, stub = str(PREFECT_API_URL.value()).rstrip("/"), self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                stub.requests += 1
+                if stub.requests <= fail or not forward:
+                    text = b"database is locked" if status == 503 else b'{"detail": "no"}'
+                    self.send_response(status)
+                    self.send_header("content-length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+                answer = httpx.request(self.command, real + self.path.removeprefix("/api"), content=body, headers=headers)
+                self.send_response(answer.status_code)
+                self.send_header("content-type", answer.headers.get("content-type", "application/json"))
+                self.send_header("content-length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
 
 
-def test_a_client_error_is_not_retried() -> None:
-    calls = []
+def guard_through(stub: _StubAPI, name: str, seconds: float = 60) -> tuple[str | None, int]:
+    """A runner's guard of limit `name` asking `stub` for 2 slots: (why it failed, slots held)."""
+    from contextlib import ExitStack
 
-    def call() -> None:
-        calls.append(1)
-        raise http_error(422)
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-    with pytest.raises(PrefectHTTPStatusError):
-        leases._patient(call, patience=30)
-    assert len(calls) == 1
+    # The client's own retries off: the guard's asking again is what is tested (the client
+    # still sleeps 2 s after a 503 before it gives up).
+    with temporary_settings(updates={PREFECT_API_URL: stub.url, PREFECT_CLIENT_MAX_RETRIES: 0}), ExitStack() as stack:
+        limit = guard.GlobalLimit(name, lambda: 2, lambda: None)
+        limit.start(stack)
+        limit.adjust(2, 0)
+        deadline = time.monotonic() + seconds
+        while limit.failed is None and limit.held < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return limit.failed, limit.held
 
 
-def test_a_lasting_503_is_given_up_after_the_patience() -> None:
-    calls = []
+def test_a_busy_api_is_asked_again_until_the_slots_are_held() -> None:
+    name = f"llmorch-test-busy-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    stub = _StubAPI(503, fail=3)
+    try:
+        failed, held = guard_through(stub, name)
+    finally:
+        stub.close()
+    assert (failed, held) == (None, 2)
+    assert stub.requests > 3
+    assert active_slots(name) == 0  # given back at the end
 
-    def call() -> None:
-        calls.append(1)
-        raise http_error(503)
 
-    with pytest.raises(PrefectHTTPStatusError):
-        leases._patient(call, patience=0.5)
-    assert len(calls) >= 2  # retried, then raised: bounded
+def test_a_client_error_is_not_asked_again(monkeypatch) -> None:  # noqa: ANN001
+    name = f"llmorch-test-422-{uuid.uuid4().hex[:6]}"
+    stub = _StubAPI(422, fail=1_000)
+    try:
+        failed, held = guard_through(stub, name)
+    finally:
+        stub.close()
+    assert held == 0 and failed is not None and "do not run unguarded" in failed
+    assert stub.requests == 1
+
+
+def test_a_lasting_503_fails_the_guard_after_the_patience(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(guard, "GUARD_PATIENCE_SECONDS", 1.0)
+    name = f"llmorch-test-503-{uuid.uuid4().hex[:6]}"
+    stub = _StubAPI(503, fail=1_000, forward=False)
+    try:
+        failed, held = guard_through(stub, name)
+    finally:
+        stub.close()
+    assert held == 0 and failed is not None and "503" in failed
+    assert stub.requests >= 2  # asked again, then given up: bounded
 
 
 # -- slots always come back ----------------------------------------------------------------
@@ -124,14 +187,36 @@ def test_slots_a_dead_process_left_on_a_server_that_forgot_its_lease_are_cleared
         client.increment_concurrency_slots(names=[name], slots=2, mode="concurrency")
     assert active_slots(name) == 2
     lease = str(uuid.uuid4())
-    leases._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": "http://127.0.0.1:9/api",
+    guard._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": "http://127.0.0.1:9/api",
                         "pid": dead_pid(), "started": 0.0})
 
     report = run(plan_of(3), name)
 
     assert report.state == "Completed"
     assert active_slots(name) == 0
-    assert all(e["lease"] != lease for e in leases._ledger_read())
+    assert all(e["lease"] != lease for e in guard._ledger_read())
+
+
+def test_slots_of_a_dead_server_that_had_this_url_are_cleared_at_start() -> None:
+    """Embedded servers of one PREFECT_HOME share its database and may reuse a port: a lease
+    granted by an earlier server at this very URL died with it, and its slots did not."""
+    from prefect.settings import PREFECT_API_URL
+
+    name = f"llmorch-test-port-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    with get_client(sync_client=True) as client:
+        client.increment_concurrency_slots(names=[name], slots=2, mode="concurrency")
+        api = str(client.api_url)
+    assert str(PREFECT_API_URL.value()).rstrip("/") in api
+    lease = str(uuid.uuid4())
+    guard._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": api, "server": f"{api}#pid={dead_pid()}",
+                       "pid": dead_pid(), "started": 0.0})
+
+    report = run(plan_of(3), name)
+
+    assert report.state == "Completed"
+    assert active_slots(name) == 0
+    assert all(e["lease"] != lease for e in guard._ledger_read())
 
 
 def test_a_lease_of_a_dead_process_on_this_server_is_released_at_start() -> None:
@@ -144,7 +229,7 @@ def test_a_lease_of_a_dead_process_on_this_server_is_released_at_start() -> None
         )
         lease = response.json()["lease_id"]
         api = str(client.api_url)
-    leases._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": api, "pid": dead_pid(), "started": 0.0})
+    guard._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": api, "pid": dead_pid(), "started": 0.0})
 
     report = run(plan_of(2), name)
 
@@ -161,7 +246,7 @@ def test_a_run_says_once_that_it_waits_for_slots_others_hold_then_gets_them(capl
     lease = hold_a_slot(name)
     reports = []
     worker = threading.Thread(target=lambda: reports.append(run(plan_of(2), name)))
-    with caplog.at_level("WARNING", logger="prefect_llmorch.engine.leases"):
+    with caplog.at_level("WARNING", logger="prefect_llmorch.engine.guard"):
         worker.start()
         deadline = time.monotonic() + 120
         while "waiting for a slot" not in caplog.text and time.monotonic() < deadline:
@@ -186,14 +271,14 @@ def test_a_run_that_backed_off_asks_again_for_the_limit_that_blocked_it() -> Non
     make_limit(api, 1)
     other = hold_a_slot(api)
     backed_off = threading.Event()
-    limit: leases.GlobalLimit
+    limit: guard.GlobalLimit
 
     def wake() -> None:  # what the runner does when nothing of its own runs and a call waits
         if limit.held_of(api) == 0 and limit.blocked([api]):
             limit.back_off()
             backed_off.set()
 
-    limit = leases.GlobalLimit(procs, lambda: 2, lambda: None, lambda: True)
+    limit = guard.GlobalLimit(procs, lambda: 2, lambda: None)
     limit._wake = wake
     with ExitStack() as stack:
         limit.start(stack)
@@ -276,7 +361,7 @@ def test_a_killed_run_s_slots_come_back_for_the_next_run(tmp_path, caplog) -> No
         proc.wait()
     assert active_slots(name) == 2  # nobody gave them back
 
-    with caplog.at_level("WARNING", logger="prefect_llmorch.engine.leases"):
+    with caplog.at_level("WARNING", logger="prefect_llmorch.engine.guard"):
         report = run(plan_of(2), name)
 
     assert report.state == "Completed"
@@ -295,7 +380,7 @@ def test_back_to_back_runs_of_one_process_pass_the_slots_on_then_give_them_back(
     make_limit(name, 2)
 
     def leases_of_limit() -> set[str]:
-        return {e["lease"] for e in leases._ledger_read() if e.get("limit") == name}
+        return {e["lease"] for e in guard._ledger_read() if e.get("limit") == name}
 
     assert run(plan_of(2), name).state == "Completed"
     first = leases_of_limit()
@@ -313,11 +398,11 @@ def test_slots_taken_ahead_are_what_the_run_uses(monkeypatch) -> None:  # noqa: 
     first compute call finds the slots held; it writes no lease of its own."""
     monkeypatch.setenv("LLMORCH_KEEP_SLOTS_SECONDS", "3")
     name = f"llmorch-test-ahead-{uuid.uuid4().hex[:6]}"
-    leases.take_ahead(name, 2).join(60)
-    ahead = {e["lease"] for e in leases._ledger_read() if e.get("limit") == name}
+    guard.take_ahead_unless_kept(name, 2).join(60)
+    ahead = {e["lease"] for e in guard._ledger_read() if e.get("limit") == name}
     assert ahead and active_slots(name) == 2  # the limit was created with P and both are held
     assert run(plan_of(2), name).state == "Completed"
-    assert {e["lease"] for e in leases._ledger_read() if e.get("limit") == name} <= ahead
+    assert {e["lease"] for e in guard._ledger_read() if e.get("limit") == name} <= ahead
     deadline = time.monotonic() + 60
     while active_slots(name) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -331,42 +416,15 @@ def test_kept_slots_are_held_the_moment_a_runner_asks_without_its_api_thread() -
     name = f"llmorch-test-adopt-{uuid.uuid4().hex[:6]}"
     make_limit(name, 2)
     lease = hold_a_slot(name, slots=2, seconds=60)
-    leases._keep(leases.server_key(), name, [(uuid.UUID(lease), 2, time.monotonic())], seconds=30)
+    guard._keep(name, [guard._Lease(lease, 2, None)], seconds=30)
     woken: list[int] = []
-    limit = leases.GlobalLimit(name, lambda: 2, lambda: woken.append(1), lambda: True)  # never started
+    limit = guard.GlobalLimit(name, lambda: 2, lambda: woken.append(1))  # its thread never started
     limit.adjust(2, 0)
     try:
         assert limit.held == 2 and woken == [1]
-        assert limit._jobs.empty()  # nothing asked of the API
     finally:
         with get_client(sync_client=True) as client:
             client.release_concurrency_slots_with_lease(uuid.UUID(lease))
-
-
-def test_the_client_s_retries_are_turned_off_with_one_settings_copy_per_settings(monkeypatch) -> None:  # noqa: ANN001
-    """`_no_client_retries` (what `_quick` and the API thread use) is `temporary_settings`
-    with the copy made once per settings object: a second use, a use nested in another (the
-    API thread's requests) and uses alternating between the two build no new Settings."""
-    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
-    from prefect.settings.models.root import Settings
-
-    copies: list[object] = []
-    real = Settings.copy_with_update
-
-    def counted(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        copies.append(self)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Settings, "copy_with_update", counted)
-    outside = PREFECT_CLIENT_MAX_RETRIES.value()
-    assert outside > 0
-    for _ in range(3):
-        with leases._no_client_retries():
-            assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
-            with leases._no_client_retries():  # nested: already a copy
-                assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
-        assert PREFECT_CLIENT_MAX_RETRIES.value() == outside
-    assert len(copies) <= 1  # none when an earlier test already made this settings' copy
 
 
 def test_a_run_started_while_its_slots_are_taken_ahead_waits_for_them_not_for_a_lease_of_its_own(monkeypatch, caplog) -> None:  # noqa: ANN001
@@ -377,15 +435,15 @@ def test_a_run_started_while_its_slots_are_taken_ahead_waits_for_them_not_for_a_
 
     monkeypatch.setenv("LLMORCH_KEEP_SLOTS_SECONDS", "3")
     name = f"llmorch-test-ahead2-{uuid.uuid4().hex[:6]}"
-    first = leases.take_ahead_unless_kept(name, 2)
-    assert first is not None and leases.take_ahead_unless_kept(name, 2) is first  # one at a time
-    with caplog.at_level(logging.WARNING, logger="prefect_llmorch.engine.leases"):
+    first = guard.take_ahead_unless_kept(name, 2)
+    assert first is not None and guard.take_ahead_unless_kept(name, 2) is first  # one at a time
+    with caplog.at_level(logging.WARNING, logger="prefect_llmorch.engine.guard"):
         assert run(plan_of(2), name).state == "Completed"
     first.join(30)
-    ledger = {e["lease"] for e in leases._ledger_read() if e.get("limit") == name}
+    ledger = {e["lease"] for e in guard._ledger_read() if e.get("limit") == name}
     assert len(ledger) <= 1  # the take-ahead's lease only
     assert "waiting for a slot" not in caplog.text
-    assert leases.take_ahead_unless_kept(name, 2) is None  # kept for the next run: nothing to take
+    assert guard.take_ahead_unless_kept(name, 2) is None  # kept for the next run: nothing to take
     deadline = time.monotonic() + 60
     while active_slots(name) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -102,20 +102,6 @@ def test_prefect_dask_client_marks_a_submitted_task_s_dask_future_with_its_task_
     assert "future.task_run_id =" in inspect.getsource(PrefectDaskClient.submit)
 
 
-def test_a_settings_copy_can_be_entered_as_temporary_settings_does() -> None:
-    """`leases._no_client_retries` enters a cached `Settings.copy_with_update(...)` through
-    `prefect.context.SettingsContext(profile=, settings=)`, as `temporary_settings` does."""
-    import prefect.context
-    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-
-    source = inspect.getsource(temporary_settings)
-    assert "copy_with_update(" in source and "SettingsContext(" in source
-    current = prefect.context.get_settings_context()
-    copy = current.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
-    with prefect.context.SettingsContext(profile=current.profile, settings=copy):
-        assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
-
-
 def test_the_server_app_reads_the_ephemeral_and_final_flags_from_the_environment() -> None:
     """`host/server.py` starts `create_app` as Prefect's own temporary server does, with
     `PREFECT__SERVER_EPHEMERAL=1` (no background services) and `PREFECT__SERVER_FINAL=1`."""

@@ -87,7 +87,7 @@ def test_a_call_demanding_a_resource_the_runner_lacks_fails_before_anything_runs
     assert not log.exists()
 
 
-# -- machine-wide: one global concurrency limit per resource class (leases.GlobalLimit) ----
+# -- machine-wide: one global concurrency limit per resource class (guard.GlobalLimit) ----
 
 TWO_RUNS_PLAN = """\
 s1: search("a", latency=0.2)
@@ -166,7 +166,7 @@ def test_slots_of_a_resource_class_left_by_a_dead_process_come_back_at_start():
 
     from prefect.client.orchestration import get_client
 
-    from prefect_llmorch.engine import leases
+    from prefect_llmorch.engine import guard
 
     name = "llmorch-search-api"
     _ensure_limit(name, 2)
@@ -176,7 +176,7 @@ def test_slots_of_a_resource_class_left_by_a_dead_process_come_back_at_start():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lease = str(uuid.uuid4())
-    leases._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": "http://127.0.0.1:9/api",
+    guard._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": "http://127.0.0.1:9/api",
                         "pid": dead.pid, "started": 0.0})
     plan = parse('s1: search("a", latency=0.1)\ns2: search("b", latency=0.1)\n', toolbox)
     reports: list = []
@@ -185,7 +185,7 @@ def test_slots_of_a_resource_class_left_by_a_dead_process_come_back_at_start():
     t.join(timeout=180)
     assert reports and reports[0].state == "Completed"
     assert _active_slots(name) == 0
-    assert all(e["lease"] != lease for e in leases._ledger_read())
+    assert all(e["lease"] != lease for e in guard._ledger_read())
 
 
 @pytest.mark.slow

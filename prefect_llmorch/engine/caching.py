@@ -16,7 +16,7 @@ arguments and so a new key; a failed call stores nothing (Prefect persists only 
 results).
 
 A cached compute call takes no processor: its compiled task carries a probe
-(`CACHE_PROBE_ATTR`, `cache_probe`) that the runner calls once the call's inputs are done and
+(`cache_probe`, on the call's `CallIdentity.probe`) that the runner calls once the call's inputs are done and
 before the call takes a slot. The probe computes the key Prefect's engine will compute (this
 policy, on the resolved inputs) and asks the task's result store whether a record exists
 (`ResultStore.exists`, the check Prefect's transaction makes). On a hit the runner starts
@@ -40,12 +40,7 @@ from prefect_llmorch.functions import FunctionSpec
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call
 
-__all__ = ["CACHE_PROBE_ATTR", "CallCache", "NotCacheable", "cache_probe", "function_version", "task_cache_options"]
-
-#: Attribute of a compiled `cache=True` compute task: `probe(parameters) -> bool`, whether
-#: its result is stored already (the runner then gives it no processor).
-CACHE_PROBE_ATTR = "llmorch_cache_probe"
-
+__all__ = ["CallCache", "NotCacheable", "cache_probe", "function_version", "task_cache_options"]
 
 class NotCacheable(TypeError):
     """A `cache=True` call whose arguments cannot be hashed into a cache key."""

@@ -9,7 +9,7 @@ processes; without one, in the task's thread), inout calls in a helper thread of
 thread (so a cancel can abandon them).
 
 Each compiled task carries its call's identity (`CallIdentity`: id, kind, rank, attempt; at
-`CALL_ATTR`) and its `Cancel` token (`CANCEL_ATTR`), which the runner reads at submit time (to
+`CALL_ATTR`, with its `Cancel` token and, for a cached compute call, its cache probe), which the runner reads at submit time (to
 name the call in its graph, to give it a processor or not, and to cancel it in `cancel_all`);
 the compiler never imports the runner.
 
@@ -38,7 +38,10 @@ from prefect_llmorch.functions import CREDENTIALS_PARAM, SELF, FunctionSpec, Too
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.evaluate import resolve
 from prefect_llmorch.plan.model import Call, Plan
-from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR, NotCacheable, cache_probe, task_cache_options
+from prefect_llmorch.engine import approval
+from prefect_llmorch.engine.caching import NotCacheable, cache_probe, task_cache_options
+from prefect_llmorch.engine.rates import pace
+from prefect_llmorch.schedule.resources import Rate
 from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done, wait_first
 from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
@@ -55,9 +58,10 @@ class CallIdentity:
     rank: int
     attempt: int = 0  # 0: the plan's own; N: the Nth repair
     call: Call | None = field(default=None, compare=False, repr=False)  # the Call object (stale checks)
+    cancel: Cancel | None = field(default=None, compare=False, repr=False)  # this attempt's token
+    #: a `cache=True` compute call's `cache_probe(task)`: the runner looks before it takes a slot
+    probe: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
-#: Attribute a compiled task carries: the `Cancel` token of this attempt of its call.
-CANCEL_ATTR = "llmorch_cancel"
 
 #: Name prefix of the Prefect hooks we attach to compiled tasks (`own_hook`): Prefect's task
 #: engine logs two INFO lines around every hook it runs, which for ours is bookkeeping noise
@@ -256,6 +260,11 @@ class Compiler:
     pool: ProcessorPool | None = None
     #: Reuse and store results of `cache=True` functions (`--no-cache` turns it off for a run).
     cache: bool = True
+    #: Rates of resource classes (`engine/rates.py`): a call demanding one waits for Prefect's
+    #: rate limit right before its function runs.
+    rates: Mapping[str, Rate] = field(default_factory=dict)
+    #: Seconds an `approve=True` call waits for a person (None: `approval.approval_timeout()`).
+    approval_timeout: float | None = None
     _cancels: dict[tuple[str, int], Cancel] = field(default_factory=dict, repr=False)
     #: Each call's text, rendered once (re-submissions for recovery reuse it), keyed by the
     #: Call object's id; the Call is kept with it so the id cannot be reused.
@@ -297,7 +306,11 @@ class Compiler:
                     verdict = gate(call)
                     if verdict is not None:
                         return verdict
-                value = self._execute(call, spec, inputs, token)
+                inputs = dict(inputs)
+                approved = approval.Verdict.of(inputs.pop(APPROVAL_INPUT, None))
+                if self.rates and spec.resources:  # a rated resource: wait for the machine-wide pace
+                    pace(spec.resources, self.rates)
+                value = self._execute(call, spec, inputs, token, approved)
                 if caching:
                     self._check_storable(call, value)
                 else:  # final: nothing after the body can run it again (a result write could)
@@ -316,14 +329,14 @@ class Compiler:
             retry_delay_seconds=spec.retry_delay,
             log_prints=False,
             on_failure=list(self.on_failure),
+            # a person's "no" (or no answer) is final: never retried as a transient error
+            retry_condition_fn=_not_refused if spec.approve and spec.retries else None,
             # only a cached call can end Cached: no hook (and no hook log lines) otherwise
             on_completion=[self._on_cached(call)] if caching else [],
             **cache_options,
         )
-        setattr(task, CALL_ATTR, CallIdentity(call.id, kind, rank, attempt, call))
-        setattr(task, CANCEL_ATTR, token)
-        if caching and kind == "compute":
-            setattr(task, CACHE_PROBE_ATTR, cache_probe(task))  # the runner looks before it takes a slot
+        probe = cache_probe(task) if caching and kind == "compute" else None
+        setattr(task, CALL_ATTR, CallIdentity(call.id, kind, rank, attempt, call, token, probe))
         recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
         return task
 
@@ -358,13 +371,18 @@ class Compiler:
 
         return own_hook(record_cached, "record_cached")
 
-    def _execute(self, call: Call, spec: FunctionSpec, inputs: Mapping[str, Any], cancel: Cancel) -> Any:
+    def _execute(
+        self, call: Call, spec: FunctionSpec, inputs: Mapping[str, Any], cancel: Cancel,
+        approved: approval.Verdict | None = None,
+    ) -> Any:
         recorder = _RecordsOf(self, call)
         label = task_name(call)
         recorder.update(call.id, state="Running")
         start = end = None
         pid = processor = None
         try:
+            if approved is not None:
+                _check_verdict(label, approved)
             args, kwargs = resolve(call, inputs)
             validated = spec.validate(args, kwargs)
             call_args, call_kwargs = spec.call_args(validated)
@@ -456,6 +474,76 @@ class Compiler:
                     text = text.replace(value, "***")
         return text
 
+    # -- approval (`approve=True`) ----------------------------------------------------------
+    def runner_graph(self, frg: FRG) -> FRG:
+        """The graph the runner coordinates: `frg`, with a node `s3~approval` (inout, cost 0,
+        the call's deps) before each call that needs a person's approval. The runner passes a
+        call out only once its inputs are done, so a compute call takes its processor (and
+        every slot it needs) only after it was approved: while it waits, only its approval
+        node is out, holding nothing."""
+        asking = [cid for cid in frg.ids if self._approves(frg.function[cid])]
+        if not asking:
+            return frg
+        ids: list[str] = []
+        deps: dict[str, frozenset[str]] = {}
+        kinds: dict[str, str] = {}
+        costs: dict[str, float] = {}
+        functions: dict[str, str] = {}
+        for cid in frg.ids:
+            if cid in asking:
+                node = approval_node(cid)
+                ids.append(node)
+                deps[node], kinds[node], costs[node], functions[node] = frg.deps[cid], "inout", 0.0, "approval"
+            ids.append(cid)
+            deps[cid] = frg.deps[cid] | ({approval_node(cid)} if cid in asking else frozenset())
+            kinds[cid], costs[cid], functions[cid] = frg.kind[cid], frg.cost[cid], frg.function[cid]
+        resources = {cid: dict(frg.demand[cid]) for cid in frg.ids if frg.demand[cid]}
+        return FRG.from_edges(ids, deps, kinds=kinds, costs=costs, functions=functions, resources=resources)
+
+    def _approves(self, function: str) -> bool:
+        spec = self.toolbox.get(function)
+        return bool(spec is not None and spec.approve)
+
+    def _approval_task(self, call: Call, attempt: int, token: Cancel) -> Task[..., Any]:
+        """The task run that asks a person about `call` (`approve s3 · f`): it resolves the
+        call's arguments from the same inputs and waits for the answer
+        (`approval.request_approval`), holding nothing. It never fails: it returns the
+        `Verdict`, and the call's own task run fails on a rejection or a timeout, so the
+        call's failure is the call's (its report row, trace-back recovery). It shares the
+        call's cancel token: a cancel of the call ends the wait."""
+        spec = self.toolbox[call.function]
+        timeout = self.approval_timeout if self.approval_timeout is not None else approval.approval_timeout()
+
+        def ask(call_text: str, inputs: dict[str, Any]) -> dict[str, Any]:
+            if token.is_set():
+                return approval.Verdict("cancelled", note=token.reason).to_dict()
+            if id(call) in self.stale:
+                return approval.Verdict("skipped", note="the call will not run").to_dict()
+            for gate in self.gates:  # the call's gate would end it anyway: do not ask for nothing
+                if gate(call) is not None:
+                    return approval.Verdict("skipped", note="the call will not run").to_dict()
+            try:
+                args, kwargs = resolve(call, inputs)
+                validated = spec.validate(args, kwargs)
+            except Exception as exc:  # the call itself fails with this, without asking anybody
+                return approval.Verdict("skipped", note=f"its arguments are invalid: {type(exc).__name__}").to_dict()
+            _RecordsOf(self, call).update(call.id, state="AwaitingApproval")
+            try:
+                verdict = approval.request_approval(
+                    call.id, call.function, approval.shown(validated, self._scrub), timeout=timeout, cancel=token,
+                )
+            except Exception as exc:  # the API refused the pause, ...: the call fails saying so
+                verdict = approval.Verdict("unavailable", note=self._scrub(f"{type(exc).__name__}: {exc}"))
+            records = _RecordsOf(self, call)
+            if self.recorder.records[call.id].state == "AwaitingApproval":
+                records.update(call.id, state="Pending")  # answered: the call's own task run takes it on
+            return verdict.to_dict()
+
+        name = f"approve {task_name(call, attempt)}"
+        task = Task(fn=_Body(ask, "llmorch_approval"), name=name, task_run_name=name, log_prints=False)
+        setattr(task, CALL_ATTR, CallIdentity(approval_node(call.id), "inout", self.frg.rank.get(call.id, 1), attempt, call, token))
+        return task
+
     def submit(self, calls: Iterable[Call], futures: dict[str, PrefectFuture[Any]], attempt: int = 0) -> dict[str, PrefectFuture[Any]]:
         """Submit calls (in plan order) whose inputs are in `futures` or among `calls`.
 
@@ -465,7 +553,10 @@ class Compiler:
         new: dict[str, PrefectFuture[Any]] = {}
         for call in calls:
             task = self.task_for(call, attempt)
-            inputs = {dep: futures[dep] for dep in sorted(call.deps)}
+            inputs: dict[str, Any] = {dep: futures[dep] for dep in sorted(call.deps)}
+            if self.toolbox[call.function].approve:  # its approval first: the call waits for it
+                ask = self._approval_task(call, attempt, getattr(task, CALL_ATTR).cancel)
+                inputs[APPROVAL_INPUT] = ask.submit(call_text=self.call_text(call), inputs=dict(inputs))
             fut = task.submit(call_text=self.call_text(call), inputs=inputs)
             futures[call.id] = fut
             new[call.id] = fut
@@ -491,6 +582,37 @@ def _cancelled_instead(exc: BaseException, cancel: Cancel, label: str) -> CallCa
     if not cancel.is_set():
         return None
     return CallCancelled(f"{label} was cancelled ({cancel.reason})", call=label, pid=getattr(exc, "pid", None))
+
+
+#: The input through which a call's task receives its approval's verdict.
+APPROVAL_INPUT = "~approval"
+
+
+def approval_node(call_id: str) -> str:
+    """The runner's node (and identity) of a call's approval: `s3~approval`."""
+    return f"{call_id}~approval"
+
+
+def _check_verdict(label: str, verdict: approval.Verdict) -> None:
+    """Raise the call's failure for a verdict that is not a go-ahead (inside `_execute`, so
+    the record says it)."""
+    if verdict.outcome in ("approved", "skipped"):
+        return
+    if verdict.outcome == "rejected":
+        note = f": {verdict.note}" if verdict.note else ""
+        by = " on the terminal" if verdict.by == "terminal" else " in the Prefect UI" if verdict.by == "ui" else ""
+        raise approval.ApprovalRejected(f"{label} was rejected by the user{by}{note}; it did not run")
+    if verdict.outcome == "timed out":
+        raise approval.ApprovalTimeout(f"{label} was not approved in time ({verdict.note}); it did not run")
+    if verdict.outcome == "unavailable":
+        raise approval.ApprovalUnavailable(f"{label}: its approval could not be asked ({verdict.note}); it did not run")
+    raise CallCancelled(f"{label} was cancelled while it waited for approval ({verdict.note})", call=label)
+
+
+def _not_refused(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's `retry_condition_fn`: retry, unless a person refused the call (or did not answer)."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, (approval.ApprovalRejected, approval.ApprovalTimeout, approval.ApprovalUnavailable))
 
 
 class _Body:

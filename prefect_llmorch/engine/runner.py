@@ -40,7 +40,7 @@ Which task runs finish is all the Coordinator hears (`done` after any final stat
 downstream run does with a failed input is Prefect's engine's business, as with Prefect's
 own runners.
 
-Machine-wide guard (`leases.GlobalLimit`): a Prefect global concurrency limit
+Machine-wide guard (`guard.GlobalLimit`): a Prefect global concurrency limit
 (`llmorch-processors`, created with limit P if absent) is held one slot per processor this
 flow run uses, and one limit per resource capacity (`llmorch-search-api`,
 `llmorch-gpu_mem_gb-<device>`, created with the capacity if absent) one slot per unit. A
@@ -68,6 +68,7 @@ import functools
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections import deque
 from contextlib import ExitStack
@@ -78,11 +79,10 @@ import psutil
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import TaskRunner
 
-from prefect_llmorch.engine.caching import CACHE_PROBE_ATTR
 from prefect_llmorch.engine.call_context import call_with_tags
-from prefect_llmorch.engine.compiler import CALL_ATTR, CANCEL_ATTR
+from prefect_llmorch.engine.compiler import CALL_ATTR
 from prefect_llmorch.engine.devices import discover_gpus
-from prefect_llmorch.engine.leases import GlobalLimit
+from prefect_llmorch.engine.guard import GlobalLimit
 from prefect_llmorch.engine.pool import BODY_DONE, CALL_ENV, CallCancelled, CallNotSent, Cancel
 from prefect_llmorch.engine.workers import keep_pool, take_pool
 from prefect_llmorch.graph import FRG, GPU_MEM, PROCESSORS, demand_of
@@ -125,30 +125,48 @@ class NestedComputeSubmit(RuntimeError):
 
 
 class CallState(enum.Enum):
-    """Where a submission is, from the runner's side. The only moves (`_move`):
+    """Where a call is, from the runner's side. The only moves (`_move`):
 
-    - PENDING -> RUNNING: the Coordinator passed it out and its slots are held (or it needs
-      none: an inout call, a compute call whose result is stored); its engine starts.
-    - PENDING -> DONE: it never starts (cancelled, the flow run ended, announced and never
-      submitted, an upstream future that ended before it was passed out).
-    - RUNNING -> DONE: its task run reached a final state (or its future ended).
+    - ANNOUNCED: a call of a plan announced before its submission (`use_graph`); the
+      Coordinator may pass it out already. -> PASSED when it does; -> PENDING when its
+      submission arrives first; -> ABANDONED when no submission will come.
+    - PASSED: passed out before its submission: it starts the moment it arrives (-> PENDING,
+      then straight to RUNNING) or is done at once if none will come (-> DONE).
+    - ABANDONED: announced, never submitted: done at once when the Coordinator passes it out.
+    - PENDING: submitted, waiting for its inputs or for its slots (held).
+    - RUNNING: the Coordinator passed it out and its slots are held (or it needs none); its
+      engine runs it.
+    - DONE: its task run reached a final state (or its future ended), or it never starts
+      (cancelled, the flow run ended, an upstream future that ended before it was passed out).
 
-    Orthogonal facts stay fields of `_Submission`: `announced`/`passed`/`abandoned` (a call of
-    an announced FRG before its submission), `cached`, `released` (its body succeeded: its
-    processor and slots are back before Prefect's engine finishes).
+    Orthogonal facts stay fields of `_Submission`: `cached`, `released` (its body succeeded:
+    its processor and slots are back before Prefect's engine finishes).
     """
 
+    ANNOUNCED = "announced"
+    PASSED = "passed"
+    ABANDONED = "abandoned"
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
 
 
-_MOVES = {CallState.PENDING: {CallState.RUNNING, CallState.DONE}, CallState.RUNNING: {CallState.DONE}, CallState.DONE: set()}
+#: Waiting states: not started, not done (what cancelling or an ending flow run finishes).
+WAITING = frozenset({CallState.ANNOUNCED, CallState.PASSED, CallState.ABANDONED, CallState.PENDING})
+
+_MOVES = {
+    CallState.ANNOUNCED: {CallState.PASSED, CallState.PENDING, CallState.ABANDONED, CallState.DONE},
+    CallState.PASSED: {CallState.PENDING, CallState.DONE},
+    CallState.ABANDONED: {CallState.DONE},
+    CallState.PENDING: {CallState.RUNNING, CallState.DONE},
+    CallState.RUNNING: {CallState.DONE},
+    CallState.DONE: set(),
+}
 
 
 def _move(sub: "_Submission", to: CallState) -> None:
-    """The one transition function of a submission's state (a move to where it already is
-    is nothing); any other move is a bug in the runner and fails at once, naming the call."""
+    """The one transition function of a call's state (a move to where it already is is
+    nothing); any other move is a bug in the runner and fails at once, naming the call."""
     if to is sub.state:
         return
     if to not in _MOVES[sub.state]:
@@ -183,9 +201,6 @@ class _Submission:
     probe: Any = None  # a cache=True compute call: is its result stored? (`caching.cache_probe`)
     device: Any = None  # where the Coordinator placed it (while its probe runs)
     cached: bool = False  # the probe found its result: it runs holding no slot
-    announced: bool = False  # a call of the announced FRG, not submitted yet (`use_graph`)
-    passed: bool = False  # announced and already passed out: it starts when it is submitted
-    abandoned: bool = False  # announced, never submitted (`no_more_submissions`): done at once
     released: bool = False  # its body succeeded: its processor and slots are back (`_release`)
 
 
@@ -202,7 +217,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         pin: pin worker i to core i (psutil).
         preload: modules the workers import at start (e.g. your toolbox module).
         guard: `"global"` (default): hold the global limit's slots; when they cannot be had
-            (the limit deleted, the API down past `leases.GUARD_PATIENCE_SECONDS`), compute
+            (the limit deleted, the API down past `guard.GUARD_PATIENCE_SECONDS`), compute
             calls fail with a message saying so, never run unguarded. `"local"`: no global
             limit, only this flow run's own bound of P (as `concurrency_limit=None`).
 
@@ -249,7 +264,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self.preload = tuple(preload)
         # Bad capacities fail here, before anything runs (Capacities.of checks them).
         caps = Capacities.of(self.processors, resources, gpus)
-        self.resources = {r: a for r, a in caps.amounts.items() if r != "processors" and not (caps.devices and r == "gpu_mem_gb")}
+        # capacities and rates (`"10/s"`, `"4,10/s"`: rates are paced at the call, engine/rates.py)
+        self.resources = {r: a for r, a in caps.settings().items() if not (caps.devices and r == "gpu_mem_gb")}
         self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in caps.devices]
         # Nobody declared devices: ask this machine's nvidia-smi when the runner starts.
         self._discover_gpus = gpus is None and not (isinstance(resources, Mapping) and GPU_MEM in resources)
@@ -276,13 +292,13 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._submitted_calls: set[str] = set()
         self._expecting_more = True
         self._running_compute = 0
-        self._unfinished_compute = 0
         self.max_running_compute = 0  # observed, for tests and reports
         self.cached_without_slot = 0  # compute calls started without a slot: their result was stored
         self._closing = False
+        self._rate_wake: tuple[float, threading.Timer] | None = None  # next dispatch for a rate
         self._cancelled = ""
         self.trace: list[tuple[str, tuple[str, ...]]] = []
-        self._limit = GlobalLimit(None, lambda: self.processors, self._safe_dispatch, self._has_work)
+        self._limit = GlobalLimit(None, lambda: self.processors, self._safe_dispatch)
 
     # -- settings ---------------------------------------------------------------------
     @property
@@ -359,7 +375,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         # call's thread cannot be stopped; a script's Ctrl-C must not wait for it).
         stack.callback(lambda: executor.shutdown(wait=not self._cancelled))
         name = self.concurrency_limit if getattr(self, "guard", "global") == "global" else None
-        self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch, self._has_work)
+        self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch)
         self._limit.start(stack)
         self._limit.configure(self._resource_limits())
         self._adjust_slots()
@@ -388,6 +404,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         """The slots a passed-out call holds while it runs (its whole demand, GPU memory on its device)."""
         needs: dict[str, int] = {}
         for r, amount in (sub.demand or demand_of(sub.kind)).items():
+            setting = self.resources.get(r)
+            if isinstance(setting, str) and "," not in setting:  # a rate, no capacity: nothing to hold
+                continue
             if r == GPU_MEM and self.gpus:
                 if self._limit.guarded and device is not None:
                     needs[limit_name(GPU_MEM, device)] = slots(amount)
@@ -415,7 +434,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         interrupt.unregister(self)
         with self._lock:
             self._closing = True  # nothing starts from now on
-            queued = [s for s in self._subs.values() if s.state is CallState.PENDING and s.external is None]
+            queued = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
             for s in queued:
                 _move(s, CallState.DONE)
             executor, cancelled = self._executor, bool(self._cancelled)
@@ -451,7 +470,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._cancelled = reason
             self._closing = True
             subs = [s for s in self._subs.values() if s.external is None]
-            queued = [s for s in subs if s.state is CallState.PENDING]
+            queued = [s for s in subs if s.state in WAITING]
             running = [s for s in subs if s.state is CallState.RUNNING]
             for s in queued:
                 _move(s, CallState.DONE)
@@ -489,7 +508,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         with self._lock:
             if self._co is not None and not self._co.is_finished():
                 raise RuntimeError("capacities can change only before the flow run's calls are submitted")
-            self.resources = {r: a for r, a in caps.amounts.items() if r != PROCESSORS and not (caps.devices and r == GPU_MEM)}
+            self.resources = {r: a for r, a in caps.settings().items() if not (caps.devices and r == GPU_MEM)}
             self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in caps.devices]
             started = self._executor is not None
         if started:
@@ -523,7 +542,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 node=cid, task=None, kind=frg.kind[cid], call_id=cid,
                 task_run_id=None, parameters={}, wait_for=[], dependencies=None,
                 context=contextvars.Context(), future=concurrent.futures.Future(), cancel=Cancel(),
-                deps=frozenset(frg.deps[cid]), cost=frg.cost[cid], demand=frg.demand[cid], announced=True,
+                deps=frozenset(frg.deps[cid]), cost=frg.cost[cid], demand=frg.demand[cid], state=CallState.ANNOUNCED,
             )
             self._announced[cid] = sub
             self._subs[cid] = sub
@@ -537,8 +556,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 self._count(f"call:{cid}", {}, -1)
             self._expected.clear()
             for sub in self._announced.values():  # announced, never submitted: nothing to run
-                sub.abandoned = True
-                if sub.passed:
+                if sub.state is CallState.ANNOUNCED:
+                    _move(sub, CallState.ABANDONED)
+                elif sub.state is CallState.PASSED:
                     _move(sub, CallState.DONE)
                     self._co.done(sub.node)  # type: ignore[union-attr]
                     self.trace.append(("done", (sub.node,)))
@@ -560,14 +580,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
         dependencies: dict[str, Any] | None = None,
     ) -> PrefectConcurrentFuture[Any]:
-        if self._cancelled and getattr(task, CALL_ATTR, None) is not None:
-            # A call of the plan submitted after a Ctrl-C: it never starts, and the run's
-            # report shows it Cancelled (a plain task gets Prefect's not-started error).
-            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            _finish(future, _cancelled_state(f"not started: {self._cancelled}"))
-            return PrefectConcurrentFuture(task_run_id=_new_task_run_id(), wrapped_future=future)
-        if not self._started or self._executor is None:
-            raise not_started(self, self._cancelled and f"cancelled: {self._cancelled}")
+        if self._cancelled or not self._started or self._executor is None:
+            return self._refuse(task)
         from prefect.context import TagsContext
 
         tags = frozenset(set(task.tags) | set(TagsContext.get().current_tags))
@@ -576,7 +590,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         if kind == "compute":
             self._refuse_nested_compute(task)
         call_id = identity.call_id if identity is not None else None
-        cancel = getattr(task, CANCEL_ATTR, None) or Cancel()
+        cancel = (identity.cancel if identity is not None else None) or Cancel()
         wait_list = list(wait_for or [])
         upstream = wait_list + _futures_in(parameters)
         run_task = task
@@ -595,13 +609,12 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             future=concurrent.futures.Future(),
             cancel=cancel,
             tags=tags,
-            probe=getattr(task, CACHE_PROBE_ATTR, None) if kind == "compute" else None,
+            probe=identity.probe if identity is not None and kind == "compute" else None,
         )
         foreign: list[_Submission] = []
         with self._lock:
-            if self._cancelled:  # stopped (Ctrl-C) before this call was submitted: it never starts
-                _finish(sub.future, _cancelled_state(f"not started: {self._cancelled}"))
-                return PrefectConcurrentFuture(task_run_id=sub.task_run_id, wrapped_future=sub.future)
+            if self._cancelled:  # stopped (Ctrl-C) while this call was being submitted
+                return self._refuse(task)
             if self._closing:
                 raise RuntimeError(f"LLMOrchTaskRunner is shutting down ({self._cancelled or 'its flow run ended'})")
             seq = next(self._seq)
@@ -633,8 +646,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             else:  # in the graph already, with the plan's deps (Prefect's engine waits for its inputs)
                 self._by_run[sub.task_run_id] = sub.node
             self._count(sub.node, sub.demand or demand_of(kind), 1)
-            if kind == "compute":
-                self._unfinished_compute += 1
         for ext in foreign:
             assert ext.external is not None
             ext.external.add_done_callback(lambda _f, e=ext: self._external_done(e))
@@ -642,15 +653,25 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._adjust_slots()
         return PrefectConcurrentFuture(task_run_id=sub.task_run_id, wrapped_future=sub.future)
 
+    def _refuse(self, task: "Task[Any, Any]") -> PrefectConcurrentFuture[Any]:
+        """A submission to a runner that is cancelled or not started. A call of the plan
+        submitted after a Ctrl-C never starts and ends Cancelled (the run's report shows it);
+        anything else gets Prefect's not-started error, as from any task runner."""
+        if self._cancelled and getattr(task, CALL_ATTR, None) is not None:
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            _finish(future, _cancelled_state(f"not started: {self._cancelled}"))
+            return PrefectConcurrentFuture(task_run_id=_new_task_run_id(), wrapped_future=future)
+        raise not_started(self, self._cancelled and f"cancelled: {self._cancelled}")
+
     def _arrive(self, announced: _Submission, sub: _Submission) -> _Submission:
         """The submission of an announced call: it takes the call's place in the graph (and
         starts at the next dispatch if it was passed out already). Called with the lock held."""
         for name in ("task", "kind", "task_run_id", "parameters", "wait_for", "dependencies", "context",
                      "future", "cancel", "tags", "probe"):
             setattr(announced, name, getattr(sub, name))
-        announced.announced = False
-        if announced.passed:
+        if announced.state is CallState.PASSED:
             self._arrived.append(announced)
+        _move(announced, CallState.PENDING)
         return announced
 
     def _refuse_nested_compute(self, task: "Task[Any, Any]") -> None:
@@ -717,7 +738,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         except BaseException as exc:
             logger.error("LLMOrchTaskRunner could not start ready task runs: %s", exc)
             with self._lock:
-                stuck = [s for s in self._subs.values() if s.state is CallState.PENDING and s.external is None]
+                stuck = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
                 for s in stuck:
                     _move(s, CallState.DONE)
                 self._announced.clear()  # their submissions join as new nodes, and fail the same way
@@ -786,28 +807,31 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             arrived, self._arrived = self._arrived, []
             for sub in arrived:
                 self._pass_out(sub, sub.device, start, probing)
+            now = time.monotonic()
             while True:
-                ready = co.get_ready()
+                ready = co.get_ready(now=now)  # a call on a rated resource starts when its rate allows
                 if not ready:
                     break
                 self.trace.append(("start", ready))
                 finished = []
                 for node in ready:
                     sub = self._subs[node]
-                    if sub.external is not None or sub.abandoned:
-                        if sub.finished or sub.abandoned:
+                    if sub.external is not None or sub.state is CallState.ABANDONED:
+                        if sub.finished or sub.state is CallState.ABANDONED:
                             _move(sub, CallState.DONE)
                             finished.append(node)
                         else:
                             _move(sub, CallState.RUNNING)
-                    elif sub.announced:  # not submitted yet: it starts when it arrives
-                        sub.passed, sub.device = True, co.device_of(node)
+                    elif sub.state is CallState.ANNOUNCED:  # not submitted yet: it starts when it arrives
+                        _move(sub, CallState.PASSED)
+                        sub.device = co.device_of(node)
                     else:
                         self._pass_out(sub, co.device_of(node), start, probing)
                 if not finished:
                     break
                 co.done(*finished)
                 self.trace.append(("done", tuple(finished)))
+            self._wake_at(co.next_admission(now))
             start.extend(self._admit_held())
             if self._held and not start and not any(self._in_use.values()):
                 # Nothing runs, calls wait, others hold what they need: never hold and wait.
@@ -820,6 +844,21 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         for s in probing:  # in a copy: on a miss, `_run` enters the call's own context elsewhere
             self._start_on(executor, s, s.context.copy().run, self._probe)
 
+    def _wake_at(self, when: float | None) -> None:
+        """Dispatch again at `when` (monotonic), when a ready call waits only for its rate;
+        one timer, the earliest. Called with the lock held."""
+        if when is None or (self._rate_wake is not None and self._rate_wake[0] <= when):
+            return
+        timer = threading.Timer(max(when - time.monotonic(), 0.0), self._rate_due)
+        timer.daemon = True
+        self._rate_wake = (when, timer)
+        timer.start()
+
+    def _rate_due(self) -> None:
+        with self._lock:
+            self._rate_wake = None
+        self._safe_dispatch()
+
     def _start_on(self, executor: concurrent.futures.ThreadPoolExecutor, sub: _Submission, run: Any, fn: Any) -> None:
         """Start a call on a task-run thread; `cancel_all` may have shut the executor down
         since the call was chosen: it then ends Cancelled instead of never ending."""
@@ -831,8 +870,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             with self._lock:
                 _move(sub, CallState.DONE)
                 self._give_back(sub)
-                if sub.kind == "compute":
-                    self._unfinished_compute -= 1
             _finish(sub.future, _cancelled_state(f"not started: {self._cancelled}"))
 
     def _pass_out(self, sub: _Submission, device: Any, start: list[_Submission], probing: list[_Submission]) -> None:
@@ -950,8 +987,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             with self._lock:
                 _move(sub, CallState.DONE)
                 self._give_back(sub)
-                if sub.kind == "compute":
-                    self._unfinished_compute -= 1
         if state is not None:
             _finish(sub.future, state)
         self._safe_dispatch()

@@ -15,11 +15,13 @@ import time
 from typing import Any
 
 from prefect import flow
+from prefect.cache_policies import CacheKeyFnPolicy
 
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner
 from prefect_llmorch.flows.handoff import Handoff, handed, handing
 from prefect_llmorch.flows.planner import planner_task, resolve_client
+from prefect_llmorch.flows.joiner import JoinSettings, join_rounds, replay_key
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import Planning, RunReport, publish_artifacts
 from prefect_llmorch.storage.history import remember_records
@@ -69,11 +71,19 @@ def answer(query: str, toolbox: str | Toolbox, options: AskOptions | None = None
     elif resources:
         raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
     P = runner.processors if runner is not None else (processors or default_processors())
-    client = resolve_client(client if client is not None else (handed().client_for(query) or options.endpoint))
+    given = handed()
+    ahead = given.client_for(query) if client is None else None
+    endpoint = client if client is not None else given.endpoint_for(query, options.endpoint)
+    if isinstance(endpoint, str):  # the block once: its join settings and its client
+        from prefect_llmorch.blocks import LLMEndpoint
+
+        endpoint = LLMEndpoint.load(endpoint)
+    joining = JoinSettings.resolve(endpoint, options.joiner, options.max_rounds, options.max_tokens)
+    client = ahead if ahead is not None else resolve_client(endpoint)
     tokens = TokenCounter()
     recovery = None
     if options.recovery_rounds > 0:
-        recovery = RecoveryConfig(client, max_rounds=options.recovery_rounds, running=options.running)
+        recovery = RecoveryConfig(client, max_rounds=options.recovery_rounds, running=options.running, tokens=tokens)
     # The plan is not known yet: costs for every function of the toolbox (one lookup).
     choice = learned_costs({name for name in tb if name != SELF}, options.costs)
     ex = Execution(
@@ -86,9 +96,16 @@ def answer(query: str, toolbox: str | Toolbox, options: AskOptions | None = None
         ex.recorder.t0 = getattr(client, "sent_at", None) or time.time()
         # Each call is stamped when the planner hands it over: what the flow's thread adds
         # after that (waking up, submitting) counts as our overhead, not as the LLM's time.
-        planning = planner_task.submit(
+        join = joining.joiner != "off"
+        planning = planner_task.with_options(
+            task_run_name="planner · round 1" if join else "planner",
+            # a retry of this flow run replays the plan (and `join_rounds` each join decision)
+            cache_policy=CacheKeyFnPolicy(
+                cache_key_fn=replay_key("planner", "query", "toolbox", "llm", "attempts", "mode", "join")),
+            persist_result=True,
+        ).submit(
             query, tb, client, attempts=options.attempts, on_call=lambda c: inbox.put((c, time.time())),
-            mode=options.planner,
+            mode=options.planner, join=join,
         )
         planning.add_done_callback(lambda _f: inbox.put((_DONE, time.time())))
         while (item := _next(inbox))[0] is not _DONE:
@@ -103,17 +120,30 @@ def answer(query: str, toolbox: str | Toolbox, options: AskOptions | None = None
             tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
         ex.start(result.plan, kept=result.dispatched, planned_at=planned_at)
         prediction = predicted(ex.frg, P, policy, choice, runner)
+        rounds = join_rounds(
+            ex, query, tb, client, result.text, joining, tokens, _next, mode=options.planner or client.planner or "text",
+        )
     except BaseException:
         ex.close()
         raise
     report = ex.finish()
     report.predicted = prediction
     remember_records(report.calls)
-    report.planning = Planning(plan=result.text, attempts=len(result.attempts), tokens=tokens.to_dict())
+    assert ex.plan is not None
+    whole = ex.plan.to_text("paper") if rounds.continued else result.text
+    report.planning = Planning(plan=whole, attempts=len(result.attempts), tokens=tokens.to_dict())
+    if rounds.joins or rounds.continued:
+        report.joiner = rounds.to_dict()
+        if not report.failed and rounds.answered is not None:
+            report.result = rounds.answered.value(report.results)
+        elif not report.failed:  # the last continuation's last call answers
+            report.result = report.results.get(ex.plan.calls[-1].id)
     usage = (
         f"\n\n## LLM usage\n\nplanner attempts: {len(result.attempts)}; tokens: "
         f"{tokens.prompt} prompt + {tokens.completion} completion\n\n```text\n{result.text}\n```\n"
     )
+    if rounds.joins:
+        usage += rounds.to_markdown(tokens)
     publish_artifacts(ex.frg, report, extra_markdown=usage)
     return conclude(report)
 
@@ -156,28 +186,37 @@ def ask_query(
     P = opts.processors or default_processors()
     prepare(toolbox, P)
     # The planner's request leaves now, while Prefect creates the flow run and its task runs.
-    ahead = _plan_ahead(query, toolbox, opts, client)
+    ahead, source = _plan_ahead(query, toolbox, opts, client)
     try:
         runner = local_runner(toolbox, P, opts.policy, concurrency_limit, opts.resources, gpus)
         parameters = {"query": query, "toolbox": toolbox, "options": opts.merged(processors=P)}
-        with handing(Handoff(client=ahead or client, text=query)):
+        with handing(Handoff(client=ahead, endpoint=source, text=query)):
             return run_flow(ask, runner, parameters, simple=_simple(toolbox, client))
     finally:
         if ahead is not None:
             ahead.close()  # a request the planner never took (e.g. the run failed first)
 
 
-def _plan_ahead(query: str, toolbox: Toolbox | str, options: AskOptions, client: Any) -> Any:
-    """A `PlanningAhead` for this ask (its first planner request sent), or None when the
-    toolbox or the endpoint cannot be had here: then the flow run fails with the reason,
-    as it would have."""
+def _plan_ahead(query: str, toolbox: Toolbox | str, options: AskOptions, client: Any) -> tuple[Any, Any]:
+    """(a `PlanningAhead` for this ask, its first planner request sent; the endpoint: the
+    caller's object, or the block `options.endpoint` names, loaded once). (None, `client`)
+    when the toolbox or the endpoint cannot be had here: then the flow run fails with the
+    reason, as it would have. The request is exactly the planner's first: the same join
+    setting (`JoinSettings.resolve`, as `answer` does), mode and toolbox."""
     from prefect_llmorch.llm.ahead import PlanningAhead
 
+    source: Any = client if client is not None else options.endpoint
     try:
+        if isinstance(source, str):
+            from prefect_llmorch.blocks import LLMEndpoint
+
+            source = LLMEndpoint.load(source)
+        joining = JoinSettings.resolve(source, options.joiner, options.max_rounds, options.max_tokens)
         tb = resolve_toolbox(toolbox)
-        return PlanningAhead(resolve_client(client if client is not None else options.endpoint), query, tb, options.planner)
+        ahead = PlanningAhead(resolve_client(source), query, tb, options.planner, join=joining.joiner != "off")
+        return ahead, source
     except Exception:
-        return None
+        return None, client
 
 
 def _next(inbox: "queue.Queue[Any]") -> Any:

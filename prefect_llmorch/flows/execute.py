@@ -25,6 +25,7 @@ from prefect.futures import PrefectFuture, wait
 
 from prefect_llmorch.credentials import CredentialStore
 from prefect_llmorch.engine.compiler import Compiler, Recorder
+from prefect_llmorch.engine.rates import rates_of
 from prefect_llmorch.host import interrupt
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import RecoveryConfig, RecoveryController
@@ -99,12 +100,15 @@ class Execution:
             secrets=self._store if self._store is not None else secrets,
             pool=getattr(self.runner, "pool", None),  # compute calls run on the runner's processors
             cache=cache,
+            rates=rates_of(getattr(self.runner, "resources", None)),  # paced at the call, machine-wide
         )
         self.futures: dict[str, PrefectFuture[Any]] = {}
         #: seconds after `t0` at which each call became known (ask: streamed calls)
         self.release: dict[str, float] = {}
         self.plan: Plan | None = None
         self._adopted: list[Call] = []  # kept alive: the compiler tells stale calls by identity
+        self._base = Plan(())  # the calls of earlier rounds (a continuation follows them)
+        self._settled = False
         # Hooks go in before the first submission; failures are held until the plan is final.
         self.controller = RecoveryController(recovery, toolbox, self.compiler, self.runner) if recovery else None
         self.progress = RunProgress.start(self.recorder)  # the `llmorch-progress` artifact
@@ -128,7 +132,7 @@ class Execution:
         self.release[call.id] = self.recorder.rel(time.time() if at is None else at)
         # Ranks of earlier calls never change when a later call arrives: the FRG of the calls
         # so far (tiny) lets the policy see the current critical paths.
-        self._use_graph(self._graph(Plan(tuple(self._adopted))))
+        self._use_graph(self._graph(Plan(self._base.calls + tuple(self._adopted))))
         self.compiler.submit([call], self.futures)
 
     def start(self, plan: Plan, kept: Iterable[str] = (), *, planned_at: float | None = None) -> None:
@@ -142,7 +146,9 @@ class Execution:
         """
         if self.plan is not None:
             raise RuntimeError("start() was called already")
-        keep = set(kept)
+        # Only calls adopted here are running: a replayed (cached) planner result names
+        # calls that streamed in an earlier attempt of this flow run.
+        keep = set(kept) & {c.id for c in self._adopted}
         stale = [c for c in self._adopted if c.id not in keep]
         if stale:
             self.compiler.stale.update(id(c) for c in stale)
@@ -150,10 +156,14 @@ class Execution:
                 "calls %s were started from a draft plan that was repaired: not started if they had "
                 "not started, their results ignored", ", ".join(c.id for c in stale),
             )
+        earlier = set(self._base.ids)
+        if self._base.calls and plan.calls[: len(self._base)] != self._base.calls:
+            raise ValueError("a continuation must keep the calls of earlier rounds, first and unchanged")
         self.plan = plan
+        self._settled = False
         frg = self._graph(plan)
         self._use_graph(frg)
-        todo = [c for c in plan.calls if c.id not in keep]
+        todo = [c for c in plan.calls if c.id not in keep and c.id not in earlier]
         self._require(todo)
         if self.controller is not None:
             self.controller.release(plan, frg)
@@ -184,11 +194,7 @@ class Execution:
         if self.plan is None:
             raise RuntimeError("finish() before start(): no plan to finish")
         try:
-            if self.controller is not None:
-                self.frg = self.controller.run(self.futures)  # resubmits repaired calls into futures
-            # Bounded when recovery gave up waiting on a round: never hang on a stuck call.
-            timed_out = self.controller is not None and self.controller.outcome == "timed out"
-            _wait_all(list(self.futures.values()), timeout=0 if timed_out else None)
+            self.settle()
             report = build_report(self.frg, self.recorder, self.processors, self.futures, self.release)
         finally:
             self.close()
@@ -207,22 +213,60 @@ class Execution:
             self.controller.annotate(report)  # the rounds, in the report and an artifact
         return report
 
+    def settle(self) -> None:
+        """Wait for the submitted calls, running recovery rounds while calls fail (a no-op
+        when nothing was submitted since the last `settle`). The join step reads the
+        results then; `finish` settles first."""
+        if self.plan is None:
+            raise RuntimeError("settle() before start(): no plan to run")
+        if self._settled:
+            return
+        if self.controller is not None:
+            self.frg = self.controller.run(self.futures)  # resubmits repaired calls into futures
+            self.plan = self.controller.plan  # repairs may have changed calls
+        # Bounded when recovery gave up waiting on a round: never hang on a stuck call.
+        timed_out = self.controller is not None and self.controller.outcome == "timed out"
+        _wait_all(list(self.futures.values()), timeout=0 if timed_out else None)
+        self._settled = True
+
+    def continue_plan(self) -> None:
+        """The join step continues the plan: calls of the next round may be adopted as they
+        stream (`adopt`) and then `start`ed with the whole plan (every earlier call first,
+        unchanged), in the same flow run, on the same runner; its FRG grows."""
+        if self.plan is None:
+            raise RuntimeError("continue_plan() before start(): no plan to continue")
+        self.settle()
+        self._base, self.plan, self._adopted = self.plan, None, []
+        if self.runner is not None:
+            self.runner.expect_more()
+        if self.controller is not None:
+            self.controller.hold()  # failures of streamed calls wait for the final continuation
+
     def close(self) -> None:
         """Stop the progress updates (sends the last one); safe to call more than once."""
         if not self._closed:
             self._closed = True
             self.progress.close()
+            _close_mcp_sessions(self.toolbox)
 
     # -- helpers ------------------------------------------------------------------------
     def _use_graph(self, frg: FRG) -> None:
         self.frg = frg
         self.compiler.frg = frg
         if self.runner is not None:
-            self.runner.use_graph(frg)
+            self.runner.use_graph(self.compiler.runner_graph(frg))  # with approval nodes, if any
 
     def _require(self, calls: list[Call]) -> None:
         if self._store is not None:  # fails early, naming the block, if one is missing
             self._store.require(calls)
+
+
+def _close_mcp_sessions(toolbox: Toolbox) -> None:
+    """End this flow run's sessions with the MCP servers its toolbox's tools come from."""
+    if any(getattr(spec.fn, "__llmorch_mcp__", None) is not None for spec in toolbox.values()):
+        from prefect_llmorch.mcp import close_run_sessions
+
+        close_run_sessions(toolbox)
 
 
 def execute(

@@ -34,12 +34,15 @@ class Handoff:
         toolbox: the caller's toolbox (what `plan` was parsed against).
         client: the LLM client to use (an `LLMClient`, or one whose planner request is
             already on its way), instead of resolving `options.endpoint` again.
+        endpoint: where `client` came from: the caller's `LLMEndpoint` / `LLMClient`, or the
+            block `options.endpoint` names, loaded once (its join settings).
         text: the plan text (run) or the query (ask) these were made for.
         plan: the plan parsed from `text` (done, or being done on a thread).
     """
 
     toolbox: Toolbox | None = None
     client: Any = None
+    endpoint: Any = None
     text: str | None = None
     plan: "concurrent.futures.Future[Plan] | None" = None
 
@@ -52,6 +55,10 @@ class Handoff:
     def client_for(self, text: str) -> Any:
         """The client handed over for this plan text or query, else None."""
         return self.client if self.text == text else None
+
+    def endpoint_for(self, text: str, default: Any) -> Any:
+        """The endpoint handed over for this query, else `default` (`options.endpoint`)."""
+        return self.endpoint if self.text == text and self.endpoint is not None else default
 
 
 _HANDOFF: ContextVar[Handoff] = ContextVar("llmorch_handoff", default=Handoff())

@@ -113,6 +113,7 @@ def _planner(
     replan_temperature: float = 0.7,
     on_call: OnCall | None = None,
     mode: str | None = None,
+    join: bool = False,
 ) -> PlannerResult:
     """Prefect task (`planner`; untagged, so Prefect's engine makes no tag-slot request
     for it: see engine/compiler.py) around `plan_query` (`mode`: "text",
@@ -128,7 +129,7 @@ def _planner(
         query, toolbox, resolve_client(llm),
         attempts=attempts, replans=replans, temperature=temperature,
         replan_temperature=replan_temperature, on_call=on_call,
-        run_attempt=_as_task_run, log=_logger(), mode=mode,
+        run_attempt=_as_task_run, log=_logger(), mode=mode, join=join,
     )
 
 

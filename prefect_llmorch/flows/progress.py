@@ -84,6 +84,9 @@ class RunProgress:
         running = sum(1 for r in records if r.state == "Running")
         if running:
             text += f"; {running} running"
+        waiting = sum(1 for r in records if r.state == "AwaitingApproval")
+        if waiting:
+            text += f"; {waiting} waiting for approval"
         return pct, text
 
     def _on_change(self, record: CallRecord) -> None:

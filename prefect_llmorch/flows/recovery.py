@@ -105,6 +105,8 @@ class RecoveryConfig:
     temperature: float | None = None
     max_value_chars: int = 300
     running: str = "wait"
+    #: where repair requests' tokens are summed (an ask's budget counts them); None: nowhere
+    tokens: Any = None
 
     def __post_init__(self) -> None:
         if self.max_rounds < 0:
@@ -186,6 +188,13 @@ class RecoveryController:
         compiler.on_failure.append(own_hook(self._on_failure, "recovery"))
         compiler.gates.append(self._gate)
         compiler.interruptible = config.running == "cancel"
+
+    def hold(self) -> None:
+        """A continuation of the plan starts streaming (the join step): hold failures again
+        until `release` gives the final plan."""
+        with self._lock:
+            if self._held is None:
+                self._held = []
 
     def release(self, plan: Plan, frg: FRG) -> None:
         """The plan is final: act on the failures held while it streamed, except those of
@@ -339,6 +348,9 @@ class RecoveryController:
                 repair.rejections.append(f"LLM error: {exc}")
                 rnd.outcome = "llm error"
                 return None
+            finally:
+                if self.config.tokens is not None:
+                    self.config.tokens.add(repair.prompt_tokens, repair.completion_tokens)
             if call is None:
                 rnd.outcome = "repair rejected"
                 return None
@@ -384,7 +396,7 @@ class RecoveryController:
         for cid in rerun:
             self.recorder.results.pop(cid, None)
         if self.runner is not None:
-            self.runner.use_graph(frg)
+            self.runner.use_graph(self.compiler.runner_graph(frg))  # with approval nodes, if any
             self.runner.expect_more()
         self.compiler.submit([c for c in calls if c.id in rerun], futures, attempt=rnd.number)
         if self.runner is not None:

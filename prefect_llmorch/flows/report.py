@@ -129,6 +129,8 @@ class RunReport:
     #: `critical_path`, `calls` (start, end), `costs` (`declared` or `history`: `history` only
     #: when learned costs were used; then `declared` lists functions that had none); None: not made
     predicted: dict[str, Any] | None = None
+    #: the join step's rounds (ask: `flows.joiner.Rounds.to_dict`); None: no join happened
+    joiner: dict[str, Any] | None = None
 
     @property
     def overhead(self) -> float:
@@ -148,6 +150,8 @@ class RunReport:
             out.update(plan=self.planning.plan, attempts=self.planning.attempts, tokens=dict(self.planning.tokens))
         if self.recovery is not None:
             out["recovery"] = self.recovery
+        if self.joiner is not None:
+            out["joiner"] = self.joiner
         return out
 
     def row(self, call_id: str) -> CallRow:
@@ -326,7 +330,7 @@ def _row(rec: CallRecord, future: Any, rows: Mapping[str, CallRow], frg: FRG, re
     if row.state == "Completed":
         return row
     ended = _ended(future)
-    if row.state in ("Pending", "Running") and ended is not None and not ended.is_completed():
+    if row.state in ("Pending", "Running", "AwaitingApproval") and ended is not None and not ended.is_completed():
         row.state = ended.name or ended.type.value.title()  # what Prefect says: NotReady, Crashed...
     if row.state in ("Failed", "Cancelled") and row.error:
         row.reason = row.error

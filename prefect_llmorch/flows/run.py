@@ -250,7 +250,7 @@ def run_plan(
     else:
         handoff = Handoff(toolbox=tb, client=client, text=text, plan=_done(plan) if given else _parse_ahead(text, tb))  # type: ignore[arg-type]
     if task_runner is None and concurrency_limit:
-        from prefect_llmorch.engine.leases import take_ahead_unless_kept
+        from prefect_llmorch.engine.guard import take_ahead_unless_kept
 
         take_ahead_unless_kept(concurrency_limit, P)  # the lease write while Prefect creates the flow run
     with handing(handoff):
@@ -280,7 +280,7 @@ def prepare(toolbox: Toolbox | str, processors: int) -> EmbeddedServer | None:
 
 def local_runner(
     toolbox: Toolbox | str, processors: int, policy: str, concurrency_limit: str | None,
-    resources: dict[str, float] | None = None, gpus: Any = None,
+    resources: dict[str, float | str] | None = None, gpus: Any = None,
 ) -> LLMOrchTaskRunner:
     """The runner `run_plan` and `ask_query` use; a toolbox path is imported in the workers
     before the plan arrives."""

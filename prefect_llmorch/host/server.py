@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EmbeddedServer", "embedded_server", "ensure_server", "reap_when_gone", "start_ephemeral_server"]
+__all__ = ["EmbeddedServer", "embedded_server", "ensure_server", "reap_when_gone", "server_instance", "server_key", "start_ephemeral_server"]
 
 #: How Prefect's temporary server shows in its command line (ours runs the same app).
 SERVER_APP = "prefect.server.api.server:create_app"
@@ -239,3 +239,11 @@ def server_key() -> str:
     from prefect.settings import get_current_settings
 
     return str(get_current_settings().api.url or "ephemeral")
+
+
+def server_instance(url: str) -> str:
+    """Which server answers at `url`: the URL, and the pid when it is this process's embedded
+    server. Two embedded servers of one PREFECT_HOME may use the same port one after the
+    other; leases live in the memory of the one that granted them."""
+    mine = _server
+    return f"{url}#pid={mine.pid}" if mine is not None and url.rstrip("/").startswith(mine.url.rstrip("/")) else url

@@ -41,17 +41,18 @@ class PlanningAhead(LLMClient):
         toolbox: its toolbox (the system prompt lists its functions).
         mode: "text", "json", or None (the client's `planner` setting), as for `plan_query`.
         temperature: the first round's temperature (`plan_query`'s default: 0.0).
+        join: whether the joiner follows the plan (`plan_query(join=)`: the system prompt says so).
     """
 
     def __init__(self, client: LLMClient, query: str, toolbox: Toolbox, mode: str | None = None,
-                 temperature: float = 0.0) -> None:
+                 temperature: float = 0.0, *, join: bool = False) -> None:
         self.__dict__.update(client.__getstate__())  # the same settings (not the pool: `openai`)
         self._client_lock = threading.Lock()
         self._origin = client
         mode = mode or client.planner or "text"
         if mode not in PLANNER_MODES:
             raise ValueError(f"mode must be one of {', '.join(PLANNER_MODES)}, got {mode!r}")
-        self._messages = plan_messages(query, toolbox, system=build_system_prompt(toolbox, mode), mode=mode)
+        self._messages = plan_messages(query, toolbox, system=build_system_prompt(toolbox, mode, join=join), mode=mode)
         self._temperature = temperature
         self._format = plan_response_format(toolbox) if mode == "json" else None
         self._taken = False
@@ -94,8 +95,8 @@ class PlanningAhead(LLMClient):
     def __reduce__(self) -> tuple[Any, ...]:
         return (_plain, (self._origin,))
 
-    def __repr__(self) -> str:
-        return f"PlanningAhead({self._origin!r})"
+    def __repr__(self) -> str:  # the client's: a replayed planner's cache key (`replay_key`) must not differ
+        return repr(self._origin)
 
 
 def _plain(client: LLMClient) -> LLMClient:

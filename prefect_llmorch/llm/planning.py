@@ -94,6 +94,17 @@ result of the last call is the answer, so end with the call that produces the an
 Both are called the same way.
 - Output only the plan: no explanations, no numbering, no code fences."""
 
+#: Added to the planner's plan language when the joiner is on (`plan_query(join=True)`): the joiner
+#: (`prefect_llmorch.llm.joining`) follows the plan.
+JOIN_HINT = (
+    "- If which calls come next depends on a result you cannot know yet (a condition such as "
+    "the weather, a name that a lookup returns, a count that decides how many calls follow), "
+    "write only the calls you can make now and end the plan with `join()` under the next id "
+    "(e.g. `s3: join()` after s2): you will see their results and write the next calls then. "
+    "There is no `if`: for \"if it snows in Bergen list ski shops, else cafés\" the plan is "
+    "`s1: weather(\"Bergen\")` and `s2: join()`."
+)
+
 #: Few-shot examples: (functions, question, plan), written for this project, paper dialect.
 EXAMPLES: tuple[tuple[str, str, str], ...] = (
     (
@@ -171,10 +182,13 @@ def _examples_text(mode: str = "text") -> str:
     return "\n\n".join(parts)
 
 
-def build_system_prompt(toolbox: Toolbox, mode: str = "text") -> str:
+def build_system_prompt(toolbox: Toolbox, mode: str = "text", *, join: bool = False) -> str:
     """The system message: role, plan language (or, for `mode="json"`, the JSON plan
-    form), the toolbox's functions, examples."""
+    form), the toolbox's functions, examples. `join`: the joiner follows the plan, so the
+    planner may end a plan with `join()` (`JOIN_HINT`; the joiner: `llm/joining.py`)."""
     language = _JSON_LANGUAGE if mode == "json" else _LANGUAGE
+    if join and mode != "json":
+        language += "\n" + JOIN_HINT
     parts = [_INTRO, language, _examples_text(mode), "The functions you may call:\n" + toolbox.describe()]
     results = describe_results(toolbox)
     if results:
@@ -506,6 +520,7 @@ def plan_query(
     run_attempt: AttemptRunner | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,  # type: ignore[type-arg]
     mode: str | None = None,
+    join: bool = False,
 ) -> PlannerResult:
     """Ask the LLM for a plan that answers `query` with the functions of `toolbox`.
 
@@ -530,6 +545,8 @@ def plan_query(
             under a JSON schema built from the toolbox (`response_format`), streams
             calls as their objects close, and repairs the same way. None: the client's
             `planner` setting (from the `LLMEndpoint` block), else "text".
+        join: a join step follows the plan: the prompt lets the planner end it with
+            `join()` when what comes next depends on results (text mode).
 
     Returns:
         The plan, its text, every attempt, and which dispatched calls are kept or stale.
@@ -548,7 +565,7 @@ def plan_query(
         raise ValueError(f"mode must be one of {', '.join(PLANNER_MODES)}, got {mode!r}")
     log = log if log is not None else logging.getLogger(__name__)
     run = run_attempt or (lambda _name, attempt: attempt())
-    system = build_system_prompt(toolbox, mode)
+    system = build_system_prompt(toolbox, mode, join=join)
     dispatcher = _Dispatcher(toolbox, on_call)
     history: list[Attempt] = []
     total = attempts * (replans + 1)

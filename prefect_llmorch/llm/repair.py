@@ -55,6 +55,8 @@ class Repair:
     after: str | None = None  # None: rejected
     answers: list[str] = field(default_factory=list)
     rejections: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0  # over its requests, as the endpoint reported them
+    completion_tokens: int = 0
 
     @property
     def accepted(self) -> bool:
@@ -220,7 +222,10 @@ def repair_call(
         {"role": "user", "content": prompt},
     ]
     for attempt in range(2):  # the answer, then once more with the error fed back
-        answer = llm.complete(messages, temperature=temperature).text
+        completion = llm.complete(messages, temperature=temperature)
+        answer = completion.text
+        repair.prompt_tokens += completion.prompt_tokens
+        repair.completion_tokens += completion.completion_tokens
         repair.answers.append(answer)
         try:
             return parse_repair(answer, original, earlier, toolbox, dialect)

@@ -47,7 +47,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Mapping
 
 from prefect_llmorch.graph import FRG, PROCESSORS
-from prefect_llmorch.schedule.resources import Capacities, Device, Ledger, check_demands
+from prefect_llmorch.schedule.resources import Capacities, Device, Ledger, RateGate, check_demands
 
 __all__ = ["POLICIES", "DEFAULT_POLICY", "Coordinator", "check_policy", "priority", "select"]
 
@@ -171,6 +171,8 @@ class Coordinator:
         self.policy = policy
         self._key = priority(policy, frg)
         self._ledger = Ledger(self.capacities)
+        #: resources with a rate: applied by `get_ready(now=...)` (a caller that keeps time)
+        self._gates = {r: RateGate(rate) for r, rate in self.capacities.rates.items()}
         self._done: set[str] = set()
         self._running: set[str] = set()
         self._running_compute: set[str] = set()
@@ -250,11 +252,16 @@ class Coordinator:
 
     # ------------------------------------------------------------------ protocol
 
-    def get_ready(self) -> tuple[str, ...]:
+    def get_ready(self, now: float | None = None) -> tuple[str, ...]:
         """Calls to start now, marked running: every ready call that demands nothing (inout
         calls by default; in the order they became ready), then, in policy order, each ready
         call whose demand fits in what is free (compute calls: the free processors). May be
-        empty."""
+        empty.
+
+        With `now` (seconds, any fixed origin), a call that demands a resource with a rate
+        (`resources={"search-api": "10/s"}`) starts only when the rate allows at `now`
+        (`next_admission` says when that is). Without it, rates are the caller's to apply
+        (the runner applies them at the call, machine-wide, through Prefect's rate limits)."""
         out: list[str] = []
         while self._ready_free:
             cid = self._ready_free.popleft()
@@ -270,12 +277,15 @@ class Coordinator:
             entry = heapq.heappop(self._ready_held)
             cid = entry[1]
             no_cpu = not demand[cid].get(PROCESSORS)
-            if not self._ledger.take(cid, demand[cid]):
+            gates = [self._gates[r] for r in demand[cid] if r in self._gates] if now is not None else []
+            if any(not g.allows(now) for g in gates) or not self._ledger.take(cid, demand[cid]):  # type: ignore[arg-type]
                 passed.append(entry)
                 if no_cpu:  # it stays waiting but is behind us now
                     self._ready_no_cpu -= 1
                 continue
             self._ready_no_cpu -= no_cpu
+            for g in gates:
+                g.record(now)  # type: ignore[arg-type]
             self._ready.discard(cid)
             self._running.add(cid)
             if self.frg.kind[cid] == "compute":
@@ -285,6 +295,17 @@ class Coordinator:
             heapq.heappush(self._ready_held, entry)
             self._ready_no_cpu += not demand[entry[1]].get(PROCESSORS)
         return tuple(out)
+
+    def next_admission(self, now: float) -> float | None:
+        """When a ready call now held back only by a rate may start (the earliest such time
+        >= `now`); None when no ready call waits on a rate."""
+        times = [
+            max(self._gates[r].next_start(now) for r in self.frg.demand[e[1]] if r in self._gates)
+            for e in self._ready_held
+            if any(r in self._gates for r in self.frg.demand[e[1]])
+        ]
+        later = [t for t in times if t > now]  # at `now` already: held by a capacity, not the rate
+        return min(later) if later else None
 
     def done(self, *ids: str) -> None:
         """Mark running calls done: frees their processors and makes successors ready.

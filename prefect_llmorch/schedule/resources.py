@@ -37,6 +37,8 @@ __all__ = [
     "DemandExceedsCapacity",
     "Device",
     "Ledger",
+    "Rate",
+    "RateGate",
     "ResourceError",
     "UnknownResource",
     "check_demands",
@@ -46,6 +48,8 @@ __all__ = [
     "limit_name",
     "limit_slots",
     "parse_gpus",
+    "parse_rate",
+    "rate_limit_name",
     "parse_resource_options",
     "place",
 ]
@@ -188,6 +192,73 @@ def gpus_from_nvidia_smi(text: str) -> tuple[Device, ...]:
     return parse_gpus(out)
 
 
+_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `calls` calls per `per` seconds, evenly spaced: a call starts at least
+    `per / calls` seconds after the one before it (`spacing`), so no window of `per`
+    seconds ever holds more than `calls` starts. The same rule holds machine-wide (a Prefect
+    global concurrency limit of one slot whose slot decays in `spacing` seconds), in the
+    Coordinator and in the simulator (`RateGate`).
+
+    >>> parse_rate("10/s"), parse_rate("500/min").spacing
+    (Rate(calls=10, per=1.0), 0.12)
+    """
+
+    calls: int
+    per: float
+
+    @property
+    def spacing(self) -> float:
+        """Seconds between two starts."""
+        return self.per / self.calls
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.per)
+        return f"{self.calls}/{unit}" if unit else f"{self.calls}/{self.per:g}s"
+
+
+def parse_rate(text: str, resource: str = "rate") -> Rate:
+    """`N/s`, `N/min`, `N/h` (or `N/30s`) as a `Rate`.
+
+    Raises:
+        BadResource: not of that form, or N not >= 1.
+    """
+    m = _RATE.fullmatch(text.lower()) if isinstance(text, str) else None
+    unit = _UNITS.get(m.group(3).rstrip("s") if m and m.group(3) not in _UNITS else m.group(3)) if m else None
+    count = float(m.group(2)) if m and m.group(2) else 1.0
+    if not m or unit is None or int(m.group(1)) < 1 or count <= 0:
+        raise BadResource(resource, f"rate of {resource!r} must be like 10/s, 500/min or 2/h (calls >= 1), got {text!r}")
+    return Rate(int(m.group(1)), unit * count)
+
+
+@dataclass
+class RateGate:
+    """When the next call of a rated resource may start (pure: the caller gives the time).
+
+    >>> gate = RateGate(parse_rate("2/s"))
+    >>> gate.allows(0.0), gate.record(0.0), gate.allows(0.4), gate.next_start(0.4)
+    (True, None, False, 0.5)
+    """
+
+    rate: Rate
+    last: float | None = None
+
+    def next_start(self, now: float) -> float:
+        """The earliest time >= `now` at which a call may start."""
+        return now if self.last is None else max(now, self.last + self.rate.spacing)
+
+    def allows(self, now: float) -> bool:
+        return self.last is None or now >= self.last + self.rate.spacing * (1 - _EPS)
+
+    def record(self, now: float) -> None:
+        """A call started at `now`."""
+        self.last = now
+
+
 @dataclass(frozen=True)
 class Capacities:
     """What a run has: an amount of each resource, and the GPU devices if any.
@@ -204,6 +275,8 @@ class Capacities:
     processors: int
     amounts: Mapping[str, float]
     devices: tuple[Device, ...] = ()
+    #: resources with a rate (`{"search-api": Rate(10, 1.0)}`), with or without a capacity
+    rates: Mapping[str, Rate] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -228,11 +301,24 @@ class Capacities:
         if resources is not None and not isinstance(resources, Mapping):
             raise BadResource("resources", f"resources must be a mapping of name to capacity, got {resources!r}")
         amounts: dict[str, float] = {PROCESSORS: float(processors)}
+        rates: dict[str, Rate] = {}
         for name, amount in (resources or {}).items():
             if not isinstance(name, str) or not _NAME.fullmatch(name):
                 raise BadResource(str(name), f"resource name {name!r} must be a word of letters, digits, _ . -")
             if name == PROCESSORS:
                 raise BadResource(name, "give processors as processors=P (--processors), not among the resources")
+            if isinstance(amount, Rate):
+                rates[name] = amount
+                continue
+            if isinstance(amount, str) and "/" in amount:  # a rate: "10/s"; "4,10/s": both
+                amount, _, rate_text = amount.rpartition(",") if "," in amount else ("", "", amount)
+                rates[name] = parse_rate(rate_text, name)
+                if not amount.strip():
+                    continue
+                try:
+                    amount = float(amount)
+                except ValueError:
+                    raise BadResource(name, f"capacity of {name!r} must be a number > 0, got {amount!r}") from None
             if not _positive(amount):
                 raise BadResource(name, f"capacity of {name!r} must be a number > 0, got {amount!r}")
             amounts[name] = float(amount)
@@ -244,7 +330,15 @@ class Capacities:
                     GPU_MEM, f"{GPU_MEM}={amounts[GPU_MEM]:g} differs from the GPU devices' memory ({total:g}); give one of them"
                 )
             amounts[GPU_MEM] = total
-        return cls(processors, amounts, devices)
+        return cls(processors, amounts, devices, rates)
+
+    def settings(self) -> dict[str, float | str]:
+        """The resources beyond processors as `resources=` takes them again: a number, a
+        rate (`"10/s"`), or both (`"4,10/s"`)."""
+        out: dict[str, float | str] = {r: a for r, a in self.amounts.items() if r != PROCESSORS}
+        for r, rate in self.rates.items():
+            out[r] = f"{out[r]:g},{rate}" if r in out else str(rate)
+        return out
 
     def limit(self, resource: str) -> float:
         """The most one call may demand: the largest device for `gpu_mem_gb` on devices,
@@ -270,10 +364,12 @@ def check_demands(
         UnknownResource: a demanded resource has no capacity.
         DemandExceedsCapacity: a demand exceeds its capacity.
     """
-    known = list(capacities.amounts)
+    known = list(capacities.amounts) + [r for r in capacities.rates if r not in capacities.amounts]
     for call, demand in demands.items():
         for resource, amount in demand.items():
             if resource not in capacities.amounts:
+                if resource in capacities.rates:  # a rate only: any number at once
+                    continue
                 raise UnknownResource(call, resource, known, what)
             limit = capacities.limit(resource)
             if amount > limit * (1 + _EPS):
@@ -347,6 +443,8 @@ class Ledger:
         caps = self.capacities.amounts
         for r, amount in demand.items():
             cap = caps.get(r)
+            if cap is None and r in self.capacities.rates:
+                continue  # a rate only: `RateGate` decides when, not the ledger
             if cap is None or self.used[r] + amount > cap * (1 + _EPS):
                 return False, None
         gpu = demand.get(GPU_MEM, 0.0)
@@ -367,7 +465,8 @@ class Ledger:
         if not ok:
             return False
         for r, amount in demand.items():
-            self.used[r] += amount
+            if r in self.used:
+                self.used[r] += amount
         if index is not None:
             self.device_used[index] += demand[GPU_MEM]
             self.device[call] = self.capacities.devices[index].id
@@ -381,7 +480,8 @@ class Ledger:
             return
         demand, index = held
         for r, amount in demand.items():
-            self.used[r] = max(0.0, self.used[r] - amount)
+            if r in self.used:
+                self.used[r] = max(0.0, self.used[r] - amount)
         if index is not None:
             self.device_used[index] = max(0.0, self.device_used[index] - demand[GPU_MEM])
             self.device.pop(call, None)
@@ -403,6 +503,15 @@ def limit_name(resource: str, device: int | str | None = None) -> str:
     ('llmorch-search-api', 'llmorch-gpu_mem_gb-0')
     """
     return f"{LIMIT_PREFIX}{resource}" if device is None else f"{LIMIT_PREFIX}{resource}-{device}"
+
+
+def rate_limit_name(resource: str) -> str:
+    """The global concurrency limit with slot decay that paces a rated resource machine-wide.
+
+    >>> rate_limit_name("search-api")
+    'llmorch-rate-search-api'
+    """
+    return f"{LIMIT_PREFIX}rate-{resource}"
 
 
 def slots(amount: float) -> int:
@@ -436,14 +545,17 @@ def global_limits(capacities: Capacities) -> dict[str, int]:
     return out
 
 
-def limit_slots(demand: Mapping[str, float], device: int | str | None = None) -> dict[str, int]:
+def limit_slots(
+    demand: Mapping[str, float], device: int | str | None = None, rated_only: Iterable[str] = ()
+) -> dict[str, int]:
     """The slots of each global limit one call takes for its demand (GPU memory on the
-    device it was placed on, when it was placed).
+    device it was placed on, when it was placed); resources in `rated_only` (a rate and no
+    capacity) have no concurrency limit.
 
     >>> limit_slots({"processors": 1, "gpu_mem_gb": 30}, device=0)
     {'llmorch-processors': 1, 'llmorch-gpu_mem_gb-0': 30}
     """
-    return {limit_name(r, device if r == GPU_MEM else None): slots(a) for r, a in demand.items()}
+    return {limit_name(r, device if r == GPU_MEM else None): slots(a) for r, a in demand.items() if r not in rated_only}
 
 
 def _whole(resource: str, amount: float) -> int:
@@ -453,16 +565,19 @@ def _whole(resource: str, amount: float) -> int:
     return n
 
 
-def parse_resource_options(options: Iterable[str]) -> dict[str, float]:
-    """Parse repeated `--resource NAME=AMOUNT` options into capacities.
+def parse_resource_options(options: Iterable[str]) -> dict[str, float | str]:
+    """Parse repeated `--resource NAME=AMOUNT` options into capacities; an amount may be a
+    rate (`10/s`, `500/min`), kept as text; a name given once with a number and once with a
+    rate has both (`"4,10/s"`).
 
-    >>> parse_resource_options(["gpu_mem_gb=80", "search-api=2"])
-    {'gpu_mem_gb': 80.0, 'search-api': 2.0}
+    >>> parse_resource_options(["gpu_mem_gb=80", "search-api=2", "geo=10/s", "search-api=5/min"])
+    {'gpu_mem_gb': 80.0, 'search-api': '2,5/min', 'geo': '10/s'}
 
     Raises:
         BadResource: an option without `=`, a name that is not a word (letters, digits,
-            `_ . -`), an amount that is not a number > 0, a name given twice, or
-            `processors` (it has its own option, `--processors`).
+            `_ . -`), an amount that is not a number > 0 or a rate, a name given twice
+            but not as one capacity and one rate, or `processors` (it has its own option,
+            `--processors`).
     """
     out: dict[str, float] = {}
     for option in options:
@@ -474,15 +589,27 @@ def parse_resource_options(options: Iterable[str]) -> dict[str, float]:
             raise BadResource(name, f"--resource {option!r}: the name must be a word of letters, digits, _ . -")
         if name == PROCESSORS:
             raise BadResource(name, f"--resource {option!r}: give processors with --processors")
-        try:
-            amount = float(text)
-        except ValueError:
-            raise BadResource(name, f"--resource {option!r}: {text!r} is not a number") from None
-        if not _positive(amount):
-            raise BadResource(name, f"--resource {option!r}: the amount must be a number > 0")
+        value: float | str
+        if "/" in text:  # a rate, `10/s`, or a capacity and a rate, `4,10/s`
+            try:
+                Capacities.of(1, {name: text})
+            except BadResource as exc:
+                raise BadResource(name, f"--resource {option!r}: {exc.problem}") from None
+            value = text
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                raise BadResource(name, f"--resource {option!r}: {text!r} is not a number (or a rate: 10/s)") from None
+            if not _positive(value):
+                raise BadResource(name, f"--resource {option!r}: the amount must be a number > 0")
         if name in out:
-            raise BadResource(name, f"--resource {name} is given twice")
-        out[name] = amount
+            # given twice: once a capacity and once a rate (`--resource api=4 --resource api=10/s`)
+            both = sorted([out[name], value], key=lambda v: isinstance(v, str))
+            if not (isinstance(both[0], float) and isinstance(both[1], str) and "," not in both[1]):
+                raise BadResource(name, f"--resource {name} is given twice (give a capacity once and a rate once)")
+            value = f"{both[0]:g},{both[1]}"
+        out[name] = value
     return out
 
 

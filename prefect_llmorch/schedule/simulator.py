@@ -261,7 +261,7 @@ def simulate(
     entries: list[Entry] = []
     t, seq = 0.0, 0
     while True:
-        for cid in co.get_ready():
+        for cid in co.get_ready(now=t):  # with the simulated time: rates apply
             starts[cid] = t
             n = int(frg.demand[cid].get(PROCESSORS, 0))
             if n:
@@ -269,8 +269,12 @@ def simulate(
             device[cid] = co.device_of(cid)
             heapq.heappush(events, (t + frg.cost[cid], seq, cid))
             seq += 1
-        if not events:
+        waiting = co.next_admission(t)  # a ready call held back by a rate until then
+        if not events and waiting is None:
             break
+        if waiting is not None and (not events or waiting < events[0][0]):
+            t = waiting
+            continue
         t = events[0][0]
         finished = []
         while events and events[0][0] == t:

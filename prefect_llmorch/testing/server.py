@@ -67,6 +67,7 @@ def prefect_server(env: Mapping[str, str] | None = None, timeout: float = 180.0)
     url = f"http://127.0.0.1:{port}/api"
     server_env = {**(os.environ if env is None else env), "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     server_env.pop("PREFECT_API_URL", None)
+    server_env["PREFECT_UI_API_URL"] = url  # the UI's pages call this server, not the default port
     with open(home / "server.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -1,0 +1,688 @@
+"""The machine-wide guard: the slots of Prefect global concurrency limits one task runner holds.
+
+A Prefect global concurrency limit (`llmorch-processors`, created with limit P if absent) is
+held one slot per processor the flow run uses, so two flow runs on one machine never run more
+than P compute calls together; each resource class has a limit of its own (`llmorch-<resource>`,
+`schedule.resources.global_limits`). `GlobalLimit` holds them for one `LLMOrchTaskRunner`:
+
+- **Ahead of need, on one thread.** The runner says how many slots of each limit it wants
+  (`adjust(target, busy, name)`: all P while calls may still come); one thread of this object
+  takes them in leases, renews them, and gives back what is idle beyond the target, so no call
+  pays a lease write on its critical path and a busy SQLite server gets one writer, not a
+  burst. `wake()` tells the runner when more slots are held.
+- **Never dropped silently.** A busy API (503 "database is locked", a dropped connection) is
+  asked again, with backoff, for up to `GUARD_PATIENCE_SECONDS`; a limit that cannot be had
+  (deleted, the API down that long) sets `failure_of(...)`, and the runner fails the calls
+  that need it instead of running them unguarded (`guard="local"` opts out of the limits).
+- **Never hold and wait.** Two runs could each hold part of what the other's waiting calls
+  need and wait forever; a runner whose calls all wait on a limit others hold gives its idle
+  slots back for a random 0.5-2 s (`back_off`).
+- **Slots always come back.** Leases expire unless renewed; the runner gives its slots back
+  on every way out it lives through; a killed process cannot, so each lease is also written
+  to a ledger in PREFECT_HOME (`llmorch-leases.json`: limit, lease, slots, API and which
+  server answered there, pid), and the
+  next runner clears the leases whose process is gone (by lease while the server knows it;
+  by decrementing the slots when the lease died with an embedded server, which forgets
+  leases and keeps slots).
+- **Passed on within a process.** The processors' slots a runner gives back are kept for a
+  few seconds (`LLMORCH_KEEP_SLOTS_SECONDS`, 5) for this process's next runner, which holds
+  them at once, with no API call; `take_ahead` takes them for `run_plan` while Prefect creates
+  the flow run.
+
+Prefect's public client API does the requests (`increment_concurrency_slots_with_lease`,
+`renew_concurrency_lease`, `release_concurrency_slots_with_lease`, ...). Why not
+`prefect.concurrency.sync.concurrency()`: it waits inside the call until every slot is free
+(no giving back while waiting, so no back-off across limits), it hides the lease id the ledger
+needs, and its acquisition service is one per set of limit names per process, bound to the
+API of its first caller (CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from prefect_llmorch.host.server import server_instance, server_key
+
+logger = logging.getLogger("prefect_llmorch.engine.guard")
+
+#: Lease of a limit's slots; renewed every third of it while held.
+LEASE_SECONDS = 60.0
+#: How long a transient API failure is asked again before the guard fails the calls.
+GUARD_PATIENCE_SECONDS = 60.0
+#: How soon a full limit is asked again.
+FULL_RETRY_SECONDS = 0.5
+#: Slots of the processors' limit a runner gives back are kept this long for the next runner
+#: of this process (`LLMORCH_KEEP_SLOTS_SECONDS`; 0: give them back at once): back-to-back runs
+#: then start their first compute call without a lease write behind the last run's events.
+KEEP_SLOTS_SECONDS = 5.0
+
+
+def _keep_seconds() -> float:
+    try:
+        return max(float(os.environ.get("LLMORCH_KEEP_SLOTS_SECONDS", KEEP_SLOTS_SECONDS)), 0.0)
+    except ValueError:
+        return KEEP_SLOTS_SECONDS
+
+
+@dataclass
+class _Lease:
+    id: str
+    slots: int
+    api: str | None  # the API it came from (None: the current one), to give it back there
+    renewed: float = field(default_factory=time.monotonic)  # last renewed (monotonic)
+    renew_at: float = 0.0  # next renewal due (0: a third of the lease after `renewed`)
+
+    def due(self) -> float:
+        return self.renew_at or self.renewed + LEASE_SECONDS / 3
+
+
+@dataclass
+class _Limit:
+    """What this runner holds of one limit, and wants."""
+
+    name: str
+    capacity: int | None  # the size to create it with (None: P)
+    size: int | None = None  # once read
+    leases: list[_Lease] = field(default_factory=list)
+    target: int = 0
+    busy: int = 0
+    blocked: bool = False  # the last request found its slots held by other flow runs
+    retry_at: float = 0.0  # a full or busy limit is asked again from then (monotonic)
+    told_waiting: bool = False
+
+    @property
+    def slots(self) -> int:
+        return sum(lease.slots for lease in self.leases)
+
+
+@dataclass
+class _Spare:
+    """This process's spare leases of one processors' limit, and the limit's size."""
+
+    size: int | None = None
+    leases: list[_Lease] = field(default_factory=list)
+    taking: threading.Thread | None = None
+
+
+#: (API, limit) -> what this process keeps between its runners. One of the package's two
+#: process-wide registries (with engine.workers' kept pools): slots outlive a runner by design.
+_SPARE: dict[tuple[str, str], _Spare] = {}
+_spare_lock = threading.Lock()
+
+
+def _spare(name: str) -> _Spare:
+    with _spare_lock:
+        if not _SPARE:
+            atexit.register(_give_back_spare)
+        return _SPARE.setdefault((server_key(), name), _Spare())
+
+
+def _fresh(lease: _Lease) -> bool:
+    return time.monotonic() - lease.renewed < LEASE_SECONDS * 2 / 3
+
+
+def kept_slots(name: str) -> int:
+    """Slots of limit `name` this process keeps for its next runner."""
+    spare = _spare(name)
+    with _spare_lock:
+        return sum(lease.slots for lease in spare.leases if _fresh(lease))
+
+
+def _keep(name: str, leases: list[_Lease], seconds: float) -> None:
+    """Keep these leases for this process's next runner; give back what none took in time."""
+    spare = _spare(name)
+    with _spare_lock:
+        spare.leases.extend(leases)
+    for lease in leases:
+        timer = threading.Timer(seconds, _give_back_spare, args=(name, lease.id))
+        timer.daemon = True
+        timer.start()
+
+
+def _take_spare(name: str, most: int) -> list[_Lease]:
+    spare = _spare(name)
+    taken: list[_Lease] = []
+    with _spare_lock:
+        for lease in list(spare.leases):
+            if lease.slots <= most and _fresh(lease):
+                spare.leases.remove(lease)
+                taken.append(lease)
+                most -= lease.slots
+    return taken
+
+
+def _give_back_spare(name: str | None = None, lease_id: str | None = None) -> None:
+    """Give back kept leases no runner took (all of them at exit)."""
+    mine: list[_Lease] = []
+    with _spare_lock:
+        for (_, n), spare in _SPARE.items():
+            for lease in [k for k in spare.leases if name in (None, n) and lease_id in (None, k.id)]:
+                spare.leases.remove(lease)
+                mine.append(lease)
+    for lease in mine:  # a context of its own: none of a finished flow run's closed clients
+        contextvars.Context().run(_release_alone, lease)
+
+
+def _release_alone(lease: _Lease) -> None:
+    from contextlib import nullcontext
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: lease.api}) if lease.api else nullcontext():
+            with get_client(sync_client=True) as client:
+                client.release_concurrency_slots_with_lease(lease.id)
+        _ledger_remove(lease.id)
+    except Exception as exc:  # it expires on its own, and the ledger clears it
+        logger.debug("giving back a kept lease: %s", exc)
+
+
+def take_ahead_unless_kept(name: str, processors: int, wait: float = 10.0) -> threading.Thread | None:
+    """Take up to `processors` slots of `name` now, on a thread of its own, and keep them for
+    this process's next runner: `run_plan` calls it while Prefect creates the flow run, so the
+    first compute call does not wait for a lease write. Nothing when keeping is off, when
+    slots are kept already, or while another take-ahead of the limit is under way. Best
+    effort: on any failure the runner takes its slots itself."""
+    if _keep_seconds() <= 0 or kept_slots(name) > 0:
+        return None
+    spare = _spare(name)
+
+    def take() -> None:
+        got = threading.Event()
+        limit = GlobalLimit(name, lambda: processors, got.set, keep_for=max(_keep_seconds(), 10.0), ahead=True)
+        deadline = time.monotonic() + wait
+        with ExitStack() as stack:
+            limit.start(stack)
+            limit.adjust(processors, 0)
+            while not limit.failed and time.monotonic() < deadline and limit.held < min(processors, limit.limit_size or processors):
+                got.wait(0.05)
+                got.clear()
+                limit.adjust(processors, 0)
+
+    with _spare_lock:
+        if spare.taking is not None and spare.taking.is_alive():
+            return spare.taking
+        thread = spare.taking = threading.Thread(target=take, daemon=True, name="llmorch-take-ahead")
+    thread.start()
+    return thread
+
+
+def _waiting_for_take_ahead(name: str) -> bool:
+    spare = _spare(name)
+    with _spare_lock:
+        return spare.taking is not None and spare.taking.is_alive()
+
+
+class GlobalLimit:
+    """The global limits' slots of one runner, kept by one thread.
+
+    Args:
+        name: the processors' limit; None: no machine-wide guard (`slots` is P).
+        processors: returns P now (a deployment may lower it before calls come).
+        wake: called (from this object's thread) when more slots are held.
+        keep_for: how long the processors' slots held at the end are kept for this
+            process's next runner (default `LLMORCH_KEEP_SLOTS_SECONDS`).
+        ahead: this is `take_ahead_unless_kept`'s own (it waits for no take-ahead).
+    """
+
+    def __init__(
+        self, name: str | None, processors: Callable[[], int], wake: Callable[[], None],
+        keep_for: float | None = None, ahead: bool = False,
+    ) -> None:
+        self.name = name
+        self._processors = processors
+        self._wake = wake
+        self._keep_for = keep_for
+        self._ahead = ahead
+        self._cond = threading.Condition(threading.RLock())
+        self._limits: dict[str, _Limit] = {name: _Limit(name, None)} if name else {}
+        self._failures: dict[str, str] = {}
+        self._stopping = False
+        self._paused_until = 0.0  # backing off: no slot is taken before this (monotonic)
+        self._holder: Any = None
+        self._client: Any = None
+        self._busy_since: float | None = None  # first transient failure of the current streak
+        self._busy_count = 0
+
+    # -- what the runner asks ---------------------------------------------------------
+    @property
+    def guarded(self) -> bool:
+        return bool(self.name)
+
+    @property
+    def failed(self) -> str | None:
+        with self._cond:
+            return next(iter(self._failures.values()), None)
+
+    @property
+    def slots(self) -> int:
+        """Processors the runner may use now (P without a guard)."""
+        return self._limits[self.name].slots if self.name else self._processors()
+
+    @property
+    def held(self) -> int:
+        return self._limits[self.name].slots if self.name else 0
+
+    @property
+    def limit_size(self) -> int | None:
+        return self._limits[self.name].size if self.name else None
+
+    def names(self) -> list[str]:
+        with self._cond:
+            return list(self._limits)
+
+    def held_of(self, name: str) -> int | None:
+        with self._cond:
+            limit = self._limits.get(name)
+            return None if limit is None else limit.slots
+
+    def size_of(self, name: str) -> int | None:
+        with self._cond:
+            limit = self._limits.get(name)
+            return None if limit is None else limit.size
+
+    def failure_of(self, names: Iterable[str]) -> str | None:
+        with self._cond:
+            return next((self._failures[n] for n in names if n in self._failures), None)
+
+    def blocked(self, names: Iterable[str]) -> bool:
+        with self._cond:
+            return any(self._limits[n].blocked for n in names if n in self._limits)
+
+    def configure(self, limits: Mapping[str, int]) -> None:
+        """Guard these limits too (name -> the size to create it with)."""
+        if not self.name:
+            return
+        with self._cond:
+            for n, capacity in limits.items():
+                self._limits.setdefault(n, _Limit(n, int(capacity)))
+            self._cond.notify()
+
+    def adjust(self, target: int, busy: int, name: str | None = None) -> None:
+        """Hold `target` slots of limit `name` (default: the processors'), `busy` of them in
+        use. Spare slots this process kept are held at once, here; the rest on the thread."""
+        name = name or self.name
+        with self._cond:
+            limit = self._limits.get(name) if name else None
+            if limit is None:
+                return
+            limit.target, limit.busy = target, busy
+            adopted = self._adopt(limit)
+            self._cond.notify()
+        if adopted:
+            self._wake()
+
+    def _adopt(self, limit: _Limit) -> int:
+        """Hold the spare slots this process kept of the processors' limit, up to what is
+        missing: no API call. Called with the lock held; returns how many."""
+        missing = min(limit.target, limit.size or limit.target) - limit.slots
+        if limit.name != self.name or missing <= 0 or self._stopping or time.monotonic() < self._paused_until:
+            return 0
+        adopted = _take_spare(limit.name, missing)
+        limit.leases.extend(adopted)
+        if adopted:
+            limit.blocked = False
+            limit.size = limit.size or _spare(limit.name).size
+        return sum(lease.slots for lease in adopted)
+
+    def back_off(self) -> None:
+        """Give back every idle slot and take none for a random 0.5-2 s (see above)."""
+        with self._cond:
+            now = time.monotonic()
+            if self._stopping or now < self._paused_until or not any(m.slots > m.busy for m in self._limits.values()):
+                return
+            pause = random.uniform(0.5, 2.0)
+            self._paused_until = now + pause
+            for limit in self._limits.values():
+                limit.blocked = False  # re-learned by the first request after the pause
+            self._cond.notify()  # the thread gives back what is idle (`_tend`)
+        logger.info("giving back idle slots for %.1f s: other flow runs hold what the waiting calls need", pause)
+
+    def start(self, stack: ExitStack) -> None:
+        """Start the thread; closing `stack` stops it, giving every slot back."""
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+        from prefect.context import FlowRunContext
+
+        run = FlowRunContext.get()
+        run_id = run.flow_run.id if run is not None and run.flow_run is not None else uuid.uuid4()
+        self._holder = ConcurrencyLeaseHolder(type="flow_run", id=run_id)  # the UI shows who holds them
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(self._serve,), daemon=True, name="llmorch-guard")
+        thread.start()
+        stack.callback(thread.join, 15)
+        stack.callback(self._stop)
+
+    def _stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    # -- the thread -------------------------------------------------------------------
+    def _serve(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait(timeout=self._next_wake())
+                    if self._stopping:
+                        break
+                    limits = list(self._limits.values())
+                for limit in limits:
+                    self._tend(limit)
+                self._renew()
+        finally:
+            self._give_all_back()
+            if self._client is not None:
+                self._client.__exit__(None, None, None)
+
+    def _next_wake(self) -> float:
+        """Seconds until the thread has something to do: a renewal, a retry, the pause's end."""
+        now = time.monotonic()
+        paused = now < self._paused_until
+        due = [now + 1.0, self._paused_until if paused else now + 1.0]
+        for m in self._limits.values():
+            due += [lease.due() for lease in m.leases]
+            idle = m.slots > max(m.busy if paused else m.target, m.busy)
+            wants = m.size is None or (not paused and m.slots < min(m.target, m.size))
+            if m.name not in self._failures and (idle or wants):
+                due.append(m.retry_at)
+        return min(max(min(due) - now, 0.0), 1.0)
+
+    def _tend(self, limit: _Limit) -> None:
+        """One step toward the target: read or create the limit, give back idle slots beyond
+        the target (all idle ones while backing off), take missing ones."""
+        now = time.monotonic()
+        if limit.name in self._failures or now < limit.retry_at:
+            return
+        try:
+            if limit.size is None:
+                self._prepare(limit)
+            with self._cond:
+                paused = now < self._paused_until
+                keep = max(limit.busy if paused else limit.target, limit.busy)
+                idle: list[_Lease] = []
+                for lease in reversed(list(limit.leases)):
+                    if limit.slots - lease.slots >= keep:
+                        limit.leases.remove(lease)
+                        idle.append(lease)
+                adopted = self._adopt(limit)
+                missing = min(limit.target, limit.size or 0) - limit.slots
+            if adopted:
+                self._wake()
+            for lease in idle:
+                self._let_go(limit, lease)
+            if missing > 0 and not paused:
+                if limit.name == self.name and not self._ahead and _waiting_for_take_ahead(limit.name):
+                    limit.retry_at = now + 0.05  # this process takes them for us: adopt them then
+                else:
+                    self._acquire(limit, missing)
+            self._busy_since = None
+        except Exception as exc:  # (no BaseException: a KeyboardInterrupt is not the API's)
+            self._failed_request(limit, exc)
+
+    def _prepare(self, limit: _Limit) -> None:
+        """Read limit `name`'s size, creating it if absent; clear slots of holders gone."""
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+        from prefect.exceptions import ObjectNotFound
+
+        client = self._api()
+        capacity = self._processors() if limit.capacity is None else limit.capacity
+        try:
+            size = client.read_global_concurrency_limit_by_name(limit.name).limit
+            if size < capacity:
+                logger.warning("global concurrency limit %r has limit %s: this flow run uses at most %s of its %s",
+                               limit.name, size, size, capacity)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit.name, limit=capacity))
+                size = capacity
+            except Exception:  # created meanwhile by another flow run
+                size = client.read_global_concurrency_limit_by_name(limit.name).limit
+        self._clear_gone(limit.name)
+        with self._cond:
+            limit.size = int(size)
+        if limit.name == self.name:
+            _spare(limit.name).size = int(size)
+        self._wake()  # the runner sizes its targets with it
+
+    def _acquire(self, limit: _Limit, n: int) -> None:
+        """One lease of `n` slots; when not free together, one slot."""
+        from prefect.exceptions import PrefectHTTPStatusError
+
+        client = self._api()
+        for want in dict.fromkeys((n, 1)):
+            try:
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[limit.name], slots=want, mode="concurrency", lease_duration=LEASE_SECONDS, holder=self._holder)
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code == 423:  # full: held by other flow runs
+                    continue
+                raise
+            body = response.json()
+            if not body.get("limits"):
+                raise LookupError(f"global concurrency limit {limit.name!r} does not exist")
+            lease = _Lease(str(body["lease_id"]), want, str(client.api_url))
+            _ledger_add({"limit": limit.name, "lease": lease.id, "slots": want, "api": lease.api,
+                         "server": server_instance(lease.api), "pid": os.getpid(), "started": _process_start(),
+                         "t": time.time()})
+            with self._cond:
+                limit.leases.append(lease)
+                limit.blocked = False
+            self._wake()
+            return
+        with self._cond:
+            limit.blocked = True
+            limit.retry_at = time.monotonic() + FULL_RETRY_SECONDS
+        self._wake()  # the runner may need to back off
+        if not limit.told_waiting and limit.slots == 0:
+            limit.told_waiting = True
+            holders = sorted({int(e.get("pid") or 0) for e in _ledger_read() if e.get("limit") == limit.name and _alive(e)})
+            logger.warning(
+                "waiting for a slot of global concurrency limit %r (limit %s): held by %s. `prefect gcl inspect %s` "
+                "shows the limit; slots a crashed run left on another machine come back when its lease expires "
+                "(%.0f s); if nothing should hold them, `prefect gcl update %s --active-slots 0` frees them, or run "
+                "with --no-global-limit",
+                limit.name, limit.size,
+                ("llmorch processes " + ", ".join(map(str, holders))) if holders
+                else "no llmorch process on this machine (another machine, or a Prefect flow of yours)",
+                limit.name, LEASE_SECONDS, limit.name,
+            )
+
+    def _let_go(self, limit: _Limit, lease: _Lease) -> None:
+        if limit.name == self.name and _keep_seconds() > 0 and not self._stopping and time.monotonic() >= self._paused_until:
+            _keep(limit.name, [lease], self._keep_for or _keep_seconds())
+        else:
+            self._release(lease)
+
+    def _release(self, lease: _Lease) -> None:
+        try:
+            self._api().release_concurrency_slots_with_lease(lease.id)
+            _ledger_remove(lease.id)
+        except Exception as exc:  # it expires on its own; the ledger entry clears it sooner
+            logger.debug("releasing a lease: %s", exc)
+
+    def _renew(self) -> None:
+        """Keep held leases alive. A busy server is asked again while the lease lives; a
+        lease the server no longer knows (expired, or gone with its server) is lost, and the
+        runner takes new slots. Its ledger entry stays: once this process is gone the next
+        runner clears whatever it still holds."""
+        now = time.monotonic()
+        for limit in list(self._limits.values()):
+            for lease in [lease for lease in limit.leases if now >= lease.due()]:
+                try:
+                    self._api().renew_concurrency_lease(lease.id, lease_duration=LEASE_SECONDS)
+                    lease.renewed, lease.renew_at = now, 0.0
+                except Exception as exc:
+                    if _transient(exc) and now - lease.renewed < LEASE_SECONDS * 0.8:
+                        lease.renew_at = now + 0.5
+                        continue
+                    with self._cond:
+                        if lease in limit.leases:
+                            limit.leases.remove(lease)
+                    logger.warning("could not renew a lease of %s (%s); taking new slots", limit.name, exc)
+
+    def _failed_request(self, limit: _Limit, exc: BaseException) -> None:
+        """A busy API is asked again, with backoff, up to the patience; then the guard fails.
+        (Each request has had the client's own retries by then: PREFECT_CLIENT_MAX_RETRIES.)"""
+        now = time.monotonic()
+        if _transient(exc):
+            if self._busy_since is None:
+                self._busy_since, self._busy_count = now, 0
+                logger.warning("the Prefect API is busy (%s); asking again for up to %.0f s", exc, GUARD_PATIENCE_SECONDS)
+            if now - self._busy_since < GUARD_PATIENCE_SECONDS:
+                self._busy_count += 1
+                with self._cond:
+                    limit.retry_at = now + min(0.02 * 2 ** min(self._busy_count, 7), 2.0)
+                return
+        with self._cond:
+            first = limit.name not in self._failures
+            self._failures[limit.name] = (
+                f"global concurrency limit {limit.name!r} cannot be used ({type(exc).__name__}: {exc}); calls that "
+                "need it do not run unguarded: retry when the Prefect API answers, or run with guard='local' "
+                "(llmorch --no-global-limit) to rely on this flow run's own bound"
+            )
+        if first:
+            logger.error("%s", self._failures[limit.name])
+        self._wake()
+
+    def _give_all_back(self) -> None:
+        with self._cond:
+            held = [(limit, lease) for limit in self._limits.values() for lease in limit.leases]
+            for limit in self._limits.values():
+                limit.leases = []
+        keep = [lease for limit, lease in held if limit.name == self.name and limit.name not in self._failures]
+        if keep and _keep_seconds() > 0:
+            _keep(self.name, keep, self._keep_for or _keep_seconds())  # type: ignore[arg-type]
+            held = [(limit, lease) for limit, lease in held if lease not in keep]
+        for _, lease in held:
+            self._release(lease)
+
+    def _api(self) -> Any:
+        if self._client is None:
+            from prefect.client.orchestration import get_client
+
+            self._client = get_client(sync_client=True)
+            self._client.__enter__()
+        return self._client
+
+    def _clear_gone(self, name: str) -> None:
+        """Give back the slots of leases of `name` whose process is gone."""
+        from prefect.exceptions import PrefectHTTPStatusError
+
+        here = server_instance(str(self._api().api_url))
+        for entry in [e for e in _ledger_read() if e.get("limit") == name and not _alive(e)]:
+            how = "its lease"
+            try:
+                self._api().renew_concurrency_lease(entry["lease"], lease_duration=LEASE_SECONDS)
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code not in (404, 410):
+                    raise
+                if entry.get("server", entry.get("api")) == here:
+                    how = ""  # this server expired the lease itself: its slots are back already
+                else:  # the lease died with the server that granted it; its slots did not
+                    how = "its slots (the server that granted the lease is gone)"
+                    held_for = max(time.time() - float(entry.get("t") or 0.0), 0.001)
+                    self._api().release_concurrency_slots([name], int(entry["slots"]), held_for)
+            else:
+                self._api().release_concurrency_slots_with_lease(entry["lease"])
+            _ledger_remove(entry["lease"])
+            if how:
+                logger.warning("global concurrency limit %r: cleared %s slot(s) left by process %s, which is gone "
+                               "(cleared %s)", name, entry["slots"], entry.get("pid"), how)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth asking again: the server busy (5xx, "database is locked"), the connection lost."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(exc, PrefectHTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, (httpx.TransportError, OSError))
+
+
+# -- the ledger of leases held by processes of this machine ------------------------------
+
+
+def _ledger_path() -> Path:
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()) / "llmorch-leases.json"
+
+
+@contextmanager
+def _ledger() -> Iterator[list[dict[str, Any]]]:
+    """The ledger's entries, locked against other processes while the block runs."""
+    import fcntl
+
+    path = _ledger_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        try:
+            entries = json.loads(f.read() or "[]")
+        except ValueError:  # a torn write: start over (leases still expire on their own)
+            entries = []
+        before = list(entries)
+        yield entries
+        if entries != before:
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(entries))
+
+
+def _ledger_read() -> list[dict[str, Any]]:
+    try:
+        with _ledger() as entries:
+            return list(entries)
+    except OSError as exc:
+        logger.debug("lease ledger: %s", exc)
+        return []
+
+
+def _ledger_add(entry: dict[str, Any]) -> None:
+    try:
+        with _ledger() as entries:
+            entries.append(entry)
+    except OSError as exc:
+        logger.debug("lease ledger: %s", exc)
+
+
+def _ledger_remove(lease_id: Any) -> None:
+    try:
+        with _ledger() as entries:
+            entries[:] = [e for e in entries if e.get("lease") != str(lease_id)]
+    except OSError as exc:
+        logger.debug("lease ledger: %s", exc)
+
+
+def _process_start(pid: int | None = None) -> float:
+    import psutil
+
+    try:
+        return psutil.Process(pid or os.getpid()).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _alive(entry: dict[str, Any]) -> bool:
+    """Whether the process that took a lease still runs (a reused pid is another process)."""
+    import psutil
+
+    pid = int(entry.get("pid") or 0)
+    if pid <= 0 or not psutil.pid_exists(pid):
+        return False
+    started = float(entry.get("started") or 0.0)
+    return not started or abs(_process_start(pid) - started) < 1.0

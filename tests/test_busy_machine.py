@@ -1,0 +1,21 @@
+"""A busy machine (issue 27): CPU hogs beside several `llmorch` commands at once, each with
+its own embedded server on one PREFECT_HOME's SQLite file, asks whose repair comes seconds
+later (as from a slow model). None may crash or fail because the API was busy: before the
+untagged task runs and the guard's patience, asks ended with
+`ConcurrencySlotAcquisitionError: ... 503`. The scene is `benchmarks/busy.py`'s, smaller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from busy import scene
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_asks_with_slow_repairs_and_runs_beside_cpu_hogs_all_complete() -> None:
+    outcomes = scene(ROOT, asks=3, runs=1, hogs=2, delay=3.0)
+    assert dict(outcomes) == {"Completed": 4}

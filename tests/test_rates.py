@@ -1,0 +1,139 @@
+"""Rates of resource classes (issue 30 item 2): `--resource search-api=5/s`. Parsed and
+checked (pure), applied by the Coordinator and the simulator with the time they are given,
+and machine-wide by Prefect's rate limits: three flow runs at once, measured by the tools'
+own clocks, never start more calls than the rate allows in any window."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import threading
+
+import pytest
+
+from prefect_llmorch.graph import FRG
+from prefect_llmorch.schedule.policy import Coordinator
+from prefect_llmorch.schedule.resources import (
+    BadResource, Capacities, Rate, RateGate, check_demands, parse_rate, parse_resource_options,
+)
+from prefect_llmorch.schedule.simulator import simulate
+from toolboxes_rates import fetch, most_in_any_window, toolbox
+
+
+def test_rates_parse_in_every_unit_and_bad_ones_say_what_is_expected() -> None:
+    assert parse_rate("10/s") == Rate(10, 1.0) and parse_rate("500/min") == Rate(500, 60.0)
+    assert parse_rate("2/h") == Rate(2, 3600.0) and parse_rate("3/30s") == Rate(3, 30.0)
+    for bad in ("0/s", "10/fortnight", "ten/s", "10"):
+        with pytest.raises(BadResource, match="like 10/s"):
+            parse_rate(bad, "api")
+    assert parse_resource_options(["api=10/s", "db=4,2/s", "gpu_mem_gb=80"]) == {"api": "10/s", "db": "4,2/s", "gpu_mem_gb": 80.0}
+    with pytest.raises(BadResource, match="--resource 'api=10/week'"):
+        parse_resource_options(["api=10/week"])
+    assert parse_resource_options(["api=4", "api=10/s"]) == {"api": "4,10/s"}  # a capacity and a rate
+    with pytest.raises(BadResource, match="given twice"):
+        parse_resource_options(["api=10/s", "api=5/s"])
+
+
+def test_a_rate_alone_is_a_known_resource_without_a_capacity_and_both_can_be_given() -> None:
+    caps = Capacities.of(2, {"api": "10/s", "db": "4,2/s"})
+    assert caps.rates == {"api": Rate(10, 1.0), "db": Rate(2, 1.0)}
+    assert "api" not in caps.amounts and caps.amounts["db"] == 4.0
+    check_demands({"s1": {"api": 50}}, caps)  # any number at once: only the pace is bounded
+    assert caps.settings() == {"db": "4,2/s", "api": "10/s"}
+    assert Capacities.of(2, caps.settings()) == caps
+
+
+def test_the_gate_spaces_starts_evenly() -> None:
+    gate = RateGate(Rate(4, 1.0))
+    assert gate.allows(0.0)
+    gate.record(0.0)
+    assert not gate.allows(0.2) and gate.next_start(0.2) == 0.25 and gate.allows(0.25)
+
+
+def test_the_coordinator_admits_rated_calls_when_the_rate_allows_and_says_when_next() -> None:
+    ids = ["a", "b", "c", "d"]
+    frg = FRG.from_edges(ids, {}, kinds={c: "inout" for c in ids}, resources={c: {"api": 1} for c in ids})
+    co = Coordinator(frg, 1, resources={"api": "2/s"})
+    assert co.get_ready(now=10.0) == ("a",)
+    assert co.get_ready(now=10.3) == () and co.next_admission(10.3) == 10.5
+    assert co.get_ready(now=10.5) == ("b",)
+    co.done("a", "b")
+    assert co.get_ready(now=11.0) == ("c",)
+    # without the time, the caller paces the calls (the runner: at the call, machine-wide)
+    assert Coordinator(frg, 1, resources={"api": "2/s"}).get_ready() == ("a", "b", "c", "d")
+
+
+def test_the_simulator_never_starts_more_than_the_rate_in_any_window() -> None:
+    ids = [f"c{i}" for i in range(12)]
+    frg = FRG.from_edges(ids, {}, kinds={c: "inout" for c in ids}, costs={c: 0.7 for c in ids},
+                         resources={c: {"api": 1} for c in ids})
+    schedule = simulate(frg, 2, resources={"api": "3,5/s"})  # both: 3 at once, 5 a second
+    starts = [e.start for e in schedule.entries]
+    assert most_in_any_window(starts, 1.0) <= 5
+    assert max(sum(1 for e in schedule.entries if e.start <= t < e.end) for t in starts) <= 3
+    assert schedule.makespan > 0.7 * 12 / 3  # the capacity binds: 0.7 s calls, 3 at once
+
+
+def test_most_in_any_window_counts_half_open_windows() -> None:
+    assert most_in_any_window([0.0, 0.5, 1.0, 1.2], 1.0) == 3
+    assert most_in_any_window([0.0, 0.25, 0.5, 0.75], 1.0) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_three_flow_runs_at_once_never_start_more_calls_than_the_rate_in_any_window(tmp_path) -> None:  # noqa: ANN001
+    """Three flow runs, each with its own runner, start 3 calls of a `search-api` limited to
+    2/s at once (9 could start together): by the tools' own clocks, no window of one second
+    holds more than 2 starts."""
+    from prefect import flow
+
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.run import execute
+    from prefect_llmorch.plan.parser import parse
+
+    log = tmp_path / "calls.jsonl"
+    barrier = threading.Barrier(3)
+    reports, errors = [], []
+
+    def one(run: int) -> None:
+        plan = parse("\n".join(f's{i}: fetch({run}, {i}, "{log}")' for i in range(3)), toolbox)
+        runner = LLMOrchTaskRunner(processors=1, resources={"search-api": "2/s"})
+
+        @flow(name="rates-three-runs", task_runner=runner)
+        def paced():  # noqa: ANN202
+            return execute(plan, toolbox, processors=1)[2]
+
+        barrier.wait()
+        try:
+            reports.append(paced())
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(one, r)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert [r.state for r in reports] == ["Completed"] * 3, [r.message for r in reports]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((r["run"], r["i"]) for r in rows) == [(run, i) for run in range(3) for i in range(3)]
+    starts = sorted(r["start"] for r in rows)
+    assert most_in_any_window(starts, 1.0) <= 2, [round(t - starts[0], 3) for t in starts]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_compute_call_waiting_for_its_rate_holds_no_processor(tmp_path) -> None:  # noqa: ANN001
+    """P = 1 and `search-api` at 1 call per 3 s: after a1, a2 must wait for the rate. The
+    runner's Coordinator holds it back (`get_ready(now=)`, woken at `next_admission`), so the
+    plain compute call c runs on the one processor meanwhile; taken at once, a2 would hold the
+    processor while it waited for Prefect's pace, and c would start after it."""
+    from prefect_llmorch.flows.run import run_plan
+
+    log = tmp_path / "calls.jsonl"
+    plan = f'a1: rated_burn("a1", "{log}")\na2: rated_burn("a2", "{log}")\nc: plain_burn("c", "{log}")\n'
+    report = run_plan(plan, toolbox, processors=1, resources={"search-api": "1/3s"}, concurrency_limit=None)
+    assert report.state == "Completed", report.message
+    rows = {r["tag"]: r for r in map(json.loads, log.read_text().splitlines())}
+    assert rows["a2"]["start"] - rows["a1"]["start"] >= 2.9  # the rate (3 s), less clock slack
+    assert rows["c"]["end"] <= rows["a2"]["start"], rows  # c ran while a2 waited
