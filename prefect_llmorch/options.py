@@ -159,6 +159,13 @@ class AskOptions(Options):
             raise ValueError(f"unknown planner {value!r}; valid: text, json")
         return value
 
+    @field_validator("joiner", mode="before")
+    @classmethod
+    def _joiner(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("off", "auto", "always"):
+            raise ValueError(f"joiner must be one of off, auto, always, got {value!r}")
+        return value
+
 
 def options_of(kind: type[Options], given: Optional[Options], overrides: dict[str, Any]) -> Any:
     """The options a library call runs with: `given` (or the defaults) with `overrides` laid

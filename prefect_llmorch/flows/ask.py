@@ -50,17 +50,20 @@ def ask(query: str, toolbox: str = DEFAULT_TOOLBOX, options: AskOptions = AskOpt
     return answer(query, toolbox, options)
 
 
-def answer(query: str, toolbox: str | Toolbox, options: AskOptions | None = None, client: Any = None) -> RunReport:
+def answer(
+    query: str, toolbox: str | Toolbox, options: AskOptions | None = None, *, endpoint: Any = None, **overrides: Any,
+) -> RunReport:
     """The body of `llmorch-ask` inside the current flow run (the deployable flows use it).
 
-    `client` (an `LLMClient`) replaces `options.endpoint`; by default the one the caller
-    handed over (`flows/handoff.py`: `ask_query`'s, whose planner request is already on its
-    way), else the endpoint's. `options.resources` (capacities of resource classes) replace
-    the task runner's for this run.
+    `options` and `**overrides` as for `ask_query`. `endpoint`: a block's name (into the
+    options), or an `LLMEndpoint` / `LLMClient` object replacing `options.endpoint`; by
+    default the client the caller handed over (`flows/handoff.py`: `ask_query`'s, whose
+    planner request is already on its way), else the options' endpoint.
+    `options.resources` (capacities of resource classes) replace the task runner's for this run.
     Raises `PlanRunFailed` (with the report) when calls failed, `PlanningFailed` when no
     valid plan came, `LLMError` when the endpoint failed.
     """
-    options = options or AskOptions()
+    options, client = _with_endpoint(AskOptions, options, overrides, endpoint)
     processors, policy, resources = options.processors, options.policy, options.resources
     tb = resolve_toolbox(toolbox)
     runner = current_llmorch_runner()
