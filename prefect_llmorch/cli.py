@@ -153,10 +153,40 @@ COSTS_HELP = ("declared (the decorators' cost=) or history (learned from Prefect
               "default: history once there is one ($LLMORCH_COSTS overrides)")
 
 
-def _check_costs(value: Optional[str]) -> Optional[str]:
-    if value is not None and value not in ("declared", "history"):
-        _fail(f"unknown --costs {value!r}; give --costs declared or --costs history")
-    return value
+#: The flag that sets each option (`prefect_llmorch.options`), for error messages.
+FLAGS = {
+    "processors": "-P", "policy": "--policy", "endpoint": "--endpoint", "recovery_rounds": "--recover",
+    "cancel_running": "--cancel-running", "cache": "--no-cache", "costs": "--costs", "resources": "--resource",
+    "attempts": "--attempts", "planner": "--planner", "joiner": "--joiner", "max_rounds": "--rounds",
+    "max_tokens": "--max-tokens",
+}
+
+
+def _options(kind: str, **given: Any) -> Any:
+    """The run's options (`RunOptions` / `AskOptions`, where the defaults and checks live)
+    from the flags that were given (None: not given); a bad value exits 2 naming its flag."""
+    from pydantic import ValidationError
+
+    from prefect_llmorch import options
+
+    values = {k: v for k, v in given.items() if v is not None}
+    try:
+        return getattr(options, kind)(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err.get("loc") else ""
+        flag, value, ctx = FLAGS.get(name, name), values.get(name), err.get("ctx") or {}
+        if name == "costs":
+            message = f"unknown --costs {value!r}; give --costs declared or --costs history"
+        elif name == "joiner":
+            message = f"--joiner {value!r}: must be auto, always or off"
+        elif err["type"] == "value_error":
+            message = str(ctx.get("error", err["msg"])).replace("; valid: ", f"; give {flag} with one of: ")
+        elif "ge" in ctx or "le" in ctx:
+            message = f"{flag} {value}: must be at {'least' if 'ge' in ctx else 'most'} {ctx.get('ge', ctx.get('le'))}"
+        else:
+            message = f"{flag} {value!r}: {err['msg']}"
+        _fail(message, exc)
 
 
 def _prediction(frg: Any, plan: Any, toolbox: Any, processors: int, costs: Optional[str]) -> tuple[Any, Any, Any]:
@@ -349,7 +379,7 @@ def graph(
     predicted latency on P processors with its critical path."""
     _prepare_env()
     _check_processors(processors)
-    _check_costs(costs)
+    costs = _options("RunOptions", costs=costs).costs
     text = _read_plan(plan)
     from prefect_llmorch.graph import FRG
 
@@ -504,11 +534,11 @@ def run(
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     processors: Optional[int] = typer.Option(None, "--processors", "-P", help=PROCESSORS_HELP),
     force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
-    policy: str = typer.Option("critical-path", "--policy", help="critical-path or paper"),
+    policy: Optional[str] = typer.Option(None, "--policy", help="critical-path (default) or paper"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (tools' prints go to stderr)"),
     no_limit: bool = typer.Option(False, "--no-global-limit", help="do not use the machine-wide llmorch-* concurrency limits (processors and resource classes): this run is bounded on its own only"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="LLMEndpoint block for `self` calls and recovery (default: environment)"),
-    recover: int = typer.Option(0, "--recover", help="trace-back recovery rounds with the LLM when calls fail (0: off)"),
+    recover: Optional[int] = typer.Option(None, "--recover", help="trace-back recovery rounds with the LLM when calls fail (default 0: off)"),
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
     no_cache: bool = typer.Option(False, "--no-cache", help="run every call: do not reuse stored results of cache=True functions"),
     resource: Optional[list[str]] = typer.Option(None, "--resource", help="capacity or rate of a resource class, NAME=AMOUNT (repeatable), e.g. search-api=2, search-api=10/s, search-api=2,10/s"),
@@ -517,26 +547,23 @@ def run(
     """Run a plan on Prefect (ephemeral unless PREFECT_API_URL is set) and print the schedule."""
     _prepare_env()
     P = _processors(processors, force_processors)
-    _check_policy(policy)
-    _at_least("--recover", recover, 0)
-    capacities = _resources(resource)
-    _check_costs(costs)
+    options = _options(
+        "RunOptions", processors=P, policy=policy, endpoint=endpoint, recovery_rounds=recover,
+        cancel_running=cancel_running, cache=not no_cache, costs=costs, resources=_resources(resource) or None,
+    )
     text = _read_plan(plan)
     with _json_stdout(as_json):
-        _parse(text, _toolbox(toolbox), as_json)  # every error before Prefect starts
+        parsed = _parse(text, _toolbox(toolbox), as_json)  # every error before Prefect starts
         from prefect_llmorch.host import interrupt
         from prefect_llmorch.flows.run import PlanRunFailed, run_plan
+        from prefect_llmorch.options import DEFAULT_LIMIT
 
         _terminal_approvals()
         with interrupt.stop_on_signals():
             clock = _Clock(_start_prefect(toolbox, P))
             try:
-                report = run_plan(
-                    text, toolbox, processors=P, policy=policy,
-                    concurrency_limit=None if no_limit else "llmorch-processors",
-                    endpoint=endpoint, recovery_rounds=recover, cancel_running=cancel_running,
-                    cache=not no_cache, costs=costs, resources=capacities or None,
-                )
+                # the parsed plan: `run_plan` does not parse it again
+                report = run_plan(parsed, toolbox, options, concurrency_limit=None if no_limit else DEFAULT_LIMIT)
             except PlanRunFailed as exc:
                 _print_report(exc.report, as_json)
                 clock.report(exc.report)
@@ -631,20 +658,7 @@ PLANNER_HELP = ("how plans are asked for: text (the plan language) or json (the 
                 "JSON schema built from the toolbox); default: the endpoint block's setting, else text")
 
 
-def _check_planner(name: Optional[str]) -> Optional[str]:
-    from prefect_llmorch.llm.client import PLANNER_MODES
-
-    if name is not None and name not in PLANNER_MODES:
-        _fail(f"unknown planner {name!r}; give --planner with one of: {', '.join(PLANNER_MODES)}")
-    return name
-
-
-def _ask_and_print(
-    question: str, toolbox: str, processors: int, policy: str, client: Any, as_json: bool, attempts: int,
-    cancel_running: bool = False, planner: Optional[str] = None, cache: bool = True, costs: Optional[str] = None,
-    resources: Optional[dict[str, float]] = None,
-    joiner: Optional[str] = None, rounds: Optional[int] = None, max_tokens: Optional[int] = None,
-) -> None:
+def _ask_and_print(question: str, toolbox: str, options: Any, client: Any, as_json: bool) -> None:
     from prefect_llmorch.flows.ask import ask_query
     from prefect_llmorch.llm.client import LLMError
     from prefect_llmorch.flows.run import PlanRunFailed
@@ -655,13 +669,9 @@ def _ask_and_print(
 
     _terminal_approvals()
     with interrupt.stop_on_signals():
-        clock = _Clock(_start_prefect(toolbox, processors))
+        clock = _Clock(_start_prefect(toolbox, options.processors))
         try:
-            report = ask_query(
-                question, toolbox, processors=processors, policy=policy, endpoint=client, attempts=attempts,
-                cancel_running=cancel_running, planner=planner, cache=cache, costs=costs, resources=resources or None,
-                joiner=joiner, max_rounds=rounds, max_tokens=max_tokens,
-            )
+            report = ask_query(question, toolbox, options, endpoint=client)
         except PlanRunFailed as exc:
             _print_report(exc.report, as_json)
             clock.report(exc.report)
@@ -702,9 +712,9 @@ def ask(
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     processors: Optional[int] = typer.Option(None, "--processors", "-P", help=PROCESSORS_HELP),
     force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
-    policy: str = typer.Option("critical-path", "--policy"),
+    policy: Optional[str] = typer.Option(None, "--policy", help="critical-path (default) or paper"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="name of a saved LLMEndpoint block (default: OPENAI_BASE_URL, OPENAI_API_KEY, LLMORCH_MODEL)"),
-    attempts: int = typer.Option(3, "--attempts", help="planner answers per round (first plan + repairs)"),
+    attempts: Optional[int] = typer.Option(None, "--attempts", help="planner answers per round (first plan + repairs; default 3)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (tools' prints go to stderr)"),
     cancel_running: bool = typer.Option(False, "--cancel-running", help="on a failure, cancel running calls that recovery will re-run anyway"),
     planner: Optional[str] = typer.Option(None, "--planner", help=PLANNER_HELP),
@@ -719,20 +729,15 @@ def ask(
     _prepare_env()
     capacities = _resources(resource)
     P = _processors(processors, force_processors)
-    _check_policy(policy)
-    _check_planner(planner)
-    _at_least("--attempts", attempts, 1)
-    _check_costs(costs)
-    if joiner is not None and joiner not in ("off", "auto", "always"):
-        _fail(f"--joiner {joiner!r}: must be auto, always or off")
-    _at_least("--rounds", rounds, 0)
-    _at_least("--max-tokens", max_tokens, 1)
+    options = _options(
+        "AskOptions", processors=P, policy=policy, attempts=attempts, cancel_running=cancel_running,
+        planner=planner, cache=not no_cache, costs=costs, resources=capacities or None,
+        joiner=joiner, max_rounds=rounds, max_tokens=max_tokens,
+    )
     with _json_stdout(as_json):
         _check_capacities(_toolbox(toolbox), P, capacities)
-        _ask_and_print(
-            question, toolbox, P, policy, _endpoint(endpoint), as_json, attempts, cancel_running, planner, not no_cache, costs,
-            capacities, joiner, rounds, max_tokens,
-        )
+        # the endpoint as a client: a bad one fails here, before Prefect starts
+        _ask_and_print(question, toolbox, options, _endpoint(endpoint), as_json)
 
 
 @app.command("plan")
@@ -740,7 +745,7 @@ def plan_cmd(
     question: str = typer.Argument(..., help="the question to plan"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     endpoint: Optional[str] = typer.Option(None, "--endpoint"),
-    attempts: int = typer.Option(3, "--attempts"),
+    attempts: Optional[int] = typer.Option(None, "--attempts", help="planner answers per round (first plan + repairs; default 3)"),
     as_json: bool = typer.Option(False, "--json"),
     planner: Optional[str] = typer.Option(None, "--planner", help=PLANNER_HELP),
     processors: Optional[int] = typer.Option(None, "--processors", "-P", help="P for the predicted latency (default: cores)"),
@@ -749,10 +754,8 @@ def plan_cmd(
     """Only plan: print the LLM's plan, its FRG and its predicted latency on P processors
     with the critical path (nothing runs)."""
     _prepare_env()
-    _check_planner(planner)
-    _at_least("--attempts", attempts, 1)
     _check_processors(processors)
-    _check_costs(costs)
+    options = _options("AskOptions", processors=processors, attempts=attempts, planner=planner, costs=costs)
     with _json_stdout(as_json):
         tb = _toolbox(toolbox)
         from prefect_llmorch.graph import FRG
@@ -761,7 +764,7 @@ def plan_cmd(
 
         client = _endpoint(endpoint)
         try:
-            result = plan_query(question, tb, client, attempts=attempts, mode=planner)
+            result = plan_query(question, tb, client, attempts=options.attempts, mode=options.planner)
         except (PlanningFailed, LLMError) as exc:
             err_console.print(str(exc), markup=False)
             raise typer.Exit(1) from None
@@ -822,7 +825,7 @@ def demo(
     scripted plan for the example toolbox; llmorch runs it on ephemeral Prefect."""
     _prepare_env()
     P = _processors(processors, force_processors)
-    _check_planner(planner)
+    options = _options("AskOptions", processors=P, planner=planner)
     _at_least("--token-delay", token_delay, 0)
     with _json_stdout(as_json):
         from prefect_llmorch.llm.client import LLMClient
@@ -832,7 +835,7 @@ def demo(
             if not as_json:
                 console.print(f"scripted LLM at {server.base_url}; question: {DEMO_QUESTION}")
             client = LLMClient(server.base_url, "demo", api_key="demo-key-not-secret")
-            _ask_and_print(DEMO_QUESTION, DEFAULT_TOOLBOX, P, "critical-path", client, as_json, 3, planner=planner)
+            _ask_and_print(DEMO_QUESTION, DEFAULT_TOOLBOX, options, client, as_json)
 
 
 @app.command()

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "graph": 2,
     "schedule": 3,
     "host": 4,
+    "options": 4,
     "storage": 5,
     "engine": 6,
     "llm": 6,
@@ -41,7 +42,7 @@ LAYERS: dict[str, int] = {
 }
 
 #: Parts that are pure (no Prefect, no LLM client, no cluster), and what they must not import.
-PURE = ("functions", "plan", "graph", "schedule")
+PURE = ("functions", "plan", "graph", "schedule", "options")
 NOT_IN_PURE = ("prefect", "prefect_dask", "distributed", "openai", "httpx")
 #: The LLM side is plain HTTP: Prefect stays in flows/ (the planner task, the recovery hooks).
 NOT_IN_LLM = ("prefect", "prefect_dask", "distributed")

@@ -198,7 +198,8 @@ def test_an_unknown_policy_from_a_flow_parameter_fails_the_run_instead_of_hangin
 
     flow = orchestrate.with_options(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
     started = time.monotonic()
-    state = flow("s1: fetch(0.1)\ns2: crunch(0.1)\n", "toolboxes:toolbox", policy="Critical-Path", return_state=True)
+    # the options as the API would pass them (a dict): checked when the flow run starts
+    state = flow("s1: fetch(0.1)\ns2: crunch(0.1)\n", "toolboxes:toolbox", options={"policy": "Critical-Path"}, return_state=True)
     assert state.is_failed() and "unknown policy 'Critical-Path'" in state.message
     assert time.monotonic() - started < 60
 

@@ -92,7 +92,9 @@ def _assert_the_errors_alone(message: str) -> None:
 def test_a_plan_with_syntax_errors_fails_with_every_error_and_no_traceback(flow_run_log: _Lines) -> None:
     from prefect_llmorch.flows.run import orchestrate
 
-    state = orchestrate(plan=BAD_PLAN, toolbox="toolboxes:toolbox", processors=1, return_state=True)
+    from prefect_llmorch.options import RunOptions
+
+    state = orchestrate(plan=BAD_PLAN, toolbox="toolboxes:toolbox", options=RunOptions(processors=1), return_state=True)
     assert state.is_failed()
     _assert_the_errors_alone(state.message)
     assert "Traceback" not in flow_run_log.text()

@@ -12,105 +12,59 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from prefect import flow
 from prefect.cache_policies import CacheKeyFnPolicy
 
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner
+from prefect_llmorch.flows.handoff import Handoff, handed, handing
 from prefect_llmorch.flows.planner import planner_task, resolve_client
-from prefect_llmorch.flows.joiner import JoinSettings, check_joiner, join_rounds, replay_key
+from prefect_llmorch.flows.joiner import JoinSettings, join_rounds, replay_key
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import Planning, RunReport, publish_artifacts
-from prefect_llmorch.storage.history import check_costs, remember_records
-from prefect_llmorch.flows.run import _simple, conclude, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow
+from prefect_llmorch.storage.history import remember_records
+from prefect_llmorch.flows.run import (
+    _simple, _with_endpoint, conclude, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow,
+)
 from prefect_llmorch.functions import SELF, Toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
+from prefect_llmorch.options import DEFAULT_LIMIT, DEFAULT_TOOLBOX, AskOptions
 
-__all__ = ["DEFAULT_TOOLBOX", "answer", "ask", "ask_query"]
+__all__ = ["AskOptions", "DEFAULT_TOOLBOX", "answer", "ask", "ask_query"]
 
-DEFAULT_TOOLBOX = "prefect_llmorch.examples.toolbox:toolbox"
 _DONE = object()
 
 
 @flow(name="llmorch-ask", log_prints=False, task_runner=LLMOrchTaskRunner())
-def ask(
-    query: str,
-    toolbox: str = DEFAULT_TOOLBOX,
-    processors: int | None = None,
-    policy: str = "critical-path",
-    endpoint: str | None = None,
-    attempts: int = 3,
-    recovery_rounds: int = 3,
-    cancel_running: bool = False,
-    planner: str | None = None,
-    cache: bool = True,
-    costs: str | None = None,
-    resources: dict[str, float | str] | None = None,
-    joiner: str | None = None,
-    max_rounds: int | None = None,
-    max_tokens: int | None = None,
-) -> RunReport:
+def ask(query: str, toolbox: str = DEFAULT_TOOLBOX, options: AskOptions = AskOptions()) -> RunReport:
     """Plan `query` with the LLM, run the plan on P processors, return the report.
 
     Args:
         query: the user's question.
         toolbox: `module:attr` naming a `Toolbox`.
-        processors: P (defaults to the machine's cores, or the task runner's).
-        policy: `critical-path` or `paper`.
-        endpoint: name of a saved `LLMEndpoint` block; None reads OPENAI_BASE_URL,
-            OPENAI_API_KEY and LLMORCH_MODEL from the environment.
-        attempts: planner answers per round (first plan plus repairs).
-        recovery_rounds: trace-back recovery rounds when calls fail at run time (0: off).
-        cancel_running: when a call fails, cancel running calls that recovery will re-run
-            anyway, instead of letting them end first.
-        planner: "text" (the plan language) or "json" (the JSON plan form under a JSON
-            schema built from the toolbox); None: the endpoint block's `planner` setting.
-        cache: reuse stored results of `cache=True` functions (False: run every call).
-        costs: `declared` or `history` (learned from Prefect's task-run history); None:
-            `history` once this machine has a history, else `declared`.
-        resources: capacities of resource classes beyond processors (`{"search-api": 2,
-            "gpu_mem_gb": 80}`) for this run; None: the task runner's.
-        joiner: the join step after the plan (`flows/joiner.py`): "auto" (when the plan
-            ends with `join()`), "always" (after every plan) or "off"; None: the endpoint
-            block's `joiner`, else "auto".
-        max_rounds: continuations the joiner may write (None: the block's, else 2).
-        max_tokens: token budget of the whole ask, prompt + completion over planner,
-            repairs, `self` calls and joins; at the budget the joiner answers with what
-            it has (None: the block's `ask_max_tokens`, else no budget).
+        options: processors, policy, endpoint, attempts, recovery, planner, cache, costs,
+            resources (`prefect_llmorch.options.AskOptions`: each field's default and meaning).
     """
-    return answer(
-        query, toolbox, processors=processors, policy=policy, endpoint=endpoint, attempts=attempts,
-        recovery_rounds=recovery_rounds, cancel_running=cancel_running, planner=planner, cache=cache,
-        costs=costs, resources=resources, joiner=joiner, max_rounds=max_rounds, max_tokens=max_tokens,
-    )
+    return answer(query, toolbox, options)
 
 
 def answer(
-    query: str,
-    toolbox: str | Toolbox,
-    *,
-    processors: int | None = None,
-    policy: str = "critical-path",
-    endpoint: Any = None,
-    attempts: int = 3,
-    recovery_rounds: int = 3,
-    cancel_running: bool = False,
-    planner: str | None = None,
-    cache: bool = True,
-    costs: str | None = None,
-    resources: dict[str, float | str] | None = None,
-    joiner: str | None = None,
-    max_rounds: int | None = None,
-    max_tokens: int | None = None,
+    query: str, toolbox: str | Toolbox, options: AskOptions | None = None, *, endpoint: Any = None, **overrides: Any,
 ) -> RunReport:
     """The body of `llmorch-ask` inside the current flow run (the deployable flows use it).
 
-    `resources` (capacities of resource classes) replace the task runner's for this run.
+    `options` and `**overrides` as for `ask_query`. `endpoint`: a block's name (into the
+    options), or an `LLMEndpoint` / `LLMClient` object replacing `options.endpoint`; by
+    default the client the caller handed over (`flows/handoff.py`: `ask_query`'s, whose
+    planner request is already on its way), else the options' endpoint.
+    `options.resources` (capacities of resource classes) replace the task runner's for this run.
     Raises `PlanRunFailed` (with the report) when calls failed, `PlanningFailed` when no
     valid plan came, `LLMError` when the endpoint failed.
     """
+    options, client = _with_endpoint(AskOptions, options, overrides, endpoint)
+    processors, policy, resources = options.processors, options.policy, options.resources
     tb = resolve_toolbox(toolbox)
     runner = current_llmorch_runner()
     if runner is not None:
@@ -120,27 +74,29 @@ def answer(
     elif resources:
         raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
     P = runner.processors if runner is not None else (processors or default_processors())
+    given = handed()
+    ahead = given.client_for(query) if client is None else None
+    endpoint = client if client is not None else given.endpoint_for(query, options.endpoint)
     if isinstance(endpoint, str):  # the block once: its join settings and its client
         from prefect_llmorch.blocks import LLMEndpoint
 
         endpoint = LLMEndpoint.load(endpoint)
-    joining = JoinSettings.resolve(endpoint, joiner, max_rounds, max_tokens)
-    client = resolve_client(endpoint)
+    joining = JoinSettings.resolve(endpoint, options.joiner, options.max_rounds, options.max_tokens)
+    client = ahead if ahead is not None else resolve_client(endpoint)
     tokens = TokenCounter()
     recovery = None
-    if recovery_rounds > 0:
-        recovery = RecoveryConfig(
-            client, max_rounds=recovery_rounds, running="cancel" if cancel_running else "wait", tokens=tokens,
-        )
+    if options.recovery_rounds > 0:
+        recovery = RecoveryConfig(client, max_rounds=options.recovery_rounds, running=options.running, tokens=tokens)
     # The plan is not known yet: costs for every function of the toolbox (one lookup).
-    choice = learned_costs({name for name in tb if name != SELF}, costs)
+    choice = learned_costs({name for name in tb if name != SELF}, options.costs)
     ex = Execution(
-        tb, processors=P, self_fn=make_self_fn(client, tokens), recovery=recovery, runner=runner, cache=cache,
+        tb, processors=P, self_fn=make_self_fn(client, tokens), recovery=recovery, runner=runner, cache=options.cache,
         costs=choice.costs,
     )
     try:
         inbox: "queue.Queue[Any]" = queue.Queue()
-        ex.recorder.t0 = time.time()  # latency counts from the first LLM request
+        # latency counts from the first LLM request: sent ahead by `ask_query` (`llm/ahead.py`), or now
+        ex.recorder.t0 = getattr(client, "sent_at", None) or time.time()
         # Each call is stamped when the planner hands it over: what the flow's thread adds
         # after that (waking up, submitting) counts as our overhead, not as the LLM's time.
         join = joining.joiner != "off"
@@ -151,8 +107,8 @@ def answer(
                 cache_key_fn=replay_key("planner", "query", "toolbox", "llm", "attempts", "mode", "join")),
             persist_result=True,
         ).submit(
-            query, tb, client, attempts=attempts, on_call=lambda c: inbox.put((c, time.time())), mode=planner,
-            join=join,
+            query, tb, client, attempts=options.attempts, on_call=lambda c: inbox.put((c, time.time())),
+            mode=options.planner, join=join,
         )
         planning.add_done_callback(lambda _f: inbox.put((_DONE, time.time())))
         while (item := _next(inbox))[0] is not _DONE:
@@ -168,7 +124,7 @@ def answer(
         ex.start(result.plan, kept=result.dispatched, planned_at=planned_at)
         prediction = predicted(ex.frg, P, policy, choice, runner)
         rounds = join_rounds(
-            ex, query, tb, client, result.text, joining, tokens, _next, mode=planner or client.planner or "text",
+            ex, query, tb, client, result.text, joining, tokens, _next, mode=options.planner or client.planner or "text",
         )
     except BaseException:
         ex.close()
@@ -198,46 +154,72 @@ def answer(
 def ask_query(
     query: str,
     toolbox: Toolbox | str = DEFAULT_TOOLBOX,
+    options: AskOptions | None = None,
     *,
-    processors: int | None = None,
-    policy: str = "critical-path",
     endpoint: Any = None,
-    attempts: int = 3,
-    concurrency_limit: str | None = "llmorch-processors",
-    recovery_rounds: int = 3,
-    cancel_running: bool = False,
-    planner: str | None = None,
-    cache: bool = True,
-    costs: str | None = None,
-    resources: Mapping[str, float | str] | None = None,
+    concurrency_limit: str | None = DEFAULT_LIMIT,
     gpus: Any = None,
-    joiner: str | None = None,
-    max_rounds: int | None = None,
-    max_tokens: int | None = None,
+    **overrides: Any,
 ) -> RunReport:
-    """Run the `llmorch-ask` flow with a task runner for `processors` and `policy`.
+    """Run the `llmorch-ask` flow with a task runner for the options' `processors` and `policy`.
 
-    `endpoint` is a saved block's name, an `LLMEndpoint`, an `LLMClient`, or None (environment).
-    `resources` are capacities of resource classes (`{"search-api": 2}`), `gpus` GPU devices
-    (`[{"id": 0, "mem_gb": 80}]`): calls declaring `resources=` are admitted when their
-    demand fits (checked before anything runs).
-    `joiner`, `max_rounds`, `max_tokens`: the join step and the ask's token budget (see `ask`).
-    Raises `PlanRunFailed` (with the report) when calls failed, `PlanningFailed` when no
-    valid plan came, `LLMError` when the endpoint failed.
+        ask_query("How busy are frames 1-4?", processors=2, attempts=2)
+        ask_query("How busy are frames 1-4?", options=AskOptions(processors=2, attempts=2))
+
+    Args:
+        query: the question.
+        toolbox: a `Toolbox` or `module:attr` naming one.
+        options: the ask's options (`AskOptions`); default: its defaults.
+        endpoint: a saved block's name, an `LLMEndpoint`, an `LLMClient`, or None (environment).
+        concurrency_limit: the global concurrency limit guarding the machine (None: off).
+        gpus: GPU devices (`[{"id": 0, "mem_gb": 80}]`) for calls declaring `gpu_mem_gb`.
+        **overrides: fields of `AskOptions` laid over `options`: `processors`, `policy`,
+            `attempts` (planner answers per round), `recovery_rounds` (default 3),
+            `cancel_running`, `planner` (`text` or `json`), `cache`, `costs`, `resources`
+            (capacities of resource classes, `{"search-api": 2}`: calls declaring
+            `resources=` are admitted when their demand fits, checked before anything runs).
+
+    Raises:
+        PlanRunFailed: calls failed (with the report).
+        PlanningFailed: no valid plan came.
+        LLMError: the endpoint failed.
+        ValueError: a bad option (before a flow run exists).
     """
-    check_costs(costs)
-    check_joiner(joiner or "auto", 2 if max_rounds is None else max_rounds, max_tokens)  # before a flow run exists
-    P = processors or default_processors()
+    opts, client = _with_endpoint(AskOptions, options, overrides, endpoint)
+    P = opts.processors or default_processors()
     prepare(toolbox, P)
-    runner = local_runner(toolbox, P, policy, concurrency_limit, resources, gpus)
-    parameters = {
-        "query": query, "toolbox": toolbox, "processors": P, "policy": policy,
-        "endpoint": endpoint, "attempts": attempts, "recovery_rounds": recovery_rounds,
-        "cancel_running": cancel_running, "planner": planner, "cache": cache, "costs": costs,
-        "resources": dict(resources) if resources else None,
-        "joiner": joiner, "max_rounds": max_rounds, "max_tokens": max_tokens,
-    }
-    return run_flow(ask, runner, parameters, simple=_simple(toolbox, endpoint))
+    # The planner's request leaves now, while Prefect creates the flow run and its task runs.
+    ahead, source = _plan_ahead(query, toolbox, opts, client)
+    try:
+        runner = local_runner(toolbox, P, opts.policy, concurrency_limit, opts.resources, gpus)
+        parameters = {"query": query, "toolbox": toolbox, "options": opts.merged(processors=P)}
+        with handing(Handoff(client=ahead, endpoint=source, text=query)):
+            return run_flow(ask, runner, parameters, simple=_simple(toolbox, client))
+    finally:
+        if ahead is not None:
+            ahead.close()  # a request the planner never took (e.g. the run failed first)
+
+
+def _plan_ahead(query: str, toolbox: Toolbox | str, options: AskOptions, client: Any) -> tuple[Any, Any]:
+    """(a `PlanningAhead` for this ask, its first planner request sent; the endpoint: the
+    caller's object, or the block `options.endpoint` names, loaded once). (None, `client`)
+    when the toolbox or the endpoint cannot be had here: then the flow run fails with the
+    reason, as it would have. The request is exactly the planner's first: the same join
+    setting (`JoinSettings.resolve`, as `answer` does), mode and toolbox."""
+    from prefect_llmorch.llm.ahead import PlanningAhead
+
+    source: Any = client if client is not None else options.endpoint
+    try:
+        if isinstance(source, str):
+            from prefect_llmorch.blocks import LLMEndpoint
+
+            source = LLMEndpoint.load(source)
+        joining = JoinSettings.resolve(source, options.joiner, options.max_rounds, options.max_tokens)
+        tb = resolve_toolbox(toolbox)
+        ahead = PlanningAhead(resolve_client(source), query, tb, options.planner, join=joining.joiner != "off")
+        return ahead, source
+    except Exception:
+        return None, client
 
 
 def _next(inbox: "queue.Queue[Any]") -> Any:

@@ -20,9 +20,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 # The checkout's root (or site-packages, for an installed wheel): a worker loads this file by
 # path, so make `prefect_llmorch` and the checkout's toolboxes importable here and (sys.path is
@@ -39,9 +39,9 @@ from prefect_llmorch.flows.ask import answer  # noqa: E402
 from prefect_llmorch.flows.execute import current_llmorch_runner  # noqa: E402
 from prefect_llmorch.flows.report import RunReport, jsonable  # noqa: E402
 from prefect_llmorch.flows.run import orchestrate  # noqa: E402
-
-DEFAULT_TOOLBOX = "prefect_llmorch.examples.toolbox:toolbox"
-Policy = Literal["critical-path", "paper"]
+from prefect_llmorch.options import (  # noqa: E402
+    DEFAULT_LIMIT, DEFAULT_TOOLBOX, TOOLBOX_HELP, TOOLBOX_PATTERN, AskOptions, RunOptions, check_toolbox, options_of,
+)
 
 #: Example toolbox modules the compute workers import at start (before any plan arrives).
 PRELOAD = ("prefect_llmorch.examples.toolbox",)
@@ -64,7 +64,7 @@ def _env_resources() -> dict[str, float] | None:
 def make_task_runner() -> LLMOrchTaskRunner:
     """P = `LLMORCH_PROCESSORS` or the cores; capacities `LLMORCH_RESOURCES`; the global
     limit is `LLMORCH_CONCURRENCY_LIMIT` (default `llmorch-processors`; `none` turns it off)."""
-    limit = os.environ.get("LLMORCH_CONCURRENCY_LIMIT", "llmorch-processors").strip()
+    limit = os.environ.get("LLMORCH_CONCURRENCY_LIMIT", DEFAULT_LIMIT).strip()
     return LLMOrchTaskRunner(
         processors=_env_processors(), preload=PRELOAD,
         concurrency_limit=None if limit.lower() in ("", "none", "off") else limit,
@@ -72,52 +72,8 @@ def make_task_runner() -> LLMOrchTaskRunner:
     )
 
 
-def _check_resources(value: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
-    if value is None:
-        return None
-    from prefect_llmorch.schedule.resources import Capacities
-
-    Capacities.of(1, value)  # a bad name or amount: the form says which
-    return {k: float(v) for k, v in value.items()}
-
-
-RESOURCES_HELP = (
-    "Capacities of resource classes for this run, e.g. {\"search-api\": 2, \"gpu_mem_gb\": 80} "
-    "(default: the worker's LLMORCH_RESOURCES)"
-)
-
-
-def _check_toolbox(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value  # pydantic says "should be a valid string"
-    module, sep, attr = value.partition(":")
-    if not sep or not module.strip() or not attr.strip():
-        raise ValueError(f"toolbox must be `module:attr`, e.g. {DEFAULT_TOOLBOX!r}; got {value!r}")
-    return value.strip()
-
-
-#: `module:attr` for the form: Prefect checks a deployment's parameters against their JSON
-#: schema (the UI's form too), which knows patterns but not our validators.
-TOOLBOX_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-TOOLBOX_HELP = f"`module:attr` naming a Toolbox, e.g. {DEFAULT_TOOLBOX}"
-
-
-def _bound_beside_null(schema: dict[str, Any]) -> None:
-    """The JSON schema of an optional number with its bound beside `anyOf`, not inside the
-    number's branch: 0 for `processors` then fails the bound ("0 is less than the minimum of
-    1" in the UI's form) instead of every branch ("0 is not valid under any of the given
-    schemas"), and an empty field (null) stays valid."""
-    for branch in schema.get("anyOf", []):
-        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-            if key in branch:
-                schema[key] = branch.pop(key)
-
-
-PROCESSORS_HELP = "P, at least 1 (empty: the worker's LLMORCH_PROCESSORS or cores)"
-
-
-class RunParameters(BaseModel):
-    """Run a plan: give its text, or a plan file of this repository."""
+class RunParameters(RunOptions):
+    """Run a plan: give its text, or a plan file of this repository (and the run's options)."""
 
     plan: Optional[str] = Field(
         default=None,
@@ -130,37 +86,21 @@ class RunParameters(BaseModel):
         description="A shipped example (`example:NAME`) or a plan file, relative to the repository root; used when `plan` is empty.",
     )
     toolbox: str = Field(default=DEFAULT_TOOLBOX, pattern=TOOLBOX_PATTERN, description=TOOLBOX_HELP)
-    processors: Optional[int] = Field(default=None, ge=1, description=PROCESSORS_HELP, json_schema_extra=_bound_beside_null)
-    policy: Policy = Field(default="critical-path", description="Which ready compute call starts first")
-    endpoint: Optional[str] = Field(
-        default=None,
-        description="Name of an LLMEndpoint block, for `self` calls and recovery (default: OPENAI_* environment)",
-    )
-    recovery_rounds: int = Field(default=0, ge=0, le=10, description="Trace-back recovery rounds (0: off)")
-    cancel_running: bool = Field(
-        default=False, description="On a failure, cancel running calls that recovery will re-run anyway (instead of waiting)"
-    )
-    cache: bool = Field(default=True, description="Reuse stored results of cache=True functions (off: run every call)")
-    costs: Optional[Literal["declared", "history"]] = Field(
-        default=None, description="Costs for the policy: declared, or history (learned); default: history once there is one"
-    )
-    resources: Optional[dict[str, float]] = Field(default=None, description=RESOURCES_HELP)
 
     @field_validator("toolbox", mode="before")  # before the pattern: our message, not the regex
     @classmethod
     def _toolbox_path(cls, value: Any) -> Any:
-        return _check_toolbox(value)
-
-    @field_validator("resources")
-    @classmethod
-    def _capacities(cls, value: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
-        return _check_resources(value)
+        return check_toolbox(value)
 
     @model_validator(mode="after")
     def _has_plan(self) -> "RunParameters":
         if not (self.plan and self.plan.strip()) and not self.plan_file:
             raise ValueError("give the plan text (`plan`) or a plan file (`plan_file`)")
         return self
+
+    def options(self) -> RunOptions:
+        """The run's options alone (what `orchestrate` takes)."""
+        return options_of(RunOptions, self, {})
 
     def plan_text(self) -> str:
         if self.plan and self.plan.strip():
@@ -177,49 +117,20 @@ class RunParameters(BaseModel):
         return path.read_text()
 
 
-class AskParameters(BaseModel):
-    """Ask a question: the LLM plans function calls, which run in parallel."""
+class AskParameters(AskOptions):
+    """Ask a question: the LLM plans function calls, which run in parallel (and the ask's options)."""
 
     query: str = Field(..., min_length=1, description="The question to answer")
     toolbox: str = Field(default=DEFAULT_TOOLBOX, pattern=TOOLBOX_PATTERN, description=TOOLBOX_HELP)
-    processors: Optional[int] = Field(default=None, ge=1, description=PROCESSORS_HELP, json_schema_extra=_bound_beside_null)
-    policy: Policy = Field(default="critical-path", description="Which ready compute call starts first")
-    endpoint: Optional[str] = Field(
-        default=None,
-        description="Name of an LLMEndpoint block (default: OPENAI_BASE_URL, OPENAI_API_KEY, LLMORCH_MODEL)",
-    )
-    attempts: int = Field(default=3, ge=1, le=10, description="Planner answers per round (first plan + repairs)")
-    recovery_rounds: int = Field(default=3, ge=0, le=10, description="Trace-back recovery rounds (0: off)")
-    cancel_running: bool = Field(
-        default=False, description="On a failure, cancel running calls that recovery will re-run anyway (instead of waiting)"
-    )
-    planner: Optional[Literal["text", "json"]] = Field(
-        default=None,
-        description="How the LLM writes the plan: the plan language (text) or JSON under a schema (default: the endpoint's setting)",
-    )
-    cache: bool = Field(default=True, description="Reuse stored results of cache=True functions (off: run every call)")
-    costs: Optional[Literal["declared", "history"]] = Field(
-        default=None, description="Costs for the policy: declared, or history (learned); default: history once there is one"
-    )
-    resources: Optional[dict[str, float]] = Field(default=None, description=RESOURCES_HELP)
-    joiner: Optional[Literal["off", "auto", "always"]] = Field(
-        default=None, description="The join step after a plan: auto (when the plan ends with join()), always, off "
-        "(default: the endpoint's setting, else auto)",
-    )
-    max_rounds: Optional[int] = Field(default=None, ge=0, le=10, description="Continuations the joiner may write (default: 2)")
-    max_tokens: Optional[int] = Field(
-        default=None, ge=1, description="Token budget of the whole ask (planner, repairs, self calls, joins; default: none)",
-    )
 
     @field_validator("toolbox", mode="before")  # before the pattern: our message, not the regex
     @classmethod
     def _toolbox_path(cls, value: Any) -> Any:
-        return _check_toolbox(value)
+        return check_toolbox(value)
 
-    @field_validator("resources")
-    @classmethod
-    def _capacities(cls, value: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
-        return _check_resources(value)
+    def options(self) -> AskOptions:
+        """The ask's options alone (what `answer` takes)."""
+        return options_of(AskOptions, self, {})
 
 
 def fit_runner(processors: int | None, toolbox: str) -> int:
@@ -260,12 +171,7 @@ def llmorch_run(parameters: RunParameters = RunParameters()) -> dict[str, Any] |
     """Run a plan (text or file) on P processors; the UI shows its FRG, schedule and progress."""
     text = parameters.plan_text()
     P = fit_runner(parameters.processors, parameters.toolbox)
-    report = orchestrate.fn(
-        plan=text, toolbox=parameters.toolbox, processors=P, policy=parameters.policy,
-        endpoint=parameters.endpoint, recovery_rounds=parameters.recovery_rounds,
-        cancel_running=parameters.cancel_running, cache=parameters.cache, costs=parameters.costs,
-        resources=parameters.resources,
-    )
+    report = orchestrate.fn(text, parameters.toolbox, parameters.options().merged(processors=P))
     if isinstance(report, State):
         return report  # a plan with errors: Failed, with its errors as the message (`plan_failed`)
     return publish_result(report)
@@ -275,14 +181,7 @@ def llmorch_run(parameters: RunParameters = RunParameters()) -> dict[str, Any] |
 def llmorch_ask(parameters: AskParameters) -> dict[str, Any]:
     """Plan the question with the LLM, run the plan on P processors, return the answer."""
     P = fit_runner(parameters.processors, parameters.toolbox)
-    report = answer(
-        parameters.query, parameters.toolbox, processors=P, policy=parameters.policy,
-        endpoint=parameters.endpoint, attempts=parameters.attempts,
-        recovery_rounds=parameters.recovery_rounds, cancel_running=parameters.cancel_running,
-        planner=parameters.planner, cache=parameters.cache, costs=parameters.costs,
-        resources=parameters.resources, joiner=parameters.joiner, max_rounds=parameters.max_rounds,
-        max_tokens=parameters.max_tokens,
-    )
+    report = answer(parameters.query, parameters.toolbox, parameters.options().merged(processors=P))
     return publish_result(report)
 
 

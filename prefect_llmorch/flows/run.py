@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
 from prefect.settings import get_current_settings
@@ -23,19 +24,21 @@ from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, execute
 from prefect_llmorch.host.server import EmbeddedServer, embedded_server, ensure_server
 from prefect_llmorch.schedule.predict import predict
-from prefect_llmorch.storage.history import CostChoice, check_costs, choose_costs, remember_records
+from prefect_llmorch.storage.history import CostChoice, choose_costs, remember_records
 from prefect_llmorch.storage.planref import plan_parameter, plan_text
+from prefect_llmorch.flows.handoff import Handoff, handed, handing
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import PlanRunFailed, RunReport, plan_failed, publish_artifacts
 from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
+from prefect_llmorch.options import DEFAULT_LIMIT, RunOptions, options_of
 from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.model import Plan
 from prefect_llmorch.plan.parser import parse
 
 __all__ = [
     "PlanRunFailed", "RunReport", "conclude", "current_llmorch_runner", "execute", "local_runner",
-    "orchestrate", "resolve_toolbox", "run_flow", "run_plan",
+    "orchestrate", "resolve_toolbox", "run_flow", "run_plan", "RunOptions",
 ]
 
 
@@ -59,71 +62,53 @@ def conclude(report: RunReport) -> Any:
 
 
 @flow(name="llmorch-run", log_prints=False, task_runner=LLMOrchTaskRunner())
-def orchestrate(
-    plan: str,
-    toolbox: str,
-    processors: int | None = None,
-    policy: str = "critical-path",
-    endpoint: str | None = None,
-    recovery_rounds: int = 0,
-    cancel_running: bool = False,
-    cache: bool = True,
-    costs: str | None = None,
-    resources: dict[str, float | str] | None = None,
-) -> RunReport:
+def orchestrate(plan: str, toolbox: str, options: RunOptions = RunOptions()) -> RunReport:
     """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
 
-    Use `run_plan` from Python: it sets the task runner for `processors` and `policy`.
-    A plan with errors ends the flow run `Failed` with every error as its message and the
-    `PlanError` as its result (`report.plan_failed`), which `run_plan` raises.
+    Use `run_plan` from Python: it sets the task runner for the options' `processors` and
+    `policy`. A plan with errors ends the flow run `Failed` with every error as its message
+    and the `PlanError` as its result (`report.plan_failed`), which `run_plan` raises.
 
     Args:
         plan: the plan text (either dialect), or a reference to a stored one: `run_plan`
             passes plans over `storage.planref.PLAN_PARAMETER_LIMIT` that way (the API refuses
             large parameters).
         toolbox: `module:attr` naming a `Toolbox`.
-        processors: P; defaults to the machine's core count.
-        policy: `critical-path` (default) or `paper`.
-        endpoint: a saved `LLMEndpoint` block's name for `self` calls and recovery; None
-            reads OPENAI_BASE_URL / OPENAI_API_KEY / LLMORCH_MODEL when an LLM is needed.
-        recovery_rounds: trace-back recovery rounds for calls failing at run time (0: off).
-        cancel_running: when a call fails, cancel running calls that recovery will re-run
-            anyway, instead of letting them end first.
-        cache: reuse stored results of `cache=True` functions (False: run every call).
-        costs: `declared` (the decorators' `cost=`) or `history` (learned from Prefect's
-            task-run history, `storage/history.py`, declared where there is none); None:
-            `history` once this machine has a history, else `declared` (`choose_costs`).
-        resources: capacities of resource classes (`{"search-api": 2}`) for this run,
-            replacing the task runner's; None: the runner's.
+        options: processors, policy, endpoint, recovery, cache, costs, resources
+            (`prefect_llmorch.options.RunOptions`: each field's default and meaning).
     """
     recorder = Recorder()  # t0: the flow starts executing, the plan is available
     logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
+    text = plan_text(plan)  # a large plan comes as a reference (`storage/planref.py`)
+    given = handed()
     try:
-        parsed = _parsed(plan_text(plan), tb)  # a large plan comes as a reference (`storage/planref.py`)
+        parsed = given.parsed(text, tb)  # parsed once: by the caller, if it did
+        if parsed is None:
+            parsed = parse(text, tb)
     except PlanError as err:
         return plan_failed(err)
-    P = processors or default_processors()
+    P = options.processors or default_processors()
     runner = current_llmorch_runner()
     if runner is not None:
-        runner.policy = policy  # a deployment's runner is built at import: take the run's policy
-        if resources is not None:
-            runner.use_resources(resources)  # and the run's capacities
-    elif resources:
+        runner.policy = options.policy  # a deployment's runner is built at import: take the run's policy
+        if options.resources is not None:
+            runner.use_resources(options.resources)  # and the run's capacities
+    elif options.resources:
         raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
-    llm, self_fn, recovery = _llm_for(parsed, endpoint, recovery_rounds, cancel_running)
+    llm, self_fn, recovery = _llm_for(parsed, options, given.client_for(text))
     if runner is not None and runner.processors != P:
         logger.warning("task runner has %s processors, flow asked for %s: using the runner's", runner.processors, P)
         P = runner.processors
-    logger.info("plan of %s calls on %s processors (policy %s)", len(parsed), P, policy)
-    choice = learned_costs({c.function for c in parsed.calls}, costs)
+    logger.info("plan of %s calls on %s processors (policy %s)", len(parsed), P, options.policy)
+    choice = learned_costs({c.function for c in parsed.calls}, options.costs)
     ex = Execution(
         tb, processors=P, self_fn=self_fn, recorder=recorder, recovery=recovery, runner=runner,
-        cache=cache, costs=choice.costs,
+        cache=options.cache, costs=choice.costs,
     )
     try:
         ex.start(parsed)
-        prediction = predicted(ex.frg, P, policy, choice, runner)
+        prediction = predicted(ex.frg, P, options.policy, choice, runner)
     except BaseException:
         ex.close()
         raise
@@ -134,20 +119,10 @@ def orchestrate(
     return conclude(report)
 
 
-#: Plans `run_plan` is parsing while Prefect creates their flow runs, by (text, toolbox).
-_AHEAD: dict[tuple[str, int], concurrent.futures.Future[Plan]] = {}
-_AHEAD_LOCK = threading.Lock()
-
-
-def _parse_ahead(text: str, toolbox: Toolbox | str) -> tuple[str, int] | None:
-    """Start parsing `text` on a thread while Prefect creates the flow run (mostly waiting on
-    the API); the flow's body takes the result (`_parsed`), an error included, so a bad plan
-    still fails its flow run with the parser's message. Returns the key to drop it by."""
-    try:
-        tb = resolve_toolbox(toolbox)
-    except Exception:  # the flow reports it, as it would have
-        return None
-    key = (text, id(tb))
+def _parse_ahead(text: str, tb: Toolbox) -> "concurrent.futures.Future[Plan]":
+    """Parse `text` on a thread while Prefect creates the flow run (mostly waiting on the
+    API); the flow's body takes the result (`Handoff.parsed`), an error included, so a bad
+    plan still fails its flow run with the parser's message."""
     future: concurrent.futures.Future[Plan] = concurrent.futures.Future()
 
     def work() -> None:
@@ -156,38 +131,35 @@ def _parse_ahead(text: str, toolbox: Toolbox | str) -> tuple[str, int] | None:
         except BaseException as exc:
             future.set_exception(exc)
 
-    with _AHEAD_LOCK:
-        if key in _AHEAD:
-            return None
-        _AHEAD[key] = future
     threading.Thread(target=work, daemon=True, name="llmorch-parse-ahead").start()
-    return key
+    return future
 
 
-def _parsed(text: str, tb: Toolbox) -> Plan:
-    """The plan parsed ahead by `run_plan` for this text and toolbox, else parsed now."""
-    with _AHEAD_LOCK:
-        future = _AHEAD.pop((text, id(tb)), None)
-    return future.result() if future is not None else parse(text, tb)
+def _done(plan: Plan) -> "concurrent.futures.Future[Plan]":
+    future: concurrent.futures.Future[Plan] = concurrent.futures.Future()
+    future.set_result(plan)
+    return future
 
 
-def _llm_for(plan: Plan, endpoint: str | None, recovery_rounds: int, cancel_running: bool = False) -> tuple[Any, Any, RecoveryConfig | None]:
-    """The LLM a `run` needs, if any: for `self` calls and for trace-back recovery.
+def _llm_for(plan: Plan, options: RunOptions, client: Any = None) -> tuple[Any, Any, RecoveryConfig | None]:
+    """The LLM a `run` needs, if any: for `self` calls and for trace-back recovery (`client`
+    when the caller handed one over, else `options.endpoint` or the environment).
 
     Raises before anything runs when one is needed and none is configured.
     """
     uses_self = any(c.function == SELF for c in plan.calls)
-    if not uses_self and recovery_rounds <= 0 and endpoint is None:
+    if not uses_self and options.recovery_rounds <= 0 and options.endpoint is None and client is None:
         return None, None, None
     from prefect_llmorch.flows.planner import resolve_client
 
     try:
-        client = resolve_client(endpoint)
+        client = resolve_client(client if client is not None else options.endpoint)
     except Exception as exc:
         why = "the plan calls `self`" if uses_self else "recovery is on"
         raise RuntimeError(f"{why}, so an LLM endpoint is needed: {exc}") from None
-    running = "cancel" if cancel_running else "wait"
-    recovery = RecoveryConfig(client, max_rounds=recovery_rounds, running=running) if recovery_rounds > 0 else None
+    recovery = None
+    if options.recovery_rounds > 0:
+        recovery = RecoveryConfig(client, max_rounds=options.recovery_rounds, running=options.running)
     return client, make_self_fn(client, TokenCounter()), recovery
 
 
@@ -221,68 +193,77 @@ def predicted(frg: Any, processors: int, policy: str, choice: CostChoice, runner
 def run_plan(
     plan: str | Plan,
     toolbox: Toolbox | str,
+    options: RunOptions | None = None,
     *,
-    processors: int | None = None,
-    policy: str = "critical-path",
-    concurrency_limit: str | None = "llmorch-processors",
-    task_runner: Any = None,
     endpoint: Any = None,
-    recovery_rounds: int = 0,
-    cancel_running: bool = False,
-    cache: bool = True,
-    costs: str | None = None,
-    resources: Mapping[str, float | str] | None = None,
+    concurrency_limit: str | None = DEFAULT_LIMIT,
+    task_runner: Any = None,
     gpus: Any = None,
+    **overrides: Any,
 ) -> RunReport:
     """Run a plan as an `llmorch-run` flow; returns the report, raises `PlanRunFailed`.
 
+        run_plan(text, "prefect_llmorch.examples.toolbox:toolbox", processors=2, recovery_rounds=1)
+        run_plan(text, toolbox, RunOptions(processors=2, recovery_rounds=1))    # the same
+
     Args:
-        plan: plan text (or a parsed `Plan`).
+        plan: plan text, or a parsed `Plan` (not parsed again).
         toolbox: a `Toolbox` or `module:attr` naming one (a path is what the UI shows).
-        processors: P; defaults to the machine's core count.
-        policy: `critical-path` or `paper`.
+        options: the run's options (`RunOptions`); default: its defaults.
+        endpoint: the LLM for `self` calls and recovery: a saved `LLMEndpoint` block's
+            name, an `LLMEndpoint`, an `LLMClient`, or None (the environment, when needed).
         concurrency_limit: the global concurrency limit guarding the machine (None: off).
         task_runner: run on this task runner instead of a local `LLMOrchTaskRunner` (e.g.
             `prefect_llmorch.engine.dask.LLMOrchDaskTaskRunner`); P is then the runner's, and
             `processors`, `policy` and `concurrency_limit` are its settings, not these.
-        endpoint: the LLM for `self` calls and recovery: a saved `LLMEndpoint` block's
-            name, an `LLMEndpoint`, an `LLMClient`, or None (the environment, when needed).
-        recovery_rounds: trace-back recovery rounds for calls failing at run time (0: off).
-        cancel_running: when a call fails, cancel running calls that recovery will re-run
-            anyway (killing their worker processes) instead of letting them end first.
-        cache: reuse stored results of `cache=True` functions (False: `--no-cache`).
-        costs: `declared` or `history` (costs learned from Prefect's task-run history);
-            None (default): `history` once this machine has a history, else `declared`.
-        resources: capacities of resource classes beyond processors (`{"search-api": 2}`);
-            calls declaring `resources=` are admitted when their demand fits (local runner).
         gpus: GPU devices, `[{"id": 0, "mem_gb": 80}]`, for calls declaring `gpu_mem_gb`.
+        **overrides: fields of `RunOptions` laid over `options`: `processors` (P; default
+            the machine's cores), `policy` (`critical-path` or `paper`), `recovery_rounds`
+            (0: off), `cancel_running` (on a failure, cancel running calls recovery will
+            re-run), `cache` (False: run every call), `costs` (`declared` or `history`;
+            None: history once there is one), `resources` (capacities of resource classes,
+            `{"search-api": 2}`).
+
+    Raises:
+        PlanRunFailed: a call failed (the report is `exc.report`).
+        ValueError: a bad option (before a flow run exists).
     """
-    check_costs(costs)  # before a flow run exists
+    opts, client = _with_endpoint(RunOptions, options, overrides, endpoint)
+    P = opts.processors or default_processors()
     if task_runner is None:
-        prepare(toolbox, processors or default_processors())
+        prepare(toolbox, P)
     else:
         ensure_server()  # one server for everything below (the take-ahead's client, the flow run)
-    text = plan.to_text() if isinstance(plan, Plan) else plan
-    P = processors or default_processors()
-    runner = task_runner if task_runner is not None else local_runner(toolbox, P, policy, concurrency_limit, resources, gpus)
-    simple = _simple(toolbox, endpoint)
+    given = isinstance(plan, Plan)
+    text = plan.to_text() if given else plan  # type: ignore[union-attr]
+    runner = task_runner if task_runner is not None else local_runner(toolbox, P, opts.policy, concurrency_limit, opts.resources, gpus)
+    simple = _simple(toolbox, client)
     parameters: dict[str, Any] = {
         # Parameters go to the API (which refuses large ones) only when simple.
-        "plan": plan_parameter(text) if simple else text, "toolbox": toolbox, "processors": P, "policy": policy,
-        "endpoint": endpoint, "recovery_rounds": recovery_rounds, "cancel_running": cancel_running,
-        "cache": cache, "costs": costs, "resources": dict(resources) if resources else None,
+        "plan": plan_parameter(text) if simple else text, "toolbox": toolbox, "options": opts.merged(processors=P),
     }
-    ahead = _parse_ahead(text, toolbox)
+    handoff = Handoff(client=client, text=text)
+    try:
+        tb = resolve_toolbox(toolbox)
+    except Exception:  # the flow reports it, as it would have
+        pass
+    else:
+        handoff = Handoff(toolbox=tb, client=client, text=text, plan=_done(plan) if given else _parse_ahead(text, tb))  # type: ignore[arg-type]
     if task_runner is None and concurrency_limit:
         from prefect_llmorch.engine.guard import take_ahead_unless_kept
 
         take_ahead_unless_kept(concurrency_limit, P)  # the lease write while Prefect creates the flow run
-    try:
+    with handing(handoff):
         return run_flow(orchestrate, runner, parameters, simple=simple)
-    finally:
-        if ahead is not None:
-            with _AHEAD_LOCK:
-                _AHEAD.pop(ahead, None)  # the flow never got to it
+
+
+def _with_endpoint(kind: Any, options: Any, overrides: dict[str, Any], endpoint: Any) -> tuple[Any, Any]:
+    """(options, client object or None): a block name goes into the options (a flow
+    parameter the UI shows), an `LLMEndpoint` / `LLMClient` object is handed over beside."""
+    if endpoint is not None and isinstance(endpoint, str):
+        overrides = {**overrides, "endpoint": endpoint}
+        endpoint = None
+    return options_of(kind, options, overrides), endpoint
 
 
 def prepare(toolbox: Toolbox | str, processors: int) -> EmbeddedServer | None:
@@ -299,7 +280,7 @@ def prepare(toolbox: Toolbox | str, processors: int) -> EmbeddedServer | None:
 
 def local_runner(
     toolbox: Toolbox | str, processors: int, policy: str, concurrency_limit: str | None,
-    resources: Mapping[str, float | str] | None = None, gpus: Any = None,
+    resources: dict[str, float | str] | None = None, gpus: Any = None,
 ) -> LLMOrchTaskRunner:
     """The runner `run_plan` and `ask_query` use; a toolbox path is imported in the workers
     before the plan arrives."""
@@ -310,9 +291,10 @@ def local_runner(
     )
 
 
-def _simple(toolbox: Any, endpoint: Any) -> bool:
-    """Whether every parameter is plain data (a path, a block name) that Prefect may store."""
-    return isinstance(toolbox, str) and (endpoint is None or isinstance(endpoint, str))
+def _simple(toolbox: Any, client: Any) -> bool:
+    """Whether every parameter is plain data (a path, the options) that Prefect may store:
+    a `Toolbox` or an LLM client object is not."""
+    return isinstance(toolbox, str) and client is None
 
 
 def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: bool) -> Any:
@@ -321,12 +303,44 @@ def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: 
     Objects (a `Toolbox`, an `LLMClient`) are never sent to the API as flow-run parameters:
     then the flow's function runs inside an unparameterised flow of the same name.
     """
+    with _without_heartbeats():
+        return _run_flow(flow_obj, runner, parameters, simple=simple)
+
+
+#: (settings, the same without flow-run heartbeats): built once, entering it costs ~nothing
+#: (`temporary_settings` builds a `Settings` anew: 40-130 ms a run).
+_QUIET: list[Any] = []
+
+
+@contextmanager
+def _without_heartbeats() -> Iterator[None]:
+    """No flow-run heartbeats while this process's embedded server is the API.
+
+    Heartbeats let a server mark the runs of a process that died as Crashed; the embedded
+    server dies with its process, so they can tell it nothing. And each costs up to a second
+    at the flow run's end: Prefect's heartbeat thread sleeps in 1 s steps, and the engine
+    joins it before the flow call returns. Against any other server they stay on."""
+    from prefect.context import SettingsContext
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings
+
+    server = embedded_server()
+    settings = get_current_settings()
+    if server is None or str(settings.api.url or "") != server.url or settings.flows.heartbeat_frequency is None:
+        yield
+        return
+    if not _QUIET or _QUIET[0] is not settings:
+        _QUIET[:] = [settings, settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})]
+    with SettingsContext(profile=SettingsContext.get().profile, settings=_QUIET[1]):
+        yield
+
+
+def _run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: bool) -> Any:
     if simple:
         state = flow_obj.with_options(task_runner=runner)(**parameters, return_state=True)
     else:
         @flow(name=flow_obj.name, task_runner=runner, validate_parameters=False, log_prints=False)
         def _inline() -> Any:
-            return flow_obj.fn(**parameters)
+            return flow_obj.fn(**parameters)  # an LLM client object comes by the handoff
 
         state = _inline(return_state=True)
     value = state.result(raise_on_failure=False)
