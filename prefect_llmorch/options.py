@@ -32,19 +32,23 @@ __all__ = [
 #: The machine-wide global concurrency limit every run takes its processors from.
 DEFAULT_LIMIT = "llmorch-processors"
 
-#: `module:attr` for the forms: Prefect checks a deployment's parameters against their JSON
-#: schema (the UI's form too), which knows patterns but not our validators.
-TOOLBOX_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-TOOLBOX_HELP = f"`module:attr` naming a Toolbox, e.g. {DEFAULT_TOOLBOX}"
+#: `module:attr`, or `mcp:COMMAND` / `mcp:URL`, several joined by " + " (`functions.load_toolbox`),
+#: for the forms: Prefect checks a deployment's parameters against their JSON schema (the UI's
+#: form too), which knows patterns but not our validators.
+_TOOLBOX_PART = r"(?:mcp:\S.*?|[A-Za-z_][\w.]*:[A-Za-z_]\w*)"
+TOOLBOX_PATTERN = rf"^{_TOOLBOX_PART}(?: \+ {_TOOLBOX_PART})*$"
+TOOLBOX_HELP = (f"`module:attr` naming a Toolbox, e.g. {DEFAULT_TOOLBOX}; or MCP servers `mcp:COMMAND` / `mcp:URL`, "
+                "several joined by ' + '")
 
 
 def check_toolbox(value: Any) -> Any:
     """A `module:attr` path, stripped; a clear error for one without a colon."""
     if not isinstance(value, str):
         return value  # pydantic says "should be a valid string"
-    module, sep, attr = value.partition(":")
-    if not sep or not module.strip() or not attr.strip():
-        raise ValueError(f"toolbox must be `module:attr`, e.g. {DEFAULT_TOOLBOX!r}; got {value!r}")
+    for part in value.split(" + "):
+        module, sep, attr = part.partition(":")
+        if not sep or not module.strip() or not attr.strip():
+            raise ValueError(f"toolbox must be `module:attr` (or `mcp:COMMAND`, `mcp:URL`), e.g. {DEFAULT_TOOLBOX!r}; got {value!r}")
     return value.strip()
 
 
