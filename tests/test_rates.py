@@ -124,7 +124,7 @@ def test_three_flow_runs_at_once_never_start_more_calls_than_the_rate_in_any_win
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_compute_call_waiting_for_its_rate_holds_no_processor(tmp_path) -> None:  # noqa: ANN001
-    """P = 1 and `search-api` at 1 call per 3 s: after a1, a2 must wait for the rate. The
+    """P = 1 and `burn-api` at 1 call per 3 s: after a1, a2 must wait for the rate. The
     runner's Coordinator holds it back (`get_ready(now=)`, woken at `next_admission`), so the
     plain compute call c runs on the one processor meanwhile; taken at once, a2 would hold the
     processor while it waited for Prefect's pace, and c would start after it."""
@@ -132,7 +132,7 @@ def test_a_compute_call_waiting_for_its_rate_holds_no_processor(tmp_path) -> Non
 
     log = tmp_path / "calls.jsonl"
     plan = f'a1: rated_burn("a1", "{log}")\na2: rated_burn("a2", "{log}")\nc: plain_burn("c", "{log}")\n'
-    report = run_plan(plan, toolbox, processors=1, resources={"search-api": "1/3s"}, concurrency_limit=None)
+    report = run_plan(plan, toolbox, processors=1, resources={"burn-api": "1/3s"}, concurrency_limit=None)
     assert report.state == "Completed", report.message
     rows = {r["tag"]: r for r in map(json.loads, log.read_text().splitlines())}
     assert rows["a2"]["start"] - rows["a1"]["start"] >= 2.9  # the rate (3 s), less clock slack
