@@ -41,8 +41,9 @@ catalog and the gold disagree on what is right, and our type check sides with th
 An argument left at the catalog's default counts as written with it (sgd's golds spell out
 `fare_type="Economy"`).
 
-Options: --n N questions per source (the first N with a well-formed gold; default 12),
---sources, --systems, --base-url, --threads, --out FILE (JSON with every answer).
+Options: --n N questions per source (the first N with a well-formed gold; default 6),
+--sources, --systems, --base-url, --threads, --out FILE (JSON with every answer, written after
+each), --summary FILE (the table of a saved FILE).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ from prefect_llmorch.functions import FunctionSpec, Toolbox  # noqa: E402
 from prefect_llmorch.llm.client import LLMClient  # noqa: E402
 from prefect_llmorch.llm.planning import PlanningFailed, plan_query  # noqa: E402
 from prefect_llmorch.plan.errors import PlanError  # noqa: E402
-from prefect_llmorch.plan.model import Arg, Call, DictExpr, Expr, ListExpr, Literal as Lit, Plan, Ref, Template  # noqa: E402
+from prefect_llmorch.plan.model import DictExpr, Expr, ListExpr, Literal as Lit, Plan, Ref, Template  # noqa: E402
 from prefect_llmorch.plan.parser import parse  # noqa: E402
 
 SOURCES = ("glaive", "sgd")
@@ -308,7 +309,7 @@ def ours(client: LLMClient, question: str, toolbox: Toolbox, mode: str) -> tuple
 
 
 def run(client: LLMClient, n: int, sources: Sequence[str], systems: Sequence[str],
-        consistent: bool = True) -> list[dict[str, Any]]:
+        consistent: bool = True, out: Path | None = None) -> list[dict[str, Any]]:
     rows = []
     questions = [(source, *q, catalog) for source in sources for qs, catalog in [load(source, n, consistent)]
                  for q in qs]
@@ -327,6 +328,8 @@ def run(client: LLMClient, n: int, sources: Sequence[str], systems: Sequence[str
             row = {"id": f"{source}_{index}", "source": source, "system": system, "seconds": round(seconds, 2),
                    **score(calls, calls_of(gold, toolbox)), "calls": calls, **info}
             rows.append(row)
+            if out is not None:  # after every answer: a long run stopped early keeps what it measured
+                out.write_text(json.dumps(rows, indent=1, default=repr))
             print(f"{row['id']:<11} {system:<5} {'exact' if row['exact'] else '     '} "
                   f"F1 fn {row['f1_functions']:.2f} args {row['f1_arguments']:.2f} {seconds:6.1f} s "
                   f"{info['prompt_tokens']}+{info['completion_tokens']} tokens", flush=True)
@@ -357,7 +360,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--n", type=int, default=12)
+    parser.add_argument("--n", type=int, default=6)
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--base-url", help="an OpenAI-compatible server (default: start the local model)")
@@ -366,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true",
                         help="also golds that break the catalog's own types (skipped by default)")
     parser.add_argument("--out", type=Path, help="write every answer here (JSON)")
+    parser.add_argument("--summary", type=Path, metavar="FILE", help="only print the table of a saved --out FILE")
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(json.loads(args.summary.read_text())))
+        return 0
     from prefect_llmorch.llm import local
 
     server = None
@@ -377,12 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         client = server.client(timeout=600)
     try:
         began = time.monotonic()
-        rows = run(client, args.n, args.sources, args.systems, consistent=not args.all)
-        print(f"\n{len(rows)} answers in {time.monotonic() - began:.0f} s\n")
-        print(summary(rows))
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(rows, indent=1, default=repr))
+        rows = run(client, args.n, args.sources, args.systems, consistent=not args.all, out=args.out)
+        print(f"\n{len(rows)} answers in {time.monotonic() - began:.0f} s\n")
+        print(summary(rows))
     finally:
         client.close()
         if server is not None and server.started_in:
