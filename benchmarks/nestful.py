@@ -143,7 +143,12 @@ def _placeholder(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - plans 
 def _annotation(prop: dict[str, Any]) -> Any:
     allowed = prop.get("allowed_values") or prop.get("enum")
     if allowed and all(isinstance(v, (str, int)) for v in allowed):
-        return Literal[tuple(allowed)]  # type: ignore[valid-type]
+        # sgd writes every value as text ("1", "True"): the number or boolean it spells is
+        # the same value (scored alike, see `_norm`), so the type takes both
+        spelled = {"True": True, "False": False}
+        extra = [spelled.get(v, v) for v in allowed if isinstance(v, str)]
+        extra = [int(v) if isinstance(v, str) and v.isdigit() else v for v in extra]
+        return Literal[tuple(dict.fromkeys([*allowed, *(v for v in extra if not isinstance(v, str))]))]  # type: ignore[valid-type]
     return _TYPES.get(prop.get("type", ""), Any)
 
 
@@ -182,7 +187,9 @@ def toolbox_of(functions: Sequence[dict[str, Any]]) -> Toolbox:
 
 def _norm(value: Any) -> Any:
     """Numbers as numbers (also when written as text, as sgd does), text without case."""
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, bool):
+        return str(value).lower()  # True and sgd's "True" alike
+    if value is None:
         return value
     if isinstance(value, (int, float)):
         return float(value)
