@@ -20,7 +20,10 @@ P = 2, without the machine-wide limit (`concurrency_limit=None`: other people's 
 slots on a shared machine). The questions: the KITTI-like one (8 CPU-bound `detect` calls, two averages, one
 summary) and I/O-bound ones of the default toolbox (`search`, `quote`, `wait`).
 
-Options: --questions N (the first N of QUESTIONS), --base-url, --threads, --planner text|json,
+The proxy asks llama.cpp not to reuse a cached prompt (`cache_prompt: false`): otherwise the
+second run's `self` call, whose prompt the first run just sent, would be answered faster.
+
+Options: --questions I [I ...] (indexes into QUESTIONS), --base-url, --threads, --planner text|json,
 --out FILE (JSON).
 """
 
@@ -73,6 +76,12 @@ def proxy(upstream: str, recorder: Recorder) -> ThreadingHTTPServer:
 
         def _forward(self, method: str) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if body and "chat/completions" in self.path:
+                # llama.cpp keeps the last prompt: the plan-then-run's `self` call, the same
+                # prompt as the streamed run's, would be read from cache; neither is
+                doc = json.loads(body)
+                doc["cache_prompt"] = False
+                body = json.dumps(doc).encode()
             row: dict[str, float | None] = {"sent": time.time(), "first": None, "end": None}
             conn = http.client.HTTPConnection(target.hostname, target.port, timeout=900)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
@@ -142,7 +151,8 @@ def one(question: str, client: Any, recorder: Recorder, planner: str) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--questions", type=int, default=len(QUESTIONS))
+    parser.add_argument("--questions", type=int, nargs="+", default=list(range(len(QUESTIONS))),
+                        help="indexes into QUESTIONS (default: all)")
     parser.add_argument("--base-url", help="an OpenAI-compatible server (default: start the local model)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--planner", default="text", choices=("text", "json"))
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                        timeout=900)
     rows = []
     try:
-        for question in QUESTIONS[: args.questions]:
+        for question in [QUESTIONS[i] for i in args.questions]:
             try:
                 row = one(question, client, recorder, args.planner)
             except Exception as exc:  # a question whose plan or run failed: say so, go on
