@@ -219,8 +219,22 @@ def plan_messages(query: str, toolbox: Toolbox, *, system: str | None = None,
     ]
 
 
-def _format_error(err: PlanError) -> str:
-    line = f"- {err}"
+#: A text-form reference in a hint: `did you mean s1.distance (float)`.
+_HINT_REF = re.compile(r"(did you mean |or )(\w+)((?:\.\w+)+)(?= \()")
+
+
+def _json_hints(message: str) -> str:
+    """Hints rewritten in the JSON form: `s1.distance` -> `{"ref": "s1", "path": ["distance"]}`
+    (given the text form, the real model wrote `{"ref": "s1.distance"}`)."""
+    def ref(m: re.Match[str]) -> str:
+        path = ", ".join(f'"{p}"' for p in m.group(3).split(".")[1:])
+        return f'{m.group(1)}{{"ref": "{m.group(2)}", "path": [{path}]}}'
+
+    return _HINT_REF.sub(ref, message)
+
+
+def _format_error(err: PlanError, mode: str = "text") -> str:
+    line = f"- {_json_hints(str(err)) if mode == 'json' else err}"
     if err.expected:
         line += f" (expected one of: {', '.join(err.expected)})"
     if err.context:
@@ -249,7 +263,7 @@ def repair_messages(
     The last message lists every error with its line, column and context, then the plan
     numbered by line; the system message keeps the language and examples.
     """
-    listing = "\n".join(_format_error(e) for e in errors)
+    listing = "\n".join(_format_error(e, mode) for e in errors)
     fix = (
         f"Your plan cannot run. {len(errors)} error{'s' if len(errors) != 1 else ''}:\n"
         f"{listing}\n\n"
