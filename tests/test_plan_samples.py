@@ -102,7 +102,8 @@ def test_movie_unquoted_arguments_are_reported_each(name: str, first_line: int) 
                    ("reference", n + 3, 11)]
     assert "unexpected `Powers`" in info.value.errors[0].message
     assert "must be quoted" in info.value.errors[0].message
-    assert info.value.errors[3].message == "undefined reference `Rosetta`; defined so far: 1, 2, 3, 4"
+    assert info.value.errors[3].message == ("undefined reference `Rosetta`; defined so far: 1, 2, 3, 4; "
+                                            'if it is text, write it in double quotes: "Rosetta"')
 
 
 # --------------------------------------------------------------------------- paper plans

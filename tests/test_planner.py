@@ -364,3 +364,18 @@ def _task_runs_when_final(flow_run_id, expect: int, timeout: float = 30.0) -> li
             if (len(runs) >= expect and all(r.state and r.state.is_final() for r in runs)) or time.monotonic() > deadline:
                 return runs
             time.sleep(0.2)
+
+
+def test_an_example_calling_a_toolbox_function_with_other_parameters_is_left_out():
+    """The example toolbox's `detect(image)` against the KITTI example's `detect_objects(frame)`:
+    the real model copied that example's `load_frame` into the plan (issue 28)."""
+    from prefect_llmorch.examples.toolbox import toolbox as example_toolbox
+
+    kitti = EXAMPLES[1]
+    assert "detect_objects(frame: list)" in kitti[0]
+    clash = Toolbox(*[spec for name, spec in example_toolbox.items() if name != "self"])
+    prompt = build_system_prompt(clash)
+    assert "detect_objects" not in prompt and "load_frame" not in prompt  # gone, not only renamed
+    assert EXAMPLES[0][2] in prompt and EXAMPLES[3][2] in prompt  # `search(query)` fits: kept
+    assert prompt.count("\nExample ") == len(EXAMPLES) - 1 and "Example 3\n" in prompt  # renumbered
+    assert kitti[2] in build_system_prompt(TOOLBOX)  # no clash: every example

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TypedDict
 
 import pytest
 
@@ -113,3 +114,35 @@ def test_the_mode_comes_from_the_client_and_the_endpoint_block(fake_llm):  # noq
     assert result.plan.dialect == "json" and fake_llm.chat_requests[0].response_format is not None
     with pytest.raises(ValueError, match="planner"):
         LLMClient(fake_llm.base_url, MODEL, KEY, planner="yaml")
+
+
+class Route(TypedDict):
+    distance: float
+
+
+@inout
+def route(origin: str) -> Route:
+    """A route from `origin` (its result has fields: the JSON repair hint test)."""
+    return {"distance": 1.0}
+
+
+@inout
+def shipping(distance: float) -> float:
+    """Shipping cost for a distance."""
+    return distance
+
+
+def test_a_json_repair_prompt_gives_the_hint_in_the_json_form(fake_llm, llm):  # noqa: F811
+    """Given `did you mean s1.distance` the real model wrote `{"ref": "s1.distance"}` three
+    times in a row (NESTFUL glaive_3-5): in the JSON form the hint names the ref and path."""
+    toolbox = Toolbox(route, shipping)
+    bad = json.dumps({"calls": [{"id": "s1", "function": "route", "kwargs": {"origin": "NY"}},
+                                {"id": "s2", "function": "shipping", "kwargs": {"distance": {"ref": "s1"}}}]})
+    good = json.dumps({"calls": [{"id": "s1", "function": "route", "kwargs": {"origin": "NY"}},
+                                 {"id": "s2", "function": "shipping",
+                                  "kwargs": {"distance": {"ref": "s1", "path": ["distance"]}}}]})
+    fake_llm.add(bad, good)
+    result = plan_query("Ship it", toolbox, llm, mode="json")
+    assert len(result.attempts) == 2
+    fix = fake_llm.chat_requests[1].messages[-1]["content"]
+    assert 'did you mean {"ref": "s1", "path": ["distance"]} (float)?' in fix and "s1.distance" not in fix

@@ -90,7 +90,8 @@ def answer(
     # The plan is not known yet: costs for every function of the toolbox (one lookup).
     choice = learned_costs({name for name in tb if name != SELF}, options.costs)
     ex = Execution(
-        tb, processors=P, self_fn=make_self_fn(client, tokens), recovery=recovery, runner=runner, cache=options.cache,
+        tb, processors=P, self_fn=make_self_fn(client, tokens, question=query), recovery=recovery, runner=runner,
+        cache=options.cache,
         costs=choice.costs,
     )
     try:

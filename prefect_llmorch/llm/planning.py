@@ -173,9 +173,36 @@ def _json_example(functions: str, plan: str) -> str:
     return Plan(tuple(calls)).to_text("json")
 
 
-def _examples_text(mode: str = "text") -> str:
+def _clashes(functions: str, toolbox: Toolbox) -> bool:
+    """Whether an example has a function shaped unlike the toolbox's one of its kind: the
+    same name taking parameters the toolbox's does not have, or a name extending the
+    toolbox's (`detect_objects`, `detect`) whose first parameter has another type. Given
+    `detect(image: str)`, a 1.5B model copied the KITTI example's `load_frame` +
+    `detect_objects(frame: list)` into its plan, `load_frame` and all."""
+    for m in re.finditer(r"^(\w+)\((.*?)\)", functions, re.M):
+        name = m.group(1)
+        params = [(p.split(":")[0].strip(), p.split(":")[1].split("=")[0].strip() if ":" in p else "")
+                  for p in m.group(2).split(",") if p.strip()]
+        for other, spec in toolbox.items():
+            if "self" in (name, other):
+                continue
+            theirs = list(spec.signature.parameters.values())
+            if name == other:
+                if not {p for p, _ in params} <= {p.name for p in theirs}:
+                    return True
+            elif (name.startswith(other + "_") or other.startswith(name + "_")) and params and theirs:
+                annotation = theirs[0].annotation
+                their_type = getattr(annotation, "__name__", str(annotation))
+                if params[0][1] and params[0][1] != their_type:
+                    return True
+    return False
+
+
+def _examples_text(mode: str = "text", toolbox: Toolbox | None = None) -> str:
+    """The examples, leaving out those that clash with `toolbox` (see `_clashes`)."""
     parts = ["Examples (each with its own functions):"]
-    for i, (functions, question, plan) in enumerate(EXAMPLES, 1):
+    chosen = [e for e in EXAMPLES if toolbox is None or not _clashes(e[0], toolbox)]
+    for i, (functions, question, plan) in enumerate(chosen, 1):
         if mode == "json":
             plan = _json_example(functions, plan)
         parts.append(f"Example {i}\nFunctions:\n{functions}\nQuestion: {question}\nPlan:\n{plan}")
@@ -184,12 +211,13 @@ def _examples_text(mode: str = "text") -> str:
 
 def build_system_prompt(toolbox: Toolbox, mode: str = "text", *, join: bool = False) -> str:
     """The system message: role, plan language (or, for `mode="json"`, the JSON plan
-    form), the toolbox's functions, examples. `join`: the joiner follows the plan, so the
+    form), examples (but those calling a function of the toolbox's name with parameters it
+    does not take), the toolbox's functions. `join`: the joiner follows the plan, so the
     planner may end a plan with `join()` (`JOIN_HINT`; the joiner: `llm/joining.py`)."""
     language = _JSON_LANGUAGE if mode == "json" else _LANGUAGE
     if join and mode != "json":
         language += "\n" + JOIN_HINT
-    parts = [_INTRO, language, _examples_text(mode), "The functions you may call:\n" + toolbox.describe()]
+    parts = [_INTRO, language, _examples_text(mode, toolbox), "The functions you may call:\n" + toolbox.describe()]
     results = describe_results(toolbox)
     if results:
         parts.append("Results with fields (select them, e.g. `s1.field`; only these fields exist):\n" + results)
@@ -205,8 +233,22 @@ def plan_messages(query: str, toolbox: Toolbox, *, system: str | None = None,
     ]
 
 
-def _format_error(err: PlanError) -> str:
-    line = f"- {err}"
+#: A text-form reference in a hint: `did you mean s1.distance (float)`.
+_HINT_REF = re.compile(r"(did you mean |or )(\w+)((?:\.\w+)+)(?= \()")
+
+
+def _json_hints(message: str) -> str:
+    """Hints rewritten in the JSON form: `s1.distance` -> `{"ref": "s1", "path": ["distance"]}`
+    (given the text form, the real model wrote `{"ref": "s1.distance"}`)."""
+    def ref(m: re.Match[str]) -> str:
+        path = ", ".join(f'"{p}"' for p in m.group(3).split(".")[1:])
+        return f'{m.group(1)}{{"ref": "{m.group(2)}", "path": [{path}]}}'
+
+    return _HINT_REF.sub(ref, message)
+
+
+def _format_error(err: PlanError, mode: str = "text") -> str:
+    line = f"- {_json_hints(str(err)) if mode == 'json' else err}"
     if err.expected:
         line += f" (expected one of: {', '.join(err.expected)})"
     if err.context:
@@ -235,7 +277,7 @@ def repair_messages(
     The last message lists every error with its line, column and context, then the plan
     numbered by line; the system message keeps the language and examples.
     """
-    listing = "\n".join(_format_error(e) for e in errors)
+    listing = "\n".join(_format_error(e, mode) for e in errors)
     fix = (
         f"Your plan cannot run. {len(errors)} error{'s' if len(errors) != 1 else ''}:\n"
         f"{listing}\n\n"

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from .errors import ArgumentError, DuplicateIdError, PlanError, PlanReferenceError
-from .model import Arg, Call
+from .model import Arg, BinOp, Call, DictExpr, ListExpr, Ref, Template
 from .model import refs as _refs
 
 __all__ = ["Pos", "RawCall", "position", "context", "line_text", "after_last_token", "one_of", "semantics"]
@@ -110,6 +110,7 @@ def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Cal
                 if arg.name in seen_kw:
                     err(ArgumentError, f"keyword argument `{arg.name}` repeated", *pos)
                 seen_kw.add(arg.name)
+            quoted = _in_templates(arg.value)
             for ref in _refs(arg.value):
                 if ref.id in known:
                     continue
@@ -122,12 +123,36 @@ def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Cal
                     continue  # its call had a syntax error, already reported
                 else:
                     msg = f"undefined reference `{ref.id}`; defined so far: {_so_far(defined)}"
+                    if id(ref) not in quoted and not _ID_LIKE.fullmatch(ref.id) and (ref.path or len(ref.id) > 3):
+                        # `detect(frame_001.png)`: a small model left the quotes off a text
+                        msg += f'; if it is text, write it in double quotes: "{ref.display()}"'
                 err(PlanReferenceError, msg, ref.line, ref.column)
         if r.id not in known:
             defined.append(r.id)
             known.add(r.id)
         calls.append(Call(r.id, r.function, tuple(a for a, _ in r.args), *r.pos))
     return calls, errors
+
+
+#: What a call id looks like (`s3`, `3`, `$3`): an undefined name unlike one is likely text.
+_ID_LIKE = re.compile(r"s?\d+|\$\{?\d+\}?")
+
+
+def _in_templates(expr: object) -> set[int]:
+    """`id()`s of the references inside strings of `expr` (already quoted text)."""
+    out: set[int] = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Template):
+            out.update(id(p) for p in node.parts if isinstance(p, Ref))
+        elif isinstance(node, ListExpr):
+            stack.extend(node.items)
+        elif isinstance(node, DictExpr):
+            stack.extend(v for _, v in node.items)
+        elif isinstance(node, BinOp):
+            stack.extend((node.left, node.right))
+    return out
 
 
 def _so_far(defined: list[str], show: int = 12) -> str:

