@@ -18,4 +18,4 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_asks_with_slow_repairs_and_runs_beside_cpu_hogs_all_complete() -> None:
     outcomes = scene(ROOT, asks=2, runs=1, hogs=2, delay=2.0)
-    assert dict(outcomes) == {"Completed": 3}
+    assert dict(outcomes) == {"Completed": 3}, dict(outcomes)

@@ -136,7 +136,8 @@ def test_ctrl_c_while_prefect_starts_still_ends_the_run(tmp_path: Path) -> None:
 
 AGENT = textwrap.dedent(
     """
-    import os, sys, time
+    import faulthandler, os, signal, sys, time
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for stacks if it hangs
     from prefect_llmorch import run_plan
     how = sys.argv[1]
     print("started", flush=True)
@@ -168,9 +169,15 @@ def test_a_script_calling_run_plan_leaves_no_process_and_closes_its_pipe(tmp_pat
         # the pipe closes when the script ends: communicate returns (a leaked child would hold it)
         out, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # every thread's stack to its stderr (faulthandler)
+        time.sleep(2)
         proc.kill()
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            err = "(its stderr did not close: a child holds it)"
         _kill_left(home)
-        pytest.fail(f"the script's piped output did not close ({how})")
+        pytest.fail(f"the script's piped output did not close ({how}); its threads:\n{err[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
