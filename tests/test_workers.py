@@ -43,7 +43,7 @@ def test_a_timeout_kills_the_worker_process(pool: WorkerPool) -> None:
         pool.run("h", crunch, (30,), timeout=0.2)
     import psutil
 
-    assert not psutil.pid_exists(info.value.pid) or psutil.Process(info.value.pid).status() == psutil.STATUS_ZOMBIE
+    assert _gone(info.value.pid)
     assert pool.run("after", add, (2, 2)).value == 4
 
 
@@ -68,7 +68,7 @@ def test_cancel_kills_the_running_call_s_worker_which_is_replaced(pool: WorkerPo
     assert not t.is_alive()
     (exc,) = errors
     assert isinstance(exc, CallCancelled) and "long was cancelled (not needed any more)" in str(exc)
-    assert not psutil.pid_exists(exc.pid) or psutil.Process(exc.pid).status() == psutil.STATUS_ZOMBIE
+    assert _gone(exc.pid)
     assert pool.run("after", add, (2, 3)).value == 5
     import time
 
@@ -185,7 +185,7 @@ def test_cancel_all_kills_every_running_call_and_refuses_later_ones() -> None:
             t.join(timeout=30)
         assert len(errors) == 2 and all(isinstance(e, CallCancelled) for e in errors), errors
         assert all("the flow run was cancelled" in str(e) for e in errors)
-        assert all(not psutil.pid_exists(q) or psutil.Process(q).status() == psutil.STATUS_ZOMBIE for q in busy)
+        assert all(_gone(q) for q in busy)
         with pytest.raises(CallCancelled, match="before it started"):
             p.run("later", add, (1, 2))
 
@@ -232,7 +232,7 @@ def test_a_prestarted_pool_is_taken_by_the_runner_with_the_same_settings_only() 
         other.shutdown()
     assert take_pool(1).shutdown() is None  # nothing prestarted any more: a fresh pool
     for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert _gone(pid)
 
 
 # -- a runner's pool kept for the process's next runner ------------------------------------
@@ -257,16 +257,16 @@ def test_a_kept_pool_is_the_next_pool_of_the_same_settings_then_expires(monkeypa
     finally:
         other.shutdown()
     for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert _gone(pid)
 
     monkeypatch.setenv("LLMORCH_KEEP_WORKERS_SECONDS", "0.2")
     short = take_pool(1)
     (pid,) = short.pids
     keep_pool(short)  # nobody takes it: shut down after 0.2 s
     deadline = time.monotonic() + 30
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+    while not _gone(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert _gone(pid)
     fresh = take_pool(1)
     try:
         assert fresh.pids != [pid]
@@ -293,3 +293,13 @@ def test_a_kept_pool_with_a_dead_worker_or_a_cancel_is_not_reused(monkeypatch: p
         after.shutdown()
     finally:
         fresh.shutdown()
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (or is a zombie), also when it exits while being looked at."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

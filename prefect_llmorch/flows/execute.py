@@ -297,9 +297,18 @@ def execute(
 def _wait_all(futures: list[PrefectFuture[Any]], timeout: float | None = None) -> None:
     """Prefect's `wait`, in short slices when `timeout` is None: a Ctrl-C that the kernel
     hands to another thread does not wake a main thread blocked on a lock, so a script's
-    KeyboardInterrupt would wait for the slowest call."""
-    if timeout is not None:
-        wait(futures, timeout=timeout)
-        return
-    while wait(futures, timeout=0.2).not_done:
-        pass
+    KeyboardInterrupt would wait for the slowest call. A script's Ctrl-C or exit lands here,
+    where the flow waits: the calls are cancelled at once, before Prefect's engine handles the
+    exception (its way out does not always pass it to the runner's exit: a script then waited
+    at exit for its longest inout call, seen in CI)."""
+    try:
+        if timeout is not None:
+            wait(futures, timeout=timeout)
+            return
+        while wait(futures, timeout=0.2).not_done:
+            pass
+    except (KeyboardInterrupt, SystemExit):
+        runner = current_llmorch_runner()
+        if runner is not None and hasattr(runner, "cancel_all"):
+            runner.cancel_all()
+        raise
