@@ -223,17 +223,17 @@ def test_slots_never_stick_after_a_run_is_killed(tmp_path: Path, how: str) -> No
         _wait_for(lambda: sum(r[:2] == ("start", "spin") for r in records(str(log))) == 2, 240, proc)
         if how == "SIGKILL":
             os.killpg(proc.pid, signal.SIGKILL)
-        else:  # the server dies first: the run fails its calls, then ends on its own
+        else:  # the server dies first, then the run is killed too
+            # (Left alone, the run would end minutes later: each of its last API requests is
+            # retried by Prefect's client against the dead address for ~60 s. Open, issue 27.)
             for p in psutil.process_iter():
                 try:
                     if p.environ().get("PREFECT_HOME") == str(home) and "uvicorn" in " ".join(p.cmdline()):
                         p.kill()
                 except psutil.Error:
                     continue
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(3)
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
