@@ -139,6 +139,14 @@ def test_a_list_of_results_is_indexed_then_selected() -> None:
     parse(json.dumps(message([0, "joke"])), Toolbox(search, SMS))
 
 
+def test_a_mapping_result_is_indexed_by_any_key_zero_included() -> None:
+    by_symbol = spec("by_symbol", {"q": str}, dict[str, Quote])
+    first = spec("first", {"quotes": list[Quote]}, int)
+    plan = doc(("s1", "by_symbol", {"q": "x"}), ("s2", "first", {"quotes": {"ref": "s1", "path": [0]}}))
+    parse(json.dumps(plan), Toolbox(by_symbol, first))  # the check looks up the key 0: a Quote is iterable
+    assert validator(Toolbox(by_symbol, first)).is_valid(plan)
+
+
 def test_the_schema_stays_small_when_nothing_is_restricted() -> None:
     """No declared results (BFCL's toolboxes, MCP tools): the schema is what it was, one
     generic reference."""

@@ -123,7 +123,6 @@ class _References:
     def schema(self, expected: Any) -> dict[str, Any] | None:
         """The reference alternative for a value of type `expected` (`_ANY`: any
         reference); None when no reference can fit."""
-
         if expected is _ANY or expected is inspect.Parameter.empty:
             return _GENERIC_REF
         if any(r is _ANY or not incompatible(r, expected) for r in self.results):
@@ -151,7 +150,6 @@ def _path_schema(results: list[Any], expected: Any) -> dict[str, Any] | None:
     when there is none. One-step paths are judged exactly (field names whose types can fit;
     any string or index where the check does not look); longer ones only when some first
     step leads into a value with more steps, with any steps."""
-
     names: set[str] = set()
     any_name = any_index = deeper = False
     for result in results:
@@ -172,7 +170,7 @@ def _path_schema(results: list[Any], expected: Any) -> dict[str, Any] | None:
             continue
         origin = typing.get_origin(tp) or tp
         if isinstance(origin, type) and issubclass(origin, Mapping):
-            any_name = deeper = True
+            any_name = any_index = deeper = True  # the check looks up any key, 0 included
         elif isinstance(origin, type) and issubclass(origin, (tuple, collections.abc.Sequence)) and not issubclass(origin, (str, bytes)):
             any_index = deeper = True
         else:
@@ -200,7 +198,6 @@ _PATH_HELP = "fields and indexes to select from its result"
 def _has_steps(tp: Any) -> bool:
     """Whether a path may go on past a value of type `tp` (the check rejects any step into
     a str, bytes, number, bool or None)."""
-
     tp = _unwrap(tp)
     if tp is _ANY:
         return True
