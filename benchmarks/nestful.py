@@ -120,7 +120,7 @@ def load(source: str, n: int, consistent: bool = True) -> tuple[list[tuple[int, 
         try:
             gold = gold_plan(sample["output"])
             if consistent:
-                parse(gold.to_text("nestful"), toolbox_of([catalog[c.function] for c in gold.calls]))
+                parse(gold.to_text("nestful"), toolbox_of([catalog[f] for f in dict.fromkeys(c.function for c in gold.calls)]))
         except (PlanError, KeyError):
             continue
         out.append((i, sample, gold))
