@@ -23,7 +23,9 @@ from toolboxes_rates import fetch, most_in_any_window, toolbox
 def test_rates_parse_in_every_unit_and_bad_ones_say_what_is_expected() -> None:
     assert parse_rate("10/s") == Rate(10, 1.0) and parse_rate("500/min") == Rate(500, 60.0)
     assert parse_rate("2/h") == Rate(2, 3600.0) and parse_rate("3/30s") == Rate(3, 30.0)
-    for bad in ("0/s", "10/fortnight", "ten/s", "10"):
+    assert parse_rate("2/mins") == Rate(2, 60.0) and parse_rate("1/.5s") == Rate(1, 0.5)
+    # `ms` is not a plural of `m` (it once read as 10/min); `.` is not a count
+    for bad in ("0/s", "10/fortnight", "ten/s", "10", "10/ms", "1/.s", "1/0s"):
         with pytest.raises(BadResource, match="like 10/s"):
             parse_rate(bad, "api")
     assert parse_resource_options(["api=10/s", "db=4,2/s", "gpu_mem_gb=80"]) == {"api": "10/s", "db": "4,2/s", "gpu_mem_gb": 80.0}
@@ -137,3 +139,33 @@ def test_a_compute_call_waiting_for_its_rate_holds_no_processor(tmp_path) -> Non
     rows = {r["tag"]: r for r in map(json.loads, log.read_text().splitlines())}
     assert rows["a2"]["start"] - rows["a1"]["start"] >= 2.9  # the rate (3 s), less clock slack
     assert rows["c"]["end"] <= rows["a2"]["start"], rows  # c ran while a2 waited
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_no_global_limit_opts_out_of_the_machine_wide_rate_and_the_run_is_still_paced(tmp_path) -> None:  # noqa: ANN001
+    """`guard="local"` (`--no-global-limit`) uses none of the llmorch-* limits, rates included
+    (it once still created and waited on `llmorch-rate-<r>`); the run's own Coordinator still
+    spaces its calls by the rate, by the tools' own clocks."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.run import run_plan
+
+    with get_client(sync_client=True) as client:
+        try:  # another test of the session may have made it
+            client.delete_global_concurrency_limit_by_name("llmorch-rate-search-api")
+        except ObjectNotFound:
+            pass
+    log = tmp_path / "calls.jsonl"
+    plan = "\n".join(f's{i}: fetch(0, {i}, "{log}")' for i in range(3))
+    runner = LLMOrchTaskRunner(processors=1, guard="local", resources={"search-api": "2/s"})
+    report = run_plan(plan, toolbox, task_runner=runner)
+    assert report.state == "Completed", report.message
+    with get_client(sync_client=True) as client:
+        names = {limit.name for limit in client.read_global_concurrency_limits(limit=200)}
+    assert "llmorch-rate-search-api" not in names, names
+    starts = sorted(json.loads(line)["start"] for line in log.read_text().splitlines())
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    # spaced where the Coordinator admits them (0.5 s), less the slack from admission to start
+    assert len(starts) == 3 and min(gaps) >= 0.4, gaps

@@ -34,6 +34,7 @@ UI: `PREFECT_API_URL`; the embedded server of a plain `llmorch run` has none) or
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import select
@@ -147,6 +148,8 @@ class _Pending:
     label: str  # `s3 · delete_file`
     arguments: dict[str, str]
     decided: threading.Event
+    #: the thread that asked (`request_approval`'s helper): a withdrawal ends its own request only
+    thread: int | None = None
 
 
 _pending: list[_Pending] = []
@@ -177,7 +180,8 @@ def _register(entry: _Pending) -> None:
         _pending.append(entry)
         start = _terminal["on"] and (_terminal["thread"] is None or not _terminal["thread"].is_alive())
         if start:
-            t = threading.Thread(target=_prompt_loop, name="llmorch-approvals", daemon=True)
+            # in this context: its settings name the API the answers go to
+            t = threading.Thread(target=contextvars.copy_context().run, args=(_prompt_loop,), name="llmorch-approvals", daemon=True)
             _terminal["thread"] = t
     if start:
         t.start()
@@ -318,7 +322,7 @@ def approval_flow(call: str, function: str, arguments: dict[str, str], timeout: 
     ctx = FlowRunContext.get()
     assert ctx is not None and ctx.flow_run is not None
     label = f"{call} · {function}"
-    entry = _Pending(ctx.flow_run.id, call, label, dict(arguments), threading.Event())
+    entry = _Pending(ctx.flow_run.id, call, label, dict(arguments), threading.Event(), threading.get_ident())
     form = ApprovalInput.with_initial_data(description=describe(label, arguments, timeout))
     _register(entry)
     try:
@@ -360,13 +364,15 @@ def request_approval(
     # The subflow runs in a copy of this context (the task run's), on a helper thread, so
     # that a cancel of the call does not wait for Prefect's pause loop.
     ctx = contextvars.copy_context()
-    threading.Thread(target=ctx.run, args=(run,), daemon=True, name=f"llmorch-approve-{call}").start()
+    asker = threading.Thread(target=ctx.run, args=(run,), daemon=True, name=f"llmorch-approve-{call}")
+    asker.start()
     if cancel is None:
         concurrent.futures.wait([done])
     else:
         cancel.wait(done, None)
     if not done.done():  # cancelled while waiting: end the paused run too (as the UI would)
-        threading.Thread(target=_withdraw, args=(call, done), daemon=True, name=f"llmorch-withdraw-{call}").start()
+        threading.Thread(target=contextvars.copy_context().run, args=(_withdraw, asker.ident, done), daemon=True,
+                         name=f"llmorch-withdraw-{call}").start()
         return Verdict("cancelled", note=cancel.reason if cancel is not None else "", waited=time.monotonic() - started)
     waited = time.monotonic() - started
     state = done.result()
@@ -381,15 +387,16 @@ def request_approval(
     raise RuntimeError(f"the approval of {call} · {function} could not be asked: {state.message or state.name}")
 
 
-def _withdraw(call: str, done: Any) -> None:
-    """Resume the paused approval run of `call` with a rejection (its call was cancelled), so
-    that no run is left paused; it may not have paused yet: try for a few seconds."""
+def _withdraw(asker: int | None, done: Any) -> None:
+    """Resume the paused approval run asked for by thread `asker` with a rejection (its call
+    was cancelled), so that no run is left paused; it may not have paused yet: try for a few
+    seconds. By thread, not call id: a re-submitted attempt of the same call asks anew."""
     from prefect.flow_runs import resume_flow_run
 
     deadline = time.monotonic() + 10
     while not done.done() and time.monotonic() < deadline:
         with _pending_lock:
-            entries = [p for p in _pending if p.call == call]
+            entries = [p for p in _pending if p.thread == asker]
         for entry in entries:
             try:
                 resume_flow_run(entry.flow_run_id, run_input={"approve": False, "note": "the call was cancelled"})

@@ -540,7 +540,11 @@ class Compiler:
             return verdict.to_dict()
 
         name = f"approve {task_name(call, attempt)}"
-        task = Task(fn=_Body(ask, "llmorch_approval"), name=name, task_run_name=name, log_prints=False)
+        from prefect.cache_policies import NO_CACHE
+
+        # never cached (a person answers each time), and no cache key computed from the inputs
+        task = Task(fn=_Body(ask, "llmorch_approval"), name=name, task_run_name=name, log_prints=False,
+                    cache_policy=NO_CACHE, persist_result=False)
         setattr(task, CALL_ATTR, CallIdentity(approval_node(call.id), "inout", self.frg.rank.get(call.id, 1), attempt, call, token))
         return task
 

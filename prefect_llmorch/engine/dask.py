@@ -723,7 +723,7 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
         if self._deferred:
             self._start_deferred()
         if self._executor is None:
-            raise not_started(self, self._cancelled and f"cancelled: {self._cancelled}")
+            return self._refuse(task)  # after a Ctrl-C a plan call ends Cancelled, as on the local runner
         if getattr(task, CALL_ATTR, None) is not None:
             # A compiled plan call: coordinated here, its compute body sent to Dask by `pool`.
             call_id = getattr(task, CALL_ATTR).call_id

@@ -116,8 +116,8 @@ class _Spare:
     taking: threading.Thread | None = None
 
 
-#: (API, limit) -> what this process keeps between its runners. One of the package's two
-#: process-wide registries (with engine.workers' kept pools): slots outlive a runner by design.
+#: (API, limit) -> what this process keeps between its runners: slots outlive a runner by
+#: design (as engine.workers' kept pools do). The process-wide registries: CONTRIBUTING.md.
 _SPARE: dict[tuple[str, str], _Spare] = {}
 _spare_lock = threading.Lock()
 
@@ -215,7 +215,9 @@ def take_ahead_unless_kept(name: str, processors: int, wait: float = 10.0) -> th
     with _spare_lock:
         if spare.taking is not None and spare.taking.is_alive():
             return spare.taking
-        thread = spare.taking = threading.Thread(target=take, daemon=True, name="llmorch-take-ahead")
+        # in the caller's context: its settings (PREFECT_API_URL) name the server to take them on
+        thread = spare.taking = threading.Thread(target=contextvars.copy_context().run, args=(take,), daemon=True,
+                                                 name="llmorch-take-ahead")
     thread.start()
     return thread
 
@@ -266,11 +268,6 @@ class GlobalLimit:
     def failed(self) -> str | None:
         with self._cond:
             return next(iter(self._failures.values()), None)
-
-    @property
-    def slots(self) -> int:
-        """Processors the runner may use now (P without a guard)."""
-        return self._limits[self.name].slots if self.name else self._processors()
 
     @property
     def held(self) -> int:

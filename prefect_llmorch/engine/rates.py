@@ -10,9 +10,10 @@ and no window of `per` seconds holds more than `calls` starts. The limit is name
 rate, when a run first needs it.
 
 The Coordinator and the simulator apply the same rate with the same rule (`RateGate`), given
-the time: the runner's Coordinator holds a call back until its rate allows (so a waiting
-compute call holds no processor), and this module paces it machine-wide, on the clock that
-counts across flow runs: the Prefect server's.
+the time: the runner's Coordinator holds a call back until its rate allows (so a call
+waiting for its own run's pace holds no processor), and this module paces it machine-wide,
+on the clock that counts across flow runs: the Prefect server's. A compute call that waits
+here, for calls of other flow runs, holds its processor meanwhile.
 """
 
 from __future__ import annotations

@@ -193,7 +193,6 @@ class _Submission:
     deps: frozenset[str] = frozenset()
     cost: float = 1.0
     demand: Any = None  # what a compiled call holds (`FRG.demand`), None: its kind's default
-    tags: frozenset[str] = frozenset()
     needs: dict[str, int] = field(default_factory=dict)  # slots it holds while it runs, by limit
     state: "CallState" = field(default_factory=lambda: CallState.PENDING)  # moved only by `_move`
     external: PrefectFuture[Any] | None = None  # an upstream future of somewhere else
@@ -427,29 +426,44 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._unfinished[r] = max(0.0, self._unfinished.get(r, 0.0) + sign * amount)
 
     def __exit__(self, *exc_info: Any) -> None:
-        if exc_info and exc_info[0] is not None and not issubclass(exc_info[0], Exception):
-            # A script's Ctrl-C (KeyboardInterrupt) or exit: stop the calls rather than wait
-            # for them (compute workers ignore SIGINT, and are killed here).
-            self.cancel_all()
-        interrupt.unregister(self)
-        with self._lock:
-            self._closing = True  # nothing starts from now on
-            queued = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
+        try:
+            if exc_info and exc_info[0] is not None and not issubclass(exc_info[0], Exception):
+                # A script's Ctrl-C (KeyboardInterrupt) or exit: stop the calls rather than wait
+                # for them (compute workers ignore SIGINT, and are killed here).
+                self.cancel_all()
+            with self._lock:
+                self._closing = True  # nothing starts from now on
+                queued = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
+                for s in queued:
+                    _move(s, CallState.DONE)
+                executor = self._executor
             for s in queued:
-                _move(s, CallState.DONE)
-            executor, cancelled = self._executor, bool(self._cancelled)
-        for s in queued:
-            _finish(s.future, _cancelled_state("not started: the flow run ended first"))
-        if executor is not None:
-            # Running task runs end before the slots of the global limit go back; after
-            # cancel_all, threads that cannot be stopped (plain inout tasks) are left.
-            executor.shutdown(wait=not cancelled)
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
-        self.pool = None
-        self._executor = None
-        super().__exit__(*exc_info)
+                _finish(s.future, _cancelled_state("not started: the flow run ended first"))
+            if executor is not None:
+                # Running task runs end before the slots of the global limit go back. Still
+                # registered while waiting: a Ctrl-C now cancels them (host/interrupt.py), and
+                # threads that cannot be stopped (plain inout tasks) are then left.
+                self._wait_running()
+                executor.shutdown(wait=not self._cancelled)
+        except BaseException:
+            self.cancel_all()  # a Ctrl-C while waiting: the calls stop, the slots go back below
+            raise
+        finally:
+            interrupt.unregister(self)
+            if self._stack is not None:
+                self._stack.close()
+                self._stack = None
+            self.pool = None
+            self._executor = None
+            super().__exit__(*exc_info)
+
+    def _wait_running(self) -> None:
+        """Until no call of this runner runs, or the runner is cancelled."""
+        while not self._cancelled:
+            with self._lock:
+                if not any(s.state is CallState.RUNNING and s.external is None for s in self._subs.values()):
+                    return
+            time.sleep(0.02)
 
     def cancel_all(self) -> None:
         """End the flow run's work now (Prefect's flow engine calls this on cancellation).
@@ -608,7 +622,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             context=contextvars.copy_context(),
             future=concurrent.futures.Future(),
             cancel=cancel,
-            tags=tags,
             probe=identity.probe if identity is not None and kind == "compute" else None,
         )
         foreign: list[_Submission] = []
@@ -667,7 +680,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         """The submission of an announced call: it takes the call's place in the graph (and
         starts at the next dispatch if it was passed out already). Called with the lock held."""
         for name in ("task", "kind", "task_run_id", "parameters", "wait_for", "dependencies", "context",
-                     "future", "cancel", "tags", "probe"):
+                     "future", "cancel", "probe"):
             setattr(announced, name, getattr(sub, name))
         if announced.state is CallState.PASSED:
             self._arrived.append(announced)
@@ -865,12 +878,12 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         try:
             executor.submit(run, fn, sub)
         except RuntimeError:  # "cannot schedule new futures after shutdown"
-            if not self._cancelled:
+            if not (self._cancelled or self._closing):
                 raise
             with self._lock:
                 _move(sub, CallState.DONE)
                 self._give_back(sub)
-            _finish(sub.future, _cancelled_state(f"not started: {self._cancelled}"))
+            _finish(sub.future, _cancelled_state(f"not started: {self._cancelled or 'the flow run ended first'}"))
 
     def _pass_out(self, sub: _Submission, device: Any, start: list[_Submission], probing: list[_Submission]) -> None:
         """A call the Coordinator passed out: to start now, to hold for its global-limit slots,

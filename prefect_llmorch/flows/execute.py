@@ -100,7 +100,9 @@ class Execution:
             secrets=self._store if self._store is not None else secrets,
             pool=getattr(self.runner, "pool", None),  # compute calls run on the runner's processors
             cache=cache,
-            rates=rates_of(getattr(self.runner, "resources", None)),  # paced at the call, machine-wide
+            # paced at the call, machine-wide; `guard="local"` (--no-global-limit) opts out of every
+            # llmorch-* limit, rates too: the runner's Coordinator still paces this run's calls
+            rates=rates_of(getattr(self.runner, "resources", None)) if getattr(self.runner, "guard", "global") == "global" else {},
         )
         self.futures: dict[str, PrefectFuture[Any]] = {}
         #: seconds after `t0` at which each call became known (ask: streamed calls)

@@ -28,6 +28,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
@@ -92,12 +93,12 @@ def _cancel_live_runners() -> None:
     """Cancel every live runner, and every one that starts later while the guard is active:
     a signal that comes while Prefect is still starting (before the flow run's runner
     exists) must stop that runner as soon as it does."""
-    done: set[int] = set()
+    done: weakref.WeakSet[Cancellable] = weakref.WeakSet()  # not ids: a later runner may reuse one
     while _guard.active:
         for runner in live_runners():
-            if id(runner) in done:
+            if runner in done:
                 continue
-            done.add(id(runner))
+            done.add(runner)
             try:
                 runner.cancel_all()
             except Exception as exc:  # never let one runner keep the others running

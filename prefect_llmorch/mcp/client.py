@@ -430,8 +430,12 @@ def close_run_sessions(specs: Mapping[str, FunctionSpec] | Sequence[FunctionSpec
         server.close(key)
     if key is not None:  # the run is over: its servers made from text are not reused
         with _Loop._lock:
-            for entry in [k for k in _BY_TEXT if k[1] == key]:
-                _BY_TEXT.pop(entry, None)
+            ended = [_BY_TEXT.pop(k) for k in [k for k in _BY_TEXT if k[1] == key]]
+            # nor kept for the exit's close once no session of theirs is open (a long-lived
+            # process, e.g. `llmorch serve`, would otherwise keep one per flow run)
+            for server in ended:
+                if server in _SERVERS and not server.sessions():
+                    _SERVERS.remove(server)
 
 
 #: Every server made in this process, closed at exit (their stdio processes end with them).

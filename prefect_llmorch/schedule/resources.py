@@ -193,7 +193,9 @@ def gpus_from_nvidia_smi(text: str) -> tuple[Device, ...]:
 
 
 _UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
-_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*")
+# every spelling, plurals written out (`ms` is not a plural of `m`)
+_UNITS |= {unit + "s": per for unit, per in _UNITS.items() if len(unit) > 1}
+_RATE = re.compile(r"\s*(\d+)\s*/\s*((?:\d+(?:\.\d*)?|\.\d+)?)\s*([a-z]+)\s*")
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def parse_rate(text: str, resource: str = "rate") -> Rate:
         BadResource: not of that form, or N not >= 1.
     """
     m = _RATE.fullmatch(text.lower()) if isinstance(text, str) else None
-    unit = _UNITS.get(m.group(3).rstrip("s") if m and m.group(3) not in _UNITS else m.group(3)) if m else None
+    unit = _UNITS.get(m.group(3)) if m else None
     count = float(m.group(2)) if m and m.group(2) else 1.0
     if not m or unit is None or int(m.group(1)) < 1 or count <= 0:
         raise BadResource(resource, f"rate of {resource!r} must be like 10/s, 500/min or 2/h (calls >= 1), got {text!r}")
