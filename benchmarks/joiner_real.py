@@ -58,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                                        joiner="auto", recovery_rounds=1)
                     doc = report.to_json()
                     joiner = doc.get("joiner") or {}
-                    rounds = joiner.get("rounds") or []
-                    plan = str(doc.get("plan") or "")
+                    rounds = joiner.get("joins") or []
+                    plan = str((joiner.get("plans") or [doc.get("plan") or ""])[0])  # the planner's own plan
+                    state = "Completed (JoinFailed)" if joiner.get("failed") else report.state
                     rows.append((case.name, right(report.result, case.expected), "join()" in plan, len(rounds),
-                                 doc.get("tokens"), round(time.monotonic() - t, 1), report.state, str(report.result)[:80]))
+                                 doc.get("tokens"), round(time.monotonic() - t, 1), state, str(report.result)[:80]))
                 except Exception as exc:  # noqa: BLE001 - a failed ask is a row, not the end
                     rows.append((case.name, False, None, None, None, round(time.monotonic() - t, 1),
                                  type(exc).__name__, str(exc)[:80]))

@@ -294,7 +294,7 @@ def test_a_join_without_a_usable_reply_keeps_what_the_plan_computed(fake_llm, ll
     assert "the join step failed: joiner · round 1: no usable reply after 2 attempts" in report.message
     assert "the result of s1" in report.message
     joined = report.extra["joiner"]
-    assert joined["failed"] and joined["joins"][0]["failed"] and len(joined["joins"][0]["replies"]) == 2
+    assert joined["failed"] and joined["joins"][0]["decision"] == "failed" and len(joined["joins"][0]["replies"]) == 2
     assert report.extra["tokens"] == _spent(fake_llm)  # the failed replies count
     with get_client(sync_client=True) as client:
         (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["llmorch-ask"])),

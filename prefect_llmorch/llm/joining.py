@@ -343,7 +343,7 @@ class JoinResult:
         """The round in the report (`--json`'s `joiner.rounds`)."""
         return {
             "round": self.round,
-            "decision": "answer" if self.answered else "continue",
+            "decision": "failed" if self.failed else "answer" if self.answered else "continue",
             "answer_ref": self.answer_ref,
             "continuation": Plan(self.continuation).to_text("paper") if self.continuation else None,
             "replies": [a.text for a in self.attempts],
