@@ -302,3 +302,12 @@ def test_a_join_without_a_usable_reply_keeps_what_the_plan_computed(fake_llm, ll
     assert run.state.is_completed() and run.state.name == "JoinFailed" and "no usable reply" in run.state.message
     states = {r.name: r.state.type.value for r in _latest_task_runs()}
     assert states["joiner · round 1"] == "FAILED" and states["s1 · forecast"] == "COMPLETED"
+
+
+def test_a_reply_with_both_forms_goes_back(fake_llm, llm) -> None:  # noqa: F811
+    tb = _trips()
+    plan = parse('s1: forecast("Oslo", "tomorrow")', tb)
+    # the local model's reply to the condition question with the worked examples
+    fake_llm.add("Answer: s1\n\nPlan:\ns2: museums(s1.city)\ns3: trails(s1.city)", "Plan:\ns2: museums(s1.city)\n")
+    jr = join_query(RAIN, tb, llm, plan, {"s1": {"city": "Oslo", "rain": True}})
+    assert "both forms" in jr.attempts[0].errors[0] and [c.function for c in jr.continuation] == ["museums"]

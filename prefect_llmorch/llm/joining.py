@@ -69,7 +69,8 @@ _LABEL = re.compile(r"^\W*reply\W*$", re.I)  # `Reply:` as in the examples, befo
 _SYSTEM = """\
 You are the joiner of a parallel function-calling system. A plan of function calls ran to \
 answer a question; you see the question, the plan and each call's result, and decide what \
-comes next. Reply in one of two forms:
+comes next. First write one `Thought:` line: what the results say the question needs now. \
+Then reply in one of two forms:
 
 Answer: <the answer>
   when the results answer the question. When one call's result is the whole answer, write \
@@ -97,31 +98,34 @@ The functions you may call:
 
 #: Worked join replies for the text form (question, plan that ran, results, reply), with
 #: functions no toolbox is likely to have. A small model (Qwen2.5-Coder-1.5B) given only
-#: the rules called both branches of a decided condition and repeated calls that had run.
+#: the rules called both branches of a decided condition and repeated calls that had run;
+#: with examples but no `Thought:` line it still called both branches.
 JOIN_EXAMPLES: tuple[tuple[str, str, str, str], ...] = (
     (
         "If it snows in Bergen tomorrow, list ski shops there, otherwise cafés.",
         's1: weather("Bergen")',
         's1 = {"city": "Bergen", "snow": true}',
-        "Plan:\ns2: ski_shops(s1.city)",
+        "Thought: s1.snow is true, so the question wants ski shops, not cafés.\nPlan:\ns2: ski_shops(s1.city)",
     ),
     (
         "What does the catalogue say about the book the librarian recommends?",
         's1: librarian("a book about fjords")',
         "s1 = Look up the catalogue entry 'fjord-atlas'.",
+        "Thought: s1 names the catalogue entry to read: 'fjord-atlas'.\n"
         'Plan:\ns2: catalogue("fjord-atlas")',
     ),
     (
         "How long is the queue at each ferry port of Lofoten?",
         's1: ferry_ports("Lofoten")',
         's1 = ["Moskenes", "Svolvaer"]',
+        "Thought: s1 lists two ports, so one queue call for each.\n"
         'Plan:\ns2: queue(s1[0])\ns3: queue(s1[1])\ns4: self("Queues: {s1[0]}: {s2}; {s1[1]}: {s3}")',
     ),
     (
         "How far is it from Oslo to Bergen by road?",
         's1: road_distance("Oslo", "Bergen")',
         "s1 = 463 km",
-        "Answer: s1",
+        "Thought: s1 is the distance asked for.\nAnswer: s1",
     ),
 )
 
@@ -269,7 +273,8 @@ def join_messages(
             ask = f'Reply with {{"answer": ...}}, or with {{"calls": [...]}} starting at {next_id(plan)}.'
         else:
             system = _SYSTEM.format(language=_LANGUAGE, examples=_examples(), functions=functions)
-            ask = f"Reply with `Answer:` and the answer, or with `Plan:` and calls starting at {next_id(plan)}."
+            ask = (f"Reply with one `Thought:` line, then `Answer:` and the answer, or `Plan:` and calls "
+                   f"starting at {next_id(plan)}.")
     shown = with_keywords(plan, toolbox).to_text("json") if json_mode else plan.to_text("paper")
     user = (
         f"Question: {query}\n\nThe plan that ran:\n{shown}\n\n"
@@ -706,6 +711,9 @@ def _text_reply(
     reply: _Reply, plan: Plan, results: Mapping[str, Any], round: int, must_answer: bool
 ) -> tuple[JoinResult | None, list[str]]:
     if reply.form == "answer":
+        if any(_PLAN.match(line) for line in reply.text.splitlines()[1:]):
+            # Qwen2.5-Coder-1.5B wrote `Answer: s1`, then `Plan:` and calls: which did it mean?
+            return None, ["the reply has both forms, `Answer:` and then `Plan:`: write one of them only"]
         return _answered(reply.text, plan, results, round)
     if reply.form == "plan" and must_answer:
         return None, ["no more calls can be made: answer from the results"]
