@@ -311,3 +311,20 @@ def test_a_reply_with_both_forms_goes_back(fake_llm, llm) -> None:  # noqa: F811
     fake_llm.add("Answer: s1\n\nPlan:\ns2: museums(s1.city)\ns3: trails(s1.city)", "Plan:\ns2: museums(s1.city)\n")
     jr = join_query(RAIN, tb, llm, plan, {"s1": {"city": "Oslo", "rain": True}})
     assert "both forms" in jr.attempts[0].errors[0] and [c.function for c in jr.continuation] == ["museums"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_deployable_ask_flow_keeps_the_results_of_a_failed_join() -> None:
+    from prefect_llmorch.blocks import LLMEndpoint
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.deploy import AskParameters, llmorch_ask
+    from prefect_llmorch.testing.fake_llm import FakeLLM
+
+    plan = 's1: forecast("Oslo", "tomorrow")\ns2: join()\n'
+    with FakeLLM([plan, "No idea.", "Still no idea."], token_delay=0.0, model="m") as server:
+        LLMEndpoint(base_url=server.base_url, model="m", api_key="k").save("llm-join-fails", overwrite=True)
+        flow = llmorch_ask.with_options(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+        state = flow(AskParameters(query=RAIN, toolbox=TRIPS, endpoint="llm-join-fails", processors=1), return_state=True)
+    out = state.result()
+    assert state.is_completed() and state.name == "JoinFailed" and "no usable reply" in state.message
+    assert "rain=True" in str(out["result"]) and "the join step failed" in out["joiner"]["stopped"]  # the last result
