@@ -245,3 +245,86 @@ def test_the_json_form_continues_or_answers_under_a_schema(fake_llm, llm) -> Non
     jr = join_query(RAIN, tb, llm, plan, results, mode="json", must_answer=True)
     assert jr.answered and jr.answer_ref == "s1" and jr.value(results) == results["s1"]
     assert fake_llm.chat_requests[1].body["response_format"]["json_schema"]["schema"]["required"] == ["answer"]
+
+
+# -- what a small model writes (Qwen2.5-Coder-1.5B's replies, as it wrote them) -------------
+
+#: The local model's reply to the condition question (main fff7739): the calls, then a line
+#: of the prompt echoed, then `Answer: s2`.
+PROSE_AFTER_CALLS = (
+    'Plan:\ns2: museums("Oslo")\n\n'
+    "When the result of one call already is the whole answer, write only its id, e.g. `Answer: s5`.\n\n"
+    "The answer:\nAnswer: s2"
+)
+
+
+def test_prose_after_the_last_whole_call_ends_the_continuation(fake_llm, llm) -> None:  # noqa: F811
+    tb = _trips()
+    plan = parse('s1: forecast("Oslo", "tomorrow")', tb)
+    fake_llm.add(PROSE_AFTER_CALLS, PROSE_AFTER_CALLS)
+    jr = join_query(RAIN, tb, llm, plan, {"s1": {"city": "Oslo", "rain": True}})
+    assert len(fake_llm.chat_requests) == 1 and [a.errors for a in jr.attempts] == [()]
+    assert [c.function for c in jr.continuation] == ["museums"] and "When the result" not in jr.text
+    assert "Answer: s2" in jr.attempts[0].text  # the record keeps the reply as written
+
+
+def test_a_malformed_call_after_a_whole_call_is_an_error_and_the_repair_numbers_the_lines(fake_llm, llm) -> None:  # noqa: F811
+    tb = _trips()
+    plan = parse('s1: forecast("Oslo", "tomorrow")', tb)
+    # `s3 = trails(Oslo)` may be meant as a call: it is read, and its error goes back
+    fake_llm.add('Plan:\ns2: museums("Oslo")\ns3 = trails(Oslo)\n', 'Plan:\ns2: museums(s1.city)\n')
+    jr = join_query(RAIN, tb, llm, plan, {"s1": {"city": "Oslo", "rain": True}})
+    (first, _) = jr.attempts
+    assert first.errors and [c.function for c in jr.continuation] == ["museums"]
+    fix = fake_llm.chat_requests[1].messages[-1]["content"]
+    assert '  1 | s1: forecast("Oslo", "tomorrow")' in fix and "  4 | s3 = trails(Oslo)" in fix
+    assert "lines 1-1 ran already" in fix and "text arguments in double quotes" in fix
+    assert f"line 4," in first.errors[0]  # the errors count lines as the listing numbers them
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_join_without_a_usable_reply_keeps_what_the_plan_computed(fake_llm, llm) -> None:  # noqa: F811
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    fake_llm.add('s1: forecast("Oslo", "tomorrow")\ns2: join()\n', "Sure, it rains.", "It rains, so museums.")
+    report = ask_query(RAIN, TRIPS, processors=1, endpoint=llm)  # returns: does not raise
+    assert report.state == "Completed" and report.result == report.results["s1"] and report.result.rain is True
+    assert "the join step failed: joiner · round 1: no usable reply after 2 attempts" in report.message
+    assert "the result of s1" in report.message
+    joined = report.extra["joiner"]
+    assert joined["failed"] and joined["joins"][0]["decision"] == "failed" and len(joined["joins"][0]["replies"]) == 2
+    assert report.extra["tokens"] == _spent(fake_llm)  # the failed replies count
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["llmorch-ask"])),
+                                       sort=FlowRunSort.START_TIME_DESC, limit=1)
+    assert run.state.is_completed() and run.state.name == "JoinFailed" and "no usable reply" in run.state.message
+    states = {r.name: r.state.type.value for r in _latest_task_runs()}
+    assert states["joiner · round 1"] == "FAILED" and states["s1 · forecast"] == "COMPLETED"
+
+
+def test_a_reply_with_both_forms_goes_back(fake_llm, llm) -> None:  # noqa: F811
+    tb = _trips()
+    plan = parse('s1: forecast("Oslo", "tomorrow")', tb)
+    # the local model's reply to the condition question with the worked examples
+    fake_llm.add("Answer: s1\n\nPlan:\ns2: museums(s1.city)\ns3: trails(s1.city)", "Plan:\ns2: museums(s1.city)\n")
+    jr = join_query(RAIN, tb, llm, plan, {"s1": {"city": "Oslo", "rain": True}})
+    assert "both forms" in jr.attempts[0].errors[0] and [c.function for c in jr.continuation] == ["museums"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_deployable_ask_flow_keeps_the_results_of_a_failed_join() -> None:
+    from prefect_llmorch.blocks import LLMEndpoint
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.deploy import AskParameters, llmorch_ask
+    from prefect_llmorch.testing.fake_llm import FakeLLM
+
+    plan = 's1: forecast("Oslo", "tomorrow")\ns2: join()\n'
+    with FakeLLM([plan, "No idea.", "Still no idea."], token_delay=0.0, model="m") as server:
+        LLMEndpoint(base_url=server.base_url, model="m", api_key="k").save("llm-join-fails", overwrite=True)
+        flow = llmorch_ask.with_options(task_runner=LLMOrchTaskRunner(processors=1, concurrency_limit=None))
+        state = flow(AskParameters(query=RAIN, toolbox=TRIPS, endpoint="llm-join-fails", processors=1), return_state=True)
+    out = state.result()
+    assert state.is_completed() and state.name == "JoinFailed" and "no usable reply" in state.message
+    assert "rain=True" in str(out["result"]) and "the join step failed" in out["joiner"]["stopped"]  # the last result

@@ -61,7 +61,10 @@ def answer(
     planner request is already on its way), else the options' endpoint.
     `options.resources` (capacities of resource classes) replace the task runner's for this run.
     Raises `PlanRunFailed` (with the report) when calls failed, `PlanningFailed` when no
-    valid plan came, `LLMError` when the endpoint failed.
+    valid plan came, `LLMError` when the endpoint failed while planning. When the join step
+    fails (no usable reply, or the endpoint failed), nothing computed is lost: the answer is
+    the last result, the report's `message` and `joiner["failed"]` say why, and the flow
+    run ends `Completed` named `JoinFailed` (`join_failed`).
     """
     options, client = _with_endpoint(AskOptions, options, overrides, endpoint)
     processors, policy, resources = options.processors, options.policy, options.resources
@@ -148,8 +151,26 @@ def answer(
     )
     if rounds.joins:
         usage += rounds.to_markdown(tokens)
+    if rounds.stopped and rounds.failed:
+        report.message = "\n".join(m for m in (report.message, rounds.stopped) if m)
     publish_artifacts(ex.frg, report, extra_markdown=usage)
+    if rounds.failed and not report.failed and report.state != "Cancelled":
+        return join_failed(report)
     return conclude(report)
+
+
+#: The name of the `Completed` state of an ask whose join step failed (Prefect names
+#: variants of a state type the same way: `Cached`, `RolledBack`).
+JOIN_FAILED = "JoinFailed"
+
+
+def join_failed(report: RunReport) -> Any:
+    """The final state of an ask whose calls completed but whose join step failed: the
+    calls' work is done and kept, so it is `Completed` (its result the report, whose
+    `result` is the last result), named `JoinFailed`, its message saying why."""
+    from prefect.states import Completed
+
+    return Completed(name=JOIN_FAILED, message=report.message, data=report)
 
 
 def ask_query(

@@ -178,10 +178,12 @@ def llmorch_run(parameters: RunParameters = RunParameters()) -> dict[str, Any] |
 
 
 @flow(name="llmorch-ask", task_runner=make_task_runner(), log_prints=False, persist_result=True)
-def llmorch_ask(parameters: AskParameters) -> dict[str, Any]:
+def llmorch_ask(parameters: AskParameters) -> dict[str, Any] | State:
     """Plan the question with the LLM, run the plan on P processors, return the answer."""
     P = fit_runner(parameters.processors, parameters.toolbox)
     report = answer(parameters.query, parameters.toolbox, parameters.options().merged(processors=P))
+    if isinstance(report, State):  # Cancelled, or Completed named JoinFailed: the report is its data
+        return report.model_copy(update={"data": publish_result(report.data)})
     return publish_result(report)
 
 

@@ -30,9 +30,10 @@ from prefect import Task
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 
 from prefect_llmorch.functions import Toolbox
-from prefect_llmorch.llm.client import LLMClient
+from prefect_llmorch.llm.client import LLMClient, LLMError
 from prefect_llmorch.llm.joining import (
     JOINER_MODES,
+    JoinFailed,
     JoinResult,
     estimate_tokens,
     has_join_marker,
@@ -98,6 +99,9 @@ class Rounds:
     joins: list[JoinResult] = field(default_factory=list)
     answered: JoinResult | None = None
     stopped: str | None = None  # why the rounds ended without the joiner's answer
+    #: why the join step failed (no usable reply, or the endpoint failed); the ask then
+    #: answers with the last result it has (`answered.answer_ref`). None: it did not fail.
+    failed: str | None = None
 
     @property
     def continued(self) -> bool:
@@ -107,7 +111,7 @@ class Rounds:
         return {
             "mode": self.settings.joiner, "max_rounds": self.settings.max_rounds,
             "max_tokens": self.settings.max_tokens, "plans": list(self.plans),
-            "joins": [j.to_dict() for j in self.joins], "stopped": self.stopped,
+            "joins": [j.to_dict() for j in self.joins], "stopped": self.stopped, "failed": self.failed,
         }
 
     def to_markdown(self, tokens: TokenCounter) -> str:
@@ -117,7 +121,7 @@ class Rounds:
             out += [f"### Round {i} (written by {who})", "", "```text", text.strip(), "```", ""]
             if i <= len(self.joins):
                 j = self.joins[i - 1]
-                what = "skipped (token budget spent)" if j.skipped else (
+                what = "failed: no usable reply" if j.failed else "skipped (token budget spent)" if j.skipped else (
                     f"answered{' with ' + j.answer_ref if j.answer_ref else ''}" if j.answered else "continued")
                 forced = f", could only answer ({j.forced})" if j.forced else ""
                 out += [f"**joiner · round {i}:** {what}{forced}; tokens {j.prompt_tokens} prompt + "
@@ -219,7 +223,10 @@ def join_rounds(
     """Join after the plan `ex` has started (`first_text` is its text), continue while the
     joiner continues, and return the rounds; `ex` is settled, ready to `finish`.
 
-    Raises `JoinFailed` or `LLMError` (streamed continuation calls are then abandoned)."""
+    A join that fails (`JoinFailed`: no usable reply; `LLMError`: the endpoint failed) ends
+    the rounds without losing anything: `Rounds.failed` says why, and the answer is the
+    result of the last call that completed (`Rounds.answered.answer_ref`); calls a broken
+    reply streamed are stale (their results ignored)."""
     rounds = Rounds(settings, plans=[first_text])
     needs = settings.joiner == "always" or (settings.joiner == "auto" and has_join_marker(first_text))
     log = _logger()
@@ -246,7 +253,22 @@ def join_rounds(
                 break
             if forced is None and used + 2 * need > settings.max_tokens:
                 forced = "tokens"  # no budget for a continuation and its join: answer now
-        jr = _one_join(ex, query, toolbox, client, plan, results, failed, number, forced, settings, next_item, mode)
+        try:
+            jr = _one_join(ex, query, toolbox, client, plan, results, failed, number, forced, settings, next_item, mode)
+        except (JoinFailed, LLMError) as exc:
+            # what the plan computed is kept: the ask answers with its last result and says why
+            attempts = exc.attempts if isinstance(exc, JoinFailed) else ()
+            ref = _last_result(plan, results)
+            jr = JoinResult(number, True, None, answer_ref=ref, attempts=attempts, forced=forced, failed=True)
+            rounds.joins.append(jr)
+            tokens.add(jr.prompt_tokens, jr.completion_tokens)
+            rounds.answered = jr
+            rounds.failed = str(exc)
+            rounds.stopped = (f"the join step failed: {exc}\nThe answer is the result of {ref}, "
+                              "the last call that completed." if ref else
+                              f"the join step failed: {exc}\nNo call completed: there is no answer.")
+            log.error("joiner · round %d: %s", number, rounds.stopped)
+            break
         rounds.joins.append(jr)
         tokens.add(jr.prompt_tokens, jr.completion_tokens)
         if jr.answered:
@@ -284,7 +306,7 @@ def _one_join(
     future.wait()
     if not future.state.is_completed():
         if continuing:
-            ex.abandon()
+            ex.start(plan)  # the plan that ran stays the plan; streamed calls are stale
         future.result()  # raises JoinFailed or LLMError, with its message
     jr: JoinResult = future.result()
     if jr.answered:

@@ -64,33 +64,78 @@ _ANSWER = re.compile(r"^\W*answer\W*?:\s*(.*)$", re.I | re.S)
 _PLAN = re.compile(r"^\W*plan\W*?:\s*(.*)$", re.I | re.S)
 _CALL_LINE = re.compile(r"^\s*[\w$]+\s*[:.]\s*[\w.:-]+\s*\(")
 _THOUGHT = re.compile(r"^\W*thought\W*?:", re.I)
+_LABEL = re.compile(r"^\W*reply\W*$", re.I)  # `Reply:` as in the examples, before the reply
 
 _SYSTEM = """\
 You are the joiner of a parallel function-calling system. A plan of function calls ran to \
-answer a question; you see the plan and each call's result. Either answer the question from \
-the results, or, when the results show that more calls are needed (a condition is now \
-decided, a lookup named what to look up next, a count says how many calls follow), write \
-the next calls.
+answer a question; you see the question, the plan and each call's result, and decide what \
+comes next. First write one `Thought:` line: what the results say the question needs now. \
+Then reply in one of two forms:
 
-Reply in exactly one of two forms; the first line says which.
+Answer: <the answer>
+  when the results answer the question. When one call's result is the whole answer, write \
+only its id, e.g. `Answer: s3`.
 
-1. The answer:
-Answer: <the final answer>
-When the result of one call already is the whole answer, write only its id, e.g. \
-`Answer: s5`.
-
-2. More calls:
 Plan:
-<calls, one per line, ids continuing from the id you are given>
-Use earlier results by their ids (`s1`, `s2.field`, "{{s3}}"); do not repeat calls that \
-already ran. End with the call whose result answers the question (usually `self`), or, \
-when what comes after depends on these new results, with `join()` under the next id. \
-Write nothing after the calls.
+<new calls, one per line>
+  when the results show which calls are needed next: a condition is now decided (call only \
+the branch it chose), a result names what to look up next, a list says how many calls \
+follow (one call per item). Ids continue from the id you are given. Use earlier results by \
+their ids (`s1`, `s1.city`, `s1[0]`, "{{s1}}"); never repeat a call that already ran. The \
+result of the last call is the answer: end with the call that answers, with `self` to \
+combine several results (pass them: self("... {{s2}} ... {{s3}}")), or with `join()` under \
+the next id to see the new results first.
+
+Write only the reply: no explanations before or after it.
 
 {language}
 
+Examples (their functions are not yours):
+{examples}
+
 The functions you may call:
 {functions}"""
+
+#: Worked join replies for the text form (question, plan that ran, results, reply), with
+#: functions no toolbox is likely to have. A small model (Qwen2.5-Coder-1.5B) given only
+#: the rules called both branches of a decided condition and repeated calls that had run;
+#: with examples but no `Thought:` line it still called both branches.
+JOIN_EXAMPLES: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "If it snows in Bergen tomorrow, list ski shops there, otherwise cafés.",
+        's1: weather("Bergen")',
+        's1 = {"city": "Bergen", "snow": true}',
+        "Thought: s1.snow is true, so the question wants ski shops, not cafés.\nPlan:\ns2: ski_shops(s1.city)",
+    ),
+    (
+        "What does the catalogue say about the book the librarian recommends?",
+        's1: librarian("a book about fjords")',
+        "s1 = Look up the catalogue entry 'fjord-atlas'.",
+        "Thought: s1 names the catalogue entry to read: 'fjord-atlas'.\n"
+        'Plan:\ns2: catalogue("fjord-atlas")',
+    ),
+    (
+        "How long is the queue at each ferry port of Lofoten?",
+        's1: ferry_ports("Lofoten")',
+        's1 = ["Moskenes", "Svolvaer"]',
+        "Thought: s1 lists two ports, so one queue call for each.\n"
+        'Plan:\ns2: queue(s1[0])\ns3: queue(s1[1])\ns4: self("Queues: {s1[0]}: {s2}; {s1[1]}: {s3}")',
+    ),
+    (
+        "How far is it from Oslo to Bergen by road?",
+        's1: road_distance("Oslo", "Bergen")',
+        "s1 = 463 km",
+        "Thought: s1 is the distance asked for.\nAnswer: s1",
+    ),
+)
+
+
+def _examples() -> str:
+    return "\n\n".join(
+        f"Question: {q}\nThe plan that ran:\n{plan}\nResults:\n{results}\nReply:\n{reply}"
+        for q, plan, results, reply in JOIN_EXAMPLES
+    )
+
 
 _SYSTEM_ANSWER_ONLY = """\
 You are the joiner of a parallel function-calling system. A plan of function calls ran to \
@@ -227,8 +272,9 @@ def join_messages(
             system = _SYSTEM_JSON.format(language=JSON_FORM_HELP, functions=functions)
             ask = f'Reply with {{"answer": ...}}, or with {{"calls": [...]}} starting at {next_id(plan)}.'
         else:
-            system = _SYSTEM.format(language=_LANGUAGE, functions=functions)
-            ask = f"Reply with `Answer:` and the answer, or with `Plan:` and calls starting at {next_id(plan)}."
+            system = _SYSTEM.format(language=_LANGUAGE, examples=_examples(), functions=functions)
+            ask = (f"Reply with one `Thought:` line, then `Answer:` and the answer, or `Plan:` and calls "
+                   f"starting at {next_id(plan)}.")
     shown = with_keywords(plan, toolbox).to_text("json") if json_mode else plan.to_text("paper")
     user = (
         f"Question: {query}\n\nThe plan that ran:\n{shown}\n\n"
@@ -267,6 +313,8 @@ class JoinResult:
         forced: why it could only answer (`rounds`, `tokens`), or None.
         skipped: no LLM request was made (the token budget was spent): `answer` is the
             result of the plan's last call that completed.
+        failed: the join failed (no usable reply in `attempts`, or the endpoint failed):
+            `answer_ref` names the plan's last call that completed.
         text: the reply after its first line (a continuation as written, `join()` included).
     """
 
@@ -282,6 +330,7 @@ class JoinResult:
     forced: str | None = None
     skipped: bool = False
     text: str = ""  # the usable reply's text after its first line (a continuation as written)
+    failed: bool = False  # no usable reply (or the endpoint failed): `answer_ref` is the last result
 
     def value(self, results: Mapping[str, Any]) -> Any:
         """The answer: the named call's result in `results`, else the answer's text."""
@@ -299,13 +348,14 @@ class JoinResult:
         """The round in the report (`--json`'s `joiner.rounds`)."""
         return {
             "round": self.round,
-            "decision": "answer" if self.answered else "continue",
+            "decision": "failed" if self.failed else "answer" if self.answered else "continue",
             "answer_ref": self.answer_ref,
             "continuation": Plan(self.continuation).to_text("paper") if self.continuation else None,
             "replies": [a.text for a in self.attempts],
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "forced": self.forced,
             "skipped": self.skipped,
+            "failed": self.failed,
         }
 
 
@@ -345,8 +395,12 @@ class _Reply:
         self.stream: PlanStream | None = None
         self.broken: PlanError | None = None
         self.plan_parts: list[str] = []  # the continuation's text
+        self.trailing = ""  # text after the continuation's last call, not read (`_ends_plan`)
         self.dispatched: list[Call] = []
         self._known = set(base.ids)
+        self._line = ""  # the continuation's current line, until its newline
+        self._clean = True  # the continuation so far is whole calls (no call left open)
+        self._calls = 0  # continuation calls read
 
     def feed(self, text: str) -> None:
         if not text:
@@ -365,7 +419,7 @@ class _Reply:
             self._decide(line, more=False)
 
     def _decide(self, line: str, *, more: bool) -> None:
-        if not line.strip() or _THOUGHT.match(line):
+        if not line.strip() or _THOUGHT.match(line) or _LABEL.match(line):
             return
         rest, self.head = self.head, ""
         if (m := _ANSWER.match(line)) is not None:
@@ -393,17 +447,48 @@ class _Reply:
         if self.form != "plan":
             self.answer_parts.append(text)
             return
+        if self.trailing:
+            self.trailing += text
+            return
+        self._line += text
+        while self.trailing == "" and "\n" in self._line:
+            line, self._line = self._line.split("\n", 1)
+            self._plan_line(line + "\n")
+        if self.trailing:
+            self.trailing += self._line
+            self._line = ""
+
+    def _plan_line(self, line: str) -> None:
+        """One whole line of the continuation (or its unterminated last line, at `close`)."""
         assert self.stream is not None
-        self.plan_parts.append(text)
+        if self._clean and self._calls and _ends_plan(line):
+            self.trailing = line  # prose after the last whole call: the continuation has ended
+            return
+        self.plan_parts.append(line)
         if self.broken is not None:
             return  # keep reading: the repair prompt shows the whole reply
         try:
-            calls = self.stream.feed(text)
+            calls = self.stream.feed(line)
         except PlanError as exc:
             self.broken = exc
             return
+        if calls:
+            self._clean = True
+            self._calls += len(calls)
+        elif line.strip():
+            self._clean = False  # a call still open (a string over lines), or one that does not parse
         for call in calls:
             self._offer(call)
+
+    def finish(self) -> None:
+        """The reply has ended: read its last line if it had no newline."""
+        self.close()
+        if self.form == "plan" and self._line:
+            line, self._line = self._line, ""
+            if self.trailing:
+                self.trailing += line
+            else:
+                self._plan_line(line)
 
     def _offer(self, call: Call) -> None:
         if self.on_call is None or call.id in self._known:
@@ -423,9 +508,38 @@ class _Reply:
 
     @property
     def text(self) -> str:
+        """The reply as read: the continuation's calls (without trailing prose), or the answer."""
         if self.form == "plan":
-            return "".join(self.plan_parts)
+            return "".join(self.plan_parts) + self._line
         return "".join(self.answer_parts) + self.head
+
+    @property
+    def whole(self) -> str:
+        """The reply as written, trailing prose included (for the record and the repair)."""
+        return self.text + self.trailing
+
+
+#: A line that may start a call: `s4: f(`, `s4 = f(`, `4. f(`, `f(` (anything else after a
+#: whole call is prose: the model explaining, or echoing the prompt).
+_CALL_START = re.compile(r"^\s*(?:[\w$]+\s*[:.=]\s*)?[\w.:-]+\s*\(")
+
+
+def _ends_plan(line: str) -> bool:
+    """Whether `line`, coming after a continuation's last whole call, ends the continuation.
+
+    A small model writes prose after its calls (Qwen2.5-Coder-1.5B echoed a line of the
+    prompt, then `Answer: s2`). Where the calls before it are whole, such a line cannot be
+    part of a call, so reading stops there. A line that could start a call (`s4: f(`,
+    `s4 = f(`) is read as one, so a malformed call is still reported, never dropped.
+
+        >>> _ends_plan("When the result of one call is the answer, write its id"), _ends_plan("Answer: s2")
+        (True, True)
+        >>> _ends_plan('s4: museums("Oslo")'), _ends_plan("s4 = museums(s1.city)"), _ends_plan("  ")
+        (False, False, False)
+    """
+    if not line.strip():
+        return False
+    return bool(_ANSWER.match(line) or _THOUGHT.match(line)) or _CALL_START.match(line) is None
 
 
 def _reconcile(dispatched: Sequence[Call], plan: Plan, base: Plan) -> tuple[tuple[str, ...], tuple[Call, ...]]:
@@ -442,15 +556,27 @@ def _reconcile(dispatched: Sequence[Call], plan: Plan, base: Plan) -> tuple[tupl
     return tuple(kept), tuple(stale)
 
 
-def _fix_message(errors: Sequence[str], must_answer: bool, start: str, mode: str = "text") -> str:
+def _fix_message(errors: Sequence[str], must_answer: bool, start: str, mode: str = "text", *,
+                 base: Plan | None = None, continuation: str = "") -> str:
+    """The repair request: the errors, the plan numbered as the errors count its lines (the
+    plan that ran, then the reply's calls), a hint, and the forms again."""
     listing = "\n".join(f"- {e}" for e in errors)
     if mode == "json":
         form = ('Reply with {"answer": ...}.' if must_answer else
                 f'Reply again with one JSON object: {{"answer": ...}}, or {{"calls": [...]}} starting at {start}.')
-    else:
-        form = ("Reply with `Answer:` and the answer." if must_answer else
-                f"Reply again in one of the two forms: `Answer: ...`, or `Plan:` then calls starting at {start}.")
-    return f"Your reply cannot be used:\n{listing}\n\n{form}"
+        return f"Your reply cannot be used:\n{listing}\n\n{form}"
+    form = ("Reply with `Answer:` and the answer." if must_answer else
+            f"Reply again in one of the two forms: `Answer: ...`, or `Plan:` then calls starting at {start}.")
+    shown = ""
+    if base is not None and continuation.strip():
+        # the text the errors were found in (`_close`, `_Reply._start_plan`)
+        lines = (base.to_text("paper") + "\n" + continuation).splitlines()
+        numbered = "\n".join(f"{i:>3} | {line}" for i, line in enumerate(lines, 1))
+        ran = len(base.to_text("paper").splitlines())
+        shown = (f"\n\nThe plan with your calls, numbered as the errors count (lines 1-{ran} ran already):\n"
+                 f"{numbered}\n\nAfter `Plan:` write only calls, one per line: `sN: function(arguments)`, "
+                 "text arguments in double quotes; nothing else.")
+    return f"Your reply cannot be used:\n{listing}{shown}\n\n{form}"
 
 
 def join_query(
@@ -514,7 +640,8 @@ def join_query(
             completion = client.complete(
                 messages, temperature=temperature, response_format=join_response_format(toolbox, must_answer=must_answer),
             )
-            text = completion.text
+            text = read = completion.text
+            written = ""
             outcome, errors = _json_reply(text, plan, toolbox, results, round, must_answer)
         else:
             reply = _Reply(plan, toolbox, on_call if i == 0 and not must_answer else None)
@@ -524,9 +651,13 @@ def join_query(
                     reply.feed(lines.feed(chunk))
                 completion = chunks.completion
             reply.feed(lines.flush())
-            reply.close()
+            reply.finish()
             dispatched += reply.dispatched
-            text = reply.text
+            text, read = reply.whole, reply.text
+            written = read if reply.form == "plan" else ""
+            if reply.trailing.strip():
+                log.info("joiner · round %d: the reply's text after its last call is not read: %r",
+                         round, reply.trailing.strip()[:300])
             outcome, errors = _text_reply(reply, plan, results, round, must_answer)
             if outcome is not None and not outcome.answered:
                 kept, stale = _reconcile(dispatched, outcome.plan, plan)  # type: ignore[arg-type]
@@ -544,11 +675,12 @@ def join_query(
             if outcome.stale:
                 log.warning("joiner · round %d: streamed calls %s are not in the repaired continuation: "
                             "their results are ignored", round, ", ".join(c.id for c in outcome.stale))
-            return replace(outcome, attempts=tuple(history), forced=forced, text=text)
+            return replace(outcome, attempts=tuple(history), forced=forced, text=read)
         log.warning("joiner · round %d: reply %d cannot be used (%s): %s\n--- reply ---\n%s",
                     round, i + 1, tokens, "; ".join(errors), text)
         messages = [*messages[:2], {"role": "assistant", "content": completion.text},
-                    {"role": "user", "content": _fix_message(errors, must_answer, start, mode)}]
+                    {"role": "user", "content": _fix_message(
+                        errors, must_answer, start, mode, base=plan, continuation=written)}]
     failure = JoinFailed(round, history, dispatched)
     log.error("%s", failure)
     raise failure
@@ -579,6 +711,9 @@ def _text_reply(
     reply: _Reply, plan: Plan, results: Mapping[str, Any], round: int, must_answer: bool
 ) -> tuple[JoinResult | None, list[str]]:
     if reply.form == "answer":
+        if any(_PLAN.match(line) for line in reply.text.splitlines()[1:]):
+            # Qwen2.5-Coder-1.5B wrote `Answer: s1`, then `Plan:` and calls: which did it mean?
+            return None, ["the reply has both forms, `Answer:` and then `Plan:`: write one of them only"]
         return _answered(reply.text, plan, results, round)
     if reply.form == "plan" and must_answer:
         return None, ["no more calls can be made: answer from the results"]

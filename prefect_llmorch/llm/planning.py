@@ -101,8 +101,10 @@ JOIN_HINT = (
     "the weather, a name that a lookup returns, a count that decides how many calls follow), "
     "write only the calls you can make now and end the plan with `join()` under the next id "
     "(e.g. `s3: join()` after s2): you will see their results and write the next calls then. "
+    "Never guess such a result: no call after `join()`, and no call or `self` that needs it. "
     "There is no `if`: for \"if it snows in Bergen list ski shops, else cafés\" the plan is "
-    "`s1: weather(\"Bergen\")` and `s2: join()`."
+    "`s1: weather(\"Bergen\")` and `s2: join()`; for \"the opening hours of each library of "
+    "Tromsø\": `s1: libraries(\"Tromsø\")` and `s2: join()`."
 )
 
 #: Few-shot examples: (functions, question, plan), written for this project, paper dialect.
