@@ -83,6 +83,7 @@ class _Lease:
     api: str | None  # the API it came from (None: the current one), to give it back there
     renewed: float = field(default_factory=time.monotonic)  # last renewed (monotonic)
     renew_at: float = 0.0  # next renewal due (0: a third of the lease after `renewed`)
+    kept: int = 0  # how many times it was kept for a next runner: a keep's timer gives back only its own
 
     def due(self) -> float:
         return self.renew_at or self.renewed + LEASE_SECONDS / 3
@@ -145,8 +146,12 @@ def _keep(name: str, leases: list[_Lease], seconds: float) -> None:
     spare = _spare(name)
     with _spare_lock:
         spare.leases.extend(leases)
+        for lease in leases:
+            lease.kept += 1
     for lease in leases:
-        timer = threading.Timer(seconds, _give_back_spare, args=(name, lease.id))
+        # Only this keep: a lease adopted and kept again since has a later keep of its own (an
+        # earlier keep's timer once gave back the slots a later run had just kept).
+        timer = threading.Timer(seconds, _give_back_spare, args=(name, lease.id, lease.kept))
         timer.daemon = True
         timer.start()
 
@@ -163,12 +168,13 @@ def _take_spare(name: str, most: int) -> list[_Lease]:
     return taken
 
 
-def _give_back_spare(name: str | None = None, lease_id: str | None = None) -> None:
-    """Give back kept leases no runner took (all of them at exit)."""
+def _give_back_spare(name: str | None = None, lease_id: str | None = None, kept: int | None = None) -> None:
+    """Give back kept leases no runner took (all of them at exit); with `kept`, only if the
+    lease was not kept again since."""
     mine: list[_Lease] = []
     with _spare_lock:
         for (_, n), spare in _SPARE.items():
-            for lease in [k for k in spare.leases if name in (None, n) and lease_id in (None, k.id)]:
+            for lease in [k for k in spare.leases if name in (None, n) and lease_id in (None, k.id) and kept in (None, k.kept)]:
                 spare.leases.remove(lease)
                 mine.append(lease)
     for lease in mine:  # a context of its own: none of a finished flow run's closed clients
