@@ -370,6 +370,11 @@ def test_a_killed_run_s_slots_come_back_for_the_next_run(tmp_path, caplog) -> No
     assert f"cleared 2 slot(s) left by process {proc.pid}, which is gone" in caplog.text
 
 
+def leases_of(name: str) -> set[str]:
+    """The leases of limit `name` in the ledger of leases (PREFECT_HOME)."""
+    return {e["lease"] for e in guard._ledger_read() if e.get("limit") == name}
+
+
 def test_back_to_back_runs_of_one_process_pass_the_slots_on_then_give_them_back(monkeypatch) -> None:  # noqa: ANN001
     """The processors' slots a run gives back are kept a few seconds for this process's next
     run (`LLMORCH_KEEP_SLOTS_SECONDS`): its first compute call waits for no lease write. The
@@ -379,18 +384,15 @@ def test_back_to_back_runs_of_one_process_pass_the_slots_on_then_give_them_back(
     name = f"llmorch-test-keep-{uuid.uuid4().hex[:6]}"
     make_limit(name, 2)
 
-    def leases_of_limit() -> set[str]:
-        return {e["lease"] for e in guard._ledger_read() if e.get("limit") == name}
-
     assert run(plan_of(2), name).state == "Completed"
-    first = leases_of_limit()
+    first = leases_of(name)
     assert first and active_slots(name) > 0  # kept, not given back yet
     assert run(plan_of(2), name).state == "Completed"
-    assert leases_of_limit() <= first  # the second run wrote no lease of its own
+    assert leases_of(name) <= first  # the second run wrote no lease of its own
     deadline = time.monotonic() + 60
     while active_slots(name) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert active_slots(name) == 0 and not leases_of_limit()
+    assert active_slots(name) == 0 and not leases_of(name)
 
 
 def test_a_keep_s_timer_gives_back_only_its_own_keep(monkeypatch) -> None:  # noqa: ANN001
@@ -403,19 +405,16 @@ def test_a_keep_s_timer_gives_back_only_its_own_keep(monkeypatch) -> None:  # no
     name = f"llmorch-test-rekeep-{uuid.uuid4().hex[:6]}"
     make_limit(name, 2)
 
-    def leases_of_limit() -> set[str]:
-        return {e["lease"] for e in guard._ledger_read() if e.get("limit") == name}
-
     assert run(plan_of(2), name).state == "Completed"
     first_kept = time.monotonic()
-    first = leases_of_limit()
+    first = leases_of(name)
     time.sleep(0.5)
     assert run(plan_of(2), name).state == "Completed"  # ends before run 1's keep does
-    assert leases_of_limit() <= first
+    assert leases_of(name) <= first
     time.sleep(max(0.0, first_kept + 6.5 - time.monotonic()))  # past run 1's keep, inside run 2's
     assert guard.kept_slots(name) == 2
     assert run(plan_of(2), name).state == "Completed"
-    assert leases_of_limit() <= first  # run 3 wrote no lease of its own either
+    assert leases_of(name) <= first  # run 3 wrote no lease of its own either
 
 
 def test_slots_taken_ahead_are_what_the_run_uses(monkeypatch) -> None:  # noqa: ANN001
