@@ -35,6 +35,9 @@ def _everything_stored(run_id: uuid.UUID) -> dict[str, str]:
         LogFilterFlowRunId,
     )
 
+    from prefect_llmorch.flows.report import records_sent
+
+    assert records_sent(60)  # a run's artifacts are sent after its answer
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))

@@ -1,15 +1,23 @@
 """No fixed cost per ask (issue 27.5), as exact invariants: the planner's LLM request leaves
-before Prefect has started the flow run (`PlanningAhead`), the bookkeeping is in Prefect when
-`ask_query` returns, and a plan handed over parsed is not parsed again (`Handoff`). The LLM is
+before Prefect has started the flow run (`PlanningAhead`), the final state is in Prefect when
+`ask_query` returns and the artifacts follow the answer without being lost (`send_records`),
+and a plan handed over parsed is not parsed again (`Handoff`). The LLM is
 the scripted OpenAI-compatible server (real HTTP); `benchmarks/ask_overhead.py` measures."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from llm_fixtures import fake_llm, llm  # noqa: F401
+from prefect_llmorch.flows.report import RECORDS_THREAD, records_sent
 from prefect_llmorch.llm.planning import plan_query
 
 TOOLBOX = "toolboxes:toolbox"
@@ -49,11 +57,90 @@ def test_the_planner_request_reaches_the_llm_before_the_flow_run_is_running(fake
         (run,) = client.read_flow_runs(  # the latest ask: this one (tests run one at a time)
             flow_filter=FlowFilter(name=FlowFilterName(any_=["llmorch-ask"])), sort=FlowRunSort.START_TIME_DESC, limit=1,
         )
-        artifacts = {a.key for a in client.read_artifacts() if a.flow_run_id == run.id}
     assert run.start_time is not None and asked[0] < run.start_time.timestamp()
-    # the bookkeeping is in Prefect when ask_query returns: the final state, the artifacts
+    assert run.state is not None and run.state.is_completed()  # in Prefect when ask_query returns
+    assert records_sent(60)  # the artifacts follow the answer
+    assert {"llmorch-frg", "llmorch-schedule", "llmorch-progress"} <= _artifact_keys(run.id)
+
+
+def _artifact_keys(flow_run_id: object) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key for a in arts if a.key}
+
+
+def _latest_run(name: str) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[name])), sort=FlowRunSort.START_TIME_DESC, limit=1,
+        )
+    return run
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_answer_does_not_wait_for_the_run_s_artifacts(fake_llm, llm) -> None:  # noqa: F811
+    """The artifacts' API round trips come after the answer: held back here behind an
+    earlier run's records (a thread of that name, which `send_records` waits for), the
+    answer still comes, its flow run Completed; the artifacts follow."""
+    from prefect_llmorch.flows.ask import ask_query
+
+    earlier_done = threading.Event()
+
+    def plan(_request: dict) -> str:  # the run has begun: "earlier records" from here on
+        threading.Thread(target=earlier_done.wait, args=(60,), name=RECORDS_THREAD).start()
+        return "s1: add(1, 2)\ns2: add(s1, 4)\n"
+
+    try:
+        fake_llm.add(plan)
+        report = ask_query("one plus two, plus four", TOOLBOX, processors=1, endpoint=llm, recovery_rounds=0)
+        run = _latest_run("llmorch-ask")
+        assert report.result == 7 and run.state is not None and run.state.is_completed()
+        assert _artifact_keys(run.id) == set()  # nothing sent yet: the answer did not wait
+        assert not records_sent(0.2)
+    finally:
+        earlier_done.set()
+    assert records_sent(60)
+    assert {"llmorch-frg", "llmorch-schedule", "llmorch-progress"} <= _artifact_keys(run.id)
+
+
+SCRIPT = """
+import sys
+from prefect_llmorch import run_plan
+
+report = run_plan(f"s1: add(1, {sys.argv[1]})\\n", "toolboxes:toolbox", processors=1, concurrency_limit=None)
+print(report.result, flush=True)
+"""  # and it exits at once
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_script_that_exits_right_after_its_answer_loses_no_artifact(tmp_path) -> None:  # noqa: ANN001
+    from prefect.settings import get_current_settings
+
+    env = dict(os.environ)
+    env.update(
+        PREFECT_API_URL=str(get_current_settings().api.url),  # this session's test server
+        PREFECT_HOME=str(tmp_path / "home"),
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")]),
+    )
+    (tmp_path / "script.py").write_text(SCRIPT)
+    value = 1000 + int(time.time()) % 1000
+    done = subprocess.run(
+        [sys.executable, "script.py", str(value)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.split()[-1]) == 1 + value
+    # sent before Prefect stopped its events worker (else: an ERROR, the artifact's event lost)
+    assert "Traceback" not in done.stderr and "ERROR" not in done.stderr, done.stderr[-3000:]
+    run = _latest_run("llmorch-run")
     assert run.state is not None and run.state.is_completed()
-    assert {"llmorch-frg", "llmorch-schedule"} <= artifacts
+    assert {"llmorch-frg", "llmorch-schedule", "llmorch-progress"} <= _artifact_keys(run.id)
 
 
 def test_the_request_sent_ahead_is_the_planners_first_and_is_sent_once(fake_llm, llm) -> None:  # noqa: F811

@@ -114,6 +114,9 @@ def _latest_artifact(key: str) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
+    from prefect_llmorch.flows.report import records_sent
+
+    assert records_sent(60)  # a run's artifacts are sent after its answer
     with get_client(sync_client=True) as client:
         (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
                                        sort=ArtifactSort.CREATED_DESC, limit=1)

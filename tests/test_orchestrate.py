@@ -6,6 +6,7 @@ import pytest
 
 from llm_fixtures import fake_llm, llm  # noqa: F401
 from prefect_llmorch.flows.run import PlanRunFailed, run_plan
+from prefect_llmorch.flows.report import records_sent
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -18,6 +19,7 @@ def test_completed_run_publishes_the_frg_the_schedule_and_its_progress() -> None
 
     report = run_plan('s1: fetch(0.1, value=2)\ns2: add(s1, 3)\n', TOOLBOX, processors=1)
     assert report.state == "Completed" and report.result == 5.0
+    assert records_sent(60)  # a run's artifacts are sent after its answer
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(limit=200, sort=ArtifactSort.CREATED_DESC)
     latest = {}

@@ -111,3 +111,14 @@ def test_the_server_app_reads_the_ephemeral_and_final_flags_from_the_environment
     assert 'os.getenv("PREFECT__SERVER_EPHEMERAL")' in source
     assert 'os.getenv("PREFECT__SERVER_FINAL")' in source
     assert "prefect.server.api.server:create_app" in inspect.getsource(server.SubprocessASGIServer)
+
+
+def test_prefect_services_stop_from_threading_s_at_exit_callbacks() -> None:
+    """`flows/report.py` registers its wait for the records with `threading._register_atexit`,
+    after Prefect's events worker did, so it runs before that worker stops."""
+    from prefect._internal.concurrency import services
+
+    assert callable(getattr(threading, "_register_atexit", None)), "threading._register_atexit is gone"
+    assert "threading._register_atexit(" in inspect.getsource(services), (
+        "Prefect no longer stops its services from threading._register_atexit callbacks"
+    )

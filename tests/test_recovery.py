@@ -20,6 +20,7 @@ from prefect_llmorch.llm.client import LLMClient
 from prefect_llmorch.plan.model import Call
 from prefect_llmorch.plan.parser import parse
 from prefect_llmorch.flows.recovery import ARTIFACT_KEY, RecoveryConfig
+from prefect_llmorch.flows.report import records_sent
 from prefect_llmorch.llm.repair import RepairRejected, parse_repair
 from prefect_llmorch.schedule.recovery import recovery_points, rerun_set
 from prefect_llmorch.testing import FakeLLM
@@ -251,6 +252,7 @@ def test_unrepairable_plan_ends_failed_with_a_report_of_every_round(runlog):
     for text in ('`s1: lookup("Aple")` → `s1: lookup("Apel")`', '`s1: lookup("Apel")` → `s1: lookup("Appl")`',
                  "Round 1: failed again", "Round 2: failed again", "unknown ticker symbol '?Appl'"):
         assert text in message
+    assert records_sent(60)  # a run's artifacts are sent after its answer
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[ARTIFACT_KEY]),

@@ -11,6 +11,7 @@ them, before the plan arrives. The rest is the execution `llmorch-run` uses too
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from typing import Any
 
@@ -23,10 +24,10 @@ from prefect_llmorch.flows.handoff import Handoff, handed, handing
 from prefect_llmorch.flows.planner import planner_task, resolve_client
 from prefect_llmorch.flows.joiner import JoinSettings, join_rounds, replay_key
 from prefect_llmorch.flows.recovery import RecoveryConfig
-from prefect_llmorch.flows.report import Planning, RunReport, publish_artifacts
+from prefect_llmorch.flows.report import Planning, RunReport, records_sent, report_artifacts, send_records
 from prefect_llmorch.storage.history import remember_records
 from prefect_llmorch.flows.run import (
-    _simple, _with_endpoint, conclude, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow,
+    EARLIER_RECORDS_SECONDS, _simple, _with_endpoint, conclude, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow,
 )
 from prefect_llmorch.functions import SELF, Toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
@@ -153,7 +154,7 @@ def answer(
         usage += rounds.to_markdown(tokens)
     if rounds.stopped and rounds.failed:
         report.message = "\n".join(m for m in (report.message, rounds.stopped) if m)
-    publish_artifacts(ex.frg, report, extra_markdown=usage)
+    send_records([*ex.records, report_artifacts(ex.frg, report, extra_markdown=usage)], after=given.answered)
     if rounds.failed and not report.failed and report.state != "Cancelled":
         return join_failed(report)
     return conclude(report)
@@ -212,12 +213,15 @@ def ask_query(
     prepare(toolbox, P)
     # The planner's request leaves now, while Prefect creates the flow run and its task runs.
     ahead, source = _plan_ahead(query, toolbox, opts, client)
+    records_sent(EARLIER_RECORDS_SECONDS)  # then earlier runs' records, before this run's writes
+    answered = threading.Event()  # the run's records are sent once the answer is here
     try:
         runner = local_runner(toolbox, P, opts.policy, concurrency_limit, opts.resources, gpus)
         parameters = {"query": query, "toolbox": toolbox, "options": opts.merged(processors=P)}
-        with handing(Handoff(client=ahead, endpoint=source, text=query)):
+        with handing(Handoff(client=ahead, endpoint=source, text=query, answered=answered)):
             return run_flow(ask, runner, parameters, simple=_simple(toolbox, client))
     finally:
+        answered.set()
         if ahead is not None:
             ahead.close()  # a request the planner never took (e.g. the run failed first)
 

@@ -6,6 +6,7 @@ Inside a flow run, an `Execution` takes a plan's calls and turns them into task 
     ex.adopt(call)               # ask: a call the planner streamed in, started at once
     ex.start(plan, kept=...)     # the final plan: what was not adopted unchanged is submitted
     report = ex.finish()         # recovery rounds, then the `RunReport`
+    send_records(ex.records, after=...)  # its artifacts (flows/report.py)
 
 `llmorch-run` calls `start(plan)` alone; `llmorch-ask` adopts calls while the LLM writes the
 plan, then starts the final plan, keeping the adopted calls the planner did not change (the
@@ -29,7 +30,7 @@ from prefect_llmorch.engine.rates import rates_of
 from prefect_llmorch.host import interrupt
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import RecoveryConfig, RecoveryController
-from prefect_llmorch.flows.report import RunReport, build_report, failure_message
+from prefect_llmorch.flows.report import Record, RunReport, build_report, failure_message, send_records
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.model import Call, Plan
@@ -114,6 +115,8 @@ class Execution:
         # Hooks go in before the first submission; failures are held until the plan is final.
         self.controller = RecoveryController(recovery, toolbox, self.compiler, self.runner) if recovery else None
         self.progress = RunProgress.start(self.recorder)  # the `llmorch-progress` artifact
+        #: what publishes this run's artifacts once `finish` returned (`report.send_records`)
+        self.records: list[Record] = []
         self._closed = False
         interrupt.rearm()  # under the CLI, SIGTERM stops the run as Ctrl-C does
 
@@ -199,7 +202,7 @@ class Execution:
             self.settle()
             report = build_report(self.frg, self.recorder, self.processors, self.futures, self.release)
         finally:
-            self.close()
+            self.close(records=True)
         if interrupt.received():  # Ctrl-C / SIGTERM: the flow ends Cancelled (`run.conclude`)
             return interrupt.mark(report)
         if report.failed:
@@ -211,8 +214,8 @@ class Execution:
                 report.result = evaluate(self.plan.answer, self.recorder.results)
             except (EvaluationError, MissingResultError) as exc:
                 report.message = f"the plan's answer cannot be computed: {exc}"
-        if self.controller is not None:
-            self.controller.annotate(report)  # the rounds, in the report and an artifact
+        if self.controller is not None and (publish := self.controller.annotate(report)) is not None:
+            self.records.append(publish)  # the rounds: in the report now, an artifact later
         return report
 
     def settle(self) -> None:
@@ -244,11 +247,16 @@ class Execution:
         if self.controller is not None:
             self.controller.hold()  # failures of streamed calls wait for the final continuation
 
-    def close(self) -> None:
-        """Stop the progress updates (sends the last one); safe to call more than once."""
+    def close(self, *, records: bool = False) -> None:
+        """Stop the progress updates and send the last one (`records`: put it in `records`,
+        for the flow to send with its other artifacts); safe to call more than once."""
         if not self._closed:
             self._closed = True
-            self.progress.close()
+            if records:
+                self.progress.stop()
+                self.records.append(self.progress.send_final)
+            else:
+                self.progress.close()
             _close_mcp_sessions(self.toolbox)
 
     # -- helpers ------------------------------------------------------------------------
@@ -293,6 +301,7 @@ def execute(
         ex.close()
         raise
     report = ex.finish()
+    send_records(ex.records, after=None)
     return ex.frg, ex.recorder, report
 
 

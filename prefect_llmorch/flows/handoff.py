@@ -15,6 +15,7 @@ toolbox); the body takes it only when those match its own parameters.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ class Handoff:
             block `options.endpoint` names, loaded once (its join settings).
         text: the plan text (run) or the query (ask) these were made for.
         plan: the plan parsed from `text` (done, or being done on a thread).
+        answered: the caller waits for the answer in this process, which outlives the flow
+            run, and sets this once it has it: the run's artifacts are sent then
+            (`report.send_records`), not on the answer's way.
     """
 
     toolbox: Toolbox | None = None
@@ -45,6 +49,7 @@ class Handoff:
     endpoint: Any = None
     text: str | None = None
     plan: "concurrent.futures.Future[Plan] | None" = None
+    answered: threading.Event | None = None
 
     def parsed(self, text: str, toolbox: Toolbox) -> Plan | None:
         """The plan parsed ahead for this text and toolbox (its error raised), else None."""

@@ -2,7 +2,8 @@
 
     progress = RunProgress.start(recorder)   # in the flow, before calls are submitted
     ...                                       # calls run; each final state is counted
-    progress.close()                          # last update, stops the updater thread
+    progress.close()                          # stops the updater thread, sends the last update
+                                              # (or stop(), then send_final() after the answer)
 
 Calls finish in task threads; updating the artifact there would put an API round trip
 on the critical path of every call. The recorder's listener only notes that something
@@ -33,9 +34,13 @@ class RunProgress:
     """Keeps the `llmorch-progress` artifact of the current flow run up to date."""
 
     def __init__(self, recorder: Recorder, interval: float | None = None) -> None:
+        from prefect.context import FlowRunContext
+
         self.recorder = recorder
         self.interval = INTERVAL if interval is None else interval
         self.artifact_id: UUID | None = None
+        run = FlowRunContext.get()
+        self.flow_run_id: UUID | None = run.flow_run.id if run is not None and run.flow_run is not None else None
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,21 +61,8 @@ class RunProgress:
     def _run(self) -> None:
         if self._stop.wait(self.interval):
             return  # a short run: `close` creates the artifact, with the final count
-        if self._create():
+        if self._send(_run_client()):
             self._loop()
-
-    def _create(self) -> bool:
-        """Create the artifact with the numbers so far; False (and a warning) if it cannot be."""
-        snap = self.snapshot()
-        try:
-            from prefect.artifacts import create_progress_artifact
-
-            self.artifact_id = create_progress_artifact(progress=snap[0], key=ARTIFACT_KEY, description=snap[1])
-        except Exception as exc:  # progress is a nicety: never fail a run for it
-            logger.warning("could not create the progress artifact: %s", exc)
-            return False
-        self._last = snap
-        return True
 
     def snapshot(self) -> tuple[float, str]:
         records = list(self.recorder.records.values())
@@ -92,32 +84,43 @@ class RunProgress:
     def _on_change(self, record: CallRecord) -> None:
         self._changed.set()
 
-    def _send(self) -> None:
-        if self.artifact_id is None:
-            return
+    def _send(self, client: Any, flow_run_id: UUID | None = None) -> bool:
+        """Create the artifact with the numbers so far, or update it if they changed; False
+        (and a warning) if it cannot be created: progress is a nicety, never a run's failure."""
         snap = self.snapshot()
-        if snap == self._last:
-            return
-        from prefect.artifacts import update_progress_artifact
+        if self.artifact_id is None:
+            try:
+                from prefect_llmorch.flows.report import create_artifact
 
-        try:
-            update_progress_artifact(self.artifact_id, progress=snap[0], description=snap[1])
-            self._last = snap
-        except Exception as exc:
-            logger.debug("progress update failed: %s", exc)
+                run_id = flow_run_id or self.flow_run_id
+                self.artifact_id = create_artifact(client, run_id, "progress", ARTIFACT_KEY, snap[0], snap[1])
+            except Exception as exc:
+                logger.warning("could not create the progress artifact: %s", exc)
+                return False
+        elif snap != self._last:
+            from prefect.client.schemas.actions import ArtifactUpdate
+
+            try:
+                client.update_artifact(artifact_id=self.artifact_id, artifact=ArtifactUpdate(data=snap[0], description=snap[1]))
+            except Exception as exc:
+                logger.debug("progress update failed: %s", exc)
+                return True
+        self._last = snap
+        return True
 
     def _loop(self) -> None:
+        client = _run_client()
         while not self._stop.is_set():
             self._changed.wait(timeout=5.0)
             if self._stop.is_set():
                 break
             if self._changed.is_set():
                 self._changed.clear()
-                self._send()
+                self._send(client)
             self._stop.wait(self.interval)
 
-    def close(self) -> None:
-        """Send the final numbers and stop the updater."""
+    def stop(self) -> None:
+        """Stop listening and stop the updater (no API call of its own)."""
         try:
             self.recorder.listeners.remove(self._on_change)
         except ValueError:
@@ -126,13 +129,27 @@ class RunProgress:
         self._changed.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self.artifact_id is None:
-            self._create()
-        else:
-            self._send()
+
+    def send_final(self, client: Any, flow_run_id: UUID) -> None:
+        """Send the final numbers with `client` (a `report.Record`): create the artifact if
+        the run was too short to have one."""
+        self._send(client, flow_run_id)
+
+    def close(self) -> None:
+        """Stop the updater and send the final numbers, with the flow run's client."""
+        self.stop()
+        if self.flow_run_id is not None:
+            self.send_final(_run_client(), self.flow_run_id)
 
     def __enter__(self) -> "RunProgress":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _run_client() -> Any:
+    """The flow run's own sync client (from the context this thread runs in)."""
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
     from prefect_llmorch.engine.compiler import Compiler
     from prefect_llmorch.engine.runner import LLMOrchTaskRunner
-    from prefect_llmorch.flows.report import RunReport
+    from prefect_llmorch.flows.report import Record, RunReport
 
 __all__ = [
     "RecoveryConfig", "RecoveryController", "RecoveryRound", "ARTIFACT_KEY", "RUNNING",
@@ -438,25 +438,24 @@ class RecoveryController:
             out.append("")
         return "\n".join(out)
 
-    def annotate(self, report: "RunReport") -> None:
-        """Put the rounds into the report (`report.recovery`), publish the artifact."""
+    def annotate(self, report: "RunReport") -> "Record | None":
+        """Put the rounds into the report (`report.recovery`); return what publishes the
+        artifact (its text made now), or None when there was nothing to recover."""
         if self.outcome == "no failure" and not self.rounds:
-            return
+            return None
         report.recovery = self.to_dict()
         if report.failed:
             report.message = (
                 f"trace-back recovery {self.outcome}; still failing: {', '.join(report.failed)}\n\n" + self.to_markdown()
             )
-        try:
-            from prefect.artifacts import create_markdown_artifact
+        markdown, description = self.to_markdown(), f"trace-back recovery: {self.outcome}"
 
-            create_markdown_artifact(
-                key=ARTIFACT_KEY,
-                markdown=self.to_markdown(),
-                description=f"trace-back recovery: {self.outcome}",
-            )
-        except Exception:  # noqa: BLE001 - no API: the report still carries everything
-            pass
+        def publish(client: Any, flow_run_id: Any) -> None:
+            from prefect_llmorch.flows.report import create_artifact
+
+            create_artifact(client, flow_run_id, "markdown", ARTIFACT_KEY, markdown, description)
+
+        return publish
 
 
 def _own_fault(error: str | None) -> bool:

@@ -19,20 +19,30 @@ Each call row says what happened to it: `state` and, unless it completed, a `rea
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+from uuid import UUID
 
 from prefect_llmorch.engine.compiler import CallRecord, Recorder, final_state
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.schedule.policy import POLICIES
 from prefect_llmorch.schedule.simulator import simulate
 
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+
 __all__ = [
     "CallRow", "Planning", "PlanRunFailed", "RunReport",
     "best_schedule", "build_report", "failure_message", "jsonable", "measured_lower_bound", "plan_failed",
-    "publish_artifacts",
+    "Record", "create_artifact", "records_sent", "report_artifacts", "send_records",
 ]
+
+logger = logging.getLogger("prefect_llmorch.flows.report")
 
 #: Keys of one call in `--json` (in this order); `reason` only when it did not complete.
 CALL_KEYS = ("id", "function", "kind", "rank", "state", "start", "end", "pid")
@@ -421,16 +431,15 @@ def _predicted_columns(report: RunReport, call_id: str) -> dict[str, Any]:
     return {"predicted start": start, "predicted end": end}
 
 
-def publish_artifacts(frg: FRG, report: RunReport, extra_markdown: str = "") -> None:
-    """The FRG and the schedule as tables, shown on the flow run's page (Prefect's UI renders
-    markdown but not mermaid: `llmorch graph PLAN --mermaid` prints the graph as mermaid)."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+#: A record of a run for the API (an artifact): sent with a client, for the flow run's id.
+Record = Callable[["SyncPrefectClient", UUID], None]
 
-    create_markdown_artifact(
-        key="llmorch-frg",
-        markdown="## Function-call Relation Graph\n\n" + frg.to_markdown() + "\n" + extra_markdown,
-        description="The plan's FRG: each call's rank, kind, inputs (deps) and mutual-exclusion group",
-    )
+
+def report_artifacts(frg: FRG, report: RunReport, extra_markdown: str = "") -> Record:
+    """The record of the FRG and the schedule of `report` as it is now (the texts are made
+    here: the caller may go on changing the report), shown on the flow run's page (Prefect's
+    UI renders markdown but not mermaid: `llmorch graph PLAN --mermaid` prints mermaid)."""
+    markdown = "## Function-call Relation Graph\n\n" + frg.to_markdown() + "\n" + extra_markdown
     rows = [
         {
             "call": c.id, "function": c.function, "kind": c.kind, "rank": c.rank,
@@ -440,4 +449,94 @@ def publish_artifacts(frg: FRG, report: RunReport, extra_markdown: str = "") -> 
         }
         for c in report.calls
     ]
-    create_table_artifact(key="llmorch-schedule", table=rows, description=report.summary())
+    summary = report.summary()
+
+    def publish(client: "SyncPrefectClient", flow_run_id: UUID) -> None:
+        create_artifact(
+            client, flow_run_id, "markdown", "llmorch-frg", markdown,
+            "The plan's FRG: each call's rank, kind, inputs (deps) and mutual-exclusion group",
+        )
+        create_artifact(client, flow_run_id, "table", "llmorch-schedule", json.dumps(rows), summary)
+
+    return publish
+
+
+def create_artifact(client: "SyncPrefectClient", flow_run_id: UUID, kind: str, key: str, data: Any, description: str) -> UUID:
+    """Create an artifact of the flow run with `client` (Prefect's `create_*_artifact` take
+    the client and the run from the context, which a record sent after the answer no longer
+    has: its client is closed); returns its id."""
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    artifact = ArtifactCreate(type=kind, key=key, data=data, description=description, flow_run_id=flow_run_id)
+    return client.create_artifact(artifact=artifact).id
+
+
+#: The name of the threads that send a run's records after its answer (`send_records`).
+RECORDS_THREAD = "llmorch-records"
+
+
+def send_records(records: list[Record], *, after: threading.Event | None) -> None:
+    """Send the current flow run's records (its artifacts), in order, each failure a warning
+    (they are a record: the answer is in the report).
+
+    `after` (the caller waits for the answer in this process: `run_plan`, `ask_query`, the
+    CLI; it sets the event once it has the answer): on a thread of their own, with a client
+    of their own for the run's API, once the event is set, so neither the answer nor the
+    flow run's final state waits for their round trips (issue 27: the answer within 100 ms
+    of the last call). Nothing is lost: the thread is no daemon, and the process waits for
+    it at exit (`_sent_before_prefect_stops`); it first waits for earlier runs' records, so
+    the latest artifact of a key is the latest run's. `records_sent()` waits for them.
+    None (a deployment's run): now, before the flow run ends, with the flow run's client."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext, SettingsContext
+
+    run = FlowRunContext.get()
+    if not records or run is None or run.flow_run is None:
+        return
+    flow_run_id = run.flow_run.id
+    if after is None:
+        _send(records, get_client(sync_client=True), flow_run_id)
+        return
+    earlier = [t for t in threading.enumerate() if t.name == RECORDS_THREAD]
+    settings = SettingsContext.get()  # the run's API (a test's, the embedded server's)
+
+    def work() -> None:  # a new thread starts with an empty context: no client of the run's
+        after.wait()
+        for thread in earlier:
+            thread.join()
+        with SettingsContext(profile=settings.profile, settings=settings.settings), get_client(sync_client=True) as client:
+            _send(records, client, flow_run_id)
+
+    _sent_before_prefect_stops()
+    threading.Thread(target=work, name=RECORDS_THREAD, daemon=False).start()
+
+
+@functools.cache
+def _sent_before_prefect_stops() -> None:
+    """At exit, wait for the records before Prefect's events worker stops: a record sent
+    after it stopped loses its `prefect.artifact.created` event, and Prefect logs an ERROR
+    ("can't register atexit after shutdown"). Prefect stops its services from
+    `threading._register_atexit` callbacks, which run last-registered first before the
+    interpreter joins non-daemon threads; this one is registered at the first record sent
+    later, after the run's task runs started the events worker (CONTRIBUTING.md: private
+    names)."""
+    threading._register_atexit(records_sent)  # type: ignore[attr-defined]
+
+
+def records_sent(timeout: float | None = None) -> bool:
+    """Wait until the records of every run of this process are sent (`send_records`);
+    False if some are still being sent after `timeout` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for thread in [t for t in threading.enumerate() if t.name == RECORDS_THREAD]:
+        thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        if thread.is_alive():
+            return False
+    return True
+
+
+def _send(records: list[Record], client: "SyncPrefectClient", flow_run_id: UUID) -> None:
+    for publish in records:
+        try:
+            publish(client, flow_run_id)
+        except Exception as exc:  # noqa: BLE001 - a record, never the answer
+            logger.warning("could not publish a run's artifact: %s: %s", type(exc).__name__, exc)

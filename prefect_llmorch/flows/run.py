@@ -28,7 +28,7 @@ from prefect_llmorch.storage.history import CostChoice, choose_costs, remember_r
 from prefect_llmorch.storage.planref import plan_parameter, plan_text
 from prefect_llmorch.flows.handoff import Handoff, handed, handing
 from prefect_llmorch.flows.recovery import RecoveryConfig
-from prefect_llmorch.flows.report import PlanRunFailed, RunReport, plan_failed, publish_artifacts
+from prefect_llmorch.flows.report import PlanRunFailed, RunReport, plan_failed, records_sent, report_artifacts, send_records
 from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
 from prefect_llmorch.options import DEFAULT_LIMIT, RunOptions, options_of
@@ -115,7 +115,7 @@ def orchestrate(plan: str, toolbox: str, options: RunOptions = RunOptions()) -> 
     report = ex.finish()
     report.predicted = prediction
     remember_records(report.calls)
-    publish_artifacts(ex.frg, report)
+    send_records([*ex.records, report_artifacts(ex.frg, report)], after=given.answered)
     return conclude(report)
 
 
@@ -242,19 +242,35 @@ def run_plan(
         # Parameters go to the API (which refuses large ones) only when simple.
         "plan": plan_parameter(text) if simple else text, "toolbox": toolbox, "options": opts.merged(processors=P),
     }
-    handoff = Handoff(client=client, text=text)
+    answered = threading.Event()  # the run's records are sent once the answer is here
+    handoff = Handoff(client=client, text=text, answered=answered)
     try:
         tb = resolve_toolbox(toolbox)
     except Exception:  # the flow reports it, as it would have
         pass
     else:
-        handoff = Handoff(toolbox=tb, client=client, text=text, plan=_done(plan) if given else _parse_ahead(text, tb))  # type: ignore[arg-type]
+        handoff = Handoff(
+            toolbox=tb, client=client, text=text, plan=_done(plan) if given else _parse_ahead(text, tb),  # type: ignore[arg-type]
+            answered=answered,
+        )
+    records_sent(EARLIER_RECORDS_SECONDS)  # before this run's first writes
     if task_runner is None and concurrency_limit:
         from prefect_llmorch.engine.guard import take_ahead_unless_kept
 
         take_ahead_unless_kept(concurrency_limit, P)  # the lease write while Prefect creates the flow run
-    with handing(handoff):
-        return run_flow(orchestrate, runner, parameters, simple=simple)
+    try:
+        with handing(handoff):
+            return run_flow(orchestrate, runner, parameters, simple=simple)
+    finally:
+        answered.set()
+
+
+#: How long a run waits for the records of the process's earlier runs before it starts
+#: (`report.send_records` sends them after their answers). Their writes beside a new run's
+#: flow-run creation made the embedded SQLite server refuse one with 503, after which
+#: Prefect's client waits 2 s before it tries again; in a process running one run after
+#: another they take tens of milliseconds, on the next run's way instead of the answer's.
+EARLIER_RECORDS_SECONDS = 10.0
 
 
 def _with_endpoint(kind: Any, options: Any, overrides: dict[str, Any], endpoint: Any) -> tuple[Any, Any]:
