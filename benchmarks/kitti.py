@@ -24,14 +24,15 @@ stops; see benchmarks/_servers.py):
   instead, with the same functions and the same dependencies (futures as parameters), and
   report their own timings. The same plain tasks also run on `ThreadPoolTaskRunner`.
 
-Latency (the figure that counts) = last call end - the moment the plan is available (the flow
-body starts executing: `RunReport.t0` for ours, a timestamp at the top of the flow body for the
-plain tasks); 1st call = first call start - that moment; makespan = last end - first start
-(it hides the time before the first call). Flow wall = the flow call, including flow start,
-runner start and teardown. A warm-up run of ours comes first (not counted: a warm process),
+From call (the figure that counts, issue 27's) = last call end - the call of `run_plan` (or of
+the flow): the plan is available when the user calls. Latency = last call end - the flow body's
+start (`RunReport.t0` for ours, a timestamp at the top of the flow body for the plain tasks):
+it starts later, after Prefect created the flow run; 1st call = first call start - that moment;
+makespan = last end - first start (it hides the time before the first call). Flow wall = the
+flow call, including flow start, runner start and teardown. A warm-up run of ours comes first (not counted: a warm process),
 then `--repeat` rounds, each running every configuration once (interleaved, so load changes
-hit all alike); each column is median [min-max]. The last lines print the latency target
-(ours, critical-path: median <= 1.10 x 5.0 s) with PASS/MISS per server.
+hit all alike); each column is median [min-max]. The last lines print the targets (ours,
+critical-path: from call median <= 1.10 x 5.0 s, wall <= 1.20 x 5.0 s) with PASS/MISS per server.
 
 Options: --repeat N (5), --only TEXT (configurations whose name contains TEXT),
 --server KIND (harness; repeatable).
@@ -115,6 +116,7 @@ def run_plain(task_runner: Any) -> dict[str, Any]:
     durations = {f"s{i}": e - s for i, (s, e) in enumerate(zip(starts, ends), start=1)}
     return {
         "best_measured": _best_measured(durations),
+        "from_call": max(ends) - t0,
         "latency": max(ends) - started[0],
         "first_call": min(starts) - started[0],
         "makespan": max(ends) - min(starts),
@@ -141,7 +143,7 @@ def run_compiled(task_runner: Any) -> dict[str, Any]:
     t0 = time.time()
     report = kitti_compiled()
     wall = time.time() - t0
-    return _from_report(report, wall)
+    return _from_report(report, wall, t0)
 
 
 def run_ours(policy: str, concurrency_limit: str | None = "llmorch-processors") -> dict[str, Any]:
@@ -150,15 +152,16 @@ def run_ours(policy: str, concurrency_limit: str | None = "llmorch-processors") 
     t0 = time.time()
     report = run_plan(PLAN, "bench_toolbox:toolbox", processors=P, policy=policy, concurrency_limit=concurrency_limit)
     wall = time.time() - t0
-    return _from_report(report, wall)
+    return _from_report(report, wall, t0)
 
 
-def _from_report(report: Any, wall: float) -> dict[str, Any]:
+def _from_report(report: Any, wall: float, called: float) -> dict[str, Any]:
     assert report.state == "Completed", report.calls
     frames = [c for c in report.calls if c["kind"] == "compute"]
     durations = {c["id"]: c["end"] - c["start"] for c in report.calls}
     return {
         "best_measured": _best_measured(durations),
+        "from_call": report.t0 + report.latency - called,  # report.t0: the flow body's start (epoch)
         "latency": report.latency,
         "first_call": report.time_to_first_call,
         "makespan": report.makespan,
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, bool]]:
             load = _load()
         print(f"\n{kind}: median [min-max] of {args.repeat} interleaved rounds (seconds); load average at the end {load}")
         print(
-            f"{'configuration':<31} {'latency':>18} {'/5.0':>5} {'1st call':>17} {'makespan':>18}"
+            f"{'configuration':<31} {'from call':>18} {'/5.0':>5} {'latency':>18} {'/5.0':>5} {'1st call':>17} {'makespan':>18}"
             f" {'best(meas.)':>18} {'flow wall':>18} {'frame pids':>10}"
         )
         for name, rs in results.items():
@@ -251,8 +254,10 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, bool]]:
                 print(f"{name:<31} every round failed")
                 continue
             lat = [r["latency"] for r in rs]
+            call = [r["from_call"] for r in rs]
             print(
-                f"{name:<31} {_stats(lat):>18} {statistics.median(lat) / BEST:>5.2f} {_stats([r['first_call'] for r in rs]):>17}"
+                f"{name:<31} {_stats(call):>18} {statistics.median(call) / BEST:>5.2f}"
+                f" {_stats(lat):>18} {statistics.median(lat) / BEST:>5.2f} {_stats([r['first_call'] for r in rs]):>17}"
                 f" {_stats([r['makespan'] for r in rs]):>18} {_stats([r['best_measured'] for r in rs]):>18}"
                 f" {_stats([r['wall'] for r in rs]):>18} {max(r['pids'] for r in rs):>10}"
             )
@@ -260,18 +265,25 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, bool]]:
             print(f"failed runs: {failures}")
         ours = results.get("ours critical-path (run_plan)")
         if ours:
-            med = statistics.median(r["latency"] for r in ours)
+            med = statistics.median(r["from_call"] for r in ours)
+            wall = statistics.median(r["wall"] for r in ours)
             best = statistics.median(r["best_measured"] for r in ours)
+            failed = failures.get("ours critical-path (run_plan)", 0)
             targets.append((
-                f"KITTI-like P=2 latency median <= 1.10 x {BEST} s ({kind}; best schedule with the measured"
-                f" durations {best:.2f} s, latency / that {med / best:.2f}; failed runs {failures.get('ours critical-path (run_plan)', 0)};"
-                f" load {load})", med, med <= 1.10 * BEST and not failures.get("ours critical-path (run_plan)"),
+                f"KITTI-like P=2 latency from the call of run_plan, median <= 1.10 x {BEST} s ({kind}; best schedule"
+                f" with the measured durations {best:.2f} s, that latency / it {med / best:.2f}; failed runs {failed};"
+                f" load {load})", med, med <= 1.10 * BEST and not failed,
+            ))
+            targets.append((
+                f"KITTI-like P=2 run_plan wall (call to return), median <= 1.20 x {BEST} s ({kind}; / best measured"
+                f" {wall / best:.2f})", wall, wall <= 1.20 * BEST and not failed,
             ))
             tp = results.get("ThreadPool, plain @task")
             if tp:
                 print(f"ours / ThreadPool plain @task latency (medians): {med / statistics.median(r['latency'] for r in tp):.2f}x")
         print(
-            "latency = last call end - the flow body's start (the plan is available); 1st call = first call start\n"
+            "from call = last call end - the call of run_plan (or of the flow); latency = last call end - the flow\n"
+            "body's start; 1st call = first call start\n"
             "- that moment; makespan = last end - first start; /5.0 = median latency / the best schedule (5.0 s);\n"
             "best(meas.) = the best schedule with the measured call durations (frames packed on P = 2, then\n"
             "s9 || s10, then s11): on a loaded machine 1 s of CPU takes more than 1 s of wall time.\n"

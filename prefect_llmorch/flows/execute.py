@@ -29,8 +29,8 @@ from prefect_llmorch.engine.compiler import Compiler, Recorder
 from prefect_llmorch.engine.rates import rates_of
 from prefect_llmorch.host import interrupt
 from prefect_llmorch.flows.progress import RunProgress
-from prefect_llmorch.flows.recovery import RecoveryConfig, RecoveryController
-from prefect_llmorch.flows.report import Record, RunReport, build_report, failure_message, send_records
+from prefect_llmorch.flows.recovery import ARTIFACT_KEY as RECOVERY_ARTIFACT, RecoveryConfig, RecoveryController
+from prefect_llmorch.flows.report import Record, RunReport, build_report, failure_message, markdown_record, send_records
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.model import Call, Plan
@@ -214,8 +214,8 @@ class Execution:
                 report.result = evaluate(self.plan.answer, self.recorder.results)
             except (EvaluationError, MissingResultError) as exc:
                 report.message = f"the plan's answer cannot be computed: {exc}"
-        if self.controller is not None and (publish := self.controller.annotate(report)) is not None:
-            self.records.append(publish)  # the rounds: in the report now, an artifact later
+        if self.controller is not None and (rounds := self.controller.annotate(report)) is not None:
+            self.records.append(markdown_record(RECOVERY_ARTIFACT, *rounds))  # in the report now, an artifact later
         return report
 
     def settle(self) -> None:

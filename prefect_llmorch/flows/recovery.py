@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
     from prefect_llmorch.engine.compiler import Compiler
     from prefect_llmorch.engine.runner import LLMOrchTaskRunner
-    from prefect_llmorch.flows.report import Record, RunReport
+    from prefect_llmorch.flows.report import RunReport
 
 __all__ = [
     "RecoveryConfig", "RecoveryController", "RecoveryRound", "ARTIFACT_KEY", "RUNNING",
@@ -438,9 +438,9 @@ class RecoveryController:
             out.append("")
         return "\n".join(out)
 
-    def annotate(self, report: "RunReport") -> "Record | None":
-        """Put the rounds into the report (`report.recovery`); return what publishes the
-        artifact (its text made now), or None when there was nothing to recover."""
+    def annotate(self, report: "RunReport") -> tuple[str, str] | None:
+        """Put the rounds into the report (`report.recovery`); return the artifact's markdown
+        and description (the caller publishes it), or None when there was nothing to recover."""
         if self.outcome == "no failure" and not self.rounds:
             return None
         report.recovery = self.to_dict()
@@ -448,14 +448,7 @@ class RecoveryController:
             report.message = (
                 f"trace-back recovery {self.outcome}; still failing: {', '.join(report.failed)}\n\n" + self.to_markdown()
             )
-        markdown, description = self.to_markdown(), f"trace-back recovery: {self.outcome}"
-
-        def publish(client: Any, flow_run_id: Any) -> None:
-            from prefect_llmorch.flows.report import create_artifact
-
-            create_artifact(client, flow_run_id, "markdown", ARTIFACT_KEY, markdown, description)
-
-        return publish
+        return self.to_markdown(), f"trace-back recovery: {self.outcome}"
 
 
 def _own_fault(error: str | None) -> bool:

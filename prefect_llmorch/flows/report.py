@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CallRow", "Planning", "PlanRunFailed", "RunReport",
     "best_schedule", "build_report", "failure_message", "jsonable", "measured_lower_bound", "plan_failed",
-    "Record", "create_artifact", "records_sent", "report_artifacts", "send_records",
+    "Record", "create_artifact", "markdown_record", "records_sent", "report_artifacts", "send_records",
 ]
 
 logger = logging.getLogger("prefect_llmorch.flows.report")
@@ -457,6 +457,15 @@ def report_artifacts(frg: FRG, report: RunReport, extra_markdown: str = "") -> R
             "The plan's FRG: each call's rank, kind, inputs (deps) and mutual-exclusion group",
         )
         create_artifact(client, flow_run_id, "table", "llmorch-schedule", json.dumps(rows), summary)
+
+    return publish
+
+
+def markdown_record(key: str, markdown: str, description: str) -> Record:
+    """The record of a markdown artifact (recovery's rounds)."""
+
+    def publish(client: "SyncPrefectClient", flow_run_id: UUID) -> None:
+        create_artifact(client, flow_run_id, "markdown", key, markdown, description)
 
     return publish
 

@@ -8,8 +8,10 @@ to record the cancelled states and publish the report. It also inherits our stan
 it started twice on one SQLite file.
 
 `ensure_server()` starts the same app Prefect's temporary server runs
-(`prefect.server.api.server:create_app`, UI off), once per process, under a lock in
-PREFECT_HOME (two processes on a fresh home would both run the database migrations):
+(`prefect.server.api.server:create_app`, UI off; wrapped by `host/app.py`, which tries a
+request again when SQLite refused it as locked, instead of Prefect's client waiting 2 s), once
+per process, under a lock in PREFECT_HOME (two processes on a fresh home would both run the
+database migrations):
 
 - in a new session (`start_new_session`): a signal to our process group never reaches it;
 - with its output in `PREFECT_HOME/llmorch-server.log`, not ours;
@@ -37,8 +39,9 @@ from pathlib import Path
 
 __all__ = ["EmbeddedServer", "embedded_server", "ensure_server", "reap_when_gone", "server_instance", "server_key", "start_ephemeral_server"]
 
-#: How Prefect's temporary server shows in its command line (ours runs the same app).
-SERVER_APP = "prefect.server.api.server:create_app"
+#: The app factory the embedded server runs: Prefect's (`prefect.server.api.server:create_app`,
+#: what its temporary server runs), trying a request again when SQLite refused it as locked.
+SERVER_APP = "prefect_llmorch.host.app:create_app"
 
 # Runs in its own session (so a Ctrl-C or a kill of our process group spares it): waits for
 # the parent to exit, then ends each server process that is still the one it was told about
