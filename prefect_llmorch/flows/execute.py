@@ -17,7 +17,9 @@ calls' records become the report, a failure message names each call that did not
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -28,6 +30,7 @@ from prefect_llmorch.credentials import CredentialStore
 from prefect_llmorch.engine.compiler import Compiler, Recorder
 from prefect_llmorch.engine.rates import rates_of
 from prefect_llmorch.host import interrupt
+from prefect_llmorch.flows.handoff import handed
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import ARTIFACT_KEY as RECOVERY_ARTIFACT, RecoveryConfig, RecoveryController
 from prefect_llmorch.flows.report import Record, RunReport, build_report, failure_message, markdown_record, send_records
@@ -115,6 +118,7 @@ class Execution:
         # Hooks go in before the first submission; failures are held until the plan is final.
         self.controller = RecoveryController(recovery, toolbox, self.compiler, self.runner) if recovery else None
         self.progress = RunProgress.start(self.recorder)  # the `llmorch-progress` artifact
+        self._stop_heartbeats = heartbeats(handed().heartbeats)
         #: what publishes this run's artifacts once `finish` returned (`report.send_records`)
         self.records: list[Record] = []
         self._closed = False
@@ -252,6 +256,7 @@ class Execution:
         for the flow to send with its other artifacts); safe to call more than once."""
         if not self._closed:
             self._closed = True
+            self._stop_heartbeats()
             if records:
                 self.progress.stop()
                 self.records.append(self.progress.send_final)
@@ -303,6 +308,47 @@ def execute(
     report = ex.finish()
     send_records(ex.records, after=None)
     return ex.frg, ex.recorder, report
+
+
+def heartbeats(seconds: int | None) -> Callable[[], None]:
+    """Send the current flow run's heartbeats every `seconds` (None: none) from a thread,
+    the events Prefect's own heartbeat thread sends (`prefect.flow-run.heartbeat` about the
+    flow run, related to its flow, deployment and tags); returns what stops them, at once."""
+    run = FlowRunContext.get()
+    if seconds is None or run is None or run.flow_run is None:
+        return lambda: None
+    import prefect
+    from prefect.events import RelatedResource, emit_event
+    from prefect.events.related import tags_as_related_resources
+
+    flow_run = run.flow_run
+    resource = {
+        "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+        "prefect.resource.name": flow_run.name or "",
+        "prefect.version": prefect.__version__,
+    }
+    related = [RelatedResource.model_validate({
+        "prefect.resource.id": f"prefect.flow.{flow_run.flow_id}", "prefect.resource.role": "flow",
+        "prefect.resource.name": run.flow.name if run.flow else "",
+    })]
+    if flow_run.deployment_id:
+        related.append(RelatedResource.model_validate({
+            "prefect.resource.id": f"prefect.deployment.{flow_run.deployment_id}", "prefect.resource.role": "deployment",
+        }))
+    related += tags_as_related_resources(set(flow_run.tags or []))
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                emit_event(event="prefect.flow-run.heartbeat", resource=resource, related=related)
+            except Exception:  # noqa: BLE001 - as Prefect's: a missed beat is logged, not fatal
+                logging.getLogger(__name__).debug("could not send a flow-run heartbeat", exc_info=True)
+            stop.wait(seconds)
+
+    ctx = contextvars.copy_context()  # the run's API settings
+    threading.Thread(target=ctx.run, args=(beat,), daemon=True, name="llmorch-heartbeat").start()
+    return stop.set
 
 
 def _wait_all(futures: list[PrefectFuture[Any]], timeout: float | None = None) -> None:

@@ -39,6 +39,8 @@ class Handoff:
             block `options.endpoint` names, loaded once (its join settings).
         text: the plan text (run) or the query (ask) these were made for.
         plan: the plan parsed from `text` (done, or being done on a thread).
+        heartbeats: seconds between the flow run's heartbeats, which its body sends
+            (`execute.heartbeats`) because `run_flow` turned Prefect's off; None: none here.
         answered: the caller waits for the answer in this process, which outlives the flow
             run, and sets this once it has it: the run's artifacts are sent then
             (`report.send_records`), not on the answer's way.
@@ -50,6 +52,7 @@ class Handoff:
     text: str | None = None
     plan: "concurrent.futures.Future[Plan] | None" = None
     answered: threading.Event | None = None
+    heartbeats: int | None = None
 
     def parsed(self, text: str, toolbox: Toolbox) -> Plan | None:
         """The plan parsed ahead for this text and toolbox (its error raised), else None."""

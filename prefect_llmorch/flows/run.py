@@ -12,6 +12,7 @@ with `llmorch-ask`) is `prefect_llmorch.flows.execute`; the report `prefect_llmo
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -319,34 +320,41 @@ def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: 
     Objects (a `Toolbox`, an `LLMClient`) are never sent to the API as flow-run parameters:
     then the flow's function runs inside an unparameterised flow of the same name.
     """
-    with _without_heartbeats():
+    with _own_heartbeats():
         return _run_flow(flow_obj, runner, parameters, simple=simple)
 
 
-#: (settings, the same without flow-run heartbeats): built once, entering it costs ~nothing
+#: (settings, the same without Prefect's heartbeats): built once, entering it costs ~nothing
 #: (`temporary_settings` builds a `Settings` anew: 40-130 ms a run).
 _QUIET: list[Any] = []
 
 
 @contextmanager
-def _without_heartbeats() -> Iterator[None]:
-    """No flow-run heartbeats while this process's embedded server is the API.
+def _own_heartbeats() -> Iterator[None]:
+    """The flow run's heartbeats are the body's own (`execute.heartbeats`), not Prefect's.
 
-    Heartbeats let a server mark the runs of a process that died as Crashed; the embedded
-    server dies with its process, so they can tell it nothing. And each costs up to a second
-    at the flow run's end: Prefect's heartbeat thread sleeps in 1 s steps, and the engine
-    joins it before the flow call returns. Against any other server they stay on."""
+    Heartbeats let a server mark the runs of a process that died as Crashed. Prefect's thread
+    sleeps in 1 s steps, and the engine joins it before the flow call returns: 0-1 s at the
+    end of every answer. So Prefect's are off for the runs this process calls and waits for,
+    and the flow's body sends the same events from a thread that stops at once
+    (`Handoff.heartbeats`). Against this process's embedded server, none at all: it dies with
+    the process, so they could tell it nothing."""
     from prefect.context import SettingsContext
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings
 
-    server = embedded_server()
     settings = get_current_settings()
-    if server is None or str(settings.api.url or "") != server.url or settings.flows.heartbeat_frequency is None:
+    seconds = settings.flows.heartbeat_frequency
+    if seconds is None:
         yield
         return
+    server = embedded_server()
+    embedded = server is not None and str(settings.api.url or "") == server.url
     if not _QUIET or _QUIET[0] is not settings:
         _QUIET[:] = [settings, settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})]
-    with SettingsContext(profile=SettingsContext.get().profile, settings=_QUIET[1]):
+    with (
+        SettingsContext(profile=SettingsContext.get().profile, settings=_QUIET[1]),
+        handing(dataclasses.replace(handed(), heartbeats=None if embedded else seconds)),
+    ):
         yield
 
 
