@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from prefect import flow
 
+from prefect.testing.fixtures import asserting_and_emitting_events_worker  # noqa: F401 - a fixture
+
 from prefect_llmorch import Toolbox, inout
+from prefect_llmorch.flows.report import records_sent
 from prefect_llmorch.flows.run import run_plan
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -33,22 +36,17 @@ TOOLBOX = Toolbox(look)
 
 
 @pytest.fixture()
-def events() -> Iterator[Any]:
-    from prefect.events.clients import AssertingEventsClient
-    from prefect.events.worker import EventsWorker
+def events(asserting_and_emitting_events_worker: Any) -> Any:  # noqa: F811 - Prefect's own fixture
+    """Prefect's test fixture: the events worker records what it sends (and still sends it)."""
+    from prefect.events.clients import AssertingPassthroughEventsClient
 
-    EventsWorker.set_client_override(AssertingEventsClient)
-    try:
-        yield AssertingEventsClient
-    finally:
-        EventsWorker.drain_all()
-        EventsWorker.set_client_override(None)  # type: ignore[arg-type]
+    return AssertingPassthroughEventsClient
 
 
 def _heartbeats(client: Any) -> dict[str, list[Any]]:
     from prefect.events.worker import EventsWorker
 
-    EventsWorker.drain_all()
+    EventsWorker.instance().wait_until_empty()
     by_run: dict[str, list[Any]] = {}
     for event in client.all:
         for e in getattr(event, "events", [event]):
@@ -80,3 +78,4 @@ def test_a_run_s_heartbeats_are_its_own_and_look_like_prefect_s(events: Any) -> 
     assert ours.resource["prefect.version"] == theirs.resource["prefect.version"]
     assert [r.role for r in ours.related] == [r.role for r in theirs.related] == ["flow"]
     assert ours.related[0].id.startswith("prefect.flow.") and ours.related[0].name == "llmorch-run"
+    assert records_sent(60)  # the run's artifacts' events, before the fixture stops its worker

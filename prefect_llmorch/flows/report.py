@@ -515,6 +515,7 @@ def send_records(records: list[Record], *, after: threading.Event | None) -> Non
             thread.join()
         with SettingsContext(profile=settings.profile, settings=settings.settings), get_client(sync_client=True) as client:
             _send(records, client, flow_run_id)
+            _events_sent()
 
     _sent_before_prefect_stops()
     threading.Thread(target=work, name=RECORDS_THREAD, daemon=False).start()
@@ -541,6 +542,17 @@ def records_sent(timeout: float | None = None) -> bool:
         if thread.is_alive():
             return False
     return True
+
+
+def _events_sent(timeout: float = 10.0) -> None:
+    """Wait (up to `timeout` s) until the events the records made (`prefect.artifact.created`)
+    have left: at exit Prefect's events worker would otherwise stop with them queued and warn
+    "Still processing items" on the user's terminal."""
+    from prefect.events.worker import EventsWorker
+
+    waiting = threading.Thread(target=EventsWorker.instance().wait_until_empty, daemon=True)
+    waiting.start()
+    waiting.join(timeout)
 
 
 def _send(records: list[Record], client: "SyncPrefectClient", flow_run_id: UUID) -> None:
