@@ -472,3 +472,21 @@ def test_a_run_started_while_its_slots_are_taken_ahead_waits_for_them_not_for_a_
     while active_slots(name) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert active_slots(name) == 0
+
+
+def test_slots_of_finished_calls_go_back_once_no_more_calls_come(monkeypatch) -> None:  # noqa: ANN001
+    """The demand of calls still to finish sizes the slots held: once every call is
+    submitted (`no_more_submissions`) and has finished, the runner holds none, still entered."""
+    from runner_tasks import square
+
+    monkeypatch.setenv("LLMORCH_KEEP_SLOTS_SECONDS", "0")
+    name = f"llmorch-test-unfinished-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    runner = LLMOrchTaskRunner(processors=2, concurrency_limit=name)
+    with runner:
+        assert [f.result(timeout=60) for f in [runner.submit(square, {"x": x}) for x in (2, 3)]] == [4, 9]
+        runner.no_more_submissions()
+        deadline = time.monotonic() + 60
+        while active_slots(name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert active_slots(name) == 0 and runner.slots_held == 0

@@ -419,9 +419,11 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         if sign > 0:
             if key in self._counted:
                 return
-            self._counted[key] = dict(demand)
-        elif self._counted.pop(key, None) is None:
-            return
+            self._counted[key] = demand = dict(demand)
+        else:  # what was counted goes (callers pass no demand when they remove one)
+            demand = self._counted.pop(key, None)
+            if demand is None:
+                return
         for r, amount in demand.items():
             self._unfinished[r] = max(0.0, self._unfinished.get(r, 0.0) + sign * amount)
 
