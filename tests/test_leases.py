@@ -474,6 +474,47 @@ def test_a_run_started_while_its_slots_are_taken_ahead_waits_for_them_not_for_a_
     assert active_slots(name) == 0
 
 
+def test_a_failed_dispatch_leaves_the_runner_consistent_and_later_calls_run(monkeypatch) -> None:  # noqa: ANN001
+    """A dispatch that raises (here once, injected into the runner's `_wake_at`, the step
+    between passing calls out and admitting held ones: a thread that cannot start would
+    fail there) fails the calls waiting then, and only them: the compute call waiting for
+    its slot leaves the held queue and the Coordinator, and the next call runs on that slot."""
+    from runner_tasks import square
+
+    monkeypatch.setenv("LLMORCH_KEEP_SLOTS_SECONDS", "0")
+    name = f"llmorch-test-dispatch-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 1)
+    lease = hold_a_slot(name)  # the only slot: the first call waits for it, held
+    runner = LLMOrchTaskRunner(processors=1, concurrency_limit=name)
+    with runner:
+        first = runner.submit(square, {"x": 2})
+        with runner._lock:
+            assert [s.node for s in runner._held] == [runner._by_run[first.task_run_id]]
+        armed = [RuntimeError("injected: a thread could not start")]
+        real_wake_at = runner._wake_at
+
+        def wake_at_failing_once(when):  # noqa: ANN001, ANN202
+            if armed:
+                raise armed.pop()
+            return real_wake_at(when)
+
+        monkeypatch.setattr(runner, "_wake_at", wake_at_failing_once)
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease)  # the guard takes it, and dispatches
+        with pytest.raises(RuntimeError, match="injected"):
+            first.result(timeout=60)
+        assert not armed
+        with runner._lock:
+            co_running = set(runner._co.running) if runner._co is not None else set()
+            held, unfinished = list(runner._held), runner._unfinished.get("processors")
+        second = runner.submit(square, {"x": 3})
+        assert second.result(timeout=60) == 9
+        assert not held and not co_running and not unfinished  # nothing of the failed call was left
+        with runner._lock:
+            assert not runner._held and not any(runner._in_use.values()) and runner._running_compute == 0
+    assert active_slots(name) == 0
+
+
 def test_slots_of_finished_calls_go_back_once_no_more_calls_come(monkeypatch) -> None:  # noqa: ANN001
     """The demand of calls still to finish sizes the slots held: once every call is
     submitted (`no_more_submissions`) and has finished, the runner holds none, still entered."""

@@ -755,11 +755,24 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             with self._lock:
                 stuck = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
                 for s in stuck:
-                    _move(s, CallState.DONE)
-                self._announced.clear()  # their submissions join as new nodes, and fail the same way
+                    self._drop(s)
+                self._announced.clear()  # their submissions join as new nodes
             for s in stuck:
                 if not s.future.done():
                     s.future.set_exception(exc)
+
+    def _drop(self, sub: _Submission) -> None:
+        """A waiting call that will never start (a failed dispatch fails it): DONE, out of the
+        held and arrived queues, its demand uncounted, and done for the Coordinator if it was
+        passed out (one not passed out yet is done the moment it is, `_dispatch`), so the
+        runner's later calls run on what it would have held. Called with the lock held."""
+        _move(sub, CallState.DONE)
+        self._held = deque(s for s in self._held if s is not sub)
+        self._arrived = [s for s in self._arrived if s is not sub]
+        self._count(sub.node, {}, -1)
+        if self._co is not None and sub.node in self._co.running:
+            self._co.done(sub.node)
+            self.trace.append(("done", (sub.node,)))
 
     def _grow(self) -> None:
         """Put new submissions into the Coordinator's graph (a fresh graph once the old one
@@ -831,7 +844,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 finished = []
                 for node in ready:
                     sub = self._subs[node]
-                    if sub.external is not None or sub.state is CallState.ABANDONED:
+                    if sub.state is CallState.DONE:  # failed before it was passed out (`_drop`)
+                        finished.append(node)
+                    elif sub.external is not None or sub.state is CallState.ABANDONED:
                         if sub.finished or sub.state is CallState.ABANDONED:
                             _move(sub, CallState.DONE)
                             finished.append(node)
