@@ -254,3 +254,36 @@ def test_a_rate_limit_the_api_refuses_fails_the_call_saying_so(tmp_path) -> None
     with pytest.raises(PlanRunFailed, match=r"s1 · waited failed: RateUnavailable: rate limits \['llmorch-rate-wait-api'\] do not exist"):
         run_plan(f's1: waited("s1", "{log}")', toolbox, processors=1, resources={"wait-api": "1/600s"})
     assert not log.exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_process_talking_to_two_apis_paces_on_each_its_own_limit(prefect_server) -> None:  # noqa: ANN001
+    """One resource at 1 call per 10 minutes, paced on the session's test server and then on
+    another server: the second API gets its own rate limit (made there) and its own asker (it
+    does not wait for the first API's pace), and its slot is taken there."""
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_llmorch.engine.rates import pace
+    from prefect_llmorch.schedule.resources import rate_limit_name
+
+    resource = f"two-apis-{uuid.uuid4().hex[:6]}"
+    rates = {resource: Rate(1, 600.0)}
+    pace([resource], rates)  # on the test server
+    outcome: list[object] = []
+
+    def on_the_other_api() -> None:
+        try:
+            pace([resource], rates)
+            with get_client(sync_client=True) as client:
+                outcome.append(client.read_global_concurrency_limit_by_name(rate_limit_name(resource)).active_slots)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
+        other = threading.Thread(target=contextvars.copy_context().run, args=(on_the_other_api,), daemon=True)
+        other.start()
+        other.join(timeout=120)  # the first API's pace would make it wait 10 minutes
+    assert outcome == [1], outcome

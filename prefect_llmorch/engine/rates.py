@@ -31,11 +31,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from prefect_llmorch.engine.pool import CallCancelled, Cancel
+from prefect_llmorch.host.server import server_key
 from prefect_llmorch.schedule.resources import Capacities, Rate, RateGate, rate_limit_name
 
 __all__ = ["RateUnavailable", "ensure_rate_limit", "pace", "rates_of"]
 
-_ready: dict[str, Rate] = {}  # limits made (or set) to a rate by this process, by name
+#: Limits made (or set) to a rate by this process, by (API, name): a process may talk to
+#: several Prefect APIs (the test suite does), each with limits of its own.
+_ready: dict[tuple[str, str], Rate] = {}
 _lock = threading.Lock()
 
 
@@ -50,8 +53,9 @@ def ensure_rate_limit(resource: str, rate: Rate) -> str:
     """Create the global concurrency limit that paces `resource`, or set an existing one to
     `rate`; once per process and rate. Returns its name."""
     name = rate_limit_name(resource)
+    key = (server_key(), name)
     with _lock:
-        if _ready.get(name) == rate:
+        if _ready.get(key) == rate:
             return name
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
@@ -74,7 +78,7 @@ def ensure_rate_limit(resource: str, rate: Rate) -> str:
                 client.update_global_concurrency_limit(
                     name, GlobalConcurrencyLimitUpdate(limit=1, slot_decay_per_second=decay, active=True)
                 )
-        _ready[name] = rate
+        _ready[key] = rate
         return name
 
 
@@ -175,12 +179,13 @@ class _Asker:
     gate: RateGate
 
 
-_askers: dict[str, _Asker] = {}
+_askers: dict[tuple[str, str], _Asker] = {}  # by (API, limit name), as `_ready`
 
 
 def _asker(name: str, rate: Rate) -> _Asker:
+    key = (server_key(), name)
     with _lock:
-        found = _askers.get(name)
+        found = _askers.get(key)
         if found is None or found.gate.rate.calls != rate.calls or found.gate.rate.per != rate.per * _CUSHION:
-            found = _askers[name] = _Asker(threading.Lock(), RateGate(Rate(rate.calls, rate.per * _CUSHION)))
+            found = _askers[key] = _Asker(threading.Lock(), RateGate(Rate(rate.calls, rate.per * _CUSHION)))
         return found
