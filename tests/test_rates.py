@@ -287,3 +287,46 @@ def test_a_process_talking_to_two_apis_paces_on_each_its_own_limit(prefect_serve
         other.start()
         other.join(timeout=120)  # the first API's pace would make it wait 10 minutes
     assert outcome == [1], outcome
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_no_rate_timer_of_a_run_is_left_alive_after_it(tmp_path) -> None:  # noqa: ANN001
+    """The runner wakes itself for a call waiting for its run's rate (a `threading.Timer`):
+    s2 waits 10 minutes for `wait-api`, then f2 a second for `search-api` (an earlier wake
+    replaces the later one), and the run is cancelled while s2 still waits. No timer of the
+    run is alive after it: the replaced one and the last one were cancelled."""
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    from prefect_llmorch.engine.compiler import Recorder
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.run import execute
+    from prefect_llmorch.plan.parser import parse
+
+    log = tmp_path / "calls.jsonl"
+    plan = parse(f's1: waited("s1", "{log}")\ns2: waited("s2", "{log}")\n'
+                 f'f1: then_fetch(s1, "f1", "{log}")\nf2: then_fetch(s1, "f2", "{log}")', toolbox)
+    recorder = Recorder()
+    before = {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
+
+    def cancel_once_f2_ran(runner: LLMOrchTaskRunner) -> None:
+        deadline = time.monotonic() + 120
+        while getattr(recorder.records.get("f2"), "state", None) != "Completed" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        runner.cancel_all()
+
+    runner = LLMOrchTaskRunner(processors=1, guard="local", resources={"wait-api": "1/600s", "search-api": "1/s"})
+
+    @flow(task_runner=runner)
+    def paced():  # noqa: ANN202
+        canceller = threading.Thread(target=cancel_once_f2_ran, args=(FlowRunContext.get().task_runner,))
+        canceller.start()
+        report = execute(plan, toolbox, processors=1, recorder=recorder)[2]
+        canceller.join()
+        return report
+
+    paced(return_state=True)
+    states = {cid: rec.state for cid, rec in recorder.records.items()}
+    assert states["f2"] == "Completed" and states["s2"] != "Completed", states
+    left = [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t not in before and t.is_alive()]
+    assert not left, left

@@ -56,7 +56,14 @@ def waited(tag: str, log: str) -> str:
     return tag
 
 
-toolbox = Toolbox(fetch, rated_burn, plain_burn, waited)
+@inout(resources={"search-api": 1})
+def then_fetch(after: str, tag: str, log: str) -> str:
+    """A call of `search-api` that runs after `after` (its input)."""
+    _record(log, tag, time.time())
+    return tag
+
+
+toolbox = Toolbox(fetch, rated_burn, plain_burn, waited, then_fetch)
 
 
 def most_in_any_window(starts: list[float], window: float) -> int:

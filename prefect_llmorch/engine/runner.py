@@ -435,6 +435,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 self.cancel_all()
             with self._lock:
                 self._closing = True  # nothing starts from now on
+                self._stop_rate_wake()
                 queued = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
                 for s in queued:
                     _move(s, CallState.DONE)
@@ -485,6 +486,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 return
             self._cancelled = reason
             self._closing = True
+            self._stop_rate_wake()
             subs = [s for s in self._subs.values() if s.external is None]
             queued = [s for s in subs if s.state in WAITING]
             running = [s for s in subs if s.state is CallState.RUNNING]
@@ -879,14 +881,22 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         one timer, the earliest. Called with the lock held."""
         if when is None or (self._rate_wake is not None and self._rate_wake[0] <= when):
             return
-        timer = threading.Timer(max(when - time.monotonic(), 0.0), self._rate_due)
+        self._stop_rate_wake()  # the later one is obsolete: its thread would sleep on for nothing
+        timer = threading.Timer(max(when - time.monotonic(), 0.0), lambda: self._rate_due(timer))
         timer.daemon = True
         self._rate_wake = (when, timer)
         timer.start()
 
-    def _rate_due(self) -> None:
-        with self._lock:
+    def _stop_rate_wake(self) -> None:
+        """Cancel the pending rate timer, if any (replaced, or the runner ends). Lock held."""
+        if self._rate_wake is not None:
+            self._rate_wake[1].cancel()
             self._rate_wake = None
+
+    def _rate_due(self, timer: threading.Timer) -> None:
+        with self._lock:
+            if self._rate_wake is not None and self._rate_wake[1] is timer:  # not a replaced one
+                self._rate_wake = None
         self._safe_dispatch()
 
     def _start_on(self, executor: concurrent.futures.ThreadPoolExecutor, sub: _Submission, run: Any, fn: Any) -> None:
