@@ -531,3 +531,25 @@ def test_slots_of_finished_calls_go_back_once_no_more_calls_come(monkeypatch) ->
         while active_slots(name) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert active_slots(name) == 0 and runner.slots_held == 0
+
+
+def test_a_dead_process_s_lease_on_another_live_server_is_left_to_that_server(prefect_server) -> None:  # noqa: ANN001
+    """Processes of one PREFECT_HOME share the ledger but may talk to different servers: the
+    lease of a dead process on another server, still up, is not this server's. Clearing it
+    once decremented this server's limit of the same name, freeing a slot a live holder here
+    had: the holder's slot must still be held after the run, and the entry left for that server."""
+    name = f"llmorch-test-other-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    with get_client(sync_client=True) as client:
+        client.increment_concurrency_slots(names=[name], slots=1, mode="concurrency")  # a live holder here
+    other = prefect_server.url.rstrip("/") + "/"
+    lease = str(uuid.uuid4())
+    guard._ledger_add({"limit": name, "lease": lease, "slots": 1, "api": other, "server": other,
+                       "pid": dead_pid(), "started": 0.0})
+    try:
+        report = run(plan_of(1), name)
+        assert report.state == "Completed"
+        assert active_slots(name) == 1  # the live holder's
+        assert any(e["lease"] == lease for e in guard._ledger_read())
+    finally:
+        guard._ledger_remove(lease)
