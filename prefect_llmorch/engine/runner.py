@@ -369,10 +369,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def _start_threads(self, stack: ExitStack) -> None:
         """The task-run threads and the API thread (also used by the Dask runner)."""
-        executor = self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
-        # At close: wait for the task-run threads, unless the run was cancelled (an inout
-        # call's thread cannot be stopped; a script's Ctrl-C must not wait for it).
-        stack.callback(lambda: executor.shutdown(wait=not self._cancelled))
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
+        # If the start fails past here (`__exit__` shuts it down itself, before the slots go back).
+        stack.callback(self._shutdown_executor)
         name = self.concurrency_limit if getattr(self, "guard", "global") == "global" else None
         self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch)
         self._limit.start(stack)
@@ -447,7 +446,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 # registered while waiting: a Ctrl-C now cancels them (host/interrupt.py), and
                 # threads that cannot be stopped (plain inout tasks) are then left.
                 self._wait_running()
-                executor.shutdown(wait=not self._cancelled)
+                self._shutdown_executor()
         except BaseException:
             self.cancel_all()  # a Ctrl-C while waiting: the calls stop, the slots go back below
             raise
@@ -459,6 +458,14 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self.pool = None
             self._executor = None
             super().__exit__(*exc_info)
+
+    def _shutdown_executor(self) -> None:
+        """Shut the task-run threads' executor down, once: wait for them, unless the run was
+        cancelled (an inout call's thread cannot be stopped; a script's Ctrl-C must not wait)."""
+        executor = self._executor
+        if executor is not None:
+            executor.shutdown(wait=not self._cancelled)
+            self._executor = None
 
     def _wait_running(self) -> None:
         """Until no call of this runner runs, or the runner is cancelled."""
