@@ -60,7 +60,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypedDict
+from typing import Any, Literal, Optional, Sequence, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -166,8 +166,13 @@ def toolbox_of(functions: Sequence[dict[str, Any]]) -> Toolbox:
             prop = props[pname]
             default = (inspect.Parameter.empty if prop.get("required", False)
                        else prop.get("default_value", prop.get("default")))
+            annotation = _annotation(prop)
+            if default is None and annotation is not Any:
+                # optional without a default: left out, it is None, which the type must take
+                # (else `is_unisex=None`, the signature's own default, is a plan error)
+                annotation = Optional[annotation]
             parameters.append(inspect.Parameter(param_name(pname), inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                default=default, annotation=_annotation(prop)))
+                                                default=default, annotation=annotation))
             lines.append(f"  {param_name(pname)}: {prop.get('description', '')}".rstrip())
         fields = {k: _TYPES.get(v.get("type", ""), Any) for k, v in (doc.get("output_parameters") or {}).items()}
         result = TypedDict(f"{name}_result", fields) if fields else Any  # type: ignore[misc, operator]

