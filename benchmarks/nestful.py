@@ -42,6 +42,7 @@ An argument left at the catalog's default counts as written with it (sgd's golds
 `fare_type="Economy"`).
 
 Options: --n N questions per source (the first N with a well-formed gold; default 6),
+--skip K (leave out the first K of them: `--n 6 --skip 6` is the 7th to 12th),
 --sources, --systems, --base-url, --threads, --out FILE (JSON with every answer, written after
 each), --summary FILE (the table of a saved FILE).
 """
@@ -107,15 +108,16 @@ def gold_plan(output: list[dict[str, Any]]) -> Plan:
     return parse(json.dumps(renamed))
 
 
-def load(source: str, n: int, consistent: bool = True) -> tuple[list[tuple[int, dict[str, Any], Plan]], dict[str, dict[str, Any]]]:
-    """The first `n` questions of `source` with a well-formed gold, as (index, sample, gold
-    plan), and the source's catalog by plan name. `consistent`: only golds that are valid
-    plans for the catalog's own declared types (a third of glaive's pass a text where the
-    catalog says boolean, a float where it says str)."""
+def load(source: str, n: int, consistent: bool = True,
+         skip: int = 0) -> tuple[list[tuple[int, dict[str, Any], Plan]], dict[str, dict[str, Any]]]:
+    """The first `n` questions of `source` with a well-formed gold, after the first `skip` of
+    them, as (index, sample, gold plan), and the source's catalog by plan name. `consistent`:
+    only golds that are valid plans for the catalog's own declared types (a third of glaive's
+    pass a text where the catalog says boolean, a float where it says str)."""
     catalog = {plan_name(f["name"]): f for f in _read(source, "spec")}
     out = []
     for i, sample in enumerate(_read(source, "data")):
-        if len(out) == n:
+        if len(out) == skip + n:
             break
         try:
             gold = gold_plan(sample["output"])
@@ -124,7 +126,7 @@ def load(source: str, n: int, consistent: bool = True) -> tuple[list[tuple[int, 
         except (PlanError, KeyError):
             continue
         out.append((i, sample, gold))
-    return out, catalog
+    return out[skip:], catalog
 
 
 def offered(gold: Plan, catalog: dict[str, dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -321,9 +323,10 @@ def ours(client: LLMClient, question: str, toolbox: Toolbox, mode: str) -> tuple
 
 
 def run(client: LLMClient, n: int, sources: Sequence[str], systems: Sequence[str],
-        consistent: bool = True, out: Path | None = None) -> list[dict[str, Any]]:
+        consistent: bool = True, out: Path | None = None, skip: int = 0) -> list[dict[str, Any]]:
     rows = []
-    questions = [(source, *q, catalog) for source in sources for qs, catalog in [load(source, n, consistent)]
+    questions = [(source, *q, catalog) for source in sources
+                 for qs, catalog in [load(source, n, consistent, skip)]
                  for q in qs]
     # one system at a time: llama.cpp reuses the cached prefix of the last prompt, and one
     # system's prompts share their instructions and examples
@@ -373,6 +376,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n", type=int, default=6)
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first SKIP questions per source (--n 6 --skip 6: the 7th to 12th)")
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--base-url", help="an OpenAI-compatible server (default: start the local model)")
@@ -398,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-        rows = run(client, args.n, args.sources, args.systems, consistent=not args.all, out=args.out)
+        rows = run(client, args.n, args.sources, args.systems, consistent=not args.all, out=args.out,
+                   skip=args.skip)
         print(f"\n{len(rows)} answers in {time.monotonic() - began:.0f} s\n")
         print(summary(rows))
     finally:

@@ -85,6 +85,8 @@ def test_the_sample_golds_are_valid_plans_for_their_own_toolbox() -> None:
     for source in nestful.SOURCES:
         questions, catalog = nestful.load(source, 12)
         assert len(questions) == 12
+        later, _ = nestful.load(source, 6, skip=6)  # --n 6 --skip 6: the 7th to 12th
+        assert [i for i, _, _ in later] == [i for i, _, _ in questions[6:]]
         for index, _sample, gold in questions:
             toolbox = nestful.toolbox_of(nestful.offered(gold, catalog, index))
             parse(gold.to_text("nestful"), toolbox)
