@@ -19,7 +19,8 @@ returns a TypedDict of its output fields, so `s1.distance` is checked at plan ti
 the fields the catalog declares, and passed on typed.
 
 Scores (both sides parsed into the same `Plan` form: NESTFUL's gold by our parser's NESTFUL
-dialect, our plans by the planner, the plain answer by the NESTFUL dialect too; the final
+dialect, our plans by the planner, the plain answer by the NESTFUL dialect too,
+forgiving what only our reader asks: a `label` on every call, each key once; the final
 `var_result` / `self` step is left out of both): a reference is written as the function and
 occurrence it points to, and its field path (`$calculate_route#1.distance$`), so labels and
 ids do not matter, only what is used; values compare with numbers as numbers and strings
@@ -44,7 +45,7 @@ An argument left at the catalog's default counts as written with it (sgd's golds
 Options: --n N questions per source (the first N with a well-formed gold; default 6),
 --skip K (leave out the first K of them: `--n 6 --skip 6` is the 7th to 12th),
 --sources, --systems, --base-url, --threads, --out FILE (JSON with every answer, written after
-each), --summary FILE (the table of a saved FILE).
+each), --summary FILE (the table of a saved FILE; with --rescore, its plain answers read again).
 """
 
 from __future__ import annotations
@@ -102,10 +103,15 @@ def gold_plan(output: list[dict[str, Any]]) -> Plan:
     Raises:
         PlanError: the gold is not a well-formed sequence.
     """
-    renamed = [{**step, "name": plan_name(step["name"]),
-                "arguments": {param_name(k) if step["name"] != "var_result" else k: v
-                              for k, v in (step.get("arguments") or {}).items()}} for step in output]
-    return parse(json.dumps(renamed))
+    return parse(json.dumps(_renamed(output)))
+
+
+def _renamed(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """NESTFUL steps with names as the toolbox spells them (`from` -> `from_`)."""
+    return [{**step, "name": plan_name(str(step.get("name", ""))),
+             "arguments": {param_name(k) if step.get("name") != "var_result" else k: v
+                           for k, v in (step.get("arguments") or {}).items()}}
+            for step in steps]
 
 
 def load(source: str, n: int, consistent: bool = True,
@@ -293,21 +299,65 @@ def plain(client: LLMClient, question: str, functions: list[dict[str, Any]],
     messages = [{"role": "system", "content": PLAIN_PROMPT.format(functions=json.dumps(docs))},
                 {"role": "user", "content": question}]
     reply = client.complete(messages, temperature=0.0)
-    text = reply.text.strip()
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
-    text = fenced.group(1).strip() if fenced else text
     info: dict[str, Any] = {"text": reply.text, "prompt_tokens": reply.prompt_tokens,
                             "completion_tokens": reply.completion_tokens, "attempts": 1}
+    calls, read = read_plain(reply.text, toolbox)
+    return calls, {**info, **read}
+
+
+def _json_list(text: str) -> list[dict[str, Any]] | None:
+    """`text` as a JSON list of objects (a key given twice: its last value), else None."""
+    try:
+        steps = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return steps if isinstance(steps, list) and all(isinstance(s, dict) for s in steps) else None
+
+
+def _forgiving(text: str) -> Plan:
+    """What any JSON reader makes of a list of calls (a key given twice: its last value),
+    with a missing `label` filled in (the first unused `varN`): the plain answer's calls,
+    when our NESTFUL reader refuses it for its form alone.
+
+    Raises:
+        PlanError: not a JSON list of calls even so.
+    """
+    steps = _json_list(text)
+    if steps is None:
+        return parse(text)  # raises the reader's own error
+    used = {s.get("label") for s in steps}
+    free = (f"var{k}" for k in range(1, 2 * len(steps) + 2) if f"var{k}" not in used)
+    return parse(json.dumps([s if "label" in s or s.get("name") == "var_result" else {**s, "label": next(free)}
+                             for s in steps]))
+
+
+def read_plain(answer: str, toolbox: Toolbox) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """A plain answer's calls (in a code fence or not) and whether it is valid as written.
+
+    Read as NESTFUL's form; when our reader refuses it for its form alone (a call without a
+    `label`, a key given twice), its calls are still scored, read as any JSON reader reads
+    them (`forgiven`): the plain way is not marked down for what our reader asks of a plan.
+    `valid` is always the answer as written, for these functions."""
+    text = answer.strip()
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    text = fenced.group(1).strip() if fenced else text
+    forgiven, valid, error = False, False, None
     try:
         plan = parse(text)  # NESTFUL's form, no toolbox: read what was written
     except PlanError as exc:
-        return [], {**info, "valid": False, "first_valid": False, "error": str(exc)[:300]}
-    try:
-        parse(text, toolbox)  # and whether it is a valid plan for these functions
-        valid, error = True, None
-    except PlanError as exc:
-        valid, error = False, str(exc)[:300]
-    return calls_of(plan, toolbox), {**info, "valid": valid, "first_valid": valid, "error": error}
+        error = str(exc)[:300]
+        try:
+            plan, forgiven = _forgiving(text), True
+        except PlanError:
+            return [], {"valid": False, "first_valid": False, "error": error}
+    if not forgiven:
+        steps = _json_list(text)
+        try:  # and whether it is a valid plan for these functions, named as the catalog names them
+            parse(json.dumps(_renamed(steps)) if steps is not None else text, toolbox)
+            valid = True
+        except PlanError as exc:
+            error = str(exc)[:300]
+    return calls_of(plan, toolbox), {"valid": valid, "first_valid": valid, "error": error, "forgiven": forgiven}
 
 
 def ours(client: LLMClient, question: str, toolbox: Toolbox, mode: str) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
@@ -351,6 +401,26 @@ def run(client: LLMClient, n: int, sources: Sequence[str], systems: Sequence[str
     return rows
 
 
+def rescore(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Saved rows with the plain answers read and scored again by today's `read_plain`
+    (no model: the answers are in the rows); the planners' rows as they were."""
+    golds: dict[str, tuple[Plan, Toolbox]] = {}
+    for source in {r["source"] for r in rows if r["system"] == "plain"}:
+        wanted = {int(r["id"].rsplit("_", 1)[1]) for r in rows if r["source"] == source}
+        questions, catalog = load(source, 10_000, consistent=False)
+        for index, _sample, gold in questions:
+            if index in wanted:
+                golds[f"{source}_{index}"] = gold, toolbox_of(offered(gold, catalog, seed=index))
+    out = []
+    for row in rows:
+        if row["system"] == "plain":
+            gold, toolbox = golds[row["id"]]
+            calls, read = read_plain(row["text"], toolbox)
+            row = {**row, **read, **score(calls, calls_of(gold, toolbox)), "calls": calls}
+        out.append(row)
+    return out
+
+
 def summary(rows: list[dict[str, Any]]) -> str:
     """A markdown table: per source (and all) and system."""
     lines = ["| questions | system | exact sequence | exact any order | F1 functions | F1 arguments | valid first | "
@@ -387,9 +457,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also golds that break the catalog's own types (skipped by default)")
     parser.add_argument("--out", type=Path, help="write every answer here (JSON)")
     parser.add_argument("--summary", type=Path, metavar="FILE", help="only print the table of a saved --out FILE")
+    parser.add_argument("--rescore", action="store_true",
+                        help="with --summary: read the saved plain answers again first (today's reader)")
     args = parser.parse_args(argv)
     if args.summary:
-        print(summary(json.loads(args.summary.read_text())))
+        saved = json.loads(args.summary.read_text())
+        print(summary(rescore(saved) if args.rescore else saved))
         return 0
     from prefect_llmorch.llm import local
 

@@ -91,3 +91,24 @@ def test_the_sample_golds_are_valid_plans_for_their_own_toolbox() -> None:
             toolbox = nestful.toolbox_of(nestful.offered(gold, catalog, index))
             parse(gold.to_text("nestful"), toolbox)
             assert json.dumps(nestful.calls_of(gold, toolbox))
+
+
+def test_a_plain_answer_refused_for_its_form_alone_is_still_scored_and_not_valid() -> None:
+    # the real model's plain answer to sgd_1: its last call has no label and gives
+    # `departure_time` twice; our reader refuses that, any JSON reader takes the last value
+    toolbox = nestful.toolbox_of([BUS])
+    answer = ('```json\n[{"name": "Buses_FindBus", "arguments": {"from": "NY"}, "label": "var1"},\n'
+              ' {"name": "Buses_FindBus", "arguments": {"from": "x", "from": "$var1.departure_time$"}}]\n```')
+    with pytest.raises(PlanError, match="needs \"label\""):
+        parse(answer.strip("`json\n"))
+    calls, read = nestful.read_plain(answer, toolbox)
+    assert read["forgiven"] and not read["valid"] and not read["first_valid"]
+    assert calls == [("Buses_FindBus", (("fare_type", "economy"), ("from_", "ny"))),
+                     ("Buses_FindBus", (("fare_type", "economy"), ("from_", "$Buses_FindBus#1.departure_time$")))]
+    # as written and well-formed: read as it is, valid, nothing forgiven
+    calls, read = nestful.read_plain('[{"name": "Buses_FindBus", "arguments": {"from": "NY"}, "label": "var1"}]', toolbox)
+    assert read == {"valid": True, "first_valid": True, "error": None, "forgiven": False} and len(calls) == 1
+    # not a list of calls at all: nothing to score
+    assert nestful.read_plain("I cannot help with that.", toolbox)[0] == []
+    # the plan language, which our reader also reads, is checked as it is
+    assert nestful.read_plain('s1: Buses_FindBus(from_="NY")', toolbox)[1]["valid"]
