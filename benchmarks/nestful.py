@@ -181,7 +181,14 @@ def toolbox_of(functions: Sequence[dict[str, Any]]) -> Toolbox:
                 annotation = Optional[annotation]
             parameters.append(inspect.Parameter(param_name(pname), inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                                 default=default, annotation=annotation))
-            lines.append(f"  {param_name(pname)}: {prop.get('description', '')}".rstrip())
+            line = f"  {param_name(pname)}: {prop.get('description', '')}".rstrip()
+            if isinstance(prop.get("properties"), dict) and prop["properties"]:
+                # an object's keys, as the catalog declares them (the plain prompt shows them;
+                # without them the model guessed `start` for glaive_19's `start_date`)
+                line += " (an object: " + ", ".join(
+                    f"{k}: {_TYPES.get(v.get('type', ''), Any).__name__}" + (f" ({v['description']})" if v.get("description") else "")
+                    for k, v in prop["properties"].items() if isinstance(v, dict)) + ")"
+            lines.append(line)
         fields = {k: _TYPES.get(v.get("type", ""), Any) for k, v in (doc.get("output_parameters") or {}).items()}
         result = TypedDict(f"{name}_result", fields) if fields else Any  # type: ignore[misc, operator]
 

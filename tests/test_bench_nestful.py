@@ -112,3 +112,12 @@ def test_a_plain_answer_refused_for_its_form_alone_is_still_scored_and_not_valid
     assert nestful.read_plain("I cannot help with that.", toolbox)[0] == []
     # the plan language, which our reader also reads, is checked as it is
     assert nestful.read_plain('s1: Buses_FindBus(from_="NY")', toolbox)[1]["valid"]
+
+
+def test_an_object_parameter_shows_the_keys_its_catalog_declares() -> None:
+    # without them the real model wrote `start`/`end` for glaive_19's `start_date`/`end_date`
+    stock = {"name": "analyze_stock_market", "query_parameters": {"date_range": {
+        "type": "object", "required": True, "properties": {
+            "start_date": {"type": "string", "description": "The start date"}, "end_date": {"type": "string"}}}}}
+    described = nestful.toolbox_of([stock]).describe()
+    assert "date_range: (an object: start_date: str (The start date), end_date: str)" in described
