@@ -2,8 +2,8 @@
 
 - `harness`: `prefect_test_harness` (a temporary SQLite database and its own API server,
   isolated from other flow runs on the machine; same code paths as ephemeral mode);
-- `ephemeral`: Prefect's default without `PREFECT_API_URL`: the temporary server Prefect
-  starts itself on first use (started here up front, as `llmorch run` does);
+- `ephemeral`: the default without `PREFECT_API_URL`: the embedded server `llmorch run`
+  starts (`host/server.py`, started here up front, as `llmorch run` does; stopped at exit);
 - `start`: a `prefect server start` this script starts (its own PREFECT_HOME and SQLite
   database, a free port), reached through `PREFECT_API_URL`, stopped at the end;
 - `postgres`: the same on a temporary PostgreSQL cluster (tests/pg_server.py), the production
@@ -32,9 +32,16 @@ def server(kind: str) -> Iterator[str]:
 
         from prefect_llmorch.host.server import start_ephemeral_server
 
+        # No PREFECT_API_URL while the server starts (one from the shell would win), then the
+        # embedded server's URL for the runs: `start_ephemeral_server` sets it in the process's
+        # environment, which a settings context of None still overrides, so every client of
+        # the runs would start Prefect's own temporary server (`uvicorn --app-dir ...`, one per
+        # racing thread: Prefect's start is check-then-act) and orphan the extra ones at exit.
         with temporary_settings(updates={PREFECT_API_URL: None}):
             started = start_ephemeral_server()
-            yield f"ephemeral (Prefect's default, no PREFECT_API_URL), started in {getattr(started, 'seconds', 0):.1f} s"
+        assert started is not None, "no embedded server started"
+        with temporary_settings(updates={PREFECT_API_URL: started.url}):
+            yield f"ephemeral (Prefect's default, no PREFECT_API_URL), started in {started.seconds:.1f} s"
     elif kind == "start":
         from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -19,7 +19,8 @@ returns a TypedDict of its output fields, so `s1.distance` is checked at plan ti
 the fields the catalog declares, and passed on typed.
 
 Scores (both sides parsed into the same `Plan` form: NESTFUL's gold by our parser's NESTFUL
-dialect, our plans by the planner, the plain answer by the NESTFUL dialect too; the final
+dialect, our plans by the planner, the plain answer by the NESTFUL dialect too,
+forgiving what only our reader asks: a `label` on every call, each key once; the final
 `var_result` / `self` step is left out of both): a reference is written as the function and
 occurrence it points to, and its field path (`$calculate_route#1.distance$`), so labels and
 ids do not matter, only what is used; values compare with numbers as numbers and strings
@@ -42,8 +43,9 @@ An argument left at the catalog's default counts as written with it (sgd's golds
 `fare_type="Economy"`).
 
 Options: --n N questions per source (the first N with a well-formed gold; default 6),
+--skip K (leave out the first K of them: `--n 6 --skip 6` is the 7th to 12th),
 --sources, --systems, --base-url, --threads, --out FILE (JSON with every answer, written after
-each), --summary FILE (the table of a saved FILE).
+each), --summary FILE (the table of a saved FILE; with --rescore, its plain answers read again).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypedDict
+from typing import Any, Literal, Optional, Sequence, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -101,21 +103,27 @@ def gold_plan(output: list[dict[str, Any]]) -> Plan:
     Raises:
         PlanError: the gold is not a well-formed sequence.
     """
-    renamed = [{**step, "name": plan_name(step["name"]),
-                "arguments": {param_name(k) if step["name"] != "var_result" else k: v
-                              for k, v in (step.get("arguments") or {}).items()}} for step in output]
-    return parse(json.dumps(renamed))
+    return parse(json.dumps(_renamed(output)))
 
 
-def load(source: str, n: int, consistent: bool = True) -> tuple[list[tuple[int, dict[str, Any], Plan]], dict[str, dict[str, Any]]]:
-    """The first `n` questions of `source` with a well-formed gold, as (index, sample, gold
-    plan), and the source's catalog by plan name. `consistent`: only golds that are valid
-    plans for the catalog's own declared types (a third of glaive's pass a text where the
-    catalog says boolean, a float where it says str)."""
+def _renamed(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """NESTFUL steps with names as the toolbox spells them (`from` -> `from_`)."""
+    return [{**step, "name": plan_name(str(step.get("name", ""))),
+             "arguments": {param_name(k) if step.get("name") != "var_result" else k: v
+                           for k, v in (step.get("arguments") or {}).items()}}
+            for step in steps]
+
+
+def load(source: str, n: int, consistent: bool = True,
+         skip: int = 0) -> tuple[list[tuple[int, dict[str, Any], Plan]], dict[str, dict[str, Any]]]:
+    """The first `n` questions of `source` with a well-formed gold, after the first `skip` of
+    them, as (index, sample, gold plan), and the source's catalog by plan name. `consistent`:
+    only golds that are valid plans for the catalog's own declared types (a third of glaive's
+    pass a text where the catalog says boolean, a float where it says str)."""
     catalog = {plan_name(f["name"]): f for f in _read(source, "spec")}
     out = []
     for i, sample in enumerate(_read(source, "data")):
-        if len(out) == n:
+        if len(out) == skip + n:
             break
         try:
             gold = gold_plan(sample["output"])
@@ -124,7 +132,7 @@ def load(source: str, n: int, consistent: bool = True) -> tuple[list[tuple[int, 
         except (PlanError, KeyError):
             continue
         out.append((i, sample, gold))
-    return out, catalog
+    return out[skip:], catalog
 
 
 def offered(gold: Plan, catalog: dict[str, dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -166,9 +174,21 @@ def toolbox_of(functions: Sequence[dict[str, Any]]) -> Toolbox:
             prop = props[pname]
             default = (inspect.Parameter.empty if prop.get("required", False)
                        else prop.get("default_value", prop.get("default")))
+            annotation = _annotation(prop)
+            if default is None and annotation is not Any:
+                # optional without a default: left out, it is None, which the type must take
+                # (else `is_unisex=None`, the signature's own default, is a plan error)
+                annotation = Optional[annotation]
             parameters.append(inspect.Parameter(param_name(pname), inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                default=default, annotation=_annotation(prop)))
-            lines.append(f"  {param_name(pname)}: {prop.get('description', '')}".rstrip())
+                                                default=default, annotation=annotation))
+            line = f"  {param_name(pname)}: {prop.get('description', '')}".rstrip()
+            if isinstance(prop.get("properties"), dict) and prop["properties"]:
+                # an object's keys, as the catalog declares them (the plain prompt shows them;
+                # without them the model guessed `start` for glaive_19's `start_date`)
+                line += " (an object: " + ", ".join(
+                    f"{k}: {_TYPES.get(v.get('type', ''), Any).__name__}" + (f" ({v['description']})" if v.get("description") else "")
+                    for k, v in prop["properties"].items() if isinstance(v, dict)) + ")"
+            lines.append(line)
         fields = {k: _TYPES.get(v.get("type", ""), Any) for k, v in (doc.get("output_parameters") or {}).items()}
         result = TypedDict(f"{name}_result", fields) if fields else Any  # type: ignore[misc, operator]
 
@@ -286,21 +306,65 @@ def plain(client: LLMClient, question: str, functions: list[dict[str, Any]],
     messages = [{"role": "system", "content": PLAIN_PROMPT.format(functions=json.dumps(docs))},
                 {"role": "user", "content": question}]
     reply = client.complete(messages, temperature=0.0)
-    text = reply.text.strip()
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
-    text = fenced.group(1).strip() if fenced else text
     info: dict[str, Any] = {"text": reply.text, "prompt_tokens": reply.prompt_tokens,
                             "completion_tokens": reply.completion_tokens, "attempts": 1}
+    calls, read = read_plain(reply.text, toolbox)
+    return calls, {**info, **read}
+
+
+def _json_list(text: str) -> list[dict[str, Any]] | None:
+    """`text` as a JSON list of objects (a key given twice: its last value), else None."""
+    try:
+        steps = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return steps if isinstance(steps, list) and all(isinstance(s, dict) for s in steps) else None
+
+
+def _forgiving(text: str) -> Plan:
+    """What any JSON reader makes of a list of calls (a key given twice: its last value),
+    with a missing `label` filled in (the first unused `varN`): the plain answer's calls,
+    when our NESTFUL reader refuses it for its form alone.
+
+    Raises:
+        PlanError: not a JSON list of calls even so.
+    """
+    steps = _json_list(text)
+    if steps is None:
+        return parse(text)  # raises the reader's own error
+    used = {s.get("label") for s in steps}
+    free = (f"var{k}" for k in range(1, 2 * len(steps) + 2) if f"var{k}" not in used)
+    return parse(json.dumps([s if "label" in s or s.get("name") == "var_result" else {**s, "label": next(free)}
+                             for s in steps]))
+
+
+def read_plain(answer: str, toolbox: Toolbox) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """A plain answer's calls (in a code fence or not) and whether it is valid as written.
+
+    Read as NESTFUL's form; when our reader refuses it for its form alone (a call without a
+    `label`, a key given twice), its calls are still scored, read as any JSON reader reads
+    them (`forgiven`): the plain way is not marked down for what our reader asks of a plan.
+    `valid` is always the answer as written, for these functions."""
+    text = answer.strip()
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    text = fenced.group(1).strip() if fenced else text
+    forgiven, valid, error = False, False, None
     try:
         plan = parse(text)  # NESTFUL's form, no toolbox: read what was written
     except PlanError as exc:
-        return [], {**info, "valid": False, "first_valid": False, "error": str(exc)[:300]}
-    try:
-        parse(text, toolbox)  # and whether it is a valid plan for these functions
-        valid, error = True, None
-    except PlanError as exc:
-        valid, error = False, str(exc)[:300]
-    return calls_of(plan, toolbox), {**info, "valid": valid, "first_valid": valid, "error": error}
+        error = str(exc)[:300]
+        try:
+            plan, forgiven = _forgiving(text), True
+        except PlanError:
+            return [], {"valid": False, "first_valid": False, "error": error}
+    if not forgiven:
+        steps = _json_list(text)
+        try:  # and whether it is a valid plan for these functions, named as the catalog names them
+            parse(json.dumps(_renamed(steps)) if steps is not None else text, toolbox)
+            valid = True
+        except PlanError as exc:
+            error = str(exc)[:300]
+    return calls_of(plan, toolbox), {"valid": valid, "first_valid": valid, "error": error, "forgiven": forgiven}
 
 
 def ours(client: LLMClient, question: str, toolbox: Toolbox, mode: str) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
@@ -316,9 +380,10 @@ def ours(client: LLMClient, question: str, toolbox: Toolbox, mode: str) -> tuple
 
 
 def run(client: LLMClient, n: int, sources: Sequence[str], systems: Sequence[str],
-        consistent: bool = True, out: Path | None = None) -> list[dict[str, Any]]:
+        consistent: bool = True, out: Path | None = None, skip: int = 0) -> list[dict[str, Any]]:
     rows = []
-    questions = [(source, *q, catalog) for source in sources for qs, catalog in [load(source, n, consistent)]
+    questions = [(source, *q, catalog) for source in sources
+                 for qs, catalog in [load(source, n, consistent, skip)]
                  for q in qs]
     # one system at a time: llama.cpp reuses the cached prefix of the last prompt, and one
     # system's prompts share their instructions and examples
@@ -341,6 +406,26 @@ def run(client: LLMClient, n: int, sources: Sequence[str], systems: Sequence[str
                   f"F1 fn {row['f1_functions']:.2f} args {row['f1_arguments']:.2f} {seconds:6.1f} s "
                   f"{info['prompt_tokens']}+{info['completion_tokens']} tokens", flush=True)
     return rows
+
+
+def rescore(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Saved rows with the plain answers read and scored again by today's `read_plain`
+    (no model: the answers are in the rows); the planners' rows as they were."""
+    golds: dict[str, tuple[Plan, Toolbox]] = {}
+    for source in {r["source"] for r in rows if r["system"] == "plain"}:
+        wanted = {int(r["id"].rsplit("_", 1)[1]) for r in rows if r["source"] == source}
+        questions, catalog = load(source, 10_000, consistent=False)
+        for index, _sample, gold in questions:
+            if index in wanted:
+                golds[f"{source}_{index}"] = gold, toolbox_of(offered(gold, catalog, seed=index))
+    out = []
+    for row in rows:
+        if row["system"] == "plain":
+            gold, toolbox = golds[row["id"]]
+            calls, read = read_plain(row["text"], toolbox)
+            row = {**row, **read, **score(calls, calls_of(gold, toolbox)), "calls": calls}
+        out.append(row)
+    return out
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
@@ -368,6 +453,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n", type=int, default=6)
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first SKIP questions per source (--n 6 --skip 6: the 7th to 12th)")
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--base-url", help="an OpenAI-compatible server (default: start the local model)")
@@ -377,9 +464,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also golds that break the catalog's own types (skipped by default)")
     parser.add_argument("--out", type=Path, help="write every answer here (JSON)")
     parser.add_argument("--summary", type=Path, metavar="FILE", help="only print the table of a saved --out FILE")
+    parser.add_argument("--rescore", action="store_true",
+                        help="with --summary: read the saved plain answers again first (today's reader)")
     args = parser.parse_args(argv)
     if args.summary:
-        print(summary(json.loads(args.summary.read_text())))
+        saved = json.loads(args.summary.read_text())
+        print(summary(rescore(saved) if args.rescore else saved))
         return 0
     from prefect_llmorch.llm import local
 
@@ -393,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-        rows = run(client, args.n, args.sources, args.systems, consistent=not args.all, out=args.out)
+        rows = run(client, args.n, args.sources, args.systems, consistent=not args.all, out=args.out,
+                   skip=args.skip)
         print(f"\n{len(rows)} answers in {time.monotonic() - began:.0f} s\n")
         print(summary(rows))
     finally:

@@ -20,8 +20,10 @@ No Prefect here (worker processes import this module).
 from __future__ import annotations
 
 import inspect
-from datetime import timedelta
+import json
+import types
 import typing
+from datetime import timedelta
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, TypeVar, overload
@@ -123,9 +125,20 @@ class FunctionSpec:
         return out
 
     def render(self) -> str:
-        """One line for a prompt or a listing: `search(query: str) -> str  [inout]`."""
-        sig = str(self.signature).replace("'", "")
-        return f"{self.name}{sig}  [{self.kind}]"
+        """One line for a prompt or a listing: `search(query: str, units: str = "metric") -> str  [inout]`.
+
+        Text values (defaults, `Literal` choices) in double quotes, as a plan writes them: a
+        model shown `type: Literal[Compact, Standard] = Standard` writes `type=Standard`, an
+        undefined reference. Types by their bare names, as the prompt's result fields list them.
+        """
+        sig = self.signature
+        params = [p.replace(annotation=_Shown(type_text(p.annotation)) if p.annotation is not p.empty else p.empty,
+                            default=_Shown(value_text(p.default)) if p.default is not p.empty else p.empty)
+                  for p in sig.parameters.values()]
+        ret = sig.return_annotation
+        shown = sig.replace(parameters=params,
+                            return_annotation=_Shown(type_text(ret)) if ret is not sig.empty else sig.empty)
+        return f"{self.name}{shown}  [{self.kind}]"
 
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> inspect.BoundArguments:
         """Check arity and keyword names; raises `ArgumentsInvalid`."""
@@ -196,6 +209,50 @@ class FunctionSpec:
         except ValidationError as exc:
             err = exc.errors()[0]
             return value, f"{err['msg']} (got {value!r})"
+
+
+class _Shown:
+    """Text that `inspect.Signature` prints as it is (its repr)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def value_text(value: Any) -> str:
+    """A default or `Literal` value as a plan writes it: text in double quotes."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)
+
+
+def type_text(tp: Any) -> str:
+    """An annotation for a prompt: `list[Quote]`, `Literal["a", 1]`, `int | None`.
+
+    A postponed (string) annotation is shown as written, its quotes made double."""
+    if isinstance(tp, str):
+        return tp.replace("'", '"')
+    if tp is None or tp is type(None):
+        return "None"
+    if tp is Ellipsis:
+        return "..."
+    if isinstance(tp, list):  # Callable's parameter list
+        return "[" + ", ".join(type_text(a) for a in tp) + "]"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "Literal[" + ", ".join(value_text(a) for a in args) + "]"
+    if origin is typing.Annotated:
+        return type_text(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_text(a) for a in args)
+    if origin is not None and args:
+        return f"{type_text(origin)}[{', '.join(type_text(a) for a in args)}]"
+    if isinstance(tp, type):
+        name = tp.__qualname__
+        return tp.__name__ if "<locals>" in name else name
+    return str(tp).replace("typing.", "")
 
 
 def eval_annotation(text: str, fn: Callable[..., Any] | None) -> Any:

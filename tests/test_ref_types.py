@@ -361,3 +361,10 @@ def test_the_rejections_the_issue_names() -> None:
     assert not incompatible(int, float) and not incompatible(Quote, Any) and not incompatible(Any, str)
     assert not incompatible(Optional[Quote], Quote) and incompatible(Optional[Quote], str)
     assert not incompatible(Quote, Union[str, Quote]) and not incompatible(Quote, Optional[Any])
+
+
+def test_the_none_of_an_optional_parameter_takes_only_none() -> None:
+    # NESTFUL glaive_13's gold passes an age (a number) to `arguments: list | None`
+    assert incompatible(float, Optional[list]) and incompatible(Quote, Optional[int]) and incompatible(int, type(None))
+    assert not incompatible(type(None), Optional[list]) and not incompatible(Optional[list], Optional[list])
+    assert not incompatible(str, Optional[int]) and not incompatible(Any, type(None))

@@ -592,3 +592,21 @@ def test_back_to_back_runs_of_one_process_start_no_worker_process_the_second_tim
         assert used and used <= before
     finally:
         workers._discard_at_exit()  # the kept pool is this test's: no other test takes it
+
+
+def test_the_runner_s_threads_are_shut_down_once_at_exit() -> None:
+    from runner_tasks import square
+
+    runner = LLMOrchTaskRunner(processors=1, concurrency_limit=None)
+    shutdowns: list[bool] = []
+    with runner:
+        executor = runner._executor
+        real_shutdown = executor.shutdown
+
+        def counted(*args: Any, **kwargs: Any) -> None:
+            shutdowns.append(kwargs.get("wait", True))
+            real_shutdown(*args, **kwargs)
+
+        executor.shutdown = counted  # type: ignore[method-assign]
+        assert runner.submit(square, {"x": 3}).result(timeout=60) == 9
+    assert shutdowns == [True]  # once, waiting for the task-run threads

@@ -49,7 +49,21 @@ def plain_burn(tag: str, log: str) -> str:
     return tag
 
 
-toolbox = Toolbox(fetch, rated_burn, plain_burn)
+@inout(resources={"wait-api": 1})  # its own class: the tests take its one slot from outside
+def waited(tag: str, log: str) -> str:
+    """A call of a rate-limited API that records that it ran."""
+    _record(log, tag, time.time())
+    return tag
+
+
+@inout(resources={"search-api": 1})
+def then_fetch(after: str, tag: str, log: str) -> str:
+    """A call of `search-api` that runs after `after` (its input)."""
+    _record(log, tag, time.time())
+    return tag
+
+
+toolbox = Toolbox(fetch, rated_burn, plain_burn, waited, then_fetch)
 
 
 def most_in_any_window(starts: list[float], window: float) -> int:

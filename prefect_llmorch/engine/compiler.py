@@ -308,8 +308,6 @@ class Compiler:
                         return verdict
                 inputs = dict(inputs)
                 approved = approval.Verdict.of(inputs.pop(APPROVAL_INPUT, None))
-                if self.rates and spec.resources:  # a rated resource: wait for the machine-wide pace
-                    pace(spec.resources, self.rates)
                 value = self._execute(call, spec, inputs, token, approved)
                 if caching:
                     self._check_storable(call, value)
@@ -395,6 +393,11 @@ class Compiler:
                 if self.self_fn is None:
                     raise RuntimeError(f"{label}: `self` needs an LLM endpoint (set OPENAI_BASE_URL or pass an LLMEndpoint block)")
                 fn = self.self_fn
+            if self.rates and spec.resources:
+                # A rated resource: the machine-wide pace, inside the call's error handling (a
+                # refusal fails the call saying so) and ended by its cancel; valid arguments
+                # only, and before a worker process is taken.
+                pace(spec.resources, self.rates, cancel)
             if spec.kind == "compute" and self.pool is not None:
                 try:
                     outcome = self.pool.run(label, fn, call_args, call_kwargs, timeout=spec.timeout, cancel=cancel)  # type: ignore[arg-type]

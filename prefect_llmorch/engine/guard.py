@@ -23,7 +23,7 @@ than P compute calls together; each resource class has a limit of its own (`llmo
   server answered there, pid), and the
   next runner clears the leases whose process is gone (by lease while the server knows it;
   by decrementing the slots when the lease died with an embedded server, which forgets
-  leases and keeps slots).
+  leases and keeps slots; never those of another server that still answers).
 - **Passed on within a process.** The processors' slots a runner gives back are kept for a
   few seconds (`LLMORCH_KEEP_SLOTS_SECONDS`, 5) for this process's next runner, which holds
   them at once, with no API call; `take_ahead` takes them for `run_plan` while Prefect creates
@@ -583,8 +583,11 @@ class GlobalLimit:
         """Give back the slots of leases of `name` whose process is gone."""
         from prefect.exceptions import PrefectHTTPStatusError
 
-        here = server_instance(str(self._api().api_url))
+        api = str(self._api().api_url)
+        here = server_instance(api)
         for entry in [e for e in _ledger_read() if e.get("limit") == name and not _alive(e)]:
+            if _another_live_server(entry, api):
+                continue  # its lease and slots are that server's, in its own database: not ours to clear
             how = "its lease"
             try:
                 self._api().renew_concurrency_lease(entry["lease"], lease_duration=LEASE_SECONDS)
@@ -603,6 +606,24 @@ class GlobalLimit:
             if how:
                 logger.warning("global concurrency limit %r: cleared %s slot(s) left by process %s, which is gone "
                                "(cleared %s)", name, entry["slots"], entry.get("pid"), how)
+
+
+def _another_live_server(entry: Mapping[str, Any], api: str) -> bool:
+    """Whether a ledger entry's lease came from a server other than the one at `api` that
+    still answers. Processes of one PREFECT_HOME share the ledger, not always a server: a
+    live server at another URL keeps (and expires) its own leases, and a limit of the same
+    name here is another limit. A server that no longer answers is what an earlier embedded
+    server of this PREFECT_HOME is once its process died: its slots stay in the database we
+    share, so those entries are cleared here."""
+    other = str(entry.get("api") or "").rstrip("/")
+    if not other or other == api.rstrip("/"):
+        return False
+    import httpx
+
+    try:
+        return httpx.get(f"{other}/health", timeout=2.0).status_code < 500
+    except httpx.HTTPError:
+        return False
 
 
 def _transient(exc: BaseException) -> bool:

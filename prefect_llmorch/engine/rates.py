@@ -3,9 +3,14 @@
 A resource class given a rate (`resources={"search-api": "10/s"}`, `--resource
 search-api=10/s`) is paced by a Prefect global concurrency limit of one slot whose slot
 decays in `Rate.spacing` seconds (`slot_decay_per_second = calls / per`):
-`prefect.concurrency.sync.rate_limit` takes that slot right before the function runs, in the
-call's own thread, so every flow run and every process on one Prefect server shares one pace
-and no window of `per` seconds holds more than `calls` starts. The limit is named
+the call takes that slot right before its function runs, in its own thread, so every flow
+run and every process on one Prefect server shares one pace and no window of `per` seconds
+holds more than `calls` starts. It makes the request of Prefect's
+`prefect.concurrency.sync.rate_limit` (`increment_concurrency_slots(mode="rate_limit")`,
+waiting `Retry-After` between denials) itself, through the public client of the current API,
+because Prefect's wait cannot be stopped: here the call's `Cancel` ends it (a cancelled or
+Ctrl-C'd run does not wait a spacing), and a refusal is the call's failure (`RateUnavailable`,
+raised inside `Compiler._execute`'s error handling). The limit is named
 `llmorch-rate-<resource>` (`schedule.resources.rate_limit_name`) and created, or set to the
 rate, when a run first needs it.
 
@@ -13,21 +18,27 @@ The Coordinator and the simulator apply the same rate with the same rule (`RateG
 the time: the runner's Coordinator holds a call back until its rate allows (so a call
 waiting for its own run's pace holds no processor), and this module paces it machine-wide,
 on the clock that counts across flow runs: the Prefect server's. A compute call that waits
-here, for calls of other flow runs, holds its processor meanwhile.
+here, for calls of other flow runs, holds its runner's processor slot meanwhile (no worker
+process: it waits before the pool runs it).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from prefect_llmorch.engine.pool import CallCancelled, Cancel
+from prefect_llmorch.host.server import server_key
 from prefect_llmorch.schedule.resources import Capacities, Rate, RateGate, rate_limit_name
 
-__all__ = ["ensure_rate_limit", "pace", "rates_of"]
+__all__ = ["RateUnavailable", "ensure_rate_limit", "pace", "rates_of"]
 
-_ready: dict[str, Rate] = {}  # limits made (or set) to a rate by this process, by name
+#: Limits made (or set) to a rate by this process, by (API, name): a process may talk to
+#: several Prefect APIs (the test suite does), each with limits of its own.
+_ready: dict[tuple[str, str], Rate] = {}
 _lock = threading.Lock()
 
 
@@ -42,8 +53,9 @@ def ensure_rate_limit(resource: str, rate: Rate) -> str:
     """Create the global concurrency limit that paces `resource`, or set an existing one to
     `rate`; once per process and rate. Returns its name."""
     name = rate_limit_name(resource)
+    key = (server_key(), name)
     with _lock:
-        if _ready.get(name) == rate:
+        if _ready.get(key) == rate:
             return name
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
@@ -66,38 +78,95 @@ def ensure_rate_limit(resource: str, rate: Rate) -> str:
                 client.update_global_concurrency_limit(
                     name, GlobalConcurrencyLimitUpdate(limit=1, slot_decay_per_second=decay, active=True)
                 )
-        _ready[name] = rate
+        _ready[key] = rate
         return name
 
 
-def pace(demanded: Iterable[str], rates: Mapping[str, Rate]) -> None:
-    """Wait until every rated resource among `demanded` lets one more call start (Prefect's
-    `rate_limit`, one slot each, in a fixed order); returns at once when none is rated."""
-    names = [ensure_rate_limit(r, rates[r]) for r in sorted(set(demanded)) if r in rates]
-    if not names:
-        return
-    from prefect.concurrency.sync import rate_limit
+class RateUnavailable(RuntimeError):
+    """The Prefect API would not pace a call (its rate limit missing, the API refusing): the
+    call did not run."""
 
+
+def pace(demanded: Iterable[str], rates: Mapping[str, Rate], cancel: Cancel | None = None) -> None:
+    """Wait until every rated resource among `demanded` lets one more call start (one slot of
+    each resource's rate limit, in a fixed order); returns at once when none is rated.
+
+    Raises:
+        CallCancelled: `cancel` was set while waiting (the call ends at once, not a spacing later).
+        RateUnavailable: the API refused (the limit deleted, an HTTP error), naming the limits.
+    """
+    rated = sorted(r for r in set(demanded) if r in rates)
+    if not rated:
+        return
+    try:
+        names = [ensure_rate_limit(r, rates[r]) for r in rated]
+    except Exception as exc:
+        raise RateUnavailable(f"rate of {', '.join(rated)}: could not prepare its Prefect rate limit: {exc}") from exc
     # One asker per limit per process: Prefect's Retry-After grows with the slots it has
     # denied (spacing x (1 + denied)), so a crowd of threads asking at once is paced far
     # below the rate; queued here, each process keeps one request in flight per limit.
     # And it asks when this process's last call is one spacing old: the server decays a slot
     # in whole slots from the limit's last update, which a denied request moves, so asking
     # early costs more than the wait (`_CUSHION`: the server's clock and floor()).
-    askers = [_asker(n, rates[r]) for n, r in zip(names, sorted(r for r in set(demanded) if r in rates))]
-    for asker in askers:  # sorted by resource name: no two threads wait in a cycle
-        asker.lock.acquire()
+    askers = [_asker(n, rates[r]) for n, r in zip(names, rated)]
+    taken: list[_Asker] = []
     try:
+        for asker in askers:  # sorted by resource name: no two threads wait in a cycle
+            while not asker.lock.acquire(timeout=_SLICE):
+                _stop_if_cancelled(cancel)
+            taken.append(asker)
         wait = max(a.gate.next_start(time.monotonic()) for a in askers) - time.monotonic()
         if wait > 0:
-            time.sleep(wait)
-        rate_limit(names, occupy=1, strict=True)
+            _sleep(wait, cancel)
+        _take_slots(names, cancel)
         now = time.monotonic()
         for asker in askers:
             asker.gate.record(now)
     finally:
-        for asker in reversed(askers):
+        for asker in reversed(taken):
             asker.lock.release()
+
+
+#: How often a thread queued behind another of its process's callers looks at its cancel token.
+_SLICE = 0.1
+
+
+def _stop_if_cancelled(cancel: Cancel | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CallCancelled(f"cancelled while waiting for its rate: {cancel.reason}", call="")
+
+
+def _sleep(seconds: float, cancel: Cancel | None) -> None:
+    """Sleep `seconds`, or until `cancel` is set (then CallCancelled)."""
+    if cancel is None:
+        time.sleep(seconds)
+        return
+    cancel.wait(concurrent.futures.Future(), seconds)  # a future never done: the cancel or the time
+    _stop_if_cancelled(cancel)
+
+
+def _take_slots(names: list[str], cancel: Cancel | None) -> None:
+    """One slot of each rate limit, on the current API: the request Prefect's
+    `prefect.concurrency.sync.rate_limit` makes, and its wait for `Retry-After` between denied
+    ones, in a loop a cancel can end (Prefect's cannot be stopped from outside)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with get_client(sync_client=True) as client:
+        while True:
+            _stop_if_cancelled(cancel)
+            try:
+                response = client.increment_concurrency_slots(names=names, slots=1, mode="rate_limit")
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != 423:  # 423: no slot yet, Retry-After says when
+                    raise RateUnavailable(f"rate limits {names}: the Prefect API refused a slot: {exc}") from exc
+                _sleep(float(exc.response.headers.get("Retry-After") or 1.0), cancel)
+                continue
+            except Exception as exc:
+                raise RateUnavailable(f"rate limits {names}: could not ask the Prefect API for a slot: {exc}") from exc
+            if len(response.json()) < len(names):  # Prefect's `strict=True`: a missing limit is an error
+                raise RateUnavailable(f"rate limits {names} do not exist on the Prefect API (deleted during the run?)")
+            return
 
 
 #: Ask a little after one spacing: the server compares floor(decay x seconds) with a slot.
@@ -110,12 +179,13 @@ class _Asker:
     gate: RateGate
 
 
-_askers: dict[str, _Asker] = {}
+_askers: dict[tuple[str, str], _Asker] = {}  # by (API, limit name), as `_ready`
 
 
 def _asker(name: str, rate: Rate) -> _Asker:
+    key = (server_key(), name)
     with _lock:
-        found = _askers.get(name)
+        found = _askers.get(key)
         if found is None or found.gate.rate.calls != rate.calls or found.gate.rate.per != rate.per * _CUSHION:
-            found = _askers[name] = _Asker(threading.Lock(), RateGate(Rate(rate.calls, rate.per * _CUSHION)))
+            found = _askers[key] = _Asker(threading.Lock(), RateGate(Rate(rate.calls, rate.per * _CUSHION)))
         return found

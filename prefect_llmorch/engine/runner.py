@@ -369,10 +369,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def _start_threads(self, stack: ExitStack) -> None:
         """The task-run threads and the API thread (also used by the Dask runner)."""
-        executor = self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
-        # At close: wait for the task-run threads, unless the run was cancelled (an inout
-        # call's thread cannot be stopped; a script's Ctrl-C must not wait for it).
-        stack.callback(lambda: executor.shutdown(wait=not self._cancelled))
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
+        # If the start fails past here (`__exit__` shuts it down itself, before the slots go back).
+        stack.callback(self._shutdown_executor)
         name = self.concurrency_limit if getattr(self, "guard", "global") == "global" else None
         self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch)
         self._limit.start(stack)
@@ -419,9 +418,11 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         if sign > 0:
             if key in self._counted:
                 return
-            self._counted[key] = dict(demand)
-        elif self._counted.pop(key, None) is None:
-            return
+            self._counted[key] = demand = dict(demand)
+        else:  # what was counted goes (callers pass no demand when they remove one)
+            demand = self._counted.pop(key, None)
+            if demand is None:
+                return
         for r, amount in demand.items():
             self._unfinished[r] = max(0.0, self._unfinished.get(r, 0.0) + sign * amount)
 
@@ -433,6 +434,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 self.cancel_all()
             with self._lock:
                 self._closing = True  # nothing starts from now on
+                self._stop_rate_wake()
                 queued = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
                 for s in queued:
                     _move(s, CallState.DONE)
@@ -444,7 +446,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 # registered while waiting: a Ctrl-C now cancels them (host/interrupt.py), and
                 # threads that cannot be stopped (plain inout tasks) are then left.
                 self._wait_running()
-                executor.shutdown(wait=not self._cancelled)
+                self._shutdown_executor()
         except BaseException:
             self.cancel_all()  # a Ctrl-C while waiting: the calls stop, the slots go back below
             raise
@@ -456,6 +458,14 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self.pool = None
             self._executor = None
             super().__exit__(*exc_info)
+
+    def _shutdown_executor(self) -> None:
+        """Shut the task-run threads' executor down, once: wait for them, unless the run was
+        cancelled (an inout call's thread cannot be stopped; a script's Ctrl-C must not wait)."""
+        executor = self._executor
+        if executor is not None:
+            executor.shutdown(wait=not self._cancelled)
+            self._executor = None
 
     def _wait_running(self) -> None:
         """Until no call of this runner runs, or the runner is cancelled."""
@@ -483,6 +493,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 return
             self._cancelled = reason
             self._closing = True
+            self._stop_rate_wake()
             subs = [s for s in self._subs.values() if s.external is None]
             queued = [s for s in subs if s.state in WAITING]
             running = [s for s in subs if s.state is CallState.RUNNING]
@@ -753,11 +764,24 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             with self._lock:
                 stuck = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
                 for s in stuck:
-                    _move(s, CallState.DONE)
-                self._announced.clear()  # their submissions join as new nodes, and fail the same way
+                    self._drop(s)
+                self._announced.clear()  # their submissions join as new nodes
             for s in stuck:
                 if not s.future.done():
                     s.future.set_exception(exc)
+
+    def _drop(self, sub: _Submission) -> None:
+        """A waiting call that will never start (a failed dispatch fails it): DONE, out of the
+        held and arrived queues, its demand uncounted, and done for the Coordinator if it was
+        passed out (one not passed out yet is done the moment it is, `_dispatch`), so the
+        runner's later calls run on what it would have held. Called with the lock held."""
+        _move(sub, CallState.DONE)
+        self._held = deque(s for s in self._held if s is not sub)
+        self._arrived = [s for s in self._arrived if s is not sub]
+        self._count(sub.node, {}, -1)
+        if self._co is not None and sub.node in self._co.running:
+            self._co.done(sub.node)
+            self.trace.append(("done", (sub.node,)))
 
     def _grow(self) -> None:
         """Put new submissions into the Coordinator's graph (a fresh graph once the old one
@@ -829,7 +853,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 finished = []
                 for node in ready:
                     sub = self._subs[node]
-                    if sub.external is not None or sub.state is CallState.ABANDONED:
+                    if sub.state is CallState.DONE:  # failed before it was passed out (`_drop`)
+                        finished.append(node)
+                    elif sub.external is not None or sub.state is CallState.ABANDONED:
                         if sub.finished or sub.state is CallState.ABANDONED:
                             _move(sub, CallState.DONE)
                             finished.append(node)
@@ -862,14 +888,22 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         one timer, the earliest. Called with the lock held."""
         if when is None or (self._rate_wake is not None and self._rate_wake[0] <= when):
             return
-        timer = threading.Timer(max(when - time.monotonic(), 0.0), self._rate_due)
+        self._stop_rate_wake()  # the later one is obsolete: its thread would sleep on for nothing
+        timer = threading.Timer(max(when - time.monotonic(), 0.0), lambda: self._rate_due(timer))
         timer.daemon = True
         self._rate_wake = (when, timer)
         timer.start()
 
-    def _rate_due(self) -> None:
-        with self._lock:
+    def _stop_rate_wake(self) -> None:
+        """Cancel the pending rate timer, if any (replaced, or the runner ends). Lock held."""
+        if self._rate_wake is not None:
+            self._rate_wake[1].cancel()
             self._rate_wake = None
+
+    def _rate_due(self, timer: threading.Timer) -> None:
+        with self._lock:
+            if self._rate_wake is not None and self._rate_wake[1] is timer:  # not a replaced one
+                self._rate_wake = None
         self._safe_dispatch()
 
     def _start_on(self, executor: concurrent.futures.ThreadPoolExecutor, sub: _Submission, run: Any, fn: Any) -> None:

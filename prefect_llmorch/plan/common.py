@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from .errors import ArgumentError, DuplicateIdError, PlanError, PlanReferenceError
-from .model import Arg, BinOp, Call, DictExpr, ListExpr, Ref, Template
+from .model import Arg, BinOp, Call, DictExpr, ListExpr, Ref, Template, describe_path
 from .model import refs as _refs
 
 __all__ = ["Pos", "RawCall", "position", "context", "line_text", "after_last_token", "one_of", "semantics"]
@@ -123,7 +123,14 @@ def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Cal
                     continue  # its call had a syntax error, already reported
                 else:
                     msg = f"undefined reference `{ref.id}`; defined so far: {_so_far(defined)}"
-                    if id(ref) not in quoted and not _ID_LIKE.fullmatch(ref.id) and (ref.path or len(ref.id) > 3):
+                    # `convert_currency_result.amount` (the type the prompt names) or
+                    # `convert_currency.amount`: the result of an earlier call, named by its function
+                    callers = [c.id for c in calls if c.id in known and (
+                        ref.id == c.function or ref.id.startswith(c.function + "_"))]
+                    if callers:
+                        ids = " or ".join(f"`{describe_path(c, ref.path)}`" for c in callers)
+                        msg += f"; a result is used by its call's id, not its function's name: {ids}"
+                    elif id(ref) not in quoted and not _ID_LIKE.fullmatch(ref.id) and (ref.path or len(ref.id) > 3):
                         # `detect(frame_001.png)`: a small model left the quotes off a text
                         msg += f'; if it is text, write it in double quotes: "{ref.display()}"'
                 err(PlanReferenceError, msg, ref.line, ref.column)

@@ -56,6 +56,8 @@ _REJECTS: dict[str, frozenset[str]] = {
     "list": frozenset({"str", "bytes", "int", "float", "bool", "none", "mapping"}),
     "mapping": frozenset({"str", "bytes", "int", "float", "bool", "none", "list"}),
     "struct": frozenset({"str", "bytes", "int", "float", "bool", "none", "list"}),
+    # `None` takes only None: without this, the None of `list | None` took a float
+    "none": frozenset({"str", "bytes", "int", "float", "bool", "struct", "list", "mapping"}),
 }
 # Sequence kinds pydantic validates from lists (not `Iterable`, which takes a str).
 _LISTS = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.MutableSequence,
@@ -111,8 +113,8 @@ def incompatible(declared: Any, expected: Any) -> bool:
         return all(incompatible(declared, m) for m in expected_members)
     declared_members = _members(declared)
     if declared_members is not None:
-        values = [m for m in declared_members if m is not type(None)] or declared_members
-        return all(incompatible(m, expected) for m in values)
+        # each member, None too: an Optional result may be None, which `x: list | None` takes
+        return all(incompatible(m, expected) for m in declared_members)
     return _kind(declared) in _REJECTS.get(_kind(expected), frozenset())
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import json
 import types
 import typing
 from typing import Any, Mapping, Sequence
@@ -32,7 +33,7 @@ import typing_extensions
 from pydantic import BaseModel
 
 from .errors import FieldError, PlanError
-from .model import Call, Ref, Step, describe_path, refs
+from .model import Call, Literal, Ref, Step, describe_path, refs
 
 __all__ = ["result_type", "path_problem", "field_errors", "describe_results"]
 
@@ -170,6 +171,7 @@ def field_errors(calls: Sequence[Call], toolbox: Mapping[str, Any],
     """A `FieldError` for every reference whose path its call's declared result type
     does not have. `context(line, column) -> str` gives the caret context."""
     function_of = {c.id: c.function for c in calls}
+    call_of = {c.id: c for c in calls}
     types_: dict[str, Any] = {}
     errors: list[PlanError] = []
     for call in calls:
@@ -186,8 +188,27 @@ def field_errors(calls: Sequence[Call], toolbox: Mapping[str, Any],
                     continue
                 at, problem = _walk(tp, ref.path)
                 if problem:
+                    if at == 0:
+                        problem += _given(call_of[ref.id], ref.path[0], toolbox.get(fn))
                     errors.append(_error(ref, fn, tp, at, problem, context))
     return errors
+
+
+def _given(call: Call, step: Step, spec: Any) -> str:
+    """A hint when the missing field is an argument the call was given (`s1.expenses`
+    for `s1: calculate_profit(revenue=7000, expenses=5000)`): its value is in the plan."""
+    given = dict(call.keywords)
+    signature = getattr(spec, "signature", None)
+    if signature is not None:
+        try:
+            given = dict(signature.bind_partial(*call.positional, **call.keywords).arguments)
+        except TypeError:
+            pass
+    value = given.get(step) if isinstance(step, str) else None
+    if not isinstance(value, Literal):
+        return ""
+    return (f"; `{step}` is an argument of {call.id} ({json.dumps(value.value)}), "
+            "not a field of its result: pass that value itself")
 
 
 def _error(ref: Ref, fn: str, tp: Any, at: int, problem: str, context: Any) -> FieldError:
