@@ -1,8 +1,9 @@
 """Flow-run heartbeats of the runs a process calls and waits for (`flows/run.py:
 _own_heartbeats`, `flows/execute.py: heartbeats`): Prefect's thread is off (it sleeps in 1 s
 steps and the engine waits for it at the end of every answer), the run sends the same events
-itself, so a server still marks the runs of a dead process Crashed. The events are read as
-Prefect's own test client records them (`AssertingEventsClient`)."""
+itself, so a server still marks the runs of a dead process Crashed. The events are recorded
+on their way into Prefect's `emit_event` (which still sends them: the events worker is left
+as it is, so later tests' task-run events are not disturbed)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from typing import Any
 
 import pytest
 from prefect import flow
-
-from prefect.testing.fixtures import asserting_and_emitting_events_worker  # noqa: F401 - a fixture
 
 from prefect_llmorch import Toolbox, inout
 from prefect_llmorch.flows.report import records_sent
@@ -36,26 +35,28 @@ TOOLBOX = Toolbox(look)
 
 
 @pytest.fixture()
-def events(asserting_and_emitting_events_worker: Any) -> Any:  # noqa: F811 - Prefect's own fixture
-    """Prefect's test fixture: the events worker records what it sends (and still sends it)."""
-    from prefect.events.clients import AssertingPassthroughEventsClient
+def beats(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict[str, str], list[Any]]]:
+    """Every heartbeat sent while the test runs: (resource, related), as Prefect's engine
+    (`prefect.flow_engine.emit_event`) and ours (`prefect.events.emit_event`) send them."""
+    import prefect.events
+    import prefect.flow_engine
 
-    return AssertingPassthroughEventsClient
+    seen: list[tuple[dict[str, str], list[Any]]] = []
+
+    def recording(original: Any) -> Any:
+        def emit(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("event") == "prefect.flow-run.heartbeat":
+                seen.append((dict(kwargs["resource"]), list(kwargs.get("related") or [])))
+            return original(*args, **kwargs)
+
+        return emit
+
+    monkeypatch.setattr(prefect.events, "emit_event", recording(prefect.events.emit_event))
+    monkeypatch.setattr(prefect.flow_engine, "emit_event", recording(prefect.flow_engine.emit_event))
+    return seen
 
 
-def _heartbeats(client: Any) -> dict[str, list[Any]]:
-    from prefect.events.worker import EventsWorker
-
-    EventsWorker.instance().wait_until_empty()
-    by_run: dict[str, list[Any]] = {}
-    for event in client.all:
-        for e in getattr(event, "events", [event]):
-            if e.event == "prefect.flow-run.heartbeat":
-                by_run.setdefault(e.resource.id, []).append(e)
-    return by_run
-
-
-def test_a_run_s_heartbeats_are_its_own_and_look_like_prefect_s(events: Any) -> None:
+def test_a_run_s_heartbeats_are_its_own_and_look_like_prefect_s(beats: list[tuple[dict[str, str], list[Any]]]) -> None:
     from prefect.context import FlowRunContext
 
     @flow(name="plain-heartbeats")
@@ -70,12 +71,14 @@ def test_a_run_s_heartbeats_are_its_own_and_look_like_prefect_s(events: Any) -> 
     report = run_plan("s1: look()\n", TOOLBOX, processors=1, concurrency_limit=None)
     assert report.result == 1
     assert "llmorch-heartbeat" in SEEN[0]  # ours sent them, not Prefect's thread
-    beats = _heartbeats(events)
-    (ours_id,) = [rid for rid in beats if rid != prefects]
-    theirs, ours = beats[prefects][0], beats[ours_id][0]
-    assert len(beats[ours_id]) == 1  # ours only: Prefect's were off for this run
-    assert set(ours.resource.root) == set(theirs.resource.root)
-    assert ours.resource["prefect.version"] == theirs.resource["prefect.version"]
-    assert [r.role for r in ours.related] == [r.role for r in theirs.related] == ["flow"]
-    assert ours.related[0].id.startswith("prefect.flow.") and ours.related[0].name == "llmorch-run"
-    assert records_sent(60)  # the run's artifacts' events, before the fixture stops its worker
+    assert records_sent(60)
+    by_run: dict[str, list[tuple[dict[str, str], list[Any]]]] = {}
+    for resource, related in beats:
+        by_run.setdefault(resource["prefect.resource.id"], []).append((resource, related))
+    (ours_id,) = [rid for rid in by_run if rid != prefects]
+    (theirs_resource, theirs_related), (ours_resource, ours_related) = by_run[prefects][0], by_run[ours_id][0]
+    assert len(by_run[ours_id]) == 1  # ours only: Prefect's were off for this run
+    assert set(ours_resource) == set(theirs_resource)
+    assert ours_resource["prefect.version"] == theirs_resource["prefect.version"]
+    assert [r.role for r in ours_related] == [r.role for r in theirs_related] == ["flow"]
+    assert ours_related[0].id.startswith("prefect.flow.") and ours_related[0].name == "llmorch-run"

@@ -219,8 +219,12 @@ def ensure_server() -> EmbeddedServer | None:
                         env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                         start_new_session=True, close_fds=True,
                     )
-                reap_when_gone([proc.pid])
-                _wait_healthy(proc, url, log, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+                try:
+                    reap_when_gone([proc.pid])
+                    _wait_healthy(proc, url, log, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+                except BaseException:  # a Ctrl-C while it starts (before the watchdog has it): not left behind
+                    proc.kill()
+                    raise
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
         _process = proc
