@@ -9,6 +9,7 @@ import contextvars
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -198,12 +199,8 @@ def _wait_api_slot_just_taken() -> str:
 def test_a_call_waiting_for_the_machine_wide_rate_ends_cancelled_when_its_run_is_cancelled(tmp_path) -> None:  # noqa: ANN001
     """A call waiting for another process's pace (10 minutes) is ended by its cancel token:
     the run's `cancel_all` ends it Cancelled at once, and it never runs."""
-    from prefect import flow
-    from prefect.context import FlowRunContext
-
     from prefect_llmorch.engine.compiler import Recorder
     from prefect_llmorch.engine.runner import LLMOrchTaskRunner
-    from prefect_llmorch.flows.run import execute
     from prefect_llmorch.plan.parser import parse
 
     _wait_api_slot_just_taken()
@@ -220,14 +217,7 @@ def test_a_call_waiting_for_the_machine_wide_rate_ends_cancelled_when_its_run_is
         time.sleep(0.5)  # inside Prefect's wait for the slot
         runner.cancel_all()
 
-    @flow(task_runner=LLMOrchTaskRunner(processors=1, resources={"wait-api": "1/600s"}))
-    def paced():  # noqa: ANN202
-        canceller = threading.Thread(target=cancel_once_waiting, args=(FlowRunContext.get().task_runner,))
-        canceller.start()
-        report = execute(plan, toolbox, processors=1, recorder=recorder)[2]
-        canceller.join()
-        return report
-
+    paced = _cancelled_when(LLMOrchTaskRunner(processors=1, resources={"wait-api": "1/600s"}), plan, recorder, cancel_once_waiting)
     done = []
     flow_thread = threading.Thread(
         target=contextvars.copy_context().run, args=(lambda: done.append(paced(return_state=True)),), daemon=True)
@@ -295,12 +285,8 @@ def test_no_rate_timer_of_a_run_is_left_alive_after_it(tmp_path) -> None:  # noq
     s2 waits 10 minutes for `wait-api`, then f2 a second for `search-api` (an earlier wake
     replaces the later one), and the run is cancelled while s2 still waits. No timer of the
     run is alive after it: the replaced one and the last one were cancelled."""
-    from prefect import flow
-    from prefect.context import FlowRunContext
-
     from prefect_llmorch.engine.compiler import Recorder
     from prefect_llmorch.engine.runner import LLMOrchTaskRunner
-    from prefect_llmorch.flows.run import execute
     from prefect_llmorch.plan.parser import parse
 
     log = tmp_path / "calls.jsonl"
@@ -316,17 +302,27 @@ def test_no_rate_timer_of_a_run_is_left_alive_after_it(tmp_path) -> None:  # noq
         runner.cancel_all()
 
     runner = LLMOrchTaskRunner(processors=1, guard="local", resources={"wait-api": "1/600s", "search-api": "1/s"})
+    _cancelled_when(runner, plan, recorder, cancel_once_f2_ran)(return_state=True)
+    states = {cid: rec.state for cid, rec in recorder.records.items()}
+    assert states["f2"] == "Completed" and states["s2"] != "Completed", states
+    left = [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t not in before and t.is_alive()]
+    assert not left, left
+
+
+def _cancelled_when(runner: Any, plan: Any, recorder: Any, cancel: Any) -> Any:
+    """A flow on `runner` that runs `plan` (records into `recorder`) while a thread calls
+    `cancel(runner)`, which cancels the run when its condition holds."""
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    from prefect_llmorch.flows.run import execute
 
     @flow(task_runner=runner)
     def paced():  # noqa: ANN202
-        canceller = threading.Thread(target=cancel_once_f2_ran, args=(FlowRunContext.get().task_runner,))
+        canceller = threading.Thread(target=cancel, args=(FlowRunContext.get().task_runner,))
         canceller.start()
         report = execute(plan, toolbox, processors=1, recorder=recorder)[2]
         canceller.join()
         return report
 
-    paced(return_state=True)
-    states = {cid: rec.state for cid, rec in recorder.records.items()}
-    assert states["f2"] == "Completed" and states["s2"] != "Completed", states
-    left = [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t not in before and t.is_alive()]
-    assert not left, left
+    return paced
