@@ -115,10 +115,14 @@ def _flows_against(url: str) -> Iterator[None]:
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from prefect_llmorch.flows.report import records_sent
+
+    records_sent(60)  # earlier runs' artifacts (sent after their answers) go to their own server
     EventsWorker.drain_all()
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield
+            records_sent(60)  # and these runs' to this one, before its worker is drained
     finally:
         EventsWorker.drain_all()
 

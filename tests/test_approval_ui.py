@@ -121,6 +121,7 @@ def test_approve_in_the_prefect_ui_in_a_real_browser(tmp_path: Path, prefect_ser
     from prefect.input.run_input import keyset_from_paused_state
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from prefect_llmorch.flows.report import records_sent
     from prefect_llmorch.flows.run import run_plan
 
     log = str(tmp_path / "calls.jsonl")
@@ -166,6 +167,7 @@ def test_approve_in_the_prefect_ui_in_a_real_browser(tmp_path: Path, prefect_ser
         with get_client(sync_client=True) as client:
             keyset = keyset_from_paused_state(paused.state)  # the keys of the pause the form answered
             answer = json.loads(client.read_flow_run_input(paused.id, keyset["response"]))
+        records_sent(60)  # the run's artifacts, sent after its answer, go to this server
     assert not run.is_alive()
     assert "error" not in box, box.get("error")
     assert box["report"].state == "Completed" and box["report"].results["s1"] == "sent to eve"
