@@ -205,8 +205,10 @@ class Execution:
         try:
             self.settle()
             report = build_report(self.frg, self.recorder, self.processors, self.futures, self.release)
-        finally:
-            self.close(records=True)
+        except BaseException:
+            self.close()  # no report for the flow to send records with: the last progress now
+            raise
+        self.close(records=True)
         if interrupt.received():  # Ctrl-C / SIGTERM: the flow ends Cancelled (`run.conclude`)
             return interrupt.mark(report)
         if report.failed:
