@@ -11,7 +11,6 @@ them, before the plan arrives. The rest is the execution `llmorch-run` uses too
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from typing import Any
 
@@ -214,14 +213,12 @@ def ask_query(
     # The planner's request leaves now, while Prefect creates the flow run and its task runs.
     ahead, source = _plan_ahead(query, toolbox, opts, client)
     records_sent(EARLIER_RECORDS_SECONDS)  # then earlier runs' records, before this run's writes
-    answered = threading.Event()  # the run's records are sent once the answer is here
     try:
         runner = local_runner(toolbox, P, opts.policy, concurrency_limit, opts.resources, gpus)
         parameters = {"query": query, "toolbox": toolbox, "options": opts.merged(processors=P)}
-        with handing(Handoff(client=ahead, endpoint=source, text=query, answered=answered)):
+        with handing(Handoff(client=ahead, endpoint=source, text=query)):
             return run_flow(ask, runner, parameters, simple=_simple(toolbox, client))
     finally:
-        answered.set()
         if ahead is not None:
             ahead.close()  # a request the planner never took (e.g. the run failed first)
 

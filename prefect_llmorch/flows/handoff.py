@@ -41,9 +41,9 @@ class Handoff:
         plan: the plan parsed from `text` (done, or being done on a thread).
         heartbeats: seconds between the flow run's heartbeats, which its body sends
             (`execute.heartbeats`) because `run_flow` turned Prefect's off; None: none here.
-        answered: the caller waits for the answer in this process, which outlives the flow
-            run, and sets this once it has it: the run's artifacts are sent then
-            (`report.send_records`), not on the answer's way.
+        answered: set by `run_flow` once the flow call returned (the caller, in this process,
+            has the answer): the run's artifacts are sent then (`report.send_records`), not
+            on the answer's way; None (a deployment's run): before the run ends.
     """
 
     toolbox: Toolbox | None = None

@@ -243,8 +243,7 @@ def run_plan(
         # Parameters go to the API (which refuses large ones) only when simple.
         "plan": plan_parameter(text) if simple else text, "toolbox": toolbox, "options": opts.merged(processors=P),
     }
-    answered = threading.Event()  # the run's records are sent once the answer is here
-    handoff = Handoff(client=client, text=text, answered=answered)
+    handoff = Handoff(client=client, text=text)
     try:
         tb = resolve_toolbox(toolbox)
     except Exception:  # the flow reports it, as it would have
@@ -252,18 +251,14 @@ def run_plan(
     else:
         handoff = Handoff(
             toolbox=tb, client=client, text=text, plan=_done(plan) if given else _parse_ahead(text, tb),  # type: ignore[arg-type]
-            answered=answered,
         )
     records_sent(EARLIER_RECORDS_SECONDS)  # before this run's first writes
     if task_runner is None and concurrency_limit:
         from prefect_llmorch.engine.guard import take_ahead_unless_kept
 
         take_ahead_unless_kept(concurrency_limit, P)  # the lease write while Prefect creates the flow run
-    try:
-        with handing(handoff):
-            return run_flow(orchestrate, runner, parameters, simple=simple)
-    finally:
-        answered.set()
+    with handing(handoff):
+        return run_flow(orchestrate, runner, parameters, simple=simple)
 
 
 #: How long a run waits for the records of the process's earlier runs before it starts
@@ -320,8 +315,12 @@ def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: 
     Objects (a `Toolbox`, an `LLMClient`) are never sent to the API as flow-run parameters:
     then the flow's function runs inside an unparameterised flow of the same name.
     """
-    with _own_heartbeats():
-        return _run_flow(flow_obj, runner, parameters, simple=simple)
+    answered = threading.Event()  # the run's records are sent once its answer is here
+    try:
+        with handing(dataclasses.replace(handed(), answered=answered)), _own_heartbeats():
+            return _run_flow(flow_obj, runner, parameters, simple=simple)
+    finally:
+        answered.set()
 
 
 #: (settings, the same without Prefect's heartbeats): built once, entering it costs ~nothing
