@@ -26,6 +26,8 @@ _EXPORTS = {
     "simulate": "schedule.simulator",
     "LLMOrchTaskRunner": "engine.runner",
     "LLMOrchDaskTaskRunner": "engine.dask",
+    "terminal_prompts": "engine.approval",
+    "pending_approvals": "engine.approval",
     "ask_query": "flows.ask",
     "orchestrate": "flows.run",
     "run_plan": "flows.run",
@@ -60,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from prefect_llmorch.plan.model import Call, Plan
     from prefect_llmorch.plan.parser import parse
     from prefect_llmorch.flows.ask import ask_query
+    from prefect_llmorch.engine.approval import pending_approvals, terminal_prompts
     from prefect_llmorch.engine.dask import LLMOrchDaskTaskRunner
     from prefect_llmorch.engine.runner import LLMOrchTaskRunner
     from prefect_llmorch.schedule.simulator import simulate

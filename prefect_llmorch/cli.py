@@ -79,7 +79,7 @@ def _terminal_approvals() -> None:
     """Calls of `approve=True` functions are asked y/n on this terminal when standard input is
     one (the Prefect UI can answer too); otherwise only in the UI or through the API."""
     if sys.stdin is not None and sys.stdin.isatty():
-        from prefect_llmorch.engine.approval import terminal_prompts
+        from prefect_llmorch import terminal_prompts
 
         terminal_prompts(True)
 

@@ -204,3 +204,13 @@ def test_the_import_walker_sees_every_kind_of_import() -> None:
     recovery = {t for t, _ in _imports("flows.recovery")}
     assert "prefect_llmorch.flows.report" not in recovery  # under TYPE_CHECKING only
     assert any(t == "prefect.states" for t in recovery)  # imported inside a method
+
+
+def test_the_cli_uses_the_public_api_not_the_engine() -> None:
+    """Issue 27: the CLI calls the library (the package's public names, flows, options), never
+    a module of `engine/` directly (read from cli.py's own source, as written)."""
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    named = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+    named += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert named, "the walk found no import in cli.py"
+    assert not [m for m in named if m.startswith("prefect_llmorch.engine")]
