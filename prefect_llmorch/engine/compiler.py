@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import logging
+import queue
 import re
 import threading
 import time
@@ -164,12 +165,40 @@ def final_state(future: PrefectFuture[Any]) -> Any:
     """The state a finished future ended in, as this process saw it.
 
     `PrefectFuture.state` reads the API unless the future already holds its final state, and
-    `prefect.futures.wait(..., timeout=...)` does not set it; the API learns task states from events, so it can
+    `wait_all` does not set it; the API learns task states from events, so it can
     still say Running for a call that has finished here. `wait(0)` hands the future its own
     final state (a no-op for one that is not done).
     """
     future.wait(timeout=0)
     return future.state
+
+
+def wait_all(futures: Iterable[PrefectFuture[Any]], timeout: float | None = None, slice_seconds: float = 0.2) -> bool:
+    """Wait until every future is done (True) or `timeout` seconds have passed (False).
+
+    Not `prefect.futures.wait(..., timeout=)`: it times out with an alarm signal (main thread)
+    or an exception sent into the waiting thread (others), which can land inside
+    `threading.Condition`'s own lock handling; the lock is then released by the wrong thread,
+    and the thread that finishes the next call blocks on it forever (reproduced: a flow's
+    calls hung; tests/test_wait.py). Here done callbacks only put into a `SimpleQueue` (never
+    blocks), and the waiting thread wakes at least every `slice_seconds`: a Ctrl-C the kernel
+    hands to another thread still reaches a main thread waiting here."""
+    pending = list(futures)
+    done: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    for future in pending:
+        future.add_done_callback(done.put)
+    left = len(pending)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while left:
+        seconds = slice_seconds if deadline is None else min(slice_seconds, deadline - time.monotonic())
+        if seconds <= 0:
+            return False
+        try:
+            done.get(timeout=seconds)
+            left -= 1
+        except queue.Empty:
+            pass
+    return True
 
 
 def task_name(call: Call, attempt: int = 0) -> str:

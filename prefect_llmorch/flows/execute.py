@@ -24,10 +24,10 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture
 
 from prefect_llmorch.credentials import CredentialStore
-from prefect_llmorch.engine.compiler import Compiler, Recorder
+from prefect_llmorch.engine.compiler import Compiler, Recorder, wait_all
 from prefect_llmorch.engine.rates import rates_of
 from prefect_llmorch.host import interrupt
 from prefect_llmorch.flows.handoff import handed
@@ -354,18 +354,14 @@ def heartbeats(seconds: int | None) -> Callable[[], None]:
 
 
 def _wait_all(futures: list[PrefectFuture[Any]], timeout: float | None = None) -> None:
-    """Prefect's `wait`, in short slices when `timeout` is None: a Ctrl-C that the kernel
-    hands to another thread does not wake a main thread blocked on a lock, so a script's
-    KeyboardInterrupt would wait for the slowest call. A script's Ctrl-C or exit lands here,
-    where the flow waits: the calls are cancelled at once, before Prefect's engine handles the
-    exception (its way out does not always pass it to the runner's exit: a script then waited
-    at exit for its longest inout call, seen in CI)."""
+    """`wait_all`, which wakes in short slices: a Ctrl-C that the kernel hands to another
+    thread does not wake a main thread blocked on a lock, so a script's KeyboardInterrupt
+    would wait for the slowest call. A script's Ctrl-C or exit lands here, where the flow
+    waits: the calls are cancelled at once, before Prefect's engine handles the exception
+    (its way out does not always pass it to the runner's exit: a script then waited at exit
+    for its longest inout call, seen in CI)."""
     try:
-        if timeout is not None:
-            wait(futures, timeout=timeout)
-            return
-        while wait(futures, timeout=0.2).not_done:
-            pass
+        wait_all(futures, timeout)
     except (KeyboardInterrupt, SystemExit):
         runner = current_llmorch_runner()
         if runner is not None and hasattr(runner, "cancel_all"):

@@ -45,7 +45,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from prefect_llmorch.engine.compiler import final_state, own_hook
+from prefect_llmorch.engine.compiler import final_state, own_hook, wait_all
 from prefect_llmorch.engine.runner import CALL_ATTR
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.graph import FRG
@@ -310,10 +310,7 @@ class RecoveryController:
 
     def _collect(self, futures: Mapping[str, "PrefectFuture[Any]"]) -> list[Failure] | None:
         """Wait for every submitted call to end; the failures of this attempt (None: timeout)."""
-        from prefect.futures import wait
-
-        done = wait(list(futures.values()), timeout=self.config.round_timeout)
-        if done.not_done:
+        if not wait_all(futures.values(), self.config.round_timeout):
             self.outcome = "timed out"
             return None
         failures: dict[str, Failure] = {}
