@@ -21,6 +21,26 @@ KINDS = ("harness", "ephemeral", "start", "postgres")
 
 @contextmanager
 def server(kind: str) -> Iterator[str]:
+    """The server of `kind` for the runs inside; their records (artifacts, sent after each
+    answer) and events are out before it stops, and Prefect's process-wide events worker is
+    drained on both sides, so a second server of the same script gets one of its own (else
+    its runs' events went to the first server's address and failed)."""
+    from prefect.events.worker import EventsWorker
+
+    from prefect_llmorch.flows.report import records_sent
+
+    records_sent(60)
+    EventsWorker.drain_all()
+    try:
+        with _server(kind) as description:
+            yield description
+            records_sent(60)
+    finally:
+        EventsWorker.drain_all()
+
+
+@contextmanager
+def _server(kind: str) -> Iterator[str]:
     t = time.time()
     if kind == "harness":
         from prefect.testing.utilities import prefect_test_harness
