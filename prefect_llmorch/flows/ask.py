@@ -23,10 +23,10 @@ from prefect_llmorch.flows.handoff import Handoff, handed, handing
 from prefect_llmorch.flows.planner import planner_task, resolve_client
 from prefect_llmorch.flows.joiner import JoinSettings, join_rounds, replay_key
 from prefect_llmorch.flows.recovery import RecoveryConfig
-from prefect_llmorch.flows.report import Planning, RunReport, records_sent, report_artifacts, send_records
+from prefect_llmorch.flows.report import Planning, RunReport, report_artifacts, send_records
 from prefect_llmorch.storage.history import remember_records
 from prefect_llmorch.flows.run import (
-    EARLIER_RECORDS_SECONDS, _simple, _with_endpoint, conclude, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow,
+    _simple, _with_endpoint, conclude, earlier_records_sent, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow,
 )
 from prefect_llmorch.functions import SELF, Toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
@@ -212,7 +212,7 @@ def ask_query(
     prepare(toolbox, P)
     # The planner's request leaves now, while Prefect creates the flow run and its task runs.
     ahead, source = _plan_ahead(query, toolbox, opts, client)
-    records_sent(EARLIER_RECORDS_SECONDS)  # then earlier runs' records, before this run's writes
+    earlier_records_sent()  # then earlier runs' records, before this run's writes
     try:
         runner = local_runner(toolbox, P, opts.policy, concurrency_limit, opts.resources, gpus)
         parameters = {"query": query, "toolbox": toolbox, "options": opts.merged(processors=P)}
