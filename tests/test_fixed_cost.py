@@ -185,3 +185,45 @@ def test_a_plan_handed_over_is_taken_only_for_its_text_and_toolbox() -> None:
     with handing(handoff):
         assert handed() is handoff
     assert handed() is not handoff
+
+
+EMBEDDED_SCRIPT = """
+import threading
+from prefect_llmorch import Toolbox, inout, run_plan
+from prefect_llmorch.flows.report import RECORDS_THREAD
+from prefect_llmorch.flows.run import EARLIER_RECORDS_SECONDS
+from prefect_llmorch.host.server import start_ephemeral_server
+
+called = threading.Event()
+
+@inout
+def mark() -> str:
+    called.set()
+    return "ok"
+
+def earlier_records() -> None:  # as a previous run's records, still being sent
+    seen.append(called.wait(EARLIER_RECORDS_SECONDS - 1))
+
+seen: list[bool] = []
+start_ephemeral_server()  # first: it takes seconds to start
+threading.Thread(target=earlier_records, name=RECORDS_THREAD).start()
+report = run_plan("s1: mark()\\n", Toolbox(mark), processors=1, concurrency_limit=None)
+for t in threading.enumerate():
+    if t.name == RECORDS_THREAD:
+        t.join()
+print(report.result, "call while earlier records were sent:", seen[0], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_on_the_embedded_server_a_run_does_not_wait_for_earlier_records(tmp_path) -> None:  # noqa: ANN001
+    """The embedded server retries the SQLite writes that earlier runs' records collide with
+    (`host/app.py`), so a run there starts while they are still being sent: its call runs
+    while the "earlier records" thread still waits (it gives up before a run that waited for
+    it would have started)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    out = subprocess.run([sys.executable, "-c", EMBEDDED_SCRIPT], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "ok call while earlier records were sent: True", out.stdout
