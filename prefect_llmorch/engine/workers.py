@@ -212,11 +212,11 @@ def _worker_main(conn: Connection, affinity: list[int] | None, owner: int | None
             value = fn(*args, **kwargs)
         except BaseException as exc:  # report everything, including SystemExit
             end = time.time()
-            _restore(saved)
+            restore_env(saved)
             conn.send_bytes(_dumps(("error", _portable(exc), traceback.format_exc(), start, end, pid)))
             continue
         end = time.time()
-        _restore(saved)
+        restore_env(saved)
         try:
             data = _dumps(("ok", value, start, end, pid))
         except Exception as exc:
@@ -226,7 +226,8 @@ def _worker_main(conn: Connection, affinity: list[int] | None, owner: int | None
         conn.send_bytes(data)
 
 
-def _restore(saved: dict[str, str | None]) -> None:
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Put back the environment variables a call changed (`saved`: their old values, None: unset)."""
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
