@@ -634,13 +634,21 @@ def _offer(spare: _Spare) -> None:
         _discard(previous)
 
 
+def _withdraw(only: _Spare | None = None) -> _Spare | None:
+    """Take the waiting pool off offer (only if it is `only`, when given)."""
+    global _prestarted
+    with _PRESTARTED_LOCK:
+        if only is not None and _prestarted is not only:
+            return None
+        taken, _prestarted = _prestarted, None
+    return taken
+
+
 def take_pool(processors: int, *, pin: bool = False, preload: Iterable[str] = ()) -> WorkerPool:
     """The pool `prestart_pool` started or the last runner kept (`keep_pool`), when it has
     these settings and every worker is alive (modules it has not imported yet are warmed
     now); otherwise a new `WorkerPool`."""
-    global _prestarted
-    with _PRESTARTED_LOCK:
-        taken, _prestarted = _prestarted, None
+    taken = _withdraw()
     if taken is not None:
         if taken.settings == (processors, pin):
             pool = taken.pool()
@@ -667,12 +675,8 @@ def keep_pool(pool: WorkerPool) -> None:
 
 def _expire(spare: _Spare) -> None:
     """A kept pool nobody took: shut it down."""
-    global _prestarted
-    with _PRESTARTED_LOCK:
-        if _prestarted is not spare:
-            return
-        _prestarted = None
-    _discard(spare)
+    if _withdraw(spare) is not None:
+        _discard(spare)
 
 
 def _discard(spare: _Spare) -> None:
@@ -682,9 +686,7 @@ def _discard(spare: _Spare) -> None:
 
 
 def _discard_at_exit() -> None:
-    global _prestarted
-    with _PRESTARTED_LOCK:
-        spare, _prestarted = _prestarted, None
+    spare = _withdraw()
     if spare is not None:
         _discard(spare)
 
