@@ -141,12 +141,6 @@ class RunProgress:
         if self.flow_run_id is not None:
             self.send_final(_run_client(), self.flow_run_id)
 
-    def __enter__(self) -> "RunProgress":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
 
 def _run_client() -> Any:
     """The flow run's own sync client (from the context this thread runs in)."""
