@@ -392,11 +392,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 # for them (compute workers ignore SIGINT, and are killed here).
                 self.cancel_all()
             with self._lock:
-                self._closing = True  # nothing starts from now on
-                self._stop_rate_wake()
-                queued = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
-                for s in queued:
-                    _move(s, CallState.DONE)
+                queued = self._close()
                 executor = self._executor
             for s in queued:
                 _finish(s.future, _cancelled_state("not started: the flow run ended first"))
@@ -417,6 +413,16 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self.pool = None
             self._executor = None
             super().__exit__(*exc_info)
+
+    def _close(self) -> list[_Submission]:
+        """Nothing starts from now on: the waiting calls are DONE, returned so that their
+        futures end Cancelled. Called with the lock held."""
+        self._closing = True
+        self._stop_rate_wake()
+        queued = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
+        for s in queued:
+            _move(s, CallState.DONE)
+        return queued
 
     def _shutdown_executor(self) -> None:
         """Shut the task-run threads' executor down, once: wait for them, unless the run was
@@ -451,13 +457,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             if self._cancelled or not self._started:
                 return
             self._cancelled = reason
-            self._closing = True
-            self._stop_rate_wake()
-            subs = [s for s in self._subs.values() if s.external is None]
-            queued = [s for s in subs if s.state in WAITING]
-            running = [s for s in subs if s.state is CallState.RUNNING]
-            for s in queued:
-                _move(s, CallState.DONE)
+            queued = self._close()
+            running = [s for s in self._subs.values() if s.state is CallState.RUNNING and s.external is None]
             self._held.clear()
             executor, self._executor = self._executor, None
         if executor is not None:
@@ -1070,9 +1071,7 @@ def _in_pool(task: "Task[Any, Any]", pool: Any, cancel: Cancel) -> "Task[Any, An
                 ) from exc
             raise
 
-    clone = copy.copy(task)
-    clone.fn = in_worker
-    return clone
+    return _with_fn(task, in_worker)
 
 
 def _new_task_run_id() -> uuid.UUID:
@@ -1097,8 +1096,13 @@ def _failing(task: "Task[Any, Any]", exc: BaseException) -> "Task[Any, Any]":
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise exc
 
+    return _with_fn(task, refuse)
+
+
+def _with_fn(task: "Task[Any, Any]", fn: Any) -> "Task[Any, Any]":
+    """A shallow copy of `task` whose engine calls `fn` (see CONTRIBUTING.md, private names)."""
     clone = copy.copy(task)
-    clone.fn = refuse
+    clone.fn = fn
     return clone
 
 
