@@ -1,6 +1,6 @@
 """The `llmorch-ask` flow: a question in, an answer computed by a parallel plan out.
 
-The planner is a Prefect task (`planner`, tagged `inout`) that streams the LLM's plan;
+The planner is a Prefect task (`planner`, untagged) that streams the LLM's plan;
 each call whose line is complete is handed to this flow, which adopts it into the
 execution at once (streaming dispatch, `Execution.adopt`), so the first calls run while
 the LLM is still writing. The worker processes are started, and the toolbox imported in
