@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from prefect import Task
@@ -111,9 +111,6 @@ class CallRecord:
     error: str | None = None
     attempt: int = 0
     cached: bool = False  # answered from Prefect's cache: the function did not run
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
