@@ -385,8 +385,7 @@ class WorkerPool:
         self._ctx = mp.get_context(_START_METHOD)
         self._idle: "queue.Queue[Worker]" = queue.Queue()
         self._workers: dict[int, Worker] = {}
-        self._busy: dict[int, Worker] = {}  # id(Cancel) -> the worker running that call
-        self._running: set[Worker] = set()  # every worker running a call, with or without a token
+        self._running: dict[Worker, Cancel | None] = {}  # every worker running a call -> its token
         self._cancelled_all = ""  # why, once cancel_all() was called: no call starts any more
         self._lock = threading.Lock()
         self._closed = False
@@ -484,9 +483,7 @@ class WorkerPool:
         with self._lock:
             refused = self._cancelled_all or (cancel.reason if cancel is not None and cancel.is_set() else "")
             if not refused:
-                self._running.add(worker)
-                if cancel is not None:
-                    self._busy[id(cancel)] = worker
+                self._running[worker] = cancel
         if refused:
             self._idle.put(worker)
             raise CallCancelled(f"{call} was cancelled before it started ({refused})", call=call)
@@ -495,7 +492,7 @@ class WorkerPool:
         try:
             outcome = worker.run(call, fn, args, kwargs or {}, timeout, dict(CALL_ENV.get() or {}))
         except WorkerError as exc:
-            self._release(worker, cancel)
+            self._release(worker)
             self._replace(worker)
             if worker.cancelled and not isinstance(exc, CallCancelled):
                 # killed by the cancel before or while the call was sent: a cancel, not a death
@@ -505,23 +502,21 @@ class WorkerPool:
                 raise cancelled from None
             raise
         except BaseException:
-            self._give_back(worker, cancel)
+            self._give_back(worker)
             raise
         finally:
             if cancel is not None:
                 forget()
-        self._give_back(worker, cancel)
+        self._give_back(worker)
         return outcome
 
-    def _release(self, worker: Worker, cancel: Cancel | None) -> None:
+    def _release(self, worker: Worker) -> None:
         with self._lock:
-            self._running.discard(worker)
-            if cancel is not None:
-                self._busy.pop(id(cancel), None)
+            self._running.pop(worker, None)
 
-    def _give_back(self, worker: Worker, cancel: Cancel | None) -> None:
+    def _give_back(self, worker: Worker) -> None:
         """Return a worker whose call ended; one that a late cancel is killing is replaced."""
-        self._release(worker, cancel)
+        self._release(worker)
         if worker.cancelled:
             self._replace(worker)
         else:
@@ -538,7 +533,7 @@ class WorkerPool:
     def _kill_for(self, cancel: Cancel) -> None:
         """`cancel` was set: kill the worker running its call, if it still runs."""
         with self._lock:
-            worker = self._busy.get(id(cancel))
+            worker = next((w for w, token in self._running.items() if token is cancel), None)
             if worker is not None:
                 worker.cancelled = cancel.reason or "cancelled"
         if worker is not None and worker.process.is_alive():
