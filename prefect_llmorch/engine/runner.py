@@ -441,16 +441,11 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             time.sleep(0.02)
 
     def cancel_all(self) -> None:
-        """End the flow run's work now (Prefect's flow engine calls this on cancellation).
-
-        No queued task run starts (its future ends Cancelled); running compute calls are
-        cancelled, their worker processes killed; compiled inout calls abandon their thread;
-        all of those end Cancelled. A plain inout task already running cannot be stopped (a
-        thread cannot be killed): its future ends Cancelled at once and its thread is left.
-        As Prefect's ThreadPoolTaskRunner, the runner's executor is shut down: the runner
-        takes no more work (`submit` raises "Task runner is not started") until it is
-        entered again. Unlike it, this does not wait for the left threads (host/interrupt.py
-        calls it on Ctrl-C). Safe to call several times.
+        """End the flow run's work now (Prefect's flow engine calls this on cancellation,
+        host/interrupt.py on Ctrl-C); safe to call several times. What ends how:
+        CONTRIBUTING.md, "runner.py". As Prefect's ThreadPoolTaskRunner, the executor is shut
+        down (`submit` raises "Task runner is not started" until the runner is entered
+        again); unlike it, this does not wait for the threads it cannot stop.
         """
         reason = "the flow run was cancelled"
         with self._lock:
