@@ -347,16 +347,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         """The key processor slots are counted under: the processors' limit name, if any."""
         return self._limit.name or PROCESSORS
 
-    def _limit_keys(self, resource: str) -> list[str]:
-        """The limits (keys) a resource's demand counts against before a call is placed."""
-        if resource == PROCESSORS:
-            return [self._proc_key]
-        if not self._limit.guarded:
-            return []
-        if resource == GPU_MEM and self.gpus:
-            return [limit_name(GPU_MEM, g["id"]) for g in self.gpus]
-        return [limit_name(resource)]
-
     def _needs(self, sub: _Submission, device: Any) -> dict[str, int]:
         """The slots a passed-out call holds while it runs (its whole demand, GPU memory on its device)."""
         needs: dict[str, int] = {}
@@ -364,12 +354,15 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             setting = self.resources.get(r)
             if isinstance(setting, str) and "," not in setting:  # a rate, no capacity: nothing to hold
                 continue
-            if r == GPU_MEM and self.gpus:
-                if self._limit.guarded and device is not None:
+            if r == PROCESSORS:
+                needs[self._proc_key] = int(round(amount))
+            elif not self._limit.guarded:
+                continue  # unguarded: the Coordinator alone bounds what this run holds
+            elif r == GPU_MEM and self.gpus:
+                if device is not None:
                     needs[limit_name(GPU_MEM, device)] = slots(amount)
-                continue
-            for key in self._limit_keys(r):
-                needs[key] = slots(amount) if r != PROCESSORS else int(round(amount))
+            else:
+                needs[limit_name(r)] = slots(amount)
         return needs
 
     def _count(self, key: str, demand: Any, sign: int) -> None:
