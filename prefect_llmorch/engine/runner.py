@@ -659,7 +659,9 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             )
 
     def _external(self, fut: PrefectFuture[Any], seq: int) -> _Submission:
-        ext = _Submission(node=f"~upstream {fut.task_run_id}~{seq}", task_run_id=fut.task_run_id, cost=0.0, external=fut)
+        ext = _Submission(
+            node=f"~upstream {fut.task_run_id}~{seq}", task_run_id=fut.task_run_id, cost=0.0, external=fut,
+        )
         self._add(ext)
         return ext
 
