@@ -583,7 +583,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             if self._cancelled:  # stopped (Ctrl-C) while this call was being submitted
                 return self._refuse(task)
             if self._closing:
-                raise RuntimeError(f"LLMOrchTaskRunner is shutting down ({self._cancelled or 'its flow run ended'})")
+                raise RuntimeError("LLMOrchTaskRunner is shutting down (its flow run ended)")  # cancelled: refused above
             seq = next(self._seq)
             announced = self._announced.pop(call_id, None) if call_id is not None else None
             if announced is not None:
