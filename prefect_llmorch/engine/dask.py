@@ -21,7 +21,6 @@ docs/dask.md; the contract: CONTRIBUTING.md, "dask.py".
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
 import importlib
 import logging

@@ -10,7 +10,7 @@ environment) into an `LLMClient`. The planning names are re-exported here.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from prefect import Task
 from prefect.cache_policies import NO_CACHE
