@@ -332,6 +332,7 @@ def request_approval(
     from prefect.exceptions import FlowPauseTimeout
 
     started = time.monotonic()
+    cancel = cancel if cancel is not None else Cancel()  # one that is never set: a plain wait
     done: concurrent.futures.Future[Any] = concurrent.futures.Future()
     ids: list[str] = []
 
@@ -348,14 +349,11 @@ def request_approval(
     ctx = contextvars.copy_context()
     asker = threading.Thread(target=ctx.run, args=(run,), daemon=True, name=f"llmorch-approve-{call}")
     asker.start()
-    if cancel is None:
-        concurrent.futures.wait([done])
-    else:
-        cancel.wait(done, None)
+    cancel.wait(done, None)
     if not done.done():  # cancelled while waiting: end the paused run too (as the UI would)
         threading.Thread(target=contextvars.copy_context().run, args=(_withdraw, asker.ident, done), daemon=True,
                          name=f"llmorch-withdraw-{call}").start()
-        return Verdict("cancelled", note=cancel.reason if cancel is not None else "", waited=time.monotonic() - started)
+        return Verdict("cancelled", note=cancel.reason, waited=time.monotonic() - started)
     waited = time.monotonic() - started
     state = done.result()
     run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
