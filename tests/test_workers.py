@@ -61,7 +61,7 @@ def test_cancel_kills_the_running_call_s_worker_which_is_replaced(pool: WorkerPo
 
     t = threading.Thread(target=call)
     t.start()
-    while not pool._busy:  # the call reached its worker
+    while not pool._running:  # the call reached its worker
         t.join(0.01)
     cancel.set("not needed any more")
     t.join(10)

@@ -9,27 +9,10 @@ runs `llmorch run` / `llmorch ask`. Approved, it runs; rejected, it fails with
 recovery may plan around; unanswered for `approval_timeout()` seconds, it fails with
 `ApprovalTimeout`, which says so.
 
-How it waits, with Prefect's own means. Prefect asks a person through a *paused flow run*
-with an input form: `pause_flow_run(wait_for_input=ApprovalInput)` saves the form's JSON schema
-and a description as flow-run inputs, and the UI shows the paused run's "Resume" button, which
-opens that form and posts it to `POST /flow_runs/{id}/resume` (`resume_flow_run`). Pausing the
-plan's own flow run would stop the plan: Prefect's server refuses to start task runs of a paused
-flow run (`PreventRunningTasksFromStoppedFlows`: "The flow is paused, new tasks can execute
-after resuming"), a flow run holds one pause at a time, and `suspend_flow_run` ends the process
-(it needs a deployment and re-runs the flow). A task run cannot be paused at all. So each call
-that needs approval gets a flow run of its own: `llmorch-approval`, named `approve s3 ·
-delete_file`, a subflow under the call's approval task run (`approve s3 · delete_file`), with
-the call id, function and arguments as its parameters. It pauses; the plan's flow run and
-its other calls go on. The runner sees the approval as a node of its own before the call
-(`Compiler.runner_graph`), holding nothing: a compute call takes its processor only once
-approved.
-
-On the terminal (`terminal_prompts(True)`, which `llmorch run` and `llmorch ask` turn on when
-standard input is a terminal) each pending approval is asked in turn, y/n; the answer is sent
-the way the UI sends it (`resume_flow_run` with the input), so whichever answers first decides
-and the other is told. Without a terminal the run waits for the UI (a Prefect server with its
-UI: `PREFECT_API_URL`; the embedded server of a plain `llmorch run` has none) or for the API:
-`prefect.flow_runs.resume_flow_run(flow_run_id, run_input={"approve": True})`.
+Each call gets a paused flow run of its own (`llmorch-approval`, a subflow under the call's
+approval task run) whose `ApprovalInput` form the UI's Resume button or the terminal
+(`terminal_prompts`) answers; why not a pause of the plan's flow run or of a task run, and
+how the runner holds nothing meanwhile (`Compiler.runner_graph`): docs/approval.md.
 """
 
 from __future__ import annotations
@@ -345,11 +328,11 @@ def request_approval(
     subflow is then resumed with a rejection, so that nothing is left paused).
     """
     import concurrent.futures
-    import contextvars
 
     from prefect.exceptions import FlowPauseTimeout
 
     started = time.monotonic()
+    cancel = cancel if cancel is not None else Cancel()  # one that is never set: a plain wait
     done: concurrent.futures.Future[Any] = concurrent.futures.Future()
     ids: list[str] = []
 
@@ -366,14 +349,11 @@ def request_approval(
     ctx = contextvars.copy_context()
     asker = threading.Thread(target=ctx.run, args=(run,), daemon=True, name=f"llmorch-approve-{call}")
     asker.start()
-    if cancel is None:
-        concurrent.futures.wait([done])
-    else:
-        cancel.wait(done, None)
+    cancel.wait(done, None)
     if not done.done():  # cancelled while waiting: end the paused run too (as the UI would)
         threading.Thread(target=contextvars.copy_context().run, args=(_withdraw, asker.ident, done), daemon=True,
                          name=f"llmorch-withdraw-{call}").start()
-        return Verdict("cancelled", note=cancel.reason if cancel is not None else "", waited=time.monotonic() - started)
+        return Verdict("cancelled", note=cancel.reason, waited=time.monotonic() - started)
     waited = time.monotonic() - started
     state = done.result()
     run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None

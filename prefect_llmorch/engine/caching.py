@@ -1,28 +1,10 @@
 """Caching of pure calls through Prefect's own machinery (a cache policy and persisted results).
 
-A function declared `@inout(cache=True)` or `@compute(cache=True)` is pure: the same
-function (same source, or the same declared `version`) on the same resolved arguments gives
-the same result. Its compiled task gets `CallCache` as its Prefect cache policy and
-persists its result (Prefect's result storage: `PREFECT_LOCAL_STORAGE_PATH`, or any storage
-block set with `PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK`). A later call with the same key, in
-this run or any later one, is not run: Prefect's task engine finds the stored result, the
-task run ends `Cached` (as the UI shows it), and the function never starts.
-
-What the key is made of: the function's name, its version (the `version=` it declares, else a
-hash of its source), and the call's resolved arguments (after references are replaced by
-the upstream results). Not in the key: the call's id, its position in the plan, the
-credentials passed at call time (never hashed, never stored). A repaired call has new
-arguments and so a new key; a failed call stores nothing (Prefect persists only Completed
-results).
-
-A cached compute call takes no processor: its compiled task carries a probe
-(`cache_probe`, on the call's `CallIdentity.probe`) that the runner calls once the call's inputs are done and
-before the call takes a slot. The probe computes the key Prefect's engine will compute (this
-policy, on the resolved inputs) and asks the task's result store whether a record exists
-(`ResultStore.exists`, the check Prefect's transaction makes). On a hit the runner starts
-the task run at once, holding no slot; Prefect's engine then finds the same record and the
-task run ends `Cached`. (Should the record vanish between the two looks, the function runs,
-still on one of the pool's P worker processes, which it waits for.)
+A `cache=True` function's compiled task gets `CallCache` as its Prefect cache policy and
+persists its result, so a later call with the same key ends `Cached` without running. What
+the key holds, where results are stored, how to clear them: README.md, "Remember: cached
+calls"; the probe that lets a cached compute call start without a slot: CONTRIBUTING.md,
+"caching.py".
 """
 
 from __future__ import annotations

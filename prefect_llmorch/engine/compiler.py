@@ -1,22 +1,9 @@
 """Compile an FRG into Prefect task runs: one task run per call.
 
-Each call becomes a Prefect task named `s3 · python`, whose parameters are the call's text and the futures of the calls it uses, so
-Prefect resolves upstream results and draws the FRG edges in the UI graph. The body
-resolves the call's arguments from those results (walking the plan tree, never `eval`),
-checks them against the function's signature, and runs the function: compute calls on the
-`ProcessorPool` the compiler is given (`pool=`, e.g. the `LLMOrchTaskRunner`'s worker
-processes; without one, in the task's thread), inout calls in a helper thread of the task's
-thread (so a cancel can abandon them).
-
-Each compiled task carries its call's identity (`CallIdentity`: id, kind, rank, attempt; at
-`CALL_ATTR`, with its `Cancel` token and, for a cached compute call, its cache probe), which the runner reads at submit time (to
-name the call in its graph, to give it a processor or not, and to cancel it in `cancel_all`);
-the compiler never imports the runner.
-
-Compiled tasks carry no Prefect tags. Prefect's task engine asks the API for the slots of
-every tag of every task run (`tag:<name>` limits): a write, on the critical path of each
-call, that a busy SQLite server refuses with 503, crashing the call. Untagged task runs never
-ask. Kind and rank are in the identity, the run's FRG artifact and the report instead.
+Each call becomes a Prefect task `s3 · python` whose parameters are the call's text and the
+futures of the calls it uses (Prefect resolves them and draws the FRG's edges); it carries its
+`CallIdentity` at `CALL_ATTR` for the runner, and no Prefect tags (an untagged task run makes
+no tag-slot write on the call's critical path). The contract: CONTRIBUTING.md, "compiler.py".
 """
 
 from __future__ import annotations
@@ -29,7 +16,7 @@ import re
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from prefect import Task
@@ -43,7 +30,7 @@ from prefect_llmorch.engine import approval
 from prefect_llmorch.engine.caching import NotCacheable, cache_probe, task_cache_options
 from prefect_llmorch.engine.rates import pace
 from prefect_llmorch.schedule.resources import Rate
-from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done, wait_first
+from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done
 from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
 
 #: Attribute a compiled task carries: its `CallIdentity`.
@@ -126,9 +113,6 @@ class CallRecord:
     attempt: int = 0
     cached: bool = False  # answered from Prefect's cache: the function did not run
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
 class Recorder:
@@ -208,22 +192,14 @@ def task_name(call: Call, attempt: int = 0) -> str:
 
 
 def _run_with_timeout(
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    timeout: float | None,
-    label: str,
-    cancel: Cancel | None = None,
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, label: str, cancel: Cancel,
 ) -> Any:
-    """Run an inout function in this thread, or in a helper thread when it has a timeout
-    or can be cancelled.
+    """Run an inout function in a helper thread, so that its timeout or `cancel` can end the call.
 
     A thread cannot be killed: past the timeout, or once cancelled, the call ends and its
     thread is left to finish on its own (documented limitation for inout functions).
     """
-    if timeout is None and cancel is None:
-        return fn(*args, **kwargs)
-    if cancel is not None and cancel.is_set():
+    if cancel.is_set():
         raise CallCancelled(f"{label} was cancelled before it started ({cancel.reason})", call=label)
     done: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
@@ -242,12 +218,9 @@ def _run_with_timeout(
     ctx = contextvars.copy_context()
     t = threading.Thread(target=ctx.run, args=(target,), daemon=True, name=f"llmorch-{label}")
     t.start()
-    if cancel is None:
-        wait_first([done], timeout)
-    else:
-        cancel.wait(done, timeout)
+    cancel.wait(done, timeout)
     if not done.done():
-        if cancel is not None and cancel.is_set():
+        if cancel.is_set():
             raise CallCancelled(f"{label} was cancelled ({cancel.reason}); its thread is left to finish", call=label)
         raise CallTimeout(f"{label} ran past its timeout of {timeout:g} s", call=label)
     return done.result()
@@ -271,8 +244,6 @@ class Compiler:
             recovery cancels calls it is going to re-run anyway).
         pool: where compute calls run (`ProcessorPool`: the runner's worker processes, or
             Dask's processors); None runs them in the task's thread.
-        interruptible: kept for callers; inout calls always run in a helper thread now, so
-            that `cancel` (and the runner's `cancel_all`) can end them at once.
     """
 
     frg: FRG
@@ -285,7 +256,6 @@ class Compiler:
     #: `id()`s of Call objects dropped from the plan (calls started from a draft plan that the
     #: planner then repaired): not started if not started yet, results and records ignored.
     stale: set[int] = field(default_factory=set)
-    interruptible: bool = False
     pool: ProcessorPool | None = None
     #: Reuse and store results of `cache=True` functions (`--no-cache` turns it off for a run).
     cache: bool = True
@@ -448,27 +418,24 @@ class Compiler:
                 finally:
                     end = time.time()
         except BaseException as exc:
+            # The run stopped it: a cancel, reported without a traceback. Else a secret anywhere
+            # in the chain (causes, contexts, notes, a worker's traceback) replaces the whole
+            # exception, so nothing that formats it (Prefect's logger, the state, the report)
+            # ever sees the original.
             stopped = _cancelled_instead(exc, cancel, label)
-            if stopped is not None:  # the run stopped it: a cancel, reported without a traceback
-                recorder.update(
-                    call.id, state="Cancelled", error=f"{type(stopped).__name__}: {stopped}",
-                    start=recorder.rel(start) if start else None, end=recorder.rel(end) if end else None,
-                    pid=pid, processor=processor,
-                )
-                raise stopped from None
-            # A secret anywhere in the chain (causes, contexts, notes, a worker's traceback):
-            # replace the whole exception, so nothing that formats it (Prefect's logger, the
-            # state, the report) ever sees the original.
-            hidden = self._hide_secrets(exc)
+            hidden = self._hide_secrets(exc) if stopped is None else None
+            failure = exc if stopped is None else stopped
             recorder.update(
                 call.id,
-                state="Cancelled" if isinstance(exc, CallCancelled) else "Failed",
-                error=f"{type(exc).__name__}: {exc}" if hidden is None else str(hidden),
+                state="Cancelled" if isinstance(failure, CallCancelled) else "Failed",
+                error=f"{type(failure).__name__}: {failure}" if hidden is None else str(hidden),
                 start=recorder.rel(start) if start else None,
                 end=recorder.rel(end) if end else None,
                 pid=pid,
                 processor=processor,
             )
+            if stopped is not None:
+                raise stopped from None
             if hidden is None:
                 raise
         else:
@@ -500,19 +467,15 @@ class Compiler:
 
     def _scrub(self, text: str) -> str:
         """`text` with every loaded credential value replaced by `***`."""
-        for values in self.secrets.values():
-            for value in values.values():
-                if isinstance(value, str) and len(value) >= 4 and value in text:
-                    text = text.replace(value, "***")
+        for value in self._secret_values():
+            text = text.replace(value, "***")
         return text
 
     # -- approval (`approve=True`) ----------------------------------------------------------
     def runner_graph(self, frg: FRG) -> FRG:
         """The graph the runner coordinates: `frg`, with a node `s3~approval` (inout, cost 0,
-        the call's deps) before each call that needs a person's approval. The runner passes a
-        call out only once its inputs are done, so a compute call takes its processor (and
-        every slot it needs) only after it was approved: while it waits, only its approval
-        node is out, holding nothing."""
+        the call's deps) before each call that needs a person's approval, so that a waiting
+        call holds nothing (docs/approval.md, "Holding nothing while waiting")."""
         asking = [cid for cid in frg.ids if self._approves(frg.function[cid])]
         if not asking:
             return frg

@@ -12,81 +12,15 @@ machine `dask worker tcp://HOST:8786 --nthreads 1 --resources processor=1`):
     runner = LLMOrchDaskTaskRunner(address="tcp://127.0.0.1:8786")
     run_plan(plan, "prefect_llmorch.examples.toolbox:toolbox", task_runner=runner)
 
-P is the sum of the workers' `processor` resources, asked of the scheduler when the runner
-starts (`runner.processors`); with `adapt_kwargs` and a finite `maximum` on a `LocalCluster`,
-what the cluster may grow to (`maximum` workers' `processor`). A compute call takes one
-`processor`, an inout call none. As `DaskTaskRunner`, the started runner offers its Dask
-`client`.
-
-How the two kinds of task runs go:
-
-- **Compiled plan calls** (tasks made by `compiler.py`). Their Prefect engine runs in a
-  thread of the flow process, exactly as under `LLMOrchTaskRunner` (this class inherits its
-  coordination): the runner holds each call until its inputs are done, keeps at most P
-  compute calls in flight, and when more compute calls are ready than processors are free
-  it starts them in `policy.select` order. A started compute call sends only its *function
-  call* to Dask, with `resources={"processor": 1}`; an inout call runs in the flow process
-  (it holds no processor, and on a one-thread Dask worker a sleeping call would block that
-  worker's processor). Why not ship the whole task run to Dask as `DaskTaskRunner` does:
-  a compiled task's body writes to the flow's `Recorder` and runs recovery hooks, which live
-  in the flow process (a `Recorder` holds a lock and cannot even be pickled).
-- **Any other Prefect task** (your own `@task`s in a flow on this runner): sent to Dask by
-  the `DaskTaskRunner` this runner holds (the engine runs on a worker, Dask resolves the
-  dependencies),
-  with `resources={"processor": 1}` when tagged `compute`. No policy and no P cap apply to
-  these: Dask starts them in its own priority order (submission order) and its resources
-  bound them per worker.
-
-What ordering Dask guarantees, and what it does not:
-
-- *Which* compute call starts next is decided here, by the policy, over all ready compute
-  calls of the plan (the same `select` as the local runner); at most P are in Dask at once.
-- *Where* it runs is Dask's choice. The scheduler considers only workers whose *total*
-  `processor` resource covers the request and picks the one it estimates will start it
-  soonest (occupancy); it does not look at free resources. The worker holds a task in its
-  `constrained` queue until a `processor` is free there and then starts the
-  highest-priority (for us: the earliest-submitted) one. So a call can wait on a busy worker
-  while another is idle if Dask's estimate misplaces it, until work stealing moves it.
-- What always holds: no worker runs more compute calls at once than its `processor`
-  resource (Dask enforces it on the worker), and no flow run has more than P compute calls
-  in flight.
-
-Worker loss: if a worker dies mid-call, Dask re-runs the call on another worker (up to
-`distributed.scheduler.allowed-failures` times, default 3; then the call fails with
-`WorkerDied`, caused by Dask's `KilledWorker`). If no worker offering a `processor` is left
-for `no_worker_timeout` seconds, waiting calls fail with `WorkerDied` instead of hanging
-(Dask itself would wait for a worker forever).
-
-Resources (issue 16): a Dask worker offers resources by the names calls declare, with
-Dask's own worker resources (`dask worker ... --nthreads 2 --resources
-"processor=2,gpu_mem_gb=40"`). When the runner starts, each offered resource's capacity is
-the sum over the workers (`resources=` on the runner sets or overrides one: an inout class
-such as `search-api`, which no worker needs to offer). The Coordinator admits calls against
-those capacities as on one machine; a compute call is then sent to Dask asking for its whole
-demand among the resources workers offer (`processor` for `processors`, the others by
-name), so Dask starts it only on a worker that has all of it free: no worker ever holds
-more than it offers. A call needing more than the largest worker offers fails before
-anything runs (`DemandExceedsCapacity`, naming the call). With `gpus=` (devices every worker
-sees, e.g. one machine), a call demanding `gpu_mem_gb` is placed on a device and runs on the
-worker with `CUDA_VISIBLE_DEVICES` set to it for that call (set before the function runs,
-restored after; threads of one worker share the environment, so give GPU workers
-`--nthreads 1`, or let each worker offer its own device's `gpu_mem_gb` instead). Inout
-calls hold their classes in the flow process, as on one machine.
-
-Machine-wide guard: as with the local runner, the global concurrency limit
-`llmorch-processors` is created with limit P if absent and held one slot per processor in
-use, and each resource capacity's own limit (`llmorch-<resource>`); on a cluster they guard
-the cluster across flow runs that share the Prefect server.
-
-Cancellation: a started runner is one of `host.interrupt.live_runners()`, so Ctrl-C / SIGTERM
-(`host/interrupt.py`) and flow cancellation (`cancel_all`) cancel its calls' Dask tasks.
-A tool's `SystemExit` / `KeyboardInterrupt` on a worker is that call's failure
-(`workers.ToolExit`), as in the local worker processes.
+P is the sum of the workers' `processor` resources. Compiled plan calls are coordinated in
+the flow process as by `LLMOrchTaskRunner` (policy, P, global limits), and a compute call
+sends only its function call to Dask (`DaskProcessorPool`); any other task goes to the held
+`DaskTaskRunner`. What runs where, what Dask guarantees, worker loss, resources and GPUs:
+docs/dask.md; the contract: CONTRIBUTING.md, "dask.py".
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
 import importlib
 import logging
@@ -105,7 +39,9 @@ from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
 
 from prefect_llmorch.engine.pool import CALL_ENV
 from prefect_llmorch.engine.runner import CALL_ATTR, LLMOrchTaskRunner, not_started
-from prefect_llmorch.engine.workers import CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError
+from prefect_llmorch.engine.workers import (
+    CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError, restore_env,
+)
 from prefect_llmorch.graph import PROCESSORS
 from prefect_llmorch.host import interrupt
 from prefect_llmorch.schedule.resources import DemandExceedsCapacity
@@ -124,16 +60,15 @@ CALL_DASK_RESOURCES: contextvars.ContextVar[dict[str, float] | None] = contextva
 )
 
 
-def cluster_processors(client: distributed.Client) -> dict[str, int]:
-    """The `processor` resource of every worker the scheduler knows, by worker address."""
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    return {addr: int(w.get("resources", {}).get(PROCESSOR, 0)) for addr, w in workers.items()}
-
-
 def cluster_resources(client: distributed.Client) -> dict[str, dict[str, float]]:
     """Every worker's Dask resources (`processor`, `gpu_mem_gb`, ...), by worker address."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
     return {addr: {k: float(v) for k, v in (w.get("resources") or {}).items()} for addr, w in workers.items()}
+
+
+def cluster_processors(client: distributed.Client) -> dict[str, int]:
+    """The `processor` resource of every worker the scheduler knows, by worker address."""
+    return {addr: int(r.get(PROCESSOR, 0)) for addr, r in cluster_resources(client).items()}
 
 
 def _call_on_worker(
@@ -165,11 +100,7 @@ def _call_on_worker(
             pass
         raise exc
     finally:
-        for k, old in saved.items():
-            if old is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = old
+        restore_env(saved)
     return value, start, time.time(), pid, address
 
 
@@ -372,14 +303,9 @@ def _dask_futures(expr: Any) -> Any:
 class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
     """Run a plan's compute calls on the `processor`s of a Dask cluster, P at most at once.
 
-    Our coordination (`LLMOrchTaskRunner`: the policy, the P cap, the global concurrency
-    limit) for compiled plan calls, holding a `prefect_dask.DaskTaskRunner` (`dask_runner`,
-    same cluster settings) that owns the cluster and its client and runs every other task;
-    see the module docstring for what runs where.
-
-    Prefect sends a copy of the flow's task runner with each task run it ships to a Dask
-    worker and enters it there. Such a copy starts nothing when entered (no client, no
-    pre-imports, no API thread, no concurrency slots); it starts on its first `submit`.
+    Holds a `prefect_dask.DaskTaskRunner` (`dask_runner`, same cluster settings) that owns
+    the cluster and its client and runs every other task. The copy Prefect enters around each
+    task run it ships to a Dask worker starts nothing until something is submitted to it.
 
     Args:
         cluster: a running `distributed` cluster object.
@@ -537,9 +463,6 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             gpus=[dict(g) for g in self.gpus] or None,
         )
 
-    def duplicate(self) -> "LLMOrchDaskTaskRunner":
-        return type(self)(**self._init_kwargs())
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LLMOrchDaskTaskRunner):
             return False
@@ -560,9 +483,6 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
         state = self._init_kwargs()
         state["cluster"] = None
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
 
     # -- life cycle -------------------------------------------------------------------
     def __enter__(self) -> "LLMOrchDaskTaskRunner":

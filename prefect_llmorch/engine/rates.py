@@ -1,25 +1,11 @@
 """Rates of resource classes, machine-wide: Prefect's rate limits, taken next to the call.
 
-A resource class given a rate (`resources={"search-api": "10/s"}`, `--resource
-search-api=10/s`) is paced by a Prefect global concurrency limit of one slot whose slot
-decays in `Rate.spacing` seconds (`slot_decay_per_second = calls / per`):
-the call takes that slot right before its function runs, in its own thread, so every flow
-run and every process on one Prefect server shares one pace and no window of `per` seconds
-holds more than `calls` starts. It makes the request of Prefect's
-`prefect.concurrency.sync.rate_limit` (`increment_concurrency_slots(mode="rate_limit")`,
-waiting `Retry-After` between denials) itself, through the public client of the current API,
-because Prefect's wait cannot be stopped: here the call's `Cancel` ends it (a cancelled or
-Ctrl-C'd run does not wait a spacing), and a refusal is the call's failure (`RateUnavailable`,
-raised inside `Compiler._execute`'s error handling). The limit is named
-`llmorch-rate-<resource>` (`schedule.resources.rate_limit_name`) and created, or set to the
-rate, when a run first needs it.
-
-The Coordinator and the simulator apply the same rate with the same rule (`RateGate`), given
-the time: the runner's Coordinator holds a call back until its rate allows (so a call
-waiting for its own run's pace holds no processor), and this module paces it machine-wide,
-on the clock that counts across flow runs: the Prefect server's. A compute call that waits
-here, for calls of other flow runs, holds its runner's processor slot meanwhile (no worker
-process: it waits before the pool runs it).
+A rated resource class (`resources={"search-api": "10/s"}`) is paced machine-wide by a Prefect
+global concurrency limit of one slot that decays in `Rate.spacing` seconds, taken right before
+the call's function runs. The request is the one Prefect's `rate_limit` makes, sent here
+through the public client because Prefect's wait cannot be stopped: here the call's `Cancel`
+ends it, and a refusal is the call's failure (`RateUnavailable`). How rates apply, here and in
+the Coordinator: docs/mcp.md, "Rates".
 """
 
 from __future__ import annotations
@@ -98,6 +84,7 @@ def pace(demanded: Iterable[str], rates: Mapping[str, Rate], cancel: Cancel | No
     rated = sorted(r for r in set(demanded) if r in rates)
     if not rated:
         return
+    cancel = cancel if cancel is not None else Cancel()  # one that is never set: plain waits
     try:
         names = [ensure_rate_limit(r, rates[r]) for r in rated]
     except Exception as exc:
@@ -131,21 +118,18 @@ def pace(demanded: Iterable[str], rates: Mapping[str, Rate], cancel: Cancel | No
 _SLICE = 0.1
 
 
-def _stop_if_cancelled(cancel: Cancel | None) -> None:
-    if cancel is not None and cancel.is_set():
+def _stop_if_cancelled(cancel: Cancel) -> None:
+    if cancel.is_set():
         raise CallCancelled(f"cancelled while waiting for its rate: {cancel.reason}", call="")
 
 
-def _sleep(seconds: float, cancel: Cancel | None) -> None:
+def _sleep(seconds: float, cancel: Cancel) -> None:
     """Sleep `seconds`, or until `cancel` is set (then CallCancelled)."""
-    if cancel is None:
-        time.sleep(seconds)
-        return
     cancel.wait(concurrent.futures.Future(), seconds)  # a future never done: the cancel or the time
     _stop_if_cancelled(cancel)
 
 
-def _take_slots(names: list[str], cancel: Cancel | None) -> None:
+def _take_slots(names: list[str], cancel: Cancel) -> None:
     """One slot of each rate limit, on the current API: the request Prefect's
     `prefect.concurrency.sync.rate_limit` makes, and its wait for `Retry-After` between denied
     ones, in a loop a cancel can end (Prefect's cannot be stopped from outside)."""

@@ -13,49 +13,9 @@ once; tasks tagged `inout` (or untagged) start at once on threads, without a pro
     @flow(task_runner=LLMOrchTaskRunner(processors=2))
     def f(): ...
 
-How it works. `submit` does not start a task run: it adds the submission to a graph and
-the same `schedule.policy.Coordinator` the simulator drives decides what starts (its
-`get_ready()` / `done()` protocol; see "One graph" below). Each task run's Prefect engine
-runs in a thread of the flow process, so states, hooks and the UI graph stay native; the
-*function* of a compute task runs in a worker process of the runner's `ProcessorPool`
-(compiled plan calls through `compiler.py`, which is handed the pool; a plain
-`@task(tags={"compute"})` because the runner swaps its function for one that ships the call
-to a worker, so it must be importable or picklable, and so must its arguments and result).
-
-One graph. Every submission is a node; its deps are the submissions its futures (in
-`wait_for` or in its parameters) come from; a future of somewhere else (another runner, a
-finished earlier graph) becomes an inout node that is done when that future is. Compiled
-calls are named by their call id and cost what the plan's FRG says (`use_graph`); any other
-task run is named `name~N` and costs 1. The Coordinator's graph grows as submissions arrive
-(`Coordinator.grow`) and starts afresh once everything in it is done. So a plan submitted
-whole (`run_plan`) is one graph, equal to `FRG.build(plan)`: the runner starts its calls in
-exactly the order the simulator would for the same completion order (`trace` records the
-protocol; tests/test_runner.py replays it). A whole plan announced by `use_graph` before its
-calls are submitted goes into the Coordinator's graph at once: a call it passes out before its
-submission arrives starts when it arrives, so the first calls start while the rest are still
-being submitted, in the order the simulator decides. Otherwise, while the announced FRG still
-has calls to come, nothing starts: those few milliseconds keep the start order independent of submission order.
-
-Which task runs finish is all the Coordinator hears (`done` after any final state): what a
-downstream run does with a failed input is Prefect's engine's business, as with Prefect's
-own runners.
-
-Machine-wide guard (`guard.GlobalLimit`): a Prefect global concurrency limit
-(`llmorch-processors`, created with limit P if absent) is held one slot per processor this
-flow run uses, and one limit per resource capacity (`llmorch-search-api`,
-`llmorch-gpu_mem_gb-<device>`, created with the capacity if absent) one slot per unit. A
-call the Coordinator passed out waits until the slots of its whole demand are held and free
-(`schedule.resources.limit_slots`: a call needing 2 processors takes 2 slots; GPU memory on
-the device it was placed on), in the order passed out, passing over calls that must wait
-for slots other flow runs hold.
-
-Nested tasks: a compute task's function runs in a worker process, outside the flow run, so
-it cannot submit tasks (the error says so; docs/tasks.md). It sees the tags of the context
-it was submitted from, as on Prefect's runners (`call_context.py`), and no run context. An
-async compute task runs on a thread of the flow process, holding its processor; a compute
-task submitted from inside a running compute task is refused at once (it could wait forever
-for a processor its parents hold). Submit children from an `inout` task (it holds no
-processor while it waits) or from the flow.
+How it works (one graph, the Coordinator's `get_ready()`/`done()` protocol, the global
+limits, what runs where, nested tasks): CONTRIBUTING.md, "runner.py"; docs/tasks.md for
+what a task of yours may do.
 """
 
 from __future__ import annotations
@@ -177,19 +137,19 @@ def _move(sub: "_Submission", to: CallState) -> None:
 @dataclass(eq=False)
 class _Submission:
     node: str  # its id in the Coordinator's graph
-    # What the engine runs (a plain compute task's copy runs in the pool). None, and no task
-    # run id, for a node that is not a task run of ours (yet): an announced call not submitted
-    # yet (`_announce`; `_arrive` fills them in) or an upstream future of somewhere else.
-    task: "Task[Any, Any] | None"
-    kind: str
-    call_id: str | None
-    task_run_id: uuid.UUID | None
-    parameters: dict[str, Any]
-    wait_for: list[PrefectFuture[Any]]
-    dependencies: dict[str, Any] | None
-    context: contextvars.Context
-    future: concurrent.futures.Future[Any]
-    cancel: Cancel
+    # What the engine runs (a plain compute task's copy runs in the pool). The defaults, for
+    # a node that is not a task run of ours (yet): an announced call not submitted yet
+    # (`_announce`; `_arrive` fills them in) or an upstream future of somewhere else.
+    task: "Task[Any, Any] | None" = None
+    kind: str = "inout"
+    call_id: str | None = None
+    task_run_id: uuid.UUID | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    wait_for: list[PrefectFuture[Any]] = field(default_factory=list)
+    dependencies: dict[str, Any] | None = None
+    context: contextvars.Context = field(default_factory=contextvars.Context)
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    cancel: Cancel = field(default_factory=Cancel)
     deps: frozenset[str] = frozenset()
     cost: float = 1.0
     demand: Any = None  # what a compiled call holds (`FRG.demand`), None: its kind's default
@@ -262,13 +222,19 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self.pin = pin
         self.preload = tuple(preload)
         # Bad capacities fail here, before anything runs (Capacities.of checks them).
-        caps = Capacities.of(self.processors, resources, gpus)
-        # capacities and rates (`"10/s"`, `"4,10/s"`: rates are paced at the call, engine/rates.py)
-        self.resources = {r: a for r, a in caps.settings().items() if not (caps.devices and r == "gpu_mem_gb")}
-        self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in caps.devices]
+        self._use(Capacities.of(self.processors, resources, gpus))
         # Nobody declared devices: ask this machine's nvidia-smi when the runner starts.
         self._discover_gpus = gpus is None and not (isinstance(resources, Mapping) and GPU_MEM in resources)
         self._init_state()
+
+    def _use(self, caps: Capacities) -> None:
+        """Capacities and rates (`"10/s"`, `"4,10/s"`: paced at the call, engine/rates.py) as
+        `resources`, the devices as `gpus` (their memory is theirs, not a `gpu_mem_gb` setting)."""
+        self.resources = {r: a for r, a in caps.settings().items() if not (caps.devices and r == GPU_MEM)}
+        self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in caps.devices]
+
+    def _caps(self) -> Capacities:
+        return Capacities.of(max(self.processors, 1), self.resources, self.gpus)
 
     def _init_state(self) -> None:
         self.pool: Any = None  # a ProcessorPool while started
@@ -311,23 +277,21 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         check_policy(value)
         self._policy = value
 
-    def _settings(self) -> tuple[Any, ...]:
-        return (
-            self.processors, self.policy, self.concurrency_limit, self.pin, self.preload, self.guard,
-            tuple(sorted(self.resources.items())), tuple((g["id"], g["mem_gb"]) for g in self.gpus),
+    def _init_kwargs(self) -> dict[str, Any]:
+        """The settings, as the constructor takes them (`duplicate`, pickling, `==`)."""
+        return dict(
+            processors=self.processors, policy=self.policy, concurrency_limit=self.concurrency_limit, pin=self.pin,
+            preload=self.preload, guard=self.guard, resources=dict(self.resources), gpus=[dict(g) for g in self.gpus],
         )
 
+    def _settings(self) -> tuple[Any, ...]:
+        kw = self._init_kwargs()
+        kw["resources"] = tuple(sorted(self.resources.items()))
+        kw["gpus"] = tuple((g["id"], g["mem_gb"]) for g in self.gpus)
+        return tuple(kw.values())
+
     def duplicate(self) -> "LLMOrchTaskRunner":
-        return type(self)(
-            processors=self.processors,
-            policy=self.policy,
-            concurrency_limit=self.concurrency_limit,
-            pin=self.pin,
-            preload=self.preload,
-            guard=self.guard,
-            resources=dict(self.resources),
-            gpus=[dict(g) for g in self.gpus],
-        )
+        return type(self)(**self._init_kwargs())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LLMOrchTaskRunner) and self._settings() == other._settings()
@@ -337,11 +301,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def __getstate__(self) -> dict[str, Any]:
         # Runners are cloudpickled when a flow run is sent to a subprocess: keep settings only.
-        return {
-            "processors": self.processors, "policy": self.policy, "concurrency_limit": self.concurrency_limit,
-            "pin": self.pin, "preload": self.preload, "guard": self.guard,
-            "resources": dict(self.resources), "gpus": [dict(g) for g in self.gpus],
-        }
+        return self._init_kwargs()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
@@ -350,7 +310,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def __enter__(self) -> "LLMOrchTaskRunner":
         super().__enter__()
         self._init_state()  # a runner entered again after an exit starts clean
-        if getattr(self, "_discover_gpus", False) and not self.gpus:
+        if self._discover_gpus and not self.gpus:
             self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in discover_gpus()]
         stack = ExitStack()
         try:
@@ -372,7 +332,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
         # If the start fails past here (`__exit__` shuts it down itself, before the slots go back).
         stack.callback(self._shutdown_executor)
-        name = self.concurrency_limit if getattr(self, "guard", "global") == "global" else None
+        name = self.concurrency_limit if self.guard == "global" else None
         self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch)
         self._limit.start(stack)
         self._limit.configure(self._resource_limits())
@@ -380,23 +340,12 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def _resource_limits(self) -> dict[str, int]:
         """The global limits guarding the resource capacities (not the processors'), name -> size."""
-        caps = Capacities.of(max(self.processors, 1), self.resources, self.gpus)
-        return {n: size for n, size in global_limits(caps).items() if n != limit_name(PROCESSORS)}
+        return {n: size for n, size in global_limits(self._caps()).items() if n != limit_name(PROCESSORS)}
 
     @property
     def _proc_key(self) -> str:
         """The key processor slots are counted under: the processors' limit name, if any."""
         return self._limit.name or PROCESSORS
-
-    def _limit_keys(self, resource: str) -> list[str]:
-        """The limits (keys) a resource's demand counts against before a call is placed."""
-        if resource == PROCESSORS:
-            return [self._proc_key]
-        if not self._limit.guarded:
-            return []
-        if resource == GPU_MEM and self.gpus:
-            return [limit_name(GPU_MEM, g["id"]) for g in self.gpus]
-        return [limit_name(resource)]
 
     def _needs(self, sub: _Submission, device: Any) -> dict[str, int]:
         """The slots a passed-out call holds while it runs (its whole demand, GPU memory on its device)."""
@@ -405,12 +354,15 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             setting = self.resources.get(r)
             if isinstance(setting, str) and "," not in setting:  # a rate, no capacity: nothing to hold
                 continue
-            if r == GPU_MEM and self.gpus:
-                if self._limit.guarded and device is not None:
+            if r == PROCESSORS:
+                needs[self._proc_key] = int(round(amount))
+            elif not self._limit.guarded:
+                continue  # unguarded: the Coordinator alone bounds what this run holds
+            elif r == GPU_MEM and self.gpus:
+                if device is not None:
                     needs[limit_name(GPU_MEM, device)] = slots(amount)
-                continue
-            for key in self._limit_keys(r):
-                needs[key] = slots(amount) if r != PROCESSORS else int(round(amount))
+            else:
+                needs[limit_name(r)] = slots(amount)
         return needs
 
     def _count(self, key: str, demand: Any, sign: int) -> None:
@@ -433,11 +385,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                 # for them (compute workers ignore SIGINT, and are killed here).
                 self.cancel_all()
             with self._lock:
-                self._closing = True  # nothing starts from now on
-                self._stop_rate_wake()
-                queued = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
-                for s in queued:
-                    _move(s, CallState.DONE)
+                queued = self._close()
                 executor = self._executor
             for s in queued:
                 _finish(s.future, _cancelled_state("not started: the flow run ended first"))
@@ -459,6 +407,16 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._executor = None
             super().__exit__(*exc_info)
 
+    def _close(self) -> list[_Submission]:
+        """Nothing starts from now on: the waiting calls are DONE, returned so that their
+        futures end Cancelled. Called with the lock held."""
+        self._closing = True
+        self._stop_rate_wake()
+        queued = [s for s in self._subs.values() if s.state in WAITING and s.external is None]
+        for s in queued:
+            _move(s, CallState.DONE)
+        return queued
+
     def _shutdown_executor(self) -> None:
         """Shut the task-run threads' executor down, once: wait for them, unless the run was
         cancelled (an inout call's thread cannot be stopped; a script's Ctrl-C must not wait)."""
@@ -476,29 +434,19 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             time.sleep(0.02)
 
     def cancel_all(self) -> None:
-        """End the flow run's work now (Prefect's flow engine calls this on cancellation).
-
-        No queued task run starts (its future ends Cancelled); running compute calls are
-        cancelled, their worker processes killed; compiled inout calls abandon their thread;
-        all of those end Cancelled. A plain inout task already running cannot be stopped (a
-        thread cannot be killed): its future ends Cancelled at once and its thread is left.
-        As Prefect's ThreadPoolTaskRunner, the runner's executor is shut down: the runner
-        takes no more work (`submit` raises "Task runner is not started") until it is
-        entered again. Unlike it, this does not wait for the left threads (host/interrupt.py
-        calls it on Ctrl-C). Safe to call several times.
+        """End the flow run's work now (Prefect's flow engine calls this on cancellation,
+        host/interrupt.py on Ctrl-C); safe to call several times. What ends how:
+        CONTRIBUTING.md, "runner.py". As Prefect's ThreadPoolTaskRunner, the executor is shut
+        down (`submit` raises "Task runner is not started" until the runner is entered
+        again); unlike it, this does not wait for the threads it cannot stop.
         """
         reason = "the flow run was cancelled"
         with self._lock:
             if self._cancelled or not self._started:
                 return
             self._cancelled = reason
-            self._closing = True
-            self._stop_rate_wake()
-            subs = [s for s in self._subs.values() if s.external is None]
-            queued = [s for s in subs if s.state in WAITING]
-            running = [s for s in subs if s.state is CallState.RUNNING]
-            for s in queued:
-                _move(s, CallState.DONE)
+            queued = self._close()
+            running = [s for s in self._subs.values() if s.state is CallState.RUNNING and s.external is None]
             self._held.clear()
             executor, self._executor = self._executor, None
         if executor is not None:
@@ -527,14 +475,13 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             ResourceError: bad capacities or devices (before anything runs).
             RuntimeError: calls of the current graph are still unfinished.
         """
-        if gpus is None and not (getattr(self, "_discover_gpus", False) and isinstance(resources, Mapping) and GPU_MEM in resources):
+        if gpus is None and not (self._discover_gpus and isinstance(resources, Mapping) and GPU_MEM in resources):
             gpus = self.gpus or None  # the runner's devices, unless discovered ones would contradict the run's
         caps = Capacities.of(max(self.processors, 1), resources, gpus)
         with self._lock:
             if self._co is not None and not self._co.is_finished():
                 raise RuntimeError("capacities can change only before the flow run's calls are submitted")
-            self.resources = {r: a for r, a in caps.settings().items() if not (caps.devices and r == GPU_MEM)}
-            self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in caps.devices]
+            self._use(caps)
             started = self._executor is not None
         if started:
             self._limit.configure(self._resource_limits())
@@ -564,10 +511,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         rest are still being submitted, in the same order. Called with the lock held."""
         for cid in frg.ids:
             sub = _Submission(
-                node=cid, task=None, kind=frg.kind[cid], call_id=cid,
-                task_run_id=None, parameters={}, wait_for=[], dependencies=None,
-                context=contextvars.Context(), future=concurrent.futures.Future(), cancel=Cancel(),
-                deps=frozenset(frg.deps[cid]), cost=frg.cost[cid], demand=frg.demand[cid], state=CallState.ANNOUNCED,
+                node=cid, kind=frg.kind[cid], call_id=cid, deps=frozenset(frg.deps[cid]), cost=frg.cost[cid],
+                demand=frg.demand[cid], state=CallState.ANNOUNCED,
             )
             self._announced[cid] = sub
             self._subs[cid] = sub
@@ -585,8 +530,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     _move(sub, CallState.ABANDONED)
                 elif sub.state is CallState.PASSED:
                     _move(sub, CallState.DONE)
-                    self._co.done(sub.node)  # type: ignore[union-attr]
-                    self.trace.append(("done", (sub.node,)))
+                    self._done(sub.node)
             self._announced.clear()
         self._safe_dispatch()
         self._adjust_slots()
@@ -631,7 +575,6 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             wait_for=wait_list,
             dependencies=dependencies,
             context=contextvars.copy_context(),
-            future=concurrent.futures.Future(),
             cancel=cancel,
             probe=identity.probe if identity is not None and kind == "compute" else None,
         )
@@ -640,7 +583,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             if self._cancelled:  # stopped (Ctrl-C) while this call was being submitted
                 return self._refuse(task)
             if self._closing:
-                raise RuntimeError(f"LLMOrchTaskRunner is shutting down ({self._cancelled or 'its flow run ended'})")
+                raise RuntimeError("LLMOrchTaskRunner is shutting down (its flow run ended)")  # cancelled: refused above
             seq = next(self._seq)
             announced = self._announced.pop(call_id, None) if call_id is not None else None
             if announced is not None:
@@ -717,19 +660,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def _external(self, fut: PrefectFuture[Any], seq: int) -> _Submission:
         ext = _Submission(
-            node=f"~upstream {fut.task_run_id}~{seq}",
-            task=None,
-            kind="inout",
-            call_id=None,
-            task_run_id=fut.task_run_id,
-            parameters={},
-            wait_for=[],
-            dependencies=None,
-            context=contextvars.Context(),
-            future=concurrent.futures.Future(),
-            cancel=Cancel(),
-            cost=0.0,
-            external=fut,
+            node=f"~upstream {fut.task_run_id}~{seq}", task_run_id=fut.task_run_id, cost=0.0, external=fut,
         )
         self._add(ext)
         return ext
@@ -745,13 +676,8 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             ext.finished = True
             if ext.state is CallState.RUNNING and self._co is not None:
                 _move(ext, CallState.DONE)
-                self._co.done(ext.node)
-                self.trace.append(("done", (ext.node,)))
+                self._done(ext.node)
         self._safe_dispatch()
-
-    def _has_work(self) -> bool:
-        with self._lock:
-            return any(s.state is not CallState.DONE for s in self._subs.values())
 
     # -- dispatch ---------------------------------------------------------------------
     def _safe_dispatch(self) -> None:
@@ -780,8 +706,12 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._arrived = [s for s in self._arrived if s is not sub]
         self._count(sub.node, {}, -1)
         if self._co is not None and sub.node in self._co.running:
-            self._co.done(sub.node)
-            self.trace.append(("done", (sub.node,)))
+            self._done(sub.node)
+
+    def _done(self, *nodes: str) -> None:
+        """`Coordinator.done`, recorded in `trace`. Called with the lock held."""
+        self._co.done(*nodes)  # type: ignore[union-attr]
+        self.trace.append(("done", nodes))
 
     def _grow(self) -> None:
         """Put new submissions into the Coordinator's graph (a fresh graph once the old one
@@ -868,8 +798,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                         self._pass_out(sub, co.device_of(node), start, probing)
                 if not finished:
                     break
-                co.done(*finished)
-                self.trace.append(("done", tuple(finished)))
+                self._done(*finished)
             self._wake_at(co.next_admission(now))
             start.extend(self._admit_held())
             if self._held and not start and not any(self._in_use.values()):
@@ -1060,8 +989,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._in_use[k] = self._in_use.get(k, 0) - n
         self._count(sub.node, {}, -1)
         if self._co is not None and sub.node in self._co.running:
-            self._co.done(sub.node)
-            self.trace.append(("done", (sub.node,)))
+            self._done(sub.node)
         if sub.kind == "compute":
             self._running_compute -= 0 if sub.cached else 1
 
@@ -1072,7 +1000,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         what submitted and announced calls still demand, up to its capacity."""
         if not self._limit.guarded:
             return
-        caps = Capacities.of(max(self.processors, 1), self.resources, self.gpus)
+        caps = self._caps()
         device_mem = {limit_name(GPU_MEM, d.id): d.mem_gb for d in caps.devices}
         targets: list[tuple[str, int, int]] = []
         with self._lock:
@@ -1133,9 +1061,7 @@ def _in_pool(task: "Task[Any, Any]", pool: Any, cancel: Cancel) -> "Task[Any, An
                 ) from exc
             raise
 
-    clone = copy.copy(task)
-    clone.fn = in_worker
-    return clone
+    return _with_fn(task, in_worker)
 
 
 def _new_task_run_id() -> uuid.UUID:
@@ -1160,8 +1086,13 @@ def _failing(task: "Task[Any, Any]", exc: BaseException) -> "Task[Any, Any]":
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise exc
 
+    return _with_fn(task, refuse)
+
+
+def _with_fn(task: "Task[Any, Any]", fn: Any) -> "Task[Any, Any]":
+    """A shallow copy of `task` whose engine calls `fn` (see CONTRIBUTING.md, private names)."""
     clone = copy.copy(task)
-    clone.fn = refuse
+    clone.fn = fn
     return clone
 
 

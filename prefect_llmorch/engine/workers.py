@@ -212,11 +212,11 @@ def _worker_main(conn: Connection, affinity: list[int] | None, owner: int | None
             value = fn(*args, **kwargs)
         except BaseException as exc:  # report everything, including SystemExit
             end = time.time()
-            _restore(saved)
+            restore_env(saved)
             conn.send_bytes(_dumps(("error", _portable(exc), traceback.format_exc(), start, end, pid)))
             continue
         end = time.time()
-        _restore(saved)
+        restore_env(saved)
         try:
             data = _dumps(("ok", value, start, end, pid))
         except Exception as exc:
@@ -226,7 +226,8 @@ def _worker_main(conn: Connection, affinity: list[int] | None, owner: int | None
         conn.send_bytes(data)
 
 
-def _restore(saved: dict[str, str | None]) -> None:
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Put back the environment variables a call changed (`saved`: their old values, None: unset)."""
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -384,8 +385,7 @@ class WorkerPool:
         self._ctx = mp.get_context(_START_METHOD)
         self._idle: "queue.Queue[Worker]" = queue.Queue()
         self._workers: dict[int, Worker] = {}
-        self._busy: dict[int, Worker] = {}  # id(Cancel) -> the worker running that call
-        self._running: set[Worker] = set()  # every worker running a call, with or without a token
+        self._running: dict[Worker, Cancel | None] = {}  # every worker running a call -> its token
         self._cancelled_all = ""  # why, once cancel_all() was called: no call starts any more
         self._lock = threading.Lock()
         self._closed = False
@@ -483,9 +483,7 @@ class WorkerPool:
         with self._lock:
             refused = self._cancelled_all or (cancel.reason if cancel is not None and cancel.is_set() else "")
             if not refused:
-                self._running.add(worker)
-                if cancel is not None:
-                    self._busy[id(cancel)] = worker
+                self._running[worker] = cancel
         if refused:
             self._idle.put(worker)
             raise CallCancelled(f"{call} was cancelled before it started ({refused})", call=call)
@@ -494,7 +492,7 @@ class WorkerPool:
         try:
             outcome = worker.run(call, fn, args, kwargs or {}, timeout, dict(CALL_ENV.get() or {}))
         except WorkerError as exc:
-            self._release(worker, cancel)
+            self._release(worker)
             self._replace(worker)
             if worker.cancelled and not isinstance(exc, CallCancelled):
                 # killed by the cancel before or while the call was sent: a cancel, not a death
@@ -504,23 +502,21 @@ class WorkerPool:
                 raise cancelled from None
             raise
         except BaseException:
-            self._give_back(worker, cancel)
+            self._give_back(worker)
             raise
         finally:
             if cancel is not None:
                 forget()
-        self._give_back(worker, cancel)
+        self._give_back(worker)
         return outcome
 
-    def _release(self, worker: Worker, cancel: Cancel | None) -> None:
+    def _release(self, worker: Worker) -> None:
         with self._lock:
-            self._running.discard(worker)
-            if cancel is not None:
-                self._busy.pop(id(cancel), None)
+            self._running.pop(worker, None)
 
-    def _give_back(self, worker: Worker, cancel: Cancel | None) -> None:
+    def _give_back(self, worker: Worker) -> None:
         """Return a worker whose call ended; one that a late cancel is killing is replaced."""
-        self._release(worker, cancel)
+        self._release(worker)
         if worker.cancelled:
             self._replace(worker)
         else:
@@ -537,7 +533,7 @@ class WorkerPool:
     def _kill_for(self, cancel: Cancel) -> None:
         """`cancel` was set: kill the worker running its call, if it still runs."""
         with self._lock:
-            worker = self._busy.get(id(cancel))
+            worker = next((w for w, token in self._running.items() if token is cancel), None)
             if worker is not None:
                 worker.cancelled = cancel.reason or "cancelled"
         if worker is not None and worker.process.is_alive():
@@ -633,13 +629,21 @@ def _offer(spare: _Spare) -> None:
         _discard(previous)
 
 
+def _withdraw(only: _Spare | None = None) -> _Spare | None:
+    """Take the waiting pool off offer (only if it is `only`, when given)."""
+    global _prestarted
+    with _PRESTARTED_LOCK:
+        if only is not None and _prestarted is not only:
+            return None
+        taken, _prestarted = _prestarted, None
+    return taken
+
+
 def take_pool(processors: int, *, pin: bool = False, preload: Iterable[str] = ()) -> WorkerPool:
     """The pool `prestart_pool` started or the last runner kept (`keep_pool`), when it has
     these settings and every worker is alive (modules it has not imported yet are warmed
     now); otherwise a new `WorkerPool`."""
-    global _prestarted
-    with _PRESTARTED_LOCK:
-        taken, _prestarted = _prestarted, None
+    taken = _withdraw()
     if taken is not None:
         if taken.settings == (processors, pin):
             pool = taken.pool()
@@ -666,12 +670,8 @@ def keep_pool(pool: WorkerPool) -> None:
 
 def _expire(spare: _Spare) -> None:
     """A kept pool nobody took: shut it down."""
-    global _prestarted
-    with _PRESTARTED_LOCK:
-        if _prestarted is not spare:
-            return
-        _prestarted = None
-    _discard(spare)
+    if _withdraw(spare) is not None:
+        _discard(spare)
 
 
 def _discard(spare: _Spare) -> None:
@@ -681,9 +681,7 @@ def _discard(spare: _Spare) -> None:
 
 
 def _discard_at_exit() -> None:
-    global _prestarted
-    with _PRESTARTED_LOCK:
-        spare, _prestarted = _prestarted, None
+    spare = _withdraw()
     if spare is not None:
         _discard(spare)
 

@@ -1,6 +1,6 @@
 """The `llmorch-ask` flow: a question in, an answer computed by a parallel plan out.
 
-The planner is a Prefect task (`planner`, tagged `inout`) that streams the LLM's plan;
+The planner is a Prefect task (`planner`, untagged) that streams the LLM's plan;
 each call whose line is complete is handed to this flow, which adopts it into the
 execution at once (streaming dispatch, `Execution.adopt`), so the first calls run while
 the LLM is still writing. The worker processes are started, and the toolbox imported in
@@ -79,12 +79,7 @@ def answer(
     P = runner.processors if runner is not None else (processors or default_processors())
     given = handed()
     ahead = given.client_for(query) if client is None else None
-    endpoint = client if client is not None else given.endpoint_for(query, options.endpoint)
-    if isinstance(endpoint, str):  # the block once: its join settings and its client
-        from prefect_llmorch.blocks import LLMEndpoint
-
-        endpoint = LLMEndpoint.load(endpoint)
-    joining = JoinSettings.resolve(endpoint, options.joiner, options.max_rounds, options.max_tokens)
+    endpoint, joining = _joining(client if client is not None else given.endpoint_for(query, options.endpoint), options)
     client = ahead if ahead is not None else resolve_client(endpoint)
     tokens = TokenCounter()
     recovery = None
@@ -228,21 +223,26 @@ def _plan_ahead(query: str, toolbox: Toolbox | str, options: AskOptions, client:
     caller's object, or the block `options.endpoint` names, loaded once). (None, `client`)
     when the toolbox or the endpoint cannot be had here: then the flow run fails with the
     reason, as it would have. The request is exactly the planner's first: the same join
-    setting (`JoinSettings.resolve`, as `answer` does), mode and toolbox."""
+    setting (`_joining`, as `answer`'s), mode and toolbox."""
     from prefect_llmorch.llm.ahead import PlanningAhead
 
-    source: Any = client if client is not None else options.endpoint
     try:
-        if isinstance(source, str):
-            from prefect_llmorch.blocks import LLMEndpoint
-
-            source = LLMEndpoint.load(source)
-        joining = JoinSettings.resolve(source, options.joiner, options.max_rounds, options.max_tokens)
+        source, joining = _joining(client if client is not None else options.endpoint, options)
         tb = resolve_toolbox(toolbox)
         ahead = PlanningAhead(resolve_client(source), query, tb, options.planner, join=joining.joiner != "off")
         return ahead, source
     except Exception:
         return None, client
+
+
+def _joining(endpoint: Any, options: AskOptions) -> tuple[Any, JoinSettings]:
+    """The endpoint (a block's name loaded once: its join settings and its client) and the
+    ask's join settings over the block's."""
+    if isinstance(endpoint, str):
+        from prefect_llmorch.blocks import LLMEndpoint
+
+        endpoint = LLMEndpoint.load(endpoint)
+    return endpoint, JoinSettings.resolve(endpoint, options.joiner, options.max_rounds, options.max_tokens)
 
 
 def _next(inbox: "queue.Queue[Any]") -> Any:

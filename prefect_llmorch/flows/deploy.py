@@ -188,16 +188,10 @@ def llmorch_ask(parameters: AskParameters) -> dict[str, Any] | State:
 
 
 def deployments(
-    run_cron: str | None = None,
-    run_interval: float | None = None,
-    run_parameters: RunParameters | None = None,
-    ask_parameters: AskParameters | None = None,
+    run_cron: str | None = None, run_interval: float | None = None, run_parameters: RunParameters | None = None,
 ) -> list[Any]:
     """`RunnerDeployment`s of both flows for `prefect.serve` (what `llmorch serve` runs)."""
     run_params = {"parameters": (run_parameters or RunParameters()).model_dump()}
-    ask_kwargs: dict[str, Any] = {}
-    if ask_parameters is not None:
-        ask_kwargs["parameters"] = {"parameters": ask_parameters.model_dump()}
     return [
         llmorch_run.to_deployment(
             name="llmorch-run", cron=run_cron, interval=run_interval, parameters=run_params,
@@ -205,7 +199,6 @@ def deployments(
         ),
         llmorch_ask.to_deployment(
             name="llmorch-ask", tags=["llmorch"], description="Answer a question with a parallel plan (prefect-llmorch)",
-            **ask_kwargs,
         ),
     ]
 

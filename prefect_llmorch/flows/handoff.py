@@ -1,15 +1,10 @@
 """What `run_plan` / `ask_query` hand the flow's body in this process, beside its parameters.
 
-A flow run's parameters are plain data the API stores (a plan's text, a toolbox's path, the
-options). The library caller often holds more: the plan already parsed (the CLI checks it
-first), an `LLMClient` object, or a planner request already on its way (`llm/ahead.py`). It
-hands them over in a context variable, so nothing is parsed or asked twice and no
-process-global registry is needed: the flow's body runs in the caller's context (Prefect runs
-a sync flow on the calling thread), and a deployment's run (another process) simply finds
-nothing and does the work itself.
-
-Each thing handed over names what it was made for (the plan's text, the query, the
-toolbox); the body takes it only when those match its own parameters.
+The caller often holds more than a flow run's parameters (plain data the API stores): the
+plan already parsed, an `LLMClient`, a planner request on its way (`llm/ahead.py`). A context
+variable hands them over (Prefect runs a sync flow on the calling thread), so nothing is done
+twice and no process-global registry is needed; each names what it was made for, and a
+deployment's run finds nothing and does the work itself (CONTRIBUTING.md, "flows/handoff.py").
 """
 
 from __future__ import annotations

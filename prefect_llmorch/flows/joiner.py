@@ -1,26 +1,14 @@
 """The join step of `llmorch-ask` as Prefect task runs: answer from the results, or plan again.
 
 After the planner's plan has run, `join_rounds` asks the joiner (`prefect_llmorch.llm.joining`)
-in a task run of its own, `joiner · round 1`; when it continues the plan, the continuation's
-calls stream into the same `Execution` (same flow run, runner, slots and processors: the FRG
-grows) as they arrive, run, and the next join follows when the continuation asks for one
-(`join()`, or `joiner="always"`), up to `max_rounds` continuations. When the rounds or the
-ask's token budget (`max_tokens`, prompt + completion over planner, repairs, `self` calls
-and joins) are used up, the joiner may only answer; when the budget cannot pay for one
-more join request, the ask answers with the last result it has, without asking.
-
-When does the join step cost nothing? With `joiner="auto"` (the default) the planner is told
-to end a plan with `join()` when what comes next depends on results; a plan without it is
-the planner's statement that its last call answers, so no join request is made (the plans
-of every earlier release, and their tests, run exactly as before). `joiner="always"` joins
-after every plan, LLMCompiler's way: one request whose reply is `Answer: s5` (a few
-completion tokens) when the plan already answered.
+in a task run of its own, `joiner · round N`; a continuation's calls stream into the same
+`Execution` (the FRG grows). When the step runs, what it costs, its bounds and its failures:
+docs/joiner.md.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import queue
 import time
 from dataclasses import dataclass, field
@@ -40,6 +28,7 @@ from prefect_llmorch.llm.joining import (
     join_messages,
     join_query,
 )
+from prefect_llmorch.flows.planner import run_logger
 from prefect_llmorch.llm.selfcall import TokenCounter
 from prefect_llmorch.plan.model import Call, Plan
 
@@ -49,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["JoinSettings", "Rounds", "check_joiner", "join_rounds", "joiner_task", "replay_key"]
 
 _DONE = object()
+#: Where the join step logs outside a flow or task run.
+_LOG = "prefect_llmorch.llm.joining"
 
 
 def check_joiner(joiner: str, max_rounds: int, max_tokens: int | None) -> None:
@@ -132,15 +123,6 @@ class Rounds:
         return "\n".join(out) + "\n"
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
-    from prefect.context import FlowRunContext, TaskRunContext
-    from prefect.logging import get_run_logger
-
-    if TaskRunContext.get() or FlowRunContext.get():
-        return get_run_logger()
-    return logging.getLogger("prefect_llmorch.llm.joining")
-
-
 def _joiner(
     query: str,
     toolbox: Toolbox,
@@ -160,7 +142,7 @@ def _joiner(
     """Prefect task (`joiner`, run as `joiner · round N`; untagged) around `join_query`."""
     return join_query(
         query, toolbox, llm, plan, results, round=round, failed=failed, must_answer=must_answer,
-        forced=forced, attempts=attempts, value_chars=value_chars, on_call=on_call, log=_logger(), mode=mode,
+        forced=forced, attempts=attempts, value_chars=value_chars, on_call=on_call, log=run_logger(_LOG), mode=mode,
     )
 
 
@@ -229,7 +211,7 @@ def join_rounds(
     reply streamed are stale (their results ignored)."""
     rounds = Rounds(settings, plans=[first_text])
     needs = settings.joiner == "always" or (settings.joiner == "auto" and has_join_marker(first_text))
-    log = _logger()
+    log = run_logger(_LOG)
     while needs:
         ex.settle()
         plan = ex.plan

@@ -2,7 +2,7 @@
 
 The prompts, the streaming dispatch and compile-time recovery (repair, re-plan) live in
 `prefect_llmorch.llm.planning` and know nothing of Prefect; this module makes planning a
-task run named `planner` (tagged `inout`) with one task run per attempt inside it, logs to
+task run named `planner` (untagged) with one task run per attempt inside it, logs to
 Prefect's run logger, and turns an endpoint (a client, a block or its name, or the
 environment) into an `LLMClient`. The planning names are re-exported here.
 """
@@ -10,7 +10,7 @@ environment) into an `LLMClient`. The planning names are re-exported here.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from prefect import Task
 from prefect.cache_policies import NO_CACHE
@@ -50,14 +50,14 @@ __all__ = [
 ]
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
-    """Prefect's run logger inside a flow or task run, else the planning module's logger."""
+def run_logger(fallback: str) -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
+    """Prefect's run logger inside a flow or task run, else the logger named `fallback`."""
     from prefect.context import FlowRunContext, TaskRunContext
     from prefect.logging import get_run_logger
 
     if TaskRunContext.get() or FlowRunContext.get():
         return get_run_logger()
-    return logging.getLogger("prefect_llmorch.llm.planning")
+    return logging.getLogger(fallback)
 
 
 def _as_task_run(name: str, attempt: Callable[[], AttemptOutcome]) -> AttemptOutcome:
@@ -129,7 +129,7 @@ def _planner(
         query, toolbox, resolve_client(llm),
         attempts=attempts, replans=replans, temperature=temperature,
         replan_temperature=replan_temperature, on_call=on_call,
-        run_attempt=_as_task_run, log=_logger(), mode=mode, join=join,
+        run_attempt=_as_task_run, log=run_logger("prefect_llmorch.llm.planning"), mode=mode, join=join,
     )
 
 

@@ -5,11 +5,9 @@
     progress.close()                          # stops the updater thread, sends the last update
                                               # (or stop(), then send_final() after the answer)
 
-Calls finish in task threads; updating the artifact there would put an API round trip
-on the critical path of every call. The recorder's listener only notes that something
-changed; one daemon thread sends at most one update per `interval` seconds (5 s). Each
-update is a database write on the server, which shares the cores with the compute calls:
-a run shorter than `interval` gets its artifact once, from `close`, with the final count.
+The recorder's listener only notes a change (an API round trip in a task thread would sit on
+the call's critical path); one daemon thread sends at most one update per `INTERVAL`
+(CONTRIBUTING.md, "flows/progress.py": why so rarely).
 """
 
 from __future__ import annotations
@@ -140,12 +138,6 @@ class RunProgress:
         self.stop()
         if self.flow_run_id is not None:
             self.send_final(_run_client(), self.flow_run_id)
-
-    def __enter__(self) -> "RunProgress":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def _run_client() -> Any:

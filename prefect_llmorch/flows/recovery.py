@@ -187,7 +187,6 @@ class RecoveryController:
         self._doomed: frozenset[str] = frozenset()
         compiler.on_failure.append(own_hook(self._on_failure, "recovery"))
         compiler.gates.append(self._gate)
-        compiler.interruptible = config.running == "cancel"
 
     def hold(self) -> None:
         """A continuation of the plan starts streaming (the join step): hold failures again

@@ -1,20 +1,8 @@
 """What a run did: `RunReport` (the `llmorch run --json` object), its rows, its artifacts.
 
-One honest latency figure: every call time is relative to `t0`, the moment the plan is
-available (`llmorch-run`: the flow starts executing; `llmorch-ask`: just before the
-planner's first LLM request). Then
-
-- `latency`: from `t0` to the last call's end; what the user waits for;
-- `time_to_first_call`: from `t0` to the first call's start;
-- `best`: the best schedule of the plan with each call's *measured* duration, simulated by
-  `schedule.simulator` on P processors (a call streamed in by the planner cannot start
-  before it arrived), the shortest of the policies;
-- `overhead`: `latency - best`, the time our side (Prefect, the runner, recovery) added;
-- `makespan`: first start to last end, under its own name (it hides the time before the
-  first call).
-
-Each call row says what happened to it: `state` and, unless it completed, a `reason`
-("not run: upstream s2 failed", the cancel message, "WorkerDied: ...").
+Every call time is relative to `t0`, the moment the plan is available; what `latency`,
+`time_to_first_call`, `best`, `overhead` and `makespan` measure, and how records are sent
+after the answer: CONTRIBUTING.md, "flows/report.py".
 """
 
 from __future__ import annotations
@@ -115,8 +103,8 @@ class Planning:
 class RunReport:
     """What a run did: the `llmorch run --json` object (`to_json`).
 
-    Times are seconds relative to `t0` (epoch seconds). See the module docstring for
-    `latency`, `time_to_first_call`, `best`, `overhead` and `makespan`.
+    Times are seconds relative to `t0` (epoch seconds); the figures are defined in
+    CONTRIBUTING.md, "flows/report.py".
     """
 
     state: str
@@ -273,15 +261,10 @@ def jsonable(value: Any) -> Any:
         return repr(value)
 
 
-def _measured(frg: FRG, durations: Mapping[str, float]) -> FRG:
-    return FRG.from_edges(
-        frg.ids, frg.deps, frg.kind, {cid: durations.get(cid, 0.0) for cid in frg.ids}, functions=frg.function
-    )
-
-
 def measured_lower_bound(frg: FRG, durations: Mapping[str, float], processors: int) -> float:
     """max(critical path, compute work / P), with each call's *measured* duration."""
-    return round(_measured(frg, durations).lower_bound(processors), 6)
+    costs = {cid: durations.get(cid, 0.0) for cid in frg.ids}
+    return round(FRG.from_edges(frg.ids, frg.deps, frg.kind, costs, functions=frg.function).lower_bound(processors), 6)
 
 
 def best_schedule(
