@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from prefect_llmorch.host.server import server_instance, server_key
+from prefect_llmorch.host.server import server_gone, server_instance, server_key
 
 logger = logging.getLogger("prefect_llmorch.engine.guard")
 
@@ -527,19 +527,24 @@ class GlobalLimit:
                     self._api().renew_concurrency_lease(lease.id, lease_duration=LEASE_SECONDS)
                     lease.renewed, lease.renew_at = now, 0.0
                 except Exception as exc:
-                    if _transient(exc) and now - lease.renewed < LEASE_SECONDS * 0.8:
+                    gone = self._gone()
+                    if _transient(exc) and not gone and now - lease.renewed < LEASE_SECONDS * 0.8:
                         lease.renew_at = now + 0.5
                         continue
                     with self._cond:
                         if lease in limit.leases:
                             limit.leases.remove(lease)
-                    logger.warning("could not renew a lease of %s (%s); taking new slots", limit.name, exc)
+                    if gone:  # its ledger entry stays: the next run clears the slots the database keeps
+                        self._failed_request(limit, exc)
+                    else:
+                        logger.warning("could not renew a lease of %s (%s); taking new slots", limit.name, exc)
 
     def _failed_request(self, limit: _Limit, exc: BaseException) -> None:
         """A busy API is asked again, with backoff, up to the patience; then the guard fails.
         (Each request has had the client's own retries by then: PREFECT_CLIENT_MAX_RETRIES.)"""
         now = time.monotonic()
-        if _transient(exc):
+        gone = self._gone()
+        if _transient(exc) and gone is None:
             if self._busy_since is None:
                 self._busy_since, self._busy_count = now, 0
                 logger.warning("the Prefect API is busy (%s); asking again for up to %.0f s", exc, GUARD_PATIENCE_SECONDS)
@@ -550,14 +555,19 @@ class GlobalLimit:
                 return
         with self._cond:
             first = limit.name not in self._failures
-            self._failures[limit.name] = (
+            self._failures[limit.name] = str(gone) if gone is not None else (
                 f"global concurrency limit {limit.name!r} cannot be used ({type(exc).__name__}: {exc}); calls that "
                 "need it do not run unguarded: retry when the Prefect API answers, or run with guard='local' "
                 "(llmorch --no-global-limit) to rely on this flow run's own bound"
             )
-        if first:
+        if first and gone is None:  # (a dead server: said once, by host/server.py)
             logger.error("%s", self._failures[limit.name])
         self._wake()
+
+    def _gone(self) -> Any:
+        """This process's embedded server, if it is this guard's API and died: its error (no
+        use asking again: the dead child is known, unlike a busy server), else None."""
+        return server_gone(str(self._client.api_url)) if self._client is not None else None
 
     def _give_all_back(self) -> None:
         with self._cond:
