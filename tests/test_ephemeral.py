@@ -128,3 +128,80 @@ def test_a_run_whose_server_dies_ends_at_once_with_what_completed(tmp_path) -> N
     assert [r[2] for r in calls if r[:2] == ("start", "quick")] == ["1"]
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"left running: {[(p.pid, p.cmdline()) for p in alive]}"
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    import time
+    from contextlib import ExitStack
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from prefect_llmorch.engine import guard
+    from prefect_llmorch.host.server import ensure_server
+
+    ensure_server()
+    name = "llmorch-processors"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=3))
+    with ExitStack() as stack:
+        limit = guard.GlobalLimit(name, lambda: 1, lambda: None, keep_for=0.001)
+        limit.start(stack)
+        limit.adjust(1, 1)  # one slot held, as a live run holds it: in the ledger
+        deadline = time.monotonic() + 120
+        while limit.held < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with get_client(sync_client=True) as client:
+            # two slots taken and never recorded: what a process killed between taking its
+            # slots and writing the ledger left, and what an older version could leave
+            client.increment_concurrency_slots(names=[name], slots=2, mode="concurrency")
+        print(limit.held, flush=True)
+        sys.stdin.read()  # until the test is done
+    """
+)
+
+
+def _active_slots(home, name: str) -> int:
+    import sqlite3
+
+    con = sqlite3.connect(home / "prefect.db")
+    try:
+        return int(con.execute("select active_slots from concurrency_limit_v2 where name = ?", (name,)).fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_slots_no_process_holds_are_cleared_and_a_live_process_s_are_kept(tmp_path) -> None:
+    """`llmorch-processors` of a PREFECT_HOME's database (limit 3) with 1 slot held by a live
+    process (its own embedded server, in the ledger) and 2 that no ledger entry names: a run
+    of P = 2 used to wait forever (issue 27); it clears the 2, runs, and leaves the live
+    process's slot alone."""
+    from test_signals import _env as signals_env
+
+    env = signals_env(tmp_path)
+    home = tmp_path / "home"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "1"  # type: ignore[union-attr]
+        assert _active_slots(home, "llmorch-processors") == 3
+        plan = tmp_path / "two.plan"
+        plan.write_text("s1: quick(1)\ns2: quick(2)\n")
+        run = subprocess.run(
+            [sys.executable, "-m", "prefect_llmorch.cli", "run", str(plan), "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert json.loads(run.stdout)["result"] == {"s1": 2, "s2": 3}
+        assert "cleared 2 slot(s) that no process held" in run.stderr, run.stderr[-3000:]
+        assert _active_slots(home, "llmorch-processors") == 1  # the live holder's, untouched
+    finally:
+        holder.stdin.close()  # type: ignore[union-attr]
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+    assert holder.returncode == 0
+    assert _active_slots(home, "llmorch-processors") == 0
