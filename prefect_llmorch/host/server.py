@@ -37,7 +37,6 @@ database migrations):
 from __future__ import annotations
 
 import atexit
-import http.server
 import json
 import logging
 import os
@@ -197,6 +196,8 @@ def _watch(proc: subprocess.Popen[bytes], server: EmbeddedServer, port: int) -> 
 def _tombstone(port: int, message: str) -> None:
     """Answer every request at the dead server's port with `410 Gone` and `message`, so
     Prefect's clients fail at once instead of retrying a refused connection for a minute."""
+    import http.server
+
     body = json.dumps({"detail": message}).encode()
 
     class Gone(http.server.BaseHTTPRequestHandler):
