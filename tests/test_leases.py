@@ -286,6 +286,48 @@ def test_a_run_says_once_that_it_waits_for_slots_others_hold_then_gets_them(capl
     assert active_slots(name) == 0
 
 
+def test_a_run_waiting_on_a_holder_that_dies_gets_its_slots() -> None:
+    """The holder of the slots a run waits on is killed meanwhile (its lease was granted for
+    5 minutes, and an embedded server never expires one): the waiting run clears them within
+    `RECOVER_SECONDS`, not only the next run at its start (issue 27)."""
+    import logging
+
+    name = f"llmorch-test-dies-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 1)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    seen: list[str] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Seen(level=logging.WARNING)
+    logging.getLogger("prefect_llmorch.engine.guard").addHandler(handler)
+    try:
+        lease = hold_a_slot(name)
+        with get_client(sync_client=True) as client:
+            api = str(client.api_url)
+        guard._ledger_add({"limit": name, "lease": lease, "slots": 1, "api": api, "pid": holder.pid,
+                           "started": guard._process_start(holder.pid)})
+        reports: list = []
+        worker = threading.Thread(target=lambda: reports.append(run(plan_of(2), name)), daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while not any("waiting for a slot" in m for m in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(f"held by llmorch processes {holder.pid} (1 slot(s))" in m for m in seen), seen
+        holder.kill()
+        holder.wait()
+        worker.join(timeout=120)
+        assert reports and reports[0].state == "Completed", seen
+        assert any(f"cleared 1 slot(s) left by process {holder.pid}, which is gone" in m for m in seen), seen
+        assert active_slots(name) == 0
+    finally:
+        logging.getLogger("prefect_llmorch.engine.guard").removeHandler(handler)
+        holder.kill()
+        holder.wait()
+
+
 def test_a_run_that_backed_off_asks_again_for_the_limit_that_blocked_it() -> None:
     """Hold-and-wait avoidance: a runner whose waiting call needs a limit others hold gives its
     idle slots back (`back_off`). Once the others let go, it must get that limit. It used to
