@@ -358,7 +358,8 @@ def execute(
         ex.close()
         raise
     report = ex.finish()
-    send_records(ex.records, after=None)
+    if ex.gone is None:  # else its Prefect server died: nothing to send them to
+        send_records(ex.records, after=None)
     return ex.frg, ex.recorder, report
 
 
