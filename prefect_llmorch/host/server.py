@@ -184,8 +184,8 @@ def _watch(proc: subprocess.Popen[bytes], server: EmbeddedServer, port: int) -> 
         )
         callbacks = list(_on_gone.values())
         _on_gone.clear()
+    _tombstone(port, str(_gone))  # first: a client whose request was refused asks again in ~2 s
     logger.error("%s", _gone)
-    _tombstone(port, str(_gone))
     for callback in callbacks:
         try:
             callback(_gone)
