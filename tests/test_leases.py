@@ -315,7 +315,7 @@ def test_a_run_waiting_on_a_holder_that_dies_gets_its_slots() -> None:
         deadline = time.monotonic() + 120
         while not any("waiting for a slot" in m for m in seen) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert any(f"held by llmorch processes {holder.pid} (1 slot(s))" in m for m in seen), seen
+        assert any(f"held by llmorch processes {holder.pid}" in m for m in seen), seen
         holder.kill()
         holder.wait()
         worker.join(timeout=120)
