@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -81,7 +82,7 @@ class _StubAPI:
     with `status` ("database is locked" for 503, as a busy SQLite server does), then passes
     requests on to the real API (none when `forward` is false)."""
 
-    def __init__(self, status: int, fail: int, forward: bool = True) -> None:
+    def __init__(self, status: int, fail: int, forward: bool = True, before: Any = None) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         from prefect.settings import PREFECT_API_URL
@@ -92,6 +93,8 @@ class _StubAPI:
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if before is not None:  # what the test looks at before the request is answered
+                    before(self.path)
                 stub.requests += 1
                 if stub.requests <= fail or not forward:
                     text = b"database is locked" if status == 503 else b'{"detail": "no"}'
@@ -173,6 +176,30 @@ def test_a_lasting_503_fails_the_guard_after_the_patience(monkeypatch) -> None: 
         stub.close()
     assert held == 0 and failed is not None and "503" in failed
     assert stub.requests >= 2  # asked again, then given up: bounded
+
+
+def test_a_slot_is_in_the_ledger_before_it_is_taken() -> None:
+    """A process killed between taking slots and recording them left slots no ledger entry
+    named, and every later run waited on them forever (issue 27): the entry (an intent, no
+    lease id yet) is written before the increment, and gets its lease id after."""
+    name = f"llmorch-test-intent-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 2)
+    at_increment: list[list[dict]] = []
+
+    def look(path: str) -> None:
+        if "increment-with-lease" in path:
+            at_increment.append([e for e in guard._ledger_read() if e.get("limit") == name])
+
+    stub = _StubAPI(503, fail=0, before=look)
+    try:
+        failed, held = guard_through(stub, name)
+    finally:
+        stub.close()
+    assert failed is None and held == 2
+    assert at_increment, "no slot was asked for"
+    for entries in at_increment:  # each request: its intent is there already
+        assert entries and entries[-1]["lease"] is None and entries[-1]["slots"] >= 1
+    assert not [e for e in guard._ledger_read() if e.get("limit") == name and e.get("lease") is None]
 
 
 # -- slots always come back ----------------------------------------------------------------
@@ -257,6 +284,48 @@ def test_a_run_says_once_that_it_waits_for_slots_others_hold_then_gets_them(capl
     assert caplog.text.count(f"waiting for a slot of global concurrency limit '{name}'") == 1
     assert reports and reports[0].state == "Completed"
     assert active_slots(name) == 0
+
+
+def test_a_run_waiting_on_a_holder_that_dies_gets_its_slots() -> None:
+    """The holder of the slots a run waits on is killed meanwhile (its lease was granted for
+    5 minutes, and an embedded server never expires one): the waiting run clears them within
+    `RECOVER_SECONDS`, not only the next run at its start (issue 27)."""
+    import logging
+
+    name = f"llmorch-test-dies-{uuid.uuid4().hex[:6]}"
+    make_limit(name, 1)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    seen: list[str] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Seen(level=logging.WARNING)
+    logging.getLogger("prefect_llmorch.engine.guard").addHandler(handler)
+    try:
+        lease = hold_a_slot(name)
+        with get_client(sync_client=True) as client:
+            api = str(client.api_url)
+        guard._ledger_add({"limit": name, "lease": lease, "slots": 1, "api": api, "pid": holder.pid,
+                           "started": guard._process_start(holder.pid)})
+        reports: list = []
+        worker = threading.Thread(target=lambda: reports.append(run(plan_of(2), name)), daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while not any("waiting for a slot" in m for m in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(f"held by llmorch processes {holder.pid}" in m for m in seen), seen
+        holder.kill()
+        holder.wait()
+        worker.join(timeout=120)
+        assert reports and reports[0].state == "Completed", seen
+        assert any(f"cleared 1 slot(s) left by process {holder.pid}, which is gone" in m for m in seen), seen
+        assert active_slots(name) == 0
+    finally:
+        logging.getLogger("prefect_llmorch.engine.guard").removeHandler(handler)
+        holder.kill()
+        holder.wait()
 
 
 def test_a_run_that_backed_off_asks_again_for_the_limit_that_blocked_it() -> None:

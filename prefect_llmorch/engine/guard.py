@@ -20,10 +20,12 @@ than P compute calls together; each resource class has a limit of its own (`llmo
 - **Slots always come back.** Leases expire unless renewed; the runner gives its slots back
   on every way out it lives through; a killed process cannot, so each lease is also written
   to a ledger in PREFECT_HOME (`llmorch-leases.json`: limit, lease, slots, API and which
-  server answered there, pid), and the
-  next runner clears the leases whose process is gone (by lease while the server knows it;
-  by decrementing the slots when the lease died with an embedded server, which forgets
-  leases and keeps slots; never those of another server that still answers).
+  server answered there, pid), *before* it is taken (an intent, given its lease id once
+  held), and the next runner clears the leases whose process (or embedded server) is gone
+  (by lease while the server knows it; by decrementing the slots when the lease died with an
+  embedded server, which forgets leases and keeps slots; never those of another server that
+  still answers). On its own embedded server, slots no ledger entry explains are held by no
+  process: they are given back too (`_clear_unexplained`).
 - **Passed on within a process.** The processors' slots a runner gives back are kept for a
   few seconds (`LLMORCH_KEEP_SLOTS_SECONDS`, 5) for this process's next runner, which holds
   them at once, with no API call; `take_ahead` takes them for `run_plan` while Prefect creates
@@ -53,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from prefect_llmorch.host.server import server_instance, server_key
+from prefect_llmorch.host.server import server_gone, server_instance, server_key
 
 logger = logging.getLogger("prefect_llmorch.engine.guard")
 
@@ -63,6 +65,9 @@ LEASE_SECONDS = 60.0
 GUARD_PATIENCE_SECONDS = 60.0
 #: How soon a full limit is asked again.
 FULL_RETRY_SECONDS = 0.5
+#: While a run waits on a full limit, how often it looks again for slots no process holds
+#: (`_recover`: holders that died meanwhile, slots no ledger entry explains).
+RECOVER_SECONDS = 10.0
 #: Slots of the processors' limit a runner gives back are kept this long for the next runner
 #: of this process (`LLMORCH_KEEP_SLOTS_SECONDS`; 0: give them back at once): back-to-back runs
 #: then start their first compute call without a lease write behind the last run's events.
@@ -102,6 +107,7 @@ class _Limit:
     blocked: bool = False  # the last request found its slots held by other flow runs
     retry_at: float = 0.0  # a full or busy limit is asked again from then (monotonic)
     told_waiting: bool = False
+    recover_at: float = 0.0  # while blocked, `_recover` runs again from then (monotonic)
 
     @property
     def slots(self) -> int:
@@ -441,18 +447,20 @@ class GlobalLimit:
 
         client = self._api()
         capacity = self._processors() if limit.capacity is None else limit.capacity
+        active: int | None = None
         try:
-            size = client.read_global_concurrency_limit_by_name(limit.name).limit
+            row = client.read_global_concurrency_limit_by_name(limit.name)
+            size, active = row.limit, row.active_slots
             if size < capacity:
                 logger.warning("global concurrency limit %r has limit %s: this flow run uses at most %s of its %s",
                                limit.name, size, size, capacity)
         except ObjectNotFound:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit.name, limit=capacity))
-                size = capacity
+                size, active = capacity, 0
             except Exception:  # created meanwhile by another flow run
                 size = client.read_global_concurrency_limit_by_name(limit.name).limit
-        self._clear_gone(limit.name)
+        self._recover(limit.name, active)
         with self._cond:
             limit.size = int(size)
         if limit.name == self.name:
@@ -464,42 +472,61 @@ class GlobalLimit:
         from prefect.exceptions import PrefectHTTPStatusError
 
         client = self._api()
+        api = str(client.api_url)
         for want in dict.fromkeys((n, 1)):
+            # The ledger first, the slots second: a process killed between the two leaves an
+            # intent (no lease id yet) that explains the slots it may have taken (`_recover`);
+            # the other way round it left slots no entry named, which runs then waited on forever.
+            intent = uuid.uuid4().hex
+            _ledger_write(lambda entries: entries.append({
+                "limit": limit.name, "lease": None, "intent": intent, "slots": want, "api": api,
+                "server": server_instance(api), "pid": os.getpid(), "started": _process_start(), "t": time.time(),
+            }))
             try:
                 response = client.increment_concurrency_slots_with_lease(
                     names=[limit.name], slots=want, mode="concurrency", lease_duration=LEASE_SECONDS, holder=self._holder)
-            except PrefectHTTPStatusError as exc:
+            except PrefectHTTPStatusError as exc:  # the server answered: nothing was taken
+                _ledger_forget_intent(intent)
                 if exc.response.status_code == 423:  # full: held by other flow runs
                     continue
                 raise
+            # (any other failure, e.g. a lost connection: maybe taken; the intent stays while we live)
             body = response.json()
             if not body.get("limits"):
+                _ledger_forget_intent(intent)
                 raise LookupError(f"global concurrency limit {limit.name!r} does not exist")
-            lease = _Lease(str(body["lease_id"]), want, str(client.api_url))
-            _ledger_add({"limit": limit.name, "lease": lease.id, "slots": want, "api": lease.api,
-                         "server": server_instance(lease.api), "pid": os.getpid(), "started": _process_start(),
-                         "t": time.time()})
+            lease = _Lease(str(body["lease_id"]), want, api)
+            _ledger_settle(intent, lease.id)
             with self._cond:
                 limit.leases.append(lease)
                 limit.blocked = False
             self._wake()
             return
+        now = time.monotonic()
         with self._cond:
             limit.blocked = True
-            limit.retry_at = time.monotonic() + FULL_RETRY_SECONDS
+            limit.retry_at = now + FULL_RETRY_SECONDS
         self._wake()  # the runner may need to back off
+        if limit.slots == 0 and now >= limit.recover_at:
+            # holders may have died while we wait (their slots stay in an embedded server's database)
+            limit.recover_at = now + RECOVER_SECONDS
+            if limit.told_waiting and self._recover(limit.name):
+                limit.retry_at = now  # slots came back: ask at once
         if not limit.told_waiting and limit.slots == 0:
             limit.told_waiting = True
-            holders = sorted({int(e.get("pid") or 0) for e in _ledger_read() if e.get("limit") == limit.name and _alive(e)})
+            entries = [e for e in _ledger_read() if e.get("limit") == limit.name and _alive(e)]
+            holders = sorted({int(e.get("pid") or 0) for e in entries})
+            known = sum(int(e.get("slots") or 0) for e in entries)
             logger.warning(
                 "waiting for a slot of global concurrency limit %r (limit %s): held by %s. `prefect gcl inspect %s` "
                 "shows the limit; slots a crashed run left on another machine come back when its lease expires "
-                "(%.0f s); if nothing should hold them, `prefect gcl update %s --active-slots 0` frees them, or run "
-                "with --no-global-limit",
+                "(%.0f s); if nothing else should hold them, `prefect gcl update %s --active-slots %s` frees the "
+                "others (%s), or run with --no-global-limit",
                 limit.name, limit.size,
-                ("llmorch processes " + ", ".join(map(str, holders))) if holders
+                (f"llmorch processes {', '.join(map(str, holders))} ({known} slot(s))") if holders
                 else "no llmorch process on this machine (another machine, or a Prefect flow of yours)",
-                limit.name, LEASE_SECONDS, limit.name,
+                limit.name, LEASE_SECONDS, limit.name, known,
+                f"the llmorch processes' {known} stay held" if known else "no llmorch process holds any",
             )
 
     def _let_go(self, limit: _Limit, lease: _Lease) -> None:
@@ -527,19 +554,24 @@ class GlobalLimit:
                     self._api().renew_concurrency_lease(lease.id, lease_duration=LEASE_SECONDS)
                     lease.renewed, lease.renew_at = now, 0.0
                 except Exception as exc:
-                    if _transient(exc) and now - lease.renewed < LEASE_SECONDS * 0.8:
+                    gone = self._gone()
+                    if _transient(exc) and not gone and now - lease.renewed < LEASE_SECONDS * 0.8:
                         lease.renew_at = now + 0.5
                         continue
                     with self._cond:
                         if lease in limit.leases:
                             limit.leases.remove(lease)
-                    logger.warning("could not renew a lease of %s (%s); taking new slots", limit.name, exc)
+                    if gone:  # its ledger entry stays: the next run clears the slots the database keeps
+                        self._failed_request(limit, exc)
+                    else:
+                        logger.warning("could not renew a lease of %s (%s); taking new slots", limit.name, exc)
 
     def _failed_request(self, limit: _Limit, exc: BaseException) -> None:
         """A busy API is asked again, with backoff, up to the patience; then the guard fails.
         (Each request has had the client's own retries by then: PREFECT_CLIENT_MAX_RETRIES.)"""
         now = time.monotonic()
-        if _transient(exc):
+        gone = self._gone()
+        if _transient(exc) and gone is None:
             if self._busy_since is None:
                 self._busy_since, self._busy_count = now, 0
                 logger.warning("the Prefect API is busy (%s); asking again for up to %.0f s", exc, GUARD_PATIENCE_SECONDS)
@@ -550,14 +582,19 @@ class GlobalLimit:
                 return
         with self._cond:
             first = limit.name not in self._failures
-            self._failures[limit.name] = (
+            self._failures[limit.name] = str(gone) if gone is not None else (
                 f"global concurrency limit {limit.name!r} cannot be used ({type(exc).__name__}: {exc}); calls that "
                 "need it do not run unguarded: retry when the Prefect API answers, or run with guard='local' "
                 "(llmorch --no-global-limit) to rely on this flow run's own bound"
             )
-        if first:
+        if first and gone is None:  # (a dead server: said once, by host/server.py)
             logger.error("%s", self._failures[limit.name])
         self._wake()
+
+    def _gone(self) -> Any:
+        """This process's embedded server, if it is this guard's API and died: its error (no
+        use asking again: the dead child is known, unlike a busy server), else None."""
+        return server_gone(str(self._client.api_url)) if self._client is not None else None
 
     def _give_all_back(self) -> None:
         with self._cond:
@@ -579,13 +616,67 @@ class GlobalLimit:
             self._client.__enter__()
         return self._client
 
-    def _clear_gone(self, name: str) -> None:
-        """Give back the slots of leases of `name` whose process is gone."""
+    def _recover(self, name: str, active: int | None = None) -> bool:
+        """Give back slots of `name` that no process can hold: those of leases whose process
+        (or embedded server) is gone (`_clear_gone`), then, on this process's embedded server,
+        those no ledger entry explains (`_clear_unexplained`; `active`: the limit's active
+        slots as just read, if known). True if any came back."""
+        cleared = self._clear_gone(name)
+        return self._clear_unexplained(name, None if cleared else active) or cleared
+
+    def _clear_unexplained(self, name: str, active: int | None = None) -> bool:
+        """On this process's embedded server (SQLite in PREFECT_HOME), the active slots of
+        `name` beyond what the ledger's entries explain are held by no process: give them back.
+
+        Every process of this PREFECT_HOME records a slot in the ledger before it takes it
+        (an intent, then its lease), so with the ledger locked, no slot can be taken or
+        forgotten meanwhile, and the entries (live holders, intents, leases a live server
+        still holds) explain every slot a live process may hold; the rest was left by a
+        process killed before it recorded its slots (older versions), a removed ledger, or a
+        lease that died with its server. Not on a server at PREFECT_API_URL: its holders may be
+        on other machines, whose ledgers we cannot read (a run waiting on them says so, with
+        the command that frees them)."""
+        from prefect.settings import get_current_settings
+
+        from prefect_llmorch.host.server import embedded_server
+
+        client = self._api()
+        server = embedded_server()
+        database = get_current_settings().server.database.connection_url
+        url = database.get_secret_value() if database is not None else "sqlite"
+        if server is None or not str(client.api_url).startswith(server.url) or not url.startswith("sqlite"):
+            return False
+        if active is not None and active <= sum(int(e.get("slots") or 0) for e in _ledger_read() if e.get("limit") == name):
+            return False  # the common case, at a run's start: no look under the lock
+        with _ledger() as entries:  # locked: no process takes a slot (intent first) or forgets one meanwhile
+            row = client.read_global_concurrency_limit_by_name(name)
+            if row.slot_decay_per_second:  # a rate limit: its slots come back on their own
+                return False
+            explained = sum(int(e.get("slots") or 0) for e in entries if e.get("limit") == name)
+            stranded = int(row.active_slots) - explained
+            if stranded <= 0:
+                return False
+            client.release_concurrency_slots([name], stranded, 0.001)
+        logger.warning("global concurrency limit %r: cleared %s slot(s) that no process held (%s active, %s held by "
+                       "live llmorch processes per %s): left by a process killed before it recorded them, or by a "
+                       "removed ledger", name, stranded, row.active_slots, explained, _ledger_path())
+        return True
+
+    def _clear_gone(self, name: str) -> bool:
+        """Give back the slots of leases of `name` whose process (or embedded server) is gone;
+        True if any came back."""
         from prefect.exceptions import PrefectHTTPStatusError
 
         api = str(self._api().api_url)
         here = server_instance(api)
-        for entry in [e for e in _ledger_read() if e.get("limit") == name and not _alive(e)]:
+        cleared = False
+        for entry in [e for e in _ledger_read() if e.get("limit") == name and not (_alive(e) and _server_alive(e))]:
+            if entry.get("lease") is None:  # an intent whose process died before it had a lease id
+                if not _alive(entry):  # (a live one may still get it)
+                    # Its slots, if it took them, are unexplained now: on an embedded server
+                    # `_clear_unexplained` gives them back; a server with Prefect's services expires them.
+                    _ledger_forget_intent(entry.get("intent"))
+                continue
             if _another_live_server(entry, api):
                 continue  # its lease and slots are that server's, in its own database: not ours to clear
             how = "its lease"
@@ -603,9 +694,12 @@ class GlobalLimit:
             else:
                 self._api().release_concurrency_slots_with_lease(entry["lease"])
             _ledger_remove(entry["lease"])
+            cleared = True
             if how:
-                logger.warning("global concurrency limit %r: cleared %s slot(s) left by process %s, which is gone "
-                               "(cleared %s)", name, entry["slots"], entry.get("pid"), how)
+                logger.warning("global concurrency limit %r: cleared %s slot(s) left by process %s, %s (cleared %s)",
+                               name, entry["slots"], entry.get("pid"),
+                               "which is gone" if not _alive(entry) else "whose Prefect server is gone", how)
+        return cleared
 
 
 def _another_live_server(entry: Mapping[str, Any], api: str) -> bool:
@@ -620,10 +714,23 @@ def _another_live_server(entry: Mapping[str, Any], api: str) -> bool:
         return False
     import httpx
 
-    try:
-        return httpx.get(f"{other}/health", timeout=2.0).status_code < 500
+    try:  # (200: a dead embedded server's tombstone answers 410, `host/server.py`)
+        return httpx.get(f"{other}/health", timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _server_alive(entry: Mapping[str, Any]) -> bool:
+    """Whether the embedded server that granted an entry's lease still runs (entries of a
+    server at PREFECT_API_URL name no pid: alive as far as we know). A process may outlive
+    its embedded server (killed under it): its leases died with the server."""
+    import psutil
+
+    _, sep, pid = str(entry.get("server") or "").rpartition("#pid=")
+    try:
+        return not sep or psutil.pid_exists(int(pid))
+    except ValueError:
+        return True
 
 
 def _transient(exc: BaseException) -> bool:
@@ -659,7 +766,7 @@ def _ledger() -> Iterator[list[dict[str, Any]]]:
             entries = json.loads(f.read() or "[]")
         except ValueError:  # a torn write: start over (leases still expire on their own)
             entries = []
-        before = list(entries)
+        before = [dict(e) for e in entries]  # (a change may edit an entry in place)
         yield entries
         if entries != before:
             f.seek(0)
@@ -684,10 +791,38 @@ def _ledger_add(entry: dict[str, Any]) -> None:
         logger.debug("lease ledger: %s", exc)
 
 
+def _ledger_write(change: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Change the ledger's entries in place, locked; raises `OSError` when it cannot be
+    written (no slot is taken then: `_acquire` records before it takes)."""
+    with _ledger() as entries:
+        change(entries)
+
+
+def _ledger_settle(intent: str, lease_id: str) -> None:
+    """The intent `intent` took its slots: record the lease's id in its entry."""
+    def settle(entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
+            if entry.get("intent") == intent:
+                entry["lease"] = lease_id
+
+    try:
+        _ledger_write(settle)
+    except OSError as exc:  # the intent stays: it still explains the slots while we live
+        logger.debug("lease ledger: %s", exc)
+
+
+def _ledger_forget_intent(intent: Any) -> None:
+    try:
+        _ledger_write(lambda entries: entries.__setitem__(
+            slice(None), [e for e in entries if not (e.get("intent") == intent and e.get("lease") is None)]))
+    except OSError as exc:
+        logger.debug("lease ledger: %s", exc)
+
+
 def _ledger_remove(lease_id: Any) -> None:
     try:
         with _ledger() as entries:
-            entries[:] = [e for e in entries if e.get("lease") != str(lease_id)]
+            entries[:] = [e for e in entries if e.get("lease") is None or e.get("lease") != str(lease_id)]
     except OSError as exc:
         logger.debug("lease ledger: %s", exc)
 

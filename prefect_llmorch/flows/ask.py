@@ -148,7 +148,8 @@ def answer(
         usage += rounds.to_markdown(tokens)
     if rounds.stopped and rounds.failed:
         report.message = "\n".join(m for m in (report.message, rounds.stopped) if m)
-    send_records([*ex.records, report_artifacts(ex.frg, report, extra_markdown=usage)], after=given.answered)
+    if ex.gone is None:  # else its Prefect server died: nothing to send them to
+        send_records([*ex.records, report_artifacts(ex.frg, report, extra_markdown=usage)], after=given.answered)
     if rounds.failed and not report.failed and report.state != "Cancelled":
         return join_failed(report)
     return conclude(report)

@@ -30,6 +30,7 @@ from prefect_llmorch.credentials import CredentialStore
 from prefect_llmorch.engine.compiler import Compiler, Recorder, wait_all
 from prefect_llmorch.engine.rates import rates_of
 from prefect_llmorch.host import interrupt
+from prefect_llmorch.host.server import ServerGone, embedded_server, when_gone
 from prefect_llmorch.flows.handoff import handed
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import ARTIFACT_KEY as RECOVERY_ARTIFACT, RecoveryConfig, RecoveryController
@@ -38,7 +39,7 @@ from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.model import Call, Plan
 
-__all__ = ["Execution", "current_llmorch_runner", "execute"]
+__all__ = ["Execution", "current_llmorch_runner", "execute", "mark_gone"]
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
@@ -122,7 +123,22 @@ class Execution:
         #: what publishes this run's artifacts once `finish` returned (`report.send_records`)
         self.records: list[Record] = []
         self._closed = False
+        #: set when this process's embedded Prefect server died under the run (`_server_died`)
+        self.gone: ServerGone | None = None
+        self._forget_server = _watch_server(self._server_died)
         interrupt.rearm()  # under the CLI, SIGTERM stops the run as Ctrl-C does
+
+    def _server_died(self, error: ServerGone) -> None:
+        """The run's Prefect server (this process's embedded one) died: nothing more can be
+        recorded, so the run stops as on Ctrl-C (no new call starts, running calls are
+        cancelled) and `finish` reports what completed (`run.run_flow` raises it)."""
+        self.gone = error
+        if self.runner is not None and hasattr(self.runner, "cancel_all"):
+            self.runner.cancel_all()
+
+    def _check_server(self) -> None:
+        if self.gone is not None:
+            raise ServerGone(str(self.gone))
 
     def _graph(self, plan: Plan) -> FRG:
         per_call = {c.id: self.costs[c.function] for c in plan.calls if c.function in self.costs}
@@ -136,6 +152,7 @@ class Execution:
         """
         if self.plan is not None:
             raise RuntimeError(f"cannot adopt {call.id}: the plan is final (start() was called)")
+        self._check_server()
         self._require([call])
         self._adopted.append(call)
         self.release[call.id] = self.recorder.rel(time.time() if at is None else at)
@@ -155,6 +172,7 @@ class Execution:
         """
         if self.plan is not None:
             raise RuntimeError("start() was called already")
+        self._check_server()
         # Only calls adopted here are running: a replayed (cached) planner result names
         # calls that streamed in an earlier attempt of this flow run.
         keep = set(kept) & {c.id for c in self._adopted}
@@ -209,6 +227,11 @@ class Execution:
             self.close()  # no report for the flow to send records with: the last progress now
             raise
         self.close(records=True)
+        kept = handed().reports
+        if kept is not None:  # the caller's, should Prefect fail to record the flow run's end
+            kept.append(report)
+        if self.gone is not None:  # the server died: `run.run_flow` raises with this report
+            return mark_gone(report, self.gone)
         if interrupt.received():  # Ctrl-C / SIGTERM: the flow ends Cancelled (`run.conclude`)
             return interrupt.mark(report)
         if report.failed:
@@ -259,7 +282,10 @@ class Execution:
         if not self._closed:
             self._closed = True
             self._stop_heartbeats()
-            if records:
+            self._forget_server()
+            if self.gone is not None:  # nothing to send it to
+                self.progress.stop()
+            elif records:
                 self.progress.stop()
                 self.records.append(self.progress.send_final)
             else:
@@ -276,6 +302,30 @@ class Execution:
     def _require(self, calls: list[Call]) -> None:
         if self._store is not None:  # fails early, naming the block, if one is missing
             self._store.require(calls)
+
+
+def _watch_server(callback: Callable[[ServerGone], None]) -> Callable[[], None]:
+    """`callback` when this process's embedded Prefect server dies, if the current flow run
+    uses it (a run on another server goes on); returns what stops watching."""
+    from prefect.settings import get_current_settings
+
+    url = str(get_current_settings().api.url or "")
+    server = embedded_server()
+    if not url or server is None or not url.rstrip("/").startswith(server.url.rstrip("/")):
+        return lambda: None
+    return when_gone(callback)
+
+
+def mark_gone(report: RunReport, error: ServerGone) -> RunReport:
+    """Mark `report` as cut short by the server's death (state `Crashed`, a message saying so
+    and what completed, whose results the report keeps); returns it."""
+    stopped = [c.id for c in report.calls if c.state != "Completed"]
+    report.state = "Crashed"
+    report.message = (
+        f"{error} ({len(report.calls) - len(stopped)} of {len(report.calls)} calls completed: their results are in "
+        "this report" + (f"; not completed: {', '.join(stopped)}" if stopped else "") + ")"
+    )
+    return report
 
 
 def _close_mcp_sessions(toolbox: Toolbox) -> None:
@@ -308,7 +358,8 @@ def execute(
         ex.close()
         raise
     report = ex.finish()
-    send_records(ex.records, after=None)
+    if ex.gone is None:  # else its Prefect server died: nothing to send them to
+        send_records(ex.records, after=None)
     return ex.frg, ex.recorder, report
 
 

@@ -39,6 +39,9 @@ class Handoff:
         answered: set by `run_flow` once the flow call returned (the caller, in this process,
             has the answer): the run's artifacts are sent then (`report.send_records`), not
             on the answer's way; None (a deployment's run): before the run ends.
+        reports: `run_flow`'s list, where the body's `Execution.finish` puts each report it
+            makes: a run whose end Prefect could not record (its server died) still gives
+            the caller what completed.
     """
 
     toolbox: Toolbox | None = None
@@ -48,6 +51,7 @@ class Handoff:
     plan: "concurrent.futures.Future[Plan] | None" = None
     answered: threading.Event | None = None
     heartbeats: int | None = None
+    reports: list[Any] | None = None
 
     def parsed(self, text: str, toolbox: Toolbox) -> Plan | None:
         """The plan parsed ahead for this text and toolbox (its error raised), else None."""

@@ -22,8 +22,8 @@ from prefect.settings import get_current_settings
 
 from prefect_llmorch.engine.compiler import Recorder
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
-from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, execute
-from prefect_llmorch.host.server import EmbeddedServer, embedded_server, ensure_server
+from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, execute, mark_gone
+from prefect_llmorch.host.server import EmbeddedServer, ServerGone, embedded_server, ensure_server, server_gone
 from prefect_llmorch.schedule.predict import predict
 from prefect_llmorch.storage.history import CostChoice, choose_costs, remember_records
 from prefect_llmorch.storage.planref import plan_parameter, plan_text
@@ -38,9 +38,14 @@ from prefect_llmorch.plan.model import Plan
 from prefect_llmorch.plan.parser import parse
 
 __all__ = [
-    "PlanRunFailed", "RunReport", "conclude", "current_llmorch_runner", "execute", "local_runner",
+    "PlanRunFailed", "PlanRunServerGone", "RunReport", "conclude", "current_llmorch_runner", "execute", "local_runner",
     "orchestrate", "resolve_toolbox", "run_flow", "run_plan", "RunOptions",
 ]
+
+
+class PlanRunServerGone(PlanRunFailed, ServerGone):
+    """The run's Prefect server (this process's embedded one) died under it: the run was
+    stopped; `report` keeps the calls that completed, with their results."""
 
 
 def resolve_toolbox(toolbox: Toolbox | str) -> Toolbox:
@@ -116,7 +121,8 @@ def orchestrate(plan: str, toolbox: str, options: RunOptions = RunOptions()) -> 
     report = ex.finish()
     report.predicted = prediction
     remember_records(report.calls)
-    send_records([*ex.records, report_artifacts(ex.frg, report)], after=given.answered)
+    if ex.gone is None:  # else nothing to send them to
+        send_records([*ex.records, report_artifacts(ex.frg, report)], after=given.answered)
     return conclude(report)
 
 
@@ -325,11 +331,25 @@ def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: 
 
     Objects (a `Toolbox`, an `LLMClient`) are never sent to the API as flow-run parameters:
     then the flow's function runs inside an unparameterised flow of the same name.
+
+    Raises `PlanRunServerGone` (the last report the body made: what completed) or
+    `ServerGone` (none yet) when this process's embedded Prefect server died under the run,
+    instead of whatever Prefect's engine raised when it could not record the run's end.
     """
     answered = threading.Event()  # the run's records are sent once its answer is here
+    reports: list[Any] = []
     try:
-        with handing(dataclasses.replace(handed(), answered=answered)), _own_heartbeats():
-            return _run_flow(flow_obj, runner, parameters, simple=simple)
+        with handing(dataclasses.replace(handed(), answered=answered, reports=reports)), _own_heartbeats():
+            try:
+                return _run_flow(flow_obj, runner, parameters, simple=simple)
+            except Exception as exc:
+                gone = server_gone(str(get_current_settings().api.url or ""))
+                if gone is None:
+                    raise
+                if reports:  # what completed (`Execution.finish` marked it, if the death came first)
+                    report = mark_gone(reports[-1], gone)
+                    raise PlanRunServerGone(report.message, report) from exc
+                raise ServerGone(str(gone)) from exc
     finally:
         answered.set()
 

@@ -19,7 +19,16 @@ database migrations):
   global settings are refreshed (`prefect.context.refresh_global_settings_context`), so every
   thread and every child process (compute workers) uses this one server;
 - stopped when this process exits normally (atexit, after the runner gave its slots back),
-  and by a watchdog, in a session of its own too, when this process is killed (`kill -9`).
+  and by a watchdog, in a session of its own too, when this process is killed (`kill -9`);
+- watched: if it dies under us (killed, out of memory), `server_gone()` says so (its pid, how
+  it ended, its log), the callbacks of `when_gone` run at once (a run's `Execution` stops its
+  calls), and a *tombstone* answers at its address: every request gets `410 Gone` with that
+  message, at once. Without it, each of Prefect's clients that had connected would try its
+  request again for about a minute (`PREFECT_CLIENT_MAX_RETRIES` 5, 2 + 4 + 8 + 16 + 32 s:
+  a refused connection is retried once a client has connected), one request after another,
+  so a run took minutes to end; a 410 is not retried. Only our own child's death does this:
+  a busy server answering 503 is still retried as before. Later runs of this process fail at
+  once (`ensure_server` raises `ServerGone`): the database may hold the flow run half done.
 
     server = ensure_server()      # None when PREFECT_API_URL names a server
     server.url, server.pid, server.seconds
@@ -28,7 +37,10 @@ database migrations):
 from __future__ import annotations
 
 import atexit
+import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,8 +48,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["EmbeddedServer", "embedded_server", "ensure_server", "reap_when_gone", "server_instance", "server_key", "start_ephemeral_server"]
+__all__ = [
+    "EmbeddedServer", "ServerGone", "embedded_server", "ensure_server", "reap_when_gone", "server_gone",
+    "server_instance", "server_key", "start_ephemeral_server", "when_gone",
+]
+
+logger = logging.getLogger("prefect_llmorch.host.server")
 
 #: The app factory the embedded server runs: Prefect's (`prefect.server.api.server:create_app`,
 #: what its temporary server runs), trying a request again when SQLite refused it as locked.
@@ -93,14 +111,121 @@ class EmbeddedServer:
         return (self.pid,)
 
 
+class ServerGone(RuntimeError):
+    """This process's embedded Prefect server died under it: nothing more can be recorded."""
+
+
 _lock = threading.Lock()
 _server: EmbeddedServer | None = None
 _process: subprocess.Popen[bytes] | None = None
+#: set once the embedded server died under us (not stopped by us): what to tell the user
+_gone: ServerGone | None = None
+#: told at once when it dies (`when_gone`): each run's `Execution` stops its calls
+_on_gone: dict[int, Callable[[ServerGone], None]] = {}
 
 
 def embedded_server() -> EmbeddedServer | None:
     """The server `ensure_server` started in this process, if any."""
     return _server
+
+
+def server_gone(url: str | None = None) -> ServerGone | None:
+    """The error to raise when this process's embedded server died under it, else None; with
+    `url`, only when that is the dead server's address (a run on another server goes on)."""
+    gone, server = _gone, _server
+    if gone is None or server is None:
+        return None
+    if url is not None and not str(url).rstrip("/").startswith(server.url.rstrip("/")):
+        return None
+    return gone
+
+
+def when_gone(callback: Callable[[ServerGone], None]) -> Callable[[], None]:
+    """Call `callback(error)` (from the watcher's thread) when the embedded server dies, or at
+    once if it is dead already; returns what cancels that."""
+    with _lock:
+        gone = _gone
+        if gone is None:
+            key = id(callback)
+            _on_gone[key] = callback
+
+            def forget() -> None:
+                with _lock:
+                    _on_gone.pop(key, None)
+
+            return forget
+    callback(gone)
+    return lambda: None
+
+
+def _how_it_ended(code: int | None) -> str:
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _watch(proc: subprocess.Popen[bytes], server: EmbeddedServer, port: int) -> None:
+    """Wait for the server process; if it died while still ours (not `_stop`ped), record
+    why, answer at its address with the tombstone, and tell `when_gone`'s callbacks."""
+    global _gone
+    code = proc.wait()
+    with _lock:
+        if _process is not proc:  # stopped by us at exit, or replaced
+            return
+        _gone = ServerGone(
+            f"Prefect's server went away: this process's embedded Prefect server (pid {server.pid}, {server.url}) "
+            f"{_how_it_ended(code)} during the run; its log: {server.log}. Nothing more of this run can be recorded "
+            "in Prefect; run it again (a new process starts a new server)"
+        )
+        callbacks = list(_on_gone.values())
+        _on_gone.clear()
+    _tombstone(port, str(_gone))  # first: a client whose request was refused asks again in ~2 s
+    logger.error("%s", _gone)
+    for callback in callbacks:
+        try:
+            callback(_gone)
+        except Exception as exc:  # one callback failing never keeps the others from running
+            logger.debug("a server-gone callback failed: %s", exc)
+
+
+def _tombstone(port: int, message: str) -> None:
+    """Answer every request at the dead server's port with `410 Gone` and `message`, so
+    Prefect's clients fail at once instead of retrying a refused connection for a minute."""
+    import http.server
+
+    body = json.dumps({"detail": message}).encode()
+
+    class Gone(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:  # read what was sent: closing with unread data resets the connection (retried)
+                self.rfile.read(length)
+            self.send_response(410)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+            pass
+
+    try:
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Gone)
+    except OSError as exc:  # the port was taken meanwhile: clients then retry until they give up
+        logger.warning("could not answer at the dead Prefect server's port %s (%s): Prefect's requests "
+                       "may take a minute each to fail", port, exc)
+        return
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True, name="llmorch-server-gone").start()
 
 
 def _free_port() -> int:
@@ -185,6 +310,8 @@ def ensure_server() -> EmbeddedServer | None:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
     with _lock:
+        if _gone is not None and str(get_current_settings().api.url or "").startswith(_server.url if _server else "-"):
+            raise ServerGone(str(_gone))  # its database may hold a run half done; a new process starts a new server
         if _server is not None and _process is not None and _process.poll() is None:
             return _server
         if get_current_settings().api.url:
@@ -229,6 +356,7 @@ def ensure_server() -> EmbeddedServer | None:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
         _process = proc
         _server = EmbeddedServer(url=url, pid=proc.pid, seconds=time.perf_counter() - t0, log=log)
+        threading.Thread(target=_watch, args=(proc, _server, port), daemon=True, name="llmorch-server-watch").start()
         atexit.register(_stop)
         os.environ["PREFECT_API_URL"] = url
         prefect.context.refresh_global_settings_context()
