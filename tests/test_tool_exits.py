@@ -125,7 +125,8 @@ def _latest_run_id() -> uuid.UUID:
     return run.id
 
 
-def test_tools_that_exit_fail_their_calls_and_the_rest_of_the_plan_runs(prefect_api: str) -> None:
+@pytest.mark.usefixtures("prefect_harness")  # one database: what a tool's exit does does not depend on it
+def test_tools_that_exit_fail_their_calls_and_the_rest_of_the_plan_runs() -> None:
     from prefect_llmorch.flows.run import PlanRunFailed, run_plan
 
     with pytest.raises(PlanRunFailed) as info:
@@ -158,7 +159,7 @@ def test_tools_that_exit_fail_their_calls_and_the_rest_of_the_plan_runs(prefect_
 
 
 @pytest.mark.slow
-def test_llmorch_run_exits_1_not_the_tool_s_code(tmp_path: Path, prefect_server_url: str) -> None:
+def test_llmorch_run_exits_1_not_the_tool_s_code(tmp_path: Path, prefect_server) -> None:  # noqa: ANN001
     import subprocess
     import sys
 
@@ -166,7 +167,7 @@ def test_llmorch_run_exits_1_not_the_tool_s_code(tmp_path: Path, prefect_server_
     plan.write_text(MIXED)
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PYTHONPATH=str(ROOT / "tests"),
-               PREFECT_API_URL=prefect_server_url)  # (the session's server: not a test of the embedded default)
+               PREFECT_API_URL=prefect_server.url)  # (the session's server: not a test of the embedded default)
     out = subprocess.run(
         [sys.executable, "-m", "prefect_llmorch.cli", "run", str(plan), "-t", "toolboxes_exits:toolbox", "-P", "2",
          "--no-global-limit", "--json"],
