@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.cache_policies import CacheKeyFnPolicy
 
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
-from prefect_llmorch.flows.execute import Execution, current_llmorch_runner
+from prefect_llmorch.flows.execute import Execution
 from prefect_llmorch.flows.handoff import Handoff, handed, handing
 from prefect_llmorch.flows.planner import planner_task, resolve_client
 from prefect_llmorch.flows.joiner import JoinSettings, join_rounds, replay_key
@@ -26,7 +26,7 @@ from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import Planning, RunReport, report_artifacts, send_records
 from prefect_llmorch.storage.history import remember_records
 from prefect_llmorch.flows.run import (
-    _simple, _with_endpoint, conclude, earlier_records_sent, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow,
+    _simple, _with_endpoint, conclude, earlier_records_sent, fitted_runner, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow,
 )
 from prefect_llmorch.functions import SELF, Toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
@@ -67,16 +67,9 @@ def answer(
     run ends `Completed` named `JoinFailed` (`join_failed`).
     """
     options, client = _with_endpoint(AskOptions, options, overrides, endpoint)
-    processors, policy, resources = options.processors, options.policy, options.resources
     tb = resolve_toolbox(toolbox)
-    runner = current_llmorch_runner()
-    if runner is not None:
-        runner.policy = policy  # a deployment's runner is built at import: take the run's policy
-        if resources is not None:
-            runner.use_resources(resources)  # and the run's capacities
-    elif resources:
-        raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
-    P = runner.processors if runner is not None else (processors or default_processors())
+    runner = fitted_runner(options)
+    P = runner.processors if runner is not None else (options.processors or default_processors())
     given = handed()
     ahead = given.client_for(query) if client is None else None
     endpoint, joining = _joining(client if client is not None else given.endpoint_for(query, options.endpoint), options)
@@ -121,7 +114,7 @@ def answer(
         for attempt in result.attempts:
             tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
         ex.start(result.plan, kept=result.dispatched, planned_at=planned_at)
-        prediction = predicted(ex.frg, P, policy, choice, runner)
+        prediction = predicted(ex.frg, P, options.policy, choice, runner)
         rounds = join_rounds(
             ex, query, tb, client, result.text, joining, tokens, _next, mode=options.planner or client.planner or "text",
         )

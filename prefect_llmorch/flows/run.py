@@ -32,7 +32,7 @@ from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import PlanRunFailed, RunReport, plan_failed, records_sent, report_artifacts, send_records
 from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
-from prefect_llmorch.options import DEFAULT_LIMIT, RunOptions, options_of
+from prefect_llmorch.options import DEFAULT_LIMIT, AskOptions, RunOptions, options_of
 from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.model import Plan
 from prefect_llmorch.plan.parser import parse
@@ -95,13 +95,7 @@ def orchestrate(plan: str, toolbox: str, options: RunOptions = RunOptions()) -> 
     except PlanError as err:
         return plan_failed(err)
     P = options.processors or default_processors()
-    runner = current_llmorch_runner()
-    if runner is not None:
-        runner.policy = options.policy  # a deployment's runner is built at import: take the run's policy
-        if options.resources is not None:
-            runner.use_resources(options.resources)  # and the run's capacities
-    elif options.resources:
-        raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
+    runner = fitted_runner(options)
     llm, self_fn, recovery = _llm_for(parsed, options, given.client_for(text))
     if runner is not None and runner.processors != P:
         logger.warning("task runner has %s processors, flow asked for %s: using the runner's", runner.processors, P)
@@ -124,6 +118,19 @@ def orchestrate(plan: str, toolbox: str, options: RunOptions = RunOptions()) -> 
     if ex.gone is None:  # else nothing to send them to
         send_records([*ex.records, report_artifacts(ex.frg, report)], after=given.answered)
     return conclude(report)
+
+
+def fitted_runner(options: RunOptions | AskOptions) -> Any:
+    """The flow's `LLMOrchTaskRunner` (None for another runner) with this run's policy and
+    resource capacities: a deployment's runner is built at import, before any run's options."""
+    runner = current_llmorch_runner()
+    if runner is not None:
+        runner.policy = options.policy
+        if options.resources is not None:
+            runner.use_resources(options.resources)
+    elif options.resources:
+        raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
+    return runner
 
 
 def _parse_ahead(text: str, tb: Toolbox) -> "concurrent.futures.Future[Plan]":
