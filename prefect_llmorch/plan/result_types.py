@@ -216,7 +216,8 @@ def _error(ref: Ref, fn: str, tp: Any, at: int, problem: str, context: Any) -> F
     message = (f"`{ref.display()}`: {where} ({fn} returns {_name(tp)}) {problem}"
                if at == 0 else f"`{ref.display()}`: {where} {problem} ({fn} returns {_name(tp)})")
     ctx = context(ref.line, ref.column) if context and ref.line else ""
-    return FieldError(message, line=ref.line, column=ref.column, context=ctx)
+    return FieldError(message, line=ref.line, column=ref.column, context=ctx,
+                      refs=[(ref.id, ref.path), *([(ref.id, ref.path[:at])] if at else [])])
 
 
 def describe_results(toolbox: Mapping[str, Any]) -> str:
