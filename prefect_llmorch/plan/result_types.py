@@ -106,6 +106,11 @@ def _name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " | ".join("None" if a is type(None) else _name(a) for a in args)
+    if origin is typing.Literal:
+        # text in double quotes, as a plan writes it (as `FunctionSpec.render` does): shown
+        # `Literal[Compact, Standard]`, a small model writes `type=Standard`, an undefined name
+        return "Literal[" + ", ".join(json.dumps(a, ensure_ascii=False) if isinstance(a, str) else repr(a)
+                                      for a in args) + "]"
     if origin is not None and args:
         inner = ", ".join("..." if a is Ellipsis else _name(a) for a in args)
         return f"{_name(origin)}[{inner}]"
