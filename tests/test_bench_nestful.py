@@ -11,7 +11,6 @@ import pytest
 
 from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.parser import parse
-from prefect_llmorch.plan.result_types import describe_results
 
 import nestful  # benchmarks/ is on sys.path (conftest)
 
@@ -43,16 +42,6 @@ def test_a_catalog_entry_becomes_a_spec_whose_result_fields_are_checked_at_plan_
         parse('s1: calculate_route(["A", "B"])\ns2: calculate_pace(s1, s1.time)', toolbox)
     with pytest.raises(PlanError, match="has no field 'speed'"):
         parse('s1: calculate_route(["A", "B"])\ns2: calculate_pace(s1.speed, s1.time)', toolbox)
-
-
-def test_an_output_fields_allowed_values_type_it_and_show_quoted_in_the_results_lines() -> None:
-    # sgd declares no types; allowed values are the one type it gives, for outputs too
-    bus = {**BUS, "output_parameters": {"departure_time": {"description": "Time", "allowed_values": []},
-                                        "fare_type": {"allowed_values": ["Economy", "Flexible"]}}}
-    toolbox = nestful.toolbox_of([bus])
-    lines = describe_results(toolbox)
-    assert 'fare_type: Literal["Economy", "Flexible"]' in lines and "departure_time: Any" in lines
-    parse('s1: Buses_FindBus(from_="NY")\ns2: Buses_FindBus(from_="NY", fare_type=s1.fare_type)', toolbox)
 
 
 def test_a_plan_scores_against_the_gold_whatever_its_ids_and_argument_style() -> None:
