@@ -20,7 +20,7 @@ The model: `--base-url` of an OpenAI-compatible server, or by default the projec
 local model (`prefect_llmorch.llm.local`, the `local-llm` extra) started on a free port.
 
 Options: --n N questions per category (first N; default 10), --categories, --systems,
---threads (the local server's), --out FILE (JSON with every answer).
+--threads (the local server's), --out FILE (JSON with every answer, written after each).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefect_llmorch.functions import FunctionSpec, Toolbox  # noqa: E402
-from prefect_llmorch.llm.client import LLMClient  # noqa: E402
+from prefect_llmorch.llm.client import LLMClient, LLMError  # noqa: E402
 from prefect_llmorch.llm.planning import PlanningFailed, plan_query  # noqa: E402
 from prefect_llmorch.plan.parser import UNKNOWN, _static  # noqa: E402
 
@@ -157,6 +157,12 @@ def ours(client: LLMClient, question: str, functions: list[dict[str, Any]], mode
     toolbox, names = toolbox_of(functions)
     try:
         result = plan_query(question, toolbox, client, attempts=3, replans=0, mode=mode)
+    except LLMError as exc:
+        # the endpoint refused a request: a repair quoting an answer that filled the context
+        # (parallel_multiple_14 json: 2,457 tokens repeating one line) is over the context
+        # size, HTTP 400. No plan, as a failed planning; the run goes on
+        return [], {"valid": False, "first_valid": False, "attempts": 0, "text": "", "prompt_tokens": 0,
+                    "completion_tokens": 0, "error": f"LLMError: {exc}"[:500]}
     except PlanningFailed as exc:
         attempts = getattr(exc, "attempts", ())
         return [], {"valid": False, "first_valid": False, "attempts": len(attempts), "text": "",
@@ -167,7 +173,8 @@ def ours(client: LLMClient, question: str, functions: list[dict[str, Any]], mode
         "text": result.text, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
 
 
-def run(client: LLMClient, n: int, categories: list[str], systems: list[str]) -> list[dict[str, Any]]:
+def run(client: LLMClient, n: int, categories: list[str], systems: list[str],
+        out: Path | None = None) -> list[dict[str, Any]]:
     from bfcl_eval.constants.enums import Language
 
     check = _checker()
@@ -192,6 +199,8 @@ def run(client: LLMClient, n: int, categories: list[str], systems: list[str]) ->
                 row = {"id": question["id"], "category": category, "system": system, "correct": bool(verdict["valid"]),
                        "checker": verdict.get("error"), "calls": calls, "seconds": round(seconds, 2), **info}
                 rows.append(row)
+                if out is not None:  # after every answer: a run stopped early keeps what it measured
+                    out.write_text(json.dumps(rows, indent=1, default=repr))
                 print(f"{question['id']:<22} {system:<5} {'ok ' if row['correct'] else 'no '} {seconds:6.1f} s "
                       f"{info.get('prompt_tokens', 0)}+{info.get('completion_tokens', 0)} tokens", flush=True)
     return rows
@@ -233,12 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         client = server.client(timeout=600)
     try:
         began = time.monotonic()
-        rows = run(client, args.n, args.categories, args.systems)
-        print(f"\n{len(rows)} answers in {time.monotonic() - began:.0f} s\n")
-        print(summary(rows))
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(rows, indent=1, default=repr))
+        rows = run(client, args.n, args.categories, args.systems, out=args.out)
+        print(f"\n{len(rows)} answers in {time.monotonic() - began:.0f} s\n")
+        print(summary(rows))
     finally:
         client.close()
         if server is not None and server.started_in:

@@ -12,6 +12,8 @@ from prefect_llmorch.plan.errors import ArgumentError
 from prefect_llmorch.plan.parser import parse
 
 import bfcl  # benchmarks/ is on sys.path (conftest)
+from llm_fixtures import fake_llm, llm  # noqa: F401 - fixtures
+from prefect_llmorch.testing import FakeError
 
 SPOTIFY = {"name": "spotify.play", "description": "Play specific tracks from a given artist for a specific time duration.",
            "parameters": {"type": "dict", "properties": {
@@ -50,3 +52,12 @@ def test_a_plan_becomes_bfcl_calls_without_its_self_call() -> None:
     assert check([SPOTIFY], calls, TRUTH, Language.PYTHON, "parallel", bfcl.MODEL_NAME)["valid"]
     wrong = [calls[0], {"spotify.play": {"artist": "Maroon 5", "duration": 16}}]
     assert not check([SPOTIFY], wrong, TRUTH, Language.PYTHON, "parallel", bfcl.MODEL_NAME)["valid"]
+
+
+def test_an_endpoint_error_is_a_failed_question_not_the_end_of_the_run(fake_llm, llm) -> None:  # noqa: F811
+    # llama.cpp's answer to a repair prompt quoting an answer that had filled the context
+    fake_llm.add(FakeError(status=400, message="request (6724 tokens) exceeds the available context size "
+                                               "(4096 tokens), try increasing it", type="invalid_request_error"))
+    calls, info = bfcl.ours(llm, "Play Taylor Swift for 20 minutes", [SPOTIFY], "json")
+    assert calls == [] and info["valid"] is False and info["first_valid"] is False
+    assert info["error"].startswith("LLMError") and "context size" in info["error"]

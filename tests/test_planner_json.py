@@ -146,3 +146,95 @@ def test_a_json_repair_prompt_gives_the_hint_in_the_json_form(fake_llm, llm):  #
     assert len(result.attempts) == 2
     fix = fake_llm.chat_requests[1].messages[-1]["content"]
     assert 'did you mean {"ref": "s1", "path": ["distance"]} (float)?' in fix and "s1.distance" not in fix
+
+
+class Converted(TypedDict):
+    converted_amount: float
+
+
+@inout
+def convert_currency(amount: float, to: str) -> Converted:
+    """Convert an amount of USD."""
+    return {"converted_amount": amount}
+
+
+@compute
+def calculate_squared(number: float) -> float:
+    """The square of a number."""
+    return number * number
+
+
+def _repair_prompt(fake_llm, llm, toolbox: Toolbox, bad: dict, good: dict) -> str:  # noqa: F811
+    fake_llm.add(json.dumps(bad), json.dumps(good))
+    result = plan_query("Convert 100 USD to EUR and square it", toolbox, llm, mode="json")
+    assert [a.ok for a in result.attempts] == [False, True]
+    return fake_llm.chat_requests[1].messages[-1]["content"]
+
+
+@pytest.mark.parametrize("ref, hint", [
+    # the real model's NESTFUL glaive_20 (in the text form): the result type's name
+    ({"ref": "convert_currency_result", "path": ["converted_amount"]},
+     """not its function's name: {"ref": "s1", "path": ["converted_amount"]}"""),
+    # given the text form's `s1` here, the JSON form reads "s1" as text
+    ({"ref": "convert_currency"}, """not its function's name: {"ref": "s1"}"""),
+])
+def test_a_json_repair_prompt_names_the_call_id_for_a_function_name_in_the_json_form(fake_llm, llm, ref, hint):  # noqa: F811
+    first = {"id": "s1", "function": "convert_currency", "kwargs": {"amount": 100, "to": "EUR"}}
+    bad = {"calls": [first, {"id": "s2", "function": "calculate_squared", "kwargs": {"number": ref}}]}
+    good = {"calls": [first, {"id": "s2", "function": "calculate_squared",
+                              "kwargs": {"number": {"ref": "s1", "path": ["converted_amount"]}}}]}
+    fix = _repair_prompt(fake_llm, llm, Toolbox(convert_currency, calculate_squared), bad, good)
+    assert hint in fix and "`s1" not in fix
+    assert "defined so far: s1;" in fix  # a bare id outside backticks stays as it is
+
+
+class Profit(TypedDict):
+    profit: float
+
+
+@compute
+def calculate_profit(revenue: float, expenses: float) -> Profit:
+    """Profit from revenue and expenses."""
+    return {"profit": revenue - expenses}
+
+
+def test_a_json_repair_prompt_gives_the_missing_field_and_the_argument_in_the_json_form(fake_llm, llm):  # noqa: F811
+    # the real model's NESTFUL glaive_9 (in the text form): `s1.expenses`, an argument of s1
+    first = {"id": "s1", "function": "calculate_profit", "kwargs": {"revenue": 7000, "expenses": 5000}}
+    bad = {"calls": [first, {"id": "s2", "function": "calculate_squared",
+                             "kwargs": {"number": {"ref": "s1", "path": ["expenses"]}}}]}
+    good = {"calls": [first, {"id": "s2", "function": "calculate_squared", "kwargs": {"number": 5000}}]}
+    fix = _repair_prompt(fake_llm, llm, Toolbox(calculate_profit, calculate_squared), bad, good)
+    assert ('{"ref": "s1", "path": ["expenses"]}: s1 (calculate_profit returns Profit) has no field '
+            "'expenses'; it has: profit; `expenses` is an argument of s1 (5000), not a field of its "
+            "result: pass that value itself") in fix
+    assert "s1.expenses" not in fix
+
+
+class Trip(TypedDict):
+    legs: list[Route]
+
+
+@inout
+def trip(origin: str) -> Trip:
+    """A trip with legs."""
+    return {"legs": []}
+
+
+def test_json_hints_cover_paths_with_indexes_and_the_wrong_reference_itself(fake_llm, llm):  # noqa: F811
+    # the text-form rewrite matched only `sN.a.b`: `s1.legs[0]` stayed in the text form
+    first = {"id": "s1", "function": "trip", "kwargs": {"origin": "NY"}}
+    bad = {"calls": [first, {"id": "s2", "function": "shipping",
+                             "kwargs": {"distance": {"ref": "s1", "path": ["legs", 0]}}}]}
+    good = {"calls": [first, {"id": "s2", "function": "shipping",
+                              "kwargs": {"distance": {"ref": "s1", "path": ["legs", 0, "distance"]}}}]}
+    fix = _repair_prompt(fake_llm, llm, Toolbox(trip, shipping), bad, good)
+    assert ('but {"ref": "s1", "path": ["legs", 0]} is a Route (trip returns Trip); '
+            'did you mean {"ref": "s1", "path": ["legs", 0, "distance"]} (float)?') in fix
+    assert "s1.legs" not in fix
+
+
+def test_the_json_prompt_shows_field_selection_in_the_json_form():
+    system = build_system_prompt(Toolbox(route, shipping), "json")
+    assert 'Results with fields (select them, e.g. {"ref": "s1", "path": ["field"]};' in system
+    assert "s1.field" not in system and "`s1.field`" in build_system_prompt(Toolbox(route, shipping))

@@ -368,3 +368,30 @@ def test_the_none_of_an_optional_parameter_takes_only_none() -> None:
     assert incompatible(float, Optional[list]) and incompatible(Quote, Optional[int]) and incompatible(int, type(None))
     assert not incompatible(type(None), Optional[list]) and not incompatible(Optional[list], Optional[list])
     assert not incompatible(str, Optional[int]) and not incompatible(Any, type(None))
+
+
+class Car(TypedDict):
+    type: Literal["Compact", "Full-size"]
+    seats: Literal[2, 4]
+
+
+@inout
+def rent_car(city: str) -> Car:
+    return {"type": "Compact", "seats": 4}
+
+
+@compute
+def count_seats(seats: int) -> int:
+    return seats
+
+
+def test_literal_fields_show_text_in_double_quotes_in_the_results_lines_and_the_hints():
+    # as `FunctionSpec.render` does: shown `Literal[Compact, Full-size]`, a small model writes
+    # `type=Compact`, an undefined name (NESTFUL sgd_0)
+    from prefect_llmorch.plan.result_types import describe_results
+
+    toolbox = Toolbox(rent_car, count_seats)
+    assert 'Car: type: Literal["Compact", "Full-size"], seats: Literal[2, 4]' in describe_results(toolbox)
+    with pytest.raises(PlanError) as info:
+        parse('s1: rent_car("SF")\ns2: count_seats(s1)', toolbox)
+    assert 'did you mean s1.seats (Literal[2, 4])?' in str(info.value)

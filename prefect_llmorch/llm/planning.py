@@ -38,6 +38,7 @@ Streaming dispatch semantics (what the orchestrator relies on):
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -47,7 +48,7 @@ from typing import Any, Callable, Sequence
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.llm.client import PLANNER_MODES, Completion, LLMClient, Message
 from prefect_llmorch.plan.errors import PlanError
-from prefect_llmorch.plan.model import Arg, Call, Plan
+from prefect_llmorch.plan.model import Arg, Call, Plan, describe_path
 from prefect_llmorch.plan.parser import PlanStream, check, parse
 from prefect_llmorch.plan.result_types import describe_results
 from prefect_llmorch.plan.schema import JSON_FORM_HELP
@@ -222,7 +223,8 @@ def build_system_prompt(toolbox: Toolbox, mode: str = "text", *, join: bool = Fa
     parts = [_INTRO, language, _examples_text(mode, toolbox), "The functions you may call:\n" + toolbox.describe()]
     results = describe_results(toolbox)
     if results:
-        parts.append("Results with fields (select them, e.g. `s1.field`; only these fields exist):\n" + results)
+        select = '{"ref": "s1", "path": ["field"]}' if mode == "json" else "`s1.field`"
+        parts.append(f"Results with fields (select them, e.g. {select}; only these fields exist):\n" + results)
     return "\n\n".join(parts)
 
 
@@ -235,22 +237,30 @@ def plan_messages(query: str, toolbox: Toolbox, *, system: str | None = None,
     ]
 
 
-#: A text-form reference in a hint: `did you mean s1.distance (float)`.
-_HINT_REF = re.compile(r"(did you mean |or )(\w+)((?:\.\w+)+)(?= \()")
-
-
-def _json_hints(message: str) -> str:
-    """Hints rewritten in the JSON form: `s1.distance` -> `{"ref": "s1", "path": ["distance"]}`
-    (given the text form, the real model wrote `{"ref": "s1.distance"}`)."""
-    def ref(m: re.Match[str]) -> str:
-        path = ", ".join(f'"{p}"' for p in m.group(3).split(".")[1:])
-        return f'{m.group(1)}{{"ref": "{m.group(2)}", "path": [{path}]}}'
-
-    return _HINT_REF.sub(ref, message)
+def _json_hints(err: PlanError) -> str:
+    """`err`'s message with the references it names written in the JSON form: `s1.distance`
+    -> `{"ref": "s1", "path": ["distance"]}`, a call's id in backticks -> `{"ref": "s1"}`
+    (given the text form, the real model wrote `{"ref": "s1.distance"}`, or `"s1"`, which the
+    JSON form reads as text). A bare id outside backticks is left alone (`defined so far: s1`)."""
+    forms: dict[str, str] = {}
+    alternatives: list[tuple[int, str]] = []
+    for cid, path in getattr(err, "refs", ()):
+        text = describe_path(cid, path)
+        if text in forms:
+            continue
+        forms[text] = json.dumps({"ref": cid, "path": list(path)} if path else {"ref": cid})
+        quoted = f"`{re.escape(text)}`"
+        # a path also where it stands alone (`did you mean s1.a (float)`), not inside `s1.a.b`
+        alone = rf"|(?<![\w.$`]){re.escape(text)}(?![\w\[`]|\.\w)" if path else ""
+        alternatives.append((len(text), quoted + alone))
+    if not forms:
+        return str(err)
+    pattern = "|".join(a for _, a in sorted(alternatives, reverse=True))  # longest first
+    return re.sub(pattern, lambda m: forms[m.group(0).strip("`")], str(err))
 
 
 def _format_error(err: PlanError, mode: str = "text") -> str:
-    line = f"- {_json_hints(str(err)) if mode == 'json' else err}"
+    line = f"- {_json_hints(err) if mode == 'json' else err}"
     if err.expected:
         line += f" (expected one of: {', '.join(err.expected)})"
     if err.context:

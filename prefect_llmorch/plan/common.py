@@ -86,9 +86,11 @@ def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Cal
     """The `Call`s of `raw` (bare `join()` markers dropped) and the errors found in them:
     duplicate ids, argument order, self/forward/undefined references (ids in `hidden`
     belong to calls with syntax errors, already reported)."""
-    def err(cls: type[PlanError], message: str, line: int, column: int) -> None:
+    def err(cls: type[PlanError], message: str, line: int, column: int,
+            refs: list[tuple[str, tuple]] | None = None) -> None:
         pos = Pos(line, column)
-        errors.append(cls(message, line=line, column=column, context=context(text, pos)))
+        errors.append(cls(message, line=line, column=column, context=context(text, pos),
+                          refs=refs or ()))
 
     errors: list[PlanError] = []
     raw = [r for r in raw if not (r.function == "join" and not r.args)]
@@ -114,6 +116,7 @@ def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Cal
             for ref in _refs(arg.value):
                 if ref.id in known:
                     continue
+                named: list[tuple[str, tuple]] = []  # the ids the hint names instead
                 if ref.id == r.id:
                     msg = f"call `{r.id}` refers to its own result `{ref.id}`"
                 elif ref.id in where and where[ref.id] > r.pos:
@@ -130,10 +133,11 @@ def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Cal
                     if callers:
                         ids = " or ".join(f"`{describe_path(c, ref.path)}`" for c in callers)
                         msg += f"; a result is used by its call's id, not its function's name: {ids}"
+                        named = [(c, ref.path) for c in callers]
                     elif id(ref) not in quoted and not _ID_LIKE.fullmatch(ref.id) and (ref.path or len(ref.id) > 3):
                         # `detect(frame_001.png)`: a small model left the quotes off a text
                         msg += f'; if it is text, write it in double quotes: "{ref.display()}"'
-                err(PlanReferenceError, msg, ref.line, ref.column)
+                err(PlanReferenceError, msg, ref.line, ref.column, named)
         if r.id not in known:
             defined.append(r.id)
             known.add(r.id)

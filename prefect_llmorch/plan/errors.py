@@ -6,6 +6,8 @@ s1, s2"); the fields are for tests and for the LLM repair prompt.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 
 class PlanError(ValueError):
     """A plan that cannot run, found before anything runs.
@@ -20,6 +22,9 @@ class PlanError(ValueError):
             e.g. "/2/arguments/originSkyId" ("" for text plans).
         errors: every error found in the plan (this one first); a plan's errors are
             collected, not just the first.
+        refs: the references with a path that the message names in the text form
+            (`s1.distance`), as (call id, path): a repair prompt in the JSON form writes
+            them as `{"ref": "s1", "path": ["distance"]}`, which a small model copies.
     """
 
     kind = "plan"
@@ -33,8 +38,10 @@ class PlanError(ValueError):
         context: str = "",
         expected: list[str] | None = None,
         pointer: str = "",
+        refs: Sequence[tuple[str, tuple[str | int, ...]]] = (),
     ) -> None:
         self.message = message
+        self.refs = [(cid, tuple(path)) for cid, path in refs]
         self.pointer = pointer
         self.line = line
         self.column = column
@@ -99,6 +106,7 @@ class PlanErrors(PlanError):
             context=first.context,
             expected=first.expected,
             pointer=getattr(first, "pointer", ""),
+            refs=getattr(first, "refs", ()),
         )
         self.kind = first.kind
         self.errors = list(errors[:MAX_REPORTED])

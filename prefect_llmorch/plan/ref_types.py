@@ -291,13 +291,15 @@ def _error(call: Call, param: str, ref: Ref, fn: str, ret: Any, declared: Any, e
     message = (f"{call.function}() argument `{param}` expects {_name(expected)}, "
                f"but {what} is {_article(_name(declared))}{origin}")
     paths = fitting_paths(declared, expected)
+    named = [(ref.id, ref.path)] if ref.path else []
     if paths:
         shown = [f"{describe_path(ref.id, ref.path + p)} ({_name(_declared_at(declared, p))})" for p in paths[:3]]
         message += f"; did you mean {' or '.join(shown)}?"
+        named += [(ref.id, ref.path + p) for p in paths[:3]]
     elif _structured(_strip_optional(declared)) and _kind(expected) in _SCALARS.values():
         message += f"; it has no field of type {_name(expected)}: pass a field or use a function that takes a {_name(declared)}"
     ctx = context(ref.line, ref.column) if context and ref.line else ""
-    return ArgumentError(message, line=ref.line, column=ref.column, context=ctx)
+    return ArgumentError(message, line=ref.line, column=ref.column, context=ctx, refs=named)
 
 
 def _strip_optional(tp: Any) -> Any:

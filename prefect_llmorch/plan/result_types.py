@@ -106,6 +106,11 @@ def _name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " | ".join("None" if a is type(None) else _name(a) for a in args)
+    if origin is typing.Literal:
+        # text in double quotes, as a plan writes it (as `FunctionSpec.render` does): shown
+        # `Literal[Compact, Standard]`, a small model writes `type=Standard`, an undefined name
+        return "Literal[" + ", ".join(json.dumps(a, ensure_ascii=False) if isinstance(a, str) else repr(a)
+                                      for a in args) + "]"
     if origin is not None and args:
         inner = ", ".join("..." if a is Ellipsis else _name(a) for a in args)
         return f"{_name(origin)}[{inner}]"
@@ -216,7 +221,8 @@ def _error(ref: Ref, fn: str, tp: Any, at: int, problem: str, context: Any) -> F
     message = (f"`{ref.display()}`: {where} ({fn} returns {_name(tp)}) {problem}"
                if at == 0 else f"`{ref.display()}`: {where} {problem} ({fn} returns {_name(tp)})")
     ctx = context(ref.line, ref.column) if context and ref.line else ""
-    return FieldError(message, line=ref.line, column=ref.column, context=ctx)
+    return FieldError(message, line=ref.line, column=ref.column, context=ctx,
+                      refs=[(ref.id, ref.path), *([(ref.id, ref.path[:at])] if at else [])])
 
 
 def describe_results(toolbox: Mapping[str, Any]) -> str:
