@@ -33,7 +33,7 @@ def assert_no_key(exc: BaseException) -> None:
 def test_complete_returns_text_and_the_server_token_counts(fake_llm, llm):
     fake_llm.add("It is four.")
     result = llm.complete(MESSAGES)
-    assert result == Completion("It is four.", PROMPT_WORDS, 3)
+    assert result == Completion("It is four.", PROMPT_WORDS, 3, finish_reason="stop")
     assert result.total_tokens == PROMPT_WORDS + 3
 
 
@@ -43,7 +43,7 @@ def test_stream_yields_chunks_then_the_completion_with_reported_counts(fake_llm,
         pieces = list(chunks)
     assert "".join(pieces) == 's1: search("a")\ns2: self("{s1}")\n'
     assert len(pieces) == 4
-    assert chunks.completion == Completion("".join(pieces), PROMPT_WORDS, 4)
+    assert chunks.completion == Completion("".join(pieces), PROMPT_WORDS, 4, finish_reason="stop")
 
 
 def test_stream_completion_is_refused_before_the_end(fake_llm, llm):

@@ -379,3 +379,18 @@ def test_an_example_calling_a_toolbox_function_with_other_parameters_is_left_out
     assert EXAMPLES[0][2] in prompt and EXAMPLES[3][2] in prompt  # `search(query)` fits: kept
     assert prompt.count("\nExample ") == len(EXAMPLES) - 1 and "Example 3\n" in prompt  # renumbered
     assert kitti[2] in build_system_prompt(TOOLBOX)  # no clash: every example
+
+
+def test_an_answer_cut_off_at_the_length_limit_is_planned_afresh_not_quoted(fake_llm):  # noqa: F811
+    """A small model that repeats a line until the context is full: quoting that answer in a
+    repair prompt would not fit either (a real server refused it with 400), so the next
+    attempt plans afresh. The fake server cuts at `max_tokens` as a real one does."""
+    client = LLMClient(fake_llm.base_url, MODEL, KEY, max_retries=0, max_tokens=count_tokens(GOOD))
+    looping = 's1: search("Apple stock")\n' * 40  # s1 again and again, then cut mid-line
+    fake_llm.add(looping, GOOD)
+    result = plan_query(QUERY, TOOLBOX, client)
+    assert result.plan == parse(GOOD, TOOLBOX)
+    first, second = fake_llm.chat_requests
+    assert first.reply != looping and count_tokens(first.reply) == count_tokens(GOOD)  # cut
+    assert second.messages == first.messages  # the same plan request: no cut answer quoted
+    assert [(a.ok, a.repair) for a in result.attempts] == [(False, False), (True, True)]

@@ -4,7 +4,7 @@
     >>> with FakeLLM(["four"]) as server:
     ...     llm = LLMClient(server.base_url, "fake", api_key="sk-local")
     ...     llm.complete([{"role": "user", "content": "two plus two?"}])
-    Completion(text='four', prompt_tokens=3, completion_tokens=1)
+    Completion(text='four', prompt_tokens=3, completion_tokens=1, finish_reason='stop')
 
 Every failure comes out as `LLMError` with a message that says what happened and where,
 and never contains the API key: "cannot reach the LLM endpoint at http://127.0.0.1:9/v1:
@@ -68,6 +68,8 @@ class Completion:
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: why the endpoint stopped ("stop"; "length": cut off at `max_tokens` or the context's end)
+    finish_reason: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -246,6 +248,7 @@ class LLMClient:
             text=text,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=reply.choices[0].finish_reason if reply.choices else None,
         )
 
     def stream(self, messages: Sequence[Message], temperature: float | None = None,
@@ -329,6 +332,7 @@ class CompletionStream:
         self._raw = raw
         self._parts: list[str] = []
         self._usage: Any = None
+        self._finish: str | None = None
         self._done = False
 
     def __iter__(self) -> Iterator[str]:
@@ -338,6 +342,7 @@ class CompletionStream:
                 if getattr(chunk, "usage", None) is not None:
                     self._usage = chunk.usage
                 for choice in chunk.choices or ():
+                    self._finish = getattr(choice, "finish_reason", None) or self._finish
                     text = choice.delta.content if choice.delta else None
                     if text:
                         self._parts.append(text)
@@ -376,6 +381,7 @@ class CompletionStream:
             text=self.text,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=self._finish,
         )
 
     def close(self) -> None:

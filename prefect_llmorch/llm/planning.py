@@ -671,6 +671,12 @@ def plan_query(
                 log.warning("planner: the repair repeated the plan; the next repairs use temperature %g",
                             replan_temperature)
                 temp = replan_temperature
+            if completion.finish_reason == "length":
+                # Cut off (a model repeating itself until the context was full): quoting it in
+                # a repair prompt would not fit either (the endpoint refused one with 400).
+                log.warning("planner: the answer was cut off at the length limit; planning afresh")
+                messages = plan_messages(query, toolbox, system=system, mode=mode)
+                continue
             messages = repair_messages(query, toolbox, text, errors, system=system, mode=mode)
 
     failure = PlanningFailed(query, history, dispatcher.calls)

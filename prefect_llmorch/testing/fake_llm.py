@@ -506,13 +506,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(rec, reply.status, reply.body())
         if isinstance(reply, ToolCalls):
             return self._tool_turn(rec, body, reply)
+        finish = "stop"
+        if rec.max_tokens is not None and count_tokens(reply) > rec.max_tokens:  # cut, as a real server does
+            reply, finish = "".join(tokens_of(reply)[: rec.max_tokens]), "length"
         rec.reply = reply
         if self.fake.latency:
             time.sleep(self.fake.latency)
         if body.get("stream"):
-            self._stream(rec, body, reply)
+            self._stream(rec, body, reply, finish)
         else:
-            self._complete(rec, body, reply)
+            self._complete(rec, body, reply, finish)
 
     # -- answers ------------------------------------------------------------------------
 
@@ -521,7 +524,7 @@ class _Handler(BaseHTTPRequestHandler):
         completion = count_tokens(reply)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    def _complete(self, rec: RecordedRequest, body: dict[str, Any], reply: str) -> None:
+    def _complete(self, rec: RecordedRequest, body: dict[str, Any], reply: str, finish: str = "stop") -> None:
         if self.fake.token_delay:
             time.sleep(self.fake.token_delay * len(tokens_of(reply)))
         payload = {
@@ -533,7 +536,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": reply},
-                    "finish_reason": "stop",
+                    "finish_reason": finish,
                     "logprobs": None,
                 }
             ],
@@ -541,7 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._send_json(rec, 200, payload)
 
-    def _stream(self, rec: RecordedRequest, body: dict[str, Any], reply: str) -> None:
+    def _stream(self, rec: RecordedRequest, body: dict[str, Any], reply: str, finish: str = "stop") -> None:
         chunk_id = self.fake._next_id()
         created = int(time.time())
         model = body.get("model") or self.fake.model
@@ -569,7 +572,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if self.fake.token_delay:
                     time.sleep(self.fake.token_delay)
                 self._event(chunk({"content": token}))
-            self._event(chunk({}, "stop"))
+            self._event(chunk({}, finish))
             if (body.get("stream_options") or {}).get("include_usage"):
                 self._event(chunk(None, usage=self._usage(body, reply)))
             self._write_chunk(b"data: [DONE]\n\n")
