@@ -393,4 +393,5 @@ def test_an_answer_cut_off_at_the_length_limit_is_planned_afresh_not_quoted(fake
     first, second = fake_llm.chat_requests
     assert first.reply != looping and count_tokens(first.reply) == count_tokens(GOOD)  # cut
     assert second.messages == first.messages  # the same plan request: no cut answer quoted
-    assert [(a.ok, a.repair) for a in result.attempts] == [(False, False), (True, True)]
+    assert (first.temperature, second.temperature) == (0.0, 0.7)  # not the same loop again
+    assert [(a.ok, a.repair) for a in result.attempts] == [(False, False), (True, False)]

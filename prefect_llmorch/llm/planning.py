@@ -627,9 +627,10 @@ def plan_query(
     for round_ in range(replans + 1):
         temp = temperature if round_ == 0 else replan_temperature
         messages = plan_messages(query, toolbox, system=system, mode=mode)
+        afresh = False  # this attempt asks the plan request again (the last answer was cut off)
         for i in range(attempts):
             started = time.monotonic()
-            how = "repair" if i else ("re-plan" if round_ else "plan")
+            how = "re-plan" if afresh or (round_ and not i) else ("repair" if i else "plan")
             text, plan, errors, completion = run(
                 f"planner · attempt {len(history) + 1} ({how})",
                 lambda: _one_attempt(
@@ -645,7 +646,7 @@ def plan_query(
                 completion_tokens=completion.completion_tokens,
                 temperature=temp,
                 round=round_,
-                repair=i > 0,
+                repair=i > 0 and not afresh,
                 seconds=time.monotonic() - started,
             )
             history.append(attempt)
@@ -674,9 +675,13 @@ def plan_query(
             if completion.finish_reason == "length":
                 # Cut off (a model repeating itself until the context was full): quoting it in
                 # a repair prompt would not fit either (the endpoint refused one with 400).
-                log.warning("planner: the answer was cut off at the length limit; planning afresh")
-                messages = plan_messages(query, toolbox, system=system, mode=mode)
+                # The same request at the same low temperature would loop the same way.
+                log.warning("planner: the answer was cut off at the length limit; planning afresh at temperature %g",
+                            max(temp, replan_temperature))
+                temp = max(temp, replan_temperature)
+                messages, afresh = plan_messages(query, toolbox, system=system, mode=mode), True
                 continue
+            afresh = False
             messages = repair_messages(query, toolbox, text, errors, system=system, mode=mode)
 
     failure = PlanningFailed(query, history, dispatcher.calls)
