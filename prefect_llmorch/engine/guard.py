@@ -638,13 +638,12 @@ class GlobalLimit:
         the command that frees them)."""
         from prefect.settings import get_current_settings
 
-        from prefect_llmorch.host.server import embedded_server
+        from prefect_llmorch.host.server import serves
 
         client = self._api()
-        server = embedded_server()
         database = get_current_settings().server.database.connection_url
         url = database.get_secret_value() if database is not None else "sqlite"
-        if server is None or not str(client.api_url).startswith(server.url) or not url.startswith("sqlite"):
+        if not serves(client.api_url) or not url.startswith("sqlite"):
             return False
         if active is not None and active <= sum(int(e.get("slots") or 0) for e in _ledger_read() if e.get("limit") == name):
             return False  # the common case, at a run's start: no look under the lock

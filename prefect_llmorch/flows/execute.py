@@ -30,7 +30,7 @@ from prefect_llmorch.credentials import CredentialStore
 from prefect_llmorch.engine.compiler import Compiler, Recorder, wait_all
 from prefect_llmorch.engine.rates import rates_of
 from prefect_llmorch.host import interrupt
-from prefect_llmorch.host.server import ServerGone, embedded_server, when_gone
+from prefect_llmorch.host.server import ServerGone, serves, when_gone
 from prefect_llmorch.flows.handoff import handed
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import ARTIFACT_KEY as RECOVERY_ARTIFACT, RecoveryConfig, RecoveryController
@@ -309,11 +309,7 @@ def _watch_server(callback: Callable[[ServerGone], None]) -> Callable[[], None]:
     uses it (a run on another server goes on); returns what stops watching."""
     from prefect.settings import get_current_settings
 
-    url = str(get_current_settings().api.url or "")
-    server = embedded_server()
-    if not url or server is None or not url.rstrip("/").startswith(server.url.rstrip("/")):
-        return lambda: None
-    return when_gone(callback)
+    return when_gone(callback) if serves(get_current_settings().api.url) else lambda: None
 
 
 def mark_gone(report: RunReport, error: ServerGone) -> RunReport:

@@ -23,7 +23,7 @@ from prefect.settings import get_current_settings
 from prefect_llmorch.engine.compiler import Recorder
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
 from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, execute, mark_gone
-from prefect_llmorch.host.server import EmbeddedServer, ServerGone, embedded_server, ensure_server, server_gone
+from prefect_llmorch.host.server import EmbeddedServer, ServerGone, embedded_server, ensure_server, server_gone, serves
 from prefect_llmorch.schedule.predict import predict
 from prefect_llmorch.storage.history import CostChoice, choose_costs, remember_records
 from prefect_llmorch.storage.planref import plan_parameter, plan_text
@@ -288,8 +288,7 @@ def earlier_records_sent() -> None:
     so both may go at once (back-to-back runs start their first call ~90 ms sooner)."""
     from prefect.settings import get_current_settings
 
-    server = embedded_server()
-    if server is None or str(get_current_settings().api.url or "") != server.url:
+    if not serves(get_current_settings().api.url):
         records_sent(EARLIER_RECORDS_SECONDS)
 
 
@@ -384,8 +383,7 @@ def _own_heartbeats() -> Iterator[None]:
     if seconds is None:
         yield
         return
-    server = embedded_server()
-    embedded = server is not None and str(settings.api.url or "") == server.url
+    embedded = serves(settings.api.url)
     if not _QUIET or _QUIET[0] is not settings:
         _QUIET[:] = [settings, settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})]
     with (

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = [
-    "EmbeddedServer", "ServerGone", "embedded_server", "ensure_server", "reap_when_gone", "server_gone",
+    "EmbeddedServer", "ServerGone", "embedded_server", "ensure_server", "reap_when_gone", "server_gone", "serves",
     "server_instance", "server_key", "start_ephemeral_server", "when_gone",
 ]
 
@@ -129,13 +129,20 @@ def embedded_server() -> EmbeddedServer | None:
     return _server
 
 
+def serves(url: object) -> bool:
+    """Whether `url` is the API of this process's embedded server (one owner for the check:
+    heartbeats, the records' wait, the guard's clearing and the death watch all ask it)."""
+    server = _server
+    return bool(url) and server is not None and str(url).rstrip("/").startswith(server.url.rstrip("/"))
+
+
 def server_gone(url: str | None = None) -> ServerGone | None:
     """The error to raise when this process's embedded server died under it, else None; with
     `url`, only when that is the dead server's address (a run on another server goes on)."""
     gone, server = _gone, _server
     if gone is None or server is None:
         return None
-    if url is not None and not str(url).rstrip("/").startswith(server.url.rstrip("/")):
+    if url is not None and not serves(url):
         return None
     return gone
 
@@ -310,7 +317,7 @@ def ensure_server() -> EmbeddedServer | None:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
     with _lock:
-        if _gone is not None and str(get_current_settings().api.url or "").startswith(_server.url if _server else "-"):
+        if _gone is not None and serves(get_current_settings().api.url):
             raise ServerGone(str(_gone))  # its database may hold a run half done; a new process starts a new server
         if _server is not None and _process is not None and _process.poll() is None:
             return _server
@@ -381,4 +388,4 @@ def server_instance(url: str) -> str:
     server. Two embedded servers of one PREFECT_HOME may use the same port one after the
     other; leases live in the memory of the one that granted them."""
     mine = _server
-    return f"{url}#pid={mine.pid}" if mine is not None and url.rstrip("/").startswith(mine.url.rstrip("/")) else url
+    return f"{url}#pid={mine.pid}" if mine is not None and serves(url) else url
