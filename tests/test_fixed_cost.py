@@ -36,28 +36,54 @@ def _wait_for_requests(server, n: int) -> None:  # type: ignore[no-untyped-def]
     assert len(server.chat_requests) == n
 
 
-@pytest.mark.usefixtures("prefect_harness")
-def test_the_planner_request_reaches_the_llm_before_the_flow_run_is_running(fake_llm, llm) -> None:  # noqa: F811
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
+def _api_server_process() -> Any:
+    """The process serving this session's Prefect API (the test harness's server): the child
+    of this process listening on the API's port."""
+    from urllib.parse import urlparse
 
+    import psutil
+    from prefect.settings import PREFECT_API_URL
+
+    port = urlparse(PREFECT_API_URL.value()).port
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in child.net_connections("inet")):
+                return child
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no child process listens on the API's port {port}")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_planner_request_reaches_the_llm_while_the_prefect_api_is_frozen(fake_llm, llm) -> None:  # noqa: F811
+    """The planner's request does not wait for Prefect: with the API's server process stopped
+    (SIGSTOP), no flow run can be created, and the request still reaches the LLM. Then the
+    server goes on and the ask completes, its final state in Prefect when `ask_query` returns."""
     from prefect_llmorch.flows.ask import ask_query
 
-    asked: list[float] = []
+    arrived = threading.Event()
 
     def plan(_request: dict) -> str:  # on the server's thread, as the request arrives
-        asked.append(time.time())  # wall clock: the API's timestamps are on it too
+        arrived.set()
         return "s1: add(1, 2)\n"
 
     fake_llm.add(plan)
-    report = ask_query("one plus two", TOOLBOX, processors=1, endpoint=llm, recovery_rounds=0)
-    assert report.result == 3 and len(asked) == 1 and len(fake_llm.chat_requests) == 1  # asked once
-    with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(  # the latest ask: this one (tests run one at a time)
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["llmorch-ask"])), sort=FlowRunSort.START_TIME_DESC, limit=1,
-        )
-    assert run.start_time is not None and asked[0] < run.start_time.timestamp()
+    server = _api_server_process()
+    reports: list[Any] = []
+    server.suspend()
+    try:
+        asker = threading.Thread(target=lambda: reports.append(
+            ask_query("one plus two", TOOLBOX, processors=1, endpoint=llm, recovery_rounds=0)))
+        asker.start()
+        reached = arrived.wait(30)
+        assert server.status() == "stopped"  # still frozen when the request arrived
+    finally:
+        server.resume()
+    assert reached, "the planner request did not reach the LLM while the Prefect API was frozen"
+    asker.join(120)
+    (report,) = reports
+    assert report.result == 3 and len(fake_llm.chat_requests) == 1  # asked once
+    run = _latest_run("llmorch-ask")
     assert run.state is not None and run.state.is_completed()  # in Prefect when ask_query returns
     assert records_sent(60)  # the artifacts follow the answer
     assert {"llmorch-frg", "llmorch-schedule", "llmorch-progress"} <= _artifact_keys(run.id)
