@@ -71,14 +71,17 @@ def _children(pid: int) -> list[psutil.Process]:
         return []
 
 
-def test_a_run_whose_server_dies_ends_at_once_with_what_completed(tmp_path) -> None:
+@pytest.mark.parametrize("command", ["run", "ask"])
+def test_a_run_whose_server_dies_ends_at_once_with_what_completed(tmp_path, command: str) -> None:
     """kill -9 of the embedded server mid-run (issue 27): the run stops at once (no new call
     starts, running calls are cancelled) instead of Prefect's clients retrying the dead
     address for a minute per request; the report says the server went away and where its
     log is, keeps the completed call's result, exits 1, and leaves no process behind.
-    Before the fix: ~90 s (each request retried 2+4+8+16+32 s), then a report with no calls."""
+    Before the fix: ~90 s (each request retried 2+4+8+16+32 s), then a report with no calls.
+    `llmorch ask` too: the plan comes from the scripted LLM (real HTTP), recovery stays on."""
     from test_signals import PLAN, _env as signals_env  # its plan: s1 finishes, s2/s3 run 120 s, s4-s6 wait
 
+    from prefect_llmorch.testing import FakeLLM
     from toolboxes_signals import LOG_ENV, records
 
     plan = tmp_path / "long.plan"
@@ -86,9 +89,16 @@ def test_a_run_whose_server_dies_ends_at_once_with_what_completed(tmp_path) -> N
     env = signals_env(tmp_path)
     log = env[LOG_ENV]
     out_file, err_file = tmp_path / "out.json", tmp_path / "err.txt"
+    fake = FakeLLM(api_key="sk-test", model="m").__enter__()
+    fake.add(PLAN)
+    if command == "run":
+        args = ["run", str(plan)]
+    else:
+        args = ["ask", "Run the long plan."]
+        env.update(OPENAI_BASE_URL=fake.base_url, OPENAI_API_KEY="sk-test", LLMORCH_MODEL="m")
     with open(out_file, "w") as out, open(err_file, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect_llmorch.cli", "run", str(plan), "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
+            [sys.executable, "-m", "prefect_llmorch.cli", *args, "-t", "toolboxes_signals:toolbox", "-P", "2", "--json"],
             cwd=tmp_path, env=env, stdout=out, stderr=err, text=True,
         )
     try:
@@ -111,6 +121,7 @@ def test_a_run_whose_server_dies_ends_at_once_with_what_completed(tmp_path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        fake.__exit__(None, None, None)
     errors = err_file.read_text()
     assert proc.returncode == 1, errors[-3000:]
     report = json.loads(out_file.read_text())
