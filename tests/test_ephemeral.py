@@ -216,3 +216,47 @@ def test_slots_no_process_holds_are_cleared_and_a_live_process_s_are_kept(tmp_pa
             holder.wait()
     assert holder.returncode == 0
     assert _active_slots(home, "llmorch-processors") == 0
+
+
+STARTS = textwrap.dedent(
+    """
+    import signal, sys
+    received = []
+    signal.signal(signal.SIGINT, lambda *_: received.append(1))  # the CLI's handler stops the run, not the process
+    from prefect_llmorch.host.server import ensure_server
+    print("starting", flush=True)
+    try:
+        server = ensure_server()
+    except RuntimeError as exc:
+        print("failed:", str(exc).splitlines()[0], flush=True)
+        sys.exit(3)
+    print("up", len(received), flush=True)
+    """
+)
+
+
+def test_ctrl_c_to_the_process_group_while_the_server_starts_never_kills_the_server(tmp_path) -> None:
+    """SIGINT sent to the command's process group (a terminal's Ctrl-C) again and again from
+    the moment the server's process is being created: the server is in its own session, but
+    a signal landing between the fork and its setsid used to reach it and kill it
+    ("exited with code -2 while starting": 3 of 6 starts before the fix). The command gets
+    the signals (its handler decides), the server starts every time."""
+    for attempt in range(3):
+        env = _env(tmp_path / str(attempt))
+        proc = subprocess.Popen([sys.executable, "-c", STARTS], env=env, stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            assert proc.stdout.readline().strip() == "starting"  # type: ignore[union-attr]
+            log = tmp_path / str(attempt) / "llmorch-server.log"
+            deadline = time.monotonic() + 120
+            while not log.exists() and time.monotonic() < deadline:
+                pass  # the log is opened right before the server's process is created
+            storm = time.monotonic()
+            while proc.poll() is None and time.monotonic() - storm < 0.05:
+                os.killpg(proc.pid, signal.SIGINT)
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert out.startswith("up ") and int(out.split()[1]) > 0, out

@@ -98,4 +98,20 @@ def create_app(*args: Any, **kwargs: Any) -> ASGIApp:
     the factory `uvicorn --factory` runs for the embedded server (`host/server.py`)."""
     from prefect.server.api.server import create_app as prefect_app
 
+    own_signals()
     return RetryLocked(prefect_app(*args, **kwargs))
+
+
+def own_signals() -> None:
+    """Take SIGINT and SIGTERM from here on. `ensure_server` starts the server with them
+    blocked, so a Ctrl-C sent to the terminal's process group between the fork and the
+    server's own session stays pending instead of killing it: such a signal was meant for the
+    `llmorch` command (which stops its run), not for this server; it is discarded. (uvicorn's
+    handlers are in place by now: later signals stop the server as usual.)"""
+    import signal
+
+    from prefect_llmorch.host.interrupt import SIGNALS
+
+    for signum in signal.sigpending() & set(SIGNALS):
+        signal.sigwait({signum})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from prefect_llmorch.host.interrupt import SIGNALS
+
 __all__ = [
     "EmbeddedServer", "ServerGone", "embedded_server", "ensure_server", "reap_when_gone", "server_gone", "serves",
     "server_instance", "server_key", "start_ephemeral_server", "when_gone",
@@ -346,13 +348,21 @@ def ensure_server() -> EmbeddedServer | None:
                     "PREFECT__SERVER_FINAL": "1",
                 }
                 env.pop("PREFECT_API_URL", None)
-                with open(log, "ab") as out:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "uvicorn", "--factory", SERVER_APP, "--host", "127.0.0.1",
-                         "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-                        env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                        start_new_session=True, close_fds=True,
-                    )
+                # A Ctrl-C to the terminal's process group that lands between the fork and the
+                # child's setsid killed the server as it started: the signals are blocked across
+                # the fork (here they stay pending, not lost), and the server discards what
+                # reached it before it had its own session (`host/app.create_app`).
+                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+                try:
+                    with open(log, "ab") as out:
+                        proc = subprocess.Popen(
+                            [sys.executable, "-m", "uvicorn", "--factory", SERVER_APP, "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                            start_new_session=True, close_fds=True,
+                        )
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 try:
                     reap_when_gone([proc.pid])
                     _wait_healthy(proc, url, log, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
