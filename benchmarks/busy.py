@@ -47,16 +47,19 @@ def _reply(delay: float):  # noqa: ANN202
     return reply
 
 
-def scene(code: Path, asks: int, runs: int, hogs: int, delay: float) -> Counter[str]:
-    home = tempfile.mkdtemp(prefix="llmorch-busy-")
+def scene(code: Path, asks: int, runs: int, hogs: int, delay: float, home: str | None = None) -> Counter[str]:
+    """The runs' outcomes by final state. `home`: a PREFECT_HOME whose database is already
+    migrated (the tests'); by default a new one, migrated by a first command."""
+    migrated = home is not None
+    home = home or tempfile.mkdtemp(prefix="llmorch-busy-")
     with FakeLLM([], default=_reply(delay), api_key="sk-bench", model="m") as llm:
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         env.update(PREFECT_HOME=home, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", OPENAI_BASE_URL=llm.base_url,
                    OPENAI_API_KEY="sk-bench", LLMORCH_MODEL="m", PYTHONPATH=str(code))
-        # migrate the database first (a user's second command onwards)
-        subprocess.run([sys.executable, "-m", "prefect_llmorch.cli", "run", "example:kitti", "-P", "2", "--json"],
-                       env=env, capture_output=True, timeout=600)
+        if not migrated:  # migrate the database first (a user's second command onwards)
+            subprocess.run([sys.executable, "-m", "prefect_llmorch.cli", "run", "example:kitti", "-P", "2", "--json"],
+                           env=env, capture_output=True, timeout=600)
         plan = Path(home) / "run16.plan"
         plan.write_text(RUN_PLAN)
         hog_procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]

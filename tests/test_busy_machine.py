@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from busy import scene
+from homes import migrated_home
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_asks_with_slow_repairs_and_runs_beside_cpu_hogs_all_complete() -> None:
-    outcomes = scene(ROOT, asks=2, runs=1, hogs=2, delay=2.0)
+def test_asks_with_slow_repairs_and_runs_beside_cpu_hogs_all_complete(tmp_path: Path) -> None:
+    outcomes = scene(ROOT, asks=2, runs=1, hogs=2, delay=2.0, home=str(migrated_home(tmp_path / "home")))
     assert dict(outcomes) == {"Completed": 3}, dict(outcomes)

@@ -13,6 +13,8 @@ import time
 import psutil
 import pytest
 
+from homes import migrated_home
+
 pytestmark = pytest.mark.slow
 
 SCRIPT = textwrap.dedent(
@@ -29,7 +31,7 @@ SCRIPT = textwrap.dedent(
 def _env(tmp_path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(
-        PREFECT_HOME=str(tmp_path),
+        PREFECT_HOME=str(migrated_home(tmp_path)),  # its server skips the migrations
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )

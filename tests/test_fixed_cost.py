@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from homes import migrated_home
 from llm_fixtures import fake_llm, llm  # noqa: F401
 from prefect_llmorch.flows.report import RECORDS_THREAD, records_sent
 from prefect_llmorch.llm.planning import plan_query
@@ -248,7 +249,7 @@ def test_on_the_embedded_server_a_run_does_not_wait_for_earlier_records(tmp_path
     while the "earlier records" thread still waits (it gives up before a run that waited for
     it would have started)."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+    env.update(PREFECT_HOME=str(migrated_home(tmp_path)), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
     out = subprocess.run([sys.executable, "-c", EMBEDDED_SCRIPT], env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -268,12 +268,14 @@ def test_learned_costs_feed_the_policy_and_the_report_predicts(home: Path) -> No
 
 
 def _llmorch(*args: str, home: Path, extra: dict[str, str] | None = None) -> Any:
+    from homes import migrated_home
+
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("LLMORCH_COSTS", "PREFECT_API_URL", "LLMORCH_DEBUG")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", **(extra or {}))
+    env.update(PREFECT_HOME=str(migrated_home(home)), PREFECT_SERVER_ANALYTICS_ENABLED="false", **(extra or {}))
     return subprocess.run(
         [sys.executable, "-m", "prefect_llmorch.cli", *args], capture_output=True, text=True, timeout=120, env=env,
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from homes import migrated_home
 from toolboxes_signals import LOG_ENV, records
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def _env(tmp_path: Path, api_url: str | None = None) -> dict[str, str]:
     if api_url:
         env["PREFECT_API_URL"] = api_url
     env.update(
-        PREFECT_HOME=str(tmp_path / "home"),
+        PREFECT_HOME=str(migrated_home(tmp_path / "home")),  # its server skips the migrations
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
