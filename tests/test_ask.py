@@ -114,7 +114,9 @@ def test_server_error_is_reported_as_such(fake_llm, llm) -> None:  # noqa: F811
 
 def _assert_key_not_in_logs() -> None:
     from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
 
+    APILogHandler().flush()  # the run's logs go in batches: all sent before they are read
     with get_client(sync_client=True) as client:
         logs = client.read_logs(limit=200)
         runs = client.read_flow_runs(limit=50)
