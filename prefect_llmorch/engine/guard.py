@@ -330,9 +330,21 @@ class GlobalLimit:
                 return
             limit.target, limit.busy = target, busy
             adopted = self._adopt(limit)
-            self._cond.notify()
+            if self._wants_tending(limit):
+                self._cond.notify()
         if adopted:
             self._wake()
+
+    def _wants_tending(self, limit: _Limit) -> bool:
+        """Whether `_tend` may have something to do for `limit` now: read it, give back idle
+        slots, take missing ones (a superset of what it does). The runner adjusts about three
+        times per call with nothing to do most of the time; waking the thread for each cost a
+        thread switch, and its whole round, every time. Called with the lock held."""
+        if limit.size is None:
+            return True
+        paused = time.monotonic() < self._paused_until
+        keep = max(limit.busy if paused else limit.target, limit.busy)
+        return limit.slots > keep or (not paused and min(limit.target, limit.size) > limit.slots)
 
     def _adopt(self, limit: _Limit) -> int:
         """Hold the spare slots this process kept of the processors' limit, up to what is
