@@ -113,6 +113,18 @@ class _Limit:
     def slots(self) -> int:
         return sum(lease.slots for lease in self.leases)
 
+    def idle(self, keep: int) -> list[_Lease]:
+        """The leases that can go back while `keep` slots stay held, latest first. A lease
+        goes back whole: one of 2 slots while 1 is kept is not idle (waking for it spun the
+        guard's thread, thousands of rounds per run, until the run's last call ended)."""
+        idle: list[_Lease] = []
+        left = self.slots
+        for lease in reversed(self.leases):
+            if left - lease.slots >= keep:
+                idle.append(lease)
+                left -= lease.slots
+        return idle
+
 
 @dataclass
 class _Spare:
@@ -337,14 +349,14 @@ class GlobalLimit:
 
     def _wants_tending(self, limit: _Limit) -> bool:
         """Whether `_tend` may have something to do for `limit` now: read it, give back idle
-        slots, take missing ones (a superset of what it does). The runner adjusts about three
+        leases, take missing slots. The runner adjusts about three
         times per call with nothing to do most of the time; waking the thread for each cost a
         thread switch, and its whole round, every time. Called with the lock held."""
         if limit.size is None:
             return True
         paused = time.monotonic() < self._paused_until
         keep = max(limit.busy if paused else limit.target, limit.busy)
-        return limit.slots > keep or (not paused and min(limit.target, limit.size) > limit.slots)
+        return bool(limit.idle(keep)) or (not paused and min(limit.target, limit.size) > limit.slots)
 
     def _adopt(self, limit: _Limit) -> int:
         """Hold the spare slots this process kept of the processors' limit, up to what is
@@ -414,7 +426,7 @@ class GlobalLimit:
         due = [now + 1.0, self._paused_until if paused else now + 1.0]
         for m in self._limits.values():
             due += [lease.due() for lease in m.leases]
-            idle = m.slots > max(m.busy if paused else m.target, m.busy)
+            idle = bool(m.idle(max(m.busy if paused else m.target, m.busy)))
             wants = m.size is None or (not paused and m.slots < min(m.target, m.size))
             if m.name not in self._failures and (idle or wants):
                 due.append(m.retry_at)
@@ -431,12 +443,9 @@ class GlobalLimit:
                 self._prepare(limit)
             with self._cond:
                 paused = now < self._paused_until
-                keep = max(limit.busy if paused else limit.target, limit.busy)
-                idle: list[_Lease] = []
-                for lease in reversed(list(limit.leases)):
-                    if limit.slots - lease.slots >= keep:
-                        limit.leases.remove(lease)
-                        idle.append(lease)
+                idle = limit.idle(max(limit.busy if paused else limit.target, limit.busy))
+                for lease in idle:
+                    limit.leases.remove(lease)
                 adopted = self._adopt(limit)
                 missing = min(limit.target, limit.size or 0) - limit.slots
             if adopted:
