@@ -89,6 +89,9 @@ class _Lease:
     renewed: float = field(default_factory=time.monotonic)  # last renewed (monotonic)
     renew_at: float = 0.0  # next renewal due (0: a third of the lease after `renewed`)
     kept: int = 0  # how many times it was kept for a next runner: a keep's timer gives back only its own
+    #: the settings it was kept under (a `SettingsContext`, naming its API): a kept lease no
+    #: runner took goes back under them, with no settings copy (`_release_alone`)
+    settings: Any = field(default=None, repr=False)
 
     def due(self) -> float:
         return self.renew_at or self.renewed + LEASE_SECONDS / 3
@@ -161,11 +164,15 @@ def kept_slots(name: str) -> int:
 
 def _keep(name: str, leases: list[_Lease], seconds: float) -> None:
     """Keep these leases for this process's next runner; give back what none took in time."""
+    from prefect.context import SettingsContext
+
     spare = _spare(name)
+    settings = SettingsContext.get()
     with _spare_lock:
         spare.leases.extend(leases)
         for lease in leases:
             lease.kept += 1
+            lease.settings = settings
     for lease in leases:
         # Only this keep: a lease adopted and kept again since has a later keep of its own (an
         # earlier keep's timer once gave back the slots a later run had just kept).
@@ -203,15 +210,26 @@ def _release_alone(lease: _Lease) -> None:
     from contextlib import nullcontext
 
     from prefect.client.orchestration import get_client
+    from prefect.context import SettingsContext
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    kept = lease.settings
     try:
-        with temporary_settings(updates={PREFECT_API_URL: lease.api}) if lease.api else nullcontext():
+        if lease.api and kept is not None and _same_api(str(kept.settings.api.url or ""), lease.api):
+            # the settings it was kept under: no copy of them (a whole Settings validation, ~25 ms)
+            settings: Any = SettingsContext(profile=kept.profile, settings=kept.settings)
+        else:
+            settings = temporary_settings(updates={PREFECT_API_URL: lease.api}) if lease.api else nullcontext()
+        with settings:
             with get_client(sync_client=True) as client:
                 client.release_concurrency_slots_with_lease(lease.id)
         _ledger_remove(lease.id)
     except Exception as exc:  # it expires on its own, and the ledger clears it
         logger.debug("giving back a kept lease: %s", exc)
+
+
+def _same_api(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
 
 
 def take_ahead_unless_kept(name: str, processors: int, wait: float = 10.0) -> threading.Thread | None:
