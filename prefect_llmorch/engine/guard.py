@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from prefect_llmorch.host.server import server_gone, server_instance, server_key
+from prefect_llmorch.host.server import api_client, server_gone, server_instance, server_key
 
 logger = logging.getLogger("prefect_llmorch.engine.guard")
 
@@ -209,7 +209,6 @@ def _give_back_spare(name: str | None = None, lease_id: str | None = None, kept:
 def _release_alone(lease: _Lease) -> None:
     from contextlib import nullcontext
 
-    from prefect.client.orchestration import get_client
     from prefect.context import SettingsContext
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -221,7 +220,7 @@ def _release_alone(lease: _Lease) -> None:
         else:
             settings = temporary_settings(updates={PREFECT_API_URL: lease.api}) if lease.api else nullcontext()
         with settings:
-            with get_client(sync_client=True) as client:
+            with api_client() as client:
                 client.release_concurrency_slots_with_lease(lease.id)
         _ledger_remove(lease.id)
     except Exception as exc:  # it expires on its own, and the ledger clears it
