@@ -47,3 +47,20 @@ def test_three_flow_runs_at_once_never_run_more_than_two_compute_calls_machine_w
         )
     assert state.limit == 2 and state.active_slots == 0  # never resized, every slot came back
     assert sorted(r.state_name for r in runs) == ["Completed"] * 3
+
+
+def test_the_guard_s_thread_does_not_wake_for_a_lease_it_cannot_give_back() -> None:
+    """A run's one lease of 2 slots, 1 still in use near the run's end: the lease goes back
+    whole, so nothing is idle until that call ends, and the thread sleeps until then (it
+    woke at once, over and over: thousands of rounds per run, fighting the calls for the GIL)."""
+    from prefect_llmorch.engine.guard import GlobalLimit, _Lease
+
+    limit = GlobalLimit("llmorch-test-idle", lambda: 2, lambda: None)
+    held = limit._limits["llmorch-test-idle"]
+    held.size, held.leases = 2, [_Lease("a", 2, "http://api")]
+    limit.adjust(1, 1)
+    assert held.idle(1) == [] and not limit._wants_tending(held) and limit._next_wake() > 0.5
+    limit.adjust(0, 0)  # the last call ended: the lease can go
+    assert held.idle(0) == held.leases and limit._wants_tending(held) and limit._next_wake() == 0
+    held.leases = [_Lease("b", 1, "http://api"), _Lease("c", 1, "http://api")]
+    assert [lease.id for lease in held.idle(1)] == ["c"]  # one of two 1-slot leases

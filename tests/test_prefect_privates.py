@@ -122,3 +122,32 @@ def test_prefect_services_stop_from_threading_s_at_exit_callbacks() -> None:
     assert "threading._register_atexit(" in inspect.getsource(services), (
         "Prefect no longer stops its services from threading._register_atexit callbacks"
     )
+
+
+def test_a_compiled_call_s_task_copied_from_a_template_equals_one_built_whole() -> None:
+    """`Compiler._copy_of_template`: a compiled call's `Task` is a shallow copy of one built per
+    function, given the call's `fn`, `name`, `task_run_name` and fresh lists and sets. If Prefect's
+    `Task.__init__` starts deriving another attribute from those, this fails naming it."""
+    from prefect import Task
+
+    from prefect_llmorch.engine.caching import task_cache_options
+    from prefect_llmorch.engine.compiler import CALL_ATTR, Compiler, Recorder
+    from prefect_llmorch.graph import FRG
+    from prefect_llmorch.plan.parser import parse
+
+    from toolboxes import toolbox
+
+    plan = parse('s1: add(1, 2)\ns2: add(s1, 3)', toolbox)
+    compiler = Compiler(frg=FRG.build(plan, toolbox), toolbox=toolbox, recorder=Recorder())
+    compiler.on_failure.append(lambda task, task_run, state: None)
+    first, second = (compiler.task_for(call, attempt) for call, attempt in zip(plan.calls, (0, 1)))
+    assert first.fn is not second.fn and first.on_failure_hooks is not second.on_failure_hooks
+    for call, attempt, copied in ((plan.calls[0], 0, first), (plan.calls[1], 1, second)):
+        spec = toolbox[call.function]
+        options = compiler._task_options(spec, call, attempt, task_cache_options(spec, call, enabled=False))
+        whole = Task(fn=copied.fn, **options)
+        mine = {k: v for k, v in vars(copied).items() if k != CALL_ATTR}
+        assert set(mine) == set(vars(whole)), set(mine) ^ set(vars(whole))
+        for key, value in vars(whole).items():
+            assert mine[key] == value, f"Task.{key}: {mine[key]!r} copied, {value!r} built"
+        assert copied.name == copied.task_run_name == f"{call.id} · add" + (" (repair 1)" if attempt else "")

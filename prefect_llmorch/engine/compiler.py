@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import copy
+import functools
+import inspect
 import logging
 import queue
 import re
@@ -268,6 +271,8 @@ class Compiler:
     #: Each call's text, rendered once (re-submissions for recovery reuse it), keyed by the
     #: Call object's id; the Call is kept with it so the id cannot be reused.
     _texts: dict[int, tuple[Call, str]] = field(default_factory=dict, repr=False)
+    #: One `Task` per function, copied per call (`_copy_of_template`), with its spec.
+    _templates: dict[str, tuple[FunctionSpec, Task[..., Any]]] = field(default_factory=dict, repr=False)
 
     def call_text(self, call: Call) -> str:
         """The call as written (`_call_text`), rendered once per Call object."""
@@ -318,8 +323,20 @@ class Compiler:
             finally:
                 self._cancels.pop((call.id, attempt), None)  # ended: nothing left to cancel
 
-        task = Task(
-            fn=_Body(body, f"llmorch_{spec.name}"),
+        if caching:  # its cache policy and hook are the call's own: a Task of its own
+            options = self._task_options(spec, call, attempt, cache_options)
+            options["on_completion"] = [self._on_cached(call)]  # only a cached call can end Cached
+            task = Task(fn=_Body(body, f"llmorch_{spec.name}"), **options)
+        else:
+            task = self._copy_of_template(spec, _Body(body, f"llmorch_{spec.name}"), task_name(call, attempt))
+        probe = cache_probe(task) if caching and kind == "compute" else None
+        setattr(task, CALL_ATTR, CallIdentity(call.id, kind, rank, attempt, call, token, probe))
+        recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
+        return task
+
+    def _task_options(self, spec: FunctionSpec, call: Call, attempt: int, cache_options: Mapping[str, Any]) -> dict[str, Any]:
+        """`Task(...)`'s keyword arguments for a call of `spec` (`fn` aside)."""
+        return dict(
             name=task_name(call, attempt),
             task_run_name=task_name(call, attempt),
             retries=spec.retries,
@@ -328,13 +345,32 @@ class Compiler:
             on_failure=list(self.on_failure),
             # a person's "no" (or no answer) is final: never retried as a transient error
             retry_condition_fn=_not_refused if spec.approve and spec.retries else None,
-            # only a cached call can end Cached: no hook (and no hook log lines) otherwise
-            on_completion=[self._on_cached(call)] if caching else [],
+            on_completion=[],  # no hook (and no hook log lines) unless the call is cached
             **cache_options,
         )
-        probe = cache_probe(task) if caching and kind == "compute" else None
-        setattr(task, CALL_ATTR, CallIdentity(call.id, kind, rank, attempt, call, token, probe))
-        recorder.add(CallRecord(id=call.id, function=call.function, kind=kind, rank=rank, attempt=attempt))
+
+    def _copy_of_template(self, spec: FunctionSpec, fn: "_Body", name: str) -> Task[..., Any]:
+        """A compiled call's Prefect task, as `Task(fn=fn, name=name, task_run_name=name, ...)`
+        would build it, without building it: a shallow copy of one `Task` built per function
+        with the same options, given the call's `fn`, name and fresh lists and sets.
+        `Task.__init__` per call cost about a tenth of the flow process's CPU per call:
+        `_generate_task_key` hashes the function's code object (the same for every compiled
+        call: a JSON attempt that fails, then cloudpickle) and `inspect.signature` of `fn`
+        (see CONTRIBUTING.md, "Prefect private names"; tests/test_prefect_privates.py checks
+        the copy against a `Task` built whole)."""
+        known = self._templates.get(spec.name)
+        if known is None or known[0] is not spec:
+            template_call = Call(id="template", function=spec.name, args=())
+            options = self._task_options(spec, template_call, 0, task_cache_options(spec, template_call, enabled=False))
+            known = self._templates[spec.name] = (spec, Task(fn=_Body(_template_body, fn.__name__), **options))
+        task = copy.copy(known[1])
+        functools.update_wrapper(task, fn)  # what `Task.__init__` does with its `fn`
+        task.fn = fn
+        task.name = task.task_run_name = name
+        task.tags = set(task.tags)
+        task.on_failure_hooks = list(self.on_failure)  # recovery adds its hook before submitting
+        task.on_completion_hooks, task.on_running_hooks = [], list(task.on_running_hooks)
+        task.on_commit_hooks, task.on_rollback_hooks = list(task.on_commit_hooks), list(task.on_rollback_hooks)
         return task
 
     def _check_storable(self, call: Call, value: Any) -> None:
@@ -617,7 +653,10 @@ def _not_refused(task: Any, task_run: Any, state: Any) -> bool:
 class _Body:
     """A compiled call's task function. A callable object, not the closure itself: Prefect
     captures a function's source text for every Task (`inspect.getsource`, the largest part of
-    building a task, which CallCache never uses); for an object that look-up fails at once."""
+    building a task, which CallCache never uses); for an object that look-up fails at once.
+    Its signature is computed once (`__signature__`, set below): Prefect's engine asks for it
+    several times per task run, and for a callable object `inspect.signature` builds it anew
+    from the bound `__call__` each time."""
 
     def __init__(self, fn: Callable[[str, dict[str, Any]], Any], name: str) -> None:
         self._fn = fn
@@ -625,6 +664,14 @@ class _Body:
 
     def __call__(self, call_text: str, inputs: dict[str, Any]) -> Any:
         return self._fn(call_text, inputs)
+
+
+def _template_body(call_text: str, inputs: dict[str, Any]) -> Any:
+    """The function of a template task (`Compiler._copy_of_template`), which never runs."""
+    raise AssertionError("a template task ran")
+
+
+_Body.__signature__ = inspect.signature(_Body(_template_body, "llmorch_body"))  # type: ignore[attr-defined]
 
 
 class ToolError(RuntimeError):

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from prefect_llmorch.host.server import server_gone, server_instance, server_key
+from prefect_llmorch.host.server import api_client, server_gone, server_instance, server_key
 
 logger = logging.getLogger("prefect_llmorch.engine.guard")
 
@@ -89,6 +89,9 @@ class _Lease:
     renewed: float = field(default_factory=time.monotonic)  # last renewed (monotonic)
     renew_at: float = 0.0  # next renewal due (0: a third of the lease after `renewed`)
     kept: int = 0  # how many times it was kept for a next runner: a keep's timer gives back only its own
+    #: the settings it was kept under (a `SettingsContext`, naming its API): a kept lease no
+    #: runner took goes back under them, with no settings copy (`_release_alone`)
+    settings: Any = field(default=None, repr=False)
 
     def due(self) -> float:
         return self.renew_at or self.renewed + LEASE_SECONDS / 3
@@ -112,6 +115,18 @@ class _Limit:
     @property
     def slots(self) -> int:
         return sum(lease.slots for lease in self.leases)
+
+    def idle(self, keep: int) -> list[_Lease]:
+        """The leases that can go back while `keep` slots stay held, latest first. A lease
+        goes back whole: one of 2 slots while 1 is kept is not idle (waking for it spun the
+        guard's thread, thousands of rounds per run, until the run's last call ended)."""
+        idle: list[_Lease] = []
+        left = self.slots
+        for lease in reversed(self.leases):
+            if left - lease.slots >= keep:
+                idle.append(lease)
+                left -= lease.slots
+        return idle
 
 
 @dataclass
@@ -149,11 +164,15 @@ def kept_slots(name: str) -> int:
 
 def _keep(name: str, leases: list[_Lease], seconds: float) -> None:
     """Keep these leases for this process's next runner; give back what none took in time."""
+    from prefect.context import SettingsContext
+
     spare = _spare(name)
+    settings = SettingsContext.get()
     with _spare_lock:
         spare.leases.extend(leases)
         for lease in leases:
             lease.kept += 1
+            lease.settings = settings
     for lease in leases:
         # Only this keep: a lease adopted and kept again since has a later keep of its own (an
         # earlier keep's timer once gave back the slots a later run had just kept).
@@ -190,16 +209,26 @@ def _give_back_spare(name: str | None = None, lease_id: str | None = None, kept:
 def _release_alone(lease: _Lease) -> None:
     from contextlib import nullcontext
 
-    from prefect.client.orchestration import get_client
+    from prefect.context import SettingsContext
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    kept = lease.settings
     try:
-        with temporary_settings(updates={PREFECT_API_URL: lease.api}) if lease.api else nullcontext():
-            with get_client(sync_client=True) as client:
+        if lease.api and kept is not None and _same_api(str(kept.settings.api.url or ""), lease.api):
+            # the settings it was kept under: no copy of them (a whole Settings validation, ~25 ms)
+            settings: Any = SettingsContext(profile=kept.profile, settings=kept.settings)
+        else:
+            settings = temporary_settings(updates={PREFECT_API_URL: lease.api}) if lease.api else nullcontext()
+        with settings:
+            with api_client() as client:
                 client.release_concurrency_slots_with_lease(lease.id)
         _ledger_remove(lease.id)
     except Exception as exc:  # it expires on its own, and the ledger clears it
         logger.debug("giving back a kept lease: %s", exc)
+
+
+def _same_api(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
 
 
 def take_ahead_unless_kept(name: str, processors: int, wait: float = 10.0) -> threading.Thread | None:
@@ -330,9 +359,21 @@ class GlobalLimit:
                 return
             limit.target, limit.busy = target, busy
             adopted = self._adopt(limit)
-            self._cond.notify()
+            if self._wants_tending(limit):
+                self._cond.notify()
         if adopted:
             self._wake()
+
+    def _wants_tending(self, limit: _Limit) -> bool:
+        """Whether `_tend` may have something to do for `limit` now: read it, give back idle
+        leases, take missing slots. The runner adjusts about three
+        times per call with nothing to do most of the time; waking the thread for each cost a
+        thread switch, and its whole round, every time. Called with the lock held."""
+        if limit.size is None:
+            return True
+        paused = time.monotonic() < self._paused_until
+        keep = max(limit.busy if paused else limit.target, limit.busy)
+        return bool(limit.idle(keep)) or (not paused and min(limit.target, limit.size) > limit.slots)
 
     def _adopt(self, limit: _Limit) -> int:
         """Hold the spare slots this process kept of the processors' limit, up to what is
@@ -402,7 +443,7 @@ class GlobalLimit:
         due = [now + 1.0, self._paused_until if paused else now + 1.0]
         for m in self._limits.values():
             due += [lease.due() for lease in m.leases]
-            idle = m.slots > max(m.busy if paused else m.target, m.busy)
+            idle = bool(m.idle(max(m.busy if paused else m.target, m.busy)))
             wants = m.size is None or (not paused and m.slots < min(m.target, m.size))
             if m.name not in self._failures and (idle or wants):
                 due.append(m.retry_at)
@@ -419,12 +460,9 @@ class GlobalLimit:
                 self._prepare(limit)
             with self._cond:
                 paused = now < self._paused_until
-                keep = max(limit.busy if paused else limit.target, limit.busy)
-                idle: list[_Lease] = []
-                for lease in reversed(list(limit.leases)):
-                    if limit.slots - lease.slots >= keep:
-                        limit.leases.remove(lease)
-                        idle.append(lease)
+                idle = limit.idle(max(limit.busy if paused else limit.target, limit.busy))
+                for lease in idle:
+                    limit.leases.remove(lease)
                 adopted = self._adopt(limit)
                 missing = min(limit.target, limit.size or 0) - limit.slots
             if adopted:

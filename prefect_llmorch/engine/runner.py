@@ -1000,17 +1000,17 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         what submitted and announced calls still demand, up to its capacity."""
         if not self._limit.guarded:
             return
-        caps = self._caps()
-        device_mem = {limit_name(GPU_MEM, d.id): d.mem_gb for d in caps.devices}
         targets: list[tuple[str, int, int]] = []
         with self._lock:
             proc = self._proc_key
             most = min(self.processors, self._limit.size_of(proc) or self.processors)
             need = slots(self._unfinished.get(PROCESSORS, 0.0)) if self._unfinished.get(PROCESSORS, 0.0) > 0 else 0
             targets.append((proc, most if self._expecting_more else min(most, need), self._in_use.get(proc, 0)))
-            for key in self._limit.names():
-                if key == proc:
-                    continue
+            others = [key for key in self._limit.names() if key != proc]
+            caps = self._caps() if others else None  # built (and validated) only for a resource's limit
+            device_mem = {limit_name(GPU_MEM, d.id): d.mem_gb for d in caps.devices} if caps is not None else {}
+            for key in others:
+                assert caps is not None
                 resource = GPU_MEM if key in device_mem else key[len(limit_name("")):]
                 cap = int(device_mem.get(key, caps.amounts.get(resource, 0.0)))
                 demand = self._unfinished.get(resource, 0.0)

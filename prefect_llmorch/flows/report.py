@@ -18,6 +18,7 @@ from uuid import UUID
 
 from prefect_llmorch.engine.compiler import CallRecord, Recorder, final_state
 from prefect_llmorch.graph import FRG
+from prefect_llmorch.host.server import api_client
 from prefect_llmorch.schedule.policy import POLICIES
 from prefect_llmorch.schedule.simulator import simulate
 
@@ -496,7 +497,7 @@ def send_records(records: list[Record], *, after: threading.Event | None) -> Non
         after.wait()
         for thread in earlier:
             thread.join()
-        with SettingsContext(profile=settings.profile, settings=settings.settings), get_client(sync_client=True) as client:
+        with SettingsContext(profile=settings.profile, settings=settings.settings), api_client() as client:
             _send(records, client, flow_run_id)
             _events_sent()
 

@@ -299,6 +299,8 @@ class Coordinator:
     def next_admission(self, now: float) -> float | None:
         """When a ready call now held back only by a rate may start (the earliest such time
         >= `now`); None when no ready call waits on a rate."""
+        if not self._gates:  # no rated resource (the runner asks at every dispatch)
+            return None
         times = [
             max(self._gates[r].next_start(now) for r in self.frg.demand[e[1]] if r in self._gates)
             for e in self._ready_held
