@@ -32,7 +32,8 @@ Options: --questions I [I ...] (indexes into QUESTIONS), --planner, --base-url, 
 
 from __future__ import annotations
 
-import _setup  # noqa: F401
+if __name__ == "__main__":  # a run: paths and Prefect settings (the tests import this module for its scoring)
+    import _setup  # noqa: F401
 
 import argparse  # noqa: E402
 import http.client  # noqa: E402
@@ -169,7 +170,9 @@ def score(answer: str, facts: list[Fact], question: str, results: list[Any]) -> 
 
 
 def describe(fact: Fact) -> str:
-    return f"{fact.value:g}" if isinstance(fact, Number) else fact.name
+    if isinstance(fact, Number):
+        return f"{fact.value:.2f}".rstrip("0").rstrip(".")  # 1009650, 0.5, 52
+    return fact.name
 
 
 def _plain(value: Any) -> Any:
