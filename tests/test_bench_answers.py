@@ -1,16 +1,15 @@
 """benchmarks/answers.py: its scoring (pure), its facts (computed from the toolbox), one
-question end to end against the scripted server; and the planner prompt's arithmetic line
-built from a toolbox (`planning.arithmetic_example`)."""
+question end to end against the scripted server; and the planner prompt's rule that keeps
+arithmetic and comparisons out of `self`."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from prefect_llmorch.functions import load_toolbox
 from prefect_llmorch.llm.client import LLMClient
-from prefect_llmorch.llm.planning import arithmetic_example, build_system_prompt
+from prefect_llmorch.llm.planning import build_system_prompt
 from prefect_llmorch.plan.parser import parse
 
 import answers  # benchmarks/ is on sys.path (conftest)
@@ -66,30 +65,15 @@ def test_the_expected_facts_come_from_the_toolbox_functions() -> None:
     assert not [f for fs in facts.values() for f in fs if isinstance(f, Number) and f.value in looked_up]
 
 
-def test_the_arithmetic_line_is_a_valid_call_of_the_toolbox_in_both_forms() -> None:
-    toolbox = answers_toolbox.toolbox
-    text = arithmetic_example(toolbox)
-    assert "`s4: add(s1.population + s2.population, s3.population)`" in text
-    line = text.split("`")[3]
-    plan = parse('s1: city("Oslo")\ns2: city("Bergen")\ns3: city("Trondheim")\n' + line, toolbox)  # checks types too
-    assert plan["s4"].function == "add"
-    doc = json.loads(arithmetic_example(toolbox, "json").split(": ", 1)[1].rsplit("; then", 1)[0])
-    calls = [{"id": f"s{i}", "function": "city", "kwargs": {"name": n}} for i, n in ((1, "Oslo"), (2, "Bergen"))]
-    assert parse(json.dumps({"calls": [*calls, doc]}), toolbox)["s3"].function == "add"
-    for mode in ("text", "json"):
-        prompt = build_system_prompt(toolbox, mode)
-        assert arithmetic_example(toolbox, mode) in prompt and "not in `self`" in prompt
-
-
-def test_no_arithmetic_line_without_a_numeric_field_and_a_two_number_function() -> None:
-    # the default toolbox: Quote has float fields, but its one-number functions (wait, burn)
-    # would make a nonsense example
-    default = load_toolbox("prefect_llmorch.examples.toolbox:toolbox")
-    assert arithmetic_example(default) == ""
-    import toolboxes_real_llm  # population -> int: a number, no field to select
-
-    assert arithmetic_example(toolboxes_real_llm.toolbox) == ""
-    assert "not in `self`" in build_system_prompt(default)  # the rule itself is there
+@pytest.mark.parametrize("mode", ["text", "json"])
+def test_the_planner_prompt_keeps_arithmetic_out_of_self(mode: str) -> None:
+    prompt = build_system_prompt(load_toolbox("prefect_llmorch.examples.toolbox:toolbox"), mode)
+    assert "Do arithmetic and comparisons of numbers" in prompt and "not in `self`" in prompt
+    assert "to word the answer from the results" in prompt and "reason over or combine" not in prompt
+    # the text form shows arithmetic in an argument, and that example is a valid plan line
+    if mode == "text":
+        assert "`f(s1.km - s2.km)`" in prompt
+        assert parse("s1: f()\ns2: f()\ns3: f(s1.km - s2.km)").calls[2].function == "f"
 
 
 PLAN = ('s1: distance("Paris", "Rome")\ns2: distance("Paris", "Madrid")\ns3: largest({"Rome": s1.km, "Madrid": s2.km})\n'

@@ -50,8 +50,7 @@ from prefect_llmorch.llm.client import PLANNER_MODES, Completion, LLMClient, Mes
 from prefect_llmorch.plan.errors import PlanError
 from prefect_llmorch.plan.model import Arg, Call, Plan, describe_path
 from prefect_llmorch.plan.parser import PlanStream, check, parse
-from prefect_llmorch.functions import SELF, eval_annotation
-from prefect_llmorch.plan.result_types import _fields_of, describe_results, result_type
+from prefect_llmorch.plan.result_types import describe_results
 from prefect_llmorch.plan.schema import JSON_FORM_HELP
 from prefect_llmorch.plan.schema import response_format as plan_response_format
 
@@ -63,7 +62,6 @@ __all__ = [
     "AttemptRunner",
     "plan_query",
     "build_system_prompt",
-    "arithmetic_example",
     "plan_messages",
     "repair_messages",
     "EXAMPLES",
@@ -232,70 +230,7 @@ def build_system_prompt(toolbox: Toolbox, mode: str = "text", *, join: bool = Fa
     if results:
         select = '{"ref": "s1", "path": ["field"]}' if mode == "json" else "`s1.field`"
         parts.append(f"Results with fields (select them, e.g. {select}; only these fields exist):\n" + results)
-        example = arithmetic_example(toolbox, mode)
-        if example:
-            parts.append(example)
     return "\n\n".join(parts)
-
-
-def _numeric(tp: Any, fn: Any = None) -> bool:
-    if isinstance(tp, str):  # a postponed annotation
-        try:
-            tp = eval_annotation(tp, fn)
-        except Exception:
-            return False
-    return tp in (int, float)
-
-
-def arithmetic_example(toolbox: Toolbox, mode: str = "text") -> str:
-    """A line showing arithmetic on this toolbox's numeric result fields, or "" when it has
-    no function to combine them: the first function whose declared result has an int or
-    float field, and the first whose two required parameters are numbers (`add(a, b)`; a
-    one-number function such as `wait(seconds)` would make a nonsense example).
-
-    A 1.5B model handed two distances asked `self` which was farther and named the wrong
-    city; written as a function's argument, the value is computed and `self` only words it."""
-    source = field = None
-    for name, spec in toolbox.items():
-        tp = result_type(spec) if name != SELF else None
-        fields = _fields_of(tp) if isinstance(tp, type) else None
-        numeric = [k for k, v in (fields or {}).items() if _numeric(v)]
-        if numeric:
-            source, field = name, numeric[0]
-            break
-    if source is None:
-        return ""
-    for name, spec in toolbox.items():
-        required = [p for p in spec.signature.parameters.values() if p.default is p.empty]
-        if name == SELF or len(required) != 2 or not all(_numeric(p.annotation, spec.fn) for p in required):
-            continue
-        if mode == "json":  # the JSON form's schema has no arithmetic: the function combines
-            a, b = ({"ref": f"s{i}", "path": [field]} for i in (1, 2))
-            call = json.dumps({"id": "s3", "function": name, "kwargs": {required[0].name: a, required[1].name: b}})
-            return (f"Compute with the functions, e.g. after two `{source}` calls (s1, s2): {call}; then a `self` "
-                    f"call words the answer with the computed value ({{\"ref\": \"s3\"}}).")
-        return (f"Compute in arguments, e.g. after three `{source}` calls: `s4: {name}(s1.{field} + s2.{field}, "
-                f"s3.{field})`; then `self` words the answer with the computed value (\"... {{s4}} ...\").")
-    return ""
-    for name, spec in toolbox.items():
-        required = [p for p in spec.signature.parameters.values() if p.default is p.empty]
-        if name == SELF or not 1 <= len(required) <= 2 or not all(_numeric(p.annotation, spec.fn) for p in required):
-            continue
-        if mode == "json":
-            if len(required) < 2:
-                continue  # the JSON form's schema has no arithmetic: only a two-number function combines
-            a, b = ({"ref": f"s{i}", "path": [field]} for i in (1, 2))
-            call = json.dumps({"id": "s3", "function": name, "kwargs": {required[0].name: a, required[1].name: b}})
-            return (f"Compute with the functions, e.g. after two `{source}` calls (s1, s2): {call}; then a `self` "
-                    f"call words the answer with the computed value ({{\"ref\": \"s3\"}}).")
-        if len(required) == 2:
-            line, after = f"s4: {name}(s1.{field} + s2.{field}, s3.{field})", "three"
-        else:
-            line, after = f"s3: {name}(s1.{field} + s2.{field})", "two"
-        step = line.split(":")[0]
-        return (f"Compute in arguments, e.g. after {after} `{source}` calls: `{line}`; then `self` words the "
-                f"answer with the computed value (\"... {{{step}}} ...\").")
-    return ""
 
 
 def plan_messages(query: str, toolbox: Toolbox, *, system: str | None = None,
