@@ -27,7 +27,8 @@ local model (`prefect_llmorch.llm.local`) on a free port. `--planner text json` 
 default). Results of cached functions are not reused (`cache=False`): every run computes.
 
 Options: --questions I [I ...] (indexes into QUESTIONS), --planner, --base-url, --threads,
---out FILE (JSON with every answer, written after each).
+--out FILE (JSON with every answer, written after each), --summary FILE [FILE ...] (print the
+tables of earlier runs).
 """
 
 from __future__ import annotations
@@ -296,14 +297,15 @@ def summary(rows: list[dict[str, Any]]) -> str:
         out.append(f"| {r['question']} | {r['planner']} | {_yn(r['first_valid'])} / {_yn(r['valid'])} | {facts} | "
                    f"{', '.join(r['unsupported']) or '-'} | {r['llm_calls']} | {r['tokens'] if r['tokens'] is not None else '?'} "
                    f"| {r['seconds']:.1f} |")
-    out += ["", "| planner | questions | valid first | valid final | facts right | without unsupported numbers | "
-            "LLM calls (mean) | tokens (mean) | s / question (median) |", "|---|---|---|---|---|---|---|---|---|"]
+    out += ["", "| planner | questions | valid first | valid final | answered | facts right | with unsupported numbers | "
+            "LLM calls (mean) | tokens (mean) | s / question (median) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for planner in dict.fromkeys(r["planner"] for r in rows):
         rs = [r for r in rows if r["planner"] == planner]
         n = len(rs)
         tokens = [r["tokens"] for r in rs if r["tokens"] is not None]
         out.append(f"| {planner} | {n} | {sum(bool(r['first_valid']) for r in rs)}/{n} | {sum(bool(r['valid']) for r in rs)}/{n} | "
-                   f"{sum(r['facts_ok'] for r in rs)}/{n} | {sum(not r['unsupported'] and bool(r['answer']) for r in rs)}/{n} | "
+                   f"{sum(bool(r['answer']) for r in rs)}/{n} | {sum(r['facts_ok'] for r in rs)}/{n} | "
+                   f"{sum(bool(r['unsupported']) for r in rs)}/{n} | "
                    f"{statistics.mean(r['llm_calls'] for r in rs):.1f} | {round(statistics.mean(tokens)) if tokens else '?'} | "
                    f"{statistics.median(r['seconds'] for r in rs):.1f} |")
     return "\n".join(out)
@@ -322,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="the model's name (default: the local model's)")
     parser.add_argument("--threads", type=int, help="the local server's CPU threads")
     parser.add_argument("--out", type=Path, help="write every answer here (JSON)")
+    parser.add_argument("--summary", type=Path, nargs="+", help="print the tables of earlier --out files; ask nothing")
     args = parser.parse_args(argv)
+    if args.summary:
+        for path in args.summary:
+            print(f"{path}:\n\n{summary(json.loads(path.read_text()))}\n")
+        return 0
     from prefect_llmorch.llm import local
     from prefect_llmorch.llm.client import LLMClient
 

@@ -101,4 +101,4 @@ def test_one_question_end_to_end_is_scored_from_the_runs_results(fake_llm) -> No
     assert (wrong["answer"], wrong["facts_ok"], wrong["missing"], wrong["unsupported"]) == ("Rome, by 61 km.", False, ["52"], ["61"])
     assert wrong["llm_calls"] == 3
     table = answers.summary([right, wrong])
-    assert "| 1 | text | yes / yes | yes | - | 2 |" in table and "| text | 2 | 2/2 | 2/2 | 1/2 | 1/2 | 2.5 |" in table
+    assert "| 1 | text | yes / yes | yes | - | 2 |" in table and "| text | 2 | 2/2 | 2/2 | 2/2 | 1/2 | 1/2 | 2.5 |" in table
