@@ -88,9 +88,12 @@ result with fields and indexes: `s1.skyId`, `s1.data[0].name`, `s1["Exchange Rat
 "{s1.name}".
 - Refer only to calls defined on earlier lines. Call only the functions listed below, \
 with the parameters they take.
-- `self(prompt)` asks a language model; use it to reason over or combine results. The \
-result of the last call is the answer, so end with the call that produces the answer \
-(usually `self`).
+- An argument may compute with numbers and results (+ - * /): `f(s1.total * 2)`, \
+`f(s1.km - s2.km)`. Do arithmetic and comparisons of numbers there or with the functions \
+listed, not in `self`.
+- `self(prompt)` asks a language model: use it to word the answer from the results (give it \
+the computed values), or for what no function does. The result of the last call is the \
+answer, so end with the call that produces the answer (usually `self`).
 - Functions marked [inout] wait on I/O (web, APIs, models); [compute] ones hold a CPU. \
 Both are called the same way.
 - Output only the plan: no explanations, no numbering, no code fences."""
@@ -158,8 +161,10 @@ EXAMPLES: tuple[tuple[str, str, str], ...] = (
 
 _JSON_LANGUAGE = JSON_FORM_HELP + """
 - Call only the functions listed below, with the argument names they take.
-- `self` (kwargs {"prompt": ...}) asks a language model; use it to reason over or combine \
-results. The result of the last call is the answer, so end with the call that produces it.
+- Do arithmetic and comparisons of numbers with the functions listed, not in `self`.
+- `self` (kwargs {"prompt": ...}) asks a language model: use it to word the answer from the \
+results (give it the computed values), or for what no function does. The result of the \
+last call is the answer, so end with the call that produces it.
 - Functions marked [inout] wait on I/O (web, APIs, models); [compute] ones hold a CPU.
 - Output only the JSON object."""
 
