@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .errors import ArgumentError, PlanError
 from .model import Call, DictExpr, Expr, ListExpr, Ref, Step, describe_path
-from .result_types import _ANY, _fields_of, _name, _step, _structured, _walk
+from .result_types import _ANY, _fields_of, _name, _step, _structured, _walk, declared_result
 
 __all__ = ["incompatible", "fitting_paths", "declared_result", "reference_type_errors"]
 
@@ -166,18 +166,6 @@ def _steps(tp: Any) -> list[Step]:
     if _kind(tp) == "list" and typing.get_args(tp):
         return [0]
     return []
-
-
-def declared_result(spec: Any) -> Any:
-    """A `FunctionSpec`'s return annotation, resolved; `_ANY` when it declares none."""
-    fn = getattr(spec, "fn", None)
-    if fn is None:
-        return _ANY
-    try:
-        tp = typing.get_type_hints(fn, include_extras=True).get("return", _ANY)
-    except Exception:
-        return _ANY
-    return _ANY if tp is inspect.Signature.empty else tp
 
 
 def _parameter_types(spec: Any) -> dict[str, Any]:

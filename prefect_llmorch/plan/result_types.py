@@ -40,19 +40,23 @@ __all__ = ["result_type", "path_problem", "field_errors", "describe_results"]
 _ANY = object()  # "no declared shape here": stop checking
 
 
-def result_type(spec: Any) -> Any:
-    """The declared result type of a `FunctionSpec` when it has a shape, else None."""
+def declared_result(spec: Any) -> Any:
+    """A `FunctionSpec`'s return annotation, resolved; `_ANY` when it declares none."""
     fn = getattr(spec, "fn", None)
     if fn is None:
-        return None
+        return _ANY
     try:
-        hints = typing.get_type_hints(fn, include_extras=True)
+        tp = typing.get_type_hints(fn, include_extras=True).get("return", _ANY)
     except Exception:
-        return None
-    tp = hints.get("return", inspect.Signature.empty)
-    if tp is inspect.Signature.empty or not _has_shape(tp, depth=0):
-        return None
-    return tp
+        return _ANY
+    return _ANY if tp is inspect.Signature.empty else tp
+
+
+def result_type(spec: Any) -> Any:
+    """The declared result type of a `FunctionSpec` when it has a shape (what the planner
+    prompt describes), else None."""
+    tp = declared_result(spec)
+    return tp if tp is not _ANY and _has_shape(tp, depth=0) else None
 
 
 def _structured(tp: Any) -> bool:
@@ -185,11 +189,11 @@ def field_errors(calls: Sequence[Call], toolbox: Mapping[str, Any],
                 if not ref.path or ref.id not in function_of:
                     continue
                 fn = function_of[ref.id]
-                if fn not in types_:
+                if fn not in types_:  # any declared type: `add -> float` has no field either
                     spec = toolbox.get(fn)
-                    types_[fn] = result_type(spec) if spec is not None else None
+                    types_[fn] = declared_result(spec) if spec is not None else _ANY
                 tp = types_[fn]
-                if tp is None:
+                if tp is _ANY:
                     continue
                 at, problem = _walk(tp, ref.path)
                 if problem:
