@@ -37,19 +37,16 @@ if __name__ == "__main__":  # a run: paths and Prefect settings (the tests impor
     import _setup  # noqa: F401
 
 import argparse  # noqa: E402
-import http.client  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
-import urllib.parse  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Union  # noqa: E402
 
 import answers_toolbox as tb  # noqa: E402
+from _proxy import Recorder, proxy  # noqa: E402
 
 from prefect_llmorch.llm.selfcall import _numbers, unsupported_numbers  # noqa: E402
 
@@ -188,64 +185,7 @@ def _plain(value: Any) -> Any:
 # -- the run ----------------------------------------------------------------------------
 
 
-class Counter:
-    """Requests to the model's chat endpoint, counted by `proxy`."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.lock = threading.Lock()
-
-
-def proxy(upstream: str, counter: Counter) -> ThreadingHTTPServer:
-    """A pass-through HTTP proxy for an OpenAI-compatible server that counts chat requests;
-    streamed answers pass on chunk by chunk, as from the server itself."""
-    target = urllib.parse.urlsplit(upstream)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _forward(self, method: str) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if "chat/completions" in self.path:
-                with counter.lock:
-                    counter.requests += 1
-            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=900)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-            conn.request(method, self.path, body=body or None, headers=headers)
-            resp = conn.getresponse()
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
-                if k.lower() not in ("transfer-encoding", "content-length", "connection"):
-                    self.send_header(k, v)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            while chunk := resp.read1(65536):
-                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            conn.close()
-
-        def do_POST(self) -> None:
-            self._forward("POST")
-
-        def do_GET(self) -> None:
-            self._forward("GET")
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            pass  # a client that closed its keep-alive connection: nothing to report
-
-    server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def one(index: int, question: Question, client: Any, counter: Counter, planner: str) -> dict[str, Any]:
+def one(index: int, question: Question, client: Any, recorder: Recorder, planner: str) -> dict[str, Any]:
     """Ask one question end to end; score its answer."""
     from prefect_llmorch.flows.ask import ask_query
     from prefect_llmorch.llm.planning import PlanningFailed
@@ -253,8 +193,7 @@ def one(index: int, question: Question, client: Any, counter: Counter, planner: 
     facts = question.facts()
     row: dict[str, Any] = {"question": index, "text": question.text, "planner": planner,
                            "expected": [describe(f) for f in facts]}
-    with counter.lock:
-        counter.requests = 0
+    recorder.reset()
     began = time.monotonic()
     try:
         # no machine-wide limit: others' runs on this shared machine may hold its slots
@@ -284,7 +223,7 @@ def one(index: int, question: Question, client: Any, counter: Counter, planner: 
                    self_calls=sum(f == "self" for f in calls.values()),
                    **score(answer, facts, question.text, results))
     row["seconds"] = round(time.monotonic() - began, 2)
-    row["llm_calls"] = counter.requests
+    row["llm_calls"] = recorder.count()
     return row
 
 
@@ -338,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     if not upstream:
         server = local.start(port=0, threads=args.threads)
         upstream = server.base_url
-    counter = Counter()
-    http_proxy = proxy(upstream, counter)
+    recorder = Recorder()
+    http_proxy = proxy(upstream, recorder)
     client = LLMClient(f"http://127.0.0.1:{http_proxy.server_address[1]}/v1", args.model or local.MODEL_ALIAS,
                        local.API_KEY, timeout=900)
     if args.out:
@@ -351,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         # planner prompt shares (instructions, examples, toolbox) when the planner is the same
         for planner in args.planner:
             for i in args.questions:
-                row = one(i, QUESTIONS[i], client, counter, planner)
+                row = one(i, QUESTIONS[i], client, recorder, planner)
                 rows.append(row)
                 if args.out:  # after every answer: a run stopped early keeps what it measured
                     args.out.write_text(json.dumps(rows, indent=1, default=repr))

@@ -32,15 +32,12 @@ from __future__ import annotations
 import _setup  # noqa: F401
 
 import argparse  # noqa: E402
-import http.client  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import urllib.parse  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+from _proxy import Recorder, proxy  # noqa: E402
 
 QUESTIONS = (
     "Count the objects in the images frame_001.png to frame_008.png, average the counts of frames 1-4 "
@@ -49,72 +46,6 @@ QUESTIONS = (
     "How fast are a cheetah, a greyhound and a peregrine falcon? Search each, then rank them.",
     "Wait 2 seconds, 3 seconds and 1 second, at the same time, then sum the seconds waited.",
 )
-
-
-class Recorder:
-    """Per request to the model: (sent, first token, end) in epoch seconds."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, float | None]] = []
-        self.lock = threading.Lock()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.requests = []
-
-
-def proxy(upstream: str, recorder: Recorder) -> ThreadingHTTPServer:
-    """A recording HTTP proxy for an OpenAI-compatible server; streamed bodies pass on chunk
-    by chunk (the first one after the role chunk is the first token)."""
-    target = urllib.parse.urlsplit(upstream)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _forward(self, method: str) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if body and "chat/completions" in self.path:
-                # llama.cpp keeps the last prompt: the plan-then-run's `self` call, the same
-                # prompt as the streamed run's, would be read from cache; neither is
-                doc = json.loads(body)
-                doc["cache_prompt"] = False
-                body = json.dumps(doc).encode()
-            row: dict[str, float | None] = {"sent": time.time(), "first": None, "end": None}
-            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=900)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-            conn.request(method, self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
-                if k.lower() not in ("transfer-encoding", "content-length", "connection"):
-                    self.send_header(k, v)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            while chunk := resp.read1(65536):
-                if row["first"] is None and b'"content":"' in chunk and b'"content":""' not in chunk:
-                    row["first"] = time.time()
-                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            row["end"] = time.time()
-            row["first"] = row["first"] or row["end"]  # not streamed: the whole answer at once
-            conn.close()
-            if "chat/completions" in self.path:
-                with recorder.lock:
-                    recorder.requests.append(row)
-
-        def do_POST(self) -> None:
-            self._forward("POST")
-
-        def do_GET(self) -> None:
-            self._forward("GET")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def one(question: str, client: Any, recorder: Recorder, planner: str) -> dict[str, Any]:
@@ -167,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         server = local.start(port=0, threads=args.threads)
         upstream = server.base_url
     recorder = Recorder()
-    http_proxy = proxy(upstream, recorder)
+    # llama.cpp keeps the last prompt: the plan-then-run's `self` call, the same prompt as the
+    # streamed run's, would be read from cache; neither is
+    http_proxy = proxy(upstream, recorder, cache_prompt=False)
     client = LLMClient(f"http://127.0.0.1:{http_proxy.server_address[1]}/v1", local.MODEL_ALIAS, local.API_KEY,
                        timeout=900)
     rows = []

@@ -83,16 +83,16 @@ PLAN = ('s1: distance("Paris", "Rome")\ns2: distance("Paris", "Madrid")\ns3: lar
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_one_question_end_to_end_is_scored_from_the_runs_results(fake_llm) -> None:  # noqa: F811
-    counter = answers.Counter()
-    proxy = answers.proxy(fake_llm.base_url, counter)
+    recorder = answers.Recorder()
+    proxy = answers.proxy(fake_llm.base_url, recorder)
     question = answers.QUESTIONS[1]
     try:
         with LLMClient(f"http://127.0.0.1:{proxy.server_address[1]}/v1", MODEL, KEY, max_retries=0) as client:
             fake_llm.add(PLAN, "Rome is farther from Paris, by 52 km.")
-            right = answers.one(1, question, client, counter, "text")
+            right = answers.one(1, question, client, recorder, "text")
             # a made-up number: `self` is asked again (one more LLM call) and still wrong
             fake_llm.add(PLAN, "Rome, by 60 km.", "Rome, by 61 km.")
-            wrong = answers.one(1, question, client, counter, "text")
+            wrong = answers.one(1, question, client, recorder, "text")
     finally:
         proxy.shutdown()
     assert (right["valid"], right["first_valid"], right["facts_ok"], right["unsupported"]) == (True, True, True, [])
