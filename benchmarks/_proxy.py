@@ -10,10 +10,11 @@ import json
 import threading
 import time
 import urllib.parse
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["Recorder", "proxy"]
+__all__ = ["Recorder", "model_client", "proxy"]
 
 
 class Recorder:
@@ -90,3 +91,24 @@ def proxy(upstream: str, recorder: Recorder, *, cache_prompt: bool = True) -> Th
     server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+@contextmanager
+def model_client(base_url: str | None, threads: int | None, recorder: Recorder, *, model: str | None = None,
+                 cache_prompt: bool = True) -> Iterator[Any]:
+    """An `LLMClient` for the model at `base_url` (None: the project's local model, started
+    here on a free port and stopped after) behind the recording proxy; closed after."""
+    from prefect_llmorch.llm import local
+    from prefect_llmorch.llm.client import LLMClient
+
+    server = None if base_url else local.start(port=0, threads=threads)
+    http_proxy = proxy(base_url or server.base_url, recorder, cache_prompt=cache_prompt)  # type: ignore[union-attr]
+    client = LLMClient(f"http://127.0.0.1:{http_proxy.server_address[1]}/v1", model or local.MODEL_ALIAS,
+                       local.API_KEY, timeout=900)
+    try:
+        yield client
+    finally:
+        client.close()
+        http_proxy.shutdown()
+        if server is not None and server.started_in:
+            local.stop(server.port)

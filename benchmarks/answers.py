@@ -46,7 +46,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Union  # noqa: E402
 
 import answers_toolbox as tb  # noqa: E402
-from _proxy import Recorder, proxy  # noqa: E402
+from _proxy import Recorder, model_client, proxy  # noqa: E402
 
 from prefect_llmorch.llm.selfcall import _numbers, unsupported_numbers  # noqa: E402
 
@@ -269,23 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.summary:
             print(f"{path}:\n\n{summary(json.loads(path.read_text()))}\n")
         return 0
-    from prefect_llmorch.llm import local
-    from prefect_llmorch.llm.client import LLMClient
-
-    server = None
-    upstream = args.base_url
-    if not upstream:
-        server = local.start(port=0, threads=args.threads)
-        upstream = server.base_url
     recorder = Recorder()
-    http_proxy = proxy(upstream, recorder)
-    client = LLMClient(f"http://127.0.0.1:{http_proxy.server_address[1]}/v1", args.model or local.MODEL_ALIAS,
-                       local.API_KEY, timeout=900)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     began = time.monotonic()
-    try:
+    with model_client(args.base_url, args.threads, recorder, model=args.model) as client:
         # one planner at a time: the server keeps the last prompt, which the next question's
         # planner prompt shares (instructions, examples, toolbox) when the planner is the same
         for planner in args.planner:
@@ -297,11 +286,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({k: row.get(k) for k in ("question", "planner", "valid", "facts_ok", "missing",
                                                           "unsupported", "llm_calls", "tokens", "seconds", "answer")}),
                       flush=True)
-    finally:
-        client.close()
-        http_proxy.shutdown()
-        if server is not None and server.started_in:
-            local.stop(server.port)
     print(f"\n{len(rows)} answers in {time.monotonic() - began:.0f} s\n")
     print(summary(rows))
     return 0

@@ -37,7 +37,7 @@ import statistics  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from _proxy import Recorder, proxy  # noqa: E402
+from _proxy import Recorder, model_client  # noqa: E402
 
 QUESTIONS = (
     "Count the objects in the images frame_001.png to frame_008.png, average the counts of frames 1-4 "
@@ -89,22 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planner", default="text", choices=("text", "json"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    from prefect_llmorch.llm import local
-    from prefect_llmorch.llm.client import LLMClient
-
-    server = None
-    upstream = args.base_url
-    if not upstream:
-        server = local.start(port=0, threads=args.threads)
-        upstream = server.base_url
     recorder = Recorder()
+    rows = []
     # llama.cpp keeps the last prompt: the plan-then-run's `self` call, the same prompt as the
     # streamed run's, would be read from cache; neither is
-    http_proxy = proxy(upstream, recorder, cache_prompt=False)
-    client = LLMClient(f"http://127.0.0.1:{http_proxy.server_address[1]}/v1", local.MODEL_ALIAS, local.API_KEY,
-                       timeout=900)
-    rows = []
-    try:
+    with model_client(args.base_url, args.threads, recorder, cache_prompt=False) as client:
         for question in [QUESTIONS[i] for i in args.questions]:
             try:
                 row = one(question, client, recorder, args.planner)
@@ -112,11 +101,6 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"question": question, "error": f"{type(exc).__name__}: {exc}"[:800]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    finally:
-        client.close()
-        http_proxy.shutdown()
-        if server is not None and server.started_in:
-            local.stop(server.port)
     print("\n| question | calls (self) | plan written (s) | first call: streamed / plan-then-run (s) | "
           "answer: streamed / plan-then-run (s) |\n|---|---|---|---|---|")
     for r in rows:
