@@ -59,8 +59,8 @@ def test_the_guard_s_thread_does_not_wake_for_a_lease_it_cannot_give_back() -> N
     held = limit._limits["llmorch-test-idle"]
     held.size, held.leases = 2, [_Lease("a", 2, "http://api")]
     limit.adjust(1, 1)
-    assert held.idle(1) == [] and not limit._wants_tending(held) and limit._next_wake() > 0.5
+    assert held.idle(1) == [] and not held.has_work(paused=False) and limit._next_wake() > 0.5
     limit.adjust(0, 0)  # the last call ended: the lease can go
-    assert held.idle(0) == held.leases and limit._wants_tending(held) and limit._next_wake() == 0
+    assert held.idle(0) == held.leases and held.has_work(paused=False) and limit._next_wake() == 0
     held.leases = [_Lease("b", 1, "http://api"), _Lease("c", 1, "http://api")]
     assert [lease.id for lease in held.idle(1)] == ["c"]  # one of two 1-slot leases

@@ -128,6 +128,16 @@ class _Limit:
                 left -= lease.slots
         return idle
 
+    def keep(self, paused: bool) -> int:
+        """The slots to hold: the target, or only those in use while backing off."""
+        return max(self.busy if paused else self.target, self.busy)
+
+    def has_work(self, paused: bool) -> bool:
+        """Whether tending it may do something now: read it, give back idle leases, take
+        missing slots."""
+        return (self.size is None or bool(self.idle(self.keep(paused)))
+                or (not paused and self.slots < min(self.target, self.size)))
+
 
 @dataclass
 class _Spare:
@@ -359,21 +369,12 @@ class GlobalLimit:
                 return
             limit.target, limit.busy = target, busy
             adopted = self._adopt(limit)
-            if self._wants_tending(limit):
+            # The runner adjusts about three times per call, mostly with nothing to do: waking
+            # the thread for each cost a thread switch and its whole round every time.
+            if limit.has_work(time.monotonic() < self._paused_until):
                 self._cond.notify()
         if adopted:
             self._wake()
-
-    def _wants_tending(self, limit: _Limit) -> bool:
-        """Whether `_tend` may have something to do for `limit` now: read it, give back idle
-        leases, take missing slots. The runner adjusts about three
-        times per call with nothing to do most of the time; waking the thread for each cost a
-        thread switch, and its whole round, every time. Called with the lock held."""
-        if limit.size is None:
-            return True
-        paused = time.monotonic() < self._paused_until
-        keep = max(limit.busy if paused else limit.target, limit.busy)
-        return bool(limit.idle(keep)) or (not paused and min(limit.target, limit.size) > limit.slots)
 
     def _adopt(self, limit: _Limit) -> int:
         """Hold the spare slots this process kept of the processors' limit, up to what is
@@ -443,9 +444,7 @@ class GlobalLimit:
         due = [now + 1.0, self._paused_until if paused else now + 1.0]
         for m in self._limits.values():
             due += [lease.due() for lease in m.leases]
-            idle = bool(m.idle(max(m.busy if paused else m.target, m.busy)))
-            wants = m.size is None or (not paused and m.slots < min(m.target, m.size))
-            if m.name not in self._failures and (idle or wants):
+            if m.name not in self._failures and m.has_work(paused):
                 due.append(m.retry_at)
         return min(max(min(due) - now, 0.0), 1.0)
 
@@ -460,7 +459,7 @@ class GlobalLimit:
                 self._prepare(limit)
             with self._cond:
                 paused = now < self._paused_until
-                idle = limit.idle(max(limit.busy if paused else limit.target, limit.busy))
+                idle = limit.idle(limit.keep(paused))
                 for lease in idle:
                     limit.leases.remove(lease)
                 adopted = self._adopt(limit)
@@ -747,7 +746,7 @@ def _another_live_server(entry: Mapping[str, Any], api: str) -> bool:
     server of this PREFECT_HOME is once its process died: its slots stay in the database we
     share, so those entries are cleared here."""
     other = str(entry.get("api") or "").rstrip("/")
-    if not other or other == api.rstrip("/"):
+    if not other or _same_api(other, api):
         return False
     import httpx
 
