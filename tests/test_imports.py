@@ -1,7 +1,7 @@
 """The layout is the architecture: imports go one way, and the pure layers stay pure.
 
-plan -> graph -> schedule -> host -> storage -> engine -> flows -> cli (llm beside engine,
-used by flows),
+plan -> graph -> schedule -> host | procs -> storage -> engine -> flows -> cli (llm beside
+engine, used by flows),
 read from every module's own source with `ast` (function-local imports included, imports
 under `if TYPE_CHECKING:` left out: they never run).
 """
@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "graph": 2,
     "schedule": 3,
     "host": 4,
+    "procs": 4,
     "options": 4,
     "storage": 5,
     "engine": 6,
@@ -46,6 +47,9 @@ PURE = ("functions", "plan", "graph", "schedule", "options")
 NOT_IN_PURE = ("prefect", "prefect_dask", "distributed", "openai", "httpx")
 #: The LLM side is plain HTTP: Prefect stays in flows/ (the planner task, the recovery hooks).
 NOT_IN_LLM = ("prefect", "prefect_dask", "distributed")
+#: The worker processes never import Prefect (each would start its own ephemeral server);
+#: `engine/` drives them from Prefect's task runs.
+NOT_IN_PROCS = NOT_IN_LLM
 
 
 def _modules() -> dict[str, Path]:
@@ -141,7 +145,7 @@ def test_no_module_imports_a_later_layer_or_a_sibling_part() -> None:
     assert not wrong, "imports against the direction:\n" + "\n".join(wrong)
 
 
-@pytest.mark.parametrize("part, banned", [(p, NOT_IN_PURE) for p in PURE] + [("llm", NOT_IN_LLM)])
+@pytest.mark.parametrize("part, banned", [(p, NOT_IN_PURE) for p in PURE] + [("llm", NOT_IN_LLM), ("procs", NOT_IN_PROCS)])
 def test_pure_parts_import_neither_prefect_nor_an_llm_client(part: str, banned: tuple[str, ...]) -> None:
     wrong = [
         f"{MODULES[name].relative_to(PACKAGE)}:{line} imports {target}"

@@ -149,7 +149,7 @@ class _Spare:
 
 
 #: (API, limit) -> what this process keeps between its runners: slots outlive a runner by
-#: design (as engine.workers' kept pools do). The process-wide registries: CONTRIBUTING.md.
+#: design (as procs.workers' kept pools do). The process-wide registries: CONTRIBUTING.md.
 _SPARE: dict[tuple[str, str], _Spare] = {}
 _spare_lock = threading.Lock()
 

@@ -307,7 +307,7 @@ def prepare(toolbox: Toolbox | str, processors: int) -> EmbeddedServer | None:
     (they import the toolbox while the server starts). Nothing to start later: a no-op.
     Returns the embedded server (None when a server is configured)."""
     if embedded_server() is None and not get_current_settings().api.url:
-        from prefect_llmorch.engine.workers import prestart_pool
+        from prefect_llmorch.procs.workers import prestart_pool
 
         prestart_pool(processors, preload=[toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else [])
     return ensure_server()
