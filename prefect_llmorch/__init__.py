@@ -31,8 +31,8 @@ _EXPORTS = {
     "ask_query": "flows.ask",
     "orchestrate": "flows.run",
     "run_plan": "flows.run",
-    "RunReport": "flows.run",
-    "PlanRunFailed": "flows.run",
+    "RunReport": "report",
+    "PlanRunFailed": "report",
     "PlanRunServerGone": "flows.run",
     "ServerGone": "host.server",
     "LLMEndpoint": "blocks",
@@ -59,7 +59,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from prefect_llmorch.blocks import LLMEndpoint, ToolCredentials
     from prefect_llmorch.functions import FunctionSpec, Toolbox, compute, inout, load_toolbox
     from prefect_llmorch.graph import FRG
-    from prefect_llmorch.flows.run import PlanRunFailed, PlanRunServerGone, RunReport, orchestrate, run_plan
+    from prefect_llmorch.flows.run import PlanRunServerGone, orchestrate, run_plan
+    from prefect_llmorch.report import PlanRunFailed, RunReport
     from prefect_llmorch.host.server import ServerGone
     from prefect_llmorch.plan.errors import PlanError
     from prefect_llmorch.plan.model import Call, Plan

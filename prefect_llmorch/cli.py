@@ -206,7 +206,7 @@ def _prediction(frg: Any, plan: Any, toolbox: Any, processors: int, costs: Optio
 
 
 def _print_prediction(prediction: Any, choice: Any, functions: Any) -> None:
-    from prefect_llmorch.flows.report import estimate
+    from prefect_llmorch.report import estimate
 
     path = " -> ".join(prediction.critical_path)
     console.print(
@@ -400,7 +400,7 @@ def graph(
         print(frg.to_dot())
         return
     _print_frg(frg)
-    from prefect_llmorch.flows.report import estimate
+    from prefect_llmorch.report import estimate
 
     console.print(  # the same costs as the prediction below, which is never under this bound
         f"work {estimate(frg.work)}, critical path {estimate(frg.critical_path)}, "

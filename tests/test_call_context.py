@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.context import TagsContext, tags
 
 from prefect_llmorch.engine.call_context import call_with_tags
-from prefect_llmorch.engine.workers import WorkerPool
+from prefect_llmorch.procs.workers import WorkerPool
 
 
 def seen_tags(*args: object, **kwargs: object) -> tuple[set[str], tuple[object, ...], dict[str, object]]:

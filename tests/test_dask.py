@@ -258,7 +258,7 @@ def test_a_raising_compute_call_fails_its_run_clearly_and_cancel_ends_a_running_
     from distributed import Client
 
     from prefect_llmorch.engine.dask import DaskProcessorPool
-    from prefect_llmorch.engine.workers import CallCancelled, Cancel
+    from prefect_llmorch.procs.workers import CallCancelled, Cancel
 
     marker = tmp_path / "started"
     marker.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_llmorch.engine.devices import NVIDIA_SMI_QUERY, discover_gpus
+from prefect_llmorch.host.devices import NVIDIA_SMI_QUERY, discover_gpus
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 from prefect_llmorch.schedule.resources import Device
 
@@ -43,7 +43,7 @@ def test_a_failing_nvidia_smi_is_a_warning_and_no_devices(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, body: str, says: str
 ) -> None:
     fake_nvidia_smi(tmp_path, monkeypatch, body)
-    with caplog.at_level(logging.WARNING, logger="prefect_llmorch.engine.devices"):
+    with caplog.at_level(logging.WARNING, logger="prefect_llmorch.host.devices"):
         assert discover_gpus() == ()
     assert says in caplog.text and "no GPU devices are used" in caplog.text
 

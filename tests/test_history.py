@@ -165,7 +165,7 @@ def test_the_prediction_says_history_only_for_a_plan_whose_functions_have_one() 
 
 
 def test_the_report_names_the_costs_of_the_prediction_and_of_the_lower_bound() -> None:
-    from prefect_llmorch.flows.report import RunReport
+    from prefect_llmorch.report import RunReport
 
     report = RunReport(state="Completed", processors=2, calls=[], result=None, latency=4.61, lower_bound=4.567,
                        sequential=9.0, predicted={"latency": 4.5, "costs": "declared"})

@@ -1,7 +1,7 @@
 """The layout is the architecture: imports go one way, and the pure layers stay pure.
 
-plan -> graph -> schedule -> host -> storage -> engine -> flows -> cli (llm beside engine,
-used by flows),
+plan -> graph -> schedule -> host | procs | report -> storage -> engine -> flows -> cli
+(llm beside engine, used by flows),
 read from every module's own source with `ast` (function-local imports included, imports
 under `if TYPE_CHECKING:` left out: they never run).
 """
@@ -30,6 +30,8 @@ LAYERS: dict[str, int] = {
     "graph": 2,
     "schedule": 3,
     "host": 4,
+    "procs": 4,
+    "report": 4,
     "options": 4,
     "storage": 5,
     "engine": 6,
@@ -42,10 +44,13 @@ LAYERS: dict[str, int] = {
 }
 
 #: Parts that are pure (no Prefect, no LLM client, no cluster), and what they must not import.
-PURE = ("functions", "plan", "graph", "schedule", "options")
+PURE = ("functions", "plan", "graph", "schedule", "options", "report")
 NOT_IN_PURE = ("prefect", "prefect_dask", "distributed", "openai", "httpx")
 #: The LLM side is plain HTTP: Prefect stays in flows/ (the planner task, the recovery hooks).
 NOT_IN_LLM = ("prefect", "prefect_dask", "distributed")
+#: The worker processes never import Prefect (each would start its own ephemeral server);
+#: `engine/` drives them from Prefect's task runs.
+NOT_IN_PROCS = NOT_IN_LLM
 
 
 def _modules() -> dict[str, Path]:
@@ -141,7 +146,7 @@ def test_no_module_imports_a_later_layer_or_a_sibling_part() -> None:
     assert not wrong, "imports against the direction:\n" + "\n".join(wrong)
 
 
-@pytest.mark.parametrize("part, banned", [(p, NOT_IN_PURE) for p in PURE] + [("llm", NOT_IN_LLM)])
+@pytest.mark.parametrize("part, banned", [(p, NOT_IN_PURE) for p in PURE] + [("llm", NOT_IN_LLM), ("procs", NOT_IN_PROCS)])
 def test_pure_parts_import_neither_prefect_nor_an_llm_client(part: str, banned: tuple[str, ...]) -> None:
     wrong = [
         f"{MODULES[name].relative_to(PACKAGE)}:{line} imports {target}"
@@ -202,7 +207,7 @@ def test_the_import_walker_sees_every_kind_of_import() -> None:
     parser = {t for t, _ in _imports("plan.parser")}
     assert "prefect_llmorch.functions" in parser  # `from ..functions import ...`
     recovery = {t for t, _ in _imports("flows.recovery")}
-    assert "prefect_llmorch.flows.report" not in recovery  # under TYPE_CHECKING only
+    assert "prefect_llmorch.report" not in recovery  # under TYPE_CHECKING only
     assert any(t == "prefect.states" for t in recovery)  # imported inside a method
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_llmorch.flows.report import PlanRunFailed
+from prefect_llmorch.report import PlanRunFailed
 from prefect_llmorch.flows.run import run_plan
 
 pytestmark = pytest.mark.usefixtures("prefect_api")  # on SQLite and on PostgreSQL

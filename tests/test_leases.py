@@ -23,6 +23,7 @@ from prefect_llmorch.engine import guard
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 from prefect_llmorch.flows.run import execute
 from prefect_llmorch.plan.model import Arg, Call, Literal, Plan
+from prefect_llmorch.storage import leases
 
 from toolboxes import toolbox
 
@@ -188,7 +189,7 @@ def test_a_slot_is_in_the_ledger_before_it_is_taken() -> None:
 
     def look(path: str) -> None:
         if "increment-with-lease" in path:
-            at_increment.append([e for e in guard._ledger_read() if e.get("limit") == name])
+            at_increment.append([e for e in leases.read() if e.get("limit") == name])
 
     stub = _StubAPI(503, fail=0, before=look)
     try:
@@ -199,7 +200,7 @@ def test_a_slot_is_in_the_ledger_before_it_is_taken() -> None:
     assert at_increment, "no slot was asked for"
     for entries in at_increment:  # each request: its intent is there already
         assert entries and entries[-1]["lease"] is None and entries[-1]["slots"] >= 1
-    assert not [e for e in guard._ledger_read() if e.get("limit") == name and e.get("lease") is None]
+    assert not [e for e in leases.read() if e.get("limit") == name and e.get("lease") is None]
 
 
 # -- slots always come back ----------------------------------------------------------------
@@ -214,14 +215,14 @@ def test_slots_a_dead_process_left_on_a_server_that_forgot_its_lease_are_cleared
         client.increment_concurrency_slots(names=[name], slots=2, mode="concurrency")
     assert active_slots(name) == 2
     lease = str(uuid.uuid4())
-    guard._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": "http://127.0.0.1:9/api",
-                        "pid": dead_pid(), "started": 0.0})
+    leases.add({"limit": name, "lease": lease, "slots": 2, "api": "http://127.0.0.1:9/api",
+                 "pid": dead_pid(), "started": 0.0})
 
     report = run(plan_of(3), name)
 
     assert report.state == "Completed"
     assert active_slots(name) == 0
-    assert all(e["lease"] != lease for e in guard._ledger_read())
+    assert all(e["lease"] != lease for e in leases.read())
 
 
 def test_slots_of_a_dead_server_that_had_this_url_are_cleared_at_start() -> None:
@@ -236,14 +237,14 @@ def test_slots_of_a_dead_server_that_had_this_url_are_cleared_at_start() -> None
         api = str(client.api_url)
     assert str(PREFECT_API_URL.value()).rstrip("/") in api
     lease = str(uuid.uuid4())
-    guard._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": api, "server": f"{api}#pid={dead_pid()}",
-                       "pid": dead_pid(), "started": 0.0})
+    leases.add({"limit": name, "lease": lease, "slots": 2, "api": api, "server": f"{api}#pid={dead_pid()}",
+                "pid": dead_pid(), "started": 0.0})
 
     report = run(plan_of(3), name)
 
     assert report.state == "Completed"
     assert active_slots(name) == 0
-    assert all(e["lease"] != lease for e in guard._ledger_read())
+    assert all(e["lease"] != lease for e in leases.read())
 
 
 def test_a_lease_of_a_dead_process_on_this_server_is_released_at_start() -> None:
@@ -256,7 +257,7 @@ def test_a_lease_of_a_dead_process_on_this_server_is_released_at_start() -> None
         )
         lease = response.json()["lease_id"]
         api = str(client.api_url)
-    guard._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": api, "pid": dead_pid(), "started": 0.0})
+    leases.add({"limit": name, "lease": lease, "slots": 2, "api": api, "pid": dead_pid(), "started": 0.0})
 
     report = run(plan_of(2), name)
 
@@ -307,8 +308,8 @@ def test_a_run_waiting_on_a_holder_that_dies_gets_its_slots() -> None:
         lease = hold_a_slot(name)
         with get_client(sync_client=True) as client:
             api = str(client.api_url)
-        guard._ledger_add({"limit": name, "lease": lease, "slots": 1, "api": api, "pid": holder.pid,
-                           "started": guard._process_start(holder.pid)})
+        leases.add({"limit": name, "lease": lease, "slots": 1, "api": api, "pid": holder.pid,
+                    "started": leases.process_start(holder.pid)})
         reports: list = []
         worker = threading.Thread(target=lambda: reports.append(run(plan_of(2), name)), daemon=True)
         worker.start()
@@ -441,7 +442,7 @@ def test_a_killed_run_s_slots_come_back_for_the_next_run(tmp_path, caplog) -> No
 
 def leases_of(name: str) -> set[str]:
     """The leases of limit `name` in the ledger of leases (PREFECT_HOME)."""
-    return {e["lease"] for e in guard._ledger_read() if e.get("limit") == name}
+    return {e["lease"] for e in leases.read() if e.get("limit") == name}
 
 
 def test_back_to_back_runs_of_one_process_pass_the_slots_on_then_give_them_back(monkeypatch) -> None:  # noqa: ANN001
@@ -492,10 +493,10 @@ def test_slots_taken_ahead_are_what_the_run_uses(monkeypatch) -> None:  # noqa: 
     monkeypatch.setenv("LLMORCH_KEEP_SLOTS_SECONDS", "3")
     name = f"llmorch-test-ahead-{uuid.uuid4().hex[:6]}"
     guard.take_ahead_unless_kept(name, 2).join(60)
-    ahead = {e["lease"] for e in guard._ledger_read() if e.get("limit") == name}
+    ahead = {e["lease"] for e in leases.read() if e.get("limit") == name}
     assert ahead and active_slots(name) == 2  # the limit was created with P and both are held
     assert run(plan_of(2), name).state == "Completed"
-    assert {e["lease"] for e in guard._ledger_read() if e.get("limit") == name} <= ahead
+    assert {e["lease"] for e in leases.read() if e.get("limit") == name} <= ahead
     deadline = time.monotonic() + 60
     while active_slots(name) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -533,7 +534,7 @@ def test_a_run_started_while_its_slots_are_taken_ahead_waits_for_them_not_for_a_
     with caplog.at_level(logging.WARNING, logger="prefect_llmorch.engine.guard"):
         assert run(plan_of(2), name).state == "Completed"
     first.join(30)
-    ledger = {e["lease"] for e in guard._ledger_read() if e.get("limit") == name}
+    ledger = {e["lease"] for e in leases.read() if e.get("limit") == name}
     assert len(ledger) <= 1  # the take-ahead's lease only
     assert "waiting for a slot" not in caplog.text
     assert guard.take_ahead_unless_kept(name, 2) is None  # kept for the next run: nothing to take
@@ -613,12 +614,12 @@ def test_a_dead_process_s_lease_on_another_live_server_is_left_to_that_server(pr
         client.increment_concurrency_slots(names=[name], slots=1, mode="concurrency")  # a live holder here
     other = prefect_server.url.rstrip("/") + "/"
     lease = str(uuid.uuid4())
-    guard._ledger_add({"limit": name, "lease": lease, "slots": 1, "api": other, "server": other,
-                       "pid": dead_pid(), "started": 0.0})
+    leases.add({"limit": name, "lease": lease, "slots": 1, "api": other, "server": other,
+                "pid": dead_pid(), "started": 0.0})
     try:
         report = run(plan_of(1), name)
         assert report.state == "Completed"
         assert active_slots(name) == 1  # the live holder's
-        assert any(e["lease"] == lease for e in guard._ledger_read())
+        assert any(e["lease"] == lease for e in leases.read())
     finally:
-        guard._ledger_remove(lease)
+        leases.remove(lease)

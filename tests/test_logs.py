@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from prefect_llmorch.engine.compiler import TASK_RUN_LOGGER, QuietOwnHooks, own_hook
-from prefect_llmorch.flows.report import PlanRunFailed
+from prefect_llmorch.report import PlanRunFailed
 from prefect_llmorch.flows.run import run_plan
 
 

@@ -108,7 +108,7 @@ def test_final_state_is_the_local_one_not_the_api_s_lagging_copy() -> None:
 def test_latency_counts_from_the_flow_start_to_the_last_call_s_end() -> None:
     import time
 
-    from prefect_llmorch.flows.report import CallRow
+    from prefect_llmorch.report import CallRow
 
     before = time.time()
     report = run_plan('s1: fetch(0.2, value=2)\ns2: add(s1, 3)\ns3: fetch(0.1, value=1)\n', TOOLBOX, processors=1)
@@ -155,7 +155,7 @@ def test_a_call_whose_worker_died_says_so() -> None:
 
 
 def test_best_schedule_respects_release_times_and_processors() -> None:
-    from prefect_llmorch.flows.report import best_schedule
+    from prefect_llmorch.report import best_schedule
     from prefect_llmorch.graph import FRG
 
     frg = FRG.from_edges(["a", "b", "c", "d"], {"c": ["a", "b"]}, kinds={"d": "inout"})
@@ -197,7 +197,7 @@ def test_best_schedule_lies_between_the_lower_bound_and_graham_s_bound(processor
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from prefect_llmorch.flows.report import best_schedule, measured_lower_bound
+    from prefect_llmorch.report import best_schedule, measured_lower_bound
     from prefect_llmorch.graph import FRG
 
     @st.composite

@@ -234,7 +234,7 @@ def test_a_rate_limit_the_api_refuses_fails_the_call_saying_so(tmp_path) -> None
     call fails, recorded Failed with an error naming its rate limit, and never runs."""
     from prefect.client.orchestration import get_client
 
-    from prefect_llmorch.flows.report import PlanRunFailed
+    from prefect_llmorch.report import PlanRunFailed
     from prefect_llmorch.flows.run import run_plan
 
     name = _wait_api_slot_just_taken()

@@ -58,7 +58,7 @@ def run(plan_text: str, script: list[Any], *, policy: str = "critical-path", pro
     from prefect import flow
 
     from prefect_llmorch.flows.execute import execute
-    from prefect_llmorch.flows.report import PlanRunFailed
+    from prefect_llmorch.report import PlanRunFailed
     from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 
     box: dict[str, Any] = {}

@@ -578,7 +578,7 @@ def test_back_to_back_runs_of_one_process_start_no_worker_process_the_second_tim
     pids, as the workers report them)."""
     import psutil
 
-    from prefect_llmorch.engine import workers
+    from prefect_llmorch.procs import workers
     from prefect_llmorch.flows.run import run_plan
 
     monkeypatch.setenv("LLMORCH_KEEP_WORKERS_SECONDS", "30")

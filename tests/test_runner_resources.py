@@ -166,7 +166,7 @@ def test_slots_of_a_resource_class_left_by_a_dead_process_come_back_at_start():
 
     from prefect.client.orchestration import get_client
 
-    from prefect_llmorch.engine import guard
+    from prefect_llmorch.storage import leases
 
     name = "llmorch-search-api"
     _ensure_limit(name, 2)
@@ -176,8 +176,8 @@ def test_slots_of_a_resource_class_left_by_a_dead_process_come_back_at_start():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lease = str(uuid.uuid4())
-    guard._ledger_add({"limit": name, "lease": lease, "slots": 2, "api": "http://127.0.0.1:9/api",
-                        "pid": dead.pid, "started": 0.0})
+    leases.add({"limit": name, "lease": lease, "slots": 2, "api": "http://127.0.0.1:9/api",
+                 "pid": dead.pid, "started": 0.0})
     plan = parse('s1: search("a", latency=0.1)\ns2: search("b", latency=0.1)\n', toolbox)
     reports: list = []
     t = threading.Thread(target=_guarded_run, args=(plan, f"llmorch-test-dead-{uuid.uuid4().hex[:6]}", reports), daemon=True)
@@ -185,7 +185,7 @@ def test_slots_of_a_resource_class_left_by_a_dead_process_come_back_at_start():
     t.join(timeout=180)
     assert reports and reports[0].state == "Completed"
     assert _active_slots(name) == 0
-    assert all(e["lease"] != lease for e in guard._ledger_read())
+    assert all(e["lease"] != lease for e in leases.read())
 
 
 @pytest.mark.slow

@@ -51,7 +51,7 @@ def test_a_secret_anywhere_in_the_chain_replaces_the_exception_by_a_scrubbed_sum
 
 
 def test_a_worker_s_chain_is_scrubbed_from_its_traceback_text() -> None:
-    from prefect_llmorch.engine.workers import WorkerPool
+    from prefect_llmorch.procs.workers import WorkerPool
 
     secret = f"tok-{uuid.uuid4().hex}"
     with WorkerPool(1) as pool:

@@ -15,8 +15,8 @@ import pytest
 
 import toolboxes_exits
 from prefect_llmorch.engine.compiler import _run_with_timeout
-from prefect_llmorch.engine.pool import Cancel
-from prefect_llmorch.engine.workers import ToolExit, WorkerPool
+from prefect_llmorch.procs.pool import Cancel
+from prefect_llmorch.procs.workers import ToolExit, WorkerPool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,8 +58,8 @@ def test_an_inout_tool_s_systemexit_in_its_thread_is_a_toolexit() -> None:
 CTRL_C_CHILD = """
 import signal, sys, threading
 from prefect_llmorch.engine.compiler import _run_with_timeout
-from prefect_llmorch.engine.pool import Cancel
-from prefect_llmorch.engine.workers import ToolExit
+from prefect_llmorch.procs.pool import Cancel
+from prefect_llmorch.procs.workers import ToolExit
 
 # A user's terminal process has Python's own SIGINT handler; a process started from a
 # non-interactive shell's background job inherits SIGINT ignored, so install it here.

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from prefect_llmorch.engine.workers import CallCancelled, CallTimeout, Cancel, RemoteTraceback, WorkerDied, WorkerPool
+from prefect_llmorch.procs.workers import CallCancelled, CallTimeout, Cancel, RemoteTraceback, WorkerDied, WorkerPool
 from toolboxes import add, crunch, die, fail
 
 
@@ -128,7 +128,7 @@ def test_functions_from_main_and_lambdas_run_without_reimporting_main(tmp_path) 
     script.write_text(
         "from pathlib import Path\n"
         f"Path({str(marker)!r}).open('a').write('x')\n"  # top-level code: must run once only
-        "from prefect_llmorch.engine.workers import WorkerPool\n"
+        "from prefect_llmorch.procs.workers import WorkerPool\n"
         "def square(x):\n    return x * x\n"
         "with WorkerPool(2) as p:\n"
         "    print(p.run('a', square, (7,)).value, p.run('b', lambda y: y + 1, (1,)).value)\n"
@@ -155,7 +155,7 @@ def test_cancel_token_runs_its_callbacks_once_and_forgets_unregistered_ones() ->
 def test_cancel_all_kills_every_running_call_and_refuses_later_ones() -> None:
     import psutil
 
-    from prefect_llmorch.engine.pool import ProcessorPool
+    from prefect_llmorch.procs.pool import ProcessorPool
 
     with WorkerPool(2) as p:
         assert isinstance(p, ProcessorPool)
@@ -191,7 +191,7 @@ def test_cancel_all_kills_every_running_call_and_refuses_later_ones() -> None:
 
 
 def test_a_function_that_cannot_be_pickled_is_not_sent_and_says_why(pool: WorkerPool) -> None:
-    from prefect_llmorch.engine.pool import CallNotSent
+    from prefect_llmorch.procs.pool import CallNotSent
 
     lock = threading.Lock()
     with pytest.raises(CallNotSent, match="cannot be pickled") as info:
@@ -203,7 +203,7 @@ def test_a_function_that_cannot_be_pickled_is_not_sent_and_says_why(pool: Worker
 def test_a_larger_pool_starts_its_workers_together_and_puts_the_start_hook_back() -> None:
     from multiprocessing import spawn
 
-    from prefect_llmorch.engine import workers
+    from prefect_llmorch.procs import workers
 
     with WorkerPool(4) as p:
         with workers._START_LOCK:  # the hook is out once no start is under way (another pool's may be)
@@ -215,7 +215,7 @@ def test_a_larger_pool_starts_its_workers_together_and_puts_the_start_hook_back(
 def test_a_prestarted_pool_is_taken_by_the_runner_with_the_same_settings_only() -> None:
     import psutil
 
-    from prefect_llmorch.engine.workers import prestart_pool, take_pool
+    from prefect_llmorch.procs.workers import prestart_pool, take_pool
 
     prestart_pool(2, preload=["json"])
     first = take_pool(2, preload=["json", "toolboxes"])  # same P: the prestarted pool, toolboxes warmed too
@@ -241,7 +241,7 @@ def test_a_kept_pool_is_the_next_pool_of_the_same_settings_then_expires(monkeypa
 
     import psutil
 
-    from prefect_llmorch.engine.workers import keep_pool, take_pool
+    from prefect_llmorch.procs.workers import keep_pool, take_pool
 
     monkeypatch.setenv("LLMORCH_KEEP_WORKERS_SECONDS", "30")
     first = take_pool(2)
@@ -275,7 +275,7 @@ def test_a_kept_pool_is_the_next_pool_of_the_same_settings_then_expires(monkeypa
 
 
 def test_a_kept_pool_with_a_dead_worker_or_a_cancel_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect_llmorch.engine.workers import keep_pool, take_pool
+    from prefect_llmorch.procs.workers import keep_pool, take_pool
 
     monkeypatch.setenv("LLMORCH_KEEP_WORKERS_SECONDS", "30")
     pool = take_pool(2)

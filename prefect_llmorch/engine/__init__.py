@@ -1,1 +1,1 @@
-"""Execution on Prefect: worker processes, the task runner, the compiler (Call -> Prefect task), the Dask runner."""
+"""Execution on Prefect: the task runner, the compiler (Call -> Prefect task), the guard, the Dask runner (the worker processes they use: `procs/`)."""

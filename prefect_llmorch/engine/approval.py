@@ -33,7 +33,7 @@ from pydantic import Field
 from prefect import flow
 from prefect.input import RunInput
 
-from prefect_llmorch.engine.pool import Cancel
+from prefect_llmorch.procs.pool import Cancel
 
 __all__ = [
     "ApprovalInput", "ApprovalRejected", "ApprovalTimeout", "ApprovalUnavailable", "Verdict", "approval_timeout",

@@ -33,8 +33,8 @@ from prefect_llmorch.engine import approval
 from prefect_llmorch.engine.caching import NotCacheable, cache_probe, task_cache_options
 from prefect_llmorch.engine.rates import pace
 from prefect_llmorch.schedule.resources import Rate
-from prefect_llmorch.engine.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done
-from prefect_llmorch.engine.workers import RemoteTraceback, ToolExit
+from prefect_llmorch.procs.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done
+from prefect_llmorch.procs.workers import RemoteTraceback, ToolExit
 
 #: Attribute a compiled task carries: its `CallIdentity`.
 CALL_ATTR = "llmorch_identity"

@@ -37,9 +37,9 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
 
-from prefect_llmorch.engine.pool import CALL_ENV
+from prefect_llmorch.procs.pool import CALL_ENV
 from prefect_llmorch.engine.runner import CALL_ATTR, LLMOrchTaskRunner, not_started
-from prefect_llmorch.engine.workers import (
+from prefect_llmorch.procs.workers import (
     CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError, restore_env,
 )
 from prefect_llmorch.graph import PROCESSORS

@@ -43,19 +43,29 @@ from __future__ import annotations
 
 import atexit
 import contextvars
-import json
 import logging
 import os
 import random
 import threading
 import time
 import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from prefect_llmorch.host.server import api_client, server_gone, server_instance, server_key
+from prefect_llmorch.storage.leases import (  # the crash ledger
+    alive as _alive,
+    change as _ledger_write,
+    forget_intent as _ledger_forget_intent,
+    ledger_path as _ledger_path,
+    locked as _ledger,
+    process_start as _process_start,
+    read as _ledger_read,
+    remove as _ledger_remove,
+    server_alive as _server_alive,
+    settle as _ledger_settle,
+)
 
 logger = logging.getLogger("prefect_llmorch.engine.guard")
 
@@ -149,7 +159,7 @@ class _Spare:
 
 
 #: (API, limit) -> what this process keeps between its runners: slots outlive a runner by
-#: design (as engine.workers' kept pools do). The process-wide registries: CONTRIBUTING.md.
+#: design (as procs.workers' kept pools do). The process-wide registries: CONTRIBUTING.md.
 _SPARE: dict[tuple[str, str], _Spare] = {}
 _spare_lock = threading.Lock()
 
@@ -756,19 +766,6 @@ def _another_live_server(entry: Mapping[str, Any], api: str) -> bool:
         return False
 
 
-def _server_alive(entry: Mapping[str, Any]) -> bool:
-    """Whether the embedded server that granted an entry's lease still runs (entries of a
-    server at PREFECT_API_URL name no pid: alive as far as we know). A process may outlive
-    its embedded server (killed under it): its leases died with the server."""
-    import psutil
-
-    _, sep, pid = str(entry.get("server") or "").rpartition("#pid=")
-    try:
-        return not sep or psutil.pid_exists(int(pid))
-    except ValueError:
-        return True
-
-
 def _transient(exc: BaseException) -> bool:
     """Worth asking again: the server busy (5xx, "database is locked"), the connection lost."""
     import httpx
@@ -778,106 +775,3 @@ def _transient(exc: BaseException) -> bool:
         return exc.response.status_code >= 500
     return isinstance(exc, (httpx.TransportError, OSError))
 
-
-# -- the ledger of leases held by processes of this machine ------------------------------
-
-
-def _ledger_path() -> Path:
-    from prefect.settings import PREFECT_HOME
-
-    return Path(PREFECT_HOME.value()) / "llmorch-leases.json"
-
-
-@contextmanager
-def _ledger() -> Iterator[list[dict[str, Any]]]:
-    """The ledger's entries, locked against other processes while the block runs."""
-    import fcntl
-
-    path = _ledger_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        try:
-            entries = json.loads(f.read() or "[]")
-        except ValueError:  # a torn write: start over (leases still expire on their own)
-            entries = []
-        before = [dict(e) for e in entries]  # (a change may edit an entry in place)
-        yield entries
-        if entries != before:
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps(entries))
-
-
-def _ledger_read() -> list[dict[str, Any]]:
-    try:
-        with _ledger() as entries:
-            return list(entries)
-    except OSError as exc:
-        logger.debug("lease ledger: %s", exc)
-        return []
-
-
-def _ledger_add(entry: dict[str, Any]) -> None:
-    try:
-        with _ledger() as entries:
-            entries.append(entry)
-    except OSError as exc:
-        logger.debug("lease ledger: %s", exc)
-
-
-def _ledger_write(change: Callable[[list[dict[str, Any]]], None]) -> None:
-    """Change the ledger's entries in place, locked; raises `OSError` when it cannot be
-    written (no slot is taken then: `_acquire` records before it takes)."""
-    with _ledger() as entries:
-        change(entries)
-
-
-def _ledger_settle(intent: str, lease_id: str) -> None:
-    """The intent `intent` took its slots: record the lease's id in its entry."""
-    def settle(entries: list[dict[str, Any]]) -> None:
-        for entry in entries:
-            if entry.get("intent") == intent:
-                entry["lease"] = lease_id
-
-    try:
-        _ledger_write(settle)
-    except OSError as exc:  # the intent stays: it still explains the slots while we live
-        logger.debug("lease ledger: %s", exc)
-
-
-def _ledger_forget_intent(intent: Any) -> None:
-    try:
-        _ledger_write(lambda entries: entries.__setitem__(
-            slice(None), [e for e in entries if not (e.get("intent") == intent and e.get("lease") is None)]))
-    except OSError as exc:
-        logger.debug("lease ledger: %s", exc)
-
-
-def _ledger_remove(lease_id: Any) -> None:
-    try:
-        with _ledger() as entries:
-            entries[:] = [e for e in entries if e.get("lease") is None or e.get("lease") != str(lease_id)]
-    except OSError as exc:
-        logger.debug("lease ledger: %s", exc)
-
-
-def _process_start(pid: int | None = None) -> float:
-    import psutil
-
-    try:
-        return psutil.Process(pid or os.getpid()).create_time()
-    except psutil.Error:
-        return 0.0
-
-
-def _alive(entry: dict[str, Any]) -> bool:
-    """Whether the process that took a lease still runs (a reused pid is another process)."""
-    import psutil
-
-    pid = int(entry.get("pid") or 0)
-    if pid <= 0 or not psutil.pid_exists(pid):
-        return False
-    started = float(entry.get("started") or 0.0)
-    return not started or abs(_process_start(pid) - started) < 1.0

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from prefect_llmorch.engine.pool import CallCancelled, Cancel
+from prefect_llmorch.procs.pool import CallCancelled, Cancel
 from prefect_llmorch.host.server import server_key
 from prefect_llmorch.schedule.resources import Capacities, Rate, RateGate, rate_limit_name
 

@@ -41,10 +41,10 @@ from prefect.task_runners import TaskRunner
 
 from prefect_llmorch.engine.call_context import call_with_tags
 from prefect_llmorch.engine.compiler import CALL_ATTR
-from prefect_llmorch.engine.devices import discover_gpus
+from prefect_llmorch.host.devices import discover_gpus
 from prefect_llmorch.engine.guard import GlobalLimit
-from prefect_llmorch.engine.pool import BODY_DONE, CALL_ENV, CallCancelled, CallNotSent, Cancel
-from prefect_llmorch.engine.workers import keep_pool, take_pool
+from prefect_llmorch.procs.pool import BODY_DONE, CALL_ENV, CallCancelled, CallNotSent, Cancel
+from prefect_llmorch.procs.workers import keep_pool, take_pool
 from prefect_llmorch.graph import FRG, GPU_MEM, PROCESSORS, demand_of
 from prefect_llmorch.host import interrupt
 from prefect_llmorch.schedule.policy import Coordinator, check_policy

@@ -23,7 +23,8 @@ from prefect_llmorch.flows.handoff import Handoff, handed, handing
 from prefect_llmorch.flows.planner import planner_task, resolve_client
 from prefect_llmorch.flows.joiner import JoinSettings, join_rounds, replay_key
 from prefect_llmorch.flows.recovery import RecoveryConfig
-from prefect_llmorch.flows.report import Planning, RunReport, report_artifacts, send_records
+from prefect_llmorch.flows.report import report_artifacts, send_records
+from prefect_llmorch.report import Planning, RunReport
 from prefect_llmorch.storage.history import remember_records
 from prefect_llmorch.flows.run import (
     _simple, _with_endpoint, conclude, earlier_records_sent, fitted_runner, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow,

@@ -37,7 +37,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors  # noqa: E402
 from prefect_llmorch.flows.ask import answer  # noqa: E402
 from prefect_llmorch.flows.execute import current_llmorch_runner  # noqa: E402
-from prefect_llmorch.flows.report import RunReport, jsonable  # noqa: E402
+from prefect_llmorch.report import RunReport, jsonable  # noqa: E402
 from prefect_llmorch.flows.run import orchestrate  # noqa: E402
 from prefect_llmorch.options import (  # noqa: E402
     DEFAULT_LIMIT, DEFAULT_TOOLBOX, TOOLBOX_HELP, TOOLBOX_PATTERN, AskOptions, RunOptions, check_toolbox, options_of,

@@ -34,7 +34,8 @@ from prefect_llmorch.host.server import ServerGone, serves, when_gone
 from prefect_llmorch.flows.handoff import handed
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import ARTIFACT_KEY as RECOVERY_ARTIFACT, RecoveryConfig, RecoveryController
-from prefect_llmorch.flows.report import Record, RunReport, build_report, failure_message, markdown_record, send_records
+from prefect_llmorch.flows.report import Record, build_report, markdown_record, send_records
+from prefect_llmorch.report import RunReport, failure_message
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.model import Call, Plan

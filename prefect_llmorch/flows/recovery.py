@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
     from prefect_llmorch.engine.compiler import Compiler
     from prefect_llmorch.engine.runner import LLMOrchTaskRunner
-    from prefect_llmorch.flows.report import RunReport
+    from prefect_llmorch.report import RunReport
 
 __all__ = [
     "RecoveryConfig", "RecoveryController", "RecoveryRound", "ARTIFACT_KEY", "RUNNING",

@@ -29,7 +29,8 @@ from prefect_llmorch.storage.history import CostChoice, choose_costs, remember_r
 from prefect_llmorch.storage.planref import plan_parameter, plan_text
 from prefect_llmorch.flows.handoff import Handoff, handed, handing
 from prefect_llmorch.flows.recovery import RecoveryConfig
-from prefect_llmorch.flows.report import PlanRunFailed, RunReport, plan_failed, records_sent, report_artifacts, send_records
+from prefect_llmorch.flows.report import plan_failed, records_sent, report_artifacts, send_records
+from prefect_llmorch.report import PlanRunFailed, RunReport
 from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
 from prefect_llmorch.options import DEFAULT_LIMIT, AskOptions, RunOptions, options_of
@@ -307,7 +308,7 @@ def prepare(toolbox: Toolbox | str, processors: int) -> EmbeddedServer | None:
     (they import the toolbox while the server starts). Nothing to start later: a no-op.
     Returns the embedded server (None when a server is configured)."""
     if embedded_server() is None and not get_current_settings().api.url:
-        from prefect_llmorch.engine.workers import prestart_pool
+        from prefect_llmorch.procs.workers import prestart_pool
 
         prestart_pool(processors, preload=[toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else [])
     return ensure_server()

@@ -1,1 +1,1 @@
-"""What is kept on disk between runs: long plans passed by reference, and learned costs."""
+"""What is kept on disk between runs: long plans passed by reference, learned costs, and the ledger of the global-concurrency leases this machine's processes hold."""

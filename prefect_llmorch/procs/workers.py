@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable
 
-from prefect_llmorch.engine.pool import CALL_ENV
-from prefect_llmorch.engine.pool import (  # re-exported: the pool's vocabulary
+from prefect_llmorch.procs.pool import CALL_ENV
+from prefect_llmorch.procs.pool import (  # re-exported: the pool's vocabulary
     CallCancelled,
     CallNotSent,
     CallTimeout,

@@ -1,11 +1,11 @@
 """The `ProcessorPool` protocol: what runs one compute call on one processor.
 
 The compiler and the task runner only need this much of a pool; the local pre-warmed
-worker processes (`workers.WorkerPool`) and the Dask side (`dask.DaskProcessorPool`)
+worker processes (`workers.WorkerPool`) and the Dask side (`engine.dask.DaskProcessorPool`)
 implement it. The compiler is handed its pool explicitly, so it never imports the runner.
 
     >>> import operator
-    >>> from prefect_llmorch.engine.workers import WorkerPool
+    >>> from prefect_llmorch.procs.workers import WorkerPool
     >>> with WorkerPool(1) as pool:                      # doctest: +SKIP
     ...     isinstance(pool, ProcessorPool), pool.run("s1 · add", operator.add, (1, 2)).value
     (True, 3)
