@@ -38,10 +38,10 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
-from prefect_llmorch.procs.pool import CALL_ENV
+from prefect_llmorch.procs.pool import CALL_ENV, call_env
 from prefect_llmorch.engine.runner import CALL_ATTR, LLMOrchTaskRunner, not_started
 from prefect_llmorch.procs.workers import (
-    CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError, restore_env,
+    CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError,
 )
 from prefect_llmorch.graph import PROCESSORS
 from prefect_llmorch.host import interrupt
@@ -80,11 +80,10 @@ def _call_on_worker(
     tool's SystemExit/KeyboardInterrupt becomes that call's `ToolExit`."""
     address = _worker_address()
     pid = os.getpid()
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
     start = time.time()
     try:
-        value = fn(*args, **kwargs)
+        with call_env(env):
+            value = fn(*args, **kwargs)
     except BaseException as exc:
         if not isinstance(exc, Exception):  # the tool's exit, not the worker's: a failed call
             error = ToolExit(call or getattr(fn, "__name__", "call"), exc)
@@ -97,8 +96,6 @@ def _call_on_worker(
         except Exception:  # an exception type without a __dict__
             pass
         raise exc
-    finally:
-        restore_env(saved)
     return value, start, time.time(), pid, address
 
 
