@@ -166,6 +166,8 @@ def test_mixed_plan_uses_both_workers_one_compute_call_each_at_a_time(prefect_ha
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_plain_compute_tasks_go_to_dask_with_a_processor_each(prefect_harness, tmp_path):
+    """Workers of two threads and one `processor`: only the processor each compute task asks
+    Dask for keeps them one at a time per worker."""
     from prefect import flow, task
 
     import toolboxes_dask
@@ -174,7 +176,7 @@ def test_plain_compute_tasks_go_to_dask_with_a_processor_each(prefect_harness, t
     def plain_stamp(seconds: float) -> dict:
         return toolboxes_dask.stamp(seconds)
 
-    with dask_cli_cluster(tmp_path) as cluster:
+    with dask_cli_cluster(tmp_path, threads=2) as cluster:
 
         @flow(task_runner=LLMOrchDaskTaskRunner(address=cluster.address, concurrency_limit=None))
         def plain() -> list[dict]:

@@ -89,17 +89,27 @@ def test_submitting_outside_a_flow_run_raises_the_message_the_runner_translates(
         t.submit()
 
 
-def test_prefect_dask_client_marks_a_submitted_task_s_dask_future_with_its_task_run_id() -> None:
-    """`dask.py` submits compute-tagged plain tasks on the held `DaskTaskRunner`'s public
-    `client` (to pass `resources=`) and wraps the result as `DaskTaskRunner.submit` does,
-    reading the `task_run_id` that `PrefectDaskClient.submit` sets on the Dask future."""
+def test_dask_annotations_stay_in_their_context_and_client_submit_applies_them() -> None:
+    """`dask.py` gives a compute-tagged plain task its `processor` with `dask.annotate(resources=)`
+    around `DaskTaskRunner.submit`: the annotation must be this context's alone (a context
+    variable since dask 2023.7, not the process-wide config other threads read) and
+    `Client.submit` must apply it. It also reads `DaskTaskRunner.resolved_cluster_class`
+    (public, undocumented) to give a `LocalCluster` its `processor` resource by default."""
     pytest.importorskip("prefect_dask")
-    from prefect_dask.client import PrefectDaskClient
+    import dask
+    import distributed
     from prefect_dask.task_runners import DaskTaskRunner
 
-    assert isinstance(inspect.getattr_static(DaskTaskRunner, "client"), property)
-    assert "resources" in inspect.signature(PrefectDaskClient.submit).parameters
-    assert "future.task_run_id =" in inspect.getsource(PrefectDaskClient.submit)
+    seen: dict[str, object] = {}
+    with dask.annotate(resources={"processor": 1}):
+        other = threading.Thread(target=lambda: seen.setdefault("other thread", dask.get_annotations()))
+        other.start()
+        other.join()
+        seen["here"] = dask.get_annotations()
+    assert seen == {"other thread": {}, "here": {"resources": {"processor": 1}}}
+    assert "dask.get_annotations()" in inspect.getsource(distributed.Client._graph_to_futures)
+    assert DaskTaskRunner(cluster_class="distributed.LocalCluster").resolved_cluster_class is distributed.LocalCluster
+    assert DaskTaskRunner().resolved_cluster_class is None
 
 
 def test_the_server_app_reads_the_ephemeral_and_final_flags_from_the_environment() -> None:

@@ -95,6 +95,7 @@ class DaskCLICluster:
 
     def __init__(
         self, n_workers: int = 2, processors_per_worker: int = 1, nanny: bool = True, resources: str = "",
+        threads: int | None = None,
     ) -> None:
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
@@ -102,6 +103,7 @@ class DaskCLICluster:
         self.processors_per_worker = processors_per_worker
         self.nanny = nanny
         self.resources = resources  # more worker resources, e.g. "gpu_mem_gb=40"
+        self.threads = threads or processors_per_worker  # more threads than processors: only resources bound them
         self.scheduler: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self.logs: list[Path] = []
@@ -120,7 +122,7 @@ class DaskCLICluster:
         )
         for i in range(self.n_workers):
             args = [
-                "worker", self.address, "--host", "127.0.0.1", "--nthreads", str(self.processors_per_worker),
+                "worker", self.address, "--host", "127.0.0.1", "--nthreads", str(self.threads),
                 "--resources", ",".join(filter(None, [f"processor={self.processors_per_worker}", self.resources])),
                 "--no-dashboard",
                 "--name", f"w{i}",

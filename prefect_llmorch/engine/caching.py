@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Callable, Mapping, Optional
 
 from prefect.cache_policies import CachePolicy
@@ -30,9 +29,8 @@ class NotCacheable(TypeError):
 
 def function_version(spec: FunctionSpec) -> str:
     """The declared `version`, else a hash of the function's source (or its bytecode)."""
-    declared = getattr(spec, "version", None)
-    if declared:
-        return str(declared)
+    if spec.version:
+        return str(spec.version)
     fn = spec.fn
     if fn is None:
         return "builtin"
@@ -80,13 +78,12 @@ def task_cache_options(spec: FunctionSpec, call: Call, *, enabled: bool = True) 
     the function is `cache=True` (and caching is enabled for this run), else no caching."""
     from prefect.cache_policies import NO_CACHE
 
-    if not (enabled and getattr(spec, "cache", False) and not getattr(spec, "effects", False)):
+    if not (enabled and spec.cache and not spec.effects):
         return {"cache_policy": NO_CACHE, "persist_result": False}
-    expiration = getattr(spec, "cache_expiration", None)
     return {
         "cache_policy": CallCache(call=call, function=spec.name, version=function_version(spec)),
         "persist_result": True,
-        "cache_expiration": expiration if isinstance(expiration, timedelta) or expiration is None else timedelta(seconds=float(expiration)),
+        "cache_expiration": spec.cache_expiration,  # a timedelta or None (`FunctionSpec` checks it)
     }
 
 

@@ -32,15 +32,16 @@ import uuid
 from contextlib import ExitStack
 from typing import Any, Callable, Iterable
 
+import dask
 import distributed
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
-from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
+from prefect_dask.task_runners import DaskTaskRunner
 
-from prefect_llmorch.procs.pool import CALL_ENV
+from prefect_llmorch.procs.pool import CALL_ENV, call_env
 from prefect_llmorch.engine.runner import CALL_ATTR, LLMOrchTaskRunner, not_started
 from prefect_llmorch.procs.workers import (
-    CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError, restore_env,
+    CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError,
 )
 from prefect_llmorch.graph import PROCESSORS
 from prefect_llmorch.host import interrupt
@@ -77,16 +78,12 @@ def _call_on_worker(
     """Runs on a Dask worker: the function call, with wall-clock start/end, pid and worker
     address; `env` is set in the worker's environment for the call (restored after). A
     tool's SystemExit/KeyboardInterrupt becomes that call's `ToolExit`."""
-    try:
-        address = distributed.get_worker().address
-    except ValueError:  # not on a worker (tests calling it directly)
-        address = ""
+    address = _worker_address()
     pid = os.getpid()
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
     start = time.time()
     try:
-        value = fn(*args, **kwargs)
+        with call_env(env):
+            value = fn(*args, **kwargs)
     except BaseException as exc:
         if not isinstance(exc, Exception):  # the tool's exit, not the worker's: a failed call
             error = ToolExit(call or getattr(fn, "__name__", "call"), exc)
@@ -99,9 +96,15 @@ def _call_on_worker(
         except Exception:  # an exception type without a __dict__
             pass
         raise exc
-    finally:
-        restore_env(saved)
     return value, start, time.time(), pid, address
+
+
+def _worker_address() -> str:
+    """The address of the Dask worker this thread belongs to; "" when not on a worker."""
+    try:
+        return distributed.get_worker().address
+    except ValueError:
+        return ""
 
 
 def _key(label: str) -> str:
@@ -161,8 +164,6 @@ class DaskProcessorPool:
         """
         if self._closed:
             raise RuntimeError("DaskProcessorPool is shut down")
-        from distributed.scheduler import KilledWorker
-
         if cancel is not None and cancel.is_set():
             raise CallCancelled(f"{call} was cancelled before it started ({cancel.reason})", call=call)
         fut = self.client.submit(
@@ -191,7 +192,7 @@ class DaskProcessorPool:
                             call=call,
                         ) from None
                     self._check_workers(call)
-        except KilledWorker as exc:
+        except distributed.KilledWorker as exc:
             raise WorkerDied(
                 f"{call}: the Dask workers running it died too often ({exc}); "
                 "see distributed.scheduler.allowed-failures",
@@ -203,11 +204,8 @@ class DaskProcessorPool:
             raise WorkerError(f"{call}: its Dask task was cancelled ({exc})", call=call) from exc
         except BaseException as exc:
             address = getattr(exc, "llmorch_worker_address", None)
-            if address:
-                try:
-                    exc.llmorch_worker = self.worker_index(address)  # type: ignore[attr-defined]
-                except Exception:
-                    pass
+            if address:  # set on the worker, so the exception takes attributes
+                exc.llmorch_worker = self.worker_index(address)  # type: ignore[attr-defined]
             if not fut.done():
                 fut.cancel()
             raise
@@ -259,45 +257,6 @@ class DaskProcessorPool:
         """Refuse new calls (`ProcessorPool`); running ones end through their own `Cancel`
         tokens, which the runner's `cancel_all` sets (each cancels its Dask task)."""
         self._closed = True
-
-    def __enter__(self) -> "DaskProcessorPool":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-
-
-def _is_local_cluster(cluster_class: Any) -> bool:
-    """Whether the runner would start a `LocalCluster` (or a subclass, which takes its kwargs)."""
-    if cluster_class is None:
-        return True
-    if isinstance(cluster_class, str):
-        from prefect.utilities.importtools import from_qualified_name
-
-        try:
-            cluster_class = from_qualified_name(cluster_class)
-        except Exception:  # DaskTaskRunner reports a bad name itself
-            return False
-    return isinstance(cluster_class, type) and issubclass(cluster_class, distributed.LocalCluster)
-
-
-def _on_dask_worker() -> bool:
-    """True in a thread of a Dask worker (where Prefect enters a copy of the flow's runner)."""
-    try:
-        distributed.get_worker()
-    except ValueError:
-        return False
-    return True
-
-
-def _dask_futures(expr: Any) -> Any:
-    """`expr` with each `PrefectDaskFuture` replaced by its Dask future (Dask resolves those)."""
-    from prefect.utilities.collections import visit_collection
-
-    def visit(value: Any) -> Any:
-        return value.wrapped_future if isinstance(value, PrefectDaskFuture) else value
-
-    return visit_collection(expr, visit_fn=visit, return_data=True)
 
 
 class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
@@ -381,10 +340,6 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             raise ValueError(f"worker_timeout must be positive, got {worker_timeout}")
         if no_worker_timeout is not None and no_worker_timeout <= 0:
             raise ValueError(f"no_worker_timeout must be positive or None, got {no_worker_timeout}")
-        if not address and cluster is None and _is_local_cluster(cluster_class):
-            cluster_kwargs = dict(cluster_kwargs or {})
-            threads = cluster_kwargs.setdefault("threads_per_worker", 1)
-            cluster_kwargs.setdefault("resources", {PROCESSOR: threads})
         self._dask_settings: dict[str, Any] = dict(
             cluster=cluster,
             address=address,
@@ -394,8 +349,13 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             client_kwargs=client_kwargs,
             performance_report_path=performance_report_path,
         )
-        # Validates the cluster settings now; constructing it connects to nothing.
+        # Validates the cluster settings (and resolves `cluster_class`) now; constructing it connects to nothing.
         self.dask_runner = DaskTaskRunner(**self._dask_settings)
+        made = self.dask_runner.resolved_cluster_class  # None: the default LocalCluster
+        local = made is None or isinstance(made, type) and issubclass(made, distributed.LocalCluster)
+        if local and not address and cluster is None:  # a LocalCluster (or a subclass): a `processor` per thread
+            kwargs = self._dask_settings["cluster_kwargs"] = self.dask_runner.cluster_kwargs
+            kwargs.setdefault("resources", {PROCESSOR: kwargs.setdefault("threads_per_worker", 1)})
         LLMOrchTaskRunner.__init__(
             self, processors=1, policy=policy, concurrency_limit=concurrency_limit, preload=preload,
             resources=resources, gpus=gpus,
@@ -415,10 +375,6 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
         return self._dask_settings["address"]
 
     @property
-    def cluster_class(self) -> Any:
-        return self._dask_settings["cluster_class"]
-
-    @property
     def cluster_kwargs(self) -> dict[str, Any]:
         return self.dask_runner.cluster_kwargs
 
@@ -429,10 +385,6 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
     @property
     def client_kwargs(self) -> dict[str, Any]:
         return self.dask_runner.client_kwargs
-
-    @property
-    def performance_report_path(self) -> str | None:
-        return self._dask_settings["performance_report_path"]
 
     @property
     def client(self) -> distributed.Client:
@@ -468,10 +420,8 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             return False
         # The Dask settings as `DaskTaskRunner.__eq__` compares them (settings, not cluster
         # objects; the defaults it fills in equal to leaving them out), then ours.
-        mine, theirs = self._init_kwargs(), other._init_kwargs()
-        for settings in (mine, theirs):
-            for name in ("cluster", "address", "cluster_class", "cluster_kwargs", "adapt_kwargs", "client_kwargs"):
-                settings.pop(name)
+        by_dask = ("cluster", "address", "cluster_class", "cluster_kwargs", "adapt_kwargs", "client_kwargs")
+        mine, theirs = ({k: v for k, v in r._init_kwargs().items() if k not in by_dask} for r in (self, other))
         return self.dask_runner == other.dask_runner and mine == theirs
 
     def __hash__(self) -> int:
@@ -490,7 +440,7 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
         self._init_state()  # a runner entered again after an exit starts clean
         # Prefect's `hydrated_context` enters a copy of the flow's runner around every task
         # run it ships to a Dask worker; that copy waits until a task is submitted to it.
-        self._deferred = _on_dask_worker()
+        self._deferred = bool(_worker_address())
         if self._deferred:
             return self
         try:
@@ -524,14 +474,14 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
             pool = DaskProcessorPool(client, no_worker_timeout=self.no_worker_timeout)
             for addr in sorted(self.worker_processors) if grows_to is None else ():
                 pool.worker_index(addr)
-            self.pool = stack.enter_context(pool)  # type: ignore[assignment]
+            stack.callback(pool.shutdown)
+            self.pool = pool
             threading.Thread(target=pool.warm, args=(self.preload,), daemon=True, name="llmorch-dask-warm").start()
             # The same task-run threads and limit handling as the local runner, with P from the cluster.
             self._start_threads(stack)
         except BaseException:
-            stack.close()
+            stack.close()  # the task-run threads' executor included (`_start_threads`)
             self.pool = None
-            self._executor = None
             raise
         self._stack = stack
         interrupt.register(self)  # Ctrl-C / SIGTERM cancel it
@@ -638,11 +588,9 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
         dependencies: dict[str, Any] | None = None,
     ) -> PrefectFuture[Any]:
-        if not self._started:
-            raise not_started(self)
         if self._deferred:
             self._start_deferred()
-        if self._executor is None:
+        if self._cancelled or not self._started or self._executor is None:
             return self._refuse(task)  # after a Ctrl-C a plan call ends Cancelled, as on the local runner
         if getattr(task, CALL_ATTR, None) is not None:
             # A compiled plan call: coordinated here, its compute body sent to Dask by `pool`.
@@ -655,15 +603,7 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
 
         if "compute" not in (set(task.tags) | set(TagsContext.get().current_tags)):
             return self.dask_runner.submit(task, parameters, wait_for, dependencies)
-        # DaskTaskRunner.submit has no `resources`: the same call on its public client, plus
-        # the resource. The `resources` argument rather than `dask.annotate`: annotations
-        # live in dask's process-wide config, shared by threads.
-        future = self.dask_runner.client.submit(
-            task,
-            parameters=_dask_futures(parameters),
-            wait_for=_dask_futures(wait_for) if wait_for else None,
-            dependencies=dependencies,
-            return_type="state",
-            resources={PROCESSOR: 1},
-        )
-        return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
+        # DaskTaskRunner.submit has no `resources`: Dask's annotation gives the task a processor
+        # (a context variable since dask 2023.7: this submission's alone, not other threads').
+        with dask.annotate(resources={PROCESSOR: 1}):
+            return self.dask_runner.submit(task, parameters, wait_for, dependencies)

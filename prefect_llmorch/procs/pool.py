@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextvars
 
 import concurrent.futures
+import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 __all__ = [
     "ProcessorPool",
@@ -150,6 +152,21 @@ def wait_first(fs: Iterable[concurrent.futures.Future[Any]], timeout: float | No
 #: (the runner sets `CUDA_VISIBLE_DEVICES` to the GPU device the Coordinator placed the call on,
 #: or to "" for a call without GPU memory when the run has devices).
 CALL_ENV: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("llmorch_call_env", default=None)
+
+
+@contextmanager
+def call_env(env: Mapping[str, str] | None) -> Iterator[None]:
+    """On the worker, around the call's function: its `CALL_ENV` set, then put back as it was."""
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 #: Set by the runner for the task run in this context: called once the call's body has
 #: succeeded (its function returned and nothing after it can run it again), so its

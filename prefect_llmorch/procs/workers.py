@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable
 
-from prefect_llmorch.procs.pool import CALL_ENV
+from prefect_llmorch.procs.pool import CALL_ENV, call_env
 from prefect_llmorch.procs.pool import (  # re-exported: the pool's vocabulary
     CallCancelled,
     CallNotSent,
@@ -205,18 +205,14 @@ def _worker_main(conn: Connection, affinity: list[int] | None, owner: int | None
             conn.send_bytes(_dumps(("ok", None, 0.0, 0.0, pid)))
             continue
         fn, args, kwargs, env = payload
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # set per call, before the function runs (e.g. CUDA_VISIBLE_DEVICES)
         start = time.time()
         try:
-            value = fn(*args, **kwargs)
+            with call_env(env):  # set per call, before the function runs (e.g. CUDA_VISIBLE_DEVICES)
+                value = fn(*args, **kwargs)
         except BaseException as exc:  # report everything, including SystemExit
-            end = time.time()
-            restore_env(saved)
-            conn.send_bytes(_dumps(("error", _portable(exc), traceback.format_exc(), start, end, pid)))
+            conn.send_bytes(_dumps(("error", _portable(exc), traceback.format_exc(), start, time.time(), pid)))
             continue
         end = time.time()
-        restore_env(saved)
         try:
             data = _dumps(("ok", value, start, end, pid))
         except Exception as exc:
@@ -224,15 +220,6 @@ def _worker_main(conn: Connection, affinity: list[int] | None, owner: int | None
                 ("error", TypeError(f"result of type {type(value).__name__} cannot be sent back: {exc}"), "", start, end, pid)
             )
         conn.send_bytes(data)
-
-
-def restore_env(saved: dict[str, str | None]) -> None:
-    """Put back the environment variables a call changed (`saved`: their old values, None: unset)."""
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def _portable(exc: BaseException) -> BaseException:
