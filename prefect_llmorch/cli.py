@@ -16,9 +16,11 @@ import os
 import sys
 import traceback
 from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Optional, TextIO
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -33,7 +35,24 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-_state: dict[str, Any] = {"debug": False, "json_out": None}
+
+@dataclass
+class _Invocation:
+    """One command's global options and output: typer's context object (`ctx.obj`, set by
+    the global options, inherited by the command's context), found by the helpers through
+    click's current context."""
+
+    debug: bool = False
+    #: the real standard output while `_json_stdout` sends everything else to stderr
+    json_out: TextIO | None = None
+
+
+def _invocation() -> _Invocation:
+    """This command's `_Invocation` (the defaults outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    found = ctx.obj if ctx is not None else None
+    return found if isinstance(found, _Invocation) else _Invocation()
+
 
 PROCESSORS_HELP = "P: compute calls at once (default: the machine's cores; more is capped unless --force-processors)"
 FORCE_HELP = "use -P as given even when it is more than the machine's cores"
@@ -47,16 +66,17 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _global_options(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", envvar="LLMORCH_DEBUG", help="show tracebacks of errors"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
 ) -> None:
     """Parallel LLM function calling on Prefect (LLMOrch)."""
-    _state["debug"] = debug
+    ctx.obj = _Invocation(debug=debug)
 
 
 def _fail(message: str, cause: BaseException | None = None, code: int = 2) -> NoReturn:
     """One line on stderr (the traceback too with --debug), then exit `code`."""
-    if _state["debug"] and cause is not None:
+    if _invocation().debug and cause is not None:
         traceback.print_exception(cause, file=sys.stderr)
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise typer.Exit(code)
@@ -278,7 +298,8 @@ def _json_stdout(active: bool) -> Iterator[None]:
     """While active, standard output (fd 1 and `sys.stdout`) goes to standard error, and
     `_emit_json` writes to the real standard output: a tool's prints, in this process or
     in the worker processes started meanwhile (they inherit fd 1), cannot spoil the JSON."""
-    if not active or _state["json_out"] is not None:
+    invocation = _invocation()
+    if not active or invocation.json_out is not None:
         yield
         return
     sys.stdout.flush()
@@ -286,22 +307,22 @@ def _json_stdout(active: bool) -> Iterator[None]:
         fd = sys.stdout.fileno()
         err_fd = sys.stderr.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):  # not a real file (e.g. captured)
-        _state["json_out"] = sys.stdout
+        invocation.json_out = sys.stdout
         try:
             with redirect_stdout(sys.stderr):
                 yield
         finally:
-            _state["json_out"] = None
+            invocation.json_out = None
         return
     saved = os.dup(fd)
     os.dup2(err_fd, fd)
     real = os.fdopen(saved, "w", encoding="utf-8")
-    _state["json_out"] = real
+    invocation.json_out = real
     try:
         with redirect_stdout(sys.stderr):
             yield
     finally:
-        _state["json_out"] = None
+        invocation.json_out = None
         sys.stdout.flush()
         real.flush()
         os.dup2(saved, fd)
@@ -310,7 +331,7 @@ def _json_stdout(active: bool) -> Iterator[None]:
 
 def _emit_json(doc: Any) -> None:
     """Print one JSON document on the real standard output."""
-    out: TextIO = _state["json_out"] or sys.stdout
+    out: TextIO = _invocation().json_out or sys.stdout
     out.write(json.dumps(doc, default=repr) + "\n")
     out.flush()
 
@@ -492,7 +513,7 @@ def _ended_without_report(exc: BaseException, as_json: bool, state: str = "Crash
     """A run that ended with an error of its own instead of a report: the report that says
     so (JSON with `--json`), one line on stderr otherwise, exit 1."""
     message = f"{type(exc).__name__}: {exc}" if state == "Crashed" else str(exc)
-    if _state["debug"]:
+    if _invocation().debug:
         traceback.print_exception(exc, file=sys.stderr)
     if as_json:
         _emit_json(_no_report(state, message))
@@ -507,7 +528,7 @@ def _interrupted_without_report(exc: BaseException, as_json: bool) -> NoReturn:
     from prefect_llmorch.host import interrupt
 
     message = f"stopped by {interrupt.received()}; the run ended without a report: {type(exc).__name__}: {exc}"
-    if _state["debug"]:
+    if _invocation().debug:
         traceback.print_exception(exc, file=sys.stderr)
     if as_json:
         _emit_json(_no_report("Cancelled", message))
@@ -519,7 +540,7 @@ def _interrupted_without_report(exc: BaseException, as_json: bool) -> NoReturn:
 def _exit_now(code: int) -> NoReturn:
     """Exit at once after a Ctrl-C / SIGTERM run printed its report: threads of abandoned
     inout calls would hold a normal exit; the embedded server's watchdog stops the server."""
-    for stream in (_state["json_out"], sys.stdout, sys.stderr):
+    for stream in (_invocation().json_out, sys.stdout, sys.stderr):
         try:
             if stream is not None:
                 stream.flush()
