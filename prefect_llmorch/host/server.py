@@ -18,8 +18,9 @@ database migrations):
 - pointed at by this process: `PREFECT_API_URL` is set in the environment and Prefect's
   global settings are refreshed (`prefect.context.refresh_global_settings_context`), so every
   thread and every child process (compute workers) uses this one server;
-- stopped when this process exits normally (last of what `host/process.PROCESS` ends at
-  exit: kept slots are given back before, through it), and by a watchdog, in a session of its own too, when this process is killed (`kill -9`);
+- stopped when this process exits normally (the last stage of `host/process.PROCESS`'s
+  exit: kept slots are given back before, through it), and by a watchdog, in a session of
+  its own too, when this process is killed (`kill -9`);
 - watched: if it dies under us (killed, out of memory), `server_gone()` says so (its pid, how
   it ended, its log), the callbacks of `when_gone` run at once (a run's `Execution` stops its
   calls), and a *tombstone* answers at its address: every request gets `410 Gone` with that
@@ -134,9 +135,9 @@ class _Embedded:
         self.tls: dict[tuple[bool, str | None], Any] = {}
 
     def stop(self) -> None:
-        """Stop the server this process started (at exit: kept slots were given back first)."""
-        with self.lock:
-            proc, self.process = self.process, None
+        """Stop the server this process started (at exit: kept slots were given back first).
+        Not under `lock`: a thread still starting a server at exit must not hold the exit."""
+        proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()
@@ -206,7 +207,7 @@ def _how_it_ended(code: int | None) -> str:
 
 
 def _watch(proc: subprocess.Popen[bytes], server: EmbeddedServer, port: int) -> None:
-    """Wait for the server process; if it died while still ours (not `_stop`ped), record
+    """Wait for the server process; if it died while still ours (not `stop`ped), record
     why, answer at its address with the tombstone, and tell `when_gone`'s callbacks."""
     embedded = _embedded()
     code = proc.wait()
