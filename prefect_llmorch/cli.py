@@ -49,13 +49,13 @@ def _debug(ctx: typer.Context) -> bool:
 
 
 class _Failure(RuntimeError):
-    """An error the CLI reports in one line on stderr and exits `code` with (`main`, which
-    shows the traceback of `cause` too under `--debug`); `message` "": already reported.
-    A RuntimeError, as typer's `Exit` is: an `except Exception` catches both alike."""
+    """An error the CLI said in one line on stderr (`_fail`): `main` exits `code`, and under
+    `--debug` shows the traceback of `cause`, then the line again (the error stays the last
+    line). A RuntimeError, as typer's `Exit` is: an `except Exception` catches both alike."""
 
     def __init__(self, message: str, cause: BaseException | None = None, code: int = 2) -> None:
         super().__init__(message)
-        self.message, self.cause, self.code = message, cause, code
+        self.cause, self.code = cause, code
 
 
 PROCESSORS_HELP = "P: compute calls at once (default: the machine's cores; more is capped unless --force-processors)"
@@ -78,7 +78,8 @@ def _global_options(
 
 
 def _fail(message: str, cause: BaseException | None = None, code: int = 2) -> NoReturn:
-    """One line on stderr (the traceback too with --debug), then exit `code` (`main` says it)."""
+    """One line on stderr (then the traceback with --debug: `main`), and exit `code`."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
     raise _Failure(message, cause, code)
 
 
@@ -983,16 +984,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     """The `llmorch` console script: `app` with `--debug` accepted anywhere, and no
     traceback for an unexpected error unless `--debug` is given."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("LLMORCH_DEBUG", "").lower() in ("1", "true", "yes")
+    # as typer reads the option (click's booleans), for every error and the commands (`ctx.obj`)
+    debug = "--debug" in args or os.environ.get("LLMORCH_DEBUG", "").strip().lower() in ("1", "true", "t", "yes", "y", "on")
     if "--debug" in args:  # a global option; let `llmorch run x --debug` mean it too
         args = ["--debug"] + [a for a in args if a != "--debug"]
     try:
         app(args=args, prog_name="llmorch", obj=_Options(debug=debug))
-    except _Failure as failure:
+    except _Failure as failure:  # said by `_fail`
         if debug and failure.cause is not None:
             traceback.print_exception(failure.cause, file=sys.stderr)
-        if failure.message:
-            print(f"error: {failure.message}", file=sys.stderr, flush=True)
+            print(f"error: {failure}", file=sys.stderr, flush=True)
         sys.exit(failure.code)
     except Exception as exc:
         if debug:
