@@ -47,7 +47,7 @@ class Lines:
     thousands of errors asks for each one's, and splitting the whole text every time made
     that quadratic; so such a function makes one `Lines` of its text and asks it.
 
-        >>> lines = Lines("a\nbc")
+        >>> lines = Lines("a\\nbc")
         >>> lines.line(2), lines.line(3)
         ('bc', None)
     """
