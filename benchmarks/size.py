@@ -11,8 +11,11 @@ body; what talks to neither Prefect nor a flow lives in other parts: `procs/`, `
   budget (2,500 lines) against the total;
 - the package's process-global mutable registries, found in the syntax tree rather than
   listed by hand: module-level names that functions rebind (`global`) or mutate (item
-  assignment, `del`, `add`/`append`/`pop`/`update`/... calls), and module-level functions
-  wrapped in `functools.cache`/`lru_cache`; grouped by module, against the budget (2).
+  assignment, `del`, `add`/`append`/`pop`/`update`/... calls, on the name or on one of its
+  attributes, or setting an attribute: `_guard.signum = ...`), class attributes a
+  classmethod sets (`cls._instance = ...`), module-level instances of a mutable class of the
+  module (`_OWNER = Owner()`: its methods change it), and module-level functions wrapped in
+  `functools.cache`/`lru_cache`; grouped by module, against the budget (2).
 
 `--json FILE` also writes the figures. No Prefect import: it reads files.
 """
@@ -55,7 +58,7 @@ class ModuleSize:
 class Registry:
     module: str
     name: str
-    how: str  # "rebound", "mutated" or "cache"
+    how: str  # "rebound", "mutated", "instance" or "cache"
 
 
 def _docstring_lines(tree: ast.Module) -> set[int]:
@@ -103,6 +106,43 @@ def _module_names(tree: ast.Module) -> set[str]:
     return names
 
 
+def _frozen(cls: ast.ClassDef) -> bool:
+    """Whether instances of `cls` cannot change: a frozen dataclass, a NamedTuple, an Enum."""
+    for deco in cls.decorator_list:
+        if isinstance(deco, ast.Call) and any(
+                k.arg == "frozen" and isinstance(k.value, ast.Constant) and k.value.value is True
+                for k in deco.keywords):
+            return True
+    bases = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in cls.bases}
+    return bool(bases & {"NamedTuple", "Enum", "IntEnum", "StrEnum", "Flag", "IntFlag"})
+
+
+def _instances(tree: ast.Module) -> set[str]:
+    """Module-level names bound to an instance of a mutable class defined in the module."""
+    mutable = {n.name for n in tree.body if isinstance(n, ast.ClassDef) and not _frozen(n)}
+    names: set[str] = set()
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in mutable:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]  # type: ignore[union-attr]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def _changed_base(node: ast.AST) -> ast.expr | None:
+    """The object `node` changes: `x[k] = v`, `del x[k]`, `x.add(v)` change `x`; setting or
+    deleting `x.a` changes `x`, as `x.a[k] = v` and `x.a.add(v)` do."""
+    base = None
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS:
+        base = node.func.value
+    elif isinstance(node, (ast.Subscript, ast.Attribute)) and isinstance(node.ctx, (ast.Store, ast.Del)):
+        return node.value if isinstance(node.value, ast.Name) else \
+            node.value.value if isinstance(node.value, ast.Attribute) else node.value
+    if isinstance(base, ast.Attribute):
+        return base.value
+    return base
+
+
 def _local_names(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
     args = func.args
     names = {a.arg for a in args.args + args.posonlyargs + args.kwonlyargs}
@@ -118,8 +158,8 @@ def _local_names(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
 
 def registries(path: Path, module: str) -> list[Registry]:
     tree = ast.parse(path.read_text())
-    module_names = _module_names(tree)
-    found: dict[str, str] = {}
+    module_names = _module_names(tree) | {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    found: dict[str, str] = {name: "instance" for name in _instances(tree)}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for deco in node.decorator_list:
@@ -127,23 +167,24 @@ def registries(path: Path, module: str) -> list[Registry]:
                 name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
                 if name in {"cache", "lru_cache"}:
                     found[node.name] = "cache"
+    owners = {func: cls.name for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef) for func in cls.body}
     for func in ast.walk(tree):
         if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         local = _local_names(func)
+        classmethod_ = func in owners and any(getattr(d, "id", "") == "classmethod" for d in func.decorator_list)
         for node in ast.walk(func):
             if isinstance(node, ast.Global):
                 for name in node.names:
                     found.setdefault(name, "rebound")
                 continue
-            base = None
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                    and node.func.attr in MUTATORS:
-                base = node.func.value
-            elif isinstance(node, ast.Subscript) and isinstance(node.ctx, (ast.Store, ast.Del)):
-                base = node.value
-            if isinstance(base, ast.Name) and base.id in module_names and base.id not in local:
+            base = _changed_base(node)
+            if not isinstance(base, ast.Name):
+                continue
+            if base.id in module_names and base.id not in local:
                 found.setdefault(base.id, "mutated")
+            elif classmethod_ and base.id == "cls" and isinstance(node, ast.Attribute):
+                found.setdefault(f"{owners[func]}.{node.attr}", "rebound")
     return [Registry(module, name, how) for name, how in sorted(found.items())]
 
 

@@ -16,6 +16,7 @@ import os
 import sys
 import traceback
 from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Optional, TextIO
 
@@ -33,7 +34,29 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-_state: dict[str, Any] = {"debug": False, "json_out": None}
+
+@dataclass(frozen=True)
+class _Options:
+    """The CLI's global options: read by `main` (where every error ends) and handed to the
+    commands as typer's context object (`ctx.obj`)."""
+
+    debug: bool = False
+
+
+def _debug(ctx: typer.Context) -> bool:
+    """Whether `--debug` was given (False when the app is called without `main`)."""
+    return isinstance(ctx.obj, _Options) and ctx.obj.debug
+
+
+class _Failure(RuntimeError):
+    """An error the CLI said in one line on stderr (`_fail`): `main` exits `code`, and under
+    `--debug` shows the traceback of `cause`, then the line again (the error stays the last
+    line). A RuntimeError, as typer's `Exit` is: an `except Exception` catches both alike."""
+
+    def __init__(self, message: str, cause: BaseException | None = None, code: int = 2) -> None:
+        super().__init__(message)
+        self.cause, self.code = cause, code
+
 
 PROCESSORS_HELP = "P: compute calls at once (default: the machine's cores; more is capped unless --force-processors)"
 FORCE_HELP = "use -P as given even when it is more than the machine's cores"
@@ -51,15 +74,13 @@ def _global_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
 ) -> None:
     """Parallel LLM function calling on Prefect (LLMOrch)."""
-    _state["debug"] = debug
+    # `--debug` is read by `main`, where errors end, and handed to the commands in `ctx.obj`
 
 
 def _fail(message: str, cause: BaseException | None = None, code: int = 2) -> NoReturn:
-    """One line on stderr (the traceback too with --debug), then exit `code`."""
-    if _state["debug"] and cause is not None:
-        traceback.print_exception(cause, file=sys.stderr)
+    """One line on stderr (then the traceback with --debug: `main`), and exit `code`."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    raise typer.Exit(code)
+    raise _Failure(message, cause, code)
 
 
 def _note(message: str) -> None:
@@ -274,53 +295,48 @@ def _toolbox(path: str) -> Any:
 
 
 @contextmanager
-def _json_stdout(active: bool) -> Iterator[None]:
-    """While active, standard output (fd 1 and `sys.stdout`) goes to standard error, and
-    `_emit_json` writes to the real standard output: a tool's prints, in this process or
-    in the worker processes started meanwhile (they inherit fd 1), cannot spoil the JSON."""
-    if not active or _state["json_out"] is not None:
-        yield
+def _json_stdout(active: bool) -> Iterator[TextIO | None]:
+    """While active, standard output (fd 1 and `sys.stdout`) goes to standard error, and the
+    stream it gives is the real standard output, where the command's JSON goes (`_emit_json`):
+    a tool's prints, in this process or in the worker processes started meanwhile (they
+    inherit fd 1), cannot spoil the JSON. Not active: it gives None (the output is text)."""
+    if not active:
+        yield None
         return
     sys.stdout.flush()
     try:
         fd = sys.stdout.fileno()
         err_fd = sys.stderr.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):  # not a real file (e.g. captured)
-        _state["json_out"] = sys.stdout
-        try:
-            with redirect_stdout(sys.stderr):
-                yield
-        finally:
-            _state["json_out"] = None
+        out = sys.stdout
+        with redirect_stdout(sys.stderr):
+            yield out
         return
     saved = os.dup(fd)
     os.dup2(err_fd, fd)
     real = os.fdopen(saved, "w", encoding="utf-8")
-    _state["json_out"] = real
     try:
         with redirect_stdout(sys.stderr):
-            yield
+            yield real
     finally:
-        _state["json_out"] = None
         sys.stdout.flush()
         real.flush()
         os.dup2(saved, fd)
         real.close()
 
 
-def _emit_json(doc: Any) -> None:
-    """Print one JSON document on the real standard output."""
-    out: TextIO = _state["json_out"] or sys.stdout
+def _emit_json(doc: Any, out: TextIO) -> None:
+    """Print one JSON document on `out` (the real standard output, from `_json_stdout`)."""
     out.write(json.dumps(doc, default=repr) + "\n")
     out.flush()
 
 
-def _plan_errors(exc: Any, as_json: bool) -> NoReturn:
-    if as_json:
+def _plan_errors(exc: Any, json_out: TextIO | None) -> NoReturn:
+    if json_out is not None:
         doc = {"ok": False, "errors": [e.to_dict() for e in exc.errors]}  # line, column, kind, message, expected, pointer
         if getattr(exc, "omitted", 0):
             doc["omitted"] = exc.omitted  # errors past the first MAX_REPORTED, counted only
-        _emit_json(doc)
+        _emit_json(doc, json_out)
     else:
         for e in exc.errors:
             err_console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
@@ -331,14 +347,14 @@ def _plan_errors(exc: Any, as_json: bool) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _parse(text: str, tb: Any, as_json: bool) -> Any:
+def _parse(text: str, tb: Any, json_out: TextIO | None) -> Any:
     from prefect_llmorch.plan.errors import PlanError
     from prefect_llmorch.plan.parser import parse
 
     try:
         return parse(text, tb)
     except PlanError as exc:
-        _plan_errors(exc, as_json)
+        _plan_errors(exc, json_out)
 
 
 PLAN_HELP = f"plan file (text, or JSON: NESTFUL or ours), example:NAME (a shipped example), or - for stdin; {examples_help()}"
@@ -357,10 +373,10 @@ def check(
     """Parse and type-check a plan; exit 1 with every error."""
     _prepare_env()
     text = _read_plan(plan)
-    with _json_stdout(as_json):
-        parsed = _parse(text, _toolbox(toolbox), as_json)
-        if as_json:
-            _emit_json({"ok": True, "errors": [], "calls": len(parsed)})
+    with _json_stdout(as_json) as json_out:
+        parsed = _parse(text, _toolbox(toolbox), json_out)
+        if json_out is not None:
+            _emit_json({"ok": True, "errors": [], "calls": len(parsed)}, json_out)
             return
     console.print(f"[green]ok[/green]: {len(parsed)} calls")
 
@@ -384,14 +400,14 @@ def graph(
     from prefect_llmorch.graph import FRG
 
     P = processors or _machine_cores()
-    with _json_stdout(as_json):
+    with _json_stdout(as_json) as json_out:
         tb = _toolbox(toolbox)
-        parsed = _parse(text, tb, as_json)
+        parsed = _parse(text, tb, json_out)
         frg = FRG.build(parsed, tb)
         if as_json or not (mermaid or dot):  # (--json wins over --mermaid/--dot)
             frg, prediction, choice = _prediction(frg, parsed, tb, P, costs)
-        if as_json:
-            _emit_json({**frg.to_json(), "prediction": _prediction_json(prediction, choice)})
+        if json_out is not None:
+            _emit_json({**frg.to_json(), "prediction": _prediction_json(prediction, choice)}, json_out)
             return
     if mermaid:
         print(frg.to_mermaid())
@@ -420,9 +436,9 @@ def _print_frg(frg: Any) -> None:
     console.print(table, markup=False, highlight=False)
 
 
-def _print_report(report: Any, as_json: bool) -> None:
-    if as_json:
-        _emit_json(report.to_json())
+def _print_report(report: Any, json_out: TextIO | None) -> None:
+    if json_out is not None:
+        _emit_json(report.to_json(), json_out)
         return
     table = Table(title=f"{report.state}: schedule on P = {report.processors}")
     for col in ("call", "function", "kind", "rank", "processor", "start (s)", "end (s)", "state"):
@@ -488,38 +504,38 @@ def _no_report(state: str, message: str) -> dict[str, Any]:
     return {"state": state, "message": message, "result": {}, "calls": [], "latency": None}
 
 
-def _ended_without_report(exc: BaseException, as_json: bool, state: str = "Crashed") -> NoReturn:
+def _ended_without_report(exc: BaseException, json_out: TextIO | None, debug: bool, state: str = "Crashed") -> NoReturn:
     """A run that ended with an error of its own instead of a report: the report that says
     so (JSON with `--json`), one line on stderr otherwise, exit 1."""
     message = f"{type(exc).__name__}: {exc}" if state == "Crashed" else str(exc)
-    if _state["debug"]:
+    if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    if as_json:
-        _emit_json(_no_report(state, message))
+    if json_out is not None:
+        _emit_json(_no_report(state, message), json_out)
     else:
         err_console.print(f"the run {'crashed' if state == 'Crashed' else 'failed'}: {message}", markup=False)
     raise typer.Exit(1)
 
 
-def _interrupted_without_report(exc: BaseException, as_json: bool) -> NoReturn:
+def _interrupted_without_report(exc: BaseException, json_out: TextIO | None, debug: bool) -> NoReturn:
     """A Ctrl-C / SIGTERM run that ended with an error instead of a report (e.g. before the
     plan came): say so and exit with the signal's code."""
     from prefect_llmorch.host import interrupt
 
     message = f"stopped by {interrupt.received()}; the run ended without a report: {type(exc).__name__}: {exc}"
-    if _state["debug"]:
+    if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    if as_json:
-        _emit_json(_no_report("Cancelled", message))
+    if json_out is not None:
+        _emit_json(_no_report("Cancelled", message), json_out)
     else:
         err_console.print(message, markup=False)
-    _exit_now(interrupt.exit_code())
+    _exit_now(interrupt.exit_code(), json_out)
 
 
-def _exit_now(code: int) -> NoReturn:
+def _exit_now(code: int, json_out: TextIO | None) -> NoReturn:
     """Exit at once after a Ctrl-C / SIGTERM run printed its report: threads of abandoned
     inout calls would hold a normal exit; the embedded server's watchdog stops the server."""
-    for stream in (_state["json_out"], sys.stdout, sys.stderr):
+    for stream in (json_out, sys.stdout, sys.stderr):
         try:
             if stream is not None:
                 stream.flush()
@@ -530,6 +546,7 @@ def _exit_now(code: int) -> NoReturn:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     plan: str = typer.Argument(..., help=PLAN_HELP, metavar="PLAN"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     processors: Optional[int] = typer.Option(None, "--processors", "-P", help=PROCESSORS_HELP),
@@ -552,8 +569,9 @@ def run(
         cancel_running=cancel_running, cache=not no_cache, costs=costs, resources=_resources(resource) or None,
     )
     text = _read_plan(plan)
-    with _json_stdout(as_json):
-        parsed = _parse(text, _toolbox(toolbox), as_json)  # every error before Prefect starts
+    debug = _debug(ctx)
+    with _json_stdout(as_json) as json_out:
+        parsed = _parse(text, _toolbox(toolbox), json_out)  # every error before Prefect starts
         from prefect_llmorch.host import interrupt
         from prefect_llmorch.flows.run import PlanRunFailed, run_plan
         from prefect_llmorch.options import DEFAULT_LIMIT
@@ -565,30 +583,30 @@ def run(
                 # the parsed plan: `run_plan` does not parse it again
                 report = run_plan(parsed, toolbox, options, concurrency_limit=None if no_limit else DEFAULT_LIMIT)
             except PlanRunFailed as exc:
-                _print_report(exc.report, as_json)
+                _print_report(exc.report, json_out)
                 clock.report(exc.report)
                 raise typer.Exit(1) from None
             except RuntimeError as exc:  # e.g. the plan calls `self` and no LLM is configured
                 if interrupt.received():
-                    _interrupted_without_report(exc, as_json)
-                if as_json:
-                    _emit_json(_no_report("Failed", str(exc)))
+                    _interrupted_without_report(exc, json_out, debug)
+                if json_out is not None:
+                    _emit_json(_no_report("Failed", str(exc)), json_out)
                 _fail(str(exc), exc)
             except BaseException as exc:
                 if interrupt.received():
-                    _interrupted_without_report(exc, as_json)
+                    _interrupted_without_report(exc, json_out, debug)
                 if not isinstance(exc, Exception):
                     raise
-                _ended_without_report(exc, as_json)
+                _ended_without_report(exc, json_out, debug)
             if interrupt.received():
-                _print_report(report, as_json)
+                _print_report(report, json_out)
                 clock.report(report)
-                _exit_now(interrupt.exit_code())
-        if as_json:
-            _print_report(report, as_json)
+                _exit_now(interrupt.exit_code(), json_out)
+        if json_out is not None:
+            _print_report(report, json_out)
             clock.report(report)
             return
-    _print_report(report, as_json)
+    _print_report(report, None)
     clock.report(report)
 
 
@@ -609,7 +627,7 @@ def simulate(
     from prefect_llmorch.graph import FRG
     from prefect_llmorch.schedule.simulator import read_stg, simulate_file
 
-    with _json_stdout(as_json):
+    with _json_stdout(as_json) as json_out:
         if graph_file.endswith(".stg"):
             if not os.path.isfile(graph_file):
                 _fail(f"no such STG file: {graph_file}; give the path of a Standard Task Graph (.stg) file")
@@ -620,13 +638,13 @@ def simulate(
         else:
             text = _read_plan(graph_file)
             tb = _toolbox(toolbox)
-            target = FRG.build(_parse(text, tb, as_json), tb)
+            target = FRG.build(_parse(text, tb, json_out), tb)
         try:
             out = simulate_file(target, processors, policy, resources=capacities or None)
         except ValueError as exc:  # a call that can never fit, an unknown resource
             _fail(f"{exc}; give its capacity with --resource NAME=AMOUNT", exc)
-        if as_json:
-            _emit_json(out)
+        if json_out is not None:
+            _emit_json(out, json_out)
             return
     ratio = out["makespan"] / out["lower_bound"] if out["lower_bound"] else float("nan")
     console.print(
@@ -658,7 +676,7 @@ PLANNER_HELP = ("how plans are asked for: text (the plan language) or json (the 
                 "JSON schema built from the toolbox); default: the endpoint block's setting, else text")
 
 
-def _ask_and_print(question: str, toolbox: str, options: Any, client: Any, as_json: bool) -> None:
+def _ask_and_print(question: str, toolbox: str, options: Any, client: Any, json_out: TextIO | None, debug: bool) -> None:
     from prefect_llmorch.flows.ask import ask_query
     from prefect_llmorch.llm.client import LLMError
     from prefect_llmorch.flows.run import PlanRunFailed
@@ -673,26 +691,26 @@ def _ask_and_print(question: str, toolbox: str, options: Any, client: Any, as_js
         try:
             report = ask_query(question, toolbox, options, endpoint=client)
         except PlanRunFailed as exc:
-            _print_report(exc.report, as_json)
+            _print_report(exc.report, json_out)
             clock.report(exc.report)
             raise typer.Exit(1) from None
         except (PlanningFailed, LLMError, JoinFailed) as exc:
             if interrupt.received():
-                _interrupted_without_report(exc, as_json)
-            _ended_without_report(exc, as_json, state="Failed")
+                _interrupted_without_report(exc, json_out, debug)
+            _ended_without_report(exc, json_out, debug, state="Failed")
         except BaseException as exc:  # e.g. stopped before the plan came: no report to print
             if interrupt.received():
-                _interrupted_without_report(exc, as_json)
+                _interrupted_without_report(exc, json_out, debug)
             if not isinstance(exc, Exception):
                 raise
-            _ended_without_report(exc, as_json)
+            _ended_without_report(exc, json_out, debug)
         if interrupt.received():
-            if not as_json:
+            if json_out is None:
                 console.print(report.extra.get("plan", ""), markup=False, highlight=False)
-            _print_report(report, as_json)
+            _print_report(report, json_out)
             clock.report(report)
-            _exit_now(interrupt.exit_code())
-    if not as_json:
+            _exit_now(interrupt.exit_code(), json_out)
+    if json_out is None:
         console.print("plan:", style="bold")
         console.print(report.extra.get("plan", ""), markup=False, highlight=False)
         tokens = report.extra.get("tokens", {})
@@ -702,12 +720,13 @@ def _ask_and_print(question: str, toolbox: str, options: Any, client: Any, as_js
             decisions = ", ".join(f"round {j['round']}: {j['decision']}" for j in joined["joins"]) or "none"
             console.print(f"joiner ({joined['mode']}): {decisions}" + (f" | {joined['stopped']}" if joined["stopped"] else ""),
                           markup=False, highlight=False)
-    _print_report(report, as_json)
+    _print_report(report, json_out)
     clock.report(report)
 
 
 @app.command()
 def ask(
+    ctx: typer.Context,
     question: str = typer.Argument(..., help="the question to answer"),
     toolbox: str = typer.Option(DEFAULT_TOOLBOX, "--toolbox", "-t", help=TOOLBOX_HELP),
     processors: Optional[int] = typer.Option(None, "--processors", "-P", help=PROCESSORS_HELP),
@@ -734,10 +753,10 @@ def ask(
         planner=planner, cache=not no_cache, costs=costs, resources=capacities or None,
         joiner=joiner, max_rounds=rounds, max_tokens=max_tokens,
     )
-    with _json_stdout(as_json):
+    with _json_stdout(as_json) as json_out:
         _check_capacities(_toolbox(toolbox), P, capacities)
         # the endpoint as a client: a bad one fails here, before Prefect starts
-        _ask_and_print(question, toolbox, options, _endpoint(endpoint), as_json)
+        _ask_and_print(question, toolbox, options, _endpoint(endpoint), json_out, _debug(ctx))
 
 
 @app.command("plan")
@@ -756,7 +775,7 @@ def plan_cmd(
     _prepare_env()
     _check_processors(processors)
     options = _options("AskOptions", processors=processors, attempts=attempts, planner=planner, costs=costs)
-    with _json_stdout(as_json):
+    with _json_stdout(as_json) as json_out:
         tb = _toolbox(toolbox)
         from prefect_llmorch.graph import FRG
         from prefect_llmorch.llm.client import LLMError
@@ -769,12 +788,12 @@ def plan_cmd(
             err_console.print(str(exc), markup=False)
             raise typer.Exit(1) from None
         frg, prediction, choice = _prediction(FRG.build(result.plan, tb), result.plan, tb, processors or _machine_cores(), costs)
-        if as_json:
+        if json_out is not None:
             _emit_json({
                 "plan": result.text, "attempts": len(result.attempts),
                 "tokens": {"prompt": result.prompt_tokens, "completion": result.completion_tokens},
                 "graph": frg.to_json(), "prediction": _prediction_json(prediction, choice),
-            })
+            }, json_out)
             return
     console.print(result.text, markup=False, highlight=False)
     _print_frg(frg)
@@ -815,6 +834,7 @@ def _demo_answer(request: dict[str, Any]) -> str:
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     processors: int = typer.Option(2, "--processors", "-P", help="P (at most the machine's cores unless --force-processors)"),
     force_processors: bool = typer.Option(False, "--force-processors", help=FORCE_HELP),
     token_delay: float = typer.Option(0.02, "--token-delay", help="seconds per token of the scripted LLM"),
@@ -827,7 +847,7 @@ def demo(
     P = _processors(processors, force_processors)
     options = _options("AskOptions", processors=P, planner=planner)
     _at_least("--token-delay", token_delay, 0)
-    with _json_stdout(as_json):
+    with _json_stdout(as_json) as json_out:
         from prefect_llmorch.llm.client import LLMClient
         from prefect_llmorch.testing.fake_llm import FakeLLM
 
@@ -835,7 +855,7 @@ def demo(
             if not as_json:
                 console.print(f"scripted LLM at {server.base_url}; question: {DEMO_QUESTION}")
             client = LLMClient(server.base_url, "demo", api_key="demo-key-not-secret")
-            _ask_and_print(DEMO_QUESTION, DEFAULT_TOOLBOX, options, client, as_json)
+            _ask_and_print(DEMO_QUESTION, DEFAULT_TOOLBOX, options, client, json_out, _debug(ctx))
 
 
 @app.command()
@@ -952,7 +972,7 @@ def local_llm_status(
 
     info = local.status(port)
     if as_json:
-        _emit_json(info)
+        _emit_json(info, sys.stdout)
     else:
         for key, value in info.items():
             print(f"{key}: {value}")
@@ -964,11 +984,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     """The `llmorch` console script: `app` with `--debug` accepted anywhere, and no
     traceback for an unexpected error unless `--debug` is given."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("LLMORCH_DEBUG", "").lower() in ("1", "true", "yes")
+    # as typer reads the option (click's booleans), for every error and the commands (`ctx.obj`)
+    debug = "--debug" in args or os.environ.get("LLMORCH_DEBUG", "").strip().lower() in ("1", "true", "t", "yes", "y", "on")
     if "--debug" in args:  # a global option; let `llmorch run x --debug` mean it too
         args = ["--debug"] + [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="llmorch")
+        app(args=args, prog_name="llmorch", obj=_Options(debug=debug))
+    except _Failure as failure:  # said by `_fail`
+        if debug and failure.cause is not None:
+            traceback.print_exception(failure.cause, file=sys.stderr)
+            print(f"error: {failure}", file=sys.stderr, flush=True)
+        sys.exit(failure.code)
     except Exception as exc:
         if debug:
             raise

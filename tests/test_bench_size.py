@@ -43,6 +43,55 @@ def once() -> int:
     return 1
 '''
 
+#: State held on objects, not in bare names: found as well.
+OBJECTS = '''
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+@dataclass
+class _Guard:
+    signum: int | None = None
+
+
+@dataclass(frozen=True)
+class _Point:
+    x: int = 0
+
+
+class _Pair(NamedTuple):
+    a: int
+
+
+class _Owner:
+    _instance: "_Owner | None" = None
+
+    def __init__(self) -> None:
+        self.held: dict[str, object] = {}   # its own attribute: a local `self`
+
+    @classmethod
+    def get(cls) -> "_Owner":
+        cls._instance = cls._instance or cls()   # a class attribute a classmethod sets
+        return cls._instance
+
+
+_guard = _Guard()              # an attribute set below
+_OWNER = _Owner()              # an instance of a mutable class of the module
+_ORIGIN = _Point()             # frozen: not one
+_PAIR = _Pair(1)               # a NamedTuple: not one
+_box = _Guard()                # ...
+_seen = _Guard()
+
+
+def handle(signum: int) -> None:
+    _guard.signum = signum
+
+
+def note(name: str, box: _Guard) -> None:
+    box.signum = 1             # a parameter, not module state
+    _seen.signum = 2
+'''
+
 
 def test_code_lines_skip_docstrings_comments_and_blank_lines() -> None:
     assert size.code_lines('"""Doc."""\n\n# note\nx = 1  # why\n\ndef f():\n    """Doc."""\n    return x\n') == 3
@@ -59,3 +108,21 @@ def test_the_package_is_measured() -> None:
     rows = size.sizes()
     assert {r.path for r in rows} >= {"engine/runner.py", "flows/run.py"}
     assert all(0 < r.code <= r.lines for r in rows if r.lines > 1)
+
+
+def test_state_held_on_objects_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "objects.py"
+    path.write_text(OBJECTS)
+    found = {(r.name, r.how) for r in size.registries(path, "objects.py")}
+    assert found == {("_guard", "instance"), ("_OWNER", "instance"), ("_box", "instance"), ("_seen", "instance"),
+                     ("_Owner._instance", "rebound")}
+
+
+def test_attributes_set_on_a_module_name_are_found(tmp_path: Path) -> None:
+    # no class of the module behind it: only the attribute store shows the state
+    path = tmp_path / "attrs.py"
+    path.write_text("import types\n_ns = types.SimpleNamespace(n=0)\n_items = types.SimpleNamespace(l=[])\n"
+                    "def bump() -> None:\n    _ns.n += 1\n    _items.l.append(1)\n"
+                    "def read() -> int:\n    return _ns.n\n")
+    found = {(r.name, r.how) for r in size.registries(path, "attrs.py")}
+    assert found == {("_ns", "mutated"), ("_items", "mutated")}

@@ -82,3 +82,18 @@ def test_a_run_s_heartbeats_are_its_own_and_look_like_prefect_s(beats: list[tupl
     assert ours_resource["prefect.version"] == theirs_resource["prefect.version"]
     assert [r.role for r in ours_related] == [r.role for r in theirs_related] == ["flow"]
     assert ours_related[0].id.startswith("prefect.flow.") and ours_related[0].name == "llmorch-run"
+
+
+def test_the_settings_without_heartbeats_equal_prefect_s_copy_with_the_setting_changed() -> None:
+    # a copy not validated again (every run makes one): the same settings, the same
+    # environment for child processes, as Prefect's validated copy
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings
+
+    from prefect_llmorch.flows.run import _without_heartbeats
+
+    settings = get_current_settings().copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30})
+    quiet = _without_heartbeats(settings)
+    validated = settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    assert quiet.flows.heartbeat_frequency is None and settings.flows.heartbeat_frequency == 30
+    assert quiet == validated
+    assert quiet.to_environment_variables(exclude_unset=True) == validated.to_environment_variables(exclude_unset=True)

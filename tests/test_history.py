@@ -106,12 +106,12 @@ def test_past_its_ttl_the_history_read_is_used_at_once_and_read_again_behind(hom
     remember({fn: [0.9]})  # this process's own run joins the read
     monkeypatch.setattr(history, "API_TTL_SECONDS", 0.0)  # every read is stale from now on
     server = server_key()
-    read_at = history._api_cache[server][fn][0]
+    read_at = history._api_history().read[server][fn][0]
     assert function_costs([fn]) == {fn: 0.9}  # at once, from what was read
     deadline = time.monotonic() + 30
-    while server in history._refreshing and time.monotonic() < deadline:
+    while server in history._api_history().refreshing and time.monotonic() < deadline:
         time.sleep(0.02)
-    at, durations = history._api_cache[server][fn]
+    at, durations = history._api_history().read[server][fn]
     assert at > read_at and durations == []  # read again: the API has no run of it
 
 

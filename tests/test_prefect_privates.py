@@ -124,8 +124,9 @@ def test_the_server_app_reads_the_ephemeral_and_final_flags_from_the_environment
 
 
 def test_prefect_services_stop_from_threading_s_at_exit_callbacks() -> None:
-    """`flows/report.py` registers its wait for the records with `threading._register_atexit`,
-    after Prefect's events worker did, so it runs before that worker stops."""
+    """`host/process.py` runs its RECORDS stage (the wait for the records, `flows/report.py`)
+    from a `threading._register_atexit` callback, registered after Prefect's events worker
+    registered its own, so it runs before that worker stops."""
     from prefect._internal.concurrency import services
 
     assert callable(getattr(threading, "_register_atexit", None)), "threading._register_atexit is gone"

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
 from pydantic import Field
@@ -34,6 +34,7 @@ from prefect import flow
 from prefect.input import RunInput
 
 from prefect_llmorch.procs.pool import Cancel
+from prefect_llmorch.host.process import PROCESS
 
 __all__ = [
     "ApprovalInput", "ApprovalRejected", "ApprovalTimeout", "ApprovalUnavailable", "Verdict", "approval_timeout",
@@ -135,56 +136,76 @@ class _Pending:
     thread: int | None = None
 
 
-_pending: list[_Pending] = []
-_pending_lock = threading.Lock()
-_terminal = {"on": False, "thread": None}
-#: Where terminal answers go (tests put a pipe here); None: the process's standard input.
-_stdin: list[Any] = [None]
-#: The terminal's answers, as sent: (flow run id, approve).
-terminal_answers: list[tuple[str, bool]] = []
+@dataclass
+class _Terminal:
+    """The approvals waiting in this process and the terminal that asks them (held by
+    `PROCESS`): one terminal per process, shared by every flow run that asks; the approval
+    flow, run by Prefect in a task's helper thread, finds it here."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: list[_Pending] = field(default_factory=list)
+    #: whether to ask on the terminal (`terminal_prompts`), and the thread asking
+    on: bool = False
+    thread: threading.Thread | None = None
+    #: where terminal answers come from (tests put a pipe here); None: the standard input
+    stdin: Any = None
+    #: bytes read from the terminal and not yet a whole line (reads go to the file
+    #: descriptor, not through Python's buffer, so that `select` sees every line typed)
+    typed: bytearray = field(default_factory=bytearray)
+    #: the terminal's answers, as sent: (flow run id, approve)
+    answers: list[tuple[str, bool]] = field(default_factory=list)
+
+
+def _terminal() -> _Terminal:
+    return PROCESS.hold(_Terminal)
 
 
 def terminal_prompts(enabled: bool, stdin: Any = None) -> None:
     """Ask pending approvals on the terminal (y/n, on standard error; answers read from
     `stdin`, default the process's standard input) from now on; `llmorch run` and `llmorch
     ask` turn this on when standard input is a terminal."""
-    _terminal["on"] = enabled
-    _stdin[0] = stdin
+    terminal = _terminal()
+    terminal.on = enabled
+    terminal.stdin = stdin
 
 
 def pending_approvals() -> list[tuple[str, str, dict[str, str]]]:
     """The approvals waiting in this process: (flow run id, call, arguments as shown)."""
-    with _pending_lock:
-        return [(str(p.flow_run_id), p.label, dict(p.arguments)) for p in _pending]
+    terminal = _terminal()
+    with terminal.lock:
+        return [(str(p.flow_run_id), p.label, dict(p.arguments)) for p in terminal.pending]
 
 
 def _register(entry: _Pending) -> None:
-    with _pending_lock:
-        _pending.append(entry)
-        start = _terminal["on"] and (_terminal["thread"] is None or not _terminal["thread"].is_alive())
+    terminal = _terminal()
+    with terminal.lock:
+        terminal.pending.append(entry)
+        start = terminal.on and (terminal.thread is None or not terminal.thread.is_alive())
         if start:
             # in this context: its settings name the API the answers go to
             t = threading.Thread(target=contextvars.copy_context().run, args=(_prompt_loop,), name="llmorch-approvals", daemon=True)
-            _terminal["thread"] = t
+            terminal.thread = t
     if start:
         t.start()
 
 
 def _unregister(entry: _Pending) -> None:
     entry.decided.set()
-    with _pending_lock:
-        if entry in _pending:
-            _pending.remove(entry)
+    terminal = _terminal()
+    with terminal.lock:
+        if entry in terminal.pending:
+            terminal.pending.remove(entry)
 
 
 def _prompt_loop() -> None:
     """Ask each pending approval in turn until none is left (then end; the next request
     starts a new loop). An answer is sent as the UI sends it: whichever comes first decides."""
-    while _terminal["on"]:
-        with _pending_lock:
-            entry = next((p for p in _pending if not p.decided.is_set()), None)
+    terminal = _terminal()
+    while terminal.on:
+        with terminal.lock:
+            entry = next((p for p in terminal.pending if not p.decided.is_set()), None)
             if entry is None:
-                _terminal["thread"] = None
+                terminal.thread = None
                 return
         answer = _ask(entry)
         if answer is None:  # decided elsewhere (the UI) while asking
@@ -193,14 +214,14 @@ def _prompt_loop() -> None:
         from prefect.flow_runs import resume_flow_run
 
         sent = (str(entry.flow_run_id), answer)
-        terminal_answers.append(sent)  # before the run resumes: it reads who answered
+        terminal.answers.append(sent)  # before the run resumes: it reads who answered
         for attempt in range(10):  # the question is asked as the run pauses: a quick answer may come first
             try:
                 resume_flow_run(entry.flow_run_id, run_input={"approve": answer, "note": ""})
                 break
             except Exception as exc:  # not paused (yet, or any more: answered in the UI, timed out)
                 if entry.decided.is_set() or attempt == 9:
-                    terminal_answers.remove(sent)
+                    terminal.answers.remove(sent)
                     print(f"{entry.label}: too late ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
                     break
                 entry.decided.wait(0.3)
@@ -212,7 +233,8 @@ def _ask(entry: _Pending) -> bool | None:
     args = ", ".join(f"{k}={v}" for k, v in entry.arguments.items())
     question = f"\napprove {entry.label}({args})? [y/n] "
     print(question, end="", file=sys.stderr, flush=True)
-    stream = _stdin[0] if _stdin[0] is not None else sys.stdin
+    stdin = _terminal().stdin
+    stream = stdin if stdin is not None else sys.stdin
     while not entry.decided.is_set():
         line = _read_line(stream)
         if line is None:
@@ -229,15 +251,11 @@ def _ask(entry: _Pending) -> bool | None:
     return None
 
 
-#: Bytes read from the terminal and not yet a whole line (reads go to the file descriptor,
-#: not through Python's buffer, so that `select` sees every line that was typed).
-_typed = bytearray()
-
-
 def _read_line(stream: Any) -> str | None:
     """The next line typed (without waiting more than 0.2 s): a line, "" at end of input,
     None when no whole line came."""
-    if b"\n" not in _typed:
+    typed = _terminal().typed
+    if b"\n" not in typed:
         try:
             fd = stream.fileno()
             ready, _, _ = select.select([fd], [], [], 0.2)
@@ -248,11 +266,11 @@ def _read_line(stream: Any) -> str | None:
         if chunk == b"":
             return ""
         if chunk:
-            _typed.extend(chunk)
-    if b"\n" not in _typed:
+            typed.extend(chunk)
+    if b"\n" not in typed:
         return None
-    line, _, rest = bytes(_typed).partition(b"\n")
-    _typed[:] = rest
+    line, _, rest = bytes(typed).partition(b"\n")
+    typed[:] = rest
     return line.decode(errors="replace")
 
 
@@ -314,7 +332,7 @@ def approval_flow(call: str, function: str, arguments: dict[str, str], timeout: 
         )
     finally:
         _unregister(entry)
-    by = "terminal" if str(entry.flow_run_id) in {r for r, _ in terminal_answers} else "ui"
+    by = "terminal" if str(entry.flow_run_id) in {r for r, _ in _terminal().answers} else "ui"
     return {"approve": bool(answer.approve), "note": answer.note, "by": by}
 
 
@@ -375,8 +393,9 @@ def _withdraw(asker: int | None, done: Any) -> None:
 
     deadline = time.monotonic() + 10
     while not done.done() and time.monotonic() < deadline:
-        with _pending_lock:
-            entries = [p for p in _pending if p.thread == asker]
+        terminal = _terminal()
+        with terminal.lock:
+            entries = [p for p in terminal.pending if p.thread == asker]
         for entry in entries:
             try:
                 resume_flow_run(entry.flow_run_id, run_input={"approve": False, "note": "the call was cancelled"})

@@ -13,20 +13,15 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from prefect_llmorch.procs.pool import CallCancelled, Cancel
+from prefect_llmorch.host.process import PROCESS
 from prefect_llmorch.host.server import server_key
 from prefect_llmorch.schedule.resources import Capacities, Rate, RateGate, rate_limit_name
 
 __all__ = ["RateUnavailable", "ensure_rate_limit", "pace", "rates_of"]
-
-#: Limits made (or set) to a rate by this process, by (API, name): a process may talk to
-#: several Prefect APIs (the test suite does), each with limits of its own.
-_ready: dict[tuple[str, str], Rate] = {}
-_lock = threading.Lock()
-
 
 def rates_of(resources: Mapping[str, Any] | None) -> dict[str, Rate]:
     """The rates among resource settings (`{"search-api": "10/s", "gpu_mem_gb": 80}`)."""
@@ -40,8 +35,9 @@ def ensure_rate_limit(resource: str, rate: Rate) -> str:
     `rate`; once per process and rate. Returns its name."""
     name = rate_limit_name(resource)
     key = (server_key(), name)
-    with _lock:
-        if _ready.get(key) == rate:
+    rates = _rates()
+    with rates.lock:
+        if rates.ready.get(key) == rate:
             return name
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
@@ -64,7 +60,7 @@ def ensure_rate_limit(resource: str, rate: Rate) -> str:
                 client.update_global_concurrency_limit(
                     name, GlobalConcurrencyLimitUpdate(limit=1, slot_decay_per_second=decay, active=True)
                 )
-        _ready[key] = rate
+        rates.ready[key] = rate
         return name
 
 
@@ -163,13 +159,27 @@ class _Asker:
     gate: RateGate
 
 
-_askers: dict[tuple[str, str], _Asker] = {}  # by (API, limit name), as `_ready`
+@dataclass
+class _Rates:
+    """This process's rate limits (held by `PROCESS`), both by (API, limit name): a process
+    may talk to several Prefect APIs (the test suite does), each with limits of its own."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: limits made (or set) to a rate: once per process and rate, not per run
+    ready: dict[tuple[str, str], Rate] = field(default_factory=dict)
+    #: one asker per limit: one request in flight per limit per process, whichever run asks
+    askers: dict[tuple[str, str], _Asker] = field(default_factory=dict)
+
+
+def _rates() -> _Rates:
+    return PROCESS.hold(_Rates)
 
 
 def _asker(name: str, rate: Rate) -> _Asker:
     key = (server_key(), name)
-    with _lock:
-        found = _askers.get(key)
+    rates = _rates()
+    with rates.lock:
+        found = rates.askers.get(key)
         if found is None or found.gate.rate.calls != rate.calls or found.gate.rate.per != rate.per * _CUSHION:
-            found = _askers[key] = _Asker(threading.Lock(), RateGate(Rate(rate.calls, rate.per * _CUSHION)))
+            found = rates.askers[key] = _Asker(threading.Lock(), RateGate(Rate(rate.calls, rate.per * _CUSHION)))
         return found

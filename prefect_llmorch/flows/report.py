@@ -8,7 +8,6 @@ The report itself (`RunReport`, its rows, what its figures measure) is the pure
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -18,6 +17,7 @@ from uuid import UUID
 
 from prefect_llmorch.engine.compiler import CallRecord, Recorder, final_state
 from prefect_llmorch.graph import FRG
+from prefect_llmorch.host.process import PROCESS, Stage
 from prefect_llmorch.host.server import api_client
 from prefect_llmorch.report import CallRow, RunReport, best_schedule, measured_lower_bound
 
@@ -210,7 +210,7 @@ def send_records(records: list[Record], *, after: threading.Event | None) -> Non
     of their own for the run's API, once the event is set, so neither the answer nor the
     flow run's final state waits for their round trips (issue 27: the answer within 100 ms
     of the last call). Nothing is lost: the thread is no daemon, and the process waits for
-    it at exit (`_sent_before_prefect_stops`); it first waits for earlier runs' records, so
+    it at exit (`PROCESS`'s RECORDS stage); it first waits for earlier runs' records, so
     the latest artifact of a key is the latest run's. `records_sent()` waits for them.
     None (a deployment's run): now, before the flow run ends, with the flow run's client."""
     from prefect.client.orchestration import get_client
@@ -234,20 +234,13 @@ def send_records(records: list[Record], *, after: threading.Event | None) -> Non
             _send(records, client, flow_run_id)
             _events_sent()
 
-    _sent_before_prefect_stops()
+    # At exit, the records are waited for before Prefect's events worker stops: a record sent
+    # after it stopped loses its `prefect.artifact.created` event, and Prefect logs an ERROR
+    # ("can't register atexit after shutdown"). The owner's RECORDS stage runs before Prefect
+    # stops the services started before its first use, here: after the run's task runs
+    # started the events worker (host/process.py).
+    PROCESS.at_exit(Stage.RECORDS, records_sent)
     threading.Thread(target=work, name=RECORDS_THREAD, daemon=False).start()
-
-
-@functools.cache
-def _sent_before_prefect_stops() -> None:
-    """At exit, wait for the records before Prefect's events worker stops: a record sent
-    after it stopped loses its `prefect.artifact.created` event, and Prefect logs an ERROR
-    ("can't register atexit after shutdown"). Prefect stops its services from
-    `threading._register_atexit` callbacks, which run last-registered first before the
-    interpreter joins non-daemon threads; this one is registered at the first record sent
-    later, after the run's task runs started the events worker (CONTRIBUTING.md: private
-    names)."""
-    threading._register_atexit(records_sent)  # type: ignore[attr-defined]
 
 
 def records_sent(timeout: float | None = None) -> bool:

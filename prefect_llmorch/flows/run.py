@@ -361,9 +361,11 @@ def run_flow(flow_obj: Any, runner: Any, parameters: dict[str, Any], *, simple: 
         answered.set()
 
 
-#: (settings, the same without Prefect's heartbeats): built once, entering it costs ~nothing
-#: (`temporary_settings` builds a `Settings` anew: 40-130 ms a run).
-_QUIET: list[Any] = []
+def _without_heartbeats(settings: Any) -> Any:
+    """`settings` with Prefect's flow heartbeats off: a copy with one value changed, not
+    validated again (`copy_with_update` or `temporary_settings` validate a whole `Settings`
+    anew, every run), equal to what `copy_with_update` builds (tests/test_heartbeats.py)."""
+    return settings.model_copy(update={"flows": settings.flows.model_copy(update={"heartbeat_frequency": None})})
 
 
 @contextmanager
@@ -377,7 +379,7 @@ def _own_heartbeats() -> Iterator[None]:
     (`Handoff.heartbeats`). Against this process's embedded server, none at all: it dies with
     the process, so they could tell it nothing."""
     from prefect.context import SettingsContext
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings
+    from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     seconds = settings.flows.heartbeat_frequency
@@ -385,10 +387,8 @@ def _own_heartbeats() -> Iterator[None]:
         yield
         return
     embedded = serves(settings.api.url)
-    if not _QUIET or _QUIET[0] is not settings:
-        _QUIET[:] = [settings, settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})]
     with (
-        SettingsContext(profile=SettingsContext.get().profile, settings=_QUIET[1]),
+        SettingsContext(profile=SettingsContext.get().profile, settings=_without_heartbeats(settings)),
         handing(dataclasses.replace(handed(), heartbeats=None if embedded else seconds)),
     ):
         yield

@@ -33,60 +33,69 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
+from prefect_llmorch.host.process import PROCESS
+
 __all__ = ["cancelled", "exit_code", "mark", "rearm", "received", "stop_on_signals"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@dataclass
-class _Guard:
-    active: bool = False
-    signum: int | None = None
-    previous: dict[int, Any] = field(default_factory=dict)
-    on_second: Callable[[int], None] | None = None
-
-
-_guard = _Guard()
-
-
-def received() -> str | None:
-    """The name of the signal that stopped this run (`SIGINT`, `SIGTERM`), or None (also
-    outside `stop_on_signals`: a library caller's flows never end Cancelled by it)."""
-    if not _guard.active or _guard.signum is None:
-        return None
-    return signal.Signals(_guard.signum).name
-
-
-def exit_code() -> int:
-    """The shell's code for the signal received: 130 for SIGINT, 143 for SIGTERM (0: none)."""
-    return 128 + _guard.signum if received() is not None and _guard.signum is not None else 0
 
 
 class Cancellable(Protocol):
     def cancel_all(self) -> None: ...
 
 
-#: The task runners started in this process and not yet left (one per flow run), each
-#: registered by the runner itself: Prefect runs a flow's runner in the flow's own thread,
-#: so a signal handler finds the live ones here.
-_LIVE: dict[int, Cancellable] = {}
-_LIVE_LOCK = threading.Lock()
+@dataclass
+class _Signals:
+    """What a signal does in this process (held by `PROCESS`): whether `stop_on_signals` is
+    active, the signal received, the handlers it replaced; and the task runners started and
+    not yet left (one per flow run), each registered by the runner itself: Prefect runs a
+    duplicate of the flow's runner, in the flow's own thread, so the handler finds the live
+    ones here."""
+
+    active: bool = False
+    signum: int | None = None
+    previous: dict[int, Any] = field(default_factory=dict)
+    on_second: Callable[[int], None] | None = None
+    live: dict[int, Cancellable] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _signals() -> _Signals:
+    return PROCESS.hold(_Signals)
+
+
+def received() -> str | None:
+    """The name of the signal that stopped this run (`SIGINT`, `SIGTERM`), or None (also
+    outside `stop_on_signals`: a library caller's flows never end Cancelled by it)."""
+    guard = _signals()
+    if not guard.active or guard.signum is None:
+        return None
+    return signal.Signals(guard.signum).name
+
+
+def exit_code() -> int:
+    """The shell's code for the signal received: 130 for SIGINT, 143 for SIGTERM (0: none)."""
+    signum = _signals().signum
+    return 128 + signum if received() is not None and signum is not None else 0
 
 
 def register(runner: Cancellable) -> None:
-    with _LIVE_LOCK:
-        _LIVE[id(runner)] = runner
+    guard = _signals()
+    with guard.lock:
+        guard.live[id(runner)] = runner
 
 
 def unregister(runner: Cancellable) -> None:
-    with _LIVE_LOCK:
-        _LIVE.pop(id(runner), None)
+    guard = _signals()
+    with guard.lock:
+        guard.live.pop(id(runner), None)
 
 
 def live_runners() -> list[Any]:
     """The task runners of this process that have started and not yet been left."""
-    with _LIVE_LOCK:
-        return list(_LIVE.values())
+    guard = _signals()
+    with guard.lock:
+        return list(guard.live.values())
 
 
 def _cancel_live_runners() -> None:
@@ -94,7 +103,7 @@ def _cancel_live_runners() -> None:
     a signal that comes while Prefect is still starting (before the flow run's runner
     exists) must stop that runner as soon as it does."""
     done: weakref.WeakSet[Cancellable] = weakref.WeakSet()  # not ids: a later runner may reuse one
-    while _guard.active:
+    while _signals().active:
         for runner in live_runners():
             if runner in done:
                 continue
@@ -114,11 +123,12 @@ def _say(text: str) -> None:
 
 
 def _handle(signum: int, frame: Any) -> None:
-    if _guard.signum is not None:  # the second one: out now
-        if _guard.on_second is not None:
-            _guard.on_second(signum)
-        os._exit(128 + _guard.signum)
-    _guard.signum = signum
+    guard = _signals()
+    if guard.signum is not None:  # the second one: out now
+        if guard.on_second is not None:
+            guard.on_second(signum)
+        os._exit(128 + guard.signum)
+    guard.signum = signum
     name = signal.Signals(signum).name
     # os.write, not print: the main thread may be inside a write to stderr right now, and a
     # buffered stream entered again from a signal handler raises.
@@ -137,24 +147,25 @@ def stop_on_signals(on_second: Callable[[int], None] | None = None) -> Iterator[
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _guard.signum = None
-    _guard.on_second = on_second
-    _guard.previous = {s: signal.signal(s, _handle) for s in SIGNALS}
-    _guard.active = True
+    guard = _signals()
+    guard.signum = None
+    guard.on_second = on_second
+    guard.previous = {s: signal.signal(s, _handle) for s in SIGNALS}
+    guard.active = True
     try:
         yield
     finally:
-        _guard.active = False
-        for s, handler in _guard.previous.items():
+        guard.active = False
+        for s, handler in guard.previous.items():
             signal.signal(s, handler)
-        _guard.previous = {}
+        guard.previous = {}
 
 
 def rearm() -> None:
     """Inside a flow body: our handlers again while `stop_on_signals` is active (Prefect's
     engine replaced SIGTERM's for the flow run and puts ours back when the run ends);
     otherwise nothing changes."""
-    if not _guard.active or threading.current_thread() is not threading.main_thread():
+    if not _signals().active or threading.current_thread() is not threading.main_thread():
         return
     for s in SIGNALS:
         if signal.getsignal(s) is not _handle:

@@ -18,8 +18,9 @@ database migrations):
 - pointed at by this process: `PREFECT_API_URL` is set in the environment and Prefect's
   global settings are refreshed (`prefect.context.refresh_global_settings_context`), so every
   thread and every child process (compute workers) uses this one server;
-- stopped when this process exits normally (atexit, after the runner gave its slots back),
-  and by a watchdog, in a session of its own too, when this process is killed (`kill -9`);
+- stopped when this process exits normally (the last stage of `host/process.PROCESS`'s
+  exit: kept slots are given back before, through it), and by a watchdog, in a session of
+  its own too, when this process is killed (`kill -9`);
 - watched: if it dies under us (killed, out of memory), `server_gone()` says so (its pid, how
   it ended, its log), the callbacks of `when_gone` run at once (a run's `Execution` stops its
   calls), and a *tombstone* answers at its address: every request gets `410 Gone` with that
@@ -36,8 +37,6 @@ database migrations):
 
 from __future__ import annotations
 
-import atexit
-import functools
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefect_llmorch.host.interrupt import SIGNALS
+from prefect_llmorch.host.process import PROCESS, Stage
 
 __all__ = [
     "EmbeddedServer", "ServerGone", "embedded_server", "ensure_server", "reap_when_gone", "server_gone", "serves",
@@ -118,31 +118,57 @@ class ServerGone(RuntimeError):
     """This process's embedded Prefect server died under it: nothing more can be recorded."""
 
 
-_lock = threading.Lock()
-_server: EmbeddedServer | None = None
-_process: subprocess.Popen[bytes] | None = None
-#: set once the embedded server died under us (not stopped by us): what to tell the user
-_gone: ServerGone | None = None
-#: told at once when it dies (`when_gone`): each run's `Execution` stops its calls
-_on_gone: dict[int, Callable[[ServerGone], None]] = {}
+class _Embedded:
+    """This process's embedded server (held by `PROCESS`): the server, its process, whether
+    it died under us and whom to tell; and the TLS contexts of `api_client`'s clients."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.server: EmbeddedServer | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        #: set once the embedded server died under us (not stopped by us): what to tell the user
+        self.gone: ServerGone | None = None
+        #: told at once when it dies (`when_gone`): each run's `Execution` stops its calls
+        self.on_gone: dict[int, Callable[[ServerGone], None]] = {}
+        #: (skip verification, CA file) -> context: Prefect builds one per client, loading the
+        #: CA bundle, for each run's records
+        self.tls: dict[tuple[bool, str | None], Any] = {}
+
+    def stop(self) -> None:
+        """Stop the server this process started (at exit: kept slots were given back first).
+        Not under `lock`: a thread still starting a server at exit must not hold the exit."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _embedded() -> _Embedded:
+    return PROCESS.hold(_Embedded)
 
 
 def embedded_server() -> EmbeddedServer | None:
     """The server `ensure_server` started in this process, if any."""
-    return _server
+    return _embedded().server
 
 
 def serves(url: object) -> bool:
     """Whether `url` is the API of this process's embedded server (one owner for the check:
     heartbeats, the records' wait, the guard's clearing and the death watch all ask it)."""
-    server = _server
+    server = _embedded().server
     return bool(url) and server is not None and str(url).rstrip("/").startswith(server.url.rstrip("/"))
 
 
 def server_gone(url: str | None = None) -> ServerGone | None:
     """The error to raise when this process's embedded server died under it, else None; with
     `url`, only when that is the dead server's address (a run on another server goes on)."""
-    gone, server = _gone, _server
+    embedded = _embedded()
+    gone, server = embedded.gone, embedded.server
     if gone is None or server is None:
         return None
     if url is not None and not serves(url):
@@ -153,15 +179,16 @@ def server_gone(url: str | None = None) -> ServerGone | None:
 def when_gone(callback: Callable[[ServerGone], None]) -> Callable[[], None]:
     """Call `callback(error)` (from the watcher's thread) when the embedded server dies, or at
     once if it is dead already; returns what cancels that."""
-    with _lock:
-        gone = _gone
+    embedded = _embedded()
+    with embedded.lock:
+        gone = embedded.gone
         if gone is None:
             key = id(callback)
-            _on_gone[key] = callback
+            embedded.on_gone[key] = callback
 
             def forget() -> None:
-                with _lock:
-                    _on_gone.pop(key, None)
+                with embedded.lock:
+                    embedded.on_gone.pop(key, None)
 
             return forget
     callback(gone)
@@ -180,25 +207,25 @@ def _how_it_ended(code: int | None) -> str:
 
 
 def _watch(proc: subprocess.Popen[bytes], server: EmbeddedServer, port: int) -> None:
-    """Wait for the server process; if it died while still ours (not `_stop`ped), record
+    """Wait for the server process; if it died while still ours (not `stop`ped), record
     why, answer at its address with the tombstone, and tell `when_gone`'s callbacks."""
-    global _gone
+    embedded = _embedded()
     code = proc.wait()
-    with _lock:
-        if _process is not proc:  # stopped by us at exit, or replaced
+    with embedded.lock:
+        if embedded.process is not proc:  # stopped by us at exit, or replaced
             return
-        _gone = ServerGone(
+        gone = embedded.gone = ServerGone(
             f"Prefect's server went away: this process's embedded Prefect server (pid {server.pid}, {server.url}) "
             f"{_how_it_ended(code)} during the run; its log: {server.log}. Nothing more of this run can be recorded "
             "in Prefect; run it again (a new process starts a new server)"
         )
-        callbacks = list(_on_gone.values())
-        _on_gone.clear()
-    _tombstone(port, str(_gone))  # first: a client whose request was refused asks again in ~2 s
-    logger.error("%s", _gone)
+        callbacks = list(embedded.on_gone.values())
+        embedded.on_gone.clear()
+    _tombstone(port, str(gone))  # first: a client whose request was refused asks again in ~2 s
+    logger.error("%s", gone)
     for callback in callbacks:
         try:
-            callback(_gone)
+            callback(gone)
         except Exception as exc:  # one callback failing never keeps the others from running
             logger.debug("a server-gone callback failed: %s", exc)
 
@@ -266,20 +293,6 @@ def reap_when_gone(pids: list[int]) -> subprocess.Popen[bytes] | None:
     )
 
 
-def _stop() -> None:
-    """Stop the server this process started (at exit: the runners have given their slots back)."""
-    global _process
-    proc, _process = _process, None
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _home() -> Path:
     from prefect.settings import get_current_settings
 
@@ -316,14 +329,15 @@ def ensure_server() -> EmbeddedServer | None:
     Returns None when a server is configured (nothing to start), else the server (the same
     one on every call). Raises `RuntimeError` when it cannot start, with its log's tail.
     """
-    global _server, _process
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
-    with _lock:
-        if _gone is not None and serves(get_current_settings().api.url):
-            raise ServerGone(str(_gone))  # its database may hold a run half done; a new process starts a new server
-        if _server is not None and _process is not None and _process.poll() is None:
-            return _server
+    embedded = _embedded()
+    with embedded.lock:
+        if embedded.gone is not None and serves(get_current_settings().api.url):
+            # its database may hold a run half done; a new process starts a new server
+            raise ServerGone(str(embedded.gone))
+        if embedded.server is not None and embedded.process is not None and embedded.process.poll() is None:
+            return embedded.server
         if get_current_settings().api.url:
             return None
         import fcntl
@@ -372,13 +386,13 @@ def ensure_server() -> EmbeddedServer | None:
                     raise
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
-        _process = proc
-        _server = EmbeddedServer(url=url, pid=proc.pid, seconds=time.perf_counter() - t0, log=log)
-        threading.Thread(target=_watch, args=(proc, _server, port), daemon=True, name="llmorch-server-watch").start()
-        atexit.register(_stop)
+        embedded.process = proc
+        server = embedded.server = EmbeddedServer(url=url, pid=proc.pid, seconds=time.perf_counter() - t0, log=log)
+        threading.Thread(target=_watch, args=(proc, server, port), daemon=True, name="llmorch-server-watch").start()
+        PROCESS.at_exit(Stage.SERVER, embedded.stop)
         os.environ["PREFECT_API_URL"] = url
         prefect.context.refresh_global_settings_context()
-        return _server
+        return server
 
 
 def start_ephemeral_server() -> EmbeddedServer | None:
@@ -397,10 +411,14 @@ def api_client() -> Any:
     from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
 
     skip = bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value())
-    return get_client(sync_client=True, httpx_settings={"verify": _tls_context(skip, None if skip else PREFECT_API_SSL_CERT_FILE.value())})
+    key = (skip, None if skip else PREFECT_API_SSL_CERT_FILE.value())
+    contexts = _embedded().tls
+    context = contexts.get(key)
+    if context is None:
+        context = contexts.setdefault(key, _tls_context(*key))
+    return get_client(sync_client=True, httpx_settings={"verify": context})
 
 
-@functools.lru_cache(maxsize=4)
 def _tls_context(skip_verify: bool, cert_file: str | None) -> Any:
     import ssl
 
@@ -426,5 +444,5 @@ def server_instance(url: str) -> str:
     """Which server answers at `url`: the URL, and the pid when it is this process's embedded
     server. Two embedded servers of one PREFECT_HOME may use the same port one after the
     other; leases live in the memory of the one that granted them."""
-    mine = _server
+    mine = _embedded().server
     return f"{url}#pid={mine.pid}" if mine is not None and serves(url) else url

@@ -5,9 +5,10 @@
 
 Where the client lives: tool calls run in helper threads of the runner's task threads (inout
 calls always run in the flow's process), many at once. Each process has one event-loop
-thread (`_Loop`) that owns every MCP session; a call hands its request to that loop
-(`run_coroutine_threadsafe`) and waits for the answer in its own thread. One MCP session
-multiplexes requests, so parallel calls to one server share its session.
+thread (`_Loop`, held with the servers by `host/process.PROCESS`) that owns every MCP
+session; a call hands its request to that loop (`run_coroutine_threadsafe`) and waits for
+the answer in its own thread. One MCP session multiplexes requests, so parallel calls to
+one server share its session.
 
 Sessions: one per server per flow run (keyed by the flow run id; outside a flow run, one for
 the process), opened by the run's first call to that server and closed when the run's
@@ -25,7 +26,6 @@ that carry them are scrubbed by the compiler.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import hashlib
 import json
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from prefect_llmorch.functions import CREDENTIALS_PARAM, FunctionSpec, check_resources
+from prefect_llmorch.host.process import PROCESS, Stage
 from prefect_llmorch.mcp.schema import result_type_of, signature_of, unwrap_result
 
 __all__ = [
@@ -78,24 +79,12 @@ class MCPCallFailed(RuntimeError):
 
 
 class _Loop:
-    """One daemon thread running an asyncio loop, per process: home of every MCP session."""
-
-    _lock = threading.Lock()
-    _instance: "_Loop | None" = None
+    """One daemon thread running an asyncio loop: home of every MCP session of the process."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.pid = os.getpid()
         self.thread = threading.Thread(target=self.loop.run_forever, name="llmorch-mcp", daemon=True)
         self.thread.start()
-
-    @classmethod
-    def get(cls) -> "_Loop":
-        with cls._lock:
-            # a forked child (a worker process) gets its own loop: the parent's thread is not there
-            if cls._instance is None or cls._instance.pid != os.getpid():
-                cls._instance = _Loop()
-            return cls._instance
 
     def run(self, coro: Any, timeout: float | None = None) -> Any:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -227,9 +216,10 @@ class MCPServer:
         """Close the session of flow run `key` (all of them with `all_runs`); safe to call
         more than once."""
         keys = list(self._sessions) if all_runs else [key]
-        if not keys or not _Loop._instance:
+        sessions = _sessions()
+        if not keys or sessions.started is None:
             return
-        loop = _Loop.get()
+        loop = sessions.loop()
         for k in keys:
             if k in self._sessions:
                 loop.run(self._close(k), timeout=10)
@@ -241,8 +231,7 @@ class MCPServer:
     # -- tools -------------------------------------------------------------------------
     def function_specs(self) -> list[FunctionSpec]:
         """Its tools as `@inout` functions (`tool_specs`): what `Toolbox(server)` takes."""
-        if self not in _SERVERS:
-            _SERVERS.append(self)  # its sessions close when the process exits
+        _sessions().keep(self)  # its sessions close when the process exits
         return tool_specs(self)
 
     def tools(self, secrets: Mapping[str, str] | None = None) -> list[Any]:
@@ -263,7 +252,7 @@ class MCPServer:
                     if key is None:  # outside a flow run: no run will reuse this session
                         await self._close(key)
 
-            self._tools = _Loop.get().run(listing(), timeout=self.timeout or 60)
+            self._tools = _sessions().loop().run(listing(), timeout=self.timeout or 60)
         return self._tools
 
     def call(self, tool: Any, arguments: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> Any:
@@ -289,12 +278,52 @@ class MCPServer:
                     raise MCPUnavailable(self.name, _reason(exc)) from None
                 raise
 
-        result = _Loop.get().run(calling())
+        result = _sessions().loop().run(calling())
         if result.is_error:
             raise MCPCallFailed(self.name, tool.name, _text(result.content) or "(no message)")
         if tool.output_schema is not None and result.structured_content is not None:
             return unwrap_result(tool.output_schema, result.structured_content)
         return _text(result.content)
+
+
+class _Sessions:
+    """This process's MCP side (held by `PROCESS`; a forked child, e.g. a worker process, gets
+    its own: the parent's thread is not there): the loop thread, started on first use; every
+    server whose sessions close when the process exits (their stdio processes end with them);
+    and the servers made from `mcp:` toolbox text, by (text, flow run): a process that loads
+    the same toolbox text several times in one run (the CLI's checks, the flow's parameter)
+    lists each server's tools once for that run, and once outside runs."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: _Loop | None = None
+        self.servers: list[MCPServer] = []
+        self.by_text: dict[tuple[str, str | None], MCPServer] = {}
+
+    def loop(self) -> _Loop:
+        with self.lock:
+            if self.started is None:
+                self.started = _Loop()
+            return self.started
+
+    def keep(self, server: MCPServer) -> None:
+        with self.lock:
+            if server not in self.servers:
+                self.servers.append(server)
+        PROCESS.at_exit(Stage.SESSIONS, self.close_all)
+
+    def close_all(self) -> None:
+        with self.lock:
+            servers = list(self.servers)
+        for server in servers:
+            try:
+                server.close(all_runs=True)
+            except Exception:
+                pass
+
+
+def _sessions() -> _Sessions:
+    return PROCESS.hold(_Sessions)
 
 
 async def _quiet_close(client: Any) -> None:
@@ -429,45 +458,26 @@ def close_run_sessions(specs: Mapping[str, FunctionSpec] | Sequence[FunctionSpec
     for server in servers.values():
         server.close(key)
     if key is not None:  # the run is over: its servers made from text are not reused
-        with _Loop._lock:
-            ended = [_BY_TEXT.pop(k) for k in [k for k in _BY_TEXT if k[1] == key]]
+        sessions = _sessions()
+        with sessions.lock:
+            ended = [sessions.by_text.pop(k) for k in [k for k in sessions.by_text if k[1] == key]]
             # nor kept for the exit's close once no session of theirs is open (a long-lived
             # process, e.g. `llmorch serve`, would otherwise keep one per flow run)
             for server in ended:
-                if server in _SERVERS and not server.sessions():
-                    _SERVERS.remove(server)
-
-
-#: Every server made in this process, closed at exit (their stdio processes end with them).
-_SERVERS: list[MCPServer] = []
-
-
-def _close_all() -> None:
-    for server in _SERVERS:
-        try:
-            server.close(all_runs=True)
-        except Exception:
-            pass
-
-
-atexit.register(_close_all)
-
-
-#: Servers made from `mcp:` toolbox text, by (text, flow run): a process that loads the same
-#: toolbox text several times in one run (the CLI's checks, the flow's parameter) lists each
-#: server's tools once for that run, and once outside runs.
-_BY_TEXT: dict[tuple[str, str | None], MCPServer] = {}
+                if server in sessions.servers and not server.sessions():
+                    sessions.servers.remove(server)
 
 
 def server_for(text: str) -> MCPServer:
     """The `MCPServer` for `mcp:` toolbox text (`parse_server`), one per flow run."""
     key = (text, _run_key())
-    with _Loop._lock:
-        server = _BY_TEXT.get(key)
+    sessions = _sessions()
+    with sessions.lock:
+        server = sessions.by_text.get(key)
     if server is None:
         server = parse_server(text)
-        with _Loop._lock:
-            server = _BY_TEXT.setdefault(key, server)
+        with sessions.lock:
+            server = sessions.by_text.setdefault(key, server)
     return server
 
 

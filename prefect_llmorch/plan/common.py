@@ -15,14 +15,13 @@ other way round.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import NamedTuple
 
 from .errors import ArgumentError, DuplicateIdError, PlanError, PlanReferenceError
 from .model import Arg, BinOp, Call, DictExpr, ListExpr, Ref, Template, describe_path
 from .model import refs as _refs
 
-__all__ = ["Pos", "RawCall", "position", "context", "line_text", "after_last_token", "one_of", "semantics"]
+__all__ = ["Lines", "Pos", "RawCall", "position", "context", "line_text", "after_last_token", "one_of", "semantics"]
 
 
 class Pos(NamedTuple):
@@ -42,30 +41,51 @@ def position(text: str, offset: int) -> Pos:
     return Pos(line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
 
 
-@lru_cache(maxsize=2)
-def _line_starts(text: str) -> tuple[int, ...]:
-    # Cached: a plan with thousands of errors asks for the context of each one, and
-    # splitting the whole text every time made that quadratic.
-    return (0, *(m.end() for m in re.finditer("\n", text)))
+class Lines:
+    """The lines of one text, found once (at the first question): what a function that
+    reports many errors of one text asks, each error's line and context. A plan with
+    thousands of errors asks for each one's, and splitting the whole text every time made
+    that quadratic; so such a function makes one `Lines` of its text and asks it.
+
+        >>> lines = Lines("a\\nbc")
+        >>> lines.line(2), lines.line(3)
+        ('bc', None)
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._starts: tuple[int, ...] | None = None
+
+    def line(self, line: int) -> str | None:
+        """Line `line` (1-based) without its newline; None if there is no such line."""
+        if self._starts is None:
+            self._starts = (0, *(m.end() for m in re.finditer("\n", self.text)))
+        starts = self._starts
+        if not 1 <= line <= len(starts):
+            return None
+        begin = starts[line - 1]
+        end = starts[line] - 1 if line < len(starts) else len(self.text)
+        return self.text[begin:end]
+
+    def context(self, pos: Pos, span: int = 60) -> str:
+        """The line of `pos` (at most `span` characters either side) and a caret under it."""
+        line = self.line(pos.line)
+        if line is None:
+            return ""
+        line = line.rstrip("\r")
+        start = 0 if len(line) <= 2 * span else max(0, pos.column - 1 - span)
+        return line[start : pos.column - 1 + span] + "\n" + " " * (pos.column - 1 - start) + "^"
 
 
 def line_text(text: str, line: int) -> str | None:
-    """Line `line` (1-based) of `text` without its newline; None if there is no such line."""
-    starts = _line_starts(text)
-    if not 1 <= line <= len(starts):
-        return None
-    begin = starts[line - 1]
-    end = starts[line] - 1 if line < len(starts) else len(text)
-    return text[begin:end]
+    """Line `line` (1-based) of `text` without its newline; None if there is no such line
+    (one question: for many, ask one `Lines`)."""
+    return Lines(text).line(line)
 
 
 def context(text: str, pos: Pos, span: int = 60) -> str:
-    line = line_text(text, pos.line)
-    if line is None:
-        return ""
-    line = line.rstrip("\r")
-    start = 0 if len(line) <= 2 * span else max(0, pos.column - 1 - span)
-    return line[start : pos.column - 1 + span] + "\n" + " " * (pos.column - 1 - start) + "^"
+    """The caret context of `pos` in `text` (one question: for many, ask one `Lines`)."""
+    return Lines(text).context(pos, span)
 
 
 def after_last_token(text: str, offset: int) -> int:
@@ -89,8 +109,10 @@ def semantics(raw: list[RawCall], text: str, hidden: set[str]) -> tuple[list[Cal
     def err(cls: type[PlanError], message: str, line: int, column: int,
             refs: list[tuple[str, tuple]] | None = None) -> None:
         pos = Pos(line, column)
-        errors.append(cls(message, line=line, column=column, context=context(text, pos),
+        errors.append(cls(message, line=line, column=column, context=lines.context(pos),
                           refs=refs or ()))
+
+    lines = Lines(text)
 
     errors: list[PlanError] = []
     raw = [r for r in raw if not (r.function == "join" and not r.args)]

@@ -54,7 +54,7 @@ from lark.exceptions import LarkError, LexError, UnexpectedCharacters, Unexpecte
 from .errors import ArgumentError, EmptyPlanError, PlanError, PlanReferenceError, PlanSyntaxError
 from .model import Arg, BinOp, Call, DictExpr, Dialect, Expr, ListExpr, Literal, Ref, Step, Template
 from .model import refs as _refs
-from .common import Pos, RawCall, after_last_token, context, one_of, position, semantics
+from .common import Lines, Pos, RawCall, after_last_token, context, one_of, position, semantics
 
 __all__ = ["analyse", "CallScanner", "NESTFUL_RESULT"]
 
@@ -195,11 +195,12 @@ def analyse(text: str) -> Analysis:
 class _Reader:
     def __init__(self, text: str) -> None:
         self.text = text
+        self.lines = Lines(text)  # each error's context: the text split once
         self.errors: list[PlanError] = []
         self.pointers: dict[tuple[int, int], str] = {}
 
     def context(self, line: int, column: int) -> str:
-        return context(self.text, Pos(line, column))
+        return self.lines.context(Pos(line, column))
 
     def point(self, err: PlanError) -> None:
         if not err.pointer and (err.line, err.column) in self.pointers:

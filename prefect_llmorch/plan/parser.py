@@ -47,7 +47,7 @@ from lark.exceptions import (
 )
 
 from ..functions import ArgumentsInvalid, FunctionSpec
-from .common import Pos, RawCall, after_last_token, context, line_text, one_of, position, semantics
+from .common import Lines, Pos, RawCall, after_last_token, context, one_of, position, semantics
 from .errors import (
     ArgumentError,
     EmptyPlanError,
@@ -506,6 +506,7 @@ def _analyse(text: str, collect: bool = True) -> _Result:
     """Syntax and reference checks; never raises. `collect=False` stops at the first
     syntax error (used while streaming, where most failures are unfinished text)."""
     work, errors, hidden = text, [], set()
+    lines = Lines(text)
     tree = None
     last = -1
     for _ in range(_MAX_SYNTAX_ERRORS):
@@ -514,7 +515,7 @@ def _analyse(text: str, collect: bool = True) -> _Result:
             break
         except UnexpectedInput as exc:
             err, offset = _syntax_error(exc, work)
-            err.context = context(text, Pos(err.line, err.column))
+            err.context = lines.context(Pos(err.line, err.column))
             errors.append(err)
             if not collect or offset <= last:
                 break
@@ -538,7 +539,7 @@ def _analyse(text: str, collect: bool = True) -> _Result:
         orig = exc.orig_exc
         err = orig if isinstance(orig, PlanError) else PlanSyntaxError(f"cannot read plan: {orig}")
         if err.line and not err.context:
-            err.context = context(text, Pos(err.line, err.column))
+            err.context = lines.context(Pos(err.line, err.column))
         return _Result([], dialect, errors + [err])
     deep = _too_deep(raw, text)
     if deep:
@@ -563,6 +564,7 @@ def _arithmetic_in_strings(found: list[tuple[int, int, str]], ids: set[str], tex
     """An error for each `{s1 / s2}` in a string over a call's result: the function would
     get that text, not a number (an escaped `\\{` is text, as written)."""
     errors: list[PlanError] = []
+    lines = Lines(text)
     for line, column, inner in found:
         operands = re.split(r"[ \t]*[-+*/][ \t]*", inner)
         results = [o for o in operands if re.split(r"[.\[]", o, maxsplit=1)[0] in ids]
@@ -573,7 +575,7 @@ def _arithmetic_in_strings(found: list[tuple[int, int, str]], ids: set[str], tex
             f"`{{{inner}}}` in a string is not computed: only a reference like `{{s1}}` is filled in, so the "
             f"function would get the text `{{{inner}}}`; compute it with a function and insert that call's "
             f"result, or insert the values themselves ({values})",
-            line=line, column=column, context=context(text, Pos(line, column))))
+            line=line, column=column, context=lines.context(Pos(line, column))))
     return errors
 
 
@@ -587,6 +589,7 @@ def _too_deep(raw: list[RawCall], text: str) -> list[PlanError]:
     """A clear error for each argument nested deeper than `MAX_NESTING` (found in a loop,
     so the check itself cannot hit the recursion limit)."""
     errors: list[PlanError] = []
+    lines = Lines(text)
     for r in raw:
         for arg, pos in r.args:
             stack: list[tuple[Expr, int]] = [(arg.value, 0)]
@@ -606,14 +609,14 @@ def _too_deep(raw: list[RawCall], text: str) -> list[PlanError]:
                 errors.append(PlanSyntaxError(
                     f"argument of `{r.function}` is nested more than {MAX_NESTING} levels deep "
                     "(lists, dicts or parenthesised operators inside each other)",
-                    line=pos.line, column=pos.column, context=context(text, pos)))
+                    line=pos.line, column=pos.column, context=lines.context(pos)))
     return errors
 
 
-def _name_column(text: str, call: Call) -> int:
+def _name_column(lines: Lines, call: Call) -> int:
     """Column of the call's function name (the call's own column if it cannot be found)."""
-    line = line_text(text, call.line)
-    if not text or line is None:
+    line = lines.line(call.line)
+    if not lines.text or line is None:
         return call.column
     at = line.find(call.function + "(", max(call.column - 1, 0))
     return at + 1 if at >= 0 else call.column
@@ -622,9 +625,10 @@ def _name_column(text: str, call: Call) -> int:
 def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, FunctionSpec],
                     text: str = "") -> list[PlanError]:
     errors: list[PlanError] = []
+    lines = Lines(text)
     for call in calls:
         pos = Pos(call.line, call.column)
-        ctx = context(text, pos) if text and call.line else ""
+        ctx = lines.context(pos) if text and call.line else ""
         spec = toolbox.get(call.function)
         if spec is None:
             names = sorted(toolbox)
@@ -632,9 +636,9 @@ def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, 
             msg = f"unknown function `{call.function}`"
             msg += f"; did you mean `{close[0]}`?" if close else ""
             msg += f" Available: {', '.join(names) or 'none'}"
-            column = _name_column(text, call)
+            column = _name_column(lines, call)
             if column != call.column:
-                ctx = context(text, Pos(call.line, column))
+                ctx = lines.context(Pos(call.line, column))
             errors.append(UnknownFunctionError(msg, line=call.line, column=column,
                                                context=ctx, expected=names))
             continue
@@ -649,7 +653,7 @@ def _toolbox_errors(calls: list[Call] | tuple[Call, ...], toolbox: Mapping[str, 
             problems.insert(0, f"{call.function}(): cannot check arguments: {exc}")
         for problem in problems:
             errors.append(ArgumentError(problem, line=call.line, column=call.column, context=ctx))
-    at = (lambda ln, col: context(text, Pos(ln, col))) if text else None
+    at = (lambda ln, col: lines.context(Pos(ln, col))) if text else None
     errors += field_errors(calls, toolbox, at)
     errors += reference_type_errors(calls, toolbox, at)
     return errors

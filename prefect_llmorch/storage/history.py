@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping
 
 from dataclasses import dataclass, field
 
+from prefect_llmorch.host.process import PROCESS
 from prefect_llmorch.host.server import server_key
 from prefect_llmorch.plan.model import Plan
 
@@ -70,12 +71,21 @@ MAX_READ = 400
 #: How long this process trusts the task-run history it read (other processes' runs show
 #: after this); its own runs are added as they finish (`remember`).
 API_TTL_SECONDS = 60.0
-#: API server -> function -> (monotonic time of the read, durations, most recent first).
-_api_cache: dict[str, dict[str, tuple[float, list[float]]]] = {}
 
 
-#: Servers whose history is being re-read in the background (`_cached_durations`).
-_refreshing: set[str] = set()
+@dataclass
+class _ApiHistory:
+    """The task-run history this process read from each API (held by `PROCESS`, changed
+    under `_lock`): a warm process's next run does not wait for the query."""
+
+    #: API server -> function -> (monotonic time of the read, durations, most recent first)
+    read: dict[str, dict[str, tuple[float, list[float]]]] = field(default_factory=dict)
+    #: servers whose history is being re-read in the background (`_cached_durations`)
+    refreshing: set[str] = field(default_factory=set)
+
+
+def _api_history() -> _ApiHistory:
+    return PROCESS.hold(_ApiHistory)
 
 
 def _cached_durations(functions: Iterable[str], limit: int) -> dict[str, list[float]]:
@@ -86,13 +96,14 @@ def _cached_durations(functions: Iterable[str], limit: int) -> dict[str, list[fl
     import time
 
     wanted, now, server = set(functions), time.monotonic(), server_key()
+    history = _api_history()
     with _lock:
-        known = _api_cache.setdefault(server, {})
+        known = history.read.setdefault(server, {})
         have = {fn: known[fn] for fn in wanted if fn in known}
         stale = any(now - at >= API_TTL_SECONDS for at, _ in have.values())
-        refresh = stale and len(have) == len(wanted) and server not in _refreshing
+        refresh = stale and len(have) == len(wanted) and server not in history.refreshing
         if refresh:
-            _refreshing.add(server)
+            history.refreshing.add(server)
     if len(have) == len(wanted):
         if refresh:
             _refresh_later(server, wanted, limit)
@@ -109,17 +120,19 @@ def _refresh_later(server: str, functions: set[str], limit: int) -> None:
     import contextvars
     import time
 
+    history = _api_history()
+
     def work() -> None:
         try:
             now = time.monotonic()
             found = _api_durations(functions, limit)
             with _lock:
-                _api_cache.setdefault(server, {}).update((fn, (now, list(found.get(fn, [])))) for fn in functions)
+                history.read.setdefault(server, {}).update((fn, (now, list(found.get(fn, [])))) for fn in functions)
         except Exception as exc:  # the old read stays; the next run tries again
             logger.debug("re-reading the task-run history: %s", exc)
         finally:
             with _lock:
-                _refreshing.discard(server)
+                history.refreshing.discard(server)
 
     ctx = contextvars.copy_context()
     threading.Thread(target=ctx.run, args=(work,), daemon=True, name="llmorch-history").start()
@@ -196,7 +209,7 @@ def remember(durations: Mapping[str, Iterable[float]]) -> None:
         return
     path = history_file()
     with _lock:
-        known = _api_cache.get(server_key(), {})  # what this process read stays current with its own runs
+        known = _api_history().read.get(server_key(), {})  # what this process read stays current with its own runs
         for fn, ds in new.items():
             if fn in known:
                 known[fn] = (known[fn][0], (ds[::-1] + known[fn][1])[:RECENT])
