@@ -31,6 +31,8 @@ ThreadPoolTaskRunner with plain tasks, one warm-up round each, then RUNS interle
 100 no-op calls: flow-process CPU per call (median, ours <= 1.2x ThreadPool's), time to first
 call from the flow's start (median <= 50 ms), and the wall time per run (p99 <= 2x p50: no
 stalls; p99 by nearest rank, so the slowest of 20). Each printed TARGET line says PASS or MISS.
+Also the answers 503 (SQLite refused a write) this process's client got in each configuration's
+rounds: each cost a sleep of 2 s or more in Prefect's client (docs/how_fast.md, the stalls).
 Also ThreadPoolTaskRunner with the same plain tasks tagged as our compiled calls are (`inout`,
 `rank:0`): Prefect's engine costs more per tagged task run, so the CPU target is printed against
 it too (like for like); and the time to first call from the moment the flow was called.
@@ -175,6 +177,29 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, int(-(-q * len(values) // 1)) - 1))]
 
 
+class _Refusals:
+    """Counts the answers 503 (the server refused a write: SQLite locked) that this process's
+    HTTP client received, by configuration: after each one Prefect's client sleeps 2 s, then
+    4, ... before it asks again (the wall-time stalls docs/how_fast.md traces)."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.current = ""
+        self.counts: dict[str, int] = {}
+        counter = self
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if " 503 " in record.getMessage():
+                    counter.counts[counter.current] = counter.counts.get(counter.current, 0) + 1
+
+        log = logging.getLogger("httpx")  # one INFO line per response
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        log.addHandler(Handler())
+
+
 def _load() -> str:
     import os
 
@@ -205,10 +230,12 @@ def targets(runs: int, calls: int = 100) -> list[tuple[str, str, bool]]:
     for name, fn in configs:
         fn()  # warm-up: imports, first flow run, first task runs of each tag set
     print(f"  warm-up done; load average {_load()}", flush=True)
+    refusals = _Refusals()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in configs}
     failed: dict[str, int] = {name: 0 for name, _ in configs}
     for i in range(runs):
         for name, fn in configs:
+            refusals.current = name
             try:
                 results[name].append(_cpu(fn))
             except Exception as exc:  # a failed run is counted (and fails the stall target), not hidden
@@ -229,13 +256,14 @@ def targets(runs: int, calls: int = 100) -> list[tuple[str, str, bool]]:
         return statistics.median(values), f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
 
     print(f"\n{runs} interleaved rounds of {calls} no-op calls, median [min-max]; load average at the end {load}")
-    print(f"{'configuration':<25} {'CPU ms/call':>18} {'1st call ms':>18} {'from the call ms':>18} {'wall s':>18} {'p50 s':>7} {'p99 s':>7} {'p99/p50':>8}")
+    print(f"{'configuration':<25} {'CPU ms/call':>18} {'1st call ms':>18} {'from the call ms':>18} {'wall s':>18} {'p50 s':>7} {'p99 s':>7} {'p99/p50':>8} {'503s':>5}")
     for name in results:
         walls = [r["wall"] for r in results[name]]
         print(
             f"{name:<25} {stats(name, 'cpu', 1000 / calls)[1]:>18} {stats(name, 'time_to_first_call', 1000)[1]:>18}"
             f" {stats(name, 'first_call', 1000)[1]:>18}"
             f" {stats(name, 'wall')[1]:>18} {_pct(walls, 0.5):>7.2f} {_pct(walls, 0.99):>7.2f} {_pct(walls, 0.99) / _pct(walls, 0.5):>8.2f}"
+            f" {refusals.counts.get(name, 0):>5}"
         )
     ours_cpu, tp_cpu = stats("ours (run_plan)", "cpu")[0], stats("ThreadPool, plain @task", "cpu")[0]
     # Each round's own ratio (ours and TP plain ran a few seconds apart, at the same load):
@@ -264,7 +292,8 @@ def targets(runs: int, calls: int = 100) -> list[tuple[str, str, bool]]:
         ours_cpu <= 1.2 * tagged,
     ))
     print("('1st call' is from the flow's start, 'from the call' from the moment the flow was called, flow-run"
-          " creation included)")
+          " creation included; '503s': answers 503 this process's client got while the configuration ran, each"
+          " followed by Prefect's client sleeping 2 s, then 4, ...)")
     for text, value, ok in out:
         print(f"TARGET {text}: {value} {'PASS' if ok else 'MISS'} (load {load})")
     return out

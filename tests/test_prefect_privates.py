@@ -123,6 +123,31 @@ def test_the_server_app_reads_the_ephemeral_and_final_flags_from_the_environment
     assert "prefect.server.api.server:create_app" in inspect.getsource(server.SubprocessASGIServer)
 
 
+def test_the_server_takes_its_database_configuration_from_models_dependencies() -> None:
+    """`host/app.create_app` gives the embedded server its SQLite configuration (a retried
+    request's transactions begin IMMEDIATE: `tests/test_server_app.py`) by setting
+    `MODELS_DEPENDENCIES["database_config"]`, which `provide_database_interface` uses, as
+    `temporary_database_config` sets it; the configuration subclasses `AioSqliteConfiguration`
+    and passes `with_for_update` to its `begin_transaction`, which begins IMMEDIATE for it."""
+    from prefect.server.database import configurations
+    from prefect.server.database.dependencies import (
+        MODELS_DEPENDENCIES,
+        provide_database_interface,
+        temporary_database_config,
+    )
+
+    from prefect_llmorch.host.app import sqlite_configuration
+
+    ours = sqlite_configuration("sqlite+aiosqlite:///unused.db")
+    assert isinstance(ours, configurations.AioSqliteConfiguration)
+    assert "database_config" in MODELS_DEPENDENCIES
+    with temporary_database_config(ours):
+        assert MODELS_DEPENDENCIES["database_config"] is ours
+        assert provide_database_interface().database_config is ours
+    source = inspect.getsource(configurations.AioSqliteConfiguration.begin_transaction)
+    assert '"IMMEDIATE" if with_for_update else "DEFERRED"' in source
+
+
 def test_prefect_services_stop_from_threading_s_at_exit_callbacks() -> None:
     """`host/process.py` runs its RECORDS stage (the wait for the records, `flows/report.py`)
     from a `threading._register_atexit` callback, registered after Prefect's events worker

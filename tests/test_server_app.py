@@ -92,3 +92,66 @@ def test_a_503_whose_error_is_raised_again_after_it_is_tried_again_too() -> None
         assert str(exc) == "database is locked" and len(app.bodies) == len(NO_WAIT) + 1
     else:
         raise AssertionError("the last attempt's error must reach the server")
+
+
+def test_each_new_attempt_of_a_refused_request_is_marked_retrying_and_the_first_is_not() -> None:
+    from prefect_llmorch.host.app import retrying
+
+    seen: list[bool] = []
+    app = _App(refusals=2)
+
+    async def watching(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(retrying())
+        await app(scope, receive, send)
+
+    sent = _request(RetryLocked(watching, NO_WAIT), [b"x"])
+    assert seen == [False, True, True]
+    assert [m.get("status") for m in sent if "status" in m] == [200]
+    assert retrying() is False  # reset once the request is answered
+
+
+def test_a_retried_attempt_holds_sqlite_s_write_lock_from_its_begin(tmp_path: Any) -> None:
+    """The stall this fixes: after a run, Prefect's task-run recorder commits statement after
+    statement, and a request's DEFERRED transaction (read, then write) was refused each time
+    one landed between its read and its write. On a new attempt the transaction begins
+    IMMEDIATE: it has the write lock before its first statement, so no commit can come
+    between. Seen from a second connection that asks for the write lock without waiting:
+    free during the first attempt's transaction, held during the retried one's."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from prefect_llmorch.host.app import sqlite_configuration
+
+    path = tmp_path / "prefect.db"
+    config = sqlite_configuration(f"sqlite+aiosqlite:///{path}")
+    probes: list[str] = []
+
+    def probe() -> str:
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            return "free"
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc)
+            return "locked"
+        finally:
+            other.close()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        engine = await config.engine()
+        session = await config.session(engine)
+        async with session:
+            async with config.begin_transaction(session):
+                await session.execute(sa.text("SELECT 1"))  # the transaction's BEGIN is sent now
+                probes.append(probe())
+        status = 503 if len(probes) == 1 else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent = _request(RetryLocked(app, NO_WAIT), [b"x"])
+    assert probes == ["free", "locked"]
+    assert [m.get("status") for m in sent if "status" in m] == [200]
+    assert probe() == "free"  # committed: nothing left holding it

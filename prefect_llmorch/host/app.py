@@ -2,13 +2,20 @@
 again inside the server before a client sees them.
 
 Prefect's server (`prefect.server.api.server:create_app`) answers 503 when SQLite refuses a
-write as locked: two writers at once, e.g. a run's flow-run creation beside the previous
-run's artifacts or a slot lease, where SQLite cannot wait for the other (a deferred
-transaction that must upgrade its lock) and fails at once. Prefect's client then sleeps 2 s
-before it asks again (then 4, 8, ...): the ~2 s stalls at the start of runs, seen in
-benchmarks on a quiet machine. The other writer is done within milliseconds, so the request
-is tried again here, after 25 ms, then 50, 100, 200, 400 ms; only then does the client get
-the 503 and its own back-off, which a server overloaded for longer still needs.
+write as locked. Its write requests run in DEFERRED transactions: they read first, and the
+write that follows fails at once (SQLite does not wait: the read's snapshot is stale) when
+another writer committed in between. After a run, the server's task-run recorder writes that
+run's task runs and states for seconds (its CPU, statement after statement), so the next
+run's flow-run creation or a slot lease collided nearly every time, and Prefect's client
+slept 2 s, then 4 s, before it asked again: the 3-10 s stalls of back-to-back runs.
+
+So a request answered 503 is tried again here, after 25 ms, then 50, 100, 200, 400 ms, and
+each new attempt opens its transactions IMMEDIATE (`retrying()`; `sqlite_configuration`):
+SQLite gives it the write lock at BEGIN, waiting its busy timeout for the current writer,
+so the attempt cannot be refused again by a commit that lands between its read and its
+write. Only then does the client get the 503 and its own back-off, which a server overloaded
+for longer still needs. First attempts stay DEFERRED (Prefect's mode): reads that open a
+transaction do not queue behind the recorder's writes.
 
 A failed attempt changed nothing: the server rolled its transaction back before answering
 503, which is why Prefect's client may send the same request again; this does the same,
@@ -19,10 +26,12 @@ passes through.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
-from typing import Any, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
 
-__all__ = ["RETRY_DELAYS", "RetryLocked", "create_app"]
+__all__ = ["RETRY_DELAYS", "RetryLocked", "create_app", "retrying", "sqlite_configuration"]
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -33,11 +42,19 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Seconds to wait before each new attempt of a request answered 503 (~0.8 s in all).
 RETRY_DELAYS = (0.025, 0.05, 0.1, 0.2, 0.4)
 
+#: True while a refused request is sent again (its write transactions begin IMMEDIATE).
+_RETRYING: contextvars.ContextVar[bool] = contextvars.ContextVar("llmorch_retrying_locked", default=False)
+
+
+def retrying() -> bool:
+    """Whether the current request is a new attempt of one the app answered 503."""
+    return _RETRYING.get()
+
 
 class RetryLocked:
     """ASGI middleware: an HTTP request answered 503 is sent to `app` again after each of
-    `delays` (with up to 50 % jitter, so two refused writers do not meet again); the last
-    answer, whatever it is, goes to the client."""
+    `delays` (with up to 50 % jitter, so two refused writers do not meet again), with
+    `retrying()` true; the last answer, whatever it is, goes to the client."""
 
     def __init__(self, app: ASGIApp, delays: tuple[float, ...] = RETRY_DELAYS) -> None:
         self.app = app
@@ -53,8 +70,9 @@ class RetryLocked:
             body.append(message)
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
-        for delay in (*self.delays, None):
+        for attempt, delay in enumerate((*self.delays, None)):
             answer = _Answer(send, hold=delay is not None)
+            token = _RETRYING.set(attempt > 0)
             try:
                 # a copy: Starlette's routing rewrites the scope it is given (`root_path`, `path`)
                 await self.app(dict(scope), _replay(body, receive), answer.send)
@@ -63,6 +81,8 @@ class RetryLocked:
                 # error again for the server's log: a 503 held back is tried again instead
                 if not answer.refused:
                     raise
+            finally:
+                _RETRYING.reset(token)
             if not answer.refused:
                 return
             await asyncio.sleep(delay * (1 + random.random() / 2))  # type: ignore[operator]
@@ -93,12 +113,33 @@ def _replay(body: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
+def sqlite_configuration(connection_url: str) -> Any:
+    """Prefect's SQLite database configuration, whose transactions begin IMMEDIATE (as
+    Prefect's own `with_for_update` ones do) while `retrying()`: see the module's docstring."""
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    class WriteLockOnRetry(AioSqliteConfiguration):
+        @asynccontextmanager
+        async def begin_transaction(self, session: Any, with_for_update: bool = False) -> AsyncIterator[Any]:
+            async with super().begin_transaction(session, with_for_update=with_for_update or retrying()) as transaction:
+                yield transaction
+
+    return WriteLockOnRetry(connection_url=connection_url)
+
+
 def create_app(*args: Any, **kwargs: Any) -> ASGIApp:
-    """Prefect's server app (`prefect.server.api.server:create_app`), wrapped in `RetryLocked`:
-    the factory `uvicorn --factory` runs for the embedded server (`host/server.py`)."""
+    """Prefect's server app (`prefect.server.api.server:create_app`), wrapped in `RetryLocked`,
+    on `sqlite_configuration` when its database is SQLite: the factory `uvicorn --factory` runs
+    for the embedded server (`host/server.py`)."""
     from prefect.server.api.server import create_app as prefect_app
+    from prefect.server.database.dependencies import MODELS_DEPENDENCIES
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
     own_signals()
+    url = str(PREFECT_API_DATABASE_CONNECTION_URL.value() or "")  # as Prefect's `provide_database_interface` reads it
+    if url.startswith("sqlite") and MODELS_DEPENDENCIES["database_config"] is None:
+        # (the server's lifetime: what `prefect.server.database.dependencies.temporary_database_config` sets)
+        MODELS_DEPENDENCIES["database_config"] = sqlite_configuration(url)
     return RetryLocked(prefect_app(*args, **kwargs))
 
 
