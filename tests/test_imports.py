@@ -1,6 +1,6 @@
 """The layout is the architecture: imports go one way, and the pure layers stay pure.
 
-plan -> graph -> schedule -> host | procs | report -> storage -> engine -> flows -> cli
+plan -> graph -> schedule -> host | report -> storage | procs -> engine -> flows -> cli
 (llm beside engine, used by flows),
 read from every module's own source with `ast` (function-local imports included, imports
 under `if TYPE_CHECKING:` left out: they never run).
@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     "graph": 2,
     "schedule": 3,
     "host": 4,
-    "procs": 4,
+    "procs": 5,
     "report": 4,
     "options": 4,
     "storage": 5,

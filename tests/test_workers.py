@@ -203,11 +203,13 @@ def test_a_function_that_cannot_be_pickled_is_not_sent_and_says_why(pool: Worker
 def test_a_larger_pool_starts_its_workers_together_and_puts_the_start_hook_back() -> None:
     from multiprocessing import spawn
 
+    from prefect_llmorch.host.process import PROCESS
     from prefect_llmorch.procs import workers
 
+    starts = PROCESS.hold(workers._Starts)
     with WorkerPool(4) as p:
-        with workers._START_LOCK:  # the hook is out once no start is under way (another pool's may be)
-            assert workers._starting > 0 or spawn.get_preparation_data is not workers._without_main
+        with starts.lock:  # the hook is out once no start is under way (another pool's may be)
+            assert starts.count > 0 or spawn.get_preparation_data is not workers._without_main
         assert len(set(p.pids)) == 4
         assert {p.run(f"x{i}", add, (i, 0)).worker for i in range(8)} <= {0, 1, 2, 3}
 

@@ -41,7 +41,6 @@ API of its first caller (CONTRIBUTING.md).
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import logging
 import os
@@ -53,6 +52,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from prefect_llmorch.host.process import PROCESS, Stage
 from prefect_llmorch.host.server import api_client, server_gone, server_instance, server_key
 from prefect_llmorch.storage.leases import (  # the crash ledger
     alive as _alive,
@@ -158,17 +158,25 @@ class _Spare:
     taking: threading.Thread | None = None
 
 
-#: (API, limit) -> what this process keeps between its runners: slots outlive a runner by
-#: design (as procs.workers' kept pools do). The process-wide registries: CONTRIBUTING.md.
-_SPARE: dict[tuple[str, str], _Spare] = {}
-_spare_lock = threading.Lock()
+class _Spares:
+    """(API, limit) -> what this process keeps between its runners: slots outlive a runner by
+    design (as procs.workers' kept pools do). Held by `host.process.PROCESS`, which gives them
+    back at exit (stage LEASES, while the server still answers)."""
+
+    def __init__(self) -> None:
+        self.by_limit: dict[tuple[str, str], _Spare] = {}
+        self.lock = threading.Lock()
+        PROCESS.at_exit(Stage.LEASES, _give_back_spare)
+
+
+def _spares() -> _Spares:
+    return PROCESS.hold(_Spares)
 
 
 def _spare(name: str) -> _Spare:
-    with _spare_lock:
-        if not _SPARE:
-            atexit.register(_give_back_spare)
-        return _SPARE.setdefault((server_key(), name), _Spare())
+    spares = _spares()
+    with spares.lock:
+        return spares.by_limit.setdefault((server_key(), name), _Spare())
 
 
 def _fresh(lease: _Lease) -> bool:
@@ -178,7 +186,7 @@ def _fresh(lease: _Lease) -> bool:
 def kept_slots(name: str) -> int:
     """Slots of limit `name` this process keeps for its next runner."""
     spare = _spare(name)
-    with _spare_lock:
+    with _spares().lock:
         return sum(lease.slots for lease in spare.leases if _fresh(lease))
 
 
@@ -188,7 +196,7 @@ def _keep(name: str, leases: list[_Lease], seconds: float) -> None:
 
     spare = _spare(name)
     settings = SettingsContext.get()
-    with _spare_lock:
+    with _spares().lock:
         spare.leases.extend(leases)
         for lease in leases:
             lease.kept += 1
@@ -204,7 +212,7 @@ def _keep(name: str, leases: list[_Lease], seconds: float) -> None:
 def _take_spare(name: str, most: int) -> list[_Lease]:
     spare = _spare(name)
     taken: list[_Lease] = []
-    with _spare_lock:
+    with _spares().lock:
         for lease in list(spare.leases):
             if lease.slots <= most and _fresh(lease):
                 spare.leases.remove(lease)
@@ -217,8 +225,9 @@ def _give_back_spare(name: str | None = None, lease_id: str | None = None, kept:
     """Give back kept leases no runner took (all of them at exit); with `kept`, only if the
     lease was not kept again since."""
     mine: list[_Lease] = []
-    with _spare_lock:
-        for (_, n), spare in _SPARE.items():
+    spares = _spares()
+    with spares.lock:
+        for (_, n), spare in spares.by_limit.items():
             for lease in [k for k in spare.leases if name in (None, n) and lease_id in (None, k.id) and kept in (None, k.kept)]:
                 spare.leases.remove(lease)
                 mine.append(lease)
@@ -273,7 +282,7 @@ def take_ahead_unless_kept(name: str, processors: int, wait: float = 10.0) -> th
                 got.clear()
                 limit.adjust(processors, 0)
 
-    with _spare_lock:
+    with _spares().lock:
         if spare.taking is not None and spare.taking.is_alive():
             return spare.taking
         # in the caller's context: its settings (PREFECT_API_URL) name the server to take them on
@@ -285,7 +294,7 @@ def take_ahead_unless_kept(name: str, processors: int, wait: float = 10.0) -> th
 
 def _waiting_for_take_ahead(name: str) -> bool:
     spare = _spare(name)
-    with _spare_lock:
+    with _spares().lock:
         return spare.taking is not None and spare.taking.is_alive()
 
 

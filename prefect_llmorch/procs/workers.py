@@ -15,7 +15,6 @@ No Prefect here.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import importlib
 import multiprocessing as mp
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable
 
+from prefect_llmorch.host.process import PROCESS, Stage
 from prefect_llmorch.procs.pool import CALL_ENV, call_env
 from prefect_llmorch.procs.pool import (  # re-exported: the pool's vocabulary
     CallCancelled,
@@ -109,11 +109,15 @@ def _mentions_main(obj: Any) -> bool:
     return getattr(obj, "__module__", None) == "__main__" or getattr(type(obj), "__module__", None) == "__main__"
 
 
-_START_LOCK = threading.Lock()
+class _Starts:
+    """Worker starts under way in this process, and multiprocessing's own preparation hook
+    while ours is in: `spawn.get_preparation_data` is one function for the whole process, and
+    starts of several runners overlap (held by `host.process.PROCESS`)."""
 
-
-_starting = 0  # worker starts under way (under _START_LOCK)
-_original_preparation: Any = None
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+        self.original: Any = None
 
 
 def _start_without_main(process: Any) -> None:
@@ -128,23 +132,23 @@ def _start_without_main(process: Any) -> None:
     """
     from multiprocessing import spawn
 
-    global _starting, _original_preparation
-    with _START_LOCK:
-        if _starting == 0:
-            _original_preparation = spawn.get_preparation_data
+    starts = PROCESS.hold(_Starts)
+    with starts.lock:
+        if starts.count == 0:
+            starts.original = spawn.get_preparation_data
             spawn.get_preparation_data = _without_main
-        _starting += 1
+        starts.count += 1
     try:
         process.start()
     finally:
-        with _START_LOCK:
-            _starting -= 1
-            if _starting == 0:
-                spawn.get_preparation_data = _original_preparation
+        with starts.lock:
+            starts.count -= 1
+            if starts.count == 0:
+                spawn.get_preparation_data = starts.original
 
 
 def _without_main(name: str) -> dict[str, Any]:
-    data = _original_preparation(name)
+    data = PROCESS.hold(_Starts).original(name)
     data.pop("init_main_from_path", None)
     data.pop("init_main_from_name", None)
     return data
@@ -590,8 +594,14 @@ class _Spare:
         return self.box[0] if self.box else None
 
 
-_PRESTARTED_LOCK = threading.Lock()
-_prestarted: _Spare | None = None
+class _Offered:
+    """The one pool waiting for this process's next runner (held by `host.process.PROCESS`,
+    which stops it at exit, stage WORKERS)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.spare: _Spare | None = None
+        PROCESS.at_exit(Stage.WORKERS, _discard_at_exit)
 
 
 def prestart_pool(processors: int, *, pin: bool = False, preload: Iterable[str] = ()) -> None:
@@ -609,20 +619,20 @@ def prestart_pool(processors: int, *, pin: bool = False, preload: Iterable[str] 
 
 
 def _offer(spare: _Spare) -> None:
-    global _prestarted
-    with _PRESTARTED_LOCK:
-        previous, _prestarted = _prestarted, spare
+    offered = PROCESS.hold(_Offered)
+    with offered.lock:
+        previous, offered.spare = offered.spare, spare
     if previous is not None:
         _discard(previous)
 
 
 def _withdraw(only: _Spare | None = None) -> _Spare | None:
     """Take the waiting pool off offer (only if it is `only`, when given)."""
-    global _prestarted
-    with _PRESTARTED_LOCK:
-        if only is not None and _prestarted is not only:
+    offered = PROCESS.hold(_Offered)
+    with offered.lock:
+        if only is not None and offered.spare is not only:
             return None
-        taken, _prestarted = _prestarted, None
+        taken, offered.spare = offered.spare, None
     return taken
 
 
@@ -672,5 +682,3 @@ def _discard_at_exit() -> None:
     if spare is not None:
         _discard(spare)
 
-
-atexit.register(_discard_at_exit)
