@@ -10,7 +10,6 @@ them, before the plan arrives. The rest is the execution `llmorch-run` uses too
 
 from __future__ import annotations
 
-import queue
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 from prefect_llmorch.flows.execute import Execution
 from prefect_llmorch.flows.handoff import Handoff, handed, handing
-from prefect_llmorch.flows.planner import planner_task, resolve_client
+from prefect_llmorch.flows.planner import Inbox, planner_task, resolve_client
 from prefect_llmorch.flows.joiner import JoinSettings, join_rounds, replay_key
 from prefect_llmorch.flows.recovery import RecoveryConfig
 from prefect_llmorch.flows.report import Planning, RunReport, report_artifacts
@@ -33,8 +32,6 @@ from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
 from prefect_llmorch.options import DEFAULT_LIMIT, DEFAULT_TOOLBOX, AskOptions
 
 __all__ = ["AskOptions", "DEFAULT_TOOLBOX", "answer", "ask", "ask_query"]
-
-_DONE = object()
 
 
 @flow(name="llmorch-ask", log_prints=False, task_runner=LLMOrchTaskRunner())
@@ -81,11 +78,9 @@ def answer(
         recovery=RecoveryConfig.of(client, options, tokens=tokens), runner=runner, cache=options.cache,
         costs=choice.costs,
     ) as ex:
-        inbox: "queue.Queue[Any]" = queue.Queue()
         # latency counts from the first LLM request: sent ahead by `ask_query` (`llm/ahead.py`), or now
         ex.recorder.t0 = getattr(client, "sent_at", None) or time.time()
-        # Each call is stamped when the planner hands it over: what the flow's thread adds
-        # after that (waking up, submitting) counts as our overhead, not as the LLM's time.
+        inbox = Inbox()
         join = joining.joiner != "off"
         planning = planner_task.with_options(
             task_run_name="planner · round 1" if join else "planner",
@@ -94,13 +89,10 @@ def answer(
                 cache_key_fn=replay_key("planner", "query", "toolbox", "llm", "attempts", "mode", "join")),
             persist_result=True,
         ).submit(
-            query, tb, client, attempts=options.attempts, on_call=lambda c: inbox.put((c, time.time())),
-            mode=options.planner, join=join,
+            query, tb, client, attempts=options.attempts, on_call=inbox.put, mode=options.planner, join=join,
         )
-        planning.add_done_callback(lambda _f: inbox.put((_DONE, time.time())))
-        while (item := _next(inbox))[0] is not _DONE:
-            ex.adopt(item[0], at=item[1])  # streaming dispatch, from the flow's thread
-        planned_at = item[1]
+        for call, at in inbox.until(planning):
+            ex.adopt(call, at=at)  # streaming dispatch, from the flow's thread
         planning.wait()
         if not planning.state.is_completed():
             ex.abandon()  # no plan: every streamed call is stale
@@ -108,10 +100,10 @@ def answer(
         result = planning.result()
         for attempt in result.attempts:
             tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
-        ex.start(result.plan, kept=result.dispatched, planned_at=planned_at)
+        ex.start(result.plan, kept=result.dispatched, planned_at=inbox.done_at)
         prediction = predicted(ex.frg, P, options.policy, choice, runner)
         rounds = join_rounds(
-            ex, query, tb, client, result.text, joining, tokens, _next, mode=options.planner or client.planner or "text",
+            ex, query, tb, client, result.text, joining, tokens, mode=options.planner or client.planner or "text",
         )
         report = ex.finish()
     report.predicted = prediction
@@ -209,14 +201,3 @@ def _joining(endpoint: Any, options: AskOptions) -> tuple[Any, JoinSettings]:
 
         endpoint = LLMEndpoint.load(endpoint)
     return endpoint, JoinSettings.resolve(endpoint, options.joiner, options.max_rounds, options.max_tokens)
-
-
-def _next(inbox: "queue.Queue[Any]") -> Any:
-    """`inbox.get()` in short slices: a Ctrl-C the kernel hands to another thread does not
-    wake a main thread blocked on a lock, and a script's KeyboardInterrupt would wait for
-    the planner's LLM to finish writing."""
-    while True:
-        try:
-            return inbox.get(timeout=0.2)
-        except queue.Empty:
-            continue
