@@ -35,8 +35,7 @@ import contextvars
 import logging
 import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
@@ -150,7 +149,14 @@ class Execution:
     def __enter__(self) -> "Execution":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        """Close; on a script's Ctrl-C or exit, first cancel the calls: at once, before
+        Prefect's engine handles the exception (its way out does not always pass it to the
+        runner's exit: a script then waited at exit for its longest inout call, seen in CI).
+        The flow's waits (`compiler.wait_all`, `planner.Inbox`) wake in short slices, so a
+        Ctrl-C the kernel hands to another thread still reaches the main thread."""
+        if kind is not None and issubclass(kind, (KeyboardInterrupt, SystemExit)):
+            self._cancel_all()
         self.close()
 
     def _server_died(self, error: ServerGone) -> None:
@@ -163,19 +169,6 @@ class Execution:
     def _cancel_all(self) -> None:
         if self.runner is not None and hasattr(self.runner, "cancel_all"):
             self.runner.cancel_all()
-
-    @contextmanager
-    def _waiting(self) -> Iterator[None]:
-        """Where the flow waits for its calls (`compiler.wait_all` wakes in short slices, so a
-        script's Ctrl-C reaches it). A script's Ctrl-C or exit lands here: the calls are
-        cancelled at once, before Prefect's engine handles the exception (its way out does
-        not always pass it to the runner's exit: a script then waited at exit for its longest
-        inout call, seen in CI)."""
-        try:
-            yield
-        except (KeyboardInterrupt, SystemExit):
-            self._cancel_all()
-            raise
 
     def _check_server(self) -> None:
         if self.gone is not None:
@@ -249,8 +242,7 @@ class Execution:
         self.compiler.stale.update(id(c) for c in self._adopted)
         if self.runner is not None:
             self.runner.no_more_submissions()
-        with self._waiting():
-            wait_all(self.futures.values())
+        wait_all(self.futures.values())
 
     # -- finishing ----------------------------------------------------------------------
     def finish(self) -> RunReport:
@@ -292,13 +284,12 @@ class Execution:
             raise RuntimeError("settle() before start(): no plan to run")
         if self._settled:
             return
-        with self._waiting():
-            if self.controller is not None:
-                self.frg = self.controller.run(self.futures)  # resubmits repaired calls into futures
-                self.plan = self.controller.plan  # repairs may have changed calls
-            # Bounded when recovery gave up waiting on a round: never hang on a stuck call.
-            timed_out = self.controller is not None and self.controller.outcome == "timed out"
-            wait_all(self.futures.values(), timeout=0 if timed_out else None)
+        if self.controller is not None:
+            self.frg = self.controller.run(self.futures)  # resubmits repaired calls into futures
+            self.plan = self.controller.plan  # repairs may have changed calls
+        # Bounded when recovery gave up waiting on a round: never hang on a stuck call.
+        timed_out = self.controller is not None and self.controller.outcome == "timed out"
+        wait_all(self.futures.values(), timeout=0 if timed_out else None)
         self._settled = True
 
     def continue_plan(self) -> None:
