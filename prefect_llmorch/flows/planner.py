@@ -143,15 +143,8 @@ planner_task = Task(fn=_planner, name="planner", task_run_name="planner", cache_
 
 
 class Inbox:
-    """The calls an LLM task run (the planner, a join) streams, for the flow's thread to
-    adopt as they come:
-
-        inbox = Inbox()
-        future = planner_task.submit(query, toolbox, llm, on_call=inbox.put)
-        for call, at in inbox.until(future):
-            ex.adopt(call, at=at)
-        planned_at = inbox.done_at       # when the task run ended
-    """
+    """The calls an LLM task run (the planner, a join) streams (`on_call=inbox.put`), for the
+    flow's thread to adopt as they come (`for call, at in inbox.until(future)`)."""
 
     _DONE = object()
 
