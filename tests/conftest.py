@@ -64,8 +64,11 @@ def prefect_harness():
     """A Prefect test server (SQLite) for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
+    from prefect_llmorch.flows.report import records_sent
+
     with prefect_test_harness(server_startup_timeout=120):
         yield
+        records_sent(60)  # the last run's artifacts (sent after its answer), before the server stops
 
 
 @pytest.fixture(scope="session")

@@ -10,32 +10,29 @@ them, before the plan arrives. The rest is the execution `llmorch-run` uses too
 
 from __future__ import annotations
 
-import queue
 import time
 from typing import Any
 
 from prefect import flow
 from prefect.cache_policies import CacheKeyFnPolicy
 
-from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
+from prefect_llmorch.engine.runner import LLMOrchTaskRunner
 from prefect_llmorch.flows.execute import Execution
 from prefect_llmorch.flows.handoff import Handoff, handed, handing
-from prefect_llmorch.flows.planner import planner_task, resolve_client
+from prefect_llmorch.flows.planner import Inbox, planner_task, resolve_client
 from prefect_llmorch.flows.joiner import JoinSettings, join_rounds, replay_key
 from prefect_llmorch.flows.recovery import RecoveryConfig
-from prefect_llmorch.flows.report import report_artifacts, send_records
+from prefect_llmorch.flows.report import report_artifacts
 from prefect_llmorch.report import Planning, RunReport
-from prefect_llmorch.storage.history import remember_records
 from prefect_llmorch.flows.run import (
-    _simple, _with_endpoint, conclude, earlier_records_sent, fitted_runner, learned_costs, local_runner, predicted, prepare, resolve_toolbox, run_flow,
+    _simple, call_options, earlier_records_sent, fitted_runner, learned_costs, local_runner, predicted, prepare,
+    resolve_toolbox, run_flow, with_endpoint,
 )
 from prefect_llmorch.functions import SELF, Toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
 from prefect_llmorch.options import DEFAULT_LIMIT, DEFAULT_TOOLBOX, AskOptions
 
 __all__ = ["AskOptions", "DEFAULT_TOOLBOX", "answer", "ask", "ask_query"]
-
-_DONE = object()
 
 
 @flow(name="llmorch-ask", log_prints=False, task_runner=LLMOrchTaskRunner())
@@ -65,33 +62,26 @@ def answer(
     valid plan came, `LLMError` when the endpoint failed while planning. When the join step
     fails (no usable reply, or the endpoint failed), nothing computed is lost: the answer is
     the last result, the report's `message` and `joiner["failed"]` say why, and the flow
-    run ends `Completed` named `JoinFailed` (`join_failed`).
+    run ends `Completed` named `JoinFailed` (`execute.conclude`).
     """
-    options, client = _with_endpoint(AskOptions, options, overrides, endpoint)
+    options, client = with_endpoint(AskOptions, options, overrides, endpoint)
     tb = resolve_toolbox(toolbox)
-    runner = fitted_runner(options)
-    P = runner.processors if runner is not None else (options.processors or default_processors())
+    runner, P = fitted_runner(options)
     given = handed()
     ahead = given.client_for(query) if client is None else None
     endpoint, joining = _joining(client if client is not None else given.endpoint_for(query, options.endpoint), options)
     client = ahead if ahead is not None else resolve_client(endpoint)
     tokens = TokenCounter()
-    recovery = None
-    if options.recovery_rounds > 0:
-        recovery = RecoveryConfig(client, max_rounds=options.recovery_rounds, running=options.running, tokens=tokens)
     # The plan is not known yet: costs for every function of the toolbox (one lookup).
     choice = learned_costs({name for name in tb if name != SELF}, options.costs)
-    ex = Execution(
-        tb, processors=P, self_fn=make_self_fn(client, tokens, question=query), recovery=recovery, runner=runner,
-        cache=options.cache,
+    with Execution(
+        tb, processors=P, self_fn=make_self_fn(client, tokens, question=query),
+        recovery=RecoveryConfig.of(client, options, tokens=tokens), runner=runner, cache=options.cache,
         costs=choice.costs,
-    )
-    try:
-        inbox: "queue.Queue[Any]" = queue.Queue()
+    ) as ex:
         # latency counts from the first LLM request: sent ahead by `ask_query` (`llm/ahead.py`), or now
         ex.recorder.t0 = getattr(client, "sent_at", None) or time.time()
-        # Each call is stamped when the planner hands it over: what the flow's thread adds
-        # after that (waking up, submitting) counts as our overhead, not as the LLM's time.
+        inbox = Inbox()
         join = joining.joiner != "off"
         planning = planner_task.with_options(
             task_run_name="planner · round 1" if join else "planner",
@@ -100,13 +90,10 @@ def answer(
                 cache_key_fn=replay_key("planner", "query", "toolbox", "llm", "attempts", "mode", "join")),
             persist_result=True,
         ).submit(
-            query, tb, client, attempts=options.attempts, on_call=lambda c: inbox.put((c, time.time())),
-            mode=options.planner, join=join,
+            query, tb, client, attempts=options.attempts, on_call=inbox.put, mode=options.planner, join=join,
         )
-        planning.add_done_callback(lambda _f: inbox.put((_DONE, time.time())))
-        while (item := _next(inbox))[0] is not _DONE:
-            ex.adopt(item[0], at=item[1])  # streaming dispatch, from the flow's thread
-        planned_at = item[1]
+        for call, at in inbox.until(planning):
+            ex.adopt(call, at=at)  # streaming dispatch, from the flow's thread
         planning.wait()
         if not planning.state.is_completed():
             ex.abandon()  # no plan: every streamed call is stale
@@ -114,17 +101,13 @@ def answer(
         result = planning.result()
         for attempt in result.attempts:
             tokens.add(attempt.prompt_tokens, attempt.completion_tokens)
-        ex.start(result.plan, kept=result.dispatched, planned_at=planned_at)
+        ex.start(result.plan, kept=result.dispatched, planned_at=inbox.done_at)
         prediction = predicted(ex.frg, P, options.policy, choice, runner)
         rounds = join_rounds(
-            ex, query, tb, client, result.text, joining, tokens, _next, mode=options.planner or client.planner or "text",
+            ex, query, tb, client, result.text, joining, tokens, mode=options.planner or client.planner or "text",
         )
-    except BaseException:
-        ex.close()
-        raise
-    report = ex.finish()
+        report = ex.finish()
     report.predicted = prediction
-    remember_records(report.calls)
     assert ex.plan is not None
     whole = ex.plan.to_text("paper") if rounds.continued else result.text
     report.planning = Planning(plan=whole, attempts=len(result.attempts), tokens=tokens.to_dict())
@@ -142,25 +125,7 @@ def answer(
         usage += rounds.to_markdown(tokens)
     if rounds.stopped and rounds.failed:
         report.message = "\n".join(m for m in (report.message, rounds.stopped) if m)
-    if ex.gone is None:  # else its Prefect server died: nothing to send them to
-        send_records([*ex.records, report_artifacts(ex.frg, report, extra_markdown=usage)], after=given.answered)
-    if rounds.failed and not report.failed and report.state != "Cancelled":
-        return join_failed(report)
-    return conclude(report)
-
-
-#: The name of the `Completed` state of an ask whose join step failed (Prefect names
-#: variants of a state type the same way: `Cached`, `RolledBack`).
-JOIN_FAILED = "JoinFailed"
-
-
-def join_failed(report: RunReport) -> Any:
-    """The final state of an ask whose calls completed but whose join step failed: the
-    calls' work is done and kept, so it is `Completed` (its result the report, whose
-    `result` is the last result), named `JoinFailed`, its message saying why."""
-    from prefect.states import Completed
-
-    return Completed(name=JOIN_FAILED, message=report.message, data=report)
+    return ex.end(report, report_artifacts(ex.frg, report, extra_markdown=usage))
 
 
 def ask_query(
@@ -197,15 +162,14 @@ def ask_query(
         LLMError: the endpoint failed.
         ValueError: a bad option (before a flow run exists).
     """
-    opts, client = _with_endpoint(AskOptions, options, overrides, endpoint)
-    P = opts.processors or default_processors()
-    prepare(toolbox, P)
+    opts, client = call_options(AskOptions, options, overrides, endpoint)
+    prepare(toolbox, opts.processors)
     # The planner's request leaves now, while Prefect creates the flow run and its task runs.
     ahead, source = _plan_ahead(query, toolbox, opts, client)
     earlier_records_sent()  # then earlier runs' records, before this run's writes
     try:
-        runner = local_runner(toolbox, P, opts.policy, concurrency_limit, opts.resources, gpus)
-        parameters = {"query": query, "toolbox": toolbox, "options": opts.merged(processors=P)}
+        runner = local_runner(toolbox, opts, concurrency_limit, gpus)
+        parameters = {"query": query, "toolbox": toolbox, "options": opts}
         with handing(Handoff(client=ahead, endpoint=source, text=query)):
             return run_flow(ask, runner, parameters, simple=_simple(toolbox, client))
     finally:
@@ -238,14 +202,3 @@ def _joining(endpoint: Any, options: AskOptions) -> tuple[Any, JoinSettings]:
 
         endpoint = LLMEndpoint.load(endpoint)
     return endpoint, JoinSettings.resolve(endpoint, options.joiner, options.max_rounds, options.max_tokens)
-
-
-def _next(inbox: "queue.Queue[Any]") -> Any:
-    """`inbox.get()` in short slices: a Ctrl-C the kernel hands to another thread does not
-    wake a main thread blocked on a lock, and a script's KeyboardInterrupt would wait for
-    the planner's LLM to finish writing."""
-    while True:
-        try:
-            return inbox.get(timeout=0.2)
-        except queue.Empty:
-            continue

@@ -20,9 +20,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 # The checkout's root (or site-packages, for an installed wheel): a worker loads this file by
 # path, so make `prefect_llmorch` and the checkout's toolboxes importable here and (sys.path is
@@ -61,6 +61,13 @@ def _env_resources() -> dict[str, float] | None:
     return parse_resource_options(v for v in value.split(",") if v.strip()) if value else None
 
 
+#: A form's toolbox: checked by us before the pattern (our message, not the regex's); the
+#: pattern is for the JSON schema, which Prefect and the UI's form check against.
+ToolboxPath = Annotated[
+    str, Field(default=DEFAULT_TOOLBOX, pattern=TOOLBOX_PATTERN, description=TOOLBOX_HELP), BeforeValidator(check_toolbox),
+]
+
+
 def make_task_runner() -> LLMOrchTaskRunner:
     """P = `LLMORCH_PROCESSORS` or the cores; capacities `LLMORCH_RESOURCES`; the global
     limit is `LLMORCH_CONCURRENCY_LIMIT` (default `llmorch-processors`; `none` turns it off)."""
@@ -85,12 +92,7 @@ class RunParameters(RunOptions):
         title="Plan file",
         description="A shipped example (`example:NAME`) or a plan file, relative to the repository root; used when `plan` is empty.",
     )
-    toolbox: str = Field(default=DEFAULT_TOOLBOX, pattern=TOOLBOX_PATTERN, description=TOOLBOX_HELP)
-
-    @field_validator("toolbox", mode="before")  # before the pattern: our message, not the regex
-    @classmethod
-    def _toolbox_path(cls, value: Any) -> Any:
-        return check_toolbox(value)
+    toolbox: ToolboxPath
 
     @model_validator(mode="after")
     def _has_plan(self) -> "RunParameters":
@@ -121,12 +123,7 @@ class AskParameters(AskOptions):
     """Ask a question: the LLM plans function calls, which run in parallel (and the ask's options)."""
 
     query: str = Field(..., min_length=1, description="The question to answer")
-    toolbox: str = Field(default=DEFAULT_TOOLBOX, pattern=TOOLBOX_PATTERN, description=TOOLBOX_HELP)
-
-    @field_validator("toolbox", mode="before")  # before the pattern: our message, not the regex
-    @classmethod
-    def _toolbox_path(cls, value: Any) -> Any:
-        return check_toolbox(value)
+    toolbox: ToolboxPath
 
     def options(self) -> AskOptions:
         """The ask's options alone (what `answer` takes)."""

@@ -2,17 +2,31 @@
 
 Inside a flow run, an `Execution` takes a plan's calls and turns them into task runs:
 
-    ex = Execution(toolbox, processors=2, recovery=RecoveryConfig(llm))
-    ex.adopt(call)               # ask: a call the planner streamed in, started at once
-    ex.start(plan, kept=...)     # the final plan: what was not adopted unchanged is submitted
-    report = ex.finish()         # recovery rounds, then the `RunReport`
-    send_records(ex.records, after=...)  # its artifacts (flows/report.py)
+    with Execution(toolbox, processors=2, recovery=RecoveryConfig(llm)) as ex:
+        ex.adopt(call)               # ask: a call the planner streamed in, started at once
+        ex.start(plan, kept=...)     # the final plan: what was not adopted unchanged is submitted
+        report = ex.finish()         # recovery rounds, then the `RunReport`
+    return ex.end(report, report_artifacts(ex.frg, report))   # the flow's final state
 
 `llmorch-run` calls `start(plan)` alone; `llmorch-ask` adopts calls while the LLM writes the
 plan, then starts the final plan, keeping the adopted calls the planner did not change (the
 others become *stale*: not started if they had not started, their records and results
-ignored). Both finish the same way: recovery (when configured) runs its rounds, the
-calls' records become the report, a failure message names each call that did not complete.
+ignored).
+
+Both end the same way, in this order:
+
+1. `finish`: recovery (when configured) runs its rounds; the calls' records become the report;
+2. `close` (also on leaving the `with` block early, after an error): the heartbeats stop, and
+   the watch on the server (the run is over); the progress updates stop, their last one kept as
+   a record; the MCP sessions end;
+3. `finish` hands the report to `run.run_flow` (`Handoff.reports`) before Prefect may fail to
+   record the run's end, then marks it: `Crashed` when the server died, `Cancelled` on Ctrl-C /
+   SIGTERM, else a message naming each call that did not complete;
+4. `end`, once the flow added its own parts to the report: the calls' durations are remembered
+   (`storage.history`), the records sent once the caller has the answer (none when the server
+   died: nothing to send them to), and the report becomes the flow's state (`conclude`);
+5. `run.run_flow`, once the flow call returned: the answer is the caller's (the records go
+   now), or, when the server died under the run, `PlanRunServerGone` with the last report.
 """
 
 from __future__ import annotations
@@ -35,12 +49,13 @@ from prefect_llmorch.flows.handoff import handed
 from prefect_llmorch.flows.progress import RunProgress
 from prefect_llmorch.flows.recovery import ARTIFACT_KEY as RECOVERY_ARTIFACT, RecoveryConfig, RecoveryController
 from prefect_llmorch.flows.report import Record, build_report, markdown_record, send_records
-from prefect_llmorch.report import RunReport, failure_message
+from prefect_llmorch.report import PlanRunFailed, RunReport, failure_message
 from prefect_llmorch.functions import Toolbox
 from prefect_llmorch.graph import FRG
 from prefect_llmorch.plan.model import Call, Plan
+from prefect_llmorch.storage.history import remember_records
 
-__all__ = ["Execution", "current_llmorch_runner", "execute", "mark_gone"]
+__all__ = ["JOIN_FAILED", "Execution", "conclude", "current_llmorch_runner", "execute", "mark_gone"]
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
@@ -64,7 +79,8 @@ def current_llmorch_runner() -> Any:
 
 
 class Execution:
-    """One run of a plan's calls inside the current flow run.
+    """One run of a plan's calls inside the current flow run; leaving its `with` block
+    closes it (`close`), so an error before `finish` leaves no thread of it running.
 
     Args:
         toolbox: the functions the plan calls.
@@ -129,11 +145,27 @@ class Execution:
         self._forget_server = _watch_server(self._server_died)
         interrupt.rearm()  # under the CLI, SIGTERM stops the run as Ctrl-C does
 
+    def __enter__(self) -> "Execution":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        """Close; on a script's Ctrl-C or exit, first cancel the calls: at once, before
+        Prefect's engine handles the exception (its way out does not always pass it to the
+        runner's exit: a script then waited at exit for its longest inout call, seen in CI).
+        The flow's waits (`compiler.wait_all`, `planner.Inbox`) wake in short slices, so a
+        Ctrl-C the kernel hands to another thread still reaches the main thread."""
+        if kind is not None and issubclass(kind, (KeyboardInterrupt, SystemExit)):
+            self._cancel_all()
+        self.close()
+
     def _server_died(self, error: ServerGone) -> None:
         """The run's Prefect server (this process's embedded one) died: nothing more can be
         recorded, so the run stops as on Ctrl-C (no new call starts, running calls are
         cancelled) and `finish` reports what completed (`run.run_flow` raises it)."""
         self.gone = error
+        self._cancel_all()
+
+    def _cancel_all(self) -> None:
         if self.runner is not None and hasattr(self.runner, "cancel_all"):
             self.runner.cancel_all()
 
@@ -209,31 +241,26 @@ class Execution:
         self.compiler.stale.update(id(c) for c in self._adopted)
         if self.runner is not None:
             self.runner.no_more_submissions()
-        _wait_all(list(self.futures.values()))
-        self.close()
+        wait_all(self.futures.values())
 
     # -- finishing ----------------------------------------------------------------------
     def finish(self) -> RunReport:
         """Wait for the calls, run recovery rounds while calls fail, return the report.
 
         The report's `message` names each call that did not complete and why (recovery's
-        rounds when recovery ran); the caller publishes artifacts and raises.
+        rounds when recovery ran); the flow adds its parts, then ends with `end`.
         """
         if self.plan is None:
             raise RuntimeError("finish() before start(): no plan to finish")
-        try:
-            self.settle()
-            report = build_report(self.frg, self.recorder, self.processors, self.futures, self.release)
-        except BaseException:
-            self.close()  # no report for the flow to send records with: the last progress now
-            raise
+        self.settle()
+        report = build_report(self.frg, self.recorder, self.processors, self.futures, self.release)
         self.close(records=True)
         kept = handed().reports
         if kept is not None:  # the caller's, should Prefect fail to record the flow run's end
             kept.append(report)
         if self.gone is not None:  # the server died: `run.run_flow` raises with this report
             return mark_gone(report, self.gone)
-        if interrupt.received():  # Ctrl-C / SIGTERM: the flow ends Cancelled (`run.conclude`)
+        if interrupt.received():  # Ctrl-C / SIGTERM: the flow ends Cancelled (`conclude`)
             return interrupt.mark(report)
         if report.failed:
             report.message = failure_message(report)
@@ -261,7 +288,7 @@ class Execution:
             self.plan = self.controller.plan  # repairs may have changed calls
         # Bounded when recovery gave up waiting on a round: never hang on a stuck call.
         timed_out = self.controller is not None and self.controller.outcome == "timed out"
-        _wait_all(list(self.futures.values()), timeout=0 if timed_out else None)
+        wait_all(self.futures.values(), timeout=0 if timed_out else None)
         self._settled = True
 
     def continue_plan(self) -> None:
@@ -278,20 +305,34 @@ class Execution:
             self.controller.hold()  # failures of streamed calls wait for the final continuation
 
     def close(self, *, records: bool = False) -> None:
-        """Stop the progress updates and send the last one (`records`: put it in `records`,
-        for the flow to send with its other artifacts); safe to call more than once."""
-        if not self._closed:
-            self._closed = True
-            self._stop_heartbeats()
-            self._forget_server()
-            if self.gone is not None:  # nothing to send it to
-                self.progress.stop()
-            elif records:
-                self.progress.stop()
-                self.records.append(self.progress.send_final)
-            else:
-                self.progress.close()
-            _close_mcp_sessions(self.toolbox)
+        """Stop what the execution started (step 2 of the module's list); safe to call more
+        than once. The progress's last update goes into `records` (`records=True`: `finish`,
+        for the flow to send after the answer), else now; nowhere when the server died."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_heartbeats()
+        self._forget_server()
+        self.progress.stop()
+        if self.gone is None and records:
+            self.records.append(self.progress.send_final)
+        elif self.gone is None:  # no report to send it with (an error came first): now
+            send_records([self.progress.send_final], after=None)
+        _close_mcp_sessions(self.toolbox)
+
+    def send(self, *artifacts: Record) -> None:
+        """Send `records` and then `artifacts` once the caller has the answer
+        (`Handoff.answered`; a deployment's run: now), unless the server died: nothing to
+        send them to."""
+        if self.gone is None:
+            send_records([*self.records, *artifacts], after=handed().answered)
+
+    def end(self, report: RunReport, *artifacts: Record) -> Any:
+        """The flow's last step (step 4 of the module's list), once `report` is complete:
+        remember the calls' durations, send the records, return the flow's state."""
+        remember_records(report.calls)
+        self.send(*artifacts)
+        return conclude(report)
 
     # -- helpers ------------------------------------------------------------------------
     def _use_graph(self, frg: FRG) -> None:
@@ -311,6 +352,30 @@ def _watch_server(callback: Callable[[ServerGone], None]) -> Callable[[], None]:
     from prefect.settings import get_current_settings
 
     return when_gone(callback) if serves(get_current_settings().api.url) else lambda: None
+
+
+#: The name of the `Completed` state of an ask whose join step failed (Prefect names
+#: variants of a state type the same way: `Cached`, `RolledBack`).
+JOIN_FAILED = "JoinFailed"
+
+
+def conclude(report: RunReport) -> Any:
+    """The flow's final state from its finished report: the report itself when every call
+    completed; `PlanRunFailed` raised when calls failed.
+
+    A run stopped by Ctrl-C / SIGTERM (`interrupt.mark`) returns a `Cancelled` state, and
+    an ask whose calls completed but whose join step failed a `Completed` one named
+    `JoinFailed` (the calls' work is done and kept; the report's `result` is the last
+    result, its message says why); the report is the state's result."""
+    if report.state == "Cancelled":
+        return interrupt.cancelled(report)
+    if report.failed:
+        raise PlanRunFailed(report.message, report)
+    if report.joiner is not None and report.joiner.get("failed"):
+        from prefect.states import Completed
+
+        return Completed(name=JOIN_FAILED, message=report.message, data=report)
+    return report
 
 
 def mark_gone(report: RunReport, error: ServerGone) -> RunReport:
@@ -348,15 +413,12 @@ def execute(
     With `recovery`, calls that finally fail are repaired by trace-back recovery
     (`prefect_llmorch.flows.recovery`); the report then carries `recovery`.
     """
-    ex = Execution(toolbox, processors=processors, self_fn=self_fn, secrets=secrets, recorder=recorder, recovery=recovery)
-    try:
+    with Execution(
+        toolbox, processors=processors, self_fn=self_fn, secrets=secrets, recorder=recorder, recovery=recovery,
+    ) as ex:
         ex.start(plan)
-    except BaseException:
-        ex.close()
-        raise
-    report = ex.finish()
-    if ex.gone is None:  # else its Prefect server died: nothing to send them to
-        send_records(ex.records, after=None)
+        report = ex.finish()
+    ex.send()  # the progress and recovery records; the caller's flow publishes the rest
     return ex.frg, ex.recorder, report
 
 
@@ -399,19 +461,3 @@ def heartbeats(seconds: int | None) -> Callable[[], None]:
     ctx = contextvars.copy_context()  # the run's API settings
     threading.Thread(target=ctx.run, args=(beat,), daemon=True, name="llmorch-heartbeat").start()
     return stop.set
-
-
-def _wait_all(futures: list[PrefectFuture[Any]], timeout: float | None = None) -> None:
-    """`wait_all`, which wakes in short slices: a Ctrl-C that the kernel hands to another
-    thread does not wake a main thread blocked on a lock, so a script's KeyboardInterrupt
-    would wait for the slowest call. A script's Ctrl-C or exit lands here, where the flow
-    waits: the calls are cancelled at once, before Prefect's engine handles the exception
-    (its way out does not always pass it to the runner's exit: a script then waited at exit
-    for its longest inout call, seen in CI)."""
-    try:
-        wait_all(futures, timeout)
-    except (KeyboardInterrupt, SystemExit):
-        runner = current_llmorch_runner()
-        if runner is not None and hasattr(runner, "cancel_all"):
-            runner.cancel_all()
-        raise

@@ -9,8 +9,6 @@ docs/joiner.md.
 from __future__ import annotations
 
 import hashlib
-import queue
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -28,7 +26,7 @@ from prefect_llmorch.llm.joining import (
     join_messages,
     join_query,
 )
-from prefect_llmorch.flows.planner import run_logger
+from prefect_llmorch.flows.planner import Inbox, run_logger
 from prefect_llmorch.llm.selfcall import TokenCounter
 from prefect_llmorch.plan.model import Call, Plan
 
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["JoinSettings", "Rounds", "check_joiner", "join_rounds", "joiner_task", "replay_key"]
 
-_DONE = object()
 #: Where the join step logs outside a flow or task run.
 _LOG = "prefect_llmorch.llm.joining"
 
@@ -199,8 +196,7 @@ def _last_result(plan: Plan, results: dict[str, Any]) -> str | None:
 
 def join_rounds(
     ex: "Execution", query: str, toolbox: Toolbox, client: LLMClient, first_text: str,
-    settings: JoinSettings, tokens: TokenCounter, next_item: Callable[["queue.Queue[Any]"], Any],
-    mode: str = "text",
+    settings: JoinSettings, tokens: TokenCounter, mode: str = "text",
 ) -> Rounds:
     """Join after the plan `ex` has started (`first_text` is its text), continue while the
     joiner continues, and return the rounds; `ex` is settled, ready to `finish`.
@@ -236,7 +232,7 @@ def join_rounds(
             if forced is None and used + 2 * need > settings.max_tokens:
                 forced = "tokens"  # no budget for a continuation and its join: answer now
         try:
-            jr = _one_join(ex, query, toolbox, client, plan, results, failed, number, forced, settings, next_item, mode)
+            jr = _one_join(ex, query, toolbox, client, plan, results, failed, number, forced, settings, mode)
         except (JoinFailed, LLMError) as exc:
             # what the plan computed is kept: the ask answers with its last result and says why
             attempts = exc.attempts if isinstance(exc, JoinFailed) else ()
@@ -267,24 +263,21 @@ def join_rounds(
 
 def _one_join(
     ex: "Execution", query: str, toolbox: Toolbox, client: LLMClient, plan: Plan, results: dict[str, Any],
-    failed: dict[str, str], number: int, forced: str | None, settings: JoinSettings,
-    next_item: Callable[["queue.Queue[Any]"], Any], mode: str = "text",
+    failed: dict[str, str], number: int, forced: str | None, settings: JoinSettings, mode: str = "text",
 ) -> JoinResult:
     """One join task run; continuation calls are adopted as they stream, then started."""
-    inbox: "queue.Queue[Any]" = queue.Queue()
+    inbox = Inbox()
     future = replayed_joiner.with_options(task_run_name=f"joiner · round {number}").submit(
         query, toolbox, client, plan, results, round=number, failed=failed,
         must_answer=forced is not None, forced=forced, attempts=settings.attempts,
-        value_chars=settings.value_chars, on_call=lambda c: inbox.put((c, time.time())), mode=mode,
+        value_chars=settings.value_chars, on_call=inbox.put, mode=mode,
     )
-    future.add_done_callback(lambda _f: inbox.put((_DONE, time.time())))
     continuing = False
-    while (item := next_item(inbox))[0] is not _DONE:
+    for call, at in inbox.until(future):
         if not continuing:
             ex.continue_plan()
             continuing = True
-        ex.adopt(item[0], at=item[1])  # streaming dispatch of the continuation
-    done_at = item[1]
+        ex.adopt(call, at=at)  # streaming dispatch of the continuation
     future.wait()
     if not future.state.is_completed():
         if continuing:
@@ -298,5 +291,5 @@ def _one_join(
     if not continuing:
         ex.continue_plan()
     assert jr.plan is not None
-    ex.start(jr.plan, kept=jr.dispatched, planned_at=done_at)
+    ex.start(jr.plan, kept=jr.dispatched, planned_at=inbox.done_at)
     return jr

@@ -10,7 +10,9 @@ environment) into an `LLMClient`. The planning names are re-exported here.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+import queue
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prefect import Task
 from prefect.cache_policies import NO_CACHE
@@ -31,13 +33,17 @@ from prefect_llmorch.llm.planning import (
 )
 from prefect_llmorch.llm.selfcall import ask_self
 from prefect_llmorch.plan.errors import PlanErrors
+from prefect_llmorch.plan.model import Call
 
 if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
+
     from prefect_llmorch.blocks import LLMEndpoint
 
 __all__ = [
     "Attempt",
     "EXAMPLES",
+    "Inbox",
     "PlannerResult",
     "PlanningFailed",
     "ask_self",
@@ -134,3 +140,37 @@ def _planner(
 
 
 planner_task = Task(fn=_planner, name="planner", task_run_name="planner", cache_policy=NO_CACHE, persist_result=False)
+
+
+class Inbox:
+    """The calls an LLM task run (the planner, a join) streams (`on_call=inbox.put`), for the
+    flow's thread to adopt as they come (`for call, at in inbox.until(future)`)."""
+
+    _DONE = object()
+
+    def __init__(self) -> None:
+        self._queue: "queue.Queue[tuple[Any, float]]" = queue.Queue()
+        self.done_at: float | None = None
+
+    def put(self, call: Call) -> None:
+        """The task's `on_call`. Each call is stamped when the task hands it over: what
+        the flow's thread adds after that (waking up, submitting) counts as our overhead, not
+        as the LLM's time."""
+        self._queue.put((call, time.time()))
+
+    def until(self, future: "PrefectFuture[Any]") -> Iterator[tuple[Call, float]]:
+        """(call, when it came) as they come, until `future` is done (`done_at`).
+
+        Waits in short slices: a Ctrl-C the kernel hands to another thread does not wake a
+        main thread blocked on a lock, and a script's KeyboardInterrupt would wait for the
+        LLM to finish writing."""
+        future.add_done_callback(lambda _f: self._queue.put((self._DONE, time.time())))
+        while True:
+            try:
+                item, at = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item is self._DONE:
+                self.done_at = at
+                return
+            yield item, at

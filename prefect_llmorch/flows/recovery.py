@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
     from prefect_llmorch.engine.compiler import Compiler
     from prefect_llmorch.engine.runner import LLMOrchTaskRunner
+    from prefect_llmorch.options import Options
     from prefect_llmorch.report import RunReport
 
 __all__ = [
@@ -113,6 +114,13 @@ class RecoveryConfig:
             raise ValueError(f"max_rounds must be >= 0, got {self.max_rounds}")
         if self.running not in RUNNING:
             raise ValueError(f"running must be one of {', '.join(map(repr, RUNNING))}, got {self.running!r}")
+
+    @classmethod
+    def of(cls, llm: LLMClient, options: "Options", tokens: Any = None) -> "RecoveryConfig | None":
+        """The recovery a run's options ask for (`recovery_rounds`, `cancel_running`); None: off."""
+        if options.recovery_rounds <= 0:
+            return None
+        return cls(llm, max_rounds=options.recovery_rounds, running=options.running, tokens=tokens)
 
 
 #: What recovery does with running calls it will re-run: let them end, or cancel them.

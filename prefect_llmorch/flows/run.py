@@ -22,14 +22,14 @@ from prefect.settings import get_current_settings
 
 from prefect_llmorch.engine.compiler import Recorder
 from prefect_llmorch.engine.runner import LLMOrchTaskRunner, default_processors
-from prefect_llmorch.flows.execute import Execution, current_llmorch_runner, execute, mark_gone
+from prefect_llmorch.flows.execute import Execution, conclude, current_llmorch_runner, execute, mark_gone
 from prefect_llmorch.host.server import EmbeddedServer, ServerGone, embedded_server, ensure_server, server_gone, serves
 from prefect_llmorch.schedule.predict import predict
-from prefect_llmorch.storage.history import CostChoice, choose_costs, remember_records
+from prefect_llmorch.storage.history import CostChoice, choose_costs
 from prefect_llmorch.storage.planref import plan_parameter, plan_text
 from prefect_llmorch.flows.handoff import Handoff, handed, handing
 from prefect_llmorch.flows.recovery import RecoveryConfig
-from prefect_llmorch.flows.report import plan_failed, records_sent, report_artifacts, send_records
+from prefect_llmorch.flows.report import plan_failed, records_sent, report_artifacts
 from prefect_llmorch.report import PlanRunFailed, RunReport
 from prefect_llmorch.functions import SELF, Toolbox, load_toolbox
 from prefect_llmorch.llm.selfcall import TokenCounter, make_self_fn
@@ -54,20 +54,6 @@ def resolve_toolbox(toolbox: Toolbox | str) -> Toolbox:
     return toolbox if isinstance(toolbox, Toolbox) else load_toolbox(toolbox)
 
 
-def conclude(report: RunReport) -> Any:
-    """Return the report of a run whose calls all completed; raise `PlanRunFailed` otherwise.
-
-    A run stopped by Ctrl-C / SIGTERM (`interrupt.mark`) returns a `Cancelled` state
-    instead, whose result is the report."""
-    if report.state == "Cancelled":
-        from prefect_llmorch.host.interrupt import cancelled
-
-        return cancelled(report)
-    if report.failed:
-        raise PlanRunFailed(report.message, report)
-    return report
-
-
 @flow(name="llmorch-run", log_prints=False, task_runner=LLMOrchTaskRunner())
 def orchestrate(plan: str, toolbox: str, options: RunOptions = RunOptions()) -> RunReport:
     """Run a plan on P processors; returns the `RunReport` (`.to_json()` for the CLI).
@@ -85,7 +71,6 @@ def orchestrate(plan: str, toolbox: str, options: RunOptions = RunOptions()) -> 
             (`prefect_llmorch.options.RunOptions`: each field's default and meaning).
     """
     recorder = Recorder()  # t0: the flow starts executing, the plan is available
-    logger = get_run_logger()
     tb = resolve_toolbox(toolbox)
     text = plan_text(plan)  # a large plan comes as a reference (`storage/planref.py`)
     given = handed()
@@ -95,43 +80,38 @@ def orchestrate(plan: str, toolbox: str, options: RunOptions = RunOptions()) -> 
             parsed = parse(text, tb)
     except PlanError as err:
         return plan_failed(err)
-    P = options.processors or default_processors()
-    runner = fitted_runner(options)
-    llm, self_fn, recovery = _llm_for(parsed, options, given.client_for(text))
-    if runner is not None and runner.processors != P:
-        logger.warning("task runner has %s processors, flow asked for %s: using the runner's", runner.processors, P)
-        P = runner.processors
-    logger.info("plan of %s calls on %s processors (policy %s)", len(parsed), P, options.policy)
+    runner, P = fitted_runner(options)
+    self_fn, recovery = _llm_for(parsed, options, given.client_for(text))
+    get_run_logger().info("plan of %s calls on %s processors (policy %s)", len(parsed), P, options.policy)
     choice = learned_costs({c.function for c in parsed.calls}, options.costs)
-    ex = Execution(
+    with Execution(
         tb, processors=P, self_fn=self_fn, recorder=recorder, recovery=recovery, runner=runner,
         cache=options.cache, costs=choice.costs,
-    )
-    try:
+    ) as ex:
         ex.start(parsed)
         prediction = predicted(ex.frg, P, options.policy, choice, runner)
-    except BaseException:
-        ex.close()
-        raise
-    report = ex.finish()
+        report = ex.finish()
     report.predicted = prediction
-    remember_records(report.calls)
-    if ex.gone is None:  # else nothing to send them to
-        send_records([*ex.records, report_artifacts(ex.frg, report)], after=given.answered)
-    return conclude(report)
+    return ex.end(report, report_artifacts(ex.frg, report))
 
 
-def fitted_runner(options: RunOptions | AskOptions) -> Any:
+def fitted_runner(options: RunOptions | AskOptions) -> tuple[Any, int]:
     """The flow's `LLMOrchTaskRunner` (None for another runner) with this run's policy and
-    resource capacities: a deployment's runner is built at import, before any run's options."""
+    resource capacities (a deployment's runner is built at import, before any run's
+    options), and P: the runner's, else the options' (or the machine's cores)."""
     runner = current_llmorch_runner()
-    if runner is not None:
-        runner.policy = options.policy
-        if options.resources is not None:
-            runner.use_resources(options.resources)
-    elif options.resources:
-        raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
-    return runner
+    if runner is None:
+        if options.resources:
+            raise ValueError("resources= needs an LLMOrchTaskRunner (the flow's task runner is not one)")
+        return None, options.processors or default_processors()
+    runner.policy = options.policy
+    if options.resources is not None:
+        runner.use_resources(options.resources)
+    if options.processors is not None and options.processors != runner.processors:
+        get_run_logger().warning(
+            "task runner has %s processors, flow asked for %s: using the runner's", runner.processors, options.processors,
+        )
+    return runner, runner.processors
 
 
 def _parse_ahead(text: str, tb: Toolbox) -> "concurrent.futures.Future[Plan]":
@@ -156,15 +136,16 @@ def _done(plan: Plan) -> "concurrent.futures.Future[Plan]":
     return future
 
 
-def _llm_for(plan: Plan, options: RunOptions, client: Any = None) -> tuple[Any, Any, RecoveryConfig | None]:
-    """The LLM a `run` needs, if any: for `self` calls and for trace-back recovery (`client`
-    when the caller handed one over, else `options.endpoint` or the environment).
+def _llm_for(plan: Plan, options: RunOptions, client: Any = None) -> tuple[Any, RecoveryConfig | None]:
+    """(the body of `self`, recovery's settings) when a `run` needs an LLM: for `self` calls
+    and for trace-back recovery (`client` when the caller handed one over, else
+    `options.endpoint` or the environment).
 
     Raises before anything runs when one is needed and none is configured.
     """
     uses_self = any(c.function == SELF for c in plan.calls)
     if not uses_self and options.recovery_rounds <= 0 and options.endpoint is None and client is None:
-        return None, None, None
+        return None, None
     from prefect_llmorch.flows.planner import resolve_client
 
     try:
@@ -172,10 +153,7 @@ def _llm_for(plan: Plan, options: RunOptions, client: Any = None) -> tuple[Any, 
     except Exception as exc:
         why = "the plan calls `self`" if uses_self else "recovery is on"
         raise RuntimeError(f"{why}, so an LLM endpoint is needed: {exc}") from None
-    recovery = None
-    if options.recovery_rounds > 0:
-        recovery = RecoveryConfig(client, max_rounds=options.recovery_rounds, running=options.running)
-    return client, make_self_fn(client, TokenCounter()), recovery
+    return make_self_fn(client, TokenCounter()), RecoveryConfig.of(client, options)
 
 
 def learned_costs(functions: set[str], costs: str | None) -> CostChoice:
@@ -243,20 +221,17 @@ def run_plan(
         PlanRunFailed: a call failed (the report is `exc.report`).
         ValueError: a bad option (before a flow run exists).
     """
-    opts, client = _with_endpoint(RunOptions, options, overrides, endpoint)
-    P = opts.processors or default_processors()
+    opts, client = call_options(RunOptions, options, overrides, endpoint)
     if task_runner is None:
-        prepare(toolbox, P)
+        prepare(toolbox, opts.processors)
     else:
         ensure_server()  # one server for everything below (the take-ahead's client, the flow run)
     given = isinstance(plan, Plan)
     text = plan.to_text() if given else plan  # type: ignore[union-attr]
-    runner = task_runner if task_runner is not None else local_runner(toolbox, P, opts.policy, concurrency_limit, opts.resources, gpus)
+    runner = task_runner if task_runner is not None else local_runner(toolbox, opts, concurrency_limit, gpus)
     simple = _simple(toolbox, client)
-    parameters: dict[str, Any] = {
-        # Parameters go to the API (which refuses large ones) only when simple.
-        "plan": plan_parameter(text) if simple else text, "toolbox": toolbox, "options": opts.merged(processors=P),
-    }
+    # Parameters go to the API (which refuses large ones) only when simple.
+    parameters = {"plan": plan_parameter(text) if simple else text, "toolbox": toolbox, "options": opts}
     handoff = Handoff(client=client, text=text)
     try:
         tb = resolve_toolbox(toolbox)
@@ -270,7 +245,7 @@ def run_plan(
     if task_runner is None and concurrency_limit:
         from prefect_llmorch.engine.guard import take_ahead_unless_kept
 
-        take_ahead_unless_kept(concurrency_limit, P)  # the lease write while Prefect creates the flow run
+        take_ahead_unless_kept(concurrency_limit, opts.processors)  # the lease write while Prefect creates the flow run
     with handing(handoff):
         return run_flow(orchestrate, runner, parameters, simple=simple)
 
@@ -293,13 +268,20 @@ def earlier_records_sent() -> None:
         records_sent(EARLIER_RECORDS_SECONDS)
 
 
-def _with_endpoint(kind: Any, options: Any, overrides: dict[str, Any], endpoint: Any) -> tuple[Any, Any]:
+def with_endpoint(kind: Any, options: Any, overrides: dict[str, Any], endpoint: Any) -> tuple[Any, Any]:
     """(options, client object or None): a block name goes into the options (a flow
     parameter the UI shows), an `LLMEndpoint` / `LLMClient` object is handed over beside."""
-    if endpoint is not None and isinstance(endpoint, str):
+    if isinstance(endpoint, str):
         overrides = {**overrides, "endpoint": endpoint}
         endpoint = None
     return options_of(kind, options, overrides), endpoint
+
+
+def call_options(kind: Any, options: Any, overrides: dict[str, Any], endpoint: Any) -> tuple[Any, Any]:
+    """`with_endpoint` for `run_plan` / `ask_query`, with P set (default: the machine's
+    cores): the runner they build has it, and the flow run's parameters show it."""
+    opts, client = with_endpoint(kind, options, overrides, endpoint)
+    return opts.merged(processors=opts.processors or default_processors()), client
 
 
 def prepare(toolbox: Toolbox | str, processors: int) -> EmbeddedServer | None:
@@ -310,20 +292,23 @@ def prepare(toolbox: Toolbox | str, processors: int) -> EmbeddedServer | None:
     if embedded_server() is None and not get_current_settings().api.url:
         from prefect_llmorch.procs.workers import prestart_pool
 
-        prestart_pool(processors, preload=[toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else [])
+        prestart_pool(processors, preload=_preload(toolbox))
     return ensure_server()
 
 
+def _preload(toolbox: Toolbox | str) -> list[str]:
+    """The module a toolbox path names, for the compute workers to import ahead."""
+    return [toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else []
+
+
 def local_runner(
-    toolbox: Toolbox | str, processors: int, policy: str, concurrency_limit: str | None,
-    resources: dict[str, float | str] | None = None, gpus: Any = None,
+    toolbox: Toolbox | str, options: RunOptions | AskOptions, concurrency_limit: str | None, gpus: Any = None,
 ) -> LLMOrchTaskRunner:
-    """The runner `run_plan` and `ask_query` use; a toolbox path is imported in the workers
-    before the plan arrives."""
-    preload = [toolbox.split(":", 1)[0]] if isinstance(toolbox, str) else []
+    """The runner `run_plan` and `ask_query` use (P, policy and capacities from `options`);
+    a toolbox path is imported in the workers before the plan arrives."""
     return LLMOrchTaskRunner(
-        processors=processors, policy=policy, concurrency_limit=concurrency_limit, preload=preload,
-        resources=resources, gpus=gpus,
+        processors=options.processors, policy=options.policy, concurrency_limit=concurrency_limit,
+        preload=_preload(toolbox), resources=options.resources, gpus=gpus,
     )
 
 
