@@ -310,33 +310,42 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def __enter__(self) -> "LLMOrchTaskRunner":
         super().__enter__()
         self._init_state()  # a runner entered again after an exit starts clean
-        if self._discover_gpus and not self.gpus:
-            self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in discover_gpus()]
+        try:
+            self._open()
+        except BaseException:
+            self._started = False
+            raise
+        return self
+
+    def _open(self) -> None:
+        """Start the pool (`_open_pool`), the task-run threads and the global limit; what
+        started is closed again if the rest fails. The Dask runner defers this on a worker."""
         stack = ExitStack()
         try:
-            # a pool `llmorch run` started while Prefect's server started, or the one this
-            # process's last runner kept, else a new one; at the end kept for the next runner
-            self.pool = take_pool(self.processors, pin=self.pin, preload=self.preload)
-            stack.callback(keep_pool, self.pool)
-            self._start_threads(stack)
+            self._open_pool(stack)
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
+            # If the start fails past here (`__exit__` shuts it down itself, before the slots go back).
+            stack.callback(self._shutdown_executor)
+            name = self.concurrency_limit if self.guard == "global" else None
+            self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch)
+            self._limit.start(stack)
+            self._limit.configure(self._resource_limits())
+            self._adjust_slots()
         except BaseException:
             stack.close()
-            self._started = False
+            self.pool = None
             raise
         self._stack = stack
         interrupt.register(self)
-        return self
 
-    def _start_threads(self, stack: ExitStack) -> None:
-        """The task-run threads and the API thread (also used by the Dask runner)."""
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
-        # If the start fails past here (`__exit__` shuts it down itself, before the slots go back).
-        stack.callback(self._shutdown_executor)
-        name = self.concurrency_limit if self.guard == "global" else None
-        self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch)
-        self._limit.start(stack)
-        self._limit.configure(self._resource_limits())
-        self._adjust_slots()
+    def _open_pool(self, stack: ExitStack) -> None:
+        """Set `pool` (and P, if the pool says what it is), its closing on `stack`."""
+        if self._discover_gpus and not self.gpus:
+            self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in discover_gpus()]
+        # a pool `llmorch run` started while Prefect's server started, or the one this
+        # process's last runner kept, else a new one; at the end kept for the next runner
+        self.pool = take_pool(self.processors, pin=self.pin, preload=self.preload)
+        stack.callback(keep_pool, self.pool)
 
     def _resource_limits(self) -> dict[str, int]:
         """The global limits guarding the resource capacities (not the processors'), name -> size."""
