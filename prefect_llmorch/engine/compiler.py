@@ -33,11 +33,24 @@ from prefect_llmorch.engine import approval
 from prefect_llmorch.engine.caching import NotCacheable, cache_probe, task_cache_options
 from prefect_llmorch.engine.rates import pace
 from prefect_llmorch.schedule.resources import Rate
-from prefect_llmorch.procs.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done
+from prefect_llmorch.procs.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied
 from prefect_llmorch.procs.workers import RemoteTraceback, ToolExit
 
 #: Attribute a compiled task carries: its `CallIdentity`.
 CALL_ATTR = "llmorch_identity"
+
+#: Set by the runner for the task run in this context: called once the call's body has
+#: succeeded (its function returned and nothing after it can run it again), so its
+#: processor and slots go back, and its dependents may start, while Prefect's engine is
+#: still finishing the run (its state, its hooks). Unset: nothing to tell.
+BODY_DONE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("llmorch_body_done", default=None)
+
+
+def body_done() -> None:
+    """Tell the runner (if any) that this context's call has finished its body."""
+    release = BODY_DONE.get()
+    if release is not None:
+        release()
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,10 @@ from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import TaskRunner
 
 from prefect_llmorch.engine.call_context import call_with_tags
-from prefect_llmorch.engine.compiler import CALL_ATTR
+from prefect_llmorch.engine.compiler import BODY_DONE, CALL_ATTR
 from prefect_llmorch.host.devices import discover_gpus
 from prefect_llmorch.engine.guard import GlobalLimit
-from prefect_llmorch.procs.pool import BODY_DONE, CALL_ENV, CallCancelled, CallNotSent, Cancel
+from prefect_llmorch.procs.pool import CALL_ENV, CallCancelled, CallNotSent, Cancel
 from prefect_llmorch.procs.workers import keep_pool, take_pool
 from prefect_llmorch.graph import FRG, GPU_MEM, PROCESSORS, demand_of
 from prefect_llmorch.host import interrupt
@@ -978,7 +978,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._adjust_slots()
 
     def _release(self, sub: _Submission) -> None:
-        """A call's body succeeded (`pool.body_done`): its processor and slots go back and
+        """A call's body succeeded (`compiler.body_done`): its processor and slots go back and
         the Coordinator hears it is done now, not once Prefect's engine has finished the run
         (its state, hooks): the next call of that processor starts without waiting for
         them. A dependent's engine still waits for this run's future, as Prefect's does."""
