@@ -467,7 +467,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             _finish(s.future, _cancelled_state(f"not started: {reason}"))
         for s in running:
             s.cancel.set(reason)
-        if self.pool is not None and hasattr(self.pool, "cancel_all"):
+        if self.pool is not None:
             self.pool.cancel_all(reason)
         for s in running:
             if s.kind == "inout" and s.call_id is None:
