@@ -702,8 +702,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     self._drop(s)
                 self._announced.clear()  # their submissions join as new nodes
             for s in stuck:
-                if not s.future.done():
-                    s.future.set_exception(exc)
+                _finish(s.future, exc=exc)
 
     def _drop(self, sub: _Submission) -> None:
         """A waiting call that will never start (a failed dispatch fails it): DONE, out of the
