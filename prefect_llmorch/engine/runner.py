@@ -907,8 +907,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         """Slots of a limit this runner may fill now (P for unguarded processors)."""
         if key == PROCESSORS:
             return self.processors if not self._limit.guarded else 0
-        held = self._limit.held_of(key)
-        return held if held is not None else 0
+        return self._limit.held_of(key) or 0
 
     def _admit_held(self) -> list[_Submission]:
         """Start the held calls whose slots are all held and free, in the order passed out
