@@ -33,11 +33,24 @@ from prefect_llmorch.engine import approval
 from prefect_llmorch.engine.caching import NotCacheable, cache_probe, task_cache_options
 from prefect_llmorch.engine.rates import pace
 from prefect_llmorch.schedule.resources import Rate
-from prefect_llmorch.procs.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied, body_done
+from prefect_llmorch.procs.pool import CallCancelled, CallTimeout, Cancel, ProcessorPool, WorkerDied
 from prefect_llmorch.procs.workers import RemoteTraceback, ToolExit
 
 #: Attribute a compiled task carries: its `CallIdentity`.
 CALL_ATTR = "llmorch_identity"
+
+#: Set by the runner for the task run in this context: called once the call's body has
+#: succeeded (its function returned and nothing after it can run it again), so its
+#: processor and slots go back, and its dependents may start, while Prefect's engine is
+#: still finishing the run (its state, its hooks). Unset: nothing to tell.
+BODY_DONE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("llmorch_body_done", default=None)
+
+
+def body_done() -> None:
+    """Tell the runner (if any) that this context's call has finished its body."""
+    release = BODY_DONE.get()
+    if release is not None:
+        release()
 
 
 @dataclass(frozen=True)
@@ -55,8 +68,8 @@ class CallIdentity:
 
 
 #: Name prefix of the Prefect hooks we attach to compiled tasks (`own_hook`): Prefect's task
-#: engine logs two INFO lines around every hook it runs, which for ours is bookkeeping noise
-#: (33 lines on a 16-call plan); `QuietOwnHooks` drops exactly those lines.
+#: engine logs two INFO lines around every hook it runs, which for ours is bookkeeping noise;
+#: `QuietOwnHooks` drops exactly those lines.
 HOOK_PREFIX = "llmorch_"
 
 #: Prefect's task engine logs hooks on this logger (`prefect.logging.loggers.task_run_logger`).
@@ -353,7 +366,7 @@ class Compiler:
         """A compiled call's Prefect task, as `Task(fn=fn, name=name, task_run_name=name, ...)`
         would build it, without building it: a shallow copy of one `Task` built per function
         with the same options, given the call's `fn`, name and fresh lists and sets.
-        `Task.__init__` per call cost about a tenth of the flow process's CPU per call:
+        `Task.__init__` per call was a large share of the flow process's CPU per call:
         `_generate_task_key` hashes the function's code object (the same for every compiled
         call: a JSON attempt that fails, then cloudpickle) and `inspect.signature` of `fn`
         (see CONTRIBUTING.md, "Prefect private names"; tests/test_prefect_privates.py checks

@@ -35,7 +35,6 @@ from typing import Any, Callable, Iterable
 import dask
 import distributed
 from prefect.futures import PrefectFuture
-from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
 from prefect_llmorch.procs.pool import CALL_ENV, call_env
@@ -44,7 +43,6 @@ from prefect_llmorch.procs.workers import (
     CallCancelled, CallTimeout, Cancel, Outcome, ToolExit, WorkerDied, WorkerError,
 )
 from prefect_llmorch.graph import PROCESSORS
-from prefect_llmorch.host import interrupt
 from prefect_llmorch.schedule.resources import DemandExceedsCapacity
 
 __all__ = ["LLMOrchDaskTaskRunner", "DaskProcessorPool", "PROCESSOR", "cluster_processors"]
@@ -435,56 +433,38 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
         return state
 
     # -- life cycle -------------------------------------------------------------------
-    def __enter__(self) -> "LLMOrchDaskTaskRunner":
-        TaskRunner.__enter__(self)  # refuses to start twice
-        self._init_state()  # a runner entered again after an exit starts clean
+    def _open(self) -> None:
         # Prefect's `hydrated_context` enters a copy of the flow's runner around every task
         # run it ships to a Dask worker; that copy waits until a task is submitted to it.
         self._deferred = bool(_worker_address())
-        if self._deferred:
-            return self
-        try:
-            self._start()
-        except BaseException:
-            self._started = False
-            raise
-        return self
+        if not self._deferred:
+            LLMOrchTaskRunner._open(self)
 
     @property
     def started_dask(self) -> bool:
         """Whether the runner holds a Dask client, worker pool and threads now."""
         return self.pool is not None
 
-    def _start(self) -> None:
-        stack = ExitStack()
-        try:
-            # A fresh DaskTaskRunner each start: a closed one keeps its closed client.
-            dask_runner = DaskTaskRunner(**self._dask_settings)
-            stack.enter_context(dask_runner)
-            client = dask_runner.client  # public: creates the cluster if asked, connects
-            self.dask_runner = dask_runner
-            grows_to = self._adaptive_workers()
-            if grows_to is None:
-                self.worker_processors = self._wait_for_processors(client)
-                self._offered(cluster_resources(client))
-            else:  # adaptive: P and capacities are what the cluster may grow to
-                self.worker_processors = {a: int(r[PROCESSOR]) for a, r in grows_to.items()}
-                self._offered(grows_to)
-            self.processors = sum(self.worker_processors.values())
-            pool = DaskProcessorPool(client, no_worker_timeout=self.no_worker_timeout)
-            for addr in sorted(self.worker_processors) if grows_to is None else ():
-                pool.worker_index(addr)
-            stack.callback(pool.shutdown)
-            self.pool = pool
-            threading.Thread(target=pool.warm, args=(self.preload,), daemon=True, name="llmorch-dask-warm").start()
-            # The same task-run threads and limit handling as the local runner, with P from the cluster.
-            self._start_threads(stack)
-        except BaseException:
-            stack.close()  # the task-run threads' executor included (`_start_threads`)
-            self.pool = None
-            raise
-        self._stack = stack
-        interrupt.register(self)  # Ctrl-C / SIGTERM cancel it
+    def _open_pool(self, stack: ExitStack) -> None:
+        # A fresh DaskTaskRunner each start: a closed one keeps its closed client.
+        dask_runner = DaskTaskRunner(**self._dask_settings)
+        stack.enter_context(dask_runner)
+        client = dask_runner.client  # public: creates the cluster if asked, connects
+        self.dask_runner = dask_runner
+        grows_to = self._adaptive_workers()
+        if grows_to is None:
+            self.worker_processors = self._wait_for_processors(client)
+            self._offered(cluster_resources(client))
+        else:  # adaptive: P and capacities are what the cluster may grow to
+            self.worker_processors = {a: int(r[PROCESSOR]) for a, r in grows_to.items()}
+            self._offered(grows_to)
+        self.processors = sum(self.worker_processors.values())
+        pool = DaskProcessorPool(client, no_worker_timeout=self.no_worker_timeout)
+        for addr in sorted(self.worker_processors) if grows_to is None else ():
+            pool.worker_index(addr)
+        stack.callback(pool.shutdown)
+        self.pool = pool
+        threading.Thread(target=pool.warm, args=(self.preload,), daemon=True, name="llmorch-dask-warm").start()
         logger.info("Dask cluster %s: P = %s processors on %s workers", client, self.processors, len(self.worker_processors))
 
     def _adaptive_workers(self) -> dict[str, dict[str, float]] | None:
@@ -549,7 +529,7 @@ class LLMOrchDaskTaskRunner(LLMOrchTaskRunner):
     def _start_deferred(self) -> None:
         with self._start_lock:
             if self._deferred:
-                self._start()
+                LLMOrchTaskRunner._open(self)
                 self._deferred = False
 
     def _wait_for_processors(self, client: distributed.Client) -> dict[str, int]:

@@ -40,10 +40,10 @@ from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import TaskRunner
 
 from prefect_llmorch.engine.call_context import call_with_tags
-from prefect_llmorch.engine.compiler import CALL_ATTR
+from prefect_llmorch.engine.compiler import BODY_DONE, CALL_ATTR
 from prefect_llmorch.host.devices import discover_gpus
 from prefect_llmorch.engine.guard import GlobalLimit
-from prefect_llmorch.procs.pool import BODY_DONE, CALL_ENV, CallCancelled, CallNotSent, Cancel
+from prefect_llmorch.procs.pool import CALL_ENV, CallCancelled, CallNotSent, Cancel
 from prefect_llmorch.procs.workers import keep_pool, take_pool
 from prefect_llmorch.graph import FRG, GPU_MEM, PROCESSORS, demand_of
 from prefect_llmorch.host import interrupt
@@ -310,33 +310,42 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def __enter__(self) -> "LLMOrchTaskRunner":
         super().__enter__()
         self._init_state()  # a runner entered again after an exit starts clean
-        if self._discover_gpus and not self.gpus:
-            self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in discover_gpus()]
+        try:
+            self._open()
+        except BaseException:
+            self._started = False
+            raise
+        return self
+
+    def _open(self) -> None:
+        """Start the pool (`_open_pool`), the task-run threads and the global limit; what
+        started is closed again if the rest fails. The Dask runner defers this on a worker."""
         stack = ExitStack()
         try:
-            # a pool `llmorch run` started while Prefect's server started, or the one this
-            # process's last runner kept, else a new one; at the end kept for the next runner
-            self.pool = take_pool(self.processors, pin=self.pin, preload=self.preload)
-            stack.callback(keep_pool, self.pool)
-            self._start_threads(stack)
+            self._open_pool(stack)
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
+            # If the start fails past here (`__exit__` shuts it down itself, before the slots go back).
+            stack.callback(self._shutdown_executor)
+            name = self.concurrency_limit if self.guard == "global" else None
+            self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch)
+            self._limit.start(stack)
+            self._limit.configure(self._resource_limits())
+            self._adjust_slots()
         except BaseException:
             stack.close()
-            self._started = False
+            self.pool = None
             raise
         self._stack = stack
         interrupt.register(self)
-        return self
 
-    def _start_threads(self, stack: ExitStack) -> None:
-        """The task-run threads and the API thread (also used by the Dask runner)."""
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="llmorch-task")
-        # If the start fails past here (`__exit__` shuts it down itself, before the slots go back).
-        stack.callback(self._shutdown_executor)
-        name = self.concurrency_limit if self.guard == "global" else None
-        self._limit = GlobalLimit(name, lambda: self.processors, self._safe_dispatch)
-        self._limit.start(stack)
-        self._limit.configure(self._resource_limits())
-        self._adjust_slots()
+    def _open_pool(self, stack: ExitStack) -> None:
+        """Set `pool` (and P, if the pool says what it is), its closing on `stack`."""
+        if self._discover_gpus and not self.gpus:
+            self.gpus = [{"id": d.id, "mem_gb": d.mem_gb} for d in discover_gpus()]
+        # a pool `llmorch run` started while Prefect's server started, or the one this
+        # process's last runner kept, else a new one; at the end kept for the next runner
+        self.pool = take_pool(self.processors, pin=self.pin, preload=self.preload)
+        stack.callback(keep_pool, self.pool)
 
     def _resource_limits(self) -> dict[str, int]:
         """The global limits guarding the resource capacities (not the processors'), name -> size."""
@@ -458,7 +467,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             _finish(s.future, _cancelled_state(f"not started: {reason}"))
         for s in running:
             s.cancel.set(reason)
-        if self.pool is not None and hasattr(self.pool, "cancel_all"):
+        if self.pool is not None:
             self.pool.cancel_all(reason)
         for s in running:
             if s.kind == "inout" and s.call_id is None:
@@ -693,8 +702,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                     self._drop(s)
                 self._announced.clear()  # their submissions join as new nodes
             for s in stuck:
-                if not s.future.done():
-                    s.future.set_exception(exc)
+                _finish(s.future, exc=exc)
 
     def _drop(self, sub: _Submission) -> None:
         """A waiting call that will never start (a failed dispatch fails it): DONE, out of the
@@ -899,8 +907,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         """Slots of a limit this runner may fill now (P for unguarded processors)."""
         if key == PROCESSORS:
             return self.processors if not self._limit.guarded else 0
-        held = self._limit.held_of(key)
-        return held if held is not None else 0
+        return self._limit.held_of(key) or 0
 
     def _admit_held(self) -> list[_Submission]:
         """Start the held calls whose slots are all held and free, in the order passed out
@@ -969,7 +976,7 @@ class LLMOrchTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._adjust_slots()
 
     def _release(self, sub: _Submission) -> None:
-        """A call's body succeeded (`pool.body_done`): its processor and slots go back and
+        """A call's body succeeded (`compiler.body_done`): its processor and slots go back and
         the Coordinator hears it is done now, not once Prefect's engine has finished the run
         (its state, hooks): the next call of that processor starts without waiting for
         them. A dependent's engine still waits for this run's future, as Prefect's does."""

@@ -168,19 +168,6 @@ def call_env(env: Mapping[str, str] | None) -> Iterator[None]:
             else:
                 os.environ[k] = v
 
-#: Set by the runner for the task run in this context: called once the call's body has
-#: succeeded (its function returned and nothing after it can run it again), so its
-#: processor and slots go back, and its dependents may start, while Prefect's engine is
-#: still finishing the run (its state, its hooks). Unset: nothing to tell.
-BODY_DONE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("llmorch_body_done", default=None)
-
-
-def body_done() -> None:
-    """Tell the runner (if any) that this context's call has finished its body."""
-    release = BODY_DONE.get()
-    if release is not None:
-        release()
-
 
 @runtime_checkable
 class ProcessorPool(Protocol):
