@@ -187,3 +187,13 @@ def test_a_compiled_call_s_task_copied_from_a_template_equals_one_built_whole() 
         for key, value in vars(whole).items():
             assert mine[key] == value, f"Task.{key}: {mine[key]!r} copied, {value!r} built"
         assert copied.name == copied.task_run_name == f"{call.id} · add" + (" (repair 1)" if attempt else "")
+
+
+def test_the_in_memory_broker_counts_messages_delivered_and_handled_per_topic() -> None:
+    """`host/app.drained` holds the embedded server's shutdown until, per topic, the messages
+    delivered to subscriptions (`published`) all were handled by consumers (`consumed`)."""
+    from prefect.server.utilities.messaging import memory
+
+    assert isinstance(memory.METRICS, dict), "prefect.server.utilities.messaging.memory.METRICS is gone"
+    assert 'update_metric(self.topic.name, "published")' in inspect.getsource(memory.Subscription.deliver)
+    assert 'update_metric(self.topic.name, "consumed")' in inspect.getsource(memory.Consumer._consume_loop)

@@ -21,6 +21,14 @@ A failed attempt changed nothing: the server rolled its transaction back before 
 503, which is why Prefect's client may send the same request again; this does the same,
 sooner. Only HTTP requests are tried again (the body is kept for that); anything else
 passes through.
+
+At shutdown (the ASGI lifespan's `lifespan.shutdown`, which uvicorn sends on SIGTERM), the
+app first waits, up to `DRAIN_SECONDS`, until Prefect's services have handled every message
+of its in-memory topics (`drained()`). Prefect's shutdown cancels its services' consumers at
+once: the events still queued were dropped, and the task-run recorder's write in progress was
+cancelled ("Error flushing 1 events ... CancelledError"). The recorder writes each task run's
+states from those events, and it lags the run, so a process that stopped its server right
+after a 100-call run left most of that run's task runs missing or Running in the database.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import random
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-__all__ = ["RETRY_DELAYS", "RetryLocked", "create_app", "retrying", "sqlite_configuration"]
+__all__ = ["DRAIN_SECONDS", "RETRY_DELAYS", "drained", "RetryLocked", "create_app", "retrying", "sqlite_configuration"]
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -41,6 +49,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Seconds to wait before each new attempt of a request answered 503 (~0.8 s in all).
 RETRY_DELAYS = (0.025, 0.05, 0.1, 0.2, 0.4)
+
+#: At most this long, at shutdown, to let Prefect's services handle the messages queued
+#: (`host/server.py` waits longer than this for the server to exit before it kills it).
+DRAIN_SECONDS = 60.0
 
 #: True while a refused request is sent again (its write transactions begin IMMEDIATE).
 _RETRYING: contextvars.ContextVar[bool] = contextvars.ContextVar("llmorch_retrying_locked", default=False)
@@ -61,6 +73,9 @@ class RetryLocked:
         self.delays = delays
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, _drain_before_shutdown(receive), send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -111,6 +126,35 @@ def _replay(body: list[Message], receive: Receive) -> Receive:
         return pending.pop(0) if pending else await receive()
 
     return replayed
+
+
+def _drain_before_shutdown(receive: Receive) -> Receive:
+    """The server's lifespan messages, `lifespan.shutdown` held until `drained()`."""
+
+    async def received() -> Message:
+        message = await receive()
+        if message["type"] == "lifespan.shutdown":
+            await drained(DRAIN_SECONDS)
+        return message
+
+    return received
+
+
+async def drained(timeout: float) -> bool:
+    """Wait until every message delivered to a subscription of Prefect's in-memory topics has
+    been handled by its consumer (its `METRICS`: published == consumed, per topic), at most
+    `timeout` seconds; whether they were. A message whose handler keeps failing goes to
+    Prefect's retry or dead-letter queue and is never counted consumed: then the timeout ends
+    the wait."""
+    from prefect.server.utilities.messaging.memory import METRICS
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(counts["published"] > counts["consumed"] for counts in list(METRICS.values())):
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 def sqlite_configuration(connection_url: str) -> Any:

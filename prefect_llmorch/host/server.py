@@ -140,9 +140,11 @@ class _Embedded:
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
+        from prefect_llmorch.host.app import DRAIN_SECONDS
+
+        proc.terminate()  # uvicorn's graceful shutdown: Prefect's services record what they were sent first
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=DRAIN_SECONDS + 5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
