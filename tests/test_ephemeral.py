@@ -262,3 +262,42 @@ def test_ctrl_c_to_the_process_group_while_the_server_starts_never_kills_the_ser
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         assert out.startswith("up ") and int(out.split()[1]) > 0, out
+
+
+INTERRUPTED = textwrap.dedent(
+    """
+    import os, signal, subprocess
+    real = subprocess.Popen
+
+    class Popen(real):  # the stdlib's, so that a Ctrl-C lands at one exact moment
+        def __init__(self, args, *rest, **kwargs):
+            super().__init__(args, *rest, **kwargs)
+            if "uvicorn" in args:  # the server's process exists; SIGINT is blocked here: it stays pending
+                os.kill(os.getpid(), signal.SIGINT)
+
+    subprocess.Popen = Popen
+    from prefect_llmorch.host.server import ensure_server
+    try:
+        ensure_server()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    """
+)
+
+
+def test_a_ctrl_c_that_came_while_the_server_was_created_ends_that_server(tmp_path) -> None:
+    """The Ctrl-C blocked across the server's creation is raised when it is unblocked: it
+    used to be raised before the watchdog existed and outside the block that kills the
+    server on any error, so the command exited and its server ran on, with nothing to end it."""
+    env = _env(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "interrupted", proc.stderr[-2000:]
+    left: list[str] = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("PREFECT_HOME") == env["PREFECT_HOME"] and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+                process.kill()
+        except psutil.Error:
+            continue
+    assert not left, left

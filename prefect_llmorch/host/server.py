@@ -378,9 +378,13 @@ def ensure_server() -> EmbeddedServer | None:
                             env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                             start_new_session=True, close_fds=True,
                         )
-                finally:
+                except BaseException:
                     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                    raise
                 try:
+                    # A Ctrl-C that came while they were blocked is raised by this call: inside
+                    # the `try`, so the server it interrupts is killed, not left with no watchdog.
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                     reap_when_gone([proc.pid])
                     _wait_healthy(proc, url, log, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
                 except BaseException:  # a Ctrl-C while it starts (before the watchdog has it): not left behind
