@@ -23,9 +23,6 @@ and the server are not in it), the HTTP requests this process sent to the API, a
 the server wrote to its database (task runs, states, events, logs), after the server has
 settled. Time to first call = first call start - the moment the flow was called.
 
-`--stalls N` instead runs ours N times on 100 no-op calls and prints the p50 and p99 of the
-wall time per run (a stall shows as p99 far above p50).
-
 `--targets RUNS` instead checks issue 14's per-call targets: ours (`run_plan`) and
 ThreadPoolTaskRunner with plain tasks, one warm-up round each, then RUNS interleaved rounds of
 100 no-op calls: flow-process CPU per call (median, ours <= 1.2x ThreadPool's), time to first
@@ -37,7 +34,7 @@ Also ThreadPoolTaskRunner with the same plain tasks tagged as our compiled calls
 `rank:0`): Prefect's engine costs more per tagged task run, so the CPU target is printed against
 it too (like for like); and the time to first call from the moment the flow was called.
 
-Options: --calls N (200), --process-calls N (20), --repeat N (1), --stalls N (0), --targets RUNS (0),
+Options: --calls N (200), --process-calls N (20), --repeat N (1), --targets RUNS (0),
 --server harness|ephemeral|start (benchmarks/_servers.py).
 """
 
@@ -304,7 +301,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--process-calls", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--stalls", type=int, default=0)
     parser.add_argument("--targets", type=int, default=0, metavar="RUNS",
                         help="issue 14's per-call targets over RUNS interleaved rounds (20: the stall target's runs)")
     parser.add_argument("--server", choices=_servers.KINDS, default="harness")
@@ -324,9 +320,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"server: {description}; load average {_load()}", flush=True)
         if args.targets:
             targets(args.targets)
-            return
-        if args.stalls:
-            stalls(args.stalls)
             return
         results = []
         for rep in range(args.repeat):

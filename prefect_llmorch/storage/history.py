@@ -42,9 +42,9 @@ from prefect_llmorch.host.server import server_key
 from prefect_llmorch.plan.model import Plan
 
 __all__ = [
-    "COSTS_ENV", "COST_SOURCES", "CostChoice", "Prediction", "call_costs", "check_costs", "choose_costs",
-    "critical_path_calls", "durations_by_function", "function_costs", "has_history", "history_file",
-    "local_costs", "predict", "remember", "remember_records",
+    "COSTS_ENV", "COST_SOURCES", "CostChoice", "call_costs", "check_costs", "choose_costs",
+    "durations_by_function", "function_costs", "has_history", "history_file", "local_costs", "remember",
+    "remember_records",
 ]
 
 logger = logging.getLogger("prefect_llmorch.history")
